@@ -1,0 +1,252 @@
+//! GEMM, the only place in nhpatch with SIMD intrinsics.
+//!
+//! Contract: `C[m x n] = alpha * A[m x k] * B[k x n] + beta * C`, every matrix
+//! given as a slice plus a row stride and a column stride (in elements), so a
+//! transpose is a stride swap (`MatRef::t`). When `beta == 0`, C is never read
+//! (it may hold NaN). Matrices are validated when they are built: a view whose
+//! largest offset falls outside its slice is refused, so the kernels may use
+//! unchecked indexing.
+//!
+//! Kernels are chosen once at runtime from the CPU's features (`best_kernel`);
+//! `gemm_with` runs a named kernel, which is what tests and benches compare.
+//! Every kernel is single-threaded: the caller owns the threads (it splits
+//! the batch or the rows of C with rayon and calls GEMM inside).
+
+mod naive;
+
+use crate::error::{Error, Result};
+use std::sync::OnceLock;
+
+pub use naive::gemm_naive;
+
+/// A read-only strided matrix view.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// A mutable strided matrix view.
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    data: &'a mut [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// Smallest slice length that holds every element of a `rows x cols` view.
+fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
+    if rows == 0 || cols == 0 {
+        return Some(0);
+    }
+    (rows - 1)
+        .checked_mul(rs)?
+        .checked_add((cols - 1).checked_mul(cs)?)?
+        .checked_add(1)
+}
+
+fn check_view(what: &str, len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> Result<()> {
+    match span(rows, cols, rs, cs) {
+        Some(need) if need <= len => Ok(()),
+        _ => Err(Error::Shape(format!(
+            "{what}: a {rows}x{cols} view with strides ({rs}, {cs}) needs more than the {len} elements given"
+        ))),
+    }
+}
+
+impl<'a> MatRef<'a> {
+    /// A strided view; errors if any element would fall outside `data`.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Result<Self> {
+        check_view("matrix", data.len(), rows, cols, rs, cs)?;
+        Ok(MatRef { data, rows, cols, rs, cs })
+    }
+    /// A dense row-major view (`rs = cols`, `cs = 1`).
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Result<Self> {
+        Self::new(data, rows, cols, cols, 1)
+    }
+    /// The transpose: the same elements with rows and columns swapped.
+    pub fn t(self) -> Self {
+        MatRef { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    pub fn row_stride(&self) -> usize {
+        self.rs
+    }
+    pub fn col_stride(&self) -> usize {
+        self.cs
+    }
+    pub fn data(&self) -> &'a [f32] {
+        self.data
+    }
+    /// Element (i, j); panics out of range (tests and references only).
+    #[inline]
+    pub fn at(&self, i: usize, j: usize) -> f32 {
+        assert!(i < self.rows && j < self.cols);
+        self.data[i * self.rs + j * self.cs]
+    }
+}
+
+impl<'a> MatMut<'a> {
+    /// A strided mutable view; errors if any element would fall outside `data`.
+    pub fn new(data: &'a mut [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Result<Self> {
+        check_view("output matrix", data.len(), rows, cols, rs, cs)?;
+        Ok(MatMut { data, rows, cols, rs, cs })
+    }
+    /// A dense row-major view (`rs = cols`, `cs = 1`).
+    pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Result<Self> {
+        Self::new(data, rows, cols, cols, 1)
+    }
+    /// The transpose: writing C^T is writing C with swapped strides.
+    pub fn t(self) -> Self {
+        MatMut { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+    /// A shorter-lived view of the same matrix.
+    pub fn rb(&mut self) -> MatMut<'_> {
+        MatMut { data: self.data, rows: self.rows, cols: self.cols, rs: self.rs, cs: self.cs }
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    pub fn row_stride(&self) -> usize {
+        self.rs
+    }
+    pub fn col_stride(&self) -> usize {
+        self.cs
+    }
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        self.data
+    }
+    /// Element (i, j); panics out of range (tests and references only).
+    #[inline]
+    pub fn at(&self, i: usize, j: usize) -> f32 {
+        assert!(i < self.rows && j < self.cols);
+        self.data[i * self.rs + j * self.cs]
+    }
+    /// Mutable element (i, j); panics out of range.
+    #[inline]
+    pub fn at_mut(&mut self, i: usize, j: usize) -> &mut f32 {
+        assert!(i < self.rows && j < self.cols);
+        &mut self.data[i * self.rs + j * self.cs]
+    }
+}
+
+/// The GEMM implementations nhpatch can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Triple loop, k innermost, f32 accumulation: the reference every other kernel is tested against.
+    Naive,
+    /// The `matrixmultiply` crate (BLIS-style, its own runtime dispatch), single-threaded.
+    MatrixMultiply,
+}
+
+impl Kernel {
+    /// Every kernel this build knows, available on this CPU or not.
+    pub const ALL: &'static [Kernel] = &[Kernel::Naive, Kernel::MatrixMultiply];
+
+    /// A short stable name (used by benches and the CLI).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Naive => "naive",
+            Kernel::MatrixMultiply => "matrixmultiply",
+        }
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Naive | Kernel::MatrixMultiply => true,
+        }
+    }
+}
+
+/// The kernels this CPU can run, in `Kernel::ALL` order.
+pub fn available_kernels() -> Vec<Kernel> {
+    Kernel::ALL.iter().copied().filter(|k| k.is_available()).collect()
+}
+
+/// The fastest kernel available on this CPU, detected once.
+pub fn best_kernel() -> Kernel {
+    static BEST: OnceLock<Kernel> = OnceLock::new();
+    *BEST.get_or_init(|| Kernel::MatrixMultiply)
+}
+
+fn check_dims(a: &MatRef<'_>, b: &MatRef<'_>, c: &MatMut<'_>) -> Result<()> {
+    if a.cols != b.rows || a.rows != c.rows || b.cols != c.cols {
+        return Err(Error::Shape(format!(
+            "gemm: A is {}x{}, B is {}x{}, C is {}x{}",
+            a.rows, a.cols, b.rows, b.cols, c.rows, c.cols
+        )));
+    }
+    Ok(())
+}
+
+/// `C = alpha * A * B + beta * C` with the best kernel for this CPU.
+pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) -> Result<()> {
+    gemm_with(best_kernel(), alpha, a, b, beta, c)
+}
+
+/// `C = alpha * A * B + beta * C` with a named kernel; errors if this CPU cannot run it.
+pub fn gemm_with(kernel: Kernel, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) -> Result<()> {
+    check_dims(&a, &b, &c)?;
+    if !kernel.is_available() {
+        return Err(Error::Unsupported(format!("GEMM kernel '{}' needs CPU features this machine lacks", kernel.name())));
+    }
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        scale_c(beta, c);
+        return Ok(());
+    }
+    match kernel {
+        Kernel::Naive => gemm_naive(alpha, a, b, beta, c),
+        Kernel::MatrixMultiply => {
+            // SAFETY: the views were bounds-checked when built (every offset
+            // (i*rs + j*cs) lies inside its slice) and dimensions agree;
+            // `c` is an exclusive borrow, so C does not alias A or B.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    alpha,
+                    a.data.as_ptr(),
+                    a.rs as isize,
+                    a.cs as isize,
+                    b.data.as_ptr(),
+                    b.rs as isize,
+                    b.cs as isize,
+                    beta,
+                    c.data.as_mut_ptr(),
+                    c.rs as isize,
+                    c.cs as isize,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `C = beta * C`, without reading C when `beta == 0`.
+fn scale_c(beta: f32, mut c: MatMut<'_>) {
+    for i in 0..c.rows {
+        for j in 0..c.cols {
+            let v = c.at_mut(i, j);
+            *v = if beta == 0.0 { 0.0 } else { beta * *v };
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! nhpatch: a pure-Rust CPU engine that trains and runs the N-HPatches
+//! pipeline: a patch denoiser (shallow U-Net or DnCNN) followed by the
+//! HardNet descriptor, scored with the HPatches benchmark.
+//!
+//! The engine is layered bottom-up:
+//! - [`gemm`]: strided single-precision GEMM with runtime-selected SIMD kernels;
+//! - [`ops`]: im2col/col2im, elementwise and reduction primitives;
+//! - [`layers`], [`loss`], [`optim`]: forward and hand-written backward of every
+//!   layer, the losses and the optimizers, over caller-owned buffers;
+//! - [`params`]: named slices of one parameter arena.
+
+pub mod error;
+pub mod gemm;
+pub mod layers;
+pub mod loss;
+pub mod ops;
+pub mod optim;
+pub mod params;
+pub mod rng;
+pub mod threads;
+
+pub use error::{Error, Result};

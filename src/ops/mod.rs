@@ -1,0 +1,11 @@
+//! The primitive operations behind the layers: the boundary a second
+//! backend (CUDA) implements. GEMM lives in `crate::gemm`; this module holds
+//! the data movement and the vector math around it.
+//!
+//! - `im2col` / `col2im`: convolution lowering to GEMM and its adjoint;
+//! - `elementwise`: map/zip kernels over flat buffers (ReLU, axpy, scale, ...);
+//! - `reduce`: per-channel sums and moments over NCHW tensors.
+
+pub mod elementwise;
+pub mod im2col;
+pub mod reduce;

@@ -1,0 +1,49 @@
+//! Thread ownership. nhpatch never starts threads of its own: the caller
+//! builds one rayon pool (`pool`) and runs work inside it with `install`;
+//! layers split their outer loops (batch shards, rows of C) with rayon and
+//! call single-threaded kernels inside. Partitions depend on problem sizes
+//! only, never on the thread count, so results are bit-identical whatever
+//! the number of threads.
+
+use crate::error::{Error, Result};
+
+/// The number of threads a run uses when the caller does not say: all cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// A rayon pool with exactly `threads` workers (0 means `default_threads()`).
+pub fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+    let threads = if threads == 0 { default_threads() } else { threads };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("nhpatch-{i}"))
+        .build()
+        .map_err(|e| Error::Unsupported(format!("cannot start a pool of {threads} threads: {e}")))
+}
+
+/// Size of each part when `n` items are cut into at most `max_parts` contiguous
+/// parts of at least `min_part` items (the last part may be shorter).
+pub fn part_size(n: usize, max_parts: usize, min_part: usize) -> usize {
+    let max_parts = max_parts.max(1);
+    n.div_ceil(max_parts).max(min_part).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_bounds_the_number_of_parts() {
+        assert_eq!(part_size(100, 16, 1), 7);
+        assert_eq!(100usize.div_ceil(part_size(100, 16, 1)), 15);
+        assert_eq!(part_size(3, 16, 4), 4);
+        assert_eq!(part_size(0, 16, 1), 1);
+    }
+
+    #[test]
+    fn pool_has_the_requested_size() {
+        let p = pool(3).unwrap();
+        assert_eq!(p.current_num_threads(), 3);
+    }
+}
