@@ -1,1 +1,415 @@
-//! (in progress)
+//! Conv2d as im2col + GEMM, with hand-written backward.
+//!
+//! Shapes (NCHW, row-major):
+//!   x      [n, cin, h, w]          weight [cout, cin, kh, kw]  (PyTorch layout)
+//!   out    [n, cout, ho, wo]       bias   [cout] (optional)
+//! with `K = cin*kh*kw`, `P = ho*wo` and `col = im2col(x_i)` of shape `[K, P]`:
+//!
+//!   forward   out_i[cout, P] = W[cout, K] * col_i[K, P] + b
+//!   backward  dW[cout, K]   += sum_i dout_i[cout, P] * col_i^T[P, K]
+//!             db[cout]      += sum_i sum_p dout_i[cout, p]
+//!             dcol_i[K, P]   = W^T[K, cout] * dout_i[cout, P];  dx_i += col2im(dcol_i)
+//!
+//! Two strategies, picked from the geometry:
+//! - *tiled im2col*: images are grouped into tiles of at least 256 GEMM columns
+//!   (one image when P >= 256) so small late layers still feed GEMM wide
+//!   matrices; col is recomputed in backward rather than stored (it is up to
+//!   K times larger than x).
+//! - *dense*: when the kernel covers the whole unpadded input (HardNet's 8x8
+//!   conv7, P = 1) the layer is a matrix product over the batch,
+//!   out[n, cout] = X[n, K] * W^T, and no im2col is needed.
+//!
+//! Threads: the batch is cut into at most `MAX_SHARDS` contiguous shards whose
+//! size depends on n only; each shard accumulates its own dW/db partial and the
+//! partials are summed in shard order, so gradients are bit-identical for any
+//! thread count. Per-thread im2col buffers live in the workspace (one lane per
+//! pool thread), sized once per batch size: a step allocates nothing.
+
+use crate::error::{Error, Result, check_len};
+use crate::gemm::{MatMut, MatRef, gemm};
+use crate::layers::Shape4;
+use crate::ops::im2col::{Padding, Window, col2im_add, im2col};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// GEMM columns a tile aims for: below this, small layers starve the kernel.
+const TILE_COLS: usize = 256;
+/// Upper bound on the number of batch shards (and so on dW partial buffers).
+const MAX_SHARDS: usize = 32;
+
+/// What a convolution computes, independent of the input size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dSpec {
+    pub cin: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: Padding,
+    pub bias: bool,
+}
+
+/// A convolution bound to an input size: the geometry every call is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    pub spec: Conv2dSpec,
+    pub win: Window,
+}
+
+/// Gradient outputs of `Conv2d::backward`; each one is accumulated into (`+=`).
+pub struct ConvGrads<'a> {
+    /// [n, cin, h, w]; `None` for the first layer, whose input needs no gradient.
+    pub dx: Option<&'a mut [f32]>,
+    /// [cout, cin, kh, kw]
+    pub dweight: &'a mut [f32],
+    /// [cout]; must be `Some` exactly when the layer has a bias.
+    pub dbias: Option<&'a mut [f32]>,
+}
+
+struct Lane {
+    /// [K, tile columns]: im2col of a tile, then reused for dcol in backward.
+    col: Vec<f32>,
+    /// [cout, tile columns]: GEMM output (forward) or gathered dout (backward) of multi-image tiles.
+    tmp: Vec<f32>,
+}
+
+/// Scratch memory of one convolution for one batch size.
+pub struct ConvWorkspace {
+    n: usize,
+    layer: Conv2d,
+    shard_imgs: usize,
+    tile_imgs: usize,
+    lanes: Vec<Mutex<Lane>>,
+    /// [shards, cout*K] per-shard weight-gradient partials (empty until the first backward).
+    dw_part: Vec<f32>,
+    /// [shards, cout] per-shard bias-gradient partials.
+    db_part: Vec<f32>,
+}
+
+impl ConvWorkspace {
+    fn shards(&self) -> usize {
+        self.n.div_ceil(self.shard_imgs)
+    }
+}
+
+impl Conv2d {
+    /// Binds `spec` to an `h x w` input; errors on impossible geometry.
+    pub fn new(spec: Conv2dSpec, h: usize, w: usize) -> Result<Self> {
+        if spec.cout == 0 {
+            return Err(Error::InvalidArgument("convolution with 0 output channels".into()));
+        }
+        let win = Window::new(spec.cin, h, w, spec.kh, spec.kw, spec.stride, spec.pad)?;
+        Ok(Conv2d { spec, win })
+    }
+
+    /// Elements of the weight tensor: cout*cin*kh*kw.
+    pub fn weight_len(&self) -> usize {
+        self.spec.cout * self.win.k()
+    }
+    /// Elements of the bias (0 without bias).
+    pub fn bias_len(&self) -> usize {
+        if self.spec.bias { self.spec.cout } else { 0 }
+    }
+    pub fn in_shape(&self, n: usize) -> Shape4 {
+        Shape4::new(n, self.spec.cin, self.win.h, self.win.w)
+    }
+    pub fn out_shape(&self, n: usize) -> Shape4 {
+        Shape4::new(n, self.spec.cout, self.win.ho, self.win.wo)
+    }
+    /// Whether the layer runs as a plain matrix product over the batch.
+    pub fn is_dense(&self) -> bool {
+        let g = &self.win;
+        g.kh == g.h && g.kw == g.w && g.pad == Padding::valid()
+    }
+    /// Multiply-adds of one forward pass per image (backward costs twice that).
+    pub fn macs_per_image(&self) -> usize {
+        self.spec.cout * self.win.k() * self.win.p()
+    }
+
+    /// Scratch for batches of `n` images, with one lane per thread of the
+    /// current rayon pool (call it inside the pool that will run the layer).
+    pub fn workspace(&self, n: usize) -> ConvWorkspace {
+        let p = self.win.p();
+        let tile_imgs = TILE_COLS.div_ceil(p).clamp(1, n.max(1));
+        let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, tile_imgs);
+        let lanes = if self.is_dense() || n == 0 {
+            Vec::new()
+        } else {
+            let cols = tile_imgs * p;
+            let tmp = if tile_imgs > 1 { self.spec.cout * cols } else { 0 };
+            (0..rayon::current_num_threads().min(n.div_ceil(shard_imgs)))
+                .map(|_| Mutex::new(Lane { col: vec![0.0; self.win.k() * cols], tmp: vec![0.0; tmp] }))
+                .collect()
+        };
+        ConvWorkspace { n, layer: *self, shard_imgs, tile_imgs, lanes, dw_part: Vec::new(), db_part: Vec::new() }
+    }
+
+    fn check_call(&self, n: usize, x: usize, out: usize, weight: usize, ws: &ConvWorkspace) -> Result<()> {
+        check_len("conv2d input", x, self.in_shape(n).len())?;
+        check_len("conv2d output", out, self.out_shape(n).len())?;
+        check_len("conv2d weight", weight, self.weight_len())?;
+        if ws.n != n || ws.layer != *self {
+            return Err(Error::Shape(format!(
+                "conv2d workspace was sized for {} images of another geometry; this call has {n}",
+                ws.n
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_bias(&self, what: &str, len: Option<usize>) -> Result<()> {
+        match (self.spec.bias, len) {
+            (true, Some(l)) => check_len(what, l, self.spec.cout),
+            (false, None) => Ok(()),
+            (true, None) => Err(Error::Shape(format!("{what}: the layer has a bias but none was given"))),
+            (false, Some(_)) => Err(Error::Shape(format!("{what}: given, but the layer has no bias"))),
+        }
+    }
+
+    /// `out = conv(x, weight) + bias` for a batch of `n` images.
+    pub fn forward(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        n: usize,
+        ws: &mut ConvWorkspace,
+    ) -> Result<()> {
+        self.check_call(n, x.len(), out.len(), weight.len(), ws)?;
+        self.check_bias("conv2d bias", bias.map(|b| b.len()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if self.is_dense() {
+            return self.forward_dense(out, x, weight, bias, n);
+        }
+        let (cout, k, p) = (self.spec.cout, self.win.k(), self.win.p());
+        let (in_len, out_len) = (self.win.in_len(), cout * p);
+        let w = MatRef::row_major(weight, cout, k)?;
+        let (lanes, si, g) = (&ws.lanes, ws.shard_imgs, ws.tile_imgs);
+        x.par_chunks(si * in_len).zip(out.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
+            let mut guard = lock_lane(lanes);
+            let lane = &mut *guard;
+            let imgs = xs.len() / in_len;
+            for t0 in (0..imgs).step_by(g) {
+                let tn = g.min(imgs - t0);
+                let cols = tn * p;
+                for j in 0..tn {
+                    im2col(&mut lane.col, cols, j * p, &xs[(t0 + j) * in_len..(t0 + j + 1) * in_len], &self.win)?;
+                }
+                let col = MatRef::row_major(&lane.col[..k * cols], k, cols)?;
+                let o_tile = &mut os[t0 * out_len..(t0 + tn) * out_len];
+                if tn == 1 {
+                    // out_i[cout, P] = W[cout, K] * col[K, P]
+                    gemm(1.0, w, col, 0.0, MatMut::row_major(o_tile, cout, p)?)?;
+                } else {
+                    // tmp[cout, tn*P] = W[cout, K] * col[K, tn*P], then un-interleave per image.
+                    let tmp = &mut lane.tmp[..cout * cols];
+                    gemm(1.0, w, col, 0.0, MatMut::row_major(tmp, cout, cols)?)?;
+                    for (j, o_img) in o_tile.chunks_exact_mut(out_len).enumerate() {
+                        for (co, o_row) in o_img.chunks_exact_mut(p).enumerate() {
+                            o_row.copy_from_slice(&tmp[co * cols + j * p..co * cols + (j + 1) * p]);
+                        }
+                    }
+                }
+                if let Some(b) = bias {
+                    for o_img in o_tile.chunks_exact_mut(out_len) {
+                        for (o_row, &bc) in o_img.chunks_exact_mut(p).zip(b) {
+                            o_row.iter_mut().for_each(|v| *v += bc);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// out[n, cout] = X[n, K] * W^T[K, cout] (+ b), rows of the batch split over threads.
+    fn forward_dense(&self, out: &mut [f32], x: &[f32], weight: &[f32], bias: Option<&[f32]>, n: usize) -> Result<()> {
+        let (cout, k) = (self.spec.cout, self.win.k());
+        let w_t = MatRef::row_major(weight, cout, k)?.t();
+        // Each element of C is the same k-ordered sum whatever the row split, so
+        // splitting by the thread count keeps results thread-count independent.
+        let rows = n.div_ceil(rayon::current_num_threads()).max(1);
+        x.par_chunks(rows * k).zip(out.par_chunks_mut(rows * cout)).try_for_each(|(xs, os)| {
+            let r = xs.len() / k;
+            gemm(1.0, MatRef::row_major(xs, r, k)?, w_t, 0.0, MatMut::row_major(os, r, cout)?)?;
+            if let Some(b) = bias {
+                for row in os.chunks_exact_mut(cout) {
+                    row.iter_mut().zip(b).for_each(|(v, bc)| *v += bc);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Accumulates dx, dweight and dbias for upstream gradient `dout`; `x`
+    /// and `weight` are the forward inputs.
+    pub fn backward(
+        &self,
+        grads: ConvGrads<'_>,
+        dout: &[f32],
+        x: &[f32],
+        weight: &[f32],
+        n: usize,
+        ws: &mut ConvWorkspace,
+    ) -> Result<()> {
+        self.check_call(n, x.len(), dout.len(), weight.len(), ws)?;
+        check_len("conv2d weight gradient", grads.dweight.len(), self.weight_len())?;
+        self.check_bias("conv2d bias gradient", grads.dbias.as_ref().map(|b| b.len()))?;
+        if let Some(dx) = &grads.dx {
+            check_len("conv2d input gradient", dx.len(), self.in_shape(n).len())?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        if self.is_dense() {
+            return self.backward_dense(grads, dout, x, weight, n);
+        }
+        let (cout, k) = (self.spec.cout, self.win.k());
+        let wlen = cout * k;
+        let shards = ws.shards();
+        if ws.dw_part.len() != shards * wlen {
+            // First backward with this workspace: sized once, reused by every later step.
+            ws.dw_part = vec![0.0; shards * wlen];
+            ws.db_part = vec![0.0; shards * cout];
+        }
+        let ws = &mut *ws;
+        let ctx = ShardCtx { layer: self, weight, lanes: &ws.lanes, tile_imgs: ws.tile_imgs };
+        let (in_len, out_len, si) = (self.win.in_len(), cout * self.win.p(), ws.shard_imgs);
+        let parts = ws.dw_part.par_chunks_mut(wlen).zip(ws.db_part.par_chunks_mut(cout));
+        let inputs = x.par_chunks(si * in_len).zip(dout.par_chunks(si * out_len));
+        match grads.dx {
+            Some(dx) => inputs
+                .zip(parts)
+                .zip(dx.par_chunks_mut(si * in_len))
+                .try_for_each(|(((xs, ds), (dwp, dbp)), dxs)| ctx.shard_backward(dwp, dbp, Some(dxs), xs, ds))?,
+            None => inputs
+                .zip(parts)
+                .try_for_each(|((xs, ds), (dwp, dbp))| ctx.shard_backward(dwp, dbp, None, xs, ds))?,
+        }
+        // Sum the partials in shard order: deterministic whatever ran where.
+        let dw_part = &ws.dw_part;
+        grads.dweight.par_chunks_mut(4096).enumerate().for_each(|(c, dw)| {
+            let off = c * 4096;
+            for s in 0..shards {
+                let part = &dw_part[s * wlen + off..s * wlen + off + dw.len()];
+                dw.iter_mut().zip(part).for_each(|(d, v)| *d += v);
+            }
+        });
+        if let Some(db) = grads.dbias {
+            for s in 0..shards {
+                db.iter_mut().zip(&ws.db_part[s * cout..(s + 1) * cout]).for_each(|(d, v)| *d += v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Dense backward: dW[cout, K] += dout^T[cout, n] * X[n, K]; dX[n, K] += dout[n, cout] * W[cout, K].
+    fn backward_dense(&self, grads: ConvGrads<'_>, dout: &[f32], x: &[f32], weight: &[f32], n: usize) -> Result<()> {
+        let (cout, k) = (self.spec.cout, self.win.k());
+        let x_mat = MatRef::row_major(x, n, k)?;
+        let threads = rayon::current_num_threads();
+        // Split dW by output channel: each row block sums over the whole batch
+        // inside one GEMM, in the same order for any split.
+        let rows = cout.div_ceil(threads).max(1);
+        grads.dweight.par_chunks_mut(rows * k).enumerate().try_for_each(|(i, dw)| {
+            let (c0, r) = (i * rows, dw.len() / k);
+            let dout_t = MatRef::new(&dout[c0..], r, n, 1, cout)?;
+            gemm(1.0, dout_t, x_mat, 1.0, MatMut::row_major(dw, r, k)?)
+        })?;
+        if let Some(db) = grads.dbias {
+            for row in dout.chunks_exact(cout) {
+                db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+            }
+        }
+        if let Some(dx) = grads.dx {
+            let w = MatRef::row_major(weight, cout, k)?;
+            let rows = n.div_ceil(threads).max(1);
+            dx.par_chunks_mut(rows * k).zip(dout.par_chunks(rows * cout)).try_for_each(|(dxs, ds)| {
+                let r = ds.len() / cout;
+                gemm(1.0, MatRef::row_major(ds, r, cout)?, w, 1.0, MatMut::row_major(dxs, r, k)?)
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// What every shard of a tiled backward shares.
+struct ShardCtx<'a> {
+    layer: &'a Conv2d,
+    weight: &'a [f32],
+    lanes: &'a [Mutex<Lane>],
+    tile_imgs: usize,
+}
+
+impl ShardCtx<'_> {
+    /// One shard: dwp/dbp are this shard's partials (overwritten), dxs its slice of dx (accumulated).
+    fn shard_backward(
+        &self,
+        dwp: &mut [f32],
+        dbp: &mut [f32],
+        mut dxs: Option<&mut [f32]>,
+        xs: &[f32],
+        ds: &[f32],
+    ) -> Result<()> {
+        let l = self.layer;
+        let (cout, k, p) = (l.spec.cout, l.win.k(), l.win.p());
+        let (in_len, out_len) = (l.win.in_len(), cout * p);
+        let w = MatRef::row_major(self.weight, cout, k)?;
+        dwp.fill(0.0);
+        dbp.fill(0.0);
+        let mut guard = lock_lane(self.lanes);
+        let lane = &mut *guard;
+        let imgs = xs.len() / in_len;
+        for t0 in (0..imgs).step_by(self.tile_imgs) {
+            let tn = self.tile_imgs.min(imgs - t0);
+            let cols = tn * p;
+            for j in 0..tn {
+                im2col(&mut lane.col, cols, j * p, &xs[(t0 + j) * in_len..(t0 + j + 1) * in_len], &l.win)?;
+            }
+            let d_tile = &ds[t0 * out_len..(t0 + tn) * out_len];
+            // dO[cout, tn*P]: the tile's upstream gradient, interleaved like col.
+            let d_o: &[f32] = if tn == 1 {
+                d_tile
+            } else {
+                let tmp = &mut lane.tmp[..cout * cols];
+                for (j, d_img) in d_tile.chunks_exact(out_len).enumerate() {
+                    for (co, d_row) in d_img.chunks_exact(p).enumerate() {
+                        tmp[co * cols + j * p..co * cols + (j + 1) * p].copy_from_slice(d_row);
+                    }
+                }
+                tmp
+            };
+            let d_o = MatRef::row_major(d_o, cout, cols)?;
+            {
+                // dW_part[cout, K] += dO[cout, cols] * col^T[cols, K]
+                let col = MatRef::row_major(&lane.col[..k * cols], k, cols)?;
+                gemm(1.0, d_o, col.t(), 1.0, MatMut::row_major(dwp, cout, k)?)?;
+            }
+            for (co, db) in dbp.iter_mut().enumerate() {
+                let row = &d_o.data()[co * cols..(co + 1) * cols];
+                *db += row.iter().sum::<f32>();
+            }
+            if let Some(dxs) = dxs.as_deref_mut() {
+                // dcol[K, cols] = W^T[K, cout] * dO[cout, cols], written over col (no longer needed).
+                let dcol = &mut lane.col[..k * cols];
+                gemm(1.0, w.t(), d_o, 0.0, MatMut::row_major(dcol, k, cols)?)?;
+                for j in 0..tn {
+                    col2im_add(&mut dxs[(t0 + j) * in_len..(t0 + j + 1) * in_len], dcol, cols, j * p, &l.win)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The calling thread's scratch lane. Lanes are indexed by the rayon worker
+/// index, so in the pool the workspace was sized for a lock is never contended;
+/// elsewhere (a bigger pool) threads share lanes and merely wait.
+fn lock_lane(lanes: &[Mutex<Lane>]) -> std::sync::MutexGuard<'_, Lane> {
+    let i = rayon::current_thread_index().unwrap_or(0) % lanes.len();
+    // A poisoned lane only means another thread panicked mid-tile; its contents are scratch.
+    lanes[i].lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,1 +1,267 @@
-//! (in progress)
+//! im2col / col2im: lowering a convolution to GEMM, and its adjoint.
+//!
+//! For one image `x[cin, h, w]` and a window geometry, `im2col` writes the
+//! patch matrix `col[K, P]` with `K = cin*kh*kw` rows ordered `(ci, ki, kj)`
+//! (the order of a PyTorch weight `[cout, cin, kh, kw]` flattened per output
+//! channel) and `P = ho*wo` columns ordered `(oy, ox)`:
+//!
+//!   col[(ci*kh + ki)*kw + kj, oy*wo + ox] = x[ci, oy*s + ki - pad_top, ox*s + kj - pad_left]
+//!
+//! (zero outside the image). Then `out[cout, P] = W[cout, K] * col[K, P]`.
+//! Several images of a tile share one `col` buffer side by side: image j of
+//! the tile occupies columns `j*P .. (j+1)*P` of a buffer with row stride `ld`.
+//! `col2im_add` is the exact adjoint: it scatters-and-adds `dcol` back into `dx`.
+
+use crate::error::{Error, Result};
+
+/// Zero padding on each side of the input, in pixels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Padding {
+    pub top: usize,
+    pub left: usize,
+    pub bottom: usize,
+    pub right: usize,
+}
+
+impl Padding {
+    /// No padding ('valid').
+    pub const fn valid() -> Self {
+        Padding { top: 0, left: 0, bottom: 0, right: 0 }
+    }
+
+    /// The same padding `p` on all four sides (PyTorch's `padding=p`).
+    pub const fn symmetric(p: usize) -> Self {
+        Padding { top: p, left: p, bottom: p, right: p }
+    }
+
+    /// TensorFlow/Keras 'same': per axis, total = max((ceil(in/s) - 1)*s + k - in, 0),
+    /// with the smaller half before (top/left). A 2x2 kernel at stride 1 pads
+    /// only bottom/right; a 3x3 kernel at stride 2 on an even size pads (0, 1).
+    pub fn same(h: usize, w: usize, kh: usize, kw: usize, stride: usize) -> Result<Self> {
+        if stride == 0 || kh == 0 || kw == 0 || h == 0 || w == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "'same' padding needs positive sizes, got input {h}x{w}, kernel {kh}x{kw}, stride {stride}"
+            )));
+        }
+        let axis = |n: usize, k: usize| {
+            let total = ((n.div_ceil(stride) - 1) * stride + k).saturating_sub(n);
+            (total / 2, total - total / 2)
+        };
+        let (top, bottom) = axis(h, kh);
+        let (left, right) = axis(w, kw);
+        Ok(Padding { top, left, bottom, right })
+    }
+}
+
+/// The geometry of a convolution window over one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: Padding,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl Window {
+    /// Validates the geometry and computes the output size
+    /// `ho = (h + top + bottom - kh) / stride + 1` (and likewise `wo`).
+    pub fn new(cin: usize, h: usize, w: usize, kh: usize, kw: usize, stride: usize, pad: Padding) -> Result<Self> {
+        if cin == 0 || h == 0 || w == 0 || kh == 0 || kw == 0 || stride == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "convolution needs positive sizes, got cin {cin}, input {h}x{w}, kernel {kh}x{kw}, stride {stride}"
+            )));
+        }
+        let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
+        if ph < kh || pw < kw {
+            return Err(Error::Shape(format!(
+                "a {kh}x{kw} kernel does not fit a {h}x{w} input padded to {ph}x{pw}"
+            )));
+        }
+        if pad.top >= kh || pad.bottom >= kh || pad.left >= kw || pad.right >= kw {
+            // A window made only of padding would compute a constant: almost surely a mistake.
+            return Err(Error::InvalidArgument(format!(
+                "padding {pad:?} is as large as the {kh}x{kw} kernel"
+            )));
+        }
+        let ho = (ph - kh) / stride + 1;
+        let wo = (pw - kw) / stride + 1;
+        Ok(Window { cin, h, w, kh, kw, stride, pad, ho, wo })
+    }
+
+    /// Rows of the patch matrix: cin*kh*kw.
+    pub const fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+    /// Columns of the patch matrix per image: ho*wo.
+    pub const fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// Elements of one input image.
+    pub const fn in_len(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+
+    /// For kernel column `kj`, the output columns `lo..hi` whose input column
+    /// `ox*s + kj - pad_left` lies inside the image (all others read padding).
+    #[inline]
+    fn valid_cols(&self, kj: usize) -> (usize, usize) {
+        let s = self.stride;
+        // ox*s + kj >= left  <=>  ox >= ceil((left - kj) / s)
+        let lo = self.pad.left.saturating_sub(kj).div_ceil(s).min(self.wo);
+        // ox*s + kj - left <= w - 1  <=>  ox <= (w - 1 + left - kj) / s
+        let hi = match (self.w - 1 + self.pad.left).checked_sub(kj) {
+            Some(v) => (v / s + 1).min(self.wo),
+            None => 0,
+        };
+        (lo, hi.max(lo))
+    }
+
+    /// Input row for output row `oy` and kernel row `ki`, if inside the image.
+    #[inline]
+    fn in_row(&self, oy: usize, ki: usize) -> Option<usize> {
+        (oy * self.stride + ki).checked_sub(self.pad.top).filter(|&iy| iy < self.h)
+    }
+}
+
+fn check_tile(g: &Window, col_len: usize, ld: usize, col0: usize, x_len: usize) -> Result<()> {
+    if x_len != g.in_len() {
+        return Err(Error::Shape(format!("im2col: image has {x_len} elements, geometry needs {}", g.in_len())));
+    }
+    if col0 + g.p() > ld || g.k() * ld > col_len {
+        return Err(Error::Shape(format!(
+            "im2col: columns {col0}..{} of a {}x{ld} buffer do not fit in {col_len} elements",
+            col0 + g.p(),
+            g.k()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes image `x[cin, h, w]` into columns `col0 .. col0 + P` of the patch
+/// matrix `col[K, ld]` (row-major, row stride `ld`).
+pub fn im2col(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window) -> Result<()> {
+    check_tile(g, col.len(), ld, col0, x.len())?;
+    let (s, wo) = (g.stride, g.wo);
+    for ci in 0..g.cin {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let k = (ci * g.kh + ki) * g.kw + kj;
+                let row = &mut col[k * ld + col0..k * ld + col0 + g.p()];
+                let (lo, hi) = g.valid_cols(kj);
+                for (oy, dst) in row.chunks_exact_mut(wo).enumerate() {
+                    let Some(iy) = g.in_row(oy, ki) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    let x0 = lo * s + kj - g.pad.left;
+                    if s == 1 {
+                        dst[lo..hi].copy_from_slice(&src[x0..x0 + (hi - lo)]);
+                    } else {
+                        for (d, ox) in dst[lo..hi].iter_mut().zip(0..) {
+                            *d = src[x0 + ox * s];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The adjoint of `im2col`: `dx[cin, h, w] += col2im(dcol[K, ld] columns col0 .. col0 + P)`.
+pub fn col2im_add(dx: &mut [f32], dcol: &[f32], ld: usize, col0: usize, g: &Window) -> Result<()> {
+    check_tile(g, dcol.len(), ld, col0, dx.len())?;
+    let (s, wo) = (g.stride, g.wo);
+    for ci in 0..g.cin {
+        let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let k = (ci * g.kh + ki) * g.kw + kj;
+                let row = &dcol[k * ld + col0..k * ld + col0 + g.p()];
+                let (lo, hi) = g.valid_cols(kj);
+                if lo == hi {
+                    continue;
+                }
+                for (oy, src) in row.chunks_exact(wo).enumerate() {
+                    let Some(iy) = g.in_row(oy, ki) else { continue };
+                    let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    let x0 = lo * s + kj - g.pad.left;
+                    if s == 1 {
+                        for (d, v) in dst[x0..x0 + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                            *d += v;
+                        }
+                    } else {
+                        for (ox, v) in src[lo..hi].iter().enumerate() {
+                            dst[x0 + ox * s] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        // (input, kernel, stride) -> (before, after), as tf.nn.conv2d computes it.
+        let cases = [
+            (32, 3, 1, (1, 1)),
+            (32, 2, 1, (0, 1)),
+            (32, 3, 2, (0, 1)),
+            (16, 3, 2, (0, 1)),
+            (31, 3, 2, (1, 1)),
+            (8, 8, 1, (3, 4)),
+            (5, 1, 1, (0, 0)),
+            (7, 2, 2, (0, 1)),
+        ];
+        for (n, k, s, (a, b)) in cases {
+            let p = Padding::same(n, n, k, k, s).unwrap();
+            assert_eq!((p.top, p.bottom, p.left, p.right), (a, b, a, b), "n {n} k {k} s {s}");
+            let win = Window::new(1, n, n, k, k, s, p).unwrap();
+            assert_eq!(win.ho, n.div_ceil(s), "'same' keeps ceil(n/s)");
+        }
+    }
+
+    #[test]
+    fn im2col_and_col2im_are_adjoint() {
+        // <im2col(x), c> == <x, col2im(c)> for every geometry: the defining property of the backward.
+        let mut rng = crate::rng::Rng::new(5);
+        for &(h, w, k, s, p) in &[(5, 4, 3, 1, 1), (6, 7, 3, 2, 1), (4, 4, 2, 1, 0), (5, 5, 2, 2, 1), (3, 3, 3, 1, 0)] {
+            let pad = Padding { top: p, left: p, bottom: p.min(k - 1), right: 0 };
+            let g = Window::new(2, h, w, k, k, s, pad).unwrap();
+            let x: Vec<f32> = (0..g.in_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let c: Vec<f32> = (0..g.k() * g.p()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let mut col = vec![f32::NAN; g.k() * g.p()];
+            im2col(&mut col, g.p(), 0, &x, &g).unwrap();
+            let mut dx = vec![0.0; g.in_len()];
+            col2im_add(&mut dx, &c, g.p(), 0, &g).unwrap();
+            let lhs: f64 = col.iter().zip(&c).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs} for {g:?}");
+        }
+    }
+
+    #[test]
+    fn bad_geometry_is_an_error() {
+        assert!(Window::new(1, 2, 2, 3, 3, 1, Padding::valid()).is_err());
+        assert!(Window::new(1, 4, 4, 3, 3, 0, Padding::valid()).is_err());
+        assert!(Window::new(1, 4, 4, 2, 2, 1, Padding::symmetric(2)).is_err());
+        let g = Window::new(1, 4, 4, 3, 3, 1, Padding::valid()).unwrap();
+        let mut col = vec![0.0; 4];
+        assert!(im2col(&mut col, 4, 0, &[0.0; 16], &g).is_err());
+    }
+}

@@ -1,0 +1,241 @@
+//! Conv2d (im2col + GEMM) against a naive direct convolution, finite-difference
+//! gradient checks on random geometries, thread-count determinism and errors.
+
+mod common;
+
+use common::{TOL, assert_close, check_grad, proj, rand_vec};
+use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads};
+use nhpatch::ops::im2col::Padding;
+use nhpatch::rng::Rng;
+use proptest::prelude::*;
+
+/// Direct convolution in f64: the slow twin of `Conv2d::forward`.
+fn naive_forward(l: &Conv2d, x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize) -> Vec<f32> {
+    let (s, g) = (l.spec, l.win);
+    let mut out = vec![0.0f32; l.out_shape(n).len()];
+    for i in 0..n {
+        for co in 0..s.cout {
+            for oy in 0..g.ho {
+                for ox in 0..g.wo {
+                    let mut acc = b.map_or(0.0, |b| b[co] as f64);
+                    for ci in 0..s.cin {
+                        for ki in 0..s.kh {
+                            for kj in 0..s.kw {
+                                let iy = (oy * s.stride + ki) as isize - s.pad.top as isize;
+                                let ix = (ox * s.stride + kj) as isize - s.pad.left as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let xv = x[((i * s.cin + ci) * g.h + iy as usize) * g.w + ix as usize];
+                                let wv = w[((co * s.cin + ci) * s.kh + ki) * s.kw + kj];
+                                acc += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    out[((i * s.cout + co) * g.ho + oy) * g.wo + ox] = acc as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Direct backward in f64 (the adjoint of `naive_forward`): returns (dx, dw, db).
+fn naive_backward(l: &Conv2d, dout: &[f32], x: &[f32], w: &[f32], n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (s, g) = (l.spec, l.win);
+    let mut dx = vec![0.0f64; x.len()];
+    let mut dw = vec![0.0f64; w.len()];
+    let mut db = vec![0.0f64; s.cout];
+    for i in 0..n {
+        for co in 0..s.cout {
+            for oy in 0..g.ho {
+                for ox in 0..g.wo {
+                    let d = dout[((i * s.cout + co) * g.ho + oy) * g.wo + ox] as f64;
+                    db[co] += d;
+                    for ci in 0..s.cin {
+                        for ki in 0..s.kh {
+                            for kj in 0..s.kw {
+                                let iy = (oy * s.stride + ki) as isize - s.pad.top as isize;
+                                let ix = (ox * s.stride + kj) as isize - s.pad.left as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let xi = ((i * s.cin + ci) * g.h + iy as usize) * g.w + ix as usize;
+                                let wi = ((co * s.cin + ci) * s.kh + ki) * s.kw + kj;
+                                dx[xi] += d * w[wi] as f64;
+                                dw[wi] += d * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
+    (f(dx), f(dw), f(db))
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    spec: Conv2dSpec,
+    h: usize,
+    w: usize,
+    n: usize,
+    seed: u64,
+}
+
+/// Random geometries, including 1 channel, batch 1, odd sizes and sizes not divisible by the stride.
+fn case() -> impl Strategy<Value = Case> {
+    (1usize..4, 1usize..5, 1usize..4, 1usize..4, 1usize..3, 0usize..3, 0usize..3, any::<bool>(), 1usize..4, 3usize..8, 3usize..8, any::<u64>())
+        .prop_filter_map("padding must be smaller than the kernel", |(cin, cout, kh, kw, stride, pt, pl, bias, n, h, w, seed)| {
+            let pad = Padding { top: pt.min(kh - 1), left: pl.min(kw - 1), bottom: (pt + 1).min(kh - 1), right: pl.min(kw - 1) };
+            let spec = Conv2dSpec { cin, cout, kh, kw, stride, pad, bias };
+            Conv2d::new(spec, h, w).ok()?;
+            Some(Case { spec, h, w, n, seed })
+        })
+}
+
+struct Data {
+    l: Conv2d,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    b: Option<Vec<f32>>,
+}
+
+fn data(c: &Case) -> Data {
+    let l = Conv2d::new(c.spec, c.h, c.w).unwrap();
+    let mut rng = Rng::new(c.seed);
+    let x = rand_vec(&mut rng, l.in_shape(c.n).len(), -1.0, 1.0);
+    let w = rand_vec(&mut rng, l.weight_len(), -1.0, 1.0);
+    let b = c.spec.bias.then(|| rand_vec(&mut rng, c.spec.cout, -1.0, 1.0));
+    Data { l, x, w, b }
+}
+
+fn run_forward(l: &Conv2d, x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize) -> Vec<f32> {
+    let mut ws = l.workspace(n);
+    let mut out = vec![f32::NAN; l.out_shape(n).len()];
+    l.forward(&mut out, x, w, b, n, &mut ws).unwrap();
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn forward_matches_direct_convolution(c in case()) {
+        let d = data(&c);
+        let got = run_forward(&d.l, &d.x, &d.w, d.b.as_deref(), c.n);
+        let want = naive_forward(&d.l, &d.x, &d.w, d.b.as_deref(), c.n);
+        assert_close("conv forward", &got, &want, 1e-5, 1e-5);
+    }
+
+    #[test]
+    fn backward_matches_direct_adjoint(c in case()) {
+        let d = data(&c);
+        let mut rng = Rng::new(c.seed ^ 1);
+        let dout = rand_vec(&mut rng, d.l.out_shape(c.n).len(), -1.0, 1.0);
+        let (mut dx, mut dw, mut db) = (vec![0.0; d.x.len()], vec![0.0; d.w.len()], vec![0.0; c.spec.cout]);
+        let mut ws = d.l.workspace(c.n);
+        let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: c.spec.bias.then_some(&mut db[..]) };
+        d.l.backward(grads, &dout, &d.x, &d.w, c.n, &mut ws).unwrap();
+        let (rdx, rdw, rdb) = naive_backward(&d.l, &dout, &d.x, &d.w, c.n);
+        assert_close("dx", &dx, &rdx, 1e-5, 1e-5);
+        assert_close("dw", &dw, &rdw, 1e-5, 1e-5);
+        if c.spec.bias {
+            assert_close("db", &db, &rdb, 1e-5, 1e-5);
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences(c in case()) {
+        let d = data(&c);
+        let n = c.n;
+        let mut rng = Rng::new(c.seed ^ 2);
+        let r = rand_vec(&mut rng, d.l.out_shape(n).len(), -1.0, 1.0);
+        // Pre-fill gradients with 1 to prove backward accumulates rather than overwrites.
+        let (mut dx, mut dw, mut db) = (vec![1.0; d.x.len()], vec![1.0; d.w.len()], vec![1.0; c.spec.cout]);
+        let mut ws = d.l.workspace(n);
+        let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: c.spec.bias.then_some(&mut db[..]) };
+        d.l.backward(grads, &r, &d.x, &d.w, n, &mut ws).unwrap();
+        let minus_one = |v: &[f32]| v.iter().map(|g| g - 1.0).collect::<Vec<f32>>();
+        let (b, l) = (d.b.as_deref(), &d.l);
+        check_grad("dx", &d.x, &minus_one(&dx), 1e-2, TOL, 64, |x| proj(&run_forward(l, x, &d.w, b, n), &r))
+            .map_err(TestCaseError::fail)?;
+        check_grad("dw", &d.w, &minus_one(&dw), 1e-2, TOL, 64, |w| proj(&run_forward(l, &d.x, w, b, n), &r))
+            .map_err(TestCaseError::fail)?;
+        if let Some(bias) = &d.b {
+            check_grad("db", bias, &minus_one(&db), 1e-2, TOL, 64, |bb| proj(&run_forward(l, &d.x, &d.w, Some(bb), n), &r))
+                .map_err(TestCaseError::fail)?;
+        }
+    }
+}
+
+/// Every conv layer of the three models, at a batch that makes several shards and multi-image tiles.
+fn model_layers() -> Vec<(Conv2dSpec, usize)> {
+    let same = |k, s, h| Padding::same(h, h, k, k, s).unwrap();
+    let c = |cin, cout, k, s, pad, bias| Conv2dSpec { cin, cout, kh: k, kw: k, stride: s, pad, bias };
+    vec![
+        (c(1, 16, 3, 1, same(3, 1, 32), true), 32),  // unet conv1
+        (c(16, 32, 3, 1, same(3, 1, 16), true), 16), // unet conv2
+        (c(32, 64, 2, 1, same(2, 1, 32), true), 32), // unet conv3 (2x2, 'same' pads bottom/right)
+        (c(64, 64, 3, 1, Padding::symmetric(1), false), 32), // dncnn conv2..16
+        (c(32, 64, 3, 2, same(3, 2, 32), true), 32), // hardnet conv3 (stride 2)
+        (c(128, 128, 3, 1, same(3, 1, 8), true), 8), // hardnet conv6 (P = 64: 4-image tiles)
+        (c(128, 128, 8, 1, Padding::valid(), true), 8), // hardnet conv7 (dense)
+    ]
+}
+
+#[test]
+fn model_layers_match_reference_and_are_thread_count_independent() {
+    for (spec, hw) in model_layers() {
+        let n = 6;
+        let c = Case { spec, h: hw, w: hw, n, seed: 11 };
+        let d = data(&c);
+        let mut rng = Rng::new(3);
+        let dout = rand_vec(&mut rng, d.l.out_shape(n).len(), -1.0, 1.0);
+        let mut results = Vec::new();
+        for threads in [1, 2, 3] {
+            let pool = nhpatch::threads::pool(threads).unwrap();
+            results.push(pool.install(|| {
+                let out = run_forward(&d.l, &d.x, &d.w, d.b.as_deref(), n);
+                let (mut dx, mut dw, mut db) = (vec![0.0; d.x.len()], vec![0.0; d.w.len()], vec![0.0; spec.cout]);
+                let mut ws = d.l.workspace(n);
+                let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: spec.bias.then_some(&mut db[..]) };
+                d.l.backward(grads, &dout, &d.x, &d.w, n, &mut ws).unwrap();
+                (out, dx, dw, db)
+            }));
+        }
+        let want = naive_forward(&d.l, &d.x, &d.w, d.b.as_deref(), n);
+        assert_close("forward", &results[0].0, &want, 1e-4, 1e-4);
+        let (rdx, rdw, _) = naive_backward(&d.l, &dout, &d.x, &d.w, n);
+        assert_close("dx", &results[0].1, &rdx, 1e-4, 1e-4);
+        assert_close("dw", &results[0].2, &rdw, 1e-3, 1e-4);
+        for r in &results[1..] {
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&r.0), bits(&results[0].0), "forward differs with thread count for {spec:?}");
+            assert_eq!(bits(&r.1), bits(&results[0].1), "dx differs with thread count for {spec:?}");
+            assert_eq!(bits(&r.2), bits(&results[0].2), "dw differs with thread count for {spec:?}");
+            assert_eq!(bits(&r.3), bits(&results[0].3), "db differs with thread count for {spec:?}");
+        }
+    }
+}
+
+#[test]
+fn bad_calls_are_errors_not_panics() {
+    let spec = Conv2dSpec { cin: 2, cout: 3, kh: 3, kw: 3, stride: 1, pad: Padding::symmetric(1), bias: true };
+    let l = Conv2d::new(spec, 5, 5).unwrap();
+    let mut ws = l.workspace(2);
+    let (x, w, b) = (vec![0.0; 2 * 2 * 25], vec![0.0; l.weight_len()], vec![0.0; 3]);
+    let mut out = vec![0.0; 2 * 3 * 25];
+    assert!(l.forward(&mut out, &x[1..], &w, Some(&b), 2, &mut ws).is_err(), "short input");
+    assert!(l.forward(&mut out, &x, &w[1..], Some(&b), 2, &mut ws).is_err(), "short weight");
+    assert!(l.forward(&mut out, &x, &w, None, 2, &mut ws).is_err(), "missing bias");
+    assert!(l.forward(&mut out[1..], &x, &w, Some(&b), 2, &mut ws).is_err(), "short output");
+    let mut ws1 = l.workspace(1);
+    assert!(l.forward(&mut out, &x, &w, Some(&b), 2, &mut ws1).is_err(), "workspace for another batch");
+    let mut dw = vec![0.0; l.weight_len() + 1];
+    let grads = ConvGrads { dx: None, dweight: &mut dw, dbias: None };
+    assert!(l.backward(grads, &out, &x, &w, 2, &mut ws).is_err(), "wrong dweight length");
+    assert!(Conv2d::new(Conv2dSpec { cout: 0, ..spec }, 5, 5).is_err());
+    assert!(Conv2d::new(Conv2dSpec { pad: Padding::valid(), ..spec }, 2, 5).is_err(), "kernel larger than the input");
+}
