@@ -83,6 +83,30 @@ fn resample_away(rng: &mut Rng, len: usize, min_kink: f64, mut kink: impl FnMut(
     panic!("no sample {min_kink} away from a kink in 10000 tries");
 }
 
+type PointwiseLoss = fn(&mut [f32], &[f32], &[f32]) -> nhpatch::Result<f32>;
+
+/// Checks an elementwise mean loss against `mean_i term(pred_i - target_i)`
+/// and its gradient against central differences of the loss itself.
+fn check_pointwise(
+    what: &str,
+    loss_fn: PointwiseLoss,
+    term: fn(f64) -> f64,
+    pred: &[f32],
+    target: &[f32],
+) -> Result<(), TestCaseError> {
+    let n = pred.len();
+    let mut grad = vec![0.0; n];
+    let loss = loss_fn(&mut grad, pred, target).unwrap();
+    let want = pred.iter().zip(target).map(|(&p, &t)| term(p as f64 - t as f64)).sum::<f64>() / n as f64;
+    prop_assert!((loss as f64 - want).abs() <= 1e-6 * (1.0 + want), "{what}: loss {loss} vs {want}");
+    let mut scratch = vec![0.0; n];
+    check_grad(what, pred, &grad, 1e-2, SMOOTH, 64, |x| {
+        scratch.fill(0.0);
+        loss_fn(&mut scratch, x, target).unwrap() as f64
+    })
+    .map_err(TestCaseError::fail)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
@@ -98,16 +122,7 @@ proptest! {
                 if rng.next_f32() < 0.5 { t - d } else { t + d }
             })
             .collect();
-        let mut grad = vec![0.0; n];
-        let loss = l1_loss(&mut grad, &pred, &target).unwrap();
-        let want: f64 = pred.iter().zip(&target).map(|(&p, &t)| (p as f64 - t as f64).abs()).sum::<f64>() / n as f64;
-        prop_assert!((loss as f64 - want).abs() <= 1e-6 * (1.0 + want));
-        let mut scratch = vec![0.0; n];
-        check_grad("l1 pred", &pred, &grad, 1e-2, SMOOTH, 64, |x| {
-            scratch.fill(0.0);
-            l1_loss(&mut scratch, x, &target).unwrap() as f64
-        })
-        .map_err(TestCaseError::fail)?;
+        check_pointwise("l1 pred", l1_loss, f64::abs, &pred, &target)?;
     }
 
     #[test]
@@ -115,16 +130,7 @@ proptest! {
         let mut rng = Rng::new(seed);
         let pred = rand_vec(&mut rng, n, -2.0, 2.0);
         let target = rand_vec(&mut rng, n, -2.0, 2.0);
-        let mut grad = vec![0.0; n];
-        let loss = mse_loss(&mut grad, &pred, &target).unwrap();
-        let want: f64 = pred.iter().zip(&target).map(|(&p, &t)| (p as f64 - t as f64).powi(2)).sum::<f64>() / n as f64;
-        prop_assert!((loss as f64 - want).abs() <= 1e-6 * (1.0 + want));
-        let mut scratch = vec![0.0; n];
-        check_grad("mse pred", &pred, &grad, 1e-2, SMOOTH, 64, |x| {
-            scratch.fill(0.0);
-            mse_loss(&mut scratch, x, &target).unwrap() as f64
-        })
-        .map_err(TestCaseError::fail)?;
+        check_pointwise("mse pred", mse_loss, |d| d * d, &pred, &target)?;
     }
 
     #[test]
@@ -266,9 +272,8 @@ fn hardnet_masks_near_duplicates_and_single_pairs() {
     // B = 1: the only negative is the masked diagonal, D00 + 10, so the loss is 0.
     let mut ws = HardNetWorkspace::new(1);
     let (mut ga, mut gp) = ([0.0; 3], [0.0; 3]);
-    let loss = HardNetLoss::default()
-        .loss(&mut ga, &mut gp, &mut ws, &[1.0, 0.0, 0.0], &[0.0, 1.0, 0.0], 1, 3)
-        .unwrap();
+    let loss =
+        HardNetLoss::default().loss(&mut ga, &mut gp, &mut ws, &[1.0, 0.0, 0.0], &[0.0, 1.0, 0.0], 1, 3).unwrap();
     assert_eq!(loss, 0.0);
     assert_eq!((ga, gp), ([0.0; 3], [0.0; 3]));
 }
@@ -299,9 +304,7 @@ fn every_loss_accumulates_into_its_gradients() {
             "hardnet",
             Box::new(|g| {
                 let [ga, gp, _] = g else { unreachable!() };
-                HardNetLoss::default()
-                    .loss(ga, gp, &mut HardNetWorkspace::new(batch), &x, &y, batch, dim)
-                    .unwrap()
+                HardNetLoss::default().loss(ga, gp, &mut HardNetWorkspace::new(batch), &x, &y, batch, dim).unwrap()
             }),
         ),
     ];
@@ -358,4 +361,19 @@ fn losses_reject_bad_lengths_and_arguments() {
     assert!(is_arg(h.loss(&mut ga, &mut gp, &mut ws, &v4, &v4, 2, 0)));
     assert!(is_arg(HardNetLoss::new(-0.5, true)));
     assert!(is_arg(HardNetLoss::new(f32::NAN, false)));
+}
+
+#[test]
+fn hardnet_ties_pick_the_first_index_and_the_row() {
+    let cfg = HardNetLoss::default();
+    // Anchor 0 is exactly 1 from p1 and p2 (its column holds 5s): the first index wins.
+    let mut ws = HardNetWorkspace::new(3);
+    let (mut ga, mut gp) = ([0.0; 3], [0.0; 3]);
+    cfg.loss(&mut ga, &mut gp, &mut ws, &[0.0, 5.0, -5.0], &[0.0, 1.0, -1.0], 3, 1).unwrap();
+    assert_eq!(ws.negatives()[0], (0, 1));
+    // D01 = D10 = 0.25 exactly: each anchor's row minimum wins the tie with its column.
+    let mut ws = HardNetWorkspace::new(2);
+    let (mut ga, mut gp) = ([0.0; 2], [0.0; 2]);
+    cfg.loss(&mut ga, &mut gp, &mut ws, &[0.0, 1.0], &[0.75, 0.25], 2, 1).unwrap();
+    assert_eq!(ws.negatives(), &[(0, 1), (1, 0)]);
 }

@@ -2,6 +2,9 @@
 //! update rules, hand-computed steps, trainable ranges, checkpoint/resume,
 //! thread-count independence, convergence, and invalid configurations.
 
+// `step` takes a list of ranges; a one-range list is the whole-arena case, not a typo.
+#![allow(clippy::single_range_in_vec_init)]
+
 mod common;
 
 use common::{assert_close, rand_vec};
@@ -330,12 +333,12 @@ fn bad_lengths_and_ranges_are_rejected_without_side_effects() {
     let sgd = Sgd { momentum: 0.9, ..Sgd::new(0.1) };
     let adam = Adam::default();
     let cases: [(usize, usize, Vec<Range<usize>>, bool); 6] = [
-        (4, 3, vec![0..4], true),      // gradients too short
-        (4, 4, vec![0..5], true),      // range past the end
+        (4, 3, vec![0..4], true),                       // gradients too short
+        (4, 4, vec![0..5], true),                       // range past the end
         (4, 4, vec![Range { start: 3, end: 2 }], true), // reversed range
-        (4, 4, vec![0..3, 2..4], false), // overlapping
-        (4, 4, vec![2..4, 0..2], false), // descending
-        (4, 4, vec![0..2, 2..4], true), // valid, but the state below is too short
+        (4, 4, vec![0..3, 2..4], false),                // overlapping
+        (4, 4, vec![2..4, 0..2], false),                // descending
+        (4, 4, vec![0..2, 2..4], true),                 // valid, but the state below is too short
     ];
     for (i, (np, ng, ranges, shape)) in cases.into_iter().enumerate() {
         let mut p = vec![1.0f32; np];

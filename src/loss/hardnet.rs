@@ -136,10 +136,7 @@ impl HardNetLoss {
 
     /// The margin must be finite and non-negative.
     pub fn validate(&self) -> Result<()> {
-        if !self.margin.is_finite() || self.margin < 0.0 {
-            return Err(crate::arg_err!("HardNet margin must be finite and >= 0, got {}", self.margin));
-        }
-        Ok(())
+        super::check_margin("HardNet", self.margin)
     }
 
     /// Returns the loss and adds its gradients w.r.t. `a` and `p`.
@@ -155,17 +152,17 @@ impl HardNetLoss {
         dim: usize,
     ) -> Result<f32> {
         self.validate()?;
-        if batch == 0 || dim == 0 {
-            return Err(crate::arg_err!("HardNet loss needs batch and dim > 0, got {batch} x {dim}"));
-        }
-        for (what, len) in [
-            ("HardNet anchors", a.len()),
-            ("HardNet positives", p.len()),
-            ("HardNet anchor gradient", grad_a.len()),
-            ("HardNet positive gradient", grad_p.len()),
-        ] {
-            check_rows(what, len, batch, dim)?;
-        }
+        check_rows(
+            "HardNet",
+            batch,
+            dim,
+            &[
+                ("anchors", a.len()),
+                ("positives", p.len()),
+                ("anchor gradient", grad_a.len()),
+                ("positive gradient", grad_p.len()),
+            ],
+        )?;
         if ws.batch != batch {
             return Err(crate::shape_err!("HardNet workspace built for batch {}, called with {batch}", ws.batch));
         }

@@ -40,10 +40,23 @@ pub(crate) fn mean_pointwise(
     Ok((sum * inv_n) as f32)
 }
 
-/// Checks that a `[batch, dim]` row-major input holds `batch * dim` elements.
-pub(crate) fn check_rows(what: &str, len: usize, batch: usize, dim: usize) -> Result<()> {
-    let want = batch
-        .checked_mul(dim)
-        .ok_or_else(|| crate::shape_err!("{what}: {batch} x {dim} overflows"))?;
-    check_len(what, len, want)
+/// Checks that `margin` is finite and non-negative.
+pub(crate) fn check_margin(what: &str, margin: f32) -> Result<()> {
+    if !margin.is_finite() || margin < 0.0 {
+        return Err(crate::arg_err!("{what} margin must be finite and >= 0, got {margin}"));
+    }
+    Ok(())
+}
+
+/// Checks `batch, dim > 0` and that every named `[batch, dim]` row-major
+/// buffer, given by its length, holds `batch * dim` elements.
+pub(crate) fn check_rows(what: &str, batch: usize, dim: usize, buffers: &[(&str, usize)]) -> Result<()> {
+    if batch == 0 || dim == 0 {
+        return Err(crate::arg_err!("{what} loss needs batch and dim > 0, got {batch} x {dim}"));
+    }
+    let want = batch.checked_mul(dim).ok_or_else(|| crate::shape_err!("{what}: {batch} x {dim} overflows"))?;
+    for &(name, len) in buffers {
+        check_len(&format!("{what} {name}"), len, want)?;
+    }
+    Ok(())
 }

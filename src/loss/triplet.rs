@@ -39,10 +39,7 @@ impl TripletLoss {
 
     /// The margin must be finite and non-negative.
     pub fn validate(&self) -> Result<()> {
-        if !self.margin.is_finite() || self.margin < 0.0 {
-            return Err(crate::arg_err!("triplet margin must be finite and >= 0, got {}", self.margin));
-        }
-        Ok(())
+        super::check_margin("triplet", self.margin)
     }
 
     /// Returns the loss and adds its gradients w.r.t. `a`, `p` and `n`.
@@ -59,19 +56,19 @@ impl TripletLoss {
         dim: usize,
     ) -> Result<f32> {
         self.validate()?;
-        if batch == 0 || dim == 0 {
-            return Err(crate::arg_err!("triplet loss needs batch and dim > 0, got {batch} x {dim}"));
-        }
-        for (what, len) in [
-            ("triplet anchors", a.len()),
-            ("triplet positives", p.len()),
-            ("triplet negatives", n.len()),
-            ("triplet anchor gradient", grad_a.len()),
-            ("triplet positive gradient", grad_p.len()),
-            ("triplet negative gradient", grad_n.len()),
-        ] {
-            check_rows(what, len, batch, dim)?;
-        }
+        check_rows(
+            "triplet",
+            batch,
+            dim,
+            &[
+                ("anchors", a.len()),
+                ("positives", p.len()),
+                ("negatives", n.len()),
+                ("anchor gradient", grad_a.len()),
+                ("positive gradient", grad_p.len()),
+                ("negative gradient", grad_n.len()),
+            ],
+        )?;
         let inv_d = 1.0 / dim as f64;
         let c = (2.0 * inv_d / batch as f64) as f32;
         let mut total = 0.0f64;

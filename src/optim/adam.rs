@@ -64,7 +64,13 @@ impl Adam {
     }
 
     /// One update of `params[r]` for every `r` in `ranges` (see the module docs).
-    pub fn step(&self, state: &mut AdamState, params: &mut [f32], grads: &[f32], ranges: &[Range<usize>]) -> Result<()> {
+    pub fn step(
+        &self,
+        state: &mut AdamState,
+        params: &mut [f32],
+        grads: &[f32],
+        ranges: &[Range<usize>],
+    ) -> Result<()> {
         self.validate()?;
         check_step(
             "Adam",

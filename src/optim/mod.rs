@@ -51,9 +51,5 @@ pub(crate) fn check_step(
 
 /// `Err(InvalidArgument)` naming the hyperparameter unless `ok` holds and `value` is finite.
 pub(crate) fn check_hyper(what: &str, name: &str, value: f64, ok: bool, domain: &str) -> Result<()> {
-    if value.is_finite() && ok {
-        Ok(())
-    } else {
-        Err(crate::arg_err!("{what}: {name} must be {domain}, got {value}"))
-    }
+    if value.is_finite() && ok { Ok(()) } else { Err(crate::arg_err!("{what}: {name} must be {domain}, got {value}")) }
 }
