@@ -55,7 +55,9 @@ fn conv(c: &mut Criterion) {
         let mut g = c.benchmark_group("conv_forward");
         g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
         g.throughput(Throughput::Elements(flops));
-        g.bench_function(name, |bch| bch.iter(|| l.forward(&mut out, black_box(&x), &w, bias, BATCH, &mut ws).unwrap()));
+        g.bench_function(name, |bch| {
+            bch.iter(|| l.forward(&mut out, black_box(&x), &w, bias, BATCH, &mut ws).unwrap())
+        });
         g.finish();
 
         let mut g = c.benchmark_group("conv_backward");

@@ -46,11 +46,7 @@ impl std::error::Error for Error {
 
 /// `Err(Error::Shape(..))` unless `got == want`; `what` names the buffer.
 pub fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(Error::Shape(format!("{what}: expected {want} elements, got {got}")))
-    }
+    if got == want { Ok(()) } else { Err(Error::Shape(format!("{what}: expected {want} elements, got {got}"))) }
 }
 
 /// Shorthand for building a shape error with `format!` arguments.

@@ -74,9 +74,7 @@ impl ParamLayout {
     }
     /// The range of a named tensor, or an error naming it.
     pub fn range(&self, name: &str) -> Result<Range<usize>> {
-        self.get(name)
-            .map(|s| s.range())
-            .ok_or_else(|| Error::InvalidArgument(format!("no parameter named '{name}'")))
+        self.get(name).map(|s| s.range()).ok_or_else(|| Error::InvalidArgument(format!("no parameter named '{name}'")))
     }
     /// A mask over the arena: 1 for trainable elements, 0 for running statistics.
     pub fn trainable_ranges(&self) -> Vec<Range<usize>> {

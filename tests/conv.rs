@@ -86,13 +86,34 @@ struct Case {
 
 /// Random geometries, including 1 channel, batch 1, odd sizes and sizes not divisible by the stride.
 fn case() -> impl Strategy<Value = Case> {
-    (1usize..4, 1usize..5, 1usize..4, 1usize..4, 1usize..3, 0usize..3, 0usize..3, any::<bool>(), 1usize..4, 3usize..8, 3usize..8, any::<u64>())
-        .prop_filter_map("padding must be smaller than the kernel", |(cin, cout, kh, kw, stride, pt, pl, bias, n, h, w, seed)| {
-            let pad = Padding { top: pt.min(kh - 1), left: pl.min(kw - 1), bottom: (pt + 1).min(kh - 1), right: pl.min(kw - 1) };
-            let spec = Conv2dSpec { cin, cout, kh, kw, stride, pad, bias };
-            Conv2d::new(spec, h, w).ok()?;
-            Some(Case { spec, h, w, n, seed })
-        })
+    (
+        1usize..4,
+        1usize..5,
+        1usize..4,
+        1usize..4,
+        1usize..3,
+        0usize..3,
+        0usize..3,
+        any::<bool>(),
+        1usize..4,
+        3usize..8,
+        3usize..8,
+        any::<u64>(),
+    )
+        .prop_filter_map(
+            "padding must be smaller than the kernel",
+            |(cin, cout, kh, kw, stride, pt, pl, bias, n, h, w, seed)| {
+                let pad = Padding {
+                    top: pt.min(kh - 1),
+                    left: pl.min(kw - 1),
+                    bottom: (pt + 1).min(kh - 1),
+                    right: pl.min(kw - 1),
+                };
+                let spec = Conv2dSpec { cin, cout, kh, kw, stride, pad, bias };
+                Conv2d::new(spec, h, w).ok()?;
+                Some(Case { spec, h, w, n, seed })
+            },
+        )
 }
 
 struct Data {
@@ -175,13 +196,13 @@ fn model_layers() -> Vec<(Conv2dSpec, usize)> {
     let same = |k, s, h| Padding::same(h, h, k, k, s).unwrap();
     let c = |cin, cout, k, s, pad, bias| Conv2dSpec { cin, cout, kh: k, kw: k, stride: s, pad, bias };
     vec![
-        (c(1, 16, 3, 1, same(3, 1, 32), true), 32),  // unet conv1
-        (c(16, 32, 3, 1, same(3, 1, 16), true), 16), // unet conv2
-        (c(32, 64, 2, 1, same(2, 1, 32), true), 32), // unet conv3 (2x2, 'same' pads bottom/right)
+        (c(1, 16, 3, 1, same(3, 1, 32), true), 32),          // unet conv1
+        (c(16, 32, 3, 1, same(3, 1, 16), true), 16),         // unet conv2
+        (c(32, 64, 2, 1, same(2, 1, 32), true), 32),         // unet conv3 (2x2, 'same' pads bottom/right)
         (c(64, 64, 3, 1, Padding::symmetric(1), false), 32), // dncnn conv2..16
-        (c(32, 64, 3, 2, same(3, 2, 32), true), 32), // hardnet conv3 (stride 2)
-        (c(128, 128, 3, 1, same(3, 1, 8), true), 8), // hardnet conv6 (P = 64: 4-image tiles)
-        (c(128, 128, 8, 1, Padding::valid(), true), 8), // hardnet conv7 (dense)
+        (c(32, 64, 3, 2, same(3, 2, 32), true), 32),         // hardnet conv3 (stride 2)
+        (c(128, 128, 3, 1, same(3, 1, 8), true), 8),         // hardnet conv6 (P = 64: 4-image tiles)
+        (c(128, 128, 8, 1, Padding::valid(), true), 8),      // hardnet conv7 (dense)
     ]
 }
 

@@ -285,9 +285,9 @@ impl Conv2d {
                 .zip(parts)
                 .zip(dx.par_chunks_mut(si * in_len))
                 .try_for_each(|(((xs, ds), (dwp, dbp)), dxs)| ctx.shard_backward(dwp, dbp, Some(dxs), xs, ds))?,
-            None => inputs
-                .zip(parts)
-                .try_for_each(|((xs, ds), (dwp, dbp))| ctx.shard_backward(dwp, dbp, None, xs, ds))?,
+            None => {
+                inputs.zip(parts).try_for_each(|((xs, ds), (dwp, dbp))| ctx.shard_backward(dwp, dbp, None, xs, ds))?
+            }
         }
         // Sum the partials in shard order: deterministic whatever ran where.
         let dw_part = &ws.dw_part;

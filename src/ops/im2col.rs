@@ -78,15 +78,11 @@ impl Window {
         }
         let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
         if ph < kh || pw < kw {
-            return Err(Error::Shape(format!(
-                "a {kh}x{kw} kernel does not fit a {h}x{w} input padded to {ph}x{pw}"
-            )));
+            return Err(Error::Shape(format!("a {kh}x{kw} kernel does not fit a {h}x{w} input padded to {ph}x{pw}")));
         }
         if pad.top >= kh || pad.bottom >= kh || pad.left >= kw || pad.right >= kw {
             // A window made only of padding would compute a constant: almost surely a mistake.
-            return Err(Error::InvalidArgument(format!(
-                "padding {pad:?} is as large as the {kh}x{kw} kernel"
-            )));
+            return Err(Error::InvalidArgument(format!("padding {pad:?} is as large as the {kh}x{kw} kernel")));
         }
         let ho = (ph - kh) / stride + 1;
         let wo = (pw - kw) / stride + 1;
