@@ -1,0 +1,63 @@
+//! Every available GEMM kernel against the naive reference on fuzzer-chosen
+//! shapes, strides, transposes, alpha and beta. A mismatch or a panic is a bug.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use nhpatch::gemm::{Kernel, MatMut, MatRef, available_kernels, gemm_with};
+
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+}
+
+/// A `rows x cols` view into a fresh buffer, row- or column-major, with padding between lines.
+fn layout(b: &mut Bytes<'_>, rows: usize, cols: usize) -> (usize, usize, usize) {
+    let pad = (b.byte() % 4) as usize;
+    if b.byte() & 1 == 0 {
+        let rs = cols + pad;
+        (rs, 1, rows * rs + 1)
+    } else {
+        let cs = rows + pad;
+        (1, cs, cols * cs + 1)
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut b = Bytes(data);
+    let (m, k, n) = ((b.byte() % 48) as usize, (b.byte() % 48) as usize, (b.byte() % 48) as usize);
+    let alpha = [1.0f32, -0.5, 2.0, 0.0][(b.byte() % 4) as usize];
+    let beta = [0.0f32, 1.0, 0.5][(b.byte() % 3) as usize];
+    let (rsa, csa, la) = layout(&mut b, m, k);
+    let (rsb, csb, lb) = layout(&mut b, k, n);
+    let (rsc, csc, lc) = layout(&mut b, m, n);
+    let mut val = |b: &mut Bytes<'_>| (b.byte() as f32 - 128.0) / 64.0;
+    let a: Vec<f32> = (0..la).map(|_| val(&mut b)).collect();
+    let bm: Vec<f32> = (0..lb).map(|_| val(&mut b)).collect();
+    let c0: Vec<f32> = (0..lc).map(|_| val(&mut b)).collect();
+    let av = || MatRef::new(&a, m, k, rsa, csa).unwrap();
+    let bv = || MatRef::new(&bm, k, n, rsb, csb).unwrap();
+    let mut want = c0.clone();
+    gemm_with(Kernel::Naive, alpha, av(), bv(), beta, MatMut::new(&mut want, m, n, rsc, csc).unwrap()).unwrap();
+    for kernel in available_kernels() {
+        // With beta = 0 the output is prefilled with NaN: a kernel that reads it fails.
+        let mut got = if beta == 0.0 { vec![f32::NAN; lc] } else { c0.clone() };
+        gemm_with(kernel, alpha, av(), bv(), beta, MatMut::new(&mut got, m, n, rsc, csc).unwrap()).unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let (g, w) = (got[i * rsc + j * csc], want[i * rsc + j * csc]);
+                let scale: f32 = (0..k).map(|p| (a[i * rsa + p * csa] * bm[p * rsb + j * csb]).abs()).sum();
+                let tol = 1e-5 * (alpha.abs() * scale + beta.abs() * c0[i * rsc + j * csc].abs()) + 1e-5;
+                assert!((g - w).abs() <= tol, "{kernel:?} m{m} k{k} n{n} C[{i},{j}] = {g}, naive {w}");
+            }
+        }
+    }
+});
