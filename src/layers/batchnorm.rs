@@ -24,7 +24,7 @@
 //! the elementwise passes run one image per task. Either way each result is
 //! computed by the same sequence of operations for any thread count.
 
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::layers::Shape4;
 use crate::ops::elementwise::par_min_items;
 use crate::ops::reduce::{channel_dot_centered, channel_mean_m2, channel_sum};
@@ -139,7 +139,9 @@ pub fn forward_train(
     ])?;
     let m = shape.n * shape.plane();
     if m == 0 {
-        return Err(shape_err!("batchnorm training needs at least one value per channel, got a {shape} tensor"));
+        return Err(shape_err!(
+            "batchnorm training needs at least one value per channel, got a {shape} tensor"
+        ));
     }
     let (eps, mom) = (cfg.eps as f64, cfg.momentum as f64);
     // Unbiased variance = m2 / (m - 1); with one value the biased one (0) stands in.
@@ -177,7 +179,12 @@ pub fn forward_eval(
     cfg.check_shape(shape)?;
     check_len("batchnorm eval forward: out", out.len(), shape.len())?;
     check_len("batchnorm eval forward: x", x.len(), shape.len())?;
-    cfg.check_params("batchnorm eval forward: gamma", gamma.len(), "batchnorm eval forward: beta", beta.len())?;
+    cfg.check_params(
+        "batchnorm eval forward: gamma",
+        gamma.len(),
+        "batchnorm eval forward: beta",
+        beta.len(),
+    )?;
     cfg.check_channels(&[
         ("batchnorm eval forward: running_mean", running_mean.len()),
         ("batchnorm eval forward: running_var", running_var.len()),
@@ -187,9 +194,7 @@ pub fn forward_eval(
     }
     // inv_std is recomputed per image and channel: C square roots per image
     // instead of a buffer.
-    normalize(out, x, gamma, beta, shape, |c| {
-        (running_mean[c], 1.0 / (running_var[c] + cfg.eps).sqrt())
-    });
+    normalize(out, x, gamma, beta, shape, |c| (running_mean[c], 1.0 / (running_var[c] + cfg.eps).sqrt()));
     Ok(())
 }
 
@@ -226,10 +231,15 @@ pub fn backward_train(
     check_len("batchnorm backward: gamma", gamma.len(), cfg.param_len())?;
     cfg.check_params("batchnorm backward: dgamma", dgamma.len(), "batchnorm backward: dbeta", dbeta.len())?;
     check_len("batchnorm backward: scratch", scratch.len(), 2 * cfg.channels)?;
-    cfg.check_channels(&[("batchnorm backward: mean", mean.len()), ("batchnorm backward: inv_std", inv_std.len())])?;
+    cfg.check_channels(&[
+        ("batchnorm backward: mean", mean.len()),
+        ("batchnorm backward: inv_std", inv_std.len()),
+    ])?;
     let m = shape.n * shape.plane();
     if m == 0 {
-        return Err(shape_err!("batchnorm training needs at least one value per channel, got a {shape} tensor"));
+        return Err(shape_err!(
+            "batchnorm training needs at least one value per channel, got a {shape} tensor"
+        ));
     }
     scratch.par_chunks_mut(2).enumerate().with_min_len(par_min_items(m)).try_for_each(
         |(c, s)| -> Result<()> {
@@ -282,7 +292,12 @@ pub fn backward_eval(
     check_len("batchnorm eval backward: dout", dout.len(), shape.len())?;
     check_len("batchnorm eval backward: x", x.len(), shape.len())?;
     check_len("batchnorm eval backward: gamma", gamma.len(), cfg.param_len())?;
-    cfg.check_params("batchnorm eval backward: dgamma", dgamma.len(), "batchnorm eval backward: dbeta", dbeta.len())?;
+    cfg.check_params(
+        "batchnorm eval backward: dgamma",
+        dgamma.len(),
+        "batchnorm eval backward: dbeta",
+        dbeta.len(),
+    )?;
     cfg.check_channels(&[
         ("batchnorm eval backward: running_mean", running_mean.len()),
         ("batchnorm eval backward: running_var", running_var.len()),

@@ -6,7 +6,7 @@
 //! n of `b`. Backward splits `dout` the same way: `da += dout[:, :Ca]`,
 //! `db += dout[:, Ca:]`. One image per rayon task.
 
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::layers::Shape4;
 use crate::ops::elementwise::par_min_items;
 use crate::shape_err;

@@ -9,7 +9,7 @@
 //! training with `p = 0` (every draw keeps, the scale is 1).
 
 use crate::arg_err;
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::ops::elementwise;
 use crate::rng::Rng;
 
@@ -35,7 +35,13 @@ impl DropoutConfig {
 }
 
 /// Draws `mask` from `rng` and writes `out = x * mask / (1 - p)`.
-pub fn forward_train(out: &mut [f32], mask: &mut [u8], x: &[f32], rng: &mut Rng, cfg: &DropoutConfig) -> Result<()> {
+pub fn forward_train(
+    out: &mut [f32],
+    mask: &mut [u8],
+    x: &[f32],
+    rng: &mut Rng,
+    cfg: &DropoutConfig,
+) -> Result<()> {
     check_len("dropout forward: mask", mask.len(), out.len())?;
     check_len("dropout forward: x", x.len(), out.len())?;
     let scale = cfg.keep_scale();

@@ -12,7 +12,7 @@
 //! for a constant patch, where `s = 0` and `S = 0`). One patch per rayon task,
 //! sums in f64.
 
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::layers::Shape4;
 use crate::ops::elementwise::par_min_items;
 use crate::ops::reduce::{dot_centered, mean_m2, sum};
@@ -31,7 +31,13 @@ fn check(shape: Shape4, bufs: &[(&str, usize)], stats: &[(&str, usize)]) -> Resu
 }
 
 /// `out = (x - mean) / std_eps` per patch; saves `mean` and `std_eps = s + 1e-7`.
-pub fn forward(out: &mut [f32], mean: &mut [f32], std_eps: &mut [f32], x: &[f32], shape: Shape4) -> Result<()> {
+pub fn forward(
+    out: &mut [f32],
+    mean: &mut [f32],
+    std_eps: &mut [f32],
+    x: &[f32],
+    shape: Shape4,
+) -> Result<()> {
     check(
         shape,
         &[("input_norm forward: out", out.len()), ("input_norm forward: x", x.len())],

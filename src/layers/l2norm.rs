@@ -9,7 +9,7 @@
 //! `dx = g / n - x (g . x) / n^3`; below the clamp the denominator is the
 //! constant 1e-12 and `dx = g / 1e-12`. One row per rayon task, dots in f64.
 
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::layers::Shape4;
 use crate::ops::elementwise::par_min_items;
 use crate::ops::reduce::dot;
@@ -28,8 +28,11 @@ pub fn forward(out: &mut [f32], norm: &mut [f32], x: &[f32], shape: Shape4) -> R
         norm.fill(0.0);
         return Ok(());
     }
-    out.par_chunks_mut(d).zip(norm.par_iter_mut()).zip(x.par_chunks(d)).with_min_len(par_min_items(d)).try_for_each(
-        |((o, nrm), x)| -> Result<()> {
+    out.par_chunks_mut(d)
+        .zip(norm.par_iter_mut())
+        .zip(x.par_chunks(d))
+        .with_min_len(par_min_items(d))
+        .try_for_each(|((o, nrm), x)| -> Result<()> {
             let n = dot(x, x)?.sqrt();
             let inv = 1.0 / n.max(MIN_NORM as f64);
             for (o, &x) in o.iter_mut().zip(x) {
@@ -37,8 +40,7 @@ pub fn forward(out: &mut [f32], norm: &mut [f32], x: &[f32], shape: Shape4) -> R
             }
             *nrm = n as f32;
             Ok(())
-        },
-    )
+        })
 }
 
 /// `dx += J^T dout` from the saved `norm`.

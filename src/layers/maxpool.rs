@@ -7,7 +7,7 @@
 //! ties. Backward routes each gradient to its argmax:
 //! `dx[argmax[i][j]] += dout[i][j]`. One plane per rayon task.
 
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::layers::Shape4;
 use crate::ops::elementwise::par_min_items;
 use crate::shape_err;

@@ -6,7 +6,7 @@
 //! both; they exist so a reshape is a graph node like any other. `from` and
 //! `to` must have the same batch size and element count.
 
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::layers::Shape4;
 use crate::ops::elementwise;
 use crate::shape_err;

@@ -5,7 +5,7 @@
 //! Backward: `d_input += dout` (the direct path; the path through `f` arrives
 //! separately through `d_f`), `d_f += -dout`.
 
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::ops::elementwise;
 
 /// `out = input - f_out`.

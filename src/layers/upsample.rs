@@ -4,7 +4,7 @@
 //! `out[2i+a][2j+b] = x[i][j]` for a, b in {0, 1}. Backward is the adjoint:
 //! `dx[i][j] += sum_{a,b} dout[2i+a][2j+b]`. One plane per rayon task.
 
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::layers::Shape4;
 use crate::ops::elementwise::par_min_items;
 use rayon::prelude::*;

@@ -8,7 +8,7 @@
 //! `CHUNK`-element pieces for rayon gives bit-identical results for any
 //! thread count.
 
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use rayon::prelude::*;
 
 /// Elements per rayon task: big enough that the split pays, fixed so the
@@ -34,14 +34,11 @@ fn zip_mut(y: &mut [f32], x: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
 
 /// `y[i] = f(y[i], a[i], b[i])` over matching chunks.
 fn zip2_mut(y: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(&mut f32, f32, f32) + Sync) {
-    y.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK))
-        .zip(b.par_chunks(CHUNK))
-        .for_each(|((yc, ac), bc)| {
-            for ((yv, &av), &bv) in yc.iter_mut().zip(ac).zip(bc) {
-                f(yv, av, bv);
-            }
-        });
+    y.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((yc, ac), bc)| {
+        for ((yv, &av), &bv) in yc.iter_mut().zip(ac).zip(bc) {
+            f(yv, av, bv);
+        }
+    });
 }
 
 /// `y[i] = v`.

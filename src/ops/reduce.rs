@@ -8,7 +8,7 @@
 //! deviations from it), which keeps the variance accurate when the mean is
 //! large against the spread.
 
-use crate::error::{check_len, Result};
+use crate::error::{Result, check_len};
 use crate::layers::Shape4;
 use crate::shape_err;
 
@@ -50,7 +50,7 @@ fn check_channel(len: usize, shape: Shape4, c: usize) -> Result<()> {
 }
 
 /// The planes of channel `c` of `x` (shape `shape`), in batch order.
-fn planes<'a>(x: &'a [f32], shape: Shape4, c: usize) -> Result<impl Iterator<Item = &'a [f32]>> {
+fn planes(x: &[f32], shape: Shape4, c: usize) -> Result<impl Iterator<Item = &[f32]>> {
     check_channel(x.len(), shape, c)?;
     // An empty plane yields no chunks; max(1) only keeps chunks_exact defined.
     Ok(x.chunks_exact(shape.plane().max(1)).skip(c).step_by(shape.c))
@@ -69,9 +69,7 @@ pub fn channel_mean_m2(x: &[f32], shape: Shape4, c: usize) -> Result<(f64, f64)>
         return Ok((0.0, 0.0));
     }
     let mean = channel_sum(x, shape, c)? / count as f64;
-    let m2 = planes(x, shape, c)?
-        .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-        .sum();
+    let m2 = planes(x, shape, c)?.map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()).sum();
     Ok((mean, m2))
 }
 
@@ -92,9 +90,8 @@ mod tests {
         let x: Vec<f32> = (0..s.len()).map(|i| (i as f32 * 0.7).sin() + 5.0).collect();
         let y: Vec<f32> = (0..s.len()).map(|i| (i as f32 * 0.3).cos()).collect();
         for c in 0..s.c {
-            let idx: Vec<usize> = (0..s.n)
-                .flat_map(|n| (0..s.plane()).map(move |p| (n * s.c + c) * s.plane() + p))
-                .collect();
+            let idx: Vec<usize> =
+                (0..s.n).flat_map(|n| (0..s.plane()).map(move |p| (n * s.c + c) * s.plane() + p)).collect();
             let m = idx.len() as f64;
             let mean = idx.iter().map(|&i| x[i] as f64).sum::<f64>() / m;
             let m2: f64 = idx.iter().map(|&i| (x[i] as f64 - mean).powi(2)).sum();
