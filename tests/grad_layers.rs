@@ -302,98 +302,43 @@ fn batchnorm_config_rejects_bad_arguments() {
     }
 }
 
+/// Calls the four BatchNorm functions with buffers of the lengths `l`:
+/// [tensors, gamma/beta and their gradients, per-channel statistics, scratch].
+fn bn_calls(l: [usize; 4], shape: Shape4, cfg: &BatchNormConfig) -> [bool; 4] {
+    let (t, p, c) = (vec![0.5; l[0]], vec![1.0; l[1]], vec![1.0; l[2]]);
+    let (mut o, mut p1, mut p2, mut sc) = (t.clone(), p.clone(), p.clone(), vec![0.0; l[3]]);
+    let (mut c1, mut c2, mut c3, mut c4) = (c.clone(), c.clone(), c.clone(), c.clone());
+    [
+        batchnorm::forward_train(&mut o, &mut c1, &mut c2, &mut c3, &mut c4, &t, &p, &p, shape, cfg),
+        batchnorm::forward_eval(&mut o, &t, &p, &p, &c, &c, shape, cfg),
+        batchnorm::backward_train(&mut o, &mut p1, &mut p2, &mut sc, &t, &t, &p, &c, &c, shape, cfg),
+        batchnorm::backward_eval(&mut o, &mut p1, &mut p2, &t, &t, &p, &c, &c, shape, cfg),
+    ]
+    .map(|r| match r {
+        Ok(()) => true,
+        Err(Error::Shape(_)) => false,
+        Err(e) => panic!("not a shape error: {e}"),
+    })
+}
+
 #[test]
 fn batchnorm_rejects_bad_lengths() {
     let s = Shape4::new(2, 3, 2, 2);
     let cfg = BatchNormConfig::pytorch(3, true).unwrap();
-    let (x, g3, mut out, mut c3, mut c3b, mut rm, mut rv) = (
-        vec![0.5; s.len()],
-        vec![1.0; 3],
-        vec![0.0; s.len()],
-        vec![0.0; 3],
-        vec![0.0; 3],
-        vec![0.0; 3],
-        vec![1.0; 3],
-    );
-    let short = vec![0.0; s.len() - 1];
-    assert!(is_shape_err(batchnorm::forward_train(
-        &mut out, &mut c3, &mut c3b, &mut rm, &mut rv, &short, &g3, &g3, s, &cfg
-    )));
-    assert!(is_shape_err(batchnorm::forward_train(
-        &mut out,
-        &mut c3,
-        &mut c3b,
-        &mut rm,
-        &mut rv,
-        &x,
-        &g3[..2],
-        &g3,
-        s,
-        &cfg
-    )));
-    assert!(is_shape_err(batchnorm::forward_train(
-        &mut out,
-        &mut c3[..2],
-        &mut c3b,
-        &mut rm,
-        &mut rv,
-        &x,
-        &g3,
-        &g3,
-        s,
-        &cfg
-    )));
-    let wrong_c = Shape4::new(3, 2, 2, 2);
-    assert!(is_shape_err(batchnorm::forward_train(
-        &mut out, &mut c3, &mut c3b, &mut rm, &mut rv, &x, &g3, &g3, wrong_c, &cfg
-    )));
+    let good = [s.len(), 3, 3, 6];
+    assert_eq!(bn_calls(good, s, &cfg), [true; 4]);
+    for k in 0..3 {
+        let mut bad = good;
+        bad[k] -= 1;
+        assert_eq!(bn_calls(bad, s, &cfg), [false; 4], "buffer class {k} one short");
+    }
+    assert_eq!(bn_calls([s.len(), 3, 3, 5], s, &cfg), [true, true, false, true], "short scratch");
+    assert_eq!(bn_calls(good, Shape4::new(3, 2, 2, 2), &cfg), [false; 4], "wrong channel count");
+    let plain = BatchNormConfig::pytorch(3, false).unwrap();
+    assert_eq!(bn_calls(good, s, &plain), [false; 4], "gamma given without affine");
+    assert_eq!(bn_calls([s.len(), 0, 3, 6], s, &plain), [true; 4]);
     let empty = Shape4::new(0, 3, 2, 2);
-    assert!(is_shape_err(batchnorm::forward_train(
-        &mut [],
-        &mut c3,
-        &mut c3b,
-        &mut rm,
-        &mut rv,
-        &[],
-        &g3,
-        &g3,
-        empty,
-        &cfg
-    )));
-    assert!(is_shape_err(batchnorm::forward_eval(&mut out, &x, &g3, &g3, &rm, &rv[..1], s, &cfg)));
-    let no_affine = BatchNormConfig::pytorch(3, false).unwrap();
-    assert!(is_shape_err(batchnorm::forward_eval(&mut out, &x, &g3, &g3, &rm, &rv, s, &no_affine)));
-    let (mut dx, mut dg, mut db, mut scratch) =
-        (vec![0.0; s.len()], vec![0.0; 3], vec![0.0; 3], vec![0.0; 6]);
-    assert!(is_shape_err(batchnorm::backward_train(
-        &mut dx,
-        &mut dg,
-        &mut db,
-        &mut scratch[..5],
-        &x,
-        &x,
-        &g3,
-        &c3,
-        &c3b,
-        s,
-        &cfg
-    )));
-    assert!(is_shape_err(batchnorm::backward_train(
-        &mut dx,
-        &mut dg,
-        &mut db[..1],
-        &mut scratch,
-        &x,
-        &x,
-        &g3,
-        &c3,
-        &c3b,
-        s,
-        &cfg
-    )));
-    assert!(is_shape_err(batchnorm::backward_eval(
-        &mut dx, &mut dg, &mut db, &short, &x, &g3, &rm, &rv, s, &cfg
-    )));
+    assert_eq!(bn_calls([0, 3, 3, 6], empty, &cfg), [false, true, false, true], "no batch statistics");
 }
 
 // ---------------------------------------------------------------- ReLU

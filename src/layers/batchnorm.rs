@@ -67,20 +67,30 @@ impl BatchNormConfig {
         if self.affine { self.channels } else { 0 }
     }
 
-    fn check_shape(&self, shape: Shape4) -> Result<()> {
+    /// Checks one call's buffers: `tensors` against `shape`, `params` against
+    /// `param_len()`, `stats` against C; and `shape` against the channel count.
+    fn check(
+        &self,
+        shape: Shape4,
+        tensors: &[(&str, usize)],
+        params: &[(&str, usize)],
+        stats: &[(&str, usize)],
+    ) -> Result<()> {
         if shape.c != self.channels {
             return Err(shape_err!("batchnorm: a {shape} tensor for a layer of {} channels", self.channels));
         }
-        Ok(())
+        let groups = [(tensors, shape.len()), (params, self.param_len()), (stats, self.channels)];
+        groups
+            .iter()
+            .try_for_each(|(bufs, want)| bufs.iter().try_for_each(|&(what, len)| check_len(what, len, *want)))
     }
+}
 
-    fn check_params(&self, gamma_what: &str, gamma: usize, beta_what: &str, beta: usize) -> Result<()> {
-        check_len(gamma_what, gamma, self.param_len())?;
-        check_len(beta_what, beta, self.param_len())
-    }
-
-    fn check_channels(&self, bufs: &[(&str, usize)]) -> Result<()> {
-        bufs.iter().try_for_each(|&(what, len)| check_len(what, len, self.channels))
+/// Values per channel, `m = N*H*W`, which training needs to be positive.
+fn train_count(shape: Shape4) -> Result<usize> {
+    match shape.n * shape.plane() {
+        0 => Err(shape_err!("batchnorm training needs at least one value per channel, got a {shape} tensor")),
+        m => Ok(m),
     }
 }
 
@@ -89,8 +99,31 @@ fn affine_of(gamma: &[f32], beta: &[f32], c: usize) -> (f32, f32) {
     (gamma.get(c).copied().unwrap_or(1.0), beta.get(c).copied().unwrap_or(0.0))
 }
 
-/// `out = gamma * (x - mu) * inv_std + beta`, one image per task, with
-/// `(mu, inv_std) = stats(c)` per channel.
+/// Runs `f(c, out_plane, a_plane, b_plane)` over the planes of three
+/// tensors of `shape`, one image per rayon task (`b` may repeat `a`).
+fn for_each_plane(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    shape: Shape4,
+    f: impl Fn(usize, &mut [f32], &[f32], &[f32]) + Sync,
+) {
+    let (img, plane) = (shape.image_len(), shape.plane());
+    if img == 0 || plane == 0 {
+        return;
+    }
+    out.par_chunks_mut(img)
+        .zip(a.par_chunks(img).zip(b.par_chunks(img)))
+        .with_min_len(par_min_items(img))
+        .for_each(|(o, (a, b))| {
+            let planes = o.chunks_exact_mut(plane).zip(a.chunks_exact(plane).zip(b.chunks_exact(plane)));
+            for (c, (o, (a, b))) in planes.enumerate() {
+                f(c, o, a, b);
+            }
+        });
+}
+
+/// `out = gamma * (x - mu) * inv_std + beta` with `(mu, inv_std) = stats(c)`.
 fn normalize(
     out: &mut [f32],
     x: &[f32],
@@ -99,17 +132,20 @@ fn normalize(
     shape: Shape4,
     stats: impl Fn(usize) -> (f32, f32) + Sync,
 ) {
-    let (img, plane) = (shape.image_len(), shape.plane());
-    out.par_chunks_mut(img).zip(x.par_chunks(img)).with_min_len(par_min_items(img)).for_each(|(o, x)| {
-        for (c, (o, x)) in o.chunks_exact_mut(plane).zip(x.chunks_exact(plane)).enumerate() {
-            let (g, b) = affine_of(gamma, beta, c);
-            let (mu, is) = stats(c);
-            let k = is * g;
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = (x - mu) * k + b;
-            }
+    for_each_plane(out, x, x, shape, |c, o, x, _| {
+        let (g, b) = affine_of(gamma, beta, c);
+        let (mu, is) = stats(c);
+        let k = is * g;
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = (x - mu) * k + b;
         }
     });
+}
+
+/// `(sum dout, sum dout * xhat)` over channel `c`, `xhat = (x - mu) * inv_std`.
+fn grad_sums(dout: &[f32], x: &[f32], mu: f32, inv_std: f64, shape: Shape4, c: usize) -> Result<(f32, f32)> {
+    let dot = channel_dot_centered(dout, x, mu as f64, shape, c)?;
+    Ok((channel_sum(dout, shape, c)? as f32, (dot * inv_std) as f32))
 }
 
 /// Training forward: normalises with the batch statistics, saves them in
@@ -127,22 +163,18 @@ pub fn forward_train(
     shape: Shape4,
     cfg: &BatchNormConfig,
 ) -> Result<()> {
-    cfg.check_shape(shape)?;
-    check_len("batchnorm forward: out", out.len(), shape.len())?;
-    check_len("batchnorm forward: x", x.len(), shape.len())?;
-    cfg.check_params("batchnorm forward: gamma", gamma.len(), "batchnorm forward: beta", beta.len())?;
-    cfg.check_channels(&[
-        ("batchnorm forward: mean", mean.len()),
-        ("batchnorm forward: inv_std", inv_std.len()),
-        ("batchnorm forward: running_mean", running_mean.len()),
-        ("batchnorm forward: running_var", running_var.len()),
-    ])?;
-    let m = shape.n * shape.plane();
-    if m == 0 {
-        return Err(shape_err!(
-            "batchnorm training needs at least one value per channel, got a {shape} tensor"
-        ));
-    }
+    cfg.check(
+        shape,
+        &[("batchnorm forward: out", out.len()), ("batchnorm forward: x", x.len())],
+        &[("batchnorm forward: gamma", gamma.len()), ("batchnorm forward: beta", beta.len())],
+        &[
+            ("batchnorm forward: mean", mean.len()),
+            ("batchnorm forward: inv_std", inv_std.len()),
+            ("batchnorm forward: running_mean", running_mean.len()),
+            ("batchnorm forward: running_var", running_var.len()),
+        ],
+    )?;
+    let m = train_count(shape)?;
     let (eps, mom) = (cfg.eps as f64, cfg.momentum as f64);
     // Unbiased variance = m2 / (m - 1); with one value the biased one (0) stands in.
     let unbiased_div = if m > 1 { (m - 1) as f64 } else { 1.0 };
@@ -176,22 +208,15 @@ pub fn forward_eval(
     shape: Shape4,
     cfg: &BatchNormConfig,
 ) -> Result<()> {
-    cfg.check_shape(shape)?;
-    check_len("batchnorm eval forward: out", out.len(), shape.len())?;
-    check_len("batchnorm eval forward: x", x.len(), shape.len())?;
-    cfg.check_params(
-        "batchnorm eval forward: gamma",
-        gamma.len(),
-        "batchnorm eval forward: beta",
-        beta.len(),
+    cfg.check(
+        shape,
+        &[("batchnorm eval forward: out", out.len()), ("batchnorm eval forward: x", x.len())],
+        &[("batchnorm eval forward: gamma", gamma.len()), ("batchnorm eval forward: beta", beta.len())],
+        &[
+            ("batchnorm eval forward: running_mean", running_mean.len()),
+            ("batchnorm eval forward: running_var", running_var.len()),
+        ],
     )?;
-    cfg.check_channels(&[
-        ("batchnorm eval forward: running_mean", running_mean.len()),
-        ("batchnorm eval forward: running_var", running_var.len()),
-    ])?;
-    if shape.is_empty() {
-        return Ok(());
-    }
     // inv_std is recomputed per image and channel: C square roots per image
     // instead of a buffer.
     normalize(out, x, gamma, beta, shape, |c| (running_mean[c], 1.0 / (running_var[c] + cfg.eps).sqrt()));
@@ -224,50 +249,42 @@ pub fn backward_train(
     shape: Shape4,
     cfg: &BatchNormConfig,
 ) -> Result<()> {
-    cfg.check_shape(shape)?;
-    check_len("batchnorm backward: dx", dx.len(), shape.len())?;
-    check_len("batchnorm backward: dout", dout.len(), shape.len())?;
-    check_len("batchnorm backward: x", x.len(), shape.len())?;
-    check_len("batchnorm backward: gamma", gamma.len(), cfg.param_len())?;
-    cfg.check_params("batchnorm backward: dgamma", dgamma.len(), "batchnorm backward: dbeta", dbeta.len())?;
+    cfg.check(
+        shape,
+        &[
+            ("batchnorm backward: dx", dx.len()),
+            ("batchnorm backward: dout", dout.len()),
+            ("batchnorm backward: x", x.len()),
+        ],
+        &[
+            ("batchnorm backward: gamma", gamma.len()),
+            ("batchnorm backward: dgamma", dgamma.len()),
+            ("batchnorm backward: dbeta", dbeta.len()),
+        ],
+        &[("batchnorm backward: mean", mean.len()), ("batchnorm backward: inv_std", inv_std.len())],
+    )?;
     check_len("batchnorm backward: scratch", scratch.len(), 2 * cfg.channels)?;
-    cfg.check_channels(&[
-        ("batchnorm backward: mean", mean.len()),
-        ("batchnorm backward: inv_std", inv_std.len()),
-    ])?;
-    let m = shape.n * shape.plane();
-    if m == 0 {
-        return Err(shape_err!(
-            "batchnorm training needs at least one value per channel, got a {shape} tensor"
-        ));
-    }
+    let m = train_count(shape)?;
     scratch.par_chunks_mut(2).enumerate().with_min_len(par_min_items(m)).try_for_each(
         |(c, s)| -> Result<()> {
-            s[0] = channel_sum(dout, shape, c)? as f32;
-            s[1] = (channel_dot_centered(dout, x, mean[c] as f64, shape, c)? * inv_std[c] as f64) as f32;
+            (s[0], s[1]) = grad_sums(dout, x, mean[c], inv_std[c] as f64, shape, c)?;
             Ok(())
         },
     )?;
     accumulate_affine(dgamma, dbeta, scratch);
     let sums: &[f32] = scratch;
-    let (img, plane, inv_m) = (shape.image_len(), shape.plane(), 1.0 / m as f32);
-    dx.par_chunks_mut(img)
-        .zip(dout.par_chunks(img).zip(x.par_chunks(img)))
-        .with_min_len(par_min_items(img))
-        .for_each(|(dx, (dy, x))| {
-            let planes = dx.chunks_exact_mut(plane).zip(dy.chunks_exact(plane).zip(x.chunks_exact(plane)));
-            for (c, (dx, (dy, x))) in planes.enumerate() {
-                let (g, _) = affine_of(gamma, &[], c);
-                let (mu, is) = (mean[c], inv_std[c]);
-                // In terms of dout: dx = g*is*(dy - mean(dy) - xhat * mean(dy*xhat)).
-                let (mdy, mdyx) = (sums[2 * c] * inv_m, sums[2 * c + 1] * inv_m);
-                let k = g * is;
-                for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
-                    let xhat = (x - mu) * is;
-                    *dx += k * (dy - mdy - xhat * mdyx);
-                }
-            }
-        });
+    let inv_m = 1.0 / m as f32;
+    for_each_plane(dx, dout, x, shape, |c, dx, dy, x| {
+        let (g, _) = affine_of(gamma, &[], c);
+        let (mu, is) = (mean[c], inv_std[c]);
+        // In terms of dout: dx = g*is*(dy - mean(dy) - xhat * mean(dy*xhat)).
+        let (mdy, mdyx) = (sums[2 * c] * inv_m, sums[2 * c + 1] * inv_m);
+        let k = g * is;
+        for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
+            let xhat = (x - mu) * is;
+            *dx += k * (dy - mdy - xhat * mdyx);
+        }
+    });
     Ok(())
 }
 
@@ -287,40 +304,37 @@ pub fn backward_eval(
     shape: Shape4,
     cfg: &BatchNormConfig,
 ) -> Result<()> {
-    cfg.check_shape(shape)?;
-    check_len("batchnorm eval backward: dx", dx.len(), shape.len())?;
-    check_len("batchnorm eval backward: dout", dout.len(), shape.len())?;
-    check_len("batchnorm eval backward: x", x.len(), shape.len())?;
-    check_len("batchnorm eval backward: gamma", gamma.len(), cfg.param_len())?;
-    cfg.check_params(
-        "batchnorm eval backward: dgamma",
-        dgamma.len(),
-        "batchnorm eval backward: dbeta",
-        dbeta.len(),
+    cfg.check(
+        shape,
+        &[
+            ("batchnorm eval backward: dx", dx.len()),
+            ("batchnorm eval backward: dout", dout.len()),
+            ("batchnorm eval backward: x", x.len()),
+        ],
+        &[
+            ("batchnorm eval backward: gamma", gamma.len()),
+            ("batchnorm eval backward: dgamma", dgamma.len()),
+            ("batchnorm eval backward: dbeta", dbeta.len()),
+        ],
+        &[
+            ("batchnorm eval backward: running_mean", running_mean.len()),
+            ("batchnorm eval backward: running_var", running_var.len()),
+        ],
     )?;
-    cfg.check_channels(&[
-        ("batchnorm eval backward: running_mean", running_mean.len()),
-        ("batchnorm eval backward: running_var", running_var.len()),
-    ])?;
-    if shape.is_empty() {
-        return Ok(());
-    }
     let inv_std = |c: usize| 1.0 / (running_var[c] as f64 + cfg.eps as f64).sqrt();
     let m = shape.n * shape.plane();
     dgamma.par_iter_mut().zip(dbeta.par_iter_mut()).enumerate().with_min_len(par_min_items(m)).try_for_each(
         |(c, (dg, db))| -> Result<()> {
-            *db += channel_sum(dout, shape, c)? as f32;
-            *dg += (channel_dot_centered(dout, x, running_mean[c] as f64, shape, c)? * inv_std(c)) as f32;
+            let (sum_dy, sum_dy_xhat) = grad_sums(dout, x, running_mean[c], inv_std(c), shape, c)?;
+            *db += sum_dy;
+            *dg += sum_dy_xhat;
             Ok(())
         },
     )?;
-    let (img, plane) = (shape.image_len(), shape.plane());
-    dx.par_chunks_mut(img).zip(dout.par_chunks(img)).with_min_len(par_min_items(img)).for_each(|(dx, dy)| {
-        for (c, (dx, dy)) in dx.chunks_exact_mut(plane).zip(dy.chunks_exact(plane)).enumerate() {
-            let k = affine_of(gamma, &[], c).0 * inv_std(c) as f32;
-            for (dx, &dy) in dx.iter_mut().zip(dy) {
-                *dx += k * dy;
-            }
+    for_each_plane(dx, dout, dout, shape, |c, dx, dy, _| {
+        let k = affine_of(gamma, &[], c).0 * inv_std(c) as f32;
+        for (dx, &dy) in dx.iter_mut().zip(dy) {
+            *dx += k * dy;
         }
     });
     Ok(())
