@@ -123,7 +123,10 @@ mod tests {
             assert_eq!(r[i], a[i].max(0.0));
             assert_eq!(g[i], if a[i] > 0.0 { 1.0 + b[i] } else { 1.0 });
         }
-        let mut s = a.clone();
+        let mut s = vec![f32::NAN; n];
+        fill(&mut s, 2.0);
+        assert!(s.iter().all(|&v| v == 2.0));
+        copy(&mut s, &a).unwrap();
         scale(&mut s, 3.0);
         add_assign(&mut s, &a).unwrap();
         assert!(s.iter().zip(&a).all(|(&s, &a)| s == 3.0 * a + a));
