@@ -1,1 +1,341 @@
-//! (in progress)
+//! BatchNorm2d over NCHW, PyTorch semantics.
+//!
+//! Shapes: `x`, `out`, `dout`, `dx`: `N x C x H x W`; `gamma`, `beta`,
+//! `dgamma`, `dbeta`: `C` when `affine`, empty (length 0) otherwise (the
+//! HardNet variant); `mean`, `inv_std`, `running_mean`, `running_var`: `C`;
+//! `scratch` (training backward only): `2*C`.
+//!
+//! Per channel c, over its `m = N*H*W` values:
+//! - training forward: `mu = mean(x)`, `var = mean((x - mu)^2)` (biased, two
+//!   passes in f64), `inv_std = 1 / sqrt(var + eps)`, `xhat = (x - mu) * inv_std`,
+//!   `y = gamma * xhat + beta` (`y = xhat` without affine). Saves `mu` and
+//!   `inv_std`; updates `running = (1 - momentum) * running + momentum * stat`
+//!   with the unbiased `var * m / (m - 1)` for `running_var` (the biased one,
+//!   0, when m == 1, where the unbiased one is undefined).
+//! - training backward, with `g = dout * gamma`:
+//!   `dx = inv_std * (g - mean(g) - xhat * mean(g * xhat))`,
+//!   `dgamma = sum(dout * xhat)`, `dbeta = sum(dout)`.
+//! - eval forward: as training with `mu = running_mean`,
+//!   `inv_std = 1 / sqrt(running_var + eps)`, no statistics updated.
+//! - eval backward: the statistics are constants, so `dx = dout * gamma * inv_std`,
+//!   with the same `dgamma`, `dbeta`.
+//!
+//! Threads: the reductions run one channel per rayon task (fixed order inside);
+//! the elementwise passes run one image per task. Either way each result is
+//! computed by the same sequence of operations for any thread count.
+
+use crate::error::{Result, check_len};
+use crate::layers::Shape4;
+use crate::ops::elementwise::par_min_items;
+use crate::ops::reduce::{channel_dot_centered, channel_mean_m2, channel_sum};
+use crate::{arg_err, shape_err};
+use rayon::prelude::*;
+
+/// Configuration of one BatchNorm2d layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormConfig {
+    pub channels: usize,
+    /// Added to the variance before the square root; > 0.
+    pub eps: f32,
+    /// Weight of the batch statistic in the running average, in [0, 1].
+    pub momentum: f32,
+    /// Whether the layer has a learnable per-channel scale and shift.
+    pub affine: bool,
+}
+
+impl BatchNormConfig {
+    pub fn new(channels: usize, eps: f32, momentum: f32, affine: bool) -> Result<Self> {
+        if channels == 0 {
+            return Err(arg_err!("batchnorm: channels must be positive"));
+        }
+        if !(eps > 0.0 && eps.is_finite()) {
+            return Err(arg_err!("batchnorm: eps must be positive and finite, got {eps}"));
+        }
+        if !(0.0..=1.0).contains(&momentum) {
+            return Err(arg_err!("batchnorm: momentum must lie in [0, 1], got {momentum}"));
+        }
+        Ok(BatchNormConfig { channels, eps, momentum, affine })
+    }
+
+    /// PyTorch's defaults: eps 1e-5, momentum 0.1.
+    pub fn pytorch(channels: usize, affine: bool) -> Result<Self> {
+        Self::new(channels, 1e-5, 0.1, affine)
+    }
+
+    /// Length of `gamma`, `beta` and their gradients: C, or 0 without affine.
+    pub fn param_len(&self) -> usize {
+        if self.affine { self.channels } else { 0 }
+    }
+
+    /// Checks one call's buffers: `tensors` against `shape`, `params` against
+    /// `param_len()`, `stats` against C; and `shape` against the channel count.
+    fn check(
+        &self,
+        shape: Shape4,
+        tensors: &[(&str, usize)],
+        params: &[(&str, usize)],
+        stats: &[(&str, usize)],
+    ) -> Result<()> {
+        if shape.c != self.channels {
+            return Err(shape_err!("batchnorm: a {shape} tensor for a layer of {} channels", self.channels));
+        }
+        let groups = [(tensors, shape.len()), (params, self.param_len()), (stats, self.channels)];
+        groups
+            .iter()
+            .try_for_each(|(bufs, want)| bufs.iter().try_for_each(|&(what, len)| check_len(what, len, *want)))
+    }
+}
+
+/// Values per channel, `m = N*H*W`, which training needs to be positive.
+fn train_count(shape: Shape4) -> Result<usize> {
+    match shape.n * shape.plane() {
+        0 => Err(shape_err!("batchnorm training needs at least one value per channel, got a {shape} tensor")),
+        m => Ok(m),
+    }
+}
+
+/// `(gamma[c], beta[c])`, or the identity `(1, 0)` without affine (empty slices).
+fn affine_of(gamma: &[f32], beta: &[f32], c: usize) -> (f32, f32) {
+    (gamma.get(c).copied().unwrap_or(1.0), beta.get(c).copied().unwrap_or(0.0))
+}
+
+/// Runs `f(c, out_plane, a_plane, b_plane)` over the planes of three
+/// tensors of `shape`, one image per rayon task (`b` may repeat `a`).
+fn for_each_plane(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    shape: Shape4,
+    f: impl Fn(usize, &mut [f32], &[f32], &[f32]) + Sync,
+) {
+    let (img, plane) = (shape.image_len(), shape.plane());
+    if img == 0 || plane == 0 {
+        return;
+    }
+    out.par_chunks_mut(img)
+        .zip(a.par_chunks(img).zip(b.par_chunks(img)))
+        .with_min_len(par_min_items(img))
+        .for_each(|(o, (a, b))| {
+            let planes = o.chunks_exact_mut(plane).zip(a.chunks_exact(plane).zip(b.chunks_exact(plane)));
+            for (c, (o, (a, b))) in planes.enumerate() {
+                f(c, o, a, b);
+            }
+        });
+}
+
+/// `out = gamma * (x - mu) * inv_std + beta` with `(mu, inv_std) = stats(c)`.
+fn normalize(
+    out: &mut [f32],
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    shape: Shape4,
+    stats: impl Fn(usize) -> (f32, f32) + Sync,
+) {
+    for_each_plane(out, x, x, shape, |c, o, x, _| {
+        let (g, b) = affine_of(gamma, beta, c);
+        let (mu, is) = stats(c);
+        let k = is * g;
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = (x - mu) * k + b;
+        }
+    });
+}
+
+/// `(sum dout, sum dout * xhat)` over channel `c`, `xhat = (x - mu) * inv_std`.
+fn grad_sums(dout: &[f32], x: &[f32], mu: f32, inv_std: f64, shape: Shape4, c: usize) -> Result<(f32, f32)> {
+    let dot = channel_dot_centered(dout, x, mu as f64, shape, c)?;
+    Ok((channel_sum(dout, shape, c)? as f32, (dot * inv_std) as f32))
+}
+
+/// Training forward: normalises with the batch statistics, saves them in
+/// `mean` and `inv_std`, and updates `running_mean` and `running_var`.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_train(
+    out: &mut [f32],
+    mean: &mut [f32],
+    inv_std: &mut [f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    shape: Shape4,
+    cfg: &BatchNormConfig,
+) -> Result<()> {
+    cfg.check(
+        shape,
+        &[("batchnorm forward: out", out.len()), ("batchnorm forward: x", x.len())],
+        &[("batchnorm forward: gamma", gamma.len()), ("batchnorm forward: beta", beta.len())],
+        &[
+            ("batchnorm forward: mean", mean.len()),
+            ("batchnorm forward: inv_std", inv_std.len()),
+            ("batchnorm forward: running_mean", running_mean.len()),
+            ("batchnorm forward: running_var", running_var.len()),
+        ],
+    )?;
+    let m = train_count(shape)?;
+    let (eps, mom) = (cfg.eps as f64, cfg.momentum as f64);
+    // Unbiased variance = m2 / (m - 1); with one value the biased one (0) stands in.
+    let unbiased_div = if m > 1 { (m - 1) as f64 } else { 1.0 };
+    mean.par_iter_mut()
+        .zip(inv_std.par_iter_mut())
+        .zip(running_mean.par_iter_mut().zip(running_var.par_iter_mut()))
+        .enumerate()
+        .with_min_len(par_min_items(m))
+        .try_for_each(|(c, ((mu, is), (rm, rv)))| -> Result<()> {
+            let (bm, m2) = channel_mean_m2(x, shape, c)?;
+            let var = m2 / m as f64;
+            *mu = bm as f32;
+            *is = (1.0 / (var + eps).sqrt()) as f32;
+            *rm = ((1.0 - mom) * *rm as f64 + mom * bm) as f32;
+            *rv = ((1.0 - mom) * *rv as f64 + mom * (m2 / unbiased_div)) as f32;
+            Ok(())
+        })?;
+    normalize(out, x, gamma, beta, shape, |c| (mean[c], inv_std[c]));
+    Ok(())
+}
+
+/// Eval forward: normalises with the running statistics; nothing is updated.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_eval(
+    out: &mut [f32],
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    shape: Shape4,
+    cfg: &BatchNormConfig,
+) -> Result<()> {
+    cfg.check(
+        shape,
+        &[("batchnorm eval forward: out", out.len()), ("batchnorm eval forward: x", x.len())],
+        &[("batchnorm eval forward: gamma", gamma.len()), ("batchnorm eval forward: beta", beta.len())],
+        &[
+            ("batchnorm eval forward: running_mean", running_mean.len()),
+            ("batchnorm eval forward: running_var", running_var.len()),
+        ],
+    )?;
+    // inv_std is recomputed per image and channel: C square roots per image
+    // instead of a buffer.
+    normalize(out, x, gamma, beta, shape, |c| (running_mean[c], 1.0 / (running_var[c] + cfg.eps).sqrt()));
+    Ok(())
+}
+
+/// `dgamma[c] += sum(dout * xhat)`, `dbeta[c] += sum(dout)` from the per-channel
+/// sums `(sum dout, sum dout * xhat)` (no-op without affine).
+fn accumulate_affine(dgamma: &mut [f32], dbeta: &mut [f32], sums: &[f32]) {
+    for ((dg, db), s) in dgamma.iter_mut().zip(dbeta.iter_mut()).zip(sums.chunks_exact(2)) {
+        *db += s[0];
+        *dg += s[1];
+    }
+}
+
+/// Training backward through the batch statistics saved by `forward_train`.
+/// `scratch` (2*C) receives the per-channel `(sum dout, sum dout * xhat)`.
+/// Accumulates into `dx`, `dgamma`, `dbeta`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_train(
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    scratch: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    shape: Shape4,
+    cfg: &BatchNormConfig,
+) -> Result<()> {
+    cfg.check(
+        shape,
+        &[
+            ("batchnorm backward: dx", dx.len()),
+            ("batchnorm backward: dout", dout.len()),
+            ("batchnorm backward: x", x.len()),
+        ],
+        &[
+            ("batchnorm backward: gamma", gamma.len()),
+            ("batchnorm backward: dgamma", dgamma.len()),
+            ("batchnorm backward: dbeta", dbeta.len()),
+        ],
+        &[("batchnorm backward: mean", mean.len()), ("batchnorm backward: inv_std", inv_std.len())],
+    )?;
+    check_len("batchnorm backward: scratch", scratch.len(), 2 * cfg.channels)?;
+    let m = train_count(shape)?;
+    scratch.par_chunks_mut(2).enumerate().with_min_len(par_min_items(m)).try_for_each(
+        |(c, s)| -> Result<()> {
+            (s[0], s[1]) = grad_sums(dout, x, mean[c], inv_std[c] as f64, shape, c)?;
+            Ok(())
+        },
+    )?;
+    accumulate_affine(dgamma, dbeta, scratch);
+    let sums: &[f32] = scratch;
+    let inv_m = 1.0 / m as f32;
+    for_each_plane(dx, dout, x, shape, |c, dx, dy, x| {
+        let (g, _) = affine_of(gamma, &[], c);
+        let (mu, is) = (mean[c], inv_std[c]);
+        // In terms of dout: dx = g*is*(dy - mean(dy) - xhat * mean(dy*xhat)).
+        let (mdy, mdyx) = (sums[2 * c] * inv_m, sums[2 * c + 1] * inv_m);
+        let k = g * is;
+        for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
+            let xhat = (x - mu) * is;
+            *dx += k * (dy - mdy - xhat * mdyx);
+        }
+    });
+    Ok(())
+}
+
+/// Eval backward: the running statistics are constants, so `dx += dout *
+/// gamma / sqrt(running_var + eps)`; `dgamma`, `dbeta` as in training with
+/// `xhat` from the running statistics. Accumulates into every gradient.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_eval(
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    shape: Shape4,
+    cfg: &BatchNormConfig,
+) -> Result<()> {
+    cfg.check(
+        shape,
+        &[
+            ("batchnorm eval backward: dx", dx.len()),
+            ("batchnorm eval backward: dout", dout.len()),
+            ("batchnorm eval backward: x", x.len()),
+        ],
+        &[
+            ("batchnorm eval backward: gamma", gamma.len()),
+            ("batchnorm eval backward: dgamma", dgamma.len()),
+            ("batchnorm eval backward: dbeta", dbeta.len()),
+        ],
+        &[
+            ("batchnorm eval backward: running_mean", running_mean.len()),
+            ("batchnorm eval backward: running_var", running_var.len()),
+        ],
+    )?;
+    let inv_std = |c: usize| 1.0 / (running_var[c] as f64 + cfg.eps as f64).sqrt();
+    let m = shape.n * shape.plane();
+    dgamma.par_iter_mut().zip(dbeta.par_iter_mut()).enumerate().with_min_len(par_min_items(m)).try_for_each(
+        |(c, (dg, db))| -> Result<()> {
+            let (sum_dy, sum_dy_xhat) = grad_sums(dout, x, running_mean[c], inv_std(c), shape, c)?;
+            *db += sum_dy;
+            *dg += sum_dy_xhat;
+            Ok(())
+        },
+    )?;
+    for_each_plane(dx, dout, dout, shape, |c, dx, dy, _| {
+        let k = affine_of(gamma, &[], c).0 * inv_std(c) as f32;
+        for (dx, &dy) in dx.iter_mut().zip(dy) {
+            *dx += k * dy;
+        }
+    });
+    Ok(())
+}
