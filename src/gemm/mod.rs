@@ -12,7 +12,14 @@
 //! Every kernel is single-threaded: the caller owns the threads (it splits
 //! the batch or the rows of C with rayon and calls GEMM inside).
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod blis;
 mod naive;
+mod pack;
+mod portable;
 
 use crate::error::{Error, Result};
 use std::sync::OnceLock;
@@ -150,24 +157,40 @@ pub enum Kernel {
     Naive,
     /// The `matrixmultiply` crate (BLIS-style, its own runtime dispatch), single-threaded.
     MatrixMultiply,
+    /// nhpatch's packed GEMM with a portable `wide::f32x8` 6x16 micro-kernel (any target).
+    Portable,
+    /// nhpatch's packed GEMM with an AVX2+FMA 6x16 micro-kernel (x86-64 with avx2 and fma).
+    Avx2Fma,
+    /// nhpatch's packed GEMM with an AVX-512F 8x48 micro-kernel (x86-64 with avx512f).
+    Avx512,
 }
 
 impl Kernel {
     /// Every kernel this build knows, available on this CPU or not.
-    pub const ALL: &'static [Kernel] = &[Kernel::Naive, Kernel::MatrixMultiply];
+    pub const ALL: &'static [Kernel] =
+        &[Kernel::Naive, Kernel::MatrixMultiply, Kernel::Portable, Kernel::Avx2Fma, Kernel::Avx512];
 
     /// A short stable name (used by benches and the CLI).
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Naive => "naive",
             Kernel::MatrixMultiply => "matrixmultiply",
+            Kernel::Portable => "portable",
+            Kernel::Avx2Fma => "avx2-fma",
+            Kernel::Avx512 => "avx512",
         }
     }
 
     /// Whether this CPU can run the kernel.
     pub fn is_available(self) -> bool {
         match self {
-            Kernel::Naive | Kernel::MatrixMultiply => true,
+            Kernel::Naive | Kernel::MatrixMultiply | Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2Fma | Kernel::Avx512 => false,
         }
     }
 }
@@ -180,7 +203,16 @@ pub fn available_kernels() -> Vec<Kernel> {
 /// The fastest kernel available on this CPU, detected once.
 pub fn best_kernel() -> Kernel {
     static BEST: OnceLock<Kernel> = OnceLock::new();
-    *BEST.get_or_init(|| Kernel::MatrixMultiply)
+    // Preference order from `cargo bench --bench gemm` on a Zen 4 EPYC (see
+    // benches/gemm.rs): avx512 beat matrixmultiply on every conv shape of the
+    // three models; avx2-fma is next (Zen 4 runs 512-bit FMAs as two 256-bit
+    // halves, so the gap between the two is small there).
+    *BEST.get_or_init(|| {
+        [Kernel::Avx512, Kernel::Avx2Fma, Kernel::MatrixMultiply]
+            .into_iter()
+            .find(|k| k.is_available())
+            .unwrap_or(Kernel::Portable)
+    })
 }
 
 fn check_dims(a: &MatRef<'_>, b: &MatRef<'_>, c: &MatMut<'_>) -> Result<()> {
@@ -237,6 +269,13 @@ pub fn gemm_with(kernel: Kernel, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta:
                 );
             }
         }
+        Kernel::Portable => blis::gemm_blis::<portable::Portable>(alpha, a, b, beta, c),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => blis::gemm_blis::<avx2::Avx2Fma>(alpha, a, b, beta, c),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => blis::gemm_blis::<avx512::Avx512>(alpha, a, b, beta, c),
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Avx2Fma | Kernel::Avx512 => unreachable!("is_available() is false off x86-64"),
     }
     Ok(())
 }
