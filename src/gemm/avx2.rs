@@ -7,62 +7,38 @@
 //! 15 of the 16 ymm registers. 12 independent accumulators cover the 4-cycle
 //! FMA latency on two pipes.
 
-use super::blis::{MicroKernel, Simd, tile_rows};
+use super::blis::{BLOCKING_6X16, MicroKernel, Tile, impl_simd_x86, tile_rows};
 use std::arch::x86_64::*;
 
 pub(crate) struct Avx2Fma;
 
-impl Simd for Avx2Fma {
-    type V = __m256;
-    const LANES: usize = 8;
-    #[inline(always)]
-    fn zero() -> __m256 {
-        // SAFETY: only ever inlined into `tile_avx2`, which enables avx2 and fma.
-        unsafe { _mm256_setzero_ps() }
-    }
-    #[inline(always)]
-    fn splat(x: f32) -> __m256 {
-        // SAFETY: as `zero`.
-        unsafe { _mm256_set1_ps(x) }
-    }
-    #[inline(always)]
-    fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
-        // SAFETY: as `zero`.
-        unsafe { _mm256_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    fn mul(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: as `zero`.
-        unsafe { _mm256_mul_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m256 {
-        // SAFETY: the caller guarantees 8 readable values at `p`.
-        unsafe { _mm256_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m256) {
-        // SAFETY: the caller guarantees 8 writable values at `p`.
-        unsafe { _mm256_storeu_ps(p, v) }
-    }
-}
+impl_simd_x86!(
+    Avx2Fma,
+    __m256,
+    8,
+    _mm256_setzero_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_mul_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps
+);
 
 impl MicroKernel for Avx2Fma {
-    const MR: usize = 6;
-    const NR: usize = 16;
-    const KC: usize = 256;
-    const MC: usize = 132;
-    const NC: usize = 1024;
-    unsafe fn tile(kc: usize, rows: usize, a: *const f32, b: *const f32, alpha: f32, beta: f32, c: *mut f32, rsc: usize) {
-        // SAFETY: forwarded contract, which includes avx2 + fma support.
-        unsafe { tile_avx2(kc, rows, a, b, alpha, beta, c, rsc) }
+    const MR: usize = BLOCKING_6X16[0];
+    const NR: usize = BLOCKING_6X16[1];
+    const KC: usize = BLOCKING_6X16[2];
+    const MC: usize = BLOCKING_6X16[3];
+    const NC: usize = BLOCKING_6X16[4];
+    unsafe fn tile(rows: usize, t: Tile) {
+        // SAFETY: forwarded contract, which includes avx2,fma support.
+        unsafe { tile_avx2(rows, t) }
     }
 }
 
 /// The feature-enabled entry point the generic body is inlined into.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2(kc: usize, rows: usize, a: *const f32, b: *const f32, alpha: f32, beta: f32, c: *mut f32, rsc: usize) {
+unsafe fn tile_avx2(rows: usize, t: Tile) {
     // SAFETY: forwarded `MicroKernel::tile` contract.
-    unsafe { tile_rows::<Avx2Fma, 2, 6>(kc, rows, a, b, alpha, beta, c, rsc) }
+    unsafe { tile_rows::<Avx2Fma, 2, 6>(rows, t) }
 }

@@ -7,47 +7,29 @@
 //! A[i, p]. 28 of the 32 zmm registers, no spills. Each depth step issues 24
 //! FMAs against 3 vector loads and 8 scalar broadcasts, so the FMA pipes, not
 //! the load ports, are the limit. 8 rows divide every Cout in the models
-//! (16..128); 48 columns gave more reuse of the broadcasts than 32.
+//! (16..128); with 48 columns the 8 broadcasts feed 24 FMAs (16 with 32).
 
-use super::blis::{MicroKernel, Simd, tile_rows};
+// AVX-512 intrinsics and `target_feature(enable = "avx512f")` are stable since
+// Rust 1.89, above the crate's declared 1.85: this module only compiles with
+// the `avx512` cargo feature (default on), which is the documented opt-out.
+#![allow(clippy::incompatible_msrv)]
+
+use super::blis::{MicroKernel, Tile, impl_simd_x86, tile_rows};
 use std::arch::x86_64::*;
 
 pub(crate) struct Avx512;
 
-impl Simd for Avx512 {
-    type V = __m512;
-    const LANES: usize = 16;
-    #[inline(always)]
-    fn zero() -> __m512 {
-        // SAFETY: only ever inlined into `tile_avx512`, which enables avx512f.
-        unsafe { _mm512_setzero_ps() }
-    }
-    #[inline(always)]
-    fn splat(x: f32) -> __m512 {
-        // SAFETY: as `zero`.
-        unsafe { _mm512_set1_ps(x) }
-    }
-    #[inline(always)]
-    fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-        // SAFETY: as `zero`.
-        unsafe { _mm512_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    fn mul(a: __m512, b: __m512) -> __m512 {
-        // SAFETY: as `zero`.
-        unsafe { _mm512_mul_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m512 {
-        // SAFETY: the caller guarantees 16 readable values at `p`.
-        unsafe { _mm512_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m512) {
-        // SAFETY: the caller guarantees 16 writable values at `p`.
-        unsafe { _mm512_storeu_ps(p, v) }
-    }
-}
+impl_simd_x86!(
+    Avx512,
+    __m512,
+    16,
+    _mm512_setzero_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_mul_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps
+);
 
 impl MicroKernel for Avx512 {
     const MR: usize = 8;
@@ -55,16 +37,15 @@ impl MicroKernel for Avx512 {
     const KC: usize = 256;
     const MC: usize = 128;
     const NC: usize = 480;
-    unsafe fn tile(kc: usize, rows: usize, a: *const f32, b: *const f32, alpha: f32, beta: f32, c: *mut f32, rsc: usize) {
+    unsafe fn tile(rows: usize, t: Tile) {
         // SAFETY: forwarded contract, which includes avx512f support.
-        unsafe { tile_avx512(kc, rows, a, b, alpha, beta, c, rsc) }
+        unsafe { tile_avx512(rows, t) }
     }
 }
 
 /// The feature-enabled entry point the generic body is inlined into.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512(kc: usize, rows: usize, a: *const f32, b: *const f32, alpha: f32, beta: f32, c: *mut f32, rsc: usize) {
+unsafe fn tile_avx512(rows: usize, t: Tile) {
     // SAFETY: forwarded `MicroKernel::tile` contract.
-    unsafe { tile_rows::<Avx512, 3, 8>(kc, rows, a, b, alpha, beta, c, rsc) }
+    unsafe { tile_rows::<Avx512, 3, 8>(rows, t) }
 }

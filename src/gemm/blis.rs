@@ -45,6 +45,51 @@ pub(crate) trait Simd {
     unsafe fn store(p: *mut f32, v: Self::V);
 }
 
+/// Implements `Simd` for an x86 vector type from its intrinsics. The methods
+/// are only ever inlined into a kernel entry point whose `target_feature`
+/// enables the intrinsics' features (their SAFETY requirement).
+#[cfg(target_arch = "x86_64")]
+macro_rules! impl_simd_x86 {
+    ($ty:ty, $v:ty, $lanes:expr, $zero:ident, $splat:ident, $fma:ident, $mul:ident, $load:ident, $store:ident) => {
+        impl $crate::gemm::blis::Simd for $ty {
+            type V = $v;
+            const LANES: usize = $lanes;
+            #[inline(always)]
+            fn zero() -> $v {
+                // SAFETY: inlined into a function enabling the needed features.
+                unsafe { $zero() }
+            }
+            #[inline(always)]
+            fn splat(x: f32) -> $v {
+                // SAFETY: as `zero`.
+                unsafe { $splat(x) }
+            }
+            #[inline(always)]
+            fn fma(a: $v, b: $v, c: $v) -> $v {
+                // SAFETY: as `zero`.
+                unsafe { $fma(a, b, c) }
+            }
+            #[inline(always)]
+            fn mul(a: $v, b: $v) -> $v {
+                // SAFETY: as `zero`.
+                unsafe { $mul(a, b) }
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> $v {
+                // SAFETY: the caller guarantees LANES readable values at `p`.
+                unsafe { $load(p) }
+            }
+            #[inline(always)]
+            unsafe fn store(p: *mut f32, v: $v) {
+                // SAFETY: the caller guarantees LANES writable values at `p`.
+                unsafe { $store(p, v) }
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use impl_simd_x86;
+
 /// A micro-kernel plus its blocking parameters.
 pub(crate) trait MicroKernel {
     /// Rows of a micro-tile (A panel width).
@@ -60,10 +105,28 @@ pub(crate) trait MicroKernel {
     /// `C[rows x NR] = alpha * Apanel * Bpanel + beta * C` (C not read when `beta == 0`).
     ///
     /// # Safety
-    /// `a` holds `kc * MR` packed values, `b` holds `kc * NR`; `1 <= rows <= MR`;
-    /// `c + i * rsc + j` is writable (and readable if `beta != 0`) for
-    /// `i < rows`, `j < NR`; the CPU has the kernel's features.
-    unsafe fn tile(kc: usize, rows: usize, a: *const f32, b: *const f32, alpha: f32, beta: f32, c: *mut f32, rsc: usize);
+    /// `t` satisfies `Tile`'s contract for `MR` and `NR`; `1 <= rows <= MR`;
+    /// the CPU has the kernel's features.
+    unsafe fn tile(rows: usize, t: Tile);
+}
+
+/// Blocking shared by the 6 x 16 kernels (portable and AVX2).
+pub(crate) const BLOCKING_6X16: [usize; 5] = [6, 16, 256, 132, 1024];
+
+/// One micro-tile's operands.
+///
+/// Contract: `a` holds `kc * MR` packed A values, `b` holds `kc * NR` packed B
+/// values, `c + i * rsc + j` is writable (and readable if `beta != 0`) for
+/// every row `i` the kernel computes and `j < NR`.
+#[derive(Clone, Copy)]
+pub(crate) struct Tile {
+    pub kc: usize,
+    pub a: *const f32,
+    pub b: *const f32,
+    pub alpha: f32,
+    pub beta: f32,
+    pub c: *mut f32,
+    pub rsc: usize,
 }
 
 /// The generic micro-kernel body: `R` rows, `NV` vectors of `S` per row,
@@ -75,15 +138,8 @@ pub(crate) trait MicroKernel {
 /// As `MicroKernel::tile` with `rows = R`; must be inlined into a function
 /// that enables the features `S` needs.
 #[inline(always)]
-pub(crate) unsafe fn micro_tile<S: Simd, const R: usize, const NV: usize, const MR: usize>(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    alpha: f32,
-    beta: f32,
-    c: *mut f32,
-    rsc: usize,
-) {
+unsafe fn micro_tile<S: Simd, const R: usize, const NV: usize, const MR: usize>(t: Tile) {
+    let Tile { kc, a, b, alpha, beta, c, rsc } = t;
     let mut acc = [[S::zero(); NV]; R];
     let (mut ap, mut bp) = (a, b);
     // SAFETY: the caller's contract: packed A has MR values per depth step
@@ -124,28 +180,19 @@ pub(crate) unsafe fn micro_tile<S: Simd, const R: usize, const NV: usize, const 
 /// # Safety
 /// As `MicroKernel::tile`.
 #[inline(always)]
-pub(crate) unsafe fn tile_rows<S: Simd, const NV: usize, const MR: usize>(
-    kc: usize,
-    rows: usize,
-    a: *const f32,
-    b: *const f32,
-    alpha: f32,
-    beta: f32,
-    c: *mut f32,
-    rsc: usize,
-) {
+pub(crate) unsafe fn tile_rows<S: Simd, const NV: usize, const MR: usize>(rows: usize, t: Tile) {
     // SAFETY: forwarded contract; `rows <= MR` so the instantiation reads only
     // packed rows that exist.
     unsafe {
         match rows {
-            1 => micro_tile::<S, 1, NV, MR>(kc, a, b, alpha, beta, c, rsc),
-            2 => micro_tile::<S, 2, NV, MR>(kc, a, b, alpha, beta, c, rsc),
-            3 => micro_tile::<S, 3, NV, MR>(kc, a, b, alpha, beta, c, rsc),
-            4 => micro_tile::<S, 4, NV, MR>(kc, a, b, alpha, beta, c, rsc),
-            5 if MR >= 5 => micro_tile::<S, 5, NV, MR>(kc, a, b, alpha, beta, c, rsc),
-            6 if MR >= 6 => micro_tile::<S, 6, NV, MR>(kc, a, b, alpha, beta, c, rsc),
-            7 if MR >= 7 => micro_tile::<S, 7, NV, MR>(kc, a, b, alpha, beta, c, rsc),
-            8 if MR >= 8 => micro_tile::<S, 8, NV, MR>(kc, a, b, alpha, beta, c, rsc),
+            1 => micro_tile::<S, 1, NV, MR>(t),
+            2 => micro_tile::<S, 2, NV, MR>(t),
+            3 => micro_tile::<S, 3, NV, MR>(t),
+            4 => micro_tile::<S, 4, NV, MR>(t),
+            5 if MR >= 5 => micro_tile::<S, 5, NV, MR>(t),
+            6 if MR >= 6 => micro_tile::<S, 6, NV, MR>(t),
+            7 if MR >= 7 => micro_tile::<S, 7, NV, MR>(t),
+            8 if MR >= 8 => micro_tile::<S, 8, NV, MR>(t),
             _ => unreachable!("micro-tile rows {rows} outside 1..={MR}"),
         }
     }
@@ -215,11 +262,11 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
                                 // j < NR, are inside the checked view C and
                                 // contiguous along j. `gemm_with` checked the
                                 // CPU features.
-                                unsafe { K::tile(kc, rows, ap, bp, alpha, beta, cp.add(i0 * crs + j0), crs) };
+                                unsafe { K::tile(rows, Tile { kc, a: ap, b: bp, alpha, beta, c: cp.add(i0 * crs + j0), rsc: crs }) };
                             } else {
                                 let mut t = [0.0f32; MAX_TILE];
                                 // SAFETY: as above, into the local NR-wide tile.
-                                unsafe { K::tile(kc, rows, ap, bp, alpha, 0.0, t.as_mut_ptr(), K::NR) };
+                                unsafe { K::tile(rows, Tile { kc, a: ap, b: bp, alpha, beta: 0.0, c: t.as_mut_ptr(), rsc: K::NR }) };
                                 for i in 0..rows {
                                     for j in 0..nr {
                                         // SAFETY: (i0 + i, j0 + j) is inside C.

@@ -6,7 +6,7 @@
 //! acc(i, j) = C[i, 8j .. 8j + 8]; 2 f32x8 for the packed-B row; one splat of
 //! A[i, p]. On targets without FMA, `mul_add` is a multiply then an add.
 
-use super::blis::{MicroKernel, Simd, tile_rows};
+use super::blis::{BLOCKING_6X16, MicroKernel, Simd, Tile, tile_rows};
 use wide::f32x8;
 
 pub(crate) struct Portable;
@@ -44,13 +44,14 @@ impl Simd for Portable {
 }
 
 impl MicroKernel for Portable {
-    const MR: usize = 6;
-    const NR: usize = 16;
-    const KC: usize = 256;
-    const MC: usize = 132;
-    const NC: usize = 1024;
-    unsafe fn tile(kc: usize, rows: usize, a: *const f32, b: *const f32, alpha: f32, beta: f32, c: *mut f32, rsc: usize) {
+    // Same blocking as AVX2 (same tile shape and vector width).
+    const MR: usize = BLOCKING_6X16[0];
+    const NR: usize = BLOCKING_6X16[1];
+    const KC: usize = BLOCKING_6X16[2];
+    const MC: usize = BLOCKING_6X16[3];
+    const NC: usize = BLOCKING_6X16[4];
+    unsafe fn tile(rows: usize, t: Tile) {
         // SAFETY: forwarded `MicroKernel::tile` contract; no CPU features needed.
-        unsafe { tile_rows::<Portable, 2, 6>(kc, rows, a, b, alpha, beta, c, rsc) }
+        unsafe { tile_rows::<Portable, 2, 6>(rows, t) }
     }
 }
