@@ -20,7 +20,7 @@
 //! MR x NR tile that is copied out. A column-major C is handled as
 //! `C^T = B^T A^T`, so the fast path still writes contiguous memory.
 
-use super::pack::pack_panels;
+use super::pack::{pack_panels, prefetch_share};
 use super::{MatMut, MatRef};
 use std::cell::RefCell;
 
@@ -115,14 +115,16 @@ pub(crate) const BLOCKING_6X16: [usize; 5] = [6, 16, 256, 132, 1024];
 
 /// One micro-tile's operands.
 ///
-/// Contract: `a` holds `kc * MR` packed A values, `b` holds `kc * NR` packed B
-/// values, `c + i * rsc + j` is writable (and readable if `beta != 0`) for
+/// Contract: `a` holds `kc * MR` packed A values; `b + p * bs + j` is
+/// readable for `p < kc`, `j < NR` (`bs = NR` for a packed panel, B's row
+/// stride when B is read in place); `c + i * rsc + j` is writable (and readable if `beta != 0`) for
 /// every row `i` the kernel computes and `j < NR`.
 #[derive(Clone, Copy)]
 pub(crate) struct Tile {
     pub kc: usize,
     pub a: *const f32,
     pub b: *const f32,
+    pub bs: usize,
     pub alpha: f32,
     pub beta: f32,
     pub c: *mut f32,
@@ -139,11 +141,11 @@ pub(crate) struct Tile {
 /// that enables the features `S` needs.
 #[inline(always)]
 unsafe fn micro_tile<S: Simd, const R: usize, const NV: usize, const MR: usize>(t: Tile) {
-    let Tile { kc, a, b, alpha, beta, c, rsc } = t;
+    let Tile { kc, a, b, bs, alpha, beta, c, rsc } = t;
     let mut acc = [[S::zero(); NV]; R];
     let (mut ap, mut bp) = (a, b);
     // SAFETY: the caller's contract: packed A has MR values per depth step
-    // (R <= MR of them used), packed B has NV * LANES; C rows i < R hold
+    // (R <= MR of them used), B has NV * LANES = NR per step of `bs`; C rows i < R hold
     // NV * LANES writable values at c + i * rsc.
     unsafe {
         for _ in 0..kc {
@@ -158,7 +160,7 @@ unsafe fn micro_tile<S: Simd, const R: usize, const NV: usize, const MR: usize>(
                 }
             }
             ap = ap.add(MR);
-            bp = bp.add(NV * S::LANES);
+            bp = bp.add(bs);
         }
         let va = S::splat(alpha);
         let vb = S::splat(beta);
@@ -230,6 +232,10 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
     let (m, n, k) = (c.rows, c.cols, a.cols);
     // Split the depth evenly (576 -> 3 x 192 rather than 256 + 256 + 64).
     let kc_blk = k.div_ceil(k.div_ceil(K::KC));
+    // With a single row panel every packed B panel would be used once, so
+    // packing only costs a copy: read row-major B in place instead (packing
+    // just the ragged last panel, whose width is short of NR).
+    let direct_b = m <= K::MR && b.cs == 1;
     BUFS.with(|cell| {
         let mut bufs = cell.borrow_mut();
         let PackBufs { a: abuf, b: bbuf } = &mut *bufs;
@@ -244,14 +250,42 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
                 let beta = if pc == 0 { beta } else { 1.0 };
                 // SAFETY: (pc, jc) is an element of B and the block's elements
                 // are inside the view B, bounds-checked at construction.
-                unsafe { pack_panels(b.data.as_ptr().add(pc * b.rs + jc * b.cs), nc, kc, b.cs, b.rs, K::NR, bbuf) };
+                let b_blk = unsafe { b.data.as_ptr().add(pc * b.rs + jc * b.cs) };
+                if !direct_b {
+                    // SAFETY: as above.
+                    unsafe { pack_panels(b_blk, nc, kc, b.cs, b.rs, K::NR, bbuf) };
+                }
                 for ic in (0..m).step_by(K::MC) {
                     let mc = K::MC.min(m - ic);
                     // SAFETY: as for B, with element (ic, pc) of A.
                     unsafe { pack_panels(a.data.as_ptr().add(ic * a.rs + pc * a.cs), mc, kc, a.rs, a.cs, K::MR, abuf) };
                     for jr in (0..nc).step_by(K::NR) {
                         let nr = K::NR.min(nc - jr);
-                        let bp = bbuf[jr * kc..].as_ptr();
+                        if ic == 0 && b.cs == 1 {
+                            // The next B block in loop order: deeper in this
+                            // column block, else the next column block.
+                            let (pn, jn) = if pc + kc < k { (pc + kc, jc) } else { (0, jc + K::NC) };
+                            if jn < n {
+                                let (kn, nn) = (kc_blk.min(k - pn), K::NC.min(n - jn));
+                                // SAFETY: (pn, jn) is an element of B, and so is
+                                // every (p, j) of that kn x nn block.
+                                unsafe {
+                                    let at = b.data.as_ptr().add(pn * b.rs + jn);
+                                    prefetch_share(at, nn, kn, b.rs, jr / K::NR, nc.div_ceil(K::NR));
+                                }
+                            }
+                        }
+                        let (bp, bs) = if !direct_b {
+                            (bbuf[jr * kc..].as_ptr(), K::NR)
+                        } else if nr == K::NR {
+                            // SAFETY: (pc, jc + jr) is an element of B, and
+                            // the kc x NR panel from it lies inside B.
+                            (unsafe { b_blk.add(jr) }, b.rs)
+                        } else {
+                            // SAFETY: the kc x nr edge panel lies inside B.
+                            unsafe { pack_panels(b_blk.add(jr), nr, kc, 1, b.rs, K::NR, bbuf) };
+                            (bbuf.as_ptr(), K::NR)
+                        };
                         for ir in (0..mc).step_by(K::MR) {
                             let rows = K::MR.min(mc - ir);
                             let ap = abuf[ir * kc..].as_ptr();
@@ -262,11 +296,11 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
                                 // j < NR, are inside the checked view C and
                                 // contiguous along j. `gemm_with` checked the
                                 // CPU features.
-                                unsafe { K::tile(rows, Tile { kc, a: ap, b: bp, alpha, beta, c: cp.add(i0 * crs + j0), rsc: crs }) };
+                                unsafe { K::tile(rows, Tile { kc, a: ap, b: bp, bs, alpha, beta, c: cp.add(i0 * crs + j0), rsc: crs }) };
                             } else {
                                 let mut t = [0.0f32; MAX_TILE];
                                 // SAFETY: as above, into the local NR-wide tile.
-                                unsafe { K::tile(rows, Tile { kc, a: ap, b: bp, alpha, beta: 0.0, c: t.as_mut_ptr(), rsc: K::NR }) };
+                                unsafe { K::tile(rows, Tile { kc, a: ap, b: bp, bs, alpha, beta: 0.0, c: t.as_mut_ptr(), rsc: K::NR }) };
                                 for i in 0..rows {
                                     for j in 0..nr {
                                         // SAFETY: (i0 + i, j0 + j) is inside C.

@@ -68,3 +68,32 @@ pub(crate) unsafe fn pack_panels(
         }
     }
 }
+
+/// Prefetches (towards L2) share `part` of `parts` of a block's lines, the
+/// block being `dim x depth` with unit stride along `dim` (row-major B).
+///
+/// Why: packing reads B from DRAM in short row segments that the hardware
+/// prefetcher picks up late, so FMA units idle while it runs. Spreading
+/// prefetches of the *next* block over the micro-kernel calls of the current
+/// one overlaps that DRAM traffic with compute. Other layouts are skipped.
+///
+/// # Safety
+/// `src` must point at element (0, 0) of a block inside one allocation whose
+/// elements `(d, p)` lie at `src + d + p * s_depth`. (Prefetches never fault,
+/// but the pointer arithmetic must stay in bounds.)
+pub(crate) unsafe fn prefetch_share(src: *const f32, dim: usize, depth: usize, s_depth: usize, part: usize, parts: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        let (p0, p1) = (part * depth / parts, (part + 1) * depth / parts);
+        for p in p0..p1 {
+            for d in (0..dim).step_by(16) {
+                // SAFETY: (d, p) is an element of the block (caller's contract);
+                // a prefetch has no architectural effect.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(src.add(d + p * s_depth).cast::<i8>()) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (src, dim, depth, s_depth, part, parts);
+}
