@@ -7,7 +7,7 @@
 //! 15 of the 16 ymm registers. 12 independent accumulators cover the 4-cycle
 //! FMA latency on two pipes.
 
-use super::blis::{BLOCKING_6X16, MicroKernel, Tile, impl_simd_x86, tile_rows};
+use super::blis::{BLOCKING_6X16, Blocking, MicroKernel, Tile, impl_simd_x86, tile_rows};
 use std::arch::x86_64::*;
 
 pub(crate) struct Avx2Fma;
@@ -25,11 +25,7 @@ impl_simd_x86!(
 );
 
 impl MicroKernel for Avx2Fma {
-    const MR: usize = BLOCKING_6X16[0];
-    const NR: usize = BLOCKING_6X16[1];
-    const KC: usize = BLOCKING_6X16[2];
-    const MC: usize = BLOCKING_6X16[3];
-    const NC: usize = BLOCKING_6X16[4];
+    const BLOCKING: Blocking = BLOCKING_6X16;
     unsafe fn tile(rows: usize, t: Tile) {
         // SAFETY: forwarded contract, which includes avx2,fma support.
         unsafe { tile_avx2(rows, t) }
@@ -40,5 +36,5 @@ impl MicroKernel for Avx2Fma {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(rows: usize, t: Tile) {
     // SAFETY: forwarded `MicroKernel::tile` contract.
-    unsafe { tile_rows::<Avx2Fma, 2, 6>(rows, t) }
+    unsafe { tile_rows::<Avx2Fma, 2, { Avx2Fma::BLOCKING.mr }>(rows, t) }
 }

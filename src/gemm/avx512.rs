@@ -14,7 +14,7 @@
 // the `avx512` cargo feature (default on), which is the documented opt-out.
 #![allow(clippy::incompatible_msrv)]
 
-use super::blis::{MicroKernel, Tile, impl_simd_x86, tile_rows};
+use super::blis::{Blocking, MicroKernel, Tile, impl_simd_x86, tile_rows};
 use std::arch::x86_64::*;
 
 pub(crate) struct Avx512;
@@ -32,11 +32,10 @@ impl_simd_x86!(
 );
 
 impl MicroKernel for Avx512 {
-    const MR: usize = 8;
-    const NR: usize = 48;
-    const KC: usize = 256;
-    const MC: usize = 128;
-    const NC: usize = 480;
+    // (KC, NC) = (384, 480) measured best of (192, 720), (256, 480), (256, 960),
+    // (384, 480), (512, 384) on Zen 4: the 720 KiB B block and the A block
+    // share the 1 MiB L2.
+    const BLOCKING: Blocking = Blocking { mr: 8, nr: 48, kc: 384, mc: 128, nc: 480 };
     unsafe fn tile(rows: usize, t: Tile) {
         // SAFETY: forwarded contract, which includes avx512f support.
         unsafe { tile_avx512(rows, t) }
@@ -47,5 +46,5 @@ impl MicroKernel for Avx512 {
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_avx512(rows: usize, t: Tile) {
     // SAFETY: forwarded `MicroKernel::tile` contract.
-    unsafe { tile_rows::<Avx512, 3, 8>(rows, t) }
+    unsafe { tile_rows::<Avx512, 3, { Avx512::BLOCKING.mr }>(rows, t) }
 }

@@ -90,18 +90,24 @@ macro_rules! impl_simd_x86 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) use impl_simd_x86;
 
+/// Blocking parameters of one micro-kernel.
+#[derive(Clone, Copy)]
+pub(crate) struct Blocking {
+    /// Rows of a micro-tile (A panel width), at most 8.
+    pub mr: usize,
+    /// Columns of a micro-tile (B panel width), a multiple of the vector width.
+    pub nr: usize,
+    /// Largest depth of one packed block.
+    pub kc: usize,
+    /// Rows of one packed A block (a multiple of `mr`).
+    pub mc: usize,
+    /// Columns of one packed B block (a multiple of `nr`).
+    pub nc: usize,
+}
+
 /// A micro-kernel plus its blocking parameters.
 pub(crate) trait MicroKernel {
-    /// Rows of a micro-tile (A panel width).
-    const MR: usize;
-    /// Columns of a micro-tile (B panel width), a multiple of the vector width.
-    const NR: usize;
-    /// Depth of one packed block.
-    const KC: usize;
-    /// Rows of one packed A block (a multiple of MR).
-    const MC: usize;
-    /// Columns of one packed B block (a multiple of NR).
-    const NC: usize;
+    const BLOCKING: Blocking;
     /// `C[rows x NR] = alpha * Apanel * Bpanel + beta * C` (C not read when `beta == 0`).
     ///
     /// # Safety
@@ -111,7 +117,7 @@ pub(crate) trait MicroKernel {
 }
 
 /// Blocking shared by the 6 x 16 kernels (portable and AVX2).
-pub(crate) const BLOCKING_6X16: [usize; 5] = [6, 16, 256, 132, 1024];
+pub(crate) const BLOCKING_6X16: Blocking = Blocking { mr: 6, nr: 16, kc: 256, mc: 132, nc: 1024 };
 
 /// One micro-tile's operands.
 ///
@@ -226,24 +232,29 @@ fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 ///
 /// The CPU must support `K`'s features (checked by `gemm_with`); m, n, k >= 1.
 pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
-    const { assert!(K::MR <= 8 && K::MR * K::NR <= MAX_TILE && K::MC % K::MR == 0 && K::NC % K::NR == 0) };
+    const {
+        let b = K::BLOCKING;
+        assert!(b.mr <= 8 && b.mr * b.nr <= MAX_TILE && b.mc % b.mr == 0 && b.nc % b.nr == 0);
+    };
+    #[allow(non_snake_case)]
+    let Blocking { mr: MR, nr: NR, kc: KC, mc: MC, nc: NC } = K::BLOCKING;
     // The fast path stores along C's rows; a column-major C is the transpose problem.
     let (a, b, mut c) = if c.cs != 1 && c.rs == 1 { (b.t(), a.t(), c.t()) } else { (a, b, c) };
     let (m, n, k) = (c.rows, c.cols, a.cols);
     // Split the depth evenly (576 -> 3 x 192 rather than 256 + 256 + 64).
-    let kc_blk = k.div_ceil(k.div_ceil(K::KC));
+    let kc_blk = k.div_ceil(k.div_ceil(KC));
     // With a single row panel every packed B panel would be used once, so
     // packing only costs a copy: read row-major B in place instead (packing
     // just the ragged last panel, whose width is short of NR).
-    let direct_b = m <= K::MR && b.cs == 1;
+    let direct_b = m <= MR && b.cs == 1;
     BUFS.with(|cell| {
         let mut bufs = cell.borrow_mut();
         let PackBufs { a: abuf, b: bbuf } = &mut *bufs;
-        let abuf = aligned(abuf, K::MC.min(m.next_multiple_of(K::MR)) * kc_blk);
-        let bbuf = aligned(bbuf, K::NC.min(n.next_multiple_of(K::NR)) * kc_blk);
+        let abuf = aligned(abuf, MC.min(m.next_multiple_of(MR)) * kc_blk);
+        let bbuf = aligned(bbuf, NC.min(n.next_multiple_of(NR)) * kc_blk);
         let (cp, crs, ccs) = (c.data_mut().as_mut_ptr(), c.rs, c.cs);
-        for jc in (0..n).step_by(K::NC) {
-            let nc = K::NC.min(n - jc);
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
             for pc in (0..k).step_by(kc_blk) {
                 let kc = kc_blk.min(k - pc);
                 // Later depth blocks add to what the first one wrote.
@@ -253,44 +264,44 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
                 let b_blk = unsafe { b.data.as_ptr().add(pc * b.rs + jc * b.cs) };
                 if !direct_b {
                     // SAFETY: as above.
-                    unsafe { pack_panels(b_blk, nc, kc, b.cs, b.rs, K::NR, bbuf) };
+                    unsafe { pack_panels(b_blk, nc, kc, b.cs, b.rs, NR, bbuf) };
                 }
-                for ic in (0..m).step_by(K::MC) {
-                    let mc = K::MC.min(m - ic);
+                for ic in (0..m).step_by(MC) {
+                    let mc = MC.min(m - ic);
                     // SAFETY: as for B, with element (ic, pc) of A.
-                    unsafe { pack_panels(a.data.as_ptr().add(ic * a.rs + pc * a.cs), mc, kc, a.rs, a.cs, K::MR, abuf) };
-                    for jr in (0..nc).step_by(K::NR) {
-                        let nr = K::NR.min(nc - jr);
+                    unsafe { pack_panels(a.data.as_ptr().add(ic * a.rs + pc * a.cs), mc, kc, a.rs, a.cs, MR, abuf) };
+                    for jr in (0..nc).step_by(NR) {
+                        let nr = NR.min(nc - jr);
                         if ic == 0 && b.cs == 1 {
                             // The next B block in loop order: deeper in this
                             // column block, else the next column block.
-                            let (pn, jn) = if pc + kc < k { (pc + kc, jc) } else { (0, jc + K::NC) };
+                            let (pn, jn) = if pc + kc < k { (pc + kc, jc) } else { (0, jc + NC) };
                             if jn < n {
-                                let (kn, nn) = (kc_blk.min(k - pn), K::NC.min(n - jn));
+                                let (kn, nn) = (kc_blk.min(k - pn), NC.min(n - jn));
                                 // SAFETY: (pn, jn) is an element of B, and so is
                                 // every (p, j) of that kn x nn block.
                                 unsafe {
                                     let at = b.data.as_ptr().add(pn * b.rs + jn);
-                                    prefetch_share(at, nn, kn, b.rs, jr / K::NR, nc.div_ceil(K::NR));
+                                    prefetch_share(at, nn, kn, b.rs, jr / NR, nc.div_ceil(NR));
                                 }
                             }
                         }
                         let (bp, bs) = if !direct_b {
-                            (bbuf[jr * kc..].as_ptr(), K::NR)
-                        } else if nr == K::NR {
+                            (bbuf[jr * kc..].as_ptr(), NR)
+                        } else if nr == NR {
                             // SAFETY: (pc, jc + jr) is an element of B, and
                             // the kc x NR panel from it lies inside B.
                             (unsafe { b_blk.add(jr) }, b.rs)
                         } else {
                             // SAFETY: the kc x nr edge panel lies inside B.
-                            unsafe { pack_panels(b_blk.add(jr), nr, kc, 1, b.rs, K::NR, bbuf) };
-                            (bbuf.as_ptr(), K::NR)
+                            unsafe { pack_panels(b_blk.add(jr), nr, kc, 1, b.rs, NR, bbuf) };
+                            (bbuf.as_ptr(), NR)
                         };
-                        for ir in (0..mc).step_by(K::MR) {
-                            let rows = K::MR.min(mc - ir);
+                        for ir in (0..mc).step_by(MR) {
+                            let rows = MR.min(mc - ir);
                             let ap = abuf[ir * kc..].as_ptr();
                             let (i0, j0) = (ic + ir, jc + jr);
-                            if nr == K::NR && ccs == 1 {
+                            if nr == NR && ccs == 1 {
                                 // SAFETY: the packed panels hold kc*MR and kc*NR
                                 // values; C elements (i0 + i, j0 + j), i < rows,
                                 // j < NR, are inside the checked view C and
@@ -300,12 +311,12 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
                             } else {
                                 let mut t = [0.0f32; MAX_TILE];
                                 // SAFETY: as above, into the local NR-wide tile.
-                                unsafe { K::tile(rows, Tile { kc, a: ap, b: bp, bs, alpha, beta: 0.0, c: t.as_mut_ptr(), rsc: K::NR }) };
+                                unsafe { K::tile(rows, Tile { kc, a: ap, b: bp, bs, alpha, beta: 0.0, c: t.as_mut_ptr(), rsc: NR }) };
                                 for i in 0..rows {
                                     for j in 0..nr {
                                         // SAFETY: (i0 + i, j0 + j) is inside C.
                                         let out = unsafe { &mut *cp.add((i0 + i) * crs + (j0 + j) * ccs) };
-                                        let v = t[i * K::NR + j];
+                                        let v = t[i * NR + j];
                                         *out = if beta == 0.0 { v } else { v + beta * *out };
                                     }
                                 }

@@ -6,7 +6,7 @@
 //! acc(i, j) = C[i, 8j .. 8j + 8]; 2 f32x8 for the packed-B row; one splat of
 //! A[i, p]. On targets without FMA, `mul_add` is a multiply then an add.
 
-use super::blis::{BLOCKING_6X16, MicroKernel, Simd, Tile, tile_rows};
+use super::blis::{BLOCKING_6X16, Blocking, MicroKernel, Simd, Tile, tile_rows};
 use wide::f32x8;
 
 pub(crate) struct Portable;
@@ -45,13 +45,9 @@ impl Simd for Portable {
 
 impl MicroKernel for Portable {
     // Same blocking as AVX2 (same tile shape and vector width).
-    const MR: usize = BLOCKING_6X16[0];
-    const NR: usize = BLOCKING_6X16[1];
-    const KC: usize = BLOCKING_6X16[2];
-    const MC: usize = BLOCKING_6X16[3];
-    const NC: usize = BLOCKING_6X16[4];
+    const BLOCKING: Blocking = BLOCKING_6X16;
     unsafe fn tile(rows: usize, t: Tile) {
         // SAFETY: forwarded `MicroKernel::tile` contract; no CPU features needed.
-        unsafe { tile_rows::<Portable, 2, 6>(rows, t) }
+        unsafe { tile_rows::<Portable, 2, { Portable::BLOCKING.mr }>(rows, t) }
     }
 }
