@@ -117,7 +117,7 @@ pub(crate) trait MicroKernel {
 }
 
 /// Blocking shared by the 6 x 16 kernels (portable and AVX2).
-pub(crate) const BLOCKING_6X16: Blocking = Blocking { mr: 6, nr: 16, kc: 256, mc: 132, nc: 1024 };
+pub(crate) const BLOCKING_6X16: Blocking = Blocking { mr: 6, nr: 16, kc: 384, mc: 132, nc: 480 };
 
 /// One micro-tile's operands.
 ///

@@ -206,10 +206,14 @@ pub fn available_kernels() -> Vec<Kernel> {
 /// The fastest kernel available on this CPU, detected once.
 pub fn best_kernel() -> Kernel {
     static BEST: OnceLock<Kernel> = OnceLock::new();
-    // Preference order from `cargo bench --bench gemm` on a Zen 4 EPYC (see
-    // benches/gemm.rs): avx512 beat matrixmultiply on every conv shape of the
-    // three models; avx2-fma is next (Zen 4 runs 512-bit FMAs as two 256-bit
-    // halves, so the gap between the two is small there).
+    // Preference order from `cargo bench --bench gemm` on a 2-core Zen 4 EPYC
+    // VM (GFLOP/s, single thread, noisy): avx512 beat matrixmultiply on all 15
+    // conv shapes of the three models once reruns settled the close ones
+    // (e.g. DnCNN conv2-16 74 vs 43, HardNet conv6 94 vs 85, U-Net conv2 77-80
+    // vs 66-68, DnCNN conv1 55-57 vs 50-53). avx2-fma comes next: it matches
+    // avx512 on HardNet conv5-7 (Zen 4 splits 512-bit FMAs into two 256-bit
+    // halves) but trails it by up to 40% on the N = 65536 shapes; it is ahead
+    // of matrixmultiply on most shapes but not the K = 9 first layers.
     *BEST.get_or_init(|| {
         [Kernel::Avx512, Kernel::Avx2Fma, Kernel::MatrixMultiply]
             .into_iter()
