@@ -19,6 +19,11 @@
 //! columns (`nr < NR`) or a C without unit column stride go through a local
 //! MR x NR tile that is copied out. A column-major C is handled as
 //! `C^T = B^T A^T`, so the fast path still writes contiguous memory.
+//!
+//! Memory: while one B block is consumed, the next one (in loop order) is
+//! prefetched a slice per NR panel, so the DRAM reads of packing overlap the
+//! FMAs. When m <= MR (e.g. the M = 1 output layers) a packed B panel would
+//! be used only once, so a row-major B is read in place instead.
 
 use super::pack::{pack_panels, prefetch_share};
 use super::{MatMut, MatRef};
