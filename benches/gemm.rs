@@ -1,0 +1,111 @@
+//! The forward convolution GEMMs of the three models at batch 64:
+//! `C[M x N] = A[M x K] * B[K x N]` with M = Cout, K = Cin * kh * kw and
+//! N = 64 * Hout * Wout (HardNet's 8x8 valid conv7 is `out[64 x 128] =
+//! X[64 x 8192] * W^T[8192 x 128]`, with W^T a transposed view). Every
+//! available kernel runs every shape (naive only the two smallest), single
+//! threaded. Throughput is `2 * M * N * K` elements, so criterion's
+//! "Gelem/s" reads as GFLOP/s.
+//!
+//! `cargo bench --bench gemm`; add `--features compare-gemm-crate` to also run
+//! the `gemm` crate (`Parallelism::None`) on the same shapes.
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use nhpatch::gemm::{Kernel, MatMut, MatRef, available_kernels, gemm_with};
+use std::hint::black_box;
+use std::time::Duration;
+
+/// (name, M, K, N, B given as a transposed view).
+const SHAPES: &[(&str, usize, usize, usize, bool)] = &[
+    ("unet_conv1", 16, 9, 65536, false),
+    ("unet_conv2", 32, 144, 16384, false),
+    ("unet_conv3", 64, 128, 65536, false),
+    ("unet_conv4", 64, 720, 65536, false),
+    ("unet_conv5", 1, 576, 65536, false),
+    ("dncnn_conv1", 64, 9, 65536, false),
+    ("dncnn_conv2_16", 64, 576, 65536, false),
+    ("dncnn_conv17", 1, 576, 65536, false),
+    ("hardnet_conv1", 32, 9, 65536, false),
+    ("hardnet_conv2", 32, 288, 65536, false),
+    ("hardnet_conv3", 64, 288, 16384, false),
+    ("hardnet_conv4", 64, 576, 16384, false),
+    ("hardnet_conv5", 128, 576, 4096, false),
+    ("hardnet_conv6", 128, 1152, 4096, false),
+    ("hardnet_conv7", 64, 8192, 128, true),
+];
+
+/// Naive runs only where one call stays well under a second.
+const NAIVE_MAX_FLOP: usize = 40_000_000;
+
+fn values(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn bench_gemm(c: &mut Criterion) {
+    for &(name, m, k, n, b_transposed) in SHAPES {
+        let flop = 2 * m * n * k;
+        let a = values(m * k, 1);
+        let b = values(k * n, 2);
+        let mut out = vec![0.0f32; m * n];
+        let av = MatRef::row_major(&a, m, k).unwrap();
+        // conv7 multiplies by W^T: W is [128 x 8192] row-major, viewed transposed.
+        let bv = if b_transposed { MatRef::row_major(&b, n, k).unwrap().t() } else { MatRef::row_major(&b, k, n).unwrap() };
+
+        let mut g = c.benchmark_group(format!("gemm/{name}"));
+        g.throughput(Throughput::Elements(flop as u64));
+        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+        g.sampling_mode(SamplingMode::Flat);
+        for kernel in available_kernels() {
+            if kernel == Kernel::Naive && flop > NAIVE_MAX_FLOP {
+                continue;
+            }
+            g.bench_function(BenchmarkId::from_parameter(kernel.name()), |bench| {
+                bench.iter(|| {
+                    let cv = MatMut::row_major(&mut out, m, n).unwrap();
+                    gemm_with(kernel, 1.0, black_box(av), black_box(bv), 0.0, cv).unwrap();
+                })
+            });
+        }
+        #[cfg(feature = "compare-gemm-crate")]
+        g.bench_function(BenchmarkId::from_parameter("gemm-crate"), |bench| {
+            bench.iter(|| {
+                // SAFETY: the pointers and strides describe the same dense
+                // buffers `av`, `bv` and `out` that were bounds-checked above.
+                unsafe {
+                    gemm_crate::gemm(
+                        m,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        black_box(a.as_ptr()),
+                        1,
+                        k as isize,
+                        black_box(b.as_ptr()),
+                        bv.col_stride() as isize,
+                        bv.row_stride() as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm_crate::Parallelism::None,
+                    )
+                }
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_gemm);
+criterion_main!(benches);

@@ -1,0 +1,274 @@
+//! GEMM kernels against the naive reference, through the public API only:
+//! awkward shapes (every m, n, k up to 17, ragged edges past every blocking
+//! size), transposed and strided views, column-major C, beta = 0 over a C full
+//! of NaN, accumulation with beta = 1 and 0.5, alpha != 1, and random cases.
+
+use nhpatch::Error;
+use nhpatch::gemm::{Kernel, MatMut, MatRef, available_kernels, best_kernel, gemm, gemm_with};
+use nhpatch::rng::Rng;
+use proptest::prelude::*;
+
+/// How a matrix is laid out in its buffer.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    /// Row-major with `pad` unused values after each row.
+    Rows { pad: usize },
+    /// Column-major with `pad` unused values after each column (a `.t()` view).
+    Cols { pad: usize },
+    /// Neither stride is 1: columns 2 apart, rows `2 * cols + pad` apart.
+    Spread { pad: usize },
+}
+
+const LAYOUTS: [Layout; 4] =
+    [Layout::Rows { pad: 0 }, Layout::Cols { pad: 0 }, Layout::Rows { pad: 3 }, Layout::Spread { pad: 1 }];
+
+/// Sentinel in buffer positions outside the view: must survive untouched.
+const GAP: f32 = 1234.5;
+
+/// (buffer length, row stride, column stride) of a `rows x cols` matrix.
+fn geometry(l: Layout, rows: usize, cols: usize) -> (usize, usize, usize) {
+    let (len, rs, cs) = match l {
+        Layout::Rows { pad } => (rows * (cols + pad), cols + pad, 1),
+        Layout::Cols { pad } => (cols * (rows + pad), 1, rows + pad),
+        Layout::Spread { pad } => (rows * (2 * cols + pad), 2 * cols + pad, 2),
+    };
+    (len.max(1), rs, cs)
+}
+
+/// A buffer with random values in the view and `GAP` elsewhere.
+fn filled(rng: &mut Rng, l: Layout, rows: usize, cols: usize, fill: impl Fn(&mut Rng) -> f32) -> Vec<f32> {
+    let (len, rs, cs) = geometry(l, rows, cols);
+    let mut v = vec![GAP; len];
+    for i in 0..rows {
+        for j in 0..cols {
+            v[i * rs + j * cs] = fill(rng);
+        }
+    }
+    v
+}
+
+fn view(data: &[f32], l: Layout, rows: usize, cols: usize) -> MatRef<'_> {
+    let (_, rs, cs) = geometry(l, rows, cols);
+    // Column-major matrices are built as the transpose of a row-major view,
+    // the way callers express A^T and B^T.
+    match l {
+        Layout::Cols { .. } => MatRef::new(data, cols, rows, cs, 1).unwrap().t(),
+        _ => MatRef::new(data, rows, cols, rs, cs).unwrap(),
+    }
+}
+
+fn view_mut(data: &mut [f32], l: Layout, rows: usize, cols: usize) -> MatMut<'_> {
+    let (_, rs, cs) = geometry(l, rows, cols);
+    match l {
+        Layout::Cols { .. } => MatMut::new(data, cols, rows, cs, 1).unwrap().t(),
+        _ => MatMut::new(data, rows, cols, rs, cs).unwrap(),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    la: Layout,
+    lb: Layout,
+    lc: Layout,
+    alpha: f32,
+    beta: f32,
+}
+
+/// Runs `kernel` and `Kernel::Naive` on the same inputs and compares them
+/// within `1e-5 * (|alpha| sum_k |a_ik b_kj| + |beta c_ij|) + 1e-6`; checks
+/// that no value outside C's view changed and that beta = 0 ignores the NaN
+/// C is filled with.
+fn check(kernel: Kernel, case: Case, seed: u64) {
+    let Case { m, n, k, la, lb, lc, alpha, beta } = case;
+    let mut rng = Rng::new(seed);
+    let a = filled(&mut rng, la, m, k, |r| r.uniform(-1.0, 1.0));
+    let b = filled(&mut rng, lb, k, n, |r| r.uniform(-1.0, 1.0));
+    let c0 = if beta == 0.0 {
+        filled(&mut rng, lc, m, n, |_| f32::NAN)
+    } else {
+        filled(&mut rng, lc, m, n, |r| r.uniform(-1.0, 1.0))
+    };
+    let (av, bv) = (view(&a, la, m, k), view(&b, lb, k, n));
+    let mut got = c0.clone();
+    gemm_with(kernel, alpha, av, bv, beta, view_mut(&mut got, lc, m, n)).unwrap();
+    let mut want = c0.clone();
+    gemm_with(Kernel::Naive, alpha, av, bv, beta, view_mut(&mut want, lc, m, n)).unwrap();
+
+    let (_, rs, cs) = geometry(lc, m, n);
+    let mut in_view = vec![false; got.len()];
+    for i in 0..m {
+        for j in 0..n {
+            let at = i * rs + j * cs;
+            in_view[at] = true;
+            let abs: f32 = (0..k).map(|p| (av.at(i, p) * bv.at(p, j)).abs()).sum();
+            let old = if beta == 0.0 { 0.0 } else { (beta * c0[at]).abs() };
+            let tol = 1e-5 * (alpha.abs() * abs + old) + 1e-6;
+            let (g, w) = (got[at], want[at]);
+            assert!(
+                g.is_finite() && (g - w).abs() <= tol,
+                "{} {case:?}: C[{i},{j}] = {g}, naive {w}, tol {tol}",
+                kernel.name()
+            );
+        }
+    }
+    for (at, (&g, &o)) in got.iter().zip(&c0).enumerate() {
+        assert!(in_view[at] || g.to_bits() == o.to_bits(), "{} {case:?}: wrote outside C at {at}", kernel.name());
+    }
+}
+
+/// Every available kernel except the reference itself.
+fn fast_kernels() -> Vec<Kernel> {
+    available_kernels().into_iter().filter(|&k| k != Kernel::Naive).collect()
+}
+
+#[test]
+fn naive_matches_f64_reference() {
+    let (m, n, k) = (7, 9, 13);
+    let mut rng = Rng::new(1);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let c0: Vec<f32> = (0..m * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let mut c = c0.clone();
+    let av = MatRef::row_major(&a, m, k).unwrap();
+    let bv = MatRef::row_major(&b, k, n).unwrap();
+    gemm_with(Kernel::Naive, 0.5, av, bv, -2.0, MatMut::row_major(&mut c, m, n).unwrap()).unwrap();
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum();
+            let want = 0.5 * dot - 2.0 * c0[i * n + j] as f64;
+            assert!((c[i * n + j] as f64 - want).abs() < 1e-5, "C[{i},{j}]");
+        }
+    }
+}
+
+#[test]
+fn every_shape_up_to_17_matches_naive() {
+    // The full 18^3 cube, with the layouts and (alpha, beta) rotating so every
+    // combination meets many ragged shapes without multiplying the run time.
+    let scalars = [(1.0, 0.0), (1.5, 1.0), (-0.75, 0.5)];
+    for kernel in fast_kernels() {
+        let mut case_no = 0u64;
+        for m in 0..=17 {
+            for n in 0..=17 {
+                for k in 0..=17 {
+                    let r = (m + 3 * n + 7 * k) % 12;
+                    let (alpha, beta) = scalars[r % 3];
+                    let case = Case { m, n, k, la: LAYOUTS[r % 4], lb: LAYOUTS[(r / 4 + r) % 4], lc: LAYOUTS[(r / 3) % 4], alpha, beta };
+                    check(kernel, case, case_no);
+                    case_no += 1;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn large_ragged_shapes_match_naive() {
+    // 266 rows pass MC, 1100 columns pass NC, depth 600 passes KC (so later
+    // depth blocks accumulate onto the first), none a multiple of MR or NR.
+    let shapes = [(17, 257, 33), (266, 265, 129), (20, 1100, 600), (3, 50, 1), (64, 130, 1)];
+    for kernel in fast_kernels() {
+        for (s, &(m, n, k)) in shapes.iter().enumerate() {
+            for (v, (la, lb, lc)) in [
+                (LAYOUTS[0], LAYOUTS[0], LAYOUTS[0]),
+                (LAYOUTS[1], LAYOUTS[1], LAYOUTS[1]),
+                (LAYOUTS[3], LAYOUTS[2], LAYOUTS[3]),
+                (LAYOUTS[0], LAYOUTS[1], LAYOUTS[2]),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let (alpha, beta) = [(1.0, 0.0), (2.0, 1.0), (1.0, 0.5), (-0.5, 0.0)][v];
+                check(kernel, Case { m, n, k, la, lb, lc, alpha, beta }, (s * 4 + v) as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn beta_zero_never_reads_nan_c() {
+    for kernel in fast_kernels() {
+        for lc in LAYOUTS {
+            let case = Case { m: 19, n: 53, k: 11, la: LAYOUTS[0], lb: LAYOUTS[0], lc, alpha: 1.0, beta: 0.0 };
+            check(kernel, case, 7);
+        }
+    }
+}
+
+#[test]
+fn gemm_uses_best_kernel_and_it_is_available() {
+    assert!(best_kernel().is_available());
+    let a = [1.0, 2.0, 3.0, 4.0];
+    let b = [5.0, 6.0, 7.0, 8.0];
+    let mut c = [f32::NAN; 4];
+    let (av, bv) = (MatRef::row_major(&a, 2, 2).unwrap(), MatRef::row_major(&b, 2, 2).unwrap());
+    gemm(1.0, av, bv, 0.0, MatMut::row_major(&mut c, 2, 2).unwrap()).unwrap();
+    assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
+}
+
+#[test]
+fn availability_decides_ok_or_unsupported() {
+    // On a CPU with AVX-512 every kernel is available and this checks the Ok
+    // side; elsewhere the x86 kernels must refuse with Error::Unsupported.
+    assert_eq!(available_kernels(), Kernel::ALL.iter().copied().filter(|k| k.is_available()).collect::<Vec<_>>());
+    let a = [1.0f32; 6];
+    let mut c = [0.0f32; 4];
+    for &kernel in Kernel::ALL {
+        let av = MatRef::row_major(&a, 2, 3).unwrap();
+        let r = gemm_with(kernel, 1.0, av, av.t(), 0.0, MatMut::row_major(&mut c, 2, 2).unwrap());
+        match r {
+            Ok(()) => {
+                assert!(kernel.is_available(), "{} ran but is not available", kernel.name());
+                assert_eq!(c, [3.0; 4]);
+            }
+            Err(e) => {
+                assert!(!kernel.is_available(), "{} refused: {e}", kernel.name());
+                assert!(matches!(e, Error::Unsupported(_)), "{e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn shape_mismatch_is_err() {
+    let a = [0.0f32; 12];
+    let b = [0.0f32; 20];
+    let mut c = [0.0f32; 20];
+    for &kernel in Kernel::ALL {
+        let av = MatRef::row_major(&a, 3, 4).unwrap();
+        let bv = MatRef::row_major(&b, 5, 4).unwrap(); // inner 4 vs 5
+        let r = gemm_with(kernel, 1.0, av, bv, 0.0, MatMut::row_major(&mut c, 3, 4).unwrap());
+        assert!(matches!(r, Err(Error::Shape(_))), "{}: inner dimensions", kernel.name());
+        let bv = MatRef::row_major(&b, 4, 5).unwrap();
+        let r = gemm_with(kernel, 1.0, av, bv, 0.0, MatMut::row_major(&mut c, 4, 5).unwrap());
+        assert!(matches!(r, Err(Error::Shape(_))), "{}: rows of C", kernel.name());
+    }
+    assert!(MatRef::new(&a, 3, 4, 5, 1).is_err(), "a view past its slice must be refused");
+}
+
+fn layout() -> impl Strategy<Value = Layout> {
+    prop_oneof![
+        (0usize..3).prop_map(|pad| Layout::Rows { pad }),
+        (0usize..3).prop_map(|pad| Layout::Cols { pad }),
+        (0usize..3).prop_map(|pad| Layout::Spread { pad }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn random_shapes_and_strides_match_naive(
+        m in 0usize..40, n in 0usize..70, k in 0usize..40,
+        la in layout(), lb in layout(), lc in layout(),
+        alpha in prop::sample::select(vec![1.0f32, -1.0, 0.3, 2.5]),
+        beta in prop::sample::select(vec![0.0f32, 1.0, 0.5, -2.0]),
+        seed in any::<u64>(),
+    ) {
+        for kernel in fast_kernels() {
+            check(kernel, Case { m, n, k, la, lb, lc, alpha, beta }, seed);
+        }
+    }
+}
