@@ -63,7 +63,7 @@ fn alternating(rng: &mut Rng, len: usize, key: impl Fn(usize) -> usize) -> Vec<f
     (0..len)
         .map(|i| {
             let v = rng.uniform(0.5, 2.0);
-            if key(i) % 2 == 0 { v } else { -v }
+            if key(i).is_multiple_of(2) { v } else { -v }
         })
         .collect()
 }

@@ -10,9 +10,7 @@
 //! (16..128); with 48 columns the 8 broadcasts feed 24 FMAs (16 with 32).
 
 // AVX-512 intrinsics and `target_feature(enable = "avx512f")` are stable since
-// Rust 1.89, above the crate's declared 1.85: this module only compiles with
-// the `avx512` cargo feature (default on), which is the documented opt-out.
-#![allow(clippy::incompatible_msrv)]
+// Rust 1.89, the crate's minimum supported version.
 
 use super::blis::{Blocking, MicroKernel, Tile, impl_simd_x86, tile_rows};
 use std::arch::x86_64::*;

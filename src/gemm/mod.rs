@@ -14,7 +14,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-#[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 mod blis;
 mod naive;
@@ -188,12 +188,10 @@ impl Kernel {
             Kernel::Naive | Kernel::MatrixMultiply | Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+            #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 => is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2Fma => false,
-            #[cfg(not(all(target_arch = "x86_64", feature = "avx512")))]
-            Kernel::Avx512 => false,
+            Kernel::Avx2Fma | Kernel::Avx512 => false,
         }
     }
 }
@@ -279,12 +277,10 @@ pub fn gemm_with(kernel: Kernel, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta:
         Kernel::Portable => blis::gemm_blis::<portable::Portable>(alpha, a, b, beta, c),
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2Fma => blis::gemm_blis::<avx2::Avx2Fma>(alpha, a, b, beta, c),
-        #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+        #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => blis::gemm_blis::<avx512::Avx512>(alpha, a, b, beta, c),
         #[cfg(not(target_arch = "x86_64"))]
-        Kernel::Avx2Fma => unreachable!("is_available() is false off x86-64"),
-        #[cfg(not(all(target_arch = "x86_64", feature = "avx512")))]
-        Kernel::Avx512 => unreachable!("is_available() is false without the avx512 feature on x86-64"),
+        Kernel::Avx2Fma | Kernel::Avx512 => unreachable!("is_available() is false off x86-64"),
     }
     Ok(())
 }
