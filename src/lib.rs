@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod gemm;
+pub mod io;
 pub mod layers;
 pub mod loss;
 pub mod ops;
