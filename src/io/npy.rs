@@ -142,7 +142,7 @@ pub fn to_bytes_f32(shape: &[usize], data: &[f32]) -> Result<Vec<u8>> {
     let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple}, }}");
     // Pad with spaces so that magic + version + length + header + '\n' is a multiple of 64.
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
@@ -184,7 +184,7 @@ mod tests {
     fn numpy_written_u8_header_parses() {
         // What `np.save` writes for np.zeros((2, 32, 32), np.uint8).
         let mut header = "{'descr': '|u1', 'fortran_order': False, 'shape': (2, 32, 32), }".to_string();
-        while (10 + header.len() + 1) % 64 != 0 {
+        while !(10 + header.len() + 1).is_multiple_of(64) {
             header.push(' ');
         }
         header.push('\n');

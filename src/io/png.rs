@@ -82,7 +82,7 @@ pub fn strip_patches(img: &GrayImage, path: &Path) -> Result<Strip> {
     if w == 0 || img.height == 0 {
         return Err(format_err(path, "empty image"));
     }
-    if img.height % w != 0 {
+    if !img.height.is_multiple_of(w) {
         return Err(format_err(
             path,
             format!(
@@ -133,7 +133,7 @@ pub fn write_gray(path: &Path, img: &GrayImage) -> Result<()> {
 
 /// Writes 32x32 patches `[n, 32, 32]` as a strip (32 wide, 32*n high).
 pub fn write_strip(path: &Path, patches: &[u8]) -> Result<()> {
-    if patches.is_empty() || patches.len() % PATCH_LEN != 0 {
+    if patches.is_empty() || !patches.len().is_multiple_of(PATCH_LEN) {
         return Err(Error::Shape(format!(
             "{}: a strip needs a positive whole number of 32x32 patches, got {} pixels",
             path.display(),
