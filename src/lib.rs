@@ -13,6 +13,7 @@ pub mod error;
 pub mod gemm;
 pub mod layers;
 pub mod loss;
+pub mod models;
 pub mod ops;
 pub mod optim;
 pub mod params;
