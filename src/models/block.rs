@@ -206,7 +206,14 @@ impl Block {
     }
 
     /// Runs the block on `x` (`N x cin x h x w`) into `st.out`.
-    pub fn forward(&self, st: &mut BlockState, x: &[f32], pass: &mut Pass, scratch: &mut Scratch, n: usize) -> Result<()> {
+    pub fn forward(
+        &self,
+        st: &mut BlockState,
+        x: &[f32],
+        pass: &mut Pass,
+        scratch: &mut Scratch,
+        n: usize,
+    ) -> Result<()> {
         let params = pass.params();
         let bias = self.bias.as_ref().map(|b| &params[b.clone()]);
         let conv_out = if st.pre.is_empty() { &mut st.out } else { &mut st.pre };

@@ -1,5 +1,5 @@
 //! The three networks of the pipeline as forward/backward passes over one
-//! parameter arena: the shallow U-Net and DnCNN denoisers and the HardNet
+//! parameter arena: the shallow U-Inner and DnCNN denoisers and the HardNet
 //! descriptor (Keras baseline and kornia's original). Inputs are always
 //! `N x 1 x 32 x 32` patches; denoisers return `N x 1 x 32 x 32`, HardNet `N x 128`.
 //!
@@ -119,7 +119,7 @@ impl LayerRow {
     }
 }
 
-enum Net {
+enum Inner {
     Unet(Box<unet::Unet>),
     Dncnn(Box<dncnn::Dncnn>),
     HardNet(Box<hardnet::HardNet>),
@@ -128,12 +128,12 @@ enum Net {
 /// A network: its parameter layout and geometry (the parameters themselves are the caller's arena).
 pub struct Model {
     arch: Arch,
-    net: Net,
+    net: Inner,
     layout: ParamLayout,
     dropout: DropoutConfig,
 }
 
-enum NetWs {
+enum InnerWs {
     Unet(Box<unet::UnetWs>),
     Dncnn(Box<dncnn::DncnnWs>),
     HardNet(Box<hardnet::HardNetWs>),
@@ -143,7 +143,7 @@ enum NetWs {
 pub struct Workspace {
     arch: Arch,
     n: usize,
-    net: NetWs,
+    net: InnerWs,
     /// The input of the last training forward: the first convolution's weight gradient needs it.
     input: Vec<f32>,
     /// Whether the buffers hold a training forward, which `backward` needs.
@@ -160,10 +160,10 @@ impl Model {
     pub fn new(arch: Arch) -> Result<Model> {
         let mut layout = ParamLayout::new();
         let net = match arch {
-            Arch::Unet => Net::Unet(Box::new(unet::Unet::new(&mut layout)?)),
-            Arch::Dncnn => Net::Dncnn(Box::new(dncnn::Dncnn::new(&mut layout)?)),
-            Arch::HardNetBaseline => Net::HardNet(Box::new(hardnet::HardNet::new(&mut layout, false)?)),
-            Arch::HardNetOriginal => Net::HardNet(Box::new(hardnet::HardNet::new(&mut layout, true)?)),
+            Arch::Unet => Inner::Unet(Box::new(unet::Unet::new(&mut layout)?)),
+            Arch::Dncnn => Inner::Dncnn(Box::new(dncnn::Dncnn::new(&mut layout)?)),
+            Arch::HardNetBaseline => Inner::HardNet(Box::new(hardnet::HardNet::new(&mut layout, false)?)),
+            Arch::HardNetOriginal => Inner::HardNet(Box::new(hardnet::HardNet::new(&mut layout, true)?)),
         };
         Ok(Model { arch, net, layout, dropout: DropoutConfig::new(HARDNET_DROPOUT)? })
     }
@@ -197,9 +197,9 @@ impl Model {
 
     fn blocks(&self) -> &[Block] {
         match &self.net {
-            Net::Unet(m) => m.blocks(),
-            Net::Dncnn(m) => m.blocks(),
-            Net::HardNet(m) => m.blocks(),
+            Inner::Unet(m) => m.blocks(),
+            Inner::Dncnn(m) => m.blocks(),
+            Inner::HardNet(m) => m.blocks(),
         }
     }
 
@@ -219,9 +219,9 @@ impl Model {
 
     pub fn layer_table(&self) -> Vec<LayerRow> {
         match &self.net {
-            Net::Unet(m) => m.rows(),
-            Net::Dncnn(m) => m.rows(),
-            Net::HardNet(m) => m.rows(),
+            Inner::Unet(m) => m.rows(),
+            Inner::Dncnn(m) => m.rows(),
+            Inner::HardNet(m) => m.rows(),
         }
     }
 
@@ -231,9 +231,9 @@ impl Model {
             return Err(Error::Shape("a model workspace needs a batch of at least one patch".into()));
         }
         let net = match &self.net {
-            Net::Unet(m) => NetWs::Unet(Box::new(m.workspace(batch))),
-            Net::Dncnn(m) => NetWs::Dncnn(Box::new(m.workspace(batch))),
-            Net::HardNet(m) => NetWs::HardNet(Box::new(m.workspace(batch))),
+            Inner::Unet(m) => InnerWs::Unet(Box::new(m.workspace(batch))),
+            Inner::Dncnn(m) => InnerWs::Dncnn(Box::new(m.workspace(batch))),
+            Inner::HardNet(m) => InnerWs::HardNet(Box::new(m.workspace(batch))),
         };
         Ok(Workspace { arch: self.arch, n: batch, net, input: vec![0.0; batch * PATCH_LEN], trained: false })
     }
@@ -260,9 +260,9 @@ impl Model {
         ws.input.copy_from_slice(x);
         let (x, pass) = (&ws.input, block::Pass::Train(params));
         let out = match (&self.net, &mut ws.net) {
-            (Net::Unet(m), NetWs::Unet(w)) => m.forward(w, pass, x)?,
-            (Net::Dncnn(m), NetWs::Dncnn(w)) => m.forward(w, pass, x)?,
-            (Net::HardNet(m), NetWs::HardNet(w)) => m.forward(w, pass, x, Some((rng, &self.dropout)))?,
+            (Inner::Unet(m), InnerWs::Unet(w)) => m.forward(w, pass, x)?,
+            (Inner::Dncnn(m), InnerWs::Dncnn(w)) => m.forward(w, pass, x)?,
+            (Inner::HardNet(m), InnerWs::HardNet(w)) => m.forward(w, pass, x, Some((rng, &self.dropout)))?,
             _ => return Err(Error::Shape("workspace of another architecture".into())),
         };
         ws.trained = true;
@@ -275,9 +275,9 @@ impl Model {
         ws.trained = false;
         let pass = block::Pass::Eval(params);
         match (&self.net, &mut ws.net) {
-            (Net::Unet(m), NetWs::Unet(w)) => m.forward(w, pass, x),
-            (Net::Dncnn(m), NetWs::Dncnn(w)) => m.forward(w, pass, x),
-            (Net::HardNet(m), NetWs::HardNet(w)) => m.forward(w, pass, x, None),
+            (Inner::Unet(m), InnerWs::Unet(w)) => m.forward(w, pass, x),
+            (Inner::Dncnn(m), InnerWs::Dncnn(w)) => m.forward(w, pass, x),
+            (Inner::HardNet(m), InnerWs::HardNet(w)) => m.forward(w, pass, x, None),
             _ => Err(Error::Shape("workspace of another architecture".into())),
         }
     }
@@ -294,9 +294,9 @@ impl Model {
         }
         let x = &ws.input;
         match (&self.net, &mut ws.net) {
-            (Net::Unet(m), NetWs::Unet(w)) => m.backward(w, params, grads, x, dout),
-            (Net::Dncnn(m), NetWs::Dncnn(w)) => m.backward(w, params, grads, x, dout),
-            (Net::HardNet(m), NetWs::HardNet(w)) => m.backward(w, params, grads, x, dout, &self.dropout),
+            (Inner::Unet(m), InnerWs::Unet(w)) => m.backward(w, params, grads, x, dout),
+            (Inner::Dncnn(m), InnerWs::Dncnn(w)) => m.backward(w, params, grads, x, dout),
+            (Inner::HardNet(m), InnerWs::HardNet(w)) => m.backward(w, params, grads, x, dout, &self.dropout),
             _ => Err(Error::Shape("workspace of another architecture".into())),
         }
     }
