@@ -205,7 +205,7 @@ fn hardnet_dropout_acts_in_training_only() {
 /// `pick`, central differences with step `EPS`. The dropout mask is the same in
 /// every forward (a fresh `Rng` per call). Returns the worst relative error
 /// `|num - ana| / max(|num|, |ana|)` over entries whose gradient is at
-/// least the tensor's RMS (smaller ones are dominated by the noise floor).
+/// least the tensor's RMS and `NOISE` (smaller ones are dominated by the noise floor).
 ///
 /// Conditioning, measured rather than assumed: a one-weight step moves
 /// hundreds of thousands of downstream ReLU inputs, so every kink crossed
@@ -257,7 +257,7 @@ fn grad_check(m: &Model, n: usize, seed: u64, checks: usize, shift: f32, pick: i
             let h = ((v + EPS) as f64) - ((v - EPS) as f64);
             let (num, ana) = ((losses[2 * k] - losses[2 * k + 1]) / h, g[i] as f64);
             let scale = num.abs().max(ana.abs());
-            if scale >= rms {
+            if scale >= rms.max(NOISE) {
                 worst = worst.max((num - ana).abs() / scale);
             }
             tested += 1;
