@@ -14,6 +14,7 @@ pub mod gemm;
 pub mod io;
 pub mod layers;
 pub mod loss;
+pub mod models;
 pub mod ops;
 pub mod optim;
 pub mod params;

@@ -1,0 +1,335 @@
+//! The unit every model is built from: a convolution, optionally followed by
+//! BatchNorm, optionally followed by ReLU (`conv -> [bn] -> [relu]`).
+//!
+//! Parameters (PyTorch names and layouts, pushed in this order into the
+//! model's `ParamLayout`): `conv{i}.weight` `[cout, cin, kh, kw]`,
+//! `conv{i}.bias` `[cout]` (with bias), `bn{i}.weight`, `bn{i}.bias` `[cout]`
+//! (affine BatchNorm), `bn{i}.running_mean`, `bn{i}.running_var` `[cout]`
+//! (non-trainable). The BatchNorm tensors are contiguous, so one split of the
+//! arena hands out the read-only scale/shift and the mutable running statistics.
+//!
+//! Per-batch buffers (`BlockState`, all `N x cout x ho x wo` unless noted):
+//! - `pre`: the convolution output, kept when BN or ReLU follows (BN backward
+//!   needs its input); empty otherwise, the convolution then writes `out`;
+//! - `out`: the block output (after ReLU, or after BN, or the convolution);
+//! - `mean`, `inv_std` `[cout]`: BN batch statistics saved by training forward;
+//! - `conv`: the convolution's im2col workspace.
+//!
+//! With both BN and ReLU, the BN output goes to the model's shared `Scratch::tmp`
+//! and only the ReLU output is kept: ReLU backward can use its output as mask.
+
+use super::LayerRow;
+use crate::error::Result;
+use crate::layers::Shape4;
+use crate::layers::batchnorm::{self, BatchNormConfig};
+use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvWorkspace};
+use crate::layers::relu;
+use crate::params::ParamLayout;
+use crate::rng::Rng;
+use std::ops::Range;
+
+/// A `conv -> [bn] -> [relu]` unit with its slots in the parameter arena.
+#[derive(Clone, Debug)]
+pub(crate) struct Block {
+    /// 1-based layer index: the `i` in `conv{i}` and `bn{i}`.
+    pub index: usize,
+    pub conv: Conv2d,
+    weight: Range<usize>,
+    bias: Option<Range<usize>>,
+    /// BatchNorm config and the arena range of its tensors (`weight`, `bias` when affine, running stats).
+    bn: Option<(BatchNormConfig, Range<usize>)>,
+    relu: bool,
+}
+
+/// How parameters are reached in a forward pass: training updates BN running stats.
+pub(crate) enum Pass<'a> {
+    Train(&'a mut [f32]),
+    Eval(&'a [f32]),
+}
+
+impl Pass<'_> {
+    fn params(&self) -> &[f32] {
+        match self {
+            Pass::Train(p) => p,
+            Pass::Eval(p) => p,
+        }
+    }
+}
+
+/// Per-batch buffers of one block (see the file header).
+pub(crate) struct BlockState {
+    pre: Vec<f32>,
+    pub out: Vec<f32>,
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    conv: ConvWorkspace,
+}
+
+/// Model-wide scratch shared by the blocks of one workspace; each block uses a prefix.
+pub(crate) struct Scratch {
+    /// BN output ahead of ReLU (forward).
+    tmp: Vec<f32>,
+    /// Gradient w.r.t. the ReLU input.
+    g_relu: Vec<f32>,
+    /// Gradient w.r.t. the BN input.
+    g_bn: Vec<f32>,
+    /// BatchNorm backward's per-channel sums, `2 * C`.
+    bn_sums: Vec<f32>,
+}
+
+impl Scratch {
+    pub fn new(blocks: &[Block], n: usize) -> Self {
+        let max = |f: &dyn Fn(&Block) -> bool| {
+            blocks.iter().filter(|b| f(b)).map(|b| b.out_shape(n).len()).max().unwrap_or(0)
+        };
+        let channels = blocks.iter().filter(|b| b.bn.is_some()).map(|b| b.conv.spec.cout).max().unwrap_or(0);
+        Scratch {
+            tmp: vec![0.0; max(&|b| b.bn.is_some() && b.relu)],
+            g_relu: vec![0.0; max(&|b| b.relu)],
+            g_bn: vec![0.0; max(&|b| b.bn.is_some())],
+            bn_sums: vec![0.0; 2 * channels],
+        }
+    }
+}
+
+/// `buf[..len]`, zeroed: a fresh accumulation target.
+pub(crate) fn zeroed(buf: &mut [f32], len: usize) -> &mut [f32] {
+    let s = &mut buf[..len];
+    s.fill(0.0);
+    s
+}
+
+/// Two disjoint mutable slices `buf[a]`, `buf[b]` with `a` before `b`.
+fn split_pair(buf: &mut [f32], a: Range<usize>, b: Range<usize>) -> (&mut [f32], &mut [f32]) {
+    let (lo, hi) = buf.split_at_mut(b.start);
+    (&mut lo[a], &mut hi[..b.end - b.start])
+}
+
+impl Block {
+    /// Declares the block's parameters in `layout` and binds the convolution to an `h x w` input.
+    pub fn new(
+        layout: &mut ParamLayout,
+        index: usize,
+        spec: Conv2dSpec,
+        (h, w): (usize, usize),
+        bn: Option<BatchNormConfig>,
+        relu: bool,
+    ) -> Result<Self> {
+        let conv = Conv2d::new(spec, h, w)?;
+        let (co, ci) = (spec.cout, spec.cin);
+        let weight = layout.push(&format!("conv{index}.weight"), &[co, ci, spec.kh, spec.kw], true)?;
+        let bias = if spec.bias { Some(layout.push(&format!("conv{index}.bias"), &[co], true)?) } else { None };
+        let bn = match bn {
+            None => None,
+            Some(cfg) => {
+                let start = layout.len();
+                if cfg.affine {
+                    layout.push(&format!("bn{index}.weight"), &[co], true)?;
+                    layout.push(&format!("bn{index}.bias"), &[co], true)?;
+                }
+                layout.push(&format!("bn{index}.running_mean"), &[co], false)?;
+                layout.push(&format!("bn{index}.running_var"), &[co], false)?;
+                Some((cfg, start..layout.len()))
+            }
+        };
+        Ok(Block { index, conv, weight, bias, bn, relu })
+    }
+
+    pub fn out_shape(&self, n: usize) -> Shape4 {
+        self.conv.out_shape(n)
+    }
+
+    fn in_len(&self, n: usize) -> usize {
+        self.conv.in_shape(n).len()
+    }
+
+    /// `(gamma, beta, running_mean, running_var)` ranges inside the BN range (gamma/beta empty without affine).
+    fn bn_ranges(cfg: &BatchNormConfig, r: &Range<usize>) -> [Range<usize>; 4] {
+        let (p, c, s) = (cfg.param_len(), cfg.channels, r.start);
+        [s..s + p, s + p..s + 2 * p, s + 2 * p..s + 2 * p + c, s + 2 * p + c..s + 2 * p + 2 * c]
+    }
+
+    /// PyTorch defaults: conv weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+    /// BN scale 1, shift 0, running mean 0, running variance 1.
+    pub fn init(&self, params: &mut [f32], rng: &mut Rng) {
+        let bound = 1.0 / (self.conv.win.k() as f32).sqrt();
+        for r in std::iter::once(&self.weight).chain(&self.bias) {
+            params[r.clone()].iter_mut().for_each(|v| *v = rng.uniform(-bound, bound));
+        }
+        if let Some((cfg, r)) = &self.bn {
+            let [g, b, m, v] = Self::bn_ranges(cfg, r);
+            params[g].fill(1.0);
+            params[b].fill(0.0);
+            params[m].fill(0.0);
+            params[v].fill(1.0);
+        }
+    }
+
+    /// Rows of the `info` table: the convolution (ReLU folded in when no BN
+    /// separates them, as Keras does), then BN and ReLU as their own rows.
+    pub fn rows(&self) -> Vec<LayerRow> {
+        let s = self.out_shape(1);
+        let shape = (s.c, s.h, s.w);
+        let sp = &self.conv.spec;
+        let fused = if self.relu && self.bn.is_none() { " + relu" } else { "" };
+        let stride = if sp.stride > 1 { format!(" stride {}", sp.stride) } else { String::new() };
+        let conv_params = self.weight.len() + self.bias.as_ref().map_or(0, |b| b.len());
+        let mut rows = vec![LayerRow::new(
+            format!("conv{}", self.index),
+            format!("conv {}x{}{stride}{fused}", sp.kh, sp.kw),
+            shape,
+            conv_params,
+            conv_params,
+        )];
+        if let Some((cfg, r)) = &self.bn {
+            let kind = if cfg.affine { "batchnorm" } else { "batchnorm (no affine)" };
+            rows.push(LayerRow::new(format!("bn{}", self.index), kind.into(), shape, r.len(), 2 * cfg.param_len()));
+            if self.relu {
+                rows.push(LayerRow::new(format!("relu{}", self.index), "relu".into(), shape, 0, 0));
+            }
+        }
+        rows
+    }
+
+    pub fn state(&self, n: usize) -> BlockState {
+        let len = self.out_shape(n).len();
+        let c = self.conv.spec.cout;
+        let keep_pre = self.bn.is_some() || self.relu;
+        let stats = if self.bn.is_some() { c } else { 0 };
+        BlockState {
+            pre: vec![0.0; if keep_pre { len } else { 0 }],
+            out: vec![0.0; len],
+            mean: vec![0.0; stats],
+            inv_std: vec![0.0; stats],
+            conv: self.conv.workspace(n),
+        }
+    }
+
+    /// Runs the block on `x` (`N x cin x h x w`) into `st.out`.
+    pub fn forward(
+        &self,
+        st: &mut BlockState,
+        x: &[f32],
+        pass: &mut Pass,
+        scratch: &mut Scratch,
+        n: usize,
+    ) -> Result<()> {
+        let params = pass.params();
+        let bias = self.bias.as_ref().map(|b| &params[b.clone()]);
+        let conv_out = if st.pre.is_empty() { &mut st.out } else { &mut st.pre };
+        self.conv.forward(conv_out, x, &params[self.weight.clone()], bias, n, &mut st.conv)?;
+        let shape = self.out_shape(n);
+        let relu_in: &[f32] = match &self.bn {
+            None => &st.pre,
+            Some((cfg, r)) => {
+                let bn_out = if self.relu { &mut scratch.tmp[..shape.len()] } else { &mut st.out[..] };
+                let [g, b, m, v] = Self::bn_ranges(cfg, r);
+                match pass {
+                    Pass::Train(p) => {
+                        let (lo, hi) = p.split_at_mut(m.start);
+                        let (rm, rv) = hi[..2 * cfg.channels].split_at_mut(cfg.channels);
+                        let (mean, is) = (&mut st.mean, &mut st.inv_std);
+                        batchnorm::forward_train(bn_out, mean, is, rm, rv, &st.pre, &lo[g], &lo[b], shape, cfg)?;
+                    }
+                    Pass::Eval(p) => {
+                        batchnorm::forward_eval(bn_out, &st.pre, &p[g], &p[b], &p[m], &p[v], shape, cfg)?;
+                    }
+                }
+                &scratch.tmp[..shape.len()]
+            }
+        };
+        if self.relu { relu::forward(&mut st.out, relu_in) } else { Ok(()) }
+    }
+
+    /// Accumulates the parameter gradients into `grads` and, when given, the
+    /// input gradient into `dx`, for `dout` (the gradient w.r.t. `st.out`)
+    /// after a training forward on the same input `x`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        st: &mut BlockState,
+        x: &[f32],
+        params: &[f32],
+        grads: &mut [f32],
+        dout: &[f32],
+        dx: Option<&mut [f32]>,
+        scratch: &mut Scratch,
+        n: usize,
+    ) -> Result<()> {
+        let shape = self.out_shape(n);
+        let len = shape.len();
+        let mut cur: &[f32] = dout;
+        if self.relu {
+            let g = zeroed(&mut scratch.g_relu, len);
+            relu::backward(g, cur, &st.out)?;
+            cur = g;
+        }
+        if let Some((cfg, r)) = &self.bn {
+            let [g, b, _, _] = Self::bn_ranges(cfg, r);
+            let (dgamma, dbeta) = split_pair(grads, g.clone(), b);
+            let d = zeroed(&mut scratch.g_bn, len);
+            let (mean, is) = (&st.mean, &st.inv_std);
+            let sums = &mut scratch.bn_sums[..2 * cfg.channels];
+            batchnorm::backward_train(d, dgamma, dbeta, sums, cur, &st.pre, &params[g], mean, is, shape, cfg)?;
+            cur = d;
+        }
+        if let Some(dx) = &dx {
+            crate::error::check_len("block input gradient", dx.len(), self.in_len(n))?;
+        }
+        let (dweight, dbias) = match &self.bias {
+            Some(b) => {
+                let (w, b) = split_pair(grads, self.weight.clone(), b.clone());
+                (w, Some(b))
+            }
+            None => (&mut grads[self.weight.clone()], None),
+        };
+        let grads = ConvGrads { dx, dweight, dbias };
+        self.conv.backward(grads, cur, x, &params[self.weight.clone()], n, &mut st.conv)
+    }
+}
+
+/// Runs a chain of blocks, each on the previous one's output; returns the last output.
+pub(crate) fn chain_forward<'s>(
+    blocks: &[Block],
+    states: &'s mut [BlockState],
+    x: &'s [f32],
+    pass: &mut Pass,
+    scratch: &mut Scratch,
+    n: usize,
+) -> Result<&'s [f32]> {
+    let mut input = x;
+    for (b, st) in blocks.iter().zip(states.iter_mut()) {
+        b.forward(st, input, pass, scratch, n)?;
+        input = &st.out;
+    }
+    Ok(input)
+}
+
+/// Backward through a chain run by `chain_forward` on `x`. The gradient
+/// w.r.t. the last output is read from `g_a`; the two buffers ping-pong,
+/// each holding the largest activation. The chain's input gradient is not computed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chain_backward(
+    blocks: &[Block],
+    states: &mut [BlockState],
+    x: &[f32],
+    params: &[f32],
+    grads: &mut [f32],
+    g_a: &mut Vec<f32>,
+    g_b: &mut Vec<f32>,
+    scratch: &mut Scratch,
+    n: usize,
+) -> Result<()> {
+    for i in (0..blocks.len().min(states.len())).rev() {
+        let (done, rest) = states.split_at_mut(i);
+        let st = &mut rest[0];
+        let dout_len = st.out.len();
+        let (input, dx) = match done.last() {
+            Some(prev) => (&prev.out[..], Some(zeroed(g_b, prev.out.len()))),
+            None => (x, None),
+        };
+        blocks[i].backward(st, input, params, grads, &g_a[..dout_len], dx, scratch, n)?;
+        std::mem::swap(g_a, g_b);
+    }
+    Ok(())
+}
