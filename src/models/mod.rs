@@ -1,5 +1,5 @@
 //! The three networks of the pipeline as forward/backward passes over one
-//! parameter arena: the shallow U-Inner and DnCNN denoisers and the HardNet
+//! parameter arena: the shallow U-Net and DnCNN denoisers and the HardNet
 //! descriptor (Keras baseline and kornia's original). Inputs are always
 //! `N x 1 x 32 x 32` patches; denoisers return `N x 1 x 32 x 32`, HardNet `N x 128`.
 //!

@@ -1,0 +1,125 @@
+//! `nhpatch denoise` and `nhpatch describe`.
+
+use super::info::arch_arg;
+use clap::Args;
+use nhpatch::io::{self, PATCH, extension, io_err, npy, write_atomic};
+use nhpatch::models::DESC_LEN;
+use nhpatch::net::{LoadOptions, Network, to_pixels};
+use nhpatch::{Error, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct DenoiseArgs {
+    /// Denoiser weights (safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Architecture, for weights files without metadata (unet or dncnn).
+    #[arg(long)]
+    model: Option<String>,
+    /// Input: a PNG strip (any width) or a .npy array (N,32,32) / (N,1,32,32), values 0..255.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output: .npy (float32, N x 32 x 32) or .png (a strip, rounded and clipped to 0..255).
+    #[arg(long)]
+    output: PathBuf,
+    /// Worker threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Args)]
+pub struct DescribeArgs {
+    /// HardNet weights (safetensors).
+    #[arg(long)]
+    weights: PathBuf,
+    /// HardNet variant for weights files without metadata (baseline or original).
+    #[arg(long)]
+    variant: Option<String>,
+    /// Denoise first with these weights, then clip and round to 0..255, then describe.
+    #[arg(long)]
+    denoiser: Option<PathBuf>,
+    /// Input: a PNG strip (any width) or a .npy array (N,32,32) / (N,1,32,32), values 0..255.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output: .npy (float32, N x 128) or .csv (one row per patch).
+    #[arg(long)]
+    output: PathBuf,
+    /// Worker threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+fn check_output(path: &Path, allowed: &[&str]) -> Result<String> {
+    match extension(path) {
+        Some(e) if allowed.contains(&e.as_str()) => Ok(e),
+        _ => Err(Error::InvalidArgument(format!(
+            "{}: output must end in {}",
+            path.display(),
+            allowed.iter().map(|e| format!(".{e}")).collect::<Vec<_>>().join(" or ")
+        ))),
+    }
+}
+
+fn load_denoiser(path: &Path, model: Option<&str>) -> Result<Network> {
+    let net = Network::load(path, LoadOptions { arch: arch_arg(model, None)? })?;
+    if !net.arch().is_denoiser() {
+        return Err(Error::Format { path: path.to_path_buf(), msg: format!("holds a {}, not a denoiser", net.arch()) });
+    }
+    Ok(net)
+}
+
+pub fn denoise(a: DenoiseArgs) -> Result<()> {
+    let kind = check_output(&a.output, &["npy", "png"])?;
+    let net = load_denoiser(&a.weights, a.model.as_deref())?;
+    let patches = io::load_patches(&a.input)?;
+    let mut out = nhpatch::threads::pool(a.threads)?.install(|| net.denoise(&patches.data))?;
+    match kind.as_str() {
+        "npy" => npy::write_f32(&a.output, &[patches.n, PATCH, PATCH], &out)?,
+        _ => {
+            to_pixels(&mut out);
+            let pixels: Vec<u8> = out.iter().map(|&v| v as u8).collect();
+            io::png::write_strip(&a.output, &pixels)?;
+        }
+    }
+    eprintln!("denoised {} patches with {} -> {}", patches.n, net.arch(), a.output.display());
+    Ok(())
+}
+
+pub fn describe(a: DescribeArgs) -> Result<()> {
+    let kind = check_output(&a.output, &["npy", "csv"])?;
+    let variant = a.variant.as_deref();
+    let arch = if variant.is_some() { arch_arg(Some("hardnet"), variant)? } else { None };
+    let net = Network::load(&a.weights, LoadOptions { arch })?;
+    if net.arch().is_denoiser() {
+        return Err(Error::Format {
+            path: a.weights.clone(),
+            msg: format!("holds a {} denoiser, not a HardNet descriptor (pass it as --denoiser)", net.arch()),
+        });
+    }
+    let denoiser = a.denoiser.as_deref().map(|p| load_denoiser(p, None)).transpose()?;
+    let patches = io::load_patches(&a.input)?;
+    let desc = nhpatch::threads::pool(a.threads)?.install(|| -> Result<Vec<f32>> {
+        match &denoiser {
+            Some(d) => {
+                let mut clean = d.denoise(&patches.data)?;
+                to_pixels(&mut clean);
+                net.describe(&clean)
+            }
+            None => net.describe(&patches.data),
+        }
+    })?;
+    debug_assert_eq!(desc.len(), patches.n * DESC_LEN);
+    match kind.as_str() {
+        "npy" => npy::write_f32(&a.output, &[patches.n, DESC_LEN], &desc)?,
+        _ => write_atomic(&a.output, |w| {
+            for row in desc.chunks_exact(DESC_LEN) {
+                let line: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+                writeln!(w, "{}", line.join(",")).map_err(|e| io_err(&a.output, e))?;
+            }
+            Ok(())
+        })?,
+    }
+    eprintln!("described {} patches with {} -> {}", patches.n, net.arch(), a.output.display());
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! Subcommands. Each one is a function from parsed arguments to `Result`.
+
+mod infer;
+mod info;
+
+use clap::{Parser, Subcommand};
+use nhpatch::Result;
+
+#[derive(Parser)]
+#[command(name = "nhpatch", version, about = "Train and run patch denoisers and the HardNet descriptor on the CPU")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Layer table of a network (output shapes, parameter counts), like the report's Figures 1 and 3.
+    Info(info::InfoArgs),
+    /// Write freshly initialised weights (PyTorch default initialisation, seeded).
+    Init(info::InitArgs),
+    /// Denoise patches (a PNG strip or a .npy array) with a U-Net or DnCNN.
+    Denoise(infer::DenoiseArgs),
+    /// Compute 128-d HardNet descriptors of patches, optionally denoising first.
+    Describe(infer::DescribeArgs),
+    /// Show the GEMM kernels this CPU can run and which one nhpatch uses.
+    Kernels,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info(a) => info::info(a),
+        Command::Init(a) => info::init(a),
+        Command::Denoise(a) => infer::denoise(a),
+        Command::Describe(a) => infer::describe(a),
+        Command::Kernels => {
+            let best = nhpatch::gemm::best_kernel();
+            for k in nhpatch::gemm::Kernel::ALL {
+                let mark = if *k == best { " (used)" } else { "" };
+                let avail = if k.is_available() { "available" } else { "not available on this CPU" };
+                println!("{:<16} {avail}{mark}", k.name());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! A trained network ready to use: a `Model`, its parameter arena and the
+//! metadata that says what it is. This is the library API a native app calls
+//! (load weights, denoise a batch, describe a batch) without the CLI.
+//!
+//! Weights files are safetensors with PyTorch names and layouts (see
+//! `crate::weights`) and `__metadata__` keys:
+//!
+//! | key | values |
+//! |---|---|
+//! | `format_version` | `1` |
+//! | `model` | `unet`, `dncnn`, `hardnet` |
+//! | `variant` | `baseline` or `original` (HardNet only) |
+//! | `bn_eps` | BatchNorm epsilon (`none` for the U-Net) |
+//! | `padding` | `keras_same` or `symmetric` |
+//! | `input_scaling` | `raw_0_255` or `per_patch_norm` |
+//!
+//! so a file alone says what it is. A file written by PyTorch without
+//! metadata loads when the caller names the architecture (`LoadOptions`).
+//! Loading checks every name, shape and dtype and the metadata against the
+//! architecture; nothing is half-loaded.
+
+use crate::error::{Error, Result};
+use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};
+use crate::weights::{self, Tensor, WeightsFile};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Version of the metadata convention written by `save`.
+pub const FORMAT_VERSION: &str = "1";
+/// Patches per internal inference batch: large enough to keep GEMMs wide, small enough for cache.
+const INFER_BATCH: usize = 256;
+
+/// How to interpret a weights file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The architecture, for files without metadata (or to insist on one).
+    pub arch: Option<Arch>,
+}
+
+/// A network and its parameters.
+pub struct Network {
+    model: Model,
+    params: Vec<f32>,
+}
+
+/// The metadata nhpatch writes for an architecture.
+pub fn metadata_for(arch: Arch) -> BTreeMap<String, String> {
+    let (model, variant, eps, padding, scaling) = match arch {
+        Arch::Unet => ("unet", None, "none", "keras_same", "raw_0_255"),
+        Arch::Dncnn => ("dncnn", None, "1e-05", "symmetric", "raw_0_255"),
+        Arch::HardNetBaseline => ("hardnet", Some("baseline"), "0.001", "keras_same", "raw_0_255"),
+        Arch::HardNetOriginal => ("hardnet", Some("original"), "1e-05", "symmetric", "per_patch_norm"),
+    };
+    let mut m = BTreeMap::new();
+    m.insert("format_version".into(), FORMAT_VERSION.into());
+    m.insert("model".into(), model.into());
+    if let Some(v) = variant {
+        m.insert("variant".into(), v.into());
+    }
+    m.insert("bn_eps".into(), eps.into());
+    m.insert("padding".into(), padding.into());
+    m.insert("input_scaling".into(), scaling.into());
+    m
+}
+
+fn format_err(path: &Path, msg: String) -> Error {
+    Error::Format { path: path.to_path_buf(), msg }
+}
+
+/// The architecture a file declares, checked against `opts.arch` and the other metadata keys.
+fn resolve_arch(file: &WeightsFile, opts: LoadOptions, path: &Path) -> Result<Arch> {
+    let meta = &file.metadata;
+    let declared = match meta.get("model") {
+        Some(m) => {
+            let arch = Arch::parse(m, meta.get("variant").map(String::as_str))
+                .map_err(|e| format_err(path, format!("metadata names an unknown network: {e}")))?;
+            if let Some(v) = meta.get("format_version").filter(|v| v.as_str() != FORMAT_VERSION) {
+                return Err(format_err(path, format!("format_version {v} is not supported (this build reads {FORMAT_VERSION})")));
+            }
+            Some(arch)
+        }
+        None => None,
+    };
+    let arch = match (declared, opts.arch) {
+        (Some(d), Some(o)) if d != o => {
+            return Err(format_err(path, format!("the file holds a {d} network, not the {o} that was asked for")));
+        }
+        (Some(d), _) => d,
+        (None, Some(o)) => o,
+        (None, None) => {
+            return Err(format_err(
+                path,
+                "no 'model' in the metadata: name the architecture (e.g. --model hardnet --variant original)".into(),
+            ));
+        }
+    };
+    // The keys that change the maths must agree with the architecture when present.
+    let want = metadata_for(arch);
+    for key in ["bn_eps", "padding", "input_scaling"] {
+        if let Some(v) = meta.get(key)
+            && Some(v) != want.get(key)
+        {
+            let w = &want[key];
+            return Err(format_err(path, format!("metadata {key} = {v}, but nhpatch's {arch} uses {w}")));
+        }
+    }
+    Ok(arch)
+}
+
+impl Network {
+    /// A network with freshly initialised parameters (PyTorch default init, seeded).
+    pub fn init(arch: Arch, seed: u64) -> Result<Network> {
+        let model = Model::new(arch)?;
+        let params = model.init_params(&mut crate::rng::Rng::new(seed));
+        Ok(Network { model, params })
+    }
+
+    /// Wraps a model and an arena of the model's length.
+    pub fn from_params(model: Model, params: Vec<f32>) -> Result<Network> {
+        crate::error::check_len("network parameters", params.len(), model.layout().len())?;
+        Ok(Network { model, params })
+    }
+
+    /// Loads a weights file, checking every tensor name, shape and the metadata.
+    pub fn load(path: &Path, opts: LoadOptions) -> Result<Network> {
+        let file = weights::load(path)?;
+        Self::from_file(&file, opts, path)
+    }
+
+    /// Builds a network from a parsed weights file; `path` names it in errors.
+    pub fn from_file(file: &WeightsFile, opts: LoadOptions, path: &Path) -> Result<Network> {
+        let arch = resolve_arch(file, opts, path)?;
+        let model = Model::new(arch)?;
+        let mut params = vec![0.0f32; model.layout().len()];
+        let mut missing = Vec::new();
+        for spec in model.layout().specs() {
+            match file.tensors.get(&spec.name) {
+                None => missing.push(spec.name.clone()),
+                Some(t) if t.shape != spec.shape => {
+                    return Err(format_err(
+                        path,
+                        format!("tensor '{}' has shape {:?}, the {arch} network needs {:?}", spec.name, t.shape, spec.shape),
+                    ));
+                }
+                Some(t) => params[spec.range()].copy_from_slice(&t.data),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(format_err(path, format!("missing tensors for a {arch} network: {}", missing.join(", "))));
+        }
+        let unknown: Vec<&str> =
+            file.tensors.keys().filter(|k| model.layout().get(k).is_none()).map(String::as_str).collect();
+        if !unknown.is_empty() {
+            return Err(format_err(path, format!("tensors a {arch} network does not have: {}", unknown.join(", "))));
+        }
+        Ok(Network { model, params })
+    }
+
+    /// The weights file for this network: every tensor plus nhpatch's metadata.
+    pub fn to_file(&self) -> WeightsFile {
+        let tensors = self
+            .model
+            .layout()
+            .specs()
+            .iter()
+            .map(|s| (s.name.clone(), Tensor { shape: s.shape.clone(), data: self.params[s.range()].to_vec() }))
+            .collect();
+        WeightsFile { metadata: metadata_for(self.model.arch()), tensors }
+    }
+
+    /// Saves atomically (temporary file, sync, rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        weights::save(path, &self.to_file())
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.model.arch()
+    }
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+
+    /// Eval-mode outputs for `n` patches `[n, 32, 32]` (values 0..255), in
+    /// internal batches; `n x 1024` values for a denoiser, `n x 128` for HardNet.
+    /// Runs on the current rayon pool.
+    pub fn forward(&self, patches: &[f32]) -> Result<Vec<f32>> {
+        if patches.len() % PATCH_LEN != 0 {
+            return Err(Error::Shape(format!("{} values are not a whole number of 32x32 patches", patches.len())));
+        }
+        let n = patches.len() / PATCH_LEN;
+        let out_len = self.model.out_len();
+        let mut out = vec![0.0f32; n * out_len];
+        let mut ws: Option<Workspace> = None;
+        for (x, o) in patches.chunks(INFER_BATCH * PATCH_LEN).zip(out.chunks_mut(INFER_BATCH * out_len)) {
+            let b = x.len() / PATCH_LEN;
+            if ws.as_ref().is_none_or(|w| w.batch() != b) {
+                ws = Some(self.model.workspace(b)?);
+            }
+            let ws = ws.as_mut().expect("workspace was just created");
+            o.copy_from_slice(self.model.forward_eval(ws, &self.params, x)?);
+        }
+        Ok(out)
+    }
+
+    /// Denoises patches; errors unless this is a denoiser.
+    pub fn denoise(&self, patches: &[f32]) -> Result<Vec<f32>> {
+        if !self.arch().is_denoiser() {
+            return Err(Error::InvalidArgument(format!("a {} network describes; it does not denoise", self.arch())));
+        }
+        self.forward(patches)
+    }
+
+    /// 128-d descriptors of patches; errors unless this is a HardNet.
+    pub fn describe(&self, patches: &[f32]) -> Result<Vec<f32>> {
+        if self.arch().is_denoiser() {
+            return Err(Error::InvalidArgument(format!("a {} network denoises; it does not describe", self.arch())));
+        }
+        debug_assert_eq!(self.model.out_len(), DESC_LEN);
+        self.forward(patches)
+    }
+}
+
+/// Clips to 0..255 and rounds to whole grey levels: how the seed's pipeline
+/// turns denoiser outputs into images before describing them.
+pub fn to_pixels(values: &mut [f32]) {
+    for v in values {
+        *v = v.round().clamp(0.0, 255.0);
+    }
+}
