@@ -20,5 +20,6 @@ pub mod optim;
 pub mod params;
 pub mod rng;
 pub mod threads;
+pub mod weights;
 
 pub use error::{Error, Result};
