@@ -15,6 +15,7 @@ pub mod io;
 pub mod layers;
 pub mod loss;
 pub mod models;
+pub mod net;
 pub mod ops;
 pub mod optim;
 pub mod params;

@@ -75,7 +75,10 @@ fn resolve_arch(file: &WeightsFile, opts: LoadOptions, path: &Path) -> Result<Ar
             let arch = Arch::parse(m, meta.get("variant").map(String::as_str))
                 .map_err(|e| format_err(path, format!("metadata names an unknown network: {e}")))?;
             if let Some(v) = meta.get("format_version").filter(|v| v.as_str() != FORMAT_VERSION) {
-                return Err(format_err(path, format!("format_version {v} is not supported (this build reads {FORMAT_VERSION})")));
+                return Err(format_err(
+                    path,
+                    format!("format_version {v} is not supported (this build reads {FORMAT_VERSION})"),
+                ));
             }
             Some(arch)
         }
@@ -139,7 +142,10 @@ impl Network {
                 Some(t) if t.shape != spec.shape => {
                     return Err(format_err(
                         path,
-                        format!("tensor '{}' has shape {:?}, the {arch} network needs {:?}", spec.name, t.shape, spec.shape),
+                        format!(
+                            "tensor '{}' has shape {:?}, the {arch} network needs {:?}",
+                            spec.name, t.shape, spec.shape
+                        ),
                     ));
                 }
                 Some(t) => params[spec.range()].copy_from_slice(&t.data),
@@ -190,7 +196,7 @@ impl Network {
     /// internal batches; `n x 1024` values for a denoiser, `n x 128` for HardNet.
     /// Runs on the current rayon pool.
     pub fn forward(&self, patches: &[f32]) -> Result<Vec<f32>> {
-        if patches.len() % PATCH_LEN != 0 {
+        if !patches.len().is_multiple_of(PATCH_LEN) {
             return Err(Error::Shape(format!("{} values are not a whole number of 32x32 patches", patches.len())));
         }
         let n = patches.len() / PATCH_LEN;

@@ -179,7 +179,7 @@ fn model_goldens_are_canonical_and_complete() {
         let path = golden(&format!("{model}.safetensors"));
         let bytes = fs::read(&path).unwrap();
         // The golden directory must stay well under 1 MB.
-        assert!(bytes.len() < 128 * 1024, "{model}: {} bytes", bytes.len());
+        assert!(bytes.len() < 192 * 1024, "{model}: {} bytes", bytes.len());
         let file = weights::load(&path).unwrap();
         assert_eq!(weights::to_bytes(&file).unwrap(), bytes, "{model}");
         assert_eq!(file.metadata["model"], model);
@@ -228,7 +228,8 @@ fn model_goldens_are_canonical_and_complete() {
         // Nothing else was summarised, and nothing else is stored.
         let mut keys: Vec<&str> = file.tensors.keys().map(String::as_str).collect();
         keys.retain(|k| k.starts_with("grad"));
-        assert_eq!(keys.len(), 5 * summarised.len(), "{model}");
+        // Five summaries of the float32 step and three of the float64 step per parameter.
+        assert_eq!(keys.len(), 8 * summarised.len(), "{model}");
         for k in keys {
             assert!(summarised.contains(&k.split_once('.').unwrap().1), "{model}: stray {k}");
         }

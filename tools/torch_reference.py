@@ -5,7 +5,7 @@ Builds the four models nhpatch implements (shallow U-Net, DnCNN, the seed's
 Keras HardNet "baseline", kornia's HardNet "original") in plain PyTorch on the
 CPU, float32, with deterministic algorithms, and stores for each, in
 tests/golden/<model>.safetensors, what a Rust test needs to check its forward
-pass, one train step and the gradients, in well under 100 KB per model:
+pass, one train step and the gradients, in well under 200 KB per model:
 
 Weights are not stored: every parameter and buffer (no num_batches_tracked)
 is set from a formula that Rust reproduces bit for bit (metadata "weights"):
@@ -52,7 +52,14 @@ Also stored:
     the sums are exact (each product is exact in float64, math.fsum) and
     rounded to f32 at the end;
   - `checkproj.<name>` [8]: the first 8 w_i of the first parameter, so the
-    projection stream is checked on its own too.
+    projection stream is checked on its own too;
+  - the same train step in float64 (the model and inputs converted from the
+    float32 values, so it is the exact answer both float32 implementations
+    approximate): `train_output64`, `train_loss64` and, per trainable
+    parameter, `gradsample64.<name>`, `gradproj64.<name>`, `gradnorm64.<name>`
+    at the same positions and with the same weights. Deep BatchNorm chains
+    (DnCNN) amplify float32 rounding beyond 1e-4; the Rust tests then hold
+    nhpatch to PyTorch's own float32 distance from this answer.
 
 It also writes tiny_torch.safetensors (written by safetensors.torch.save_file,
 for nhpatch's byte-exact reader/writer test) and dtypes_torch.safetensors
@@ -70,6 +77,7 @@ Running it twice gives the same bytes (check with sha256sum tests/golden/*).
 """
 
 import json
+import copy
 import math
 import os
 import struct
@@ -370,6 +378,21 @@ def grad_summary(name, grad):
     }
 
 
+def grad_summary64(name, grad):
+    """The float64 step's gradient at the same positions, and its projection
+    and norm, rounded to f32 only when stored."""
+    g = grad.detach().flatten().numpy().astype(np.float64)
+    rng = SplitMix64(fnv1a64(name) ^ SAMPLE_SALT)
+    idx = [rng.next_u64() % g.size for _ in range(GRAD_SAMPLES)]
+    prod = g * unit_values(fnv1a64(name) ^ PROJ_SALT, g.size)
+    f32 = lambda x: torch.tensor([x], dtype=torch.float64).to(torch.float32)
+    return {
+        f"gradsample64.{name}": torch.from_numpy(g[idx]).to(torch.float32),
+        f"gradproj64.{name}": f32(math.fsum(prod.tolist())),
+        f"gradnorm64.{name}": f32(math.sqrt(math.fsum((g * g).tolist()))),
+    }
+
+
 # --------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------
@@ -445,20 +468,32 @@ def golden_model(name):
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
+    # The same step in float64 from the same float32 weights and inputs: the
+    # exact answer both float32 implementations approximate.
+    model64 = copy.deepcopy(model).double()
     model.train()
+    model64.train()
     model.zero_grad(set_to_none=False)
     y = model(x)
+    y64 = model64(x.double())
     if name in ("unet", "dncnn"):
         target = (x - torch.randn(x.shape, generator=gen) * 10.0).clamp(0.0, 255.0)
         out["target"] = target
         loss = F.l1_loss(y, target, reduction="mean")
+        loss64 = F.l1_loss(y64, target.double(), reduction="mean")
         loss_desc = "l1_mean(train_output, target)"
     else:
         proj = torch.randn(N, 128, generator=gen)
         out["proj"] = proj
         loss = (y * proj).sum()
+        loss64 = (y64 * proj.double()).sum()
         loss_desc = "sum(train_output * proj)"
     loss.backward()
+    loss64.backward()
+    out["train_output64"] = y64.detach().float()
+    out["train_loss64"] = loss64.detach().float()
+    for pname, p in model64.named_parameters():
+        out.update(grad_summary64(pname, p.grad))
     out["train_output"] = y.detach()
     out["train_loss"] = loss.detach()
     for pname, p in model.named_parameters():

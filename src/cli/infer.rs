@@ -6,7 +6,6 @@ use nhpatch::io::{self, PATCH, extension, io_err, npy, write_atomic};
 use nhpatch::models::DESC_LEN;
 use nhpatch::net::{LoadOptions, Network, to_pixels};
 use nhpatch::{Error, Result};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]

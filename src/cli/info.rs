@@ -47,7 +47,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -80,11 +80,17 @@ pub fn info(a: InfoArgs) -> Result<()> {
         (Some(path), arch) => {
             let net = Network::load(path, LoadOptions { arch })?;
             print!("{}", table(net.model()));
-            println!("Weights: {} (all {} tensors present and well-shaped)", path.display(), net.model().layout().specs().len());
+            println!(
+                "Weights: {} (all {} tensors present and well-shaped)",
+                path.display(),
+                net.model().layout().specs().len()
+            );
         }
         (None, Some(arch)) => print!("{}", table(&Model::new(arch)?)),
         (None, None) => {
-            return Err(nhpatch::Error::InvalidArgument("give --model (and --variant for hardnet) or --weights".into()));
+            return Err(nhpatch::Error::InvalidArgument(
+                "give --model (and --variant for hardnet) or --weights".into(),
+            ));
         }
     }
     Ok(())
