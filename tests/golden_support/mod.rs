@@ -3,6 +3,9 @@
 //! (not stored, to keep the files small) and the gradient summaries it stored
 //! instead of full gradients. The rules are documented in the script's
 //! docstring; the values here must match it bit for bit.
+//!
+//! Each test crate that includes this module uses a different part of it.
+#![allow(dead_code)]
 
 use nhpatch::rng::Rng;
 use nhpatch::weights::WeightsFile;
