@@ -18,6 +18,27 @@
 //! metadata loads when the caller names the architecture (`LoadOptions`).
 //! Loading checks every name, shape and dtype and the metadata against the
 //! architecture; nothing is half-loaded.
+//!
+//! ```
+//! use nhpatch::models::Arch;
+//! use nhpatch::net::{LoadOptions, Network, to_pixels};
+//!
+//! # let dir = std::env::temp_dir().join(format!("nhpatch-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let path = dir.join("hardnet.safetensors");
+//! # Network::init(Arch::HardNetOriginal, 1)?.save(&path)?;
+//! // A descriptor from a weights file, a denoiser (here freshly initialised).
+//! let descriptor = Network::load(&path, LoadOptions::default())?;
+//! let denoiser = Network::init(Arch::Unet, 7)?;
+//!
+//! // Four 32x32 patches, row-major, grey levels 0..255.
+//! let patches: Vec<f32> = (0..4 * 32 * 32).map(|i| (i % 256) as f32).collect();
+//! let mut clean = denoiser.denoise(&patches)?;
+//! to_pixels(&mut clean); // clip and round, as the seed pipeline does
+//! let desc = descriptor.describe(&clean)?;
+//! assert_eq!(desc.len(), 4 * 128);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use crate::error::{Error, Result};
 use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};

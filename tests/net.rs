@@ -1,0 +1,123 @@
+//! The library API: weights save/load round trips, and every way a weights
+//! file can be wrong gives a clear error instead of a half-loaded network.
+
+use nhpatch::models::Arch;
+use nhpatch::net::{LoadOptions, Network, metadata_for};
+use nhpatch::weights::{self, Tensor};
+use std::path::PathBuf;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nhpatch-net-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn patches(n: usize) -> Vec<f32> {
+    (0..n * 1024).map(|i| ((i * 37 + i / 1024 * 11) % 256) as f32).collect()
+}
+
+#[test]
+fn save_then_load_gives_bit_identical_outputs() {
+    for arch in Arch::ALL {
+        let net = Network::init(arch, 7).unwrap();
+        let path = tmp(&format!("{arch}.safetensors"));
+        net.save(&path).unwrap();
+        let back = Network::load(&path, LoadOptions::default()).unwrap();
+        assert_eq!(back.arch(), arch);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(back.params()), bits(net.params()), "{arch}: parameters");
+        let x = patches(3);
+        assert_eq!(bits(&back.forward(&x).unwrap()), bits(&net.forward(&x).unwrap()), "{arch}: outputs");
+        // Saving again writes the same bytes: the format is canonical.
+        let again = tmp(&format!("{arch}-again.safetensors"));
+        back.save(&again).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&again).unwrap());
+    }
+}
+
+#[test]
+fn batching_does_not_change_results() {
+    // 300 patches run as 256 + 44 internally; each patch's output must equal a lone run.
+    let net = Network::init(Arch::HardNetOriginal, 3).unwrap();
+    let x = patches(300);
+    let all = net.describe(&x).unwrap();
+    let one = net.describe(&x[299 * 1024..]).unwrap();
+    assert_eq!(&all[299 * 128..], &one[..]);
+}
+
+/// Loads a modified copy of a valid file and returns the error text.
+fn load_err(edit: impl FnOnce(&mut weights::WeightsFile), opts: LoadOptions) -> String {
+    let mut file = Network::init(Arch::Unet, 1).unwrap().to_file();
+    edit(&mut file);
+    let path = tmp("edited.safetensors");
+    weights::save(&path, &file).unwrap();
+    match Network::load(&path, opts) {
+        Ok(_) => panic!("the edited file loaded"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("edited.safetensors"), "error does not name the file: {msg}");
+            msg
+        }
+    }
+}
+
+#[test]
+fn wrong_files_are_clear_errors() {
+    let none = LoadOptions::default();
+    let e = load_err(|f| drop(f.tensors.remove("conv3.weight")), none);
+    assert!(e.contains("missing tensors") && e.contains("conv3.weight"), "{e}");
+    let e = load_err(|f| f.tensors.get_mut("conv4.bias").unwrap().shape = vec![32, 2], none);
+    assert!(e.contains("conv4.bias") && e.contains("[32, 2]") && e.contains("[64]"), "{e}");
+    let e =
+        load_err(|f| drop(f.tensors.insert("conv9.weight".into(), Tensor { shape: vec![1], data: vec![0.0] })), none);
+    assert!(e.contains("conv9.weight"), "{e}");
+    let e = load_err(|f| drop(f.metadata.insert("model".into(), "resnet".into())), none);
+    assert!(e.contains("resnet"), "{e}");
+    let e = load_err(|f| drop(f.metadata.insert("padding".into(), "symmetric".into())), none);
+    assert!(e.contains("padding"), "{e}");
+    let e = load_err(|f| drop(f.metadata.insert("format_version".into(), "9".into())), none);
+    assert!(e.contains("format_version"), "{e}");
+    let e = load_err(|_| {}, LoadOptions { arch: Some(Arch::Dncnn) });
+    assert!(e.contains("unet") && e.contains("dncnn"), "{e}");
+    let e = load_err(|f| f.metadata.clear(), none);
+    assert!(e.contains("no 'model'"), "{e}");
+}
+
+#[test]
+fn pytorch_files_without_metadata_load_when_the_architecture_is_named() {
+    let net = Network::init(Arch::HardNetBaseline, 2).unwrap();
+    let mut file = net.to_file();
+    file.metadata.clear();
+    let path = tmp("plain.safetensors");
+    weights::save(&path, &file).unwrap();
+    let back = Network::load(&path, LoadOptions { arch: Some(Arch::HardNetBaseline) }).unwrap();
+    assert_eq!(back.params(), net.params());
+    assert_eq!(metadata_for(Arch::HardNetBaseline)["variant"], "baseline");
+}
+
+#[test]
+fn truncated_and_corrupted_files_never_load() {
+    let path = tmp("good.safetensors");
+    Network::init(Arch::Unet, 1).unwrap().save(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let bad = tmp("bad.safetensors");
+    for cut in [0, 7, 8, 100, bytes.len() / 2, bytes.len() - 1] {
+        std::fs::write(&bad, &bytes[..cut]).unwrap();
+        let e = Network::load(&bad, LoadOptions::default()).err().expect("truncated file loaded").to_string();
+        assert!(e.contains("bad.safetensors"), "{e}");
+    }
+    let mut flipped = bytes.clone();
+    flipped[12] ^= 0x55; // inside the JSON header
+    std::fs::write(&bad, &flipped).unwrap();
+    assert!(Network::load(&bad, LoadOptions::default()).is_err());
+}
+
+#[test]
+fn wrong_kind_of_network_and_bad_batches_are_errors() {
+    let unet = Network::init(Arch::Unet, 1).unwrap();
+    let hardnet = Network::init(Arch::HardNetOriginal, 1).unwrap();
+    assert!(unet.describe(&patches(1)).is_err());
+    assert!(hardnet.denoise(&patches(1)).is_err());
+    assert!(unet.denoise(&[0.0; 1000]).is_err(), "not a whole number of patches");
+    assert_eq!(unet.denoise(&[]).unwrap().len(), 0);
+}
