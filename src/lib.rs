@@ -9,6 +9,7 @@
 //!   layer, the losses and the optimizers, over caller-owned buffers;
 //! - [`params`]: named slices of one parameter arena.
 
+pub mod data;
 pub mod error;
 pub mod gemm;
 pub mod io;
