@@ -29,12 +29,15 @@ impl Image {
     pub fn bilinear(&self, x: f32, y: f32) -> f32 {
         let xc = x.clamp(0.0, (self.w - 1) as f32);
         let yc = y.clamp(0.0, (self.h - 1) as f32);
-        let x0 = (xc.floor() as usize).min(self.w.saturating_sub(2));
-        let y0 = (yc.floor() as usize).min(self.h.saturating_sub(2));
-        let (x1, y1) = ((x0 + 1).min(self.w - 1), (y0 + 1).min(self.h - 1));
+        // Non-negative, so truncation is floor.
+        let x0 = (xc as usize).min(self.w.saturating_sub(2));
+        let y0 = (yc as usize).min(self.h.saturating_sub(2));
+        let (dx, dy) = (usize::from(self.w > 1), if self.h > 1 { self.w } else { 0 });
         let (fx, fy) = (xc - x0 as f32, yc - y0 as f32);
-        let top = self.at(x0, y0) + fx * (self.at(x1, y0) - self.at(x0, y0));
-        let bottom = self.at(x0, y1) + fx * (self.at(x1, y1) - self.at(x0, y1));
+        let i = y0 * self.w + x0;
+        let p = &self.px;
+        let top = p[i] + fx * (p[i + dx] - p[i]);
+        let bottom = p[i + dy] + fx * (p[i + dy + dx] - p[i + dy]);
         top + fy * (bottom - top)
     }
 

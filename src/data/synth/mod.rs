@@ -39,11 +39,11 @@ use std::path::{Path, PathBuf};
 /// Region side in multiples of the keypoint scale `sigma * sqrt 2` (HPatches uses 5).
 pub const REGION_MAGNIFICATION: f32 = 5.0;
 /// Scene pixels budgeted per patch; larger requests get larger scenes.
-const PIXELS_PER_PATCH: usize = 700;
+const PIXELS_PER_PATCH: usize = 1200;
 /// Sensor noise of every rendered image, grey levels.
 const SENSOR_NOISE: f32 = 1.0;
-/// Largest number of patches per sequence (keeps a scene under ~10 Mpx).
-pub const MAX_PATCHES: usize = 15_000;
+/// Largest number of patches per sequence (keeps a scene under ~12 Mpx).
+pub const MAX_PATCHES: usize = 10_000;
 
 /// What to generate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub struct SynthConfig {
     /// Patches per sequence.
     pub patches: usize,
     pub seed: u64,
-    /// Smallest scene size; it grows with `patches` beyond ~440 patches.
+    /// Smallest scene size; it grows with `patches` (beyond 256 patches at 640x480).
     pub width: usize,
     pub height: usize,
 }
@@ -199,13 +199,19 @@ pub fn make_sequence(cfg: &SynthConfig, index: usize) -> Result<Sequence> {
     let views: Vec<image::Image> = (0..6)
         .map(|k| render_view(&scene, &homs[k], &illums[k], SENSOR_NOISE, &mut Rng::stream(seed, 10 + k as u64)))
         .collect();
-    let kps = detect(&views[0], &DetectParams::default());
-    let picked = select(&kps, cfg.patches, &homs, (w, h), seed).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "{name}: the {w}x{h} scene has too few usable keypoints for {} patches",
-            cfg.patches
-        ))
-    })?;
+    // Weak extrema are used only when the strong ones do not suffice.
+    let picked = [1.0, 0.3, 0.1]
+        .iter()
+        .find_map(|&threshold| {
+            let kps = detect(&views[0], &DetectParams { threshold, ..DetectParams::default() });
+            select(&kps, cfg.patches, &homs, (w, h), seed)
+        })
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{name}: the {w}x{h} scene has too few usable keypoints for {} patches",
+                cfg.patches
+            ))
+        })?;
     let n = picked.len();
     let mut clean = vec![vec![0u8; n * PATCH_LEN]; IMAGES.len()];
     for (i, strip) in clean.iter_mut().enumerate() {

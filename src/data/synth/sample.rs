@@ -61,6 +61,17 @@ impl Illumination {
     }
 }
 
+/// An approximately standard normal draw: the sum of four 16-bit uniforms
+/// (Irwin-Hall), rescaled. One generator call instead of Box-Muller's two
+/// plus a logarithm and a cosine; plenty for faint sensor noise.
+#[inline]
+fn approx_normal(rng: &mut Rng) -> f32 {
+    let b = rng.next_u64();
+    let sum: u64 = (0..4).map(|i| (b >> (16 * i)) & 0xffff).sum();
+    // Mean 2 * 65535, variance 4 / 12 in units of 65536.
+    (sum as f32 / 65536.0 - 2.0) * 3f32.sqrt()
+}
+
 /// Renders one image of a sequence: the scene through `hom` (reference ->
 /// this image), then `illum`, then sensor noise of `noise` grey levels.
 pub fn render_view(scene: &Image, hom: &Homography, illum: &Illumination, noise: f32, rng: &mut Rng) -> Image {
@@ -85,7 +96,7 @@ pub fn render_view(scene: &Image, hom: &Homography, illum: &Illumination, noise:
                 let (sx, sy) = inv.apply(xf, yf);
                 source.bilinear(sx, sy)
             };
-            px[y * w + x] = illum.apply(v, xf, yf, wf, hf) + noise * rng.normal() as f32;
+            px[y * w + x] = illum.apply(v, xf, yf, wf, hf) + noise * approx_normal(rng);
         }
     }
     Image { w, h, px }
@@ -95,14 +106,30 @@ pub fn render_view(scene: &Image, hom: &Homography, illum: &Illumination, noise:
 /// `hom`) at 65x65 and resizes it to 32x32 into `out`.
 pub fn sample_patch(view: &Image, region: &Region, j: &Affine, hom: &Homography, out: &mut [u8]) {
     debug_assert_eq!(out.len(), PATCH_LEN);
+    // Patch pixel (c, r) sits at u = -1 + (2c + 1) / 65: reference positions
+    // are affine in (c, r), so walk them incrementally.
+    let step = 2.0 / SAMPLE as f32;
+    let first = -1.0 + 0.5 * step;
+    let origin = region.map(j, first, first);
+    let along = region.map(j, first + step, first);
+    let down = region.map(j, first, first + step);
+    let (dc, dr) = ((along.0 - origin.0, along.1 - origin.1), (down.0 - origin.0, down.1 - origin.1));
+    let identity = *hom == Homography::IDENTITY;
+    let m = hom.0.map(|v| v as f32);
     let mut big = [0u8; SAMPLE * SAMPLE];
-    for r in 0..SAMPLE {
-        let v = -1.0 + (2 * r + 1) as f32 / SAMPLE as f32;
-        for c in 0..SAMPLE {
-            let u = -1.0 + (2 * c + 1) as f32 / SAMPLE as f32;
-            let (x, y) = region.map(j, u, v);
-            let (x, y) = hom.apply(x, y);
-            big[r * SAMPLE + c] = view.bilinear(x, y).round().clamp(0.0, 255.0) as u8;
+    for (r, row) in big.chunks_exact_mut(SAMPLE).enumerate() {
+        let (mut x, mut y) = (origin.0 + r as f32 * dr.0, origin.1 + r as f32 * dr.1);
+        for b in row.iter_mut() {
+            let (px, py) = if identity {
+                (x, y)
+            } else {
+                let w = m[6] * x + m[7] * y + m[8];
+                ((m[0] * x + m[1] * y + m[2]) / w, (m[3] * x + m[4] * y + m[5]) / w)
+            };
+            // Non-negative after the clamp, so +0.5 and truncation round to nearest.
+            *b = (view.bilinear(px, py).clamp(0.0, 255.0) + 0.5) as u8;
+            x += dc.0;
+            y += dc.1;
         }
     }
     resize_bilinear_u8(&big, SAMPLE, SAMPLE, out, crate::io::PATCH, crate::io::PATCH);
