@@ -229,7 +229,7 @@ pub fn make_sequence(cfg: &SynthConfig, index: usize) -> Result<Sequence> {
 /// The split file of `names`: `a` (about 2/3 train, i_ and v_ on both sides),
 /// `full` (all test), `illum` and `view` (test only).
 pub fn make_splits(names: &[String], seed: u64) -> Splits {
-    let mut rng = Rng::stream(seed, 0x5911_75);
+    let mut rng = Rng::stream(seed, 0x0059_1175);
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for prefix in ["i_", "v_"] {
         let mut kind: Vec<String> = names.iter().filter(|n| n.starts_with(prefix)).cloned().collect();
