@@ -2,6 +2,7 @@
 
 mod infer;
 mod info;
+mod synth;
 
 use clap::{Parser, Subcommand};
 use nhpatch::Result;
@@ -23,6 +24,8 @@ enum Command {
     Denoise(infer::DenoiseArgs),
     /// Compute 128-d HardNet descriptors of patches, optionally denoising first.
     Describe(infer::DescribeArgs),
+    /// Write a synthetic N-HPatches dataset (strips, noisy twins, splits.json).
+    Synth(synth::SynthArgs),
     /// Show the GEMM kernels this CPU can run and which one nhpatch uses.
     Kernels,
 }
@@ -33,6 +36,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => info::init(a),
         Command::Denoise(a) => infer::denoise(a),
         Command::Describe(a) => infer::describe(a),
+        Command::Synth(a) => synth::synth(a),
         Command::Kernels => {
             let best = nhpatch::gemm::best_kernel();
             for k in nhpatch::gemm::Kernel::ALL {

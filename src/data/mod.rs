@@ -9,6 +9,7 @@
 
 pub mod noise;
 pub mod splits;
+pub mod synth;
 
 /// The 16 images of a sequence, in the order used everywhere (index 0..16).
 pub const IMAGES: [&str; 16] =
