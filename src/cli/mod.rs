@@ -2,6 +2,7 @@
 
 mod infer;
 mod info;
+mod pack;
 
 use clap::{Parser, Subcommand};
 use nhpatch::Result;
@@ -23,6 +24,8 @@ enum Command {
     Denoise(infer::DenoiseArgs),
     /// Compute 128-d HardNet descriptors of patches, optionally denoising first.
     Describe(infer::DescribeArgs),
+    /// Pack a dataset root (PNG strips) into one memory-mapped file.
+    Pack(pack::PackArgs),
     /// Show the GEMM kernels this CPU can run and which one nhpatch uses.
     Kernels,
 }
@@ -33,6 +36,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => info::init(a),
         Command::Denoise(a) => infer::denoise(a),
         Command::Describe(a) => infer::describe(a),
+        Command::Pack(a) => pack::pack(a),
         Command::Kernels => {
             let best = nhpatch::gemm::best_kernel();
             for k in nhpatch::gemm::Kernel::ALL {
