@@ -394,6 +394,17 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
     Ok(Parsed { seqs, blocks, index, total, fingerprint })
 }
 
+impl std::fmt::Debug for PackedDataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedDataset")
+            .field("path", &self.path)
+            .field("sequences", &self.seqs.len())
+            .field("total", &self.total)
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
+}
+
 impl PackedDataset {
     /// Maps and validates a pack file.
     pub fn open(path: &Path) -> Result<PackedDataset> {
