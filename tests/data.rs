@@ -164,6 +164,12 @@ fn pack_round_trip_equals_the_reader() {
             }
         }
     }
+    // Released pages read back the same bytes, also through a slice borrowed before.
+    let before = p.image(1, 4, Version::Noisy);
+    let copy = before.to_vec();
+    p.release_resident();
+    assert_eq!(before, &copy[..]);
+    assert_eq!(p.image(1, 4, Version::Noisy), read_sequence(&root.join("v_b"), 7).unwrap().image(4, Version::Noisy));
     assert_eq!(p.find("v_zz"), None);
     assert_eq!(p.select(&strings(&["v_c", "i_a"])).unwrap(), [2, 0]);
     assert!(p.select(&strings(&["v_zz"])).unwrap_err().to_string().contains("v_zz"));

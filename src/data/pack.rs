@@ -32,6 +32,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use super::hpatches::Version;
 
@@ -47,6 +48,16 @@ const MAX_NAME: usize = 255;
 const MIN_ENTRY: u64 = 2 + 1 + 3 * 8;
 /// Bytes per patch position in one version (16 images).
 const POSITION_BYTES: u64 = (IMAGE_COUNT * PATCH_LEN) as u64;
+/// Mapped pages count in the resident set, and a page fault maps more than
+/// the page read: fault-around maps cached neighbours, and recent Linux maps
+/// a whole large page-cache folio (up to 2 MiB) per fault, whatever the
+/// madvise hints. Random batches over a 5 GB pack would so pull all of it
+/// into RSS within an epoch (measured: 2.4 GB). Once reads may have made this
+/// many bytes resident, the map's pages are released (they stay in the page
+/// cache; see `note_read`).
+const RESIDENT_BUDGET: u64 = 384 << 20;
+/// What one read may map: its own bytes plus a whole PMD-sized folio.
+const FAULT_WINDOW: u64 = 2 << 20;
 
 /// A sequence of a packed dataset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,6 +289,8 @@ pub struct PackedDataset {
     index: HashMap<String, usize>,
     total: u64,
     fingerprint: u64,
+    /// Upper bound of the map's bytes made resident since the last release.
+    touched: AtomicU64,
 }
 
 /// The parsed, validated header and table of a pack.
@@ -424,7 +437,8 @@ impl PackedDataset {
         // is harmless.
         let _ = map.advise(memmap2::Advice::Random);
         let Parsed { seqs, blocks, index, total, fingerprint } = parse(&map, path)?;
-        Ok(PackedDataset { path: path.to_path_buf(), map, seqs, blocks, index, total, fingerprint })
+        let touched = AtomicU64::new(0);
+        Ok(PackedDataset { path: path.to_path_buf(), map, seqs, blocks, index, total, fingerprint, touched })
     }
 
     pub fn path(&self) -> &Path {
@@ -469,6 +483,7 @@ impl PackedDataset {
         assert!(image < IMAGE_COUNT, "image {image} out of range 0..16");
         let len = self.seqs[seq].count * PATCH_LEN;
         let start = self.block(seq, version) + image * len;
+        self.note_read(len);
         &self.map[start..start + len]
     }
 
@@ -479,7 +494,34 @@ impl PackedDataset {
         let count = self.seqs[seq].count;
         assert!(idx < count, "patch {idx} out of range 0..{count} in sequence '{}'", self.seqs[seq].name);
         let start = self.block(seq, version) + (image * count + idx) * PATCH_LEN;
+        self.note_read(PATCH_LEN);
         &self.map[start..start + PATCH_LEN]
+    }
+
+    /// Accounts a read of `len` bytes and, once the reads since the last
+    /// release may have made `RESIDENT_BUDGET` bytes resident, releases the
+    /// map's pages, keeping the resident set bounded whatever the dataset
+    /// size. Exactly one of the threads crossing the budget releases.
+    fn note_read(&self, len: usize) {
+        let add = len as u64 + FAULT_WINDOW;
+        if self.touched.fetch_add(add, Ordering::Relaxed) + add >= RESIDENT_BUDGET
+            && self.touched.swap(0, Ordering::Relaxed) >= RESIDENT_BUDGET
+        {
+            self.release_resident();
+        }
+    }
+
+    /// Drops this process's page-table entries for the whole map, so its
+    /// pages leave the resident set (the page cache keeps them; the next
+    /// read faults them back in cheaply). Advice only: an error is ignored.
+    pub fn release_resident(&self) {
+        // SAFETY: memmap2 marks MADV_DONTNEED unsafe because on private
+        // mappings it discards data. This map is a read-only MAP_SHARED file
+        // mapping: DONTNEED only unmaps pages, and any later access, also
+        // through slices borrowed before the call and read by other threads
+        // meanwhile, is repopulated from the file. Under the map's contract
+        // (the file is not modified while mapped) those are the same bytes.
+        let _ = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
     }
 
     fn block(&self, seq: usize, version: Version) -> usize {
