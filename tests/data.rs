@@ -186,6 +186,9 @@ fn open_err(d: &Path, bytes: &[u8]) -> String {
     e
 }
 
+/// A corruption of a pack image.
+type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+
 fn put_u64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
@@ -210,7 +213,7 @@ fn corrupt_packs_are_refused_without_panics() {
         assert!(e.contains("truncated") || e.contains("past") || e.contains("more than"), "cut {cut}: {e}");
     }
 
-    let edits: Vec<(Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+    let edits: Vec<(Edit, &str)> = vec![
         (Box::new(|b| b[0] = b'X'), "bad magic"),
         (Box::new(|b| b[8] = 2), "version 2"),
         (Box::new(|b| b[12] = 64), "patch side 64"),

@@ -194,7 +194,7 @@ impl<'a, const K: usize> Sampler<'a, K> {
             epoch_len,
             epoch: 0,
             position: 0,
-            rng: Rng::stream(seed, 0x5A3D_1E5),
+            rng: Rng::stream(seed, 0x05A3_D1E5),
             items: Vec::with_capacity(batch),
             taken: HashSet::with_capacity(batch * 2),
         })
