@@ -2,6 +2,7 @@
 
 mod infer;
 mod info;
+mod pack;
 mod synth;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     Denoise(infer::DenoiseArgs),
     /// Compute 128-d HardNet descriptors of patches, optionally denoising first.
     Describe(infer::DescribeArgs),
+    /// Pack a dataset root (PNG strips) into one memory-mapped file.
+    Pack(pack::PackArgs),
     /// Write a synthetic N-HPatches dataset (strips, noisy twins, splits.json).
     Synth(synth::SynthArgs),
     /// Show the GEMM kernels this CPU can run and which one nhpatch uses.
@@ -36,6 +39,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => info::init(a),
         Command::Denoise(a) => infer::denoise(a),
         Command::Describe(a) => infer::describe(a),
+        Command::Pack(a) => pack::pack(a),
         Command::Synth(a) => synth::synth(a),
         Command::Kernels => {
             let best = nhpatch::gemm::best_kernel();

@@ -7,7 +7,10 @@
 //! N square patches; patch i of every image shows the same point (a *class*).
 //! N-HPatches adds a noisy twin of every image (`<image>_noise.png`).
 
+pub mod hpatches;
 pub mod noise;
+pub mod pack;
+pub mod sampler;
 pub mod splits;
 pub mod synth;
 

@@ -1,0 +1,316 @@
+//! Training samplers over a packed dataset.
+//!
+//! A *class* is one patch position of one training sequence; its 16 images
+//! are its members. Three kinds of batch:
+//! - denoiser: (noisy, clean) twins of one patch, class and image uniform
+//!   (so uniform over every patch of the training sequences);
+//! - triplet (the seed's generator): B distinct anchor classes; anchor a
+//!   random member, positive another member of the same class (different
+//!   image), negative a random member of a different class of any training
+//!   sequence; clean or noisy patches;
+//! - HardNet: B distinct classes, two distinct members each (anchor, positive).
+//!
+//! An epoch is a configured number of items (100,000 triplets in the seed);
+//! its last batch is shorter when the epoch length is not a multiple of B.
+//! All draws come from one [`Rng`] in a fixed order, so batches depend only on
+//! the seed; [`SamplerState`] (epoch, position, RNG state) is plain data, and
+//! a sampler restored from it continues with exactly the batches the original
+//! would have produced. Patches are copied straight from the memory map into
+//! the caller's f32 buffers in parallel (u8 -> f32 happens here); no memory is
+//! allocated per batch.
+
+use super::hpatches::{IMAGE_COUNT, Version};
+use super::pack::PackedDataset;
+use crate::error::{Error, Result};
+use crate::io::PATCH_LEN;
+use crate::rng::Rng;
+use rayon::prelude::*;
+use std::collections::HashSet;
+
+/// One patch of a pack: sequence index (in the pack), image (0..16), position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PatchRef {
+    pub seq: usize,
+    pub image: usize,
+    pub idx: usize,
+}
+
+/// Where a sampler stands, for checkpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SamplerState {
+    pub epoch: u64,
+    /// Items already produced in this epoch.
+    pub position: u64,
+    pub rng: u64,
+}
+
+/// What one call to [`Sampler::next_batch`] produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchInfo {
+    pub epoch: u64,
+    /// Items in this batch (B, or fewer at the end of an epoch).
+    pub items: usize,
+    /// True when this batch ends its epoch.
+    pub last: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Denoise,
+    Triplet,
+    HardNet,
+}
+
+/// The classes of the training sequences, numbered 0..total in sequence order.
+struct Classes {
+    seqs: Vec<usize>,
+    /// `ends[i]`: one past the last class of `seqs[i]`.
+    ends: Vec<u64>,
+    total: u64,
+}
+
+impl Classes {
+    fn new(data: &PackedDataset, train: &[usize]) -> Result<Classes> {
+        if train.is_empty() {
+            return Err(Error::InvalidArgument("a sampler needs at least one training sequence".into()));
+        }
+        let mut seen = HashSet::new();
+        let mut ends = Vec::with_capacity(train.len());
+        let mut total = 0u64;
+        for &s in train {
+            let info = data.sequences().get(s).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "sequence index {s} out of range: the pack has {}",
+                    data.sequences().len()
+                ))
+            })?;
+            if !seen.insert(s) {
+                return Err(Error::InvalidArgument(format!("training sequence '{}' is listed twice", info.name)));
+            }
+            total += info.count as u64;
+            ends.push(total);
+        }
+        Ok(Classes { seqs: train.to_vec(), ends, total })
+    }
+
+    fn member(&self, class: u64, image: usize) -> PatchRef {
+        let i = self.ends.partition_point(|&e| e <= class);
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        PatchRef { seq: self.seqs[i], image, idx: (class - start) as usize }
+    }
+}
+
+/// A sampler yielding K patches per item: 2 for denoiser and HardNet batches
+/// (noisy/clean, anchor/positive), 3 for triplets (anchor, positive, negative).
+pub struct Sampler<'a, const K: usize> {
+    data: &'a PackedDataset,
+    classes: Classes,
+    kind: Kind,
+    versions: [Version; K],
+    batch: usize,
+    epoch_len: u64,
+    epoch: u64,
+    position: u64,
+    rng: Rng,
+    /// Reused per batch: the drawn items and the anchor classes taken.
+    items: Vec<[PatchRef; K]>,
+    taken: HashSet<u64>,
+}
+
+/// Denoiser batches: (noisy, clean).
+pub type DenoiseSampler<'a> = Sampler<'a, 2>;
+/// HardNet batches: (anchor, positive).
+pub type HardNetSampler<'a> = Sampler<'a, 2>;
+/// Triplet batches: (anchor, positive, negative).
+pub type TripletSampler<'a> = Sampler<'a, 3>;
+
+impl<'a> Sampler<'a, 2> {
+    /// Denoiser pairs from the training sequences `train` (pack indices).
+    pub fn denoise(data: &'a PackedDataset, train: &[usize], batch: usize, epoch_len: u64, seed: u64) -> Result<Self> {
+        Self::build(data, train, Kind::Denoise, [Version::Noisy, Version::Clean], batch, epoch_len, seed)
+    }
+
+    /// HardNet batches of `batch` distinct classes, two members each.
+    pub fn hardnet(
+        data: &'a PackedDataset,
+        train: &[usize],
+        version: Version,
+        batch: usize,
+        epoch_len: u64,
+        seed: u64,
+    ) -> Result<Self> {
+        Self::build(data, train, Kind::HardNet, [version; 2], batch, epoch_len, seed)
+    }
+}
+
+impl<'a> Sampler<'a, 3> {
+    /// The seed's triplet generator.
+    pub fn triplet(
+        data: &'a PackedDataset,
+        train: &[usize],
+        version: Version,
+        batch: usize,
+        epoch_len: u64,
+        seed: u64,
+    ) -> Result<Self> {
+        Self::build(data, train, Kind::Triplet, [version; 3], batch, epoch_len, seed)
+    }
+}
+
+impl<'a, const K: usize> Sampler<'a, K> {
+    fn build(
+        data: &'a PackedDataset,
+        train: &[usize],
+        kind: Kind,
+        versions: [Version; K],
+        batch: usize,
+        epoch_len: u64,
+        seed: u64,
+    ) -> Result<Self> {
+        let classes = Classes::new(data, train)?;
+        if batch == 0 || epoch_len == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "batch size ({batch}) and epoch length ({epoch_len}) must be positive"
+            )));
+        }
+        // Distinct anchor classes per batch, and a negative of another class.
+        let need = match kind {
+            Kind::Denoise => 1,
+            Kind::HardNet => batch as u64,
+            Kind::Triplet => (batch as u64).max(2),
+        };
+        if classes.total < need {
+            return Err(Error::InvalidArgument(format!(
+                "the training sequences hold {} patch positions; a batch of {batch} needs {need}",
+                classes.total
+            )));
+        }
+        Ok(Sampler {
+            data,
+            classes,
+            kind,
+            versions,
+            batch,
+            epoch_len,
+            epoch: 0,
+            position: 0,
+            rng: Rng::stream(seed, 0x05A3_D1E5),
+            items: Vec::with_capacity(batch),
+            taken: HashSet::with_capacity(batch * 2),
+        })
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    pub fn epoch_len(&self) -> u64 {
+        self.epoch_len
+    }
+
+    /// Number of classes (patch positions) in the training sequences.
+    pub fn classes(&self) -> u64 {
+        self.classes.total
+    }
+
+    pub fn state(&self) -> SamplerState {
+        SamplerState { epoch: self.epoch, position: self.position, rng: self.rng.state }
+    }
+
+    /// Continues from a saved state (of a sampler built with the same dataset,
+    /// sequences, kind, batch size and epoch length).
+    pub fn set_state(&mut self, state: SamplerState) -> Result<()> {
+        if state.position > self.epoch_len {
+            return Err(Error::InvalidArgument(format!(
+                "sampler state at item {} of an epoch of {}",
+                state.position, self.epoch_len
+            )));
+        }
+        self.epoch = state.epoch;
+        self.position = state.position;
+        self.rng = Rng { state: state.rng };
+        Ok(())
+    }
+
+    /// The items of the last batch, in buffer order.
+    pub fn last_batch(&self) -> &[[PatchRef; K]] {
+        &self.items
+    }
+
+    fn distinct_class(&mut self) -> u64 {
+        loop {
+            let c = self.rng.below(self.classes.total);
+            if self.taken.insert(c) {
+                return c;
+            }
+        }
+    }
+
+    fn draw(&mut self) -> [PatchRef; K] {
+        let images = IMAGE_COUNT as u64;
+        let mut out = [PatchRef { seq: 0, image: 0, idx: 0 }; K];
+        match self.kind {
+            Kind::Denoise => {
+                let c = self.rng.below(self.classes.total);
+                let m = self.classes.member(c, self.rng.below(images) as usize);
+                out.fill(m);
+            }
+            Kind::Triplet | Kind::HardNet => {
+                let c = self.distinct_class();
+                let a = self.rng.below(images);
+                // Uniform over the 15 other images.
+                let p = (a + 1 + self.rng.below(images - 1)) % images;
+                out[0] = self.classes.member(c, a as usize);
+                out[1] = self.classes.member(c, p as usize);
+                if self.kind == Kind::Triplet {
+                    // Uniform over the other classes: skip the anchor's.
+                    let mut n = self.rng.below(self.classes.total - 1);
+                    if n >= c {
+                        n += 1;
+                    }
+                    out[2] = self.classes.member(n, self.rng.below(images) as usize);
+                }
+            }
+        }
+        out
+    }
+
+    /// Fills `outs` (each `[batch][32*32]` f32, values 0..255) with the next
+    /// batch; only the first `items` patches of each are written. After the
+    /// last batch of an epoch, the next call starts the following epoch.
+    pub fn next_batch(&mut self, outs: [&mut [f32]; K]) -> Result<BatchInfo> {
+        let want = self.batch * PATCH_LEN;
+        if let Some(o) = outs.iter().find(|o| o.len() != want) {
+            return Err(Error::Shape(format!(
+                "batch buffer: expected {want} values ({} patches of 32x32), got {}",
+                self.batch,
+                o.len()
+            )));
+        }
+        if self.position >= self.epoch_len {
+            self.epoch += 1;
+            self.position = 0;
+        }
+        let n = (self.epoch_len - self.position).min(self.batch as u64) as usize;
+        self.items.clear();
+        self.taken.clear();
+        for _ in 0..n {
+            let item = self.draw();
+            self.items.push(item);
+        }
+        self.position += n as u64;
+        let (data, items) = (self.data, &self.items);
+        for (k, out) in outs.into_iter().enumerate() {
+            let version = self.versions[k];
+            out[..n * PATCH_LEN].par_chunks_mut(PATCH_LEN).zip(items.par_iter()).with_min_len(16).for_each(
+                |(dst, it)| {
+                    let r = it[k];
+                    for (d, &s) in dst.iter_mut().zip(data.patch(r.seq, r.image, r.idx, version)) {
+                        *d = s as f32;
+                    }
+                },
+            );
+        }
+        Ok(BatchInfo { epoch: self.epoch, items: n, last: self.position == self.epoch_len })
+    }
+}
