@@ -22,6 +22,7 @@ pub mod optim;
 pub mod params;
 pub mod rng;
 pub mod threads;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};
