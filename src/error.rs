@@ -19,6 +19,8 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     /// A file whose contents are not what its format requires.
     Format { path: PathBuf, msg: String },
+    /// Training cannot go on (a non-finite loss, a checkpoint of another run).
+    Training(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -31,6 +33,7 @@ impl fmt::Display for Error {
             Error::Unsupported(m) => write!(f, "unsupported: {m}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Format { path, msg } => write!(f, "{}: {msg}", path.display()),
+            Error::Training(m) => write!(f, "training stopped: {m}"),
         }
     }
 }

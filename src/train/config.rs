@@ -1,0 +1,160 @@
+//! The resolved configuration of one training stage. Presets fill it, flags
+//! override any field, and the run folder records it (`config.json`) so a
+//! run can be reproduced and resumed.
+
+use crate::error::{Error, Result};
+use crate::optim::adam::{Adam, AdamState};
+use crate::optim::sgd::{Sgd, SgdState};
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+
+/// Which optimizer, with PyTorch's hyperparameter names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OptimizerConfig {
+    Sgd { lr: f64, momentum: f64, nesterov: bool, weight_decay: f64 },
+    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
+}
+
+impl OptimizerConfig {
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => *lr,
+        }
+    }
+    pub fn set_lr(&mut self, v: f64) {
+        match self {
+            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => *lr = v,
+        }
+    }
+    /// PyTorch's defaults for an optimizer named `sgd` or `adam`.
+    pub fn named(name: &str, lr: f64) -> Result<Self> {
+        match name {
+            "sgd" => Ok(OptimizerConfig::Sgd { lr, momentum: 0.0, nesterov: false, weight_decay: 0.0 }),
+            "adam" => Ok(OptimizerConfig::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }),
+            other => Err(Error::InvalidArgument(format!("unknown optimizer '{other}' (expected sgd or adam)"))),
+        }
+    }
+}
+
+/// Optimizer state, plain data for checkpoints.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OptimizerState {
+    Sgd(SgdState),
+    Adam(AdamState),
+}
+
+/// An optimizer and its state over one parameter arena.
+pub struct Optimizer {
+    pub config: OptimizerConfig,
+    pub state: OptimizerState,
+}
+
+impl Optimizer {
+    pub fn new(config: OptimizerConfig, len: usize) -> Result<Self> {
+        let state = match &config {
+            OptimizerConfig::Sgd { .. } => OptimizerState::Sgd(SgdState::new(len)),
+            OptimizerConfig::Adam { .. } => OptimizerState::Adam(AdamState::new(len)),
+        };
+        let opt = Optimizer { config, state };
+        opt.validate()?;
+        Ok(opt)
+    }
+
+    fn validate(&self) -> Result<()> {
+        match &self.config {
+            &OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay } => {
+                Sgd { lr, momentum, dampening: 0.0, nesterov, weight_decay }.validate()
+            }
+            &OptimizerConfig::Adam { lr, beta1, beta2, eps, weight_decay } => {
+                Adam { lr, beta1, beta2, eps, weight_decay }.validate()
+            }
+        }
+    }
+
+    /// One update of the trainable `ranges` of `params` from `grads`.
+    pub fn step(&mut self, params: &mut [f32], grads: &[f32], ranges: &[Range<usize>]) -> Result<()> {
+        match (&self.config, &mut self.state) {
+            (&OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay }, OptimizerState::Sgd(s)) => {
+                Sgd { lr, momentum, dampening: 0.0, nesterov, weight_decay }.step(s, params, grads, ranges)
+            }
+            (&OptimizerConfig::Adam { lr, beta1, beta2, eps, weight_decay }, OptimizerState::Adam(s)) => {
+                Adam { lr, beta1, beta2, eps, weight_decay }.step(s, params, grads, ranges)
+            }
+            _ => Err(Error::InvalidArgument("optimizer state of another kind".into())),
+        }
+    }
+}
+
+/// Which patches a descriptor trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    Noisy,
+    Clean,
+    /// Noisy patches through a denoiser, clipped and rounded to 0..255.
+    Denoised,
+}
+
+impl std::str::FromStr for InputKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "noisy" => Ok(InputKind::Noisy),
+            "clean" => Ok(InputKind::Clean),
+            "denoised" => Ok(InputKind::Denoised),
+            _ => Err(Error::InvalidArgument(format!("unknown input '{s}' (expected noisy, clean or denoised)"))),
+        }
+    }
+}
+
+/// Every setting of one training stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// `unet`, `dncnn`, `hardnet-baseline` or `hardnet-original`.
+    pub arch: String,
+    pub epochs: u64,
+    pub batch: usize,
+    /// Items per epoch: patches (denoiser), triplets or pairs (descriptor).
+    pub epoch_items: u64,
+    pub optimizer: OptimizerConfig,
+    /// `l1` or `mse` (denoiser); `triplet` or `hardnet` (descriptor).
+    pub loss: String,
+    /// Margin of the triplet and HardNet losses.
+    pub margin: f32,
+    /// Descriptor input; ignored by the denoiser.
+    pub input: InputKind,
+    /// Validation items (patches or triplets) from the split's test sequences.
+    pub val_items: usize,
+    /// Compute HPatches mAP on the test sequences after every epoch (descriptor).
+    pub eval_every_epoch: bool,
+    pub seed: u64,
+    pub split: String,
+    /// Seed of the noise model, for datasets without noisy twins.
+    pub noise_seed: u64,
+}
+
+impl TrainConfig {
+    /// Checks the values a run cannot start with.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        if self.batch == 0 || self.batch > 4096 {
+            return bad(format!("batch {} is outside 1..=4096", self.batch));
+        }
+        if self.epoch_items == 0 {
+            return bad("an epoch needs at least one item".into());
+        }
+        if !(self.optimizer.lr() > 0.0 && self.optimizer.lr().is_finite()) {
+            return bad(format!("learning rate {} must be positive", self.optimizer.lr()));
+        }
+        Ok(())
+    }
+
+    /// The fields that must not change when a run is resumed (epochs may grow).
+    pub fn resume_key(&self) -> TrainConfig {
+        TrainConfig { epochs: 0, eval_every_epoch: false, ..self.clone() }
+    }
+}

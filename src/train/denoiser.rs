@@ -1,0 +1,126 @@
+//! Denoiser training: (noisy, clean) batches from the training sequences,
+//! the model's output against the clean patch with L1 (the seed's MAE) or
+//! MSE, one optimizer step per batch. After each epoch: the validation loss
+//! on fixed pairs from the test sequences, a checkpoint, a metrics line.
+
+use super::config::TrainConfig;
+use super::metrics::EpochMetrics;
+use super::session::{self, RunDir, State};
+use crate::data::pack::PackedDataset;
+use crate::data::sampler::Sampler;
+use crate::error::{Error, Result};
+use crate::io::PATCH_LEN;
+use crate::loss::{l1::l1_loss, mse::mse_loss};
+use crate::models::{Arch, Model, Workspace};
+use crate::net::Network;
+use std::time::Instant;
+
+/// Seed offset of the validation sampler, so validation pairs never depend on the training stream.
+const VAL_STREAM: u64 = 0x7A11_DA7E;
+
+fn loss_fn(name: &str) -> Result<fn(&mut [f32], &[f32], &[f32]) -> Result<f32>> {
+    match name {
+        "l1" => Ok(l1_loss),
+        "mse" => Ok(mse_loss),
+        other => Err(Error::InvalidArgument(format!("unknown denoiser loss '{other}' (expected l1 or mse)"))),
+    }
+}
+
+/// Fixed validation pairs (noisy, clean) from sequences `test`.
+pub fn validation_pairs(data: &PackedDataset, test: &[usize], items: usize, seed: u64) -> Result<(Vec<f32>, Vec<f32>)> {
+    if items == 0 || test.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut s = Sampler::denoise(data, test, items, items as u64, seed ^ VAL_STREAM)?;
+    let (mut noisy, mut clean) = (vec![0.0; items * PATCH_LEN], vec![0.0; items * PATCH_LEN]);
+    s.next_batch([&mut noisy, &mut clean])?;
+    Ok((noisy, clean))
+}
+
+/// Mean loss of `net` on the validation pairs (eval mode).
+pub fn validation_loss(net: &Network, loss: &str, noisy: &[f32], clean: &[f32]) -> Result<Option<f64>> {
+    if noisy.is_empty() {
+        return Ok(None);
+    }
+    let out = net.forward(noisy)?;
+    let mut scratch = vec![0.0; out.len()];
+    Ok(Some(loss_fn(loss)?(&mut scratch, &out, clean)? as f64))
+}
+
+/// Trains a denoiser on the sequences `train`, validating on `test`; returns the trained network.
+pub fn train(
+    cfg: &TrainConfig,
+    data: &PackedDataset,
+    train: &[usize],
+    test: &[usize],
+    run: &RunDir,
+    resume: bool,
+) -> Result<(Network, Vec<EpochMetrics>)> {
+    cfg.validate()?;
+    let arch: Arch = cfg.arch.parse()?;
+    if !arch.is_denoiser() {
+        return Err(Error::InvalidArgument(format!("{arch} is not a denoiser (expected unet or dncnn)")));
+    }
+    let lossf = loss_fn(&cfg.loss)?;
+    let model = Model::new(arch)?;
+    let mut st: State = session::start(&model, cfg, run, resume)?;
+    let mut sampler = Sampler::denoise(data, train, cfg.batch, cfg.epoch_items, cfg.seed)?;
+    if let Some(s) = st.sampler {
+        sampler.set_state(s)?;
+    }
+    let (val_noisy, val_clean) = validation_pairs(data, test, cfg.val_items, cfg.seed)?;
+    let ranges = model.layout().trainable_ranges();
+    let b = cfg.batch;
+    let (mut noisy, mut clean) = (vec![0.0; b * PATCH_LEN], vec![0.0; b * PATCH_LEN]);
+    let mut dout = vec![0.0; b * PATCH_LEN];
+    let mut grads = model.zero_grads();
+    let mut ws = model.workspace(b)?;
+    let mut tail: Option<Workspace> = None; // a shorter last batch, sized once
+    let steps = cfg.epoch_items.div_ceil(b as u64);
+
+    while st.epochs_done < cfg.epochs {
+        let epoch = st.epochs_done + 1;
+        let bar = session::progress("denoiser", epoch, cfg.epochs, steps, "patches");
+        let t0 = Instant::now();
+        let (mut loss_sum, mut items, mut step) = (0.0f64, 0u64, 0u64);
+        loop {
+            let info = sampler.next_batch([&mut noisy, &mut clean])?;
+            let n = info.items;
+            let w = if n == b { &mut ws } else { tail.get_or_insert(model.workspace(n)?) };
+            grads.iter_mut().for_each(|g| *g = 0.0);
+            let x = &noisy[..n * PATCH_LEN];
+            let out = model.forward_train(w, &mut st.params, x, &mut st.dropout)?;
+            let d = &mut dout[..n * PATCH_LEN];
+            d.iter_mut().for_each(|v| *v = 0.0);
+            let loss = lossf(d, out, &clean[..n * PATCH_LEN])? as f64;
+            step += 1;
+            session::check_loss(loss, epoch, step, run, st.epochs_done)?;
+            model.backward(w, &st.params, &mut grads, d)?;
+            st.optimizer.step(&mut st.params, &grads, &ranges)?;
+            loss_sum += loss * n as f64;
+            items += n as u64;
+            bar.inc(1);
+            bar.set_message(format!("loss {:.3}  {:.0} patches/s", loss, items as f64 / t0.elapsed().as_secs_f64()));
+            if info.last {
+                break;
+            }
+        }
+        bar.finish_and_clear();
+        let seconds = t0.elapsed().as_secs_f64();
+        let net = Network::from_params(Model::new(arch)?, st.params.clone())?;
+        let val_loss = validation_loss(&net, &cfg.loss, &val_noisy, &val_clean)?;
+        st.epochs_done = epoch;
+        st.metrics.push(EpochMetrics {
+            epoch,
+            train_loss: loss_sum / items.max(1) as f64,
+            val_loss,
+            map: None,
+            seconds,
+            items_per_second: items as f64 / seconds.max(1e-9),
+        });
+        session::end_epoch(run, cfg, &st, sampler.state(), "denoiser")?;
+    }
+    let net = Network::from_params(model, st.params)?;
+    net.save(&run.model())?;
+    Ok((net, st.metrics))
+}

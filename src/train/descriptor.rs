@@ -1,0 +1,260 @@
+//! Descriptor training: HardNet on triplets (the seed's loss: anchor,
+//! positive, negative through the same network, triplet margin loss) or on
+//! pairs (HardNet's hardest-in-batch loss). A batch of B triplets runs as one
+//! forward of 3B patches (2B for pairs), so BatchNorm sees the whole batch.
+//!
+//! Input patches are noisy, clean, or *denoised*: the training sequences'
+//! noisy patches passed once through a denoiser, clipped and rounded to
+//! 0..255 as the seed does, and cached in the run folder as a packed dataset
+//! (`denoised.pack`, rebuilt when the dataset or the denoiser changes).
+
+use super::config::TrainConfig;
+use super::metrics::{EpochMetrics, MapScores};
+use super::session::{self, RunDir, State};
+use crate::data::hpatches::Version;
+use crate::data::pack::{PackWriter, PackedDataset};
+use crate::data::sampler::Sampler;
+use crate::error::{Error, Result};
+use crate::io::PATCH_LEN;
+use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
+use crate::loss::triplet::TripletLoss;
+use crate::models::{Arch, DESC_LEN, Model, Workspace};
+use crate::net::{Network, to_pixels};
+use std::path::Path;
+use std::time::Instant;
+
+const VAL_STREAM: u64 = 0x7A11_DE5C;
+
+/// Evaluates a descriptor on the validation sequences (HPatches mAP); supplied by the caller.
+pub type MapFn<'a> = dyn Fn(&Network) -> Result<MapScores> + 'a;
+
+/// Fingerprint of a denoiser's parameters (FNV-1a over their bits).
+fn params_hash(net: &Network) -> u64 {
+    net.params().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The training sequences `train` of `data`, noisy patches denoised into the
+/// clean slot, as a packed dataset at `path` (reused when it is up to date).
+pub fn denoised_pack(data: &PackedDataset, train: &[usize], denoiser: &Network, path: &Path) -> Result<PackedDataset> {
+    let fingerprint = data.fingerprint() ^ params_hash(denoiser).rotate_left(17) ^ train.len() as u64;
+    if let Ok(p) = PackedDataset::open(path)
+        && p.fingerprint() == fingerprint
+    {
+        return Ok(p);
+    }
+    let seqs: Vec<(String, usize)> =
+        train.iter().map(|&s| (data.sequences()[s].name.clone(), data.sequences()[s].count)).collect();
+    let mut w = PackWriter::create(path, &seqs, fingerprint)?;
+    for &s in train {
+        let mut noisy = Vec::new();
+        for image in 0..16 {
+            noisy.extend_from_slice(data.image(s, image, Version::Noisy));
+        }
+        let x: Vec<f32> = noisy.iter().map(|&v| v as f32).collect();
+        let mut y = denoiser.denoise(&x)?;
+        to_pixels(&mut y);
+        let clean: Vec<u8> = y.iter().map(|&v| v as u8).collect();
+        w.write_sequence(&clean, &noisy)?;
+    }
+    w.finish()?;
+    PackedDataset::open(path)
+}
+
+/// The loss of one stage: triplets or HardNet pairs.
+enum Loss {
+    Triplet(TripletLoss),
+    HardNet(HardNetLoss, HardNetWorkspace),
+}
+
+impl Loss {
+    fn new(cfg: &TrainConfig) -> Result<(Loss, usize)> {
+        match cfg.loss.as_str() {
+            "triplet" => Ok((Loss::Triplet(TripletLoss::new(cfg.margin)?), 3)),
+            "hardnet" => Ok((Loss::HardNet(HardNetLoss::new(cfg.margin, true)?, HardNetWorkspace::new(cfg.batch)), 2)),
+            other => Err(Error::InvalidArgument(format!("unknown descriptor loss '{other}' (expected triplet or hardnet)"))),
+        }
+    }
+
+    /// Loss of `n` tuples whose descriptors are `out` = [K][n][128]; adds d loss / d out into `dout`.
+    fn eval(&mut self, dout: &mut [f32], out: &[f32], n: usize) -> Result<f64> {
+        let d = n * DESC_LEN;
+        match self {
+            Loss::Triplet(t) => {
+                let (ga, rest) = dout.split_at_mut(d);
+                let (gp, gn) = rest.split_at_mut(d);
+                t.loss(ga, gp, &mut gn[..d], &out[..d], &out[d..2 * d], &out[2 * d..3 * d], n, DESC_LEN).map(f64::from)
+            }
+            Loss::HardNet(h, ws) => {
+                if ws.batch() != n {
+                    *ws = HardNetWorkspace::new(n);
+                }
+                let (ga, gp) = dout.split_at_mut(d);
+                h.loss(ga, &mut gp[..d], ws, &out[..d], &out[d..2 * d], n, DESC_LEN).map(f64::from)
+            }
+        }
+    }
+}
+
+/// Draws one batch of K-tuples into `x` laid out [K][n][1024]; returns (items, last).
+fn draw(sampler: &mut Sampling<'_>, x: &mut [f32], b: usize) -> Result<(usize, bool)> {
+    let (first, rest) = x.split_at_mut(b * PATCH_LEN);
+    let (second, third) = rest.split_at_mut(b * PATCH_LEN);
+    let info = match sampler {
+        Sampling::Triplet(s) => s.next_batch([first, second, &mut third[..b * PATCH_LEN]])?,
+        Sampling::Pair(s) => s.next_batch([first, second])?,
+    };
+    let n = info.items;
+    if n < b {
+        // Close the gaps so the tuples of a short batch are contiguous: [K][n][1024].
+        let k = sampler.k();
+        for i in 1..k {
+            x.copy_within(i * b * PATCH_LEN..(i * b + n) * PATCH_LEN, i * n * PATCH_LEN);
+        }
+    }
+    Ok((n, info.last))
+}
+
+enum Sampling<'a> {
+    Triplet(Sampler<'a, 3>),
+    Pair(Sampler<'a, 2>),
+}
+
+impl Sampling<'_> {
+    fn k(&self) -> usize {
+        match self {
+            Sampling::Triplet(_) => 3,
+            Sampling::Pair(_) => 2,
+        }
+    }
+    fn state(&self) -> crate::data::sampler::SamplerState {
+        match self {
+            Sampling::Triplet(s) => s.state(),
+            Sampling::Pair(s) => s.state(),
+        }
+    }
+    fn set_state(&mut self, st: crate::data::sampler::SamplerState) -> Result<()> {
+        match self {
+            Sampling::Triplet(s) => s.set_state(st),
+            Sampling::Pair(s) => s.set_state(st),
+        }
+    }
+}
+
+fn sampling<'a>(
+    data: &'a PackedDataset,
+    seqs: &[usize],
+    version: Version,
+    k: usize,
+    batch: usize,
+    items: u64,
+    seed: u64,
+) -> Result<Sampling<'a>> {
+    Ok(if k == 3 {
+        Sampling::Triplet(Sampler::triplet(data, seqs, version, batch, items, seed)?)
+    } else {
+        Sampling::Pair(Sampler::hardnet(data, seqs, version, batch, items, seed)?)
+    })
+}
+
+/// Where the training patches come from.
+pub struct Source<'a> {
+    pub data: &'a PackedDataset,
+    pub train: Vec<usize>,
+    pub version: Version,
+}
+
+/// Trains a HardNet; `source` gives the training patches, `val` (dataset,
+/// test sequences, version) the fixed validation tuples; `map` computes mAP
+/// after each epoch when the configuration asks for it.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    cfg: &TrainConfig,
+    source: &Source<'_>,
+    val: (&PackedDataset, &[usize], Version),
+    run: &RunDir,
+    resume: bool,
+    map: Option<&MapFn<'_>>,
+) -> Result<(Network, Vec<EpochMetrics>)> {
+    cfg.validate()?;
+    let arch: Arch = cfg.arch.parse()?;
+    if arch.is_denoiser() {
+        return Err(Error::InvalidArgument(format!("{arch} is a denoiser, not a HardNet variant")));
+    }
+    let (mut loss, k) = Loss::new(cfg)?;
+    let model = Model::new(arch)?;
+    let mut st: State = session::start(&model, cfg, run, resume)?;
+    let b = cfg.batch;
+    let mut sampler = sampling(source.data, &source.train, source.version, k, b, cfg.epoch_items, cfg.seed)?;
+    if let Some(s) = st.sampler {
+        sampler.set_state(s)?;
+    }
+    // Fixed validation tuples, drawn once.
+    let val_n = cfg.val_items.min(4096);
+    let mut val_x = vec![0.0f32; k * val_n * PATCH_LEN];
+    if val_n > 0 && !val.1.is_empty() {
+        let mut vs = sampling(val.0, val.1, val.2, k, val_n, val_n as u64, cfg.seed ^ VAL_STREAM)?;
+        draw(&mut vs, &mut val_x, val_n)?;
+    }
+    let ranges = model.layout().trainable_ranges();
+    let mut x = vec![0.0f32; k * b * PATCH_LEN];
+    let mut dout = vec![0.0f32; k * b * DESC_LEN];
+    let mut grads = model.zero_grads();
+    let mut ws = model.workspace(k * b)?;
+    let mut tail: Option<Workspace> = None;
+    let steps = cfg.epoch_items.div_ceil(b as u64);
+    let unit = if k == 3 { "triplets" } else { "pairs" };
+
+    while st.epochs_done < cfg.epochs {
+        let epoch = st.epochs_done + 1;
+        let bar = session::progress("descriptor", epoch, cfg.epochs, steps, unit);
+        let t0 = Instant::now();
+        let (mut loss_sum, mut items, mut step) = (0.0f64, 0u64, 0u64);
+        loop {
+            let (n, last) = draw(&mut sampler, &mut x, b)?;
+            let w = if n == b { &mut ws } else { tail.get_or_insert(model.workspace(k * n)?) };
+            grads.iter_mut().for_each(|g| *g = 0.0);
+            let out = model.forward_train(w, &mut st.params, &x[..k * n * PATCH_LEN], &mut st.dropout)?;
+            let d = &mut dout[..k * n * DESC_LEN];
+            d.iter_mut().for_each(|v| *v = 0.0);
+            let l = loss.eval(d, out, n)?;
+            step += 1;
+            session::check_loss(l, epoch, step, run, st.epochs_done)?;
+            model.backward(w, &st.params, &mut grads, d)?;
+            st.optimizer.step(&mut st.params, &grads, &ranges)?;
+            loss_sum += l * n as f64;
+            items += n as u64;
+            bar.inc(1);
+            bar.set_message(format!("loss {:.3}  {:.0} {unit}/s", l, items as f64 / t0.elapsed().as_secs_f64()));
+            if last {
+                break;
+            }
+        }
+        bar.finish_and_clear();
+        let seconds = t0.elapsed().as_secs_f64();
+        let net = Network::from_params(Model::new(arch)?, st.params.clone())?;
+        let val_loss = if val_n > 0 && !val.1.is_empty() {
+            let out = net.describe(&val_x)?;
+            let mut scratch = vec![0.0f32; out.len()];
+            Some(loss.eval(&mut scratch, &out, val_n)?)
+        } else {
+            None
+        };
+        let map = match map {
+            Some(f) if cfg.eval_every_epoch || epoch == cfg.epochs => Some(f(&net)?),
+            _ => None,
+        };
+        st.epochs_done = epoch;
+        st.metrics.push(EpochMetrics {
+            epoch,
+            train_loss: loss_sum / items.max(1) as f64,
+            val_loss,
+            map,
+            seconds,
+            items_per_second: items as f64 / seconds.max(1e-9),
+        });
+        session::end_epoch(run, cfg, &st, sampler.state(), "descriptor")?;
+    }
+    let net = Network::from_params(model, st.params)?;
+    net.save(&run.model())?;
+    Ok((net, st.metrics))
+}

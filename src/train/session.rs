@@ -1,0 +1,178 @@
+//! What both training stages share: the run folder, resuming from its
+//! checkpoint, the per-epoch bookkeeping (checkpoint, `metrics.jsonl`, log
+//! line or progress bar) and the non-finite-loss stop.
+//!
+//! Run folder layout: `config.json` (the resolved configuration),
+//! `checkpoint.safetensors` (after every epoch), `metrics.jsonl` (one line
+//! per epoch), `model.safetensors` (the final weights, in the format `nhpatch
+//! denoise/describe` load).
+
+use super::checkpoint::{Checkpoint, CheckpointMeta};
+use super::config::{Optimizer, TrainConfig};
+use super::metrics::EpochMetrics;
+use crate::data::sampler::SamplerState;
+use crate::error::{Error, Result};
+use crate::io::{io_err, write_atomic};
+use crate::models::Model;
+use crate::rng::Rng;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+/// The files of one training stage.
+pub struct RunDir {
+    pub dir: PathBuf,
+}
+
+impl RunDir {
+    /// Creates the folder (and parents) if needed.
+    pub fn create(dir: &Path) -> Result<RunDir> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        Ok(RunDir { dir: dir.to_path_buf() })
+    }
+    pub fn checkpoint(&self) -> PathBuf {
+        self.dir.join("checkpoint.safetensors")
+    }
+    pub fn model(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
+    pub fn write_config(&self, cfg: &TrainConfig, extra: &serde_json::Value) -> Result<()> {
+        let mut v = serde_json::to_value(cfg).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        if let (Some(obj), Some(more)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, x) in more {
+                obj.insert(k.clone(), x.clone());
+            }
+        }
+        let text = serde_json::to_string_pretty(&v).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let path = self.config();
+        write_atomic(&path, |w| w.write_all(text.as_bytes()).map_err(|e| io_err(&path, e)))
+    }
+
+    /// Rewrites `metrics.jsonl` with every epoch so far (atomically: a resumed
+    /// run never leaves lines of epochs it is about to redo).
+    pub fn write_metrics(&self, metrics: &[EpochMetrics]) -> Result<()> {
+        let path = self.metrics();
+        let mut text = String::new();
+        for m in metrics {
+            text += &serde_json::to_string(m).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            text.push('\n');
+        }
+        write_atomic(&path, |w| w.write_all(text.as_bytes()).map_err(|e| io_err(&path, e)))
+    }
+}
+
+/// The mutable state of a stage: what a checkpoint saves.
+pub struct State {
+    pub params: Vec<f32>,
+    pub optimizer: Optimizer,
+    pub sampler: Option<SamplerState>,
+    pub dropout: Rng,
+    pub metrics: Vec<EpochMetrics>,
+    pub epochs_done: u64,
+}
+
+/// Fresh state, or the checkpoint's when `resume` is set and one exists.
+pub fn start(model: &Model, cfg: &TrainConfig, run: &RunDir, resume: bool) -> Result<State> {
+    let path = run.checkpoint();
+    if resume && path.exists() {
+        let ck = Checkpoint::load(&path)?;
+        if ck.meta.config.resume_key() != cfg.resume_key() {
+            return Err(Error::Training(format!(
+                "{} was written by a run with another configuration; resume with the same settings or use a new --out",
+                path.display()
+            )));
+        }
+        if ck.params.len() != model.layout().len() {
+            return Err(Error::Format { path, msg: "parameter count does not match the model".into() });
+        }
+        let mut optimizer = Optimizer::new(cfg.optimizer.clone(), ck.params.len())?;
+        optimizer.state = ck.optimizer;
+        return Ok(State {
+            params: ck.params,
+            optimizer,
+            sampler: Some(ck.meta.sampler),
+            dropout: Rng::new(ck.meta.dropout_rng),
+            metrics: ck.meta.metrics,
+            epochs_done: ck.meta.epochs_done,
+        });
+    }
+    if !resume && path.exists() {
+        return Err(Error::Training(format!(
+            "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
+            run.dir.display()
+        )));
+    }
+    let params = model.init_params(&mut Rng::stream(cfg.seed, 1));
+    let optimizer = Optimizer::new(cfg.optimizer.clone(), params.len())?;
+    Ok(State { params, optimizer, sampler: None, dropout: Rng::stream(cfg.seed, 2), metrics: Vec::new(), epochs_done: 0 })
+}
+
+/// After an epoch: checkpoint, metrics file, one log line.
+pub fn end_epoch(run: &RunDir, cfg: &TrainConfig, state: &State, sampler: SamplerState, stage: &str) -> Result<()> {
+    let ck = Checkpoint {
+        meta: CheckpointMeta {
+            epochs_done: state.epochs_done,
+            opt_step: 0,
+            sampler,
+            dropout_rng: state.dropout.state,
+            metrics: state.metrics.clone(),
+            config: cfg.clone(),
+        },
+        params: state.params.clone(),
+        optimizer: state.optimizer.state.clone(),
+    };
+    ck.save(&run.checkpoint())?;
+    run.write_metrics(&state.metrics)?;
+    if let Some(m) = state.metrics.last() {
+        println!("{}", epoch_line(stage, m, cfg.epochs));
+    }
+    Ok(())
+}
+
+/// `denoiser epoch 3/10  loss 12.3456  val 11.9876  812 patches/s  9.8 s  mAP v 0.81 m 0.22 r 0.51`
+pub fn epoch_line(stage: &str, m: &EpochMetrics, epochs: u64) -> String {
+    let mut s = format!("{stage} epoch {}/{epochs}  loss {:.4}", m.epoch, m.train_loss);
+    if let Some(v) = m.val_loss {
+        s += &format!("  val {v:.4}");
+    }
+    s += &format!("  {:.0} items/s  {:.1} s", m.items_per_second, m.seconds);
+    if let Some(map) = m.map {
+        s += &format!("  mAP v {:.2} m {:.2} r {:.2}", map.verification, map.matching, map.retrieval);
+    }
+    s
+}
+
+/// Stops training on a non-finite loss, naming the step and the checkpoint that survives.
+pub fn check_loss(loss: f64, epoch: u64, step: u64, run: &RunDir, epochs_done: u64) -> Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    let kept = if epochs_done > 0 {
+        format!("the last good checkpoint ({} after epoch {epochs_done}) is kept", run.checkpoint().display())
+    } else {
+        "no epoch had finished, so there is no checkpoint".to_string()
+    };
+    Err(Error::Training(format!("the loss became {loss} at epoch {epoch}, step {step}; {kept}")))
+}
+
+/// A progress bar over one epoch's steps on a terminal; nothing otherwise
+/// (logs then get one line per epoch).
+pub fn progress(stage: &str, epoch: u64, epochs: u64, steps: u64, unit: &str) -> ProgressBar {
+    if !std::io::stdout().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps);
+    let style = format!("{stage} {epoch}/{epochs} [{{bar:30}}] {{pos}}/{{len}} steps  {{msg}}  ETA {{eta}}");
+    if let Ok(st) = ProgressStyle::with_template(&style) {
+        bar.set_style(st.progress_chars("=> "));
+    }
+    bar.set_message(format!("0 {unit}/s"));
+    bar
+}
