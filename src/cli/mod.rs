@@ -1,5 +1,6 @@
 //! Subcommands. Each one is a function from parsed arguments to `Result`.
 
+mod eval;
 mod infer;
 mod info;
 
@@ -23,6 +24,10 @@ enum Command {
     Denoise(infer::DenoiseArgs),
     /// Compute 128-d HardNet descriptors of patches, optionally denoising first.
     Describe(infer::DescribeArgs),
+    /// Score descriptors with the HPatches benchmark (verification, matching, retrieval mAP).
+    Eval(eval::EvalArgs),
+    /// Generate the HPatches task files (verification pairs, retrieval queries and distractors) of a dataset.
+    Tasks(eval::TasksArgs),
     /// Show the GEMM kernels this CPU can run and which one nhpatch uses.
     Kernels,
 }
@@ -33,6 +38,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => info::init(a),
         Command::Denoise(a) => infer::denoise(a),
         Command::Describe(a) => infer::describe(a),
+        Command::Eval(a) => eval::eval(a),
+        Command::Tasks(a) => eval::tasks(a),
         Command::Kernels => {
             let best = nhpatch::gemm::best_kernel();
             for k in nhpatch::gemm::Kernel::ALL {

@@ -19,51 +19,62 @@
 use crate::error::Result;
 use crate::gemm::{MatMut, MatRef, gemm};
 
-/// Sum of `f(i)` for i in 0..n, NumPy's pairwise summation order.
-fn pairwise(n: usize, f: &impl Fn(usize) -> f64, start: usize) -> f64 {
+/// NumPy's pairwise sum of `f(x[i], y[i])`: below 8 terms in order; up to
+/// 128 terms eight running sums combined as a tree, tail in order; above,
+/// split at a multiple of 8 below the half and recurse.
+#[inline(always)]
+fn block_sum<F: Fn(f32, f32) -> f64 + Copy>(x: &[f32], y: &[f32], f: F) -> f64 {
+    let n = x.len().min(y.len());
     if n < 8 {
         let mut s = 0.0;
         for i in 0..n {
-            s += f(start + i);
+            s += f(x[i], y[i]);
         }
-        s
-    } else if n <= 128 {
-        let mut r = [0.0f64; 8];
-        for (j, rj) in r.iter_mut().enumerate() {
-            *rj = f(start + j);
+        return s;
+    }
+    let mut r = [0.0f64; 8];
+    let body = n / 8 * 8;
+    let (xb, yb) = (&x[..body], &y[..body]);
+    for (cx, cy) in xb.chunks_exact(8).zip(yb.chunks_exact(8)) {
+        let cx: &[f32; 8] = cx.try_into().unwrap_or(&[0.0; 8]);
+        let cy: &[f32; 8] = cy.try_into().unwrap_or(&[0.0; 8]);
+        for j in 0..8 {
+            r[j] += f(cx[j], cy[j]);
         }
-        let mut i = 8;
-        while i + 8 <= n {
-            for (j, rj) in r.iter_mut().enumerate() {
-                *rj += f(start + i + j);
-            }
-            i += 8;
-        }
-        let mut s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        while i < n {
-            s += f(start + i);
-            i += 1;
-        }
-        s
+    }
+    let mut s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for i in body..n {
+        s += f(x[i], y[i]);
+    }
+    s
+}
+
+/// See [`block_sum`]; 0.0 + the first eight terms equals them, so starting
+/// the running sums at 0 is the same as NumPy starting them at the first block.
+#[inline]
+fn pairwise<F: Fn(f32, f32) -> f64 + Copy>(x: &[f32], y: &[f32], f: F) -> f64 {
+    let n = x.len().min(y.len());
+    if n <= 128 {
+        block_sum(x, y, f)
     } else {
         let mut n2 = n / 2;
         n2 -= n2 % 8;
-        pairwise(n2, f, start) + pairwise(n - n2, f, start + n2)
+        pairwise_outlined(&x[..n2], &y[..n2], f) + pairwise_outlined(&x[n2..n], &y[n2..n], f)
     }
+}
+
+#[inline(never)]
+fn pairwise_outlined<F: Fn(f32, f32) -> f64 + Copy>(x: &[f32], y: &[f32], f: F) -> f64 {
+    pairwise(x, y, f)
 }
 
 /// Squared Euclidean distance in float64.
 #[inline]
 pub fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len().min(b.len());
-    pairwise(
-        n,
-        &|i| {
-            let d = a[i] as f64 - b[i] as f64;
-            d * d
-        },
-        0,
-    )
+    pairwise(a, b, |x, y| {
+        let d = x as f64 - y as f64;
+        d * d
+    })
 }
 
 /// Euclidean distance in float64 (matching, retrieval).
@@ -81,7 +92,7 @@ pub fn dist_f32(a: &[f32], b: &[f32]) -> f32 {
 /// Squared norm of `a` in float64.
 #[inline]
 pub fn sq_norm(a: &[f32]) -> f64 {
-    pairwise(a.len(), &|i| a[i] as f64 * a[i] as f64, 0)
+    pairwise(a, a, |x, _| x as f64 * x as f64)
 }
 
 /// Squared-distance estimates from a GEMM, with their error bounds.
@@ -104,11 +115,28 @@ impl Estimator {
         na + nb - 2.0 * dot as f64
     }
 
+    /// Bound on |t - (||b||^2 - 2 a.b)| for every column b of a row, where
+    /// `t = nb as f32 - 2 dot` is computed in float32 (`nb` the squared norm
+    /// of b, rounded to float32): the GEMM error, the rounding of `nb` and
+    /// of the subtraction, given ||a|| and the largest ||b|| of the row.
+    #[inline]
+    pub fn row_bound(&self, norm_a: f64, max_norm_b: f64) -> f64 {
+        let u = (2.0f64).powi(-24);
+        let (maxnb, cross) = (max_norm_b * max_norm_b, norm_a * max_norm_b);
+        self.factor * cross + 1.05 * u * (2.0 * maxnb + 2.0 * cross) * 1.01 + 1e-13 * (norm_a * norm_a + maxnb) + 1e-30
+    }
+
     /// Bound on |estimate - true squared distance|, from the norms (not squared).
     #[inline]
     pub fn bound(&self, norm_a: f64, norm_b: f64, na: f64, nb: f64) -> f64 {
         self.factor * norm_a * norm_b + 1e-13 * (na + nb) + 1e-30
     }
+}
+
+/// The smallest float32 not below `x` (NaN stays NaN).
+pub fn f32_at_least(x: f64) -> f32 {
+    let y = x as f32;
+    if (y as f64) < x { y.next_up() } else { y }
 }
 
 /// `out[i * nb + j] = a_i . b_j` for row-major `a` (`na x dim`) and `b` (`nb x dim`).

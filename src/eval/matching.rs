@@ -15,7 +15,7 @@
 //! in column order. [`nearest_slow`] computes the whole row exactly.
 
 use super::ap::average_precision;
-use super::dist::{Estimator, dist_f64, dots, sq_norm};
+use super::dist::{Estimator, dist_f64, dots, f32_at_least, sq_norm};
 use super::{FAMILIES, View};
 use crate::error::Result;
 use rayon::prelude::*;
@@ -56,7 +56,8 @@ pub fn nearest(a: &[f32], b: &[f32], n: usize, dim: usize) -> Result<Vec<(usize,
     let est = Estimator::new(dim);
     let na: Vec<f64> = (0..n).map(|r| sq_norm(&a[r * dim..(r + 1) * dim])).collect();
     let nb: Vec<f64> = (0..n).map(|c| sq_norm(&b[c * dim..(c + 1) * dim])).collect();
-    let nb_sqrt: Vec<f64> = nb.iter().map(|v| v.sqrt()).collect();
+    let nb32: Vec<f32> = nb.iter().map(|&v| v as f32).collect();
+    let max_nb = nb.iter().fold(0.0f64, |m, &v| m.max(v)).sqrt();
     let mut out = Vec::with_capacity(n);
     let mut buf = vec![0.0f32; BLOCK.min(n) * n];
     let mut cand = Vec::new();
@@ -66,21 +67,20 @@ pub fn nearest(a: &[f32], b: &[f32], n: usize, dim: usize) -> Result<Vec<(usize,
         for i in 0..rows {
             let r = r0 + i;
             let row = &buf[i * n..(i + 1) * n];
-            let (nr, nr_sqrt) = (na[r], na[r].sqrt());
-            // Smallest upper bound of the row.
-            let mut upper = f64::INFINITY;
-            for c in 0..n {
-                let u = est.estimate(nr, nb[c], row[c]) + est.bound(nr_sqrt, nb_sqrt[c], nr, nb[c]);
-                if u < upper {
-                    upper = u;
-                }
+            // t_c = ||b_c||^2 - 2 a.b_c in float32, within e of the truth:
+            // only columns with t_c <= min t + 2e (+ a relative 1e-12 of the
+            // squared distance) can hold the exact minimum.
+            let e = est.row_bound(na[r].sqrt(), max_nb);
+            let mut min_t = f32::INFINITY;
+            for (&x, &d) in nb32.iter().zip(row) {
+                min_t = min_t.min(x - 2.0 * d);
             }
-            let limit = upper + upper.abs() * 1e-12;
+            let lim = min_t as f64 + 2.0 * e;
+            let lim = f32_at_least(lim + 1e-12 * (na[r] + lim).abs());
             cand.clear();
-            for c in 0..n {
-                let lo = est.estimate(nr, nb[c], row[c]) - est.bound(nr_sqrt, nb_sqrt[c], nr, nb[c]);
+            for (c, (&x, &d)) in nb32.iter().zip(row).enumerate() {
                 // NaN (an overflowed estimate) fails the test and stays a candidate.
-                if !(lo > limit) {
+                if !(x - 2.0 * d > lim) {
                     cand.push(c);
                 }
             }

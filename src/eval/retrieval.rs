@@ -19,7 +19,7 @@
 //! and stable-sorts it.
 
 use super::ap::{ap_from_positions, average_precision};
-use super::dist::{Estimator, dist_f64, dots, sq_dist, sq_norm};
+use super::dist::{Estimator, dist_f64, dots, f32_at_least, sq_dist, sq_norm};
 use super::tasks::{RefPatch, Tasks};
 use super::{FAMILIES, View};
 use crate::error::Result;
@@ -93,7 +93,18 @@ fn query_aps(view: &View, tasks: &Tasks) -> Result<Vec<QueryAps>> {
     }
     let dn: Vec<f64> = (0..nd).map(|i| sq_norm(&dmat[i * dim..(i + 1) * dim])).collect();
     let dn_sqrt: Vec<f64> = dn.iter().map(|v| v.sqrt()).collect();
-    let dseq: Vec<u32> = tasks.distractors.iter().map(|r| r.seq).collect();
+    let dn32: Vec<f32> = dn.iter().map(|&v| v as f32).collect();
+    let max_dn = dn_sqrt.iter().fold(0.0f64, |m, &v| m.max(v));
+    // own[i]: distractors before i from the same sequence as distractor i's
+    // query would be; kept per sequence as prefix counts.
+    let nseq = view.seqs.len();
+    let mut prefix = vec![0u32; nseq * (nd + 1)];
+    for s in 0..nseq {
+        let row = &mut prefix[s * (nd + 1)..(s + 1) * (nd + 1)];
+        for (i, r) in tasks.distractors.iter().enumerate() {
+            row[i + 1] = row[i] + (r.seq as usize == s) as u32;
+        }
+    }
     let max_pool = POOL_SIZES[6] - 5;
     let blocks: Vec<Vec<QueryAps>> = tasks
         .queries
@@ -106,28 +117,37 @@ fn query_aps(view: &View, tasks: &Tasks) -> Result<Vec<QueryAps>> {
             let mut buf = vec![0.0f32; qs.len() * nd];
             dots(&qmat, qs.len(), &dmat, nd, dim, &mut buf)?;
             let mut res = Vec::with_capacity(qs.len());
+            let mut cand = Vec::new();
             for (b, &q) in qs.iter().enumerate() {
                 let qd = &qmat[b * dim..(b + 1) * dim];
-                let (nq, nq_sqrt) = (sq_norm(qd), sq_norm(qd).sqrt());
+                let nq = sq_norm(qd);
+                let nq_sqrt = nq.sqrt();
                 let pos = positives(view, q);
                 let hi2 = pos.iter().flat_map(|r| r.iter().map(|p| p.1)).fold(f64::NEG_INFINITY, f64::max);
                 let row = &buf[b * nd..(b + 1) * nd];
+                // t_i = ||d_i||^2 - 2 q.d_i in float32, within e of the truth:
+                // t_i >= hi2 - nq + e means d_i is no closer than any positive.
+                let e = est.row_bound(nq_sqrt, max_dn);
+                let lim = f32_at_least(hi2 - nq + e);
+                cand.clear();
+                for (i, (&x, &d)) in dn32.iter().zip(row).enumerate() {
+                    if !(x - 2.0 * d >= lim) {
+                        cand.push(i);
+                    }
+                }
+                let own = &prefix[q.seq as usize * (nd + 1)..(q.seq as usize + 1) * (nd + 1)];
                 let mut first = [[[0usize; 5]; 3]; 7];
-                let mut elig = 0usize;
-                for i in 0..nd {
-                    if dseq[i] == q.seq {
+                for &i in &cand {
+                    if tasks.distractors[i].seq == q.seq {
                         continue;
                     }
-                    let p = elig;
-                    elig += 1;
+                    // Position among the distractors eligible for this query.
+                    let p = i - own[i] as usize;
                     if p >= max_pool {
                         break;
                     }
                     let e = est.estimate(nq, dn[i], row[i]);
                     let bound = est.bound(nq_sqrt, dn_sqrt[i], nq, dn[i]);
-                    if e - bound >= hi2 {
-                        continue;
-                    }
                     let k = POOL_SIZES.iter().position(|&s| p < s - 5).unwrap_or(6);
                     let mut exact = None;
                     for f in 0..3 {

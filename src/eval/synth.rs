@@ -30,7 +30,7 @@ pub fn textured(catalog: &Catalog, seed: u64) -> Vec<Vec<bool>> {
 /// Descriptors of dimension `dim`. With `levels > 0` every value is rounded
 /// to an integer in -levels..=levels (many exact ties), else L2-normalised.
 pub fn descriptors(catalog: &Catalog, dim: usize, levels: u32, seed: u64) -> Descriptors {
-    const NOISE: [f32; 4] = [0.3, 0.5, 0.8, 1.1];
+    const NOISE: [f32; 4] = [1.2, 1.6, 2.0, 2.4];
     let seqs = catalog
         .names
         .par_iter()

@@ -34,18 +34,30 @@ pub struct VerifScore {
     pub balanced_auc: f64,
 }
 
-/// Distances of every pair of `pairs` for family `f`, float32.
-pub fn distances(view: &View, pairs: &[Pair], f: usize) -> Vec<f32> {
+/// Distances of every pair of `pairs` for family `f`, float32, in `order`
+/// (indices into `pairs`).
+pub fn distances(view: &View, pairs: &[Pair], order: &[u32], f: usize) -> Vec<f32> {
     let dim = view.dim;
-    pairs
+    order
         .par_iter()
         .with_min_len(4096)
-        .map(|p| {
+        .map(|&i| {
+            let p = &pairs[i as usize];
             let a = view.seqs[p.a.seq as usize].get(image_of(f, p.a.t), p.a.idx as usize, dim);
             let b = view.seqs[p.b.seq as usize].get(image_of(f, p.b.t), p.b.idx as usize, dim);
             dist_f32(a, b)
         })
         .collect()
+}
+
+/// The indices `range` of `pairs` ordered by the descriptors they touch,
+/// so that consecutive distances read nearby memory. Only the multiset of
+/// each list's distances matters to AP and AUC, so any order will do.
+fn memory_order(pairs: &[Pair], range: std::ops::Range<usize>) -> Vec<u32> {
+    let key = |p: &Pair| ((p.a.seq as u64) << 48) | ((p.b.seq as u64) << 32) | p.a.idx as u64;
+    let mut keyed: Vec<(u64, u32)> = range.map(|i| (key(&pairs[i]), i as u32)).collect();
+    keyed.par_sort_unstable();
+    keyed.into_iter().map(|(_, i)| i).collect()
 }
 
 /// Rows of positives the imbalanced protocol keeps: floor(0.2 N_pos).
@@ -66,14 +78,18 @@ const KINDS: [&str; 2] = ["inter", "intra"];
 pub fn evaluate(view: &View, tasks: &Tasks) -> Vec<VerifScore> {
     let mut out = Vec::new();
     let n_pos = imbalanced_positives(tasks.pos.len());
+    let head_order = memory_order(&tasks.pos, 0..n_pos);
+    let tail_order = memory_order(&tasks.pos, n_pos..tasks.pos.len());
+    let neg_orders = [memory_order(&tasks.neg_inter, 0..tasks.neg_inter.len()), memory_order(&tasks.neg_intra, 0..tasks.neg_intra.len())];
     let per_family: Vec<[(f64, f64); 2]> = (0..3)
         .map(|f| {
-            let pos = distances(view, &tasks.pos, f);
-            let pos_head = sorted(pos[..n_pos].to_vec());
-            let pos_all = sorted(pos);
+            let head = distances(view, &tasks.pos, &head_order, f);
+            let mut all = head.clone();
+            all.extend(distances(view, &tasks.pos, &tail_order, f));
+            let (pos_head, pos_all) = rayon::join(|| sorted(head), || sorted(all));
             let mut r = [(0.0, 0.0); 2];
             for (k, negs) in [&tasks.neg_inter, &tasks.neg_intra].into_iter().enumerate() {
-                let neg = sorted(distances(view, negs, f));
+                let neg = sorted(distances(view, negs, &neg_orders[k], f));
                 let ((ap, _), (_, auc)) = rayon::join(
                     || verification_ap_auc(&neg, &pos_head),
                     || verification_ap_auc(&neg, &pos_all),
