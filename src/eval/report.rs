@@ -136,7 +136,11 @@ impl Results {
         );
         let _ = writeln!(s, "Verification        imbalanced AP   balanced AUC");
         for v in &self.verification {
-            let _ = writeln!(s, "  {:<5} {:<12} {:>13.6}   {:>12.6}", v.negatives, v.family, v.imbalanced_ap, v.balanced_auc);
+            let _ = writeln!(
+                s,
+                "  {:<5} {:<12} {:>13.6}   {:>12.6}",
+                v.negatives, v.family, v.imbalanced_ap, v.balanced_auc
+            );
         }
         let _ = writeln!(s, "  mAP (imbalanced) {:>16.8}\n", self.verification_map);
         let _ = writeln!(s, "Matching            mAP");

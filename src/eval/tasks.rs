@@ -180,7 +180,10 @@ fn field_idx(f: &str, seq: u32, catalog: &Catalog, path: &Path, line: usize) -> 
         Ok(i) if (i as usize) < n => Ok(i as u32),
         _ => Err(bad(
             path,
-            format!("line {line}: patch index '{f}' is not below {n}, the patch count of {}", catalog.names[seq as usize]),
+            format!(
+                "line {line}: patch index '{f}' is not below {n}, the patch count of {}",
+                catalog.names[seq as usize]
+            ),
         )),
     }
 }

@@ -80,7 +80,10 @@ pub fn evaluate(view: &View, tasks: &Tasks) -> Vec<VerifScore> {
     let n_pos = imbalanced_positives(tasks.pos.len());
     let head_order = memory_order(&tasks.pos, 0..n_pos);
     let tail_order = memory_order(&tasks.pos, n_pos..tasks.pos.len());
-    let neg_orders = [memory_order(&tasks.neg_inter, 0..tasks.neg_inter.len()), memory_order(&tasks.neg_intra, 0..tasks.neg_intra.len())];
+    let neg_orders = [
+        memory_order(&tasks.neg_inter, 0..tasks.neg_inter.len()),
+        memory_order(&tasks.neg_intra, 0..tasks.neg_intra.len()),
+    ];
     let per_family: Vec<[(f64, f64); 2]> = (0..3)
         .map(|f| {
             let head = distances(view, &tasks.pos, &head_order, f);
@@ -90,10 +93,8 @@ pub fn evaluate(view: &View, tasks: &Tasks) -> Vec<VerifScore> {
             let mut r = [(0.0, 0.0); 2];
             for (k, negs) in [&tasks.neg_inter, &tasks.neg_intra].into_iter().enumerate() {
                 let neg = sorted(distances(view, negs, &neg_orders[k], f));
-                let ((ap, _), (_, auc)) = rayon::join(
-                    || verification_ap_auc(&neg, &pos_head),
-                    || verification_ap_auc(&neg, &pos_all),
-                );
+                let ((ap, _), (_, auc)) =
+                    rayon::join(|| verification_ap_auc(&neg, &pos_head), || verification_ap_auc(&neg, &pos_all));
                 r[k] = (ap, auc);
             }
             r
