@@ -33,7 +33,7 @@ pub struct MatchScore {
 }
 
 /// Rows of the distance matrix computed per GEMM block.
-const BLOCK: usize = 256;
+const BLOCK: usize = 1024;
 
 /// (nn(r), D[r, nn(r)]) of every row, exactly; `a` and `b` are `[n][dim]`.
 pub fn nearest_slow(a: &[f32], b: &[f32], n: usize, dim: usize) -> Vec<(usize, f64)> {
@@ -49,6 +49,24 @@ pub fn nearest_slow(a: &[f32], b: &[f32], n: usize, dim: usize) -> Vec<(usize, f
             best
         })
         .collect()
+}
+
+/// min over c of `x[c] - 2 d[c]` in float32 (NaN terms ignored), in 16
+/// independent lanes so that it vectorises.
+fn row_min(x: &[f32], d: &[f32]) -> f32 {
+    let mut lanes = [f32::INFINITY; 16];
+    let body = x.len().min(d.len()) / 16 * 16;
+    for (cx, cd) in x[..body].chunks_exact(16).zip(d[..body].chunks_exact(16)) {
+        for j in 0..16 {
+            let t = cx[j] - 2.0 * cd[j];
+            lanes[j] = if t < lanes[j] { t } else { lanes[j] };
+        }
+    }
+    let mut m = lanes.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+    for (&a, &b) in x[body..].iter().zip(&d[body..]) {
+        m = m.min(a - 2.0 * b);
+    }
+    m
 }
 
 /// (nn(r), D[r, nn(r)]) of every row via the GEMM and exact recomputation.
@@ -71,10 +89,7 @@ pub fn nearest(a: &[f32], b: &[f32], n: usize, dim: usize) -> Result<Vec<(usize,
             // only columns with t_c <= min t + 2e (+ a relative 1e-12 of the
             // squared distance) can hold the exact minimum.
             let e = est.row_bound(na[r].sqrt(), max_nb);
-            let mut min_t = f32::INFINITY;
-            for (&x, &d) in nb32.iter().zip(row) {
-                min_t = min_t.min(x - 2.0 * d);
-            }
+            let min_t = row_min(&nb32, row);
             let lim = min_t as f64 + 2.0 * e;
             let lim = f32_at_least(lim + 1e-12 * (na[r] + lim).abs());
             cand.clear();

@@ -16,7 +16,7 @@
 
 use super::ap::{average_precision, roc_auc, verification_ap_auc};
 use super::dist::dist_f32;
-use super::tasks::{Pair, Tasks};
+use super::tasks::{Pair, PatchRef, Tasks};
 use super::{FAMILIES, View, image_of};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -34,19 +34,55 @@ pub struct VerifScore {
     pub balanced_auc: f64,
 }
 
-/// Distances of every pair of `pairs` for family `f`, float32, in `order`
-/// (indices into `pairs`).
-pub fn distances(view: &View, pairs: &[Pair], order: &[u32], f: usize) -> Vec<f32> {
-    let dim = view.dim;
+/// The descriptors one family reads, packed so that the six images of a
+/// patch (`ref` and f1..f5) are adjacent: `[seq][idx][t][dim]`.
+pub struct FamilyDescs {
+    dim: usize,
+    offsets: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl FamilyDescs {
+    pub fn new(view: &View, f: usize) -> FamilyDescs {
+        let dim = view.dim;
+        let mut offsets = Vec::with_capacity(view.seqs.len());
+        let mut total = 0;
+        for s in &view.seqs {
+            offsets.push(total);
+            total += s.count * 6;
+        }
+        let mut data = vec![0.0f32; total * dim];
+        let mut parts = Vec::new();
+        let mut rest = data.as_mut_slice();
+        for s in &view.seqs {
+            let (part, tail) = rest.split_at_mut(s.count * 6 * dim);
+            parts.push((*s, part));
+            rest = tail;
+        }
+        parts.into_par_iter().for_each(|(s, part)| {
+            for i in 0..s.count {
+                for t in 0..6u8 {
+                    let o = (i * 6 + t as usize) * dim;
+                    part[o..o + dim].copy_from_slice(s.get(image_of(f, t), i, dim));
+                }
+            }
+        });
+        FamilyDescs { dim, offsets, data }
+    }
+
+    #[inline]
+    fn get(&self, p: PatchRef) -> &[f32] {
+        let o = (self.offsets[p.seq as usize] + p.idx as usize * 6 + p.t as usize) * self.dim;
+        &self.data[o..o + self.dim]
+    }
+}
+
+/// Distances of the pairs `order` (indices into `pairs`), float32.
+pub fn distances(fam: &FamilyDescs, pairs: &[Pair], order: &[u32]) -> Vec<f32> {
     order
         .par_iter()
         .with_min_len(4096)
-        .map(|&i| {
-            let p = &pairs[i as usize];
-            let a = view.seqs[p.a.seq as usize].get(image_of(f, p.a.t), p.a.idx as usize, dim);
-            let b = view.seqs[p.b.seq as usize].get(image_of(f, p.b.t), p.b.idx as usize, dim);
-            dist_f32(a, b)
-        })
+        .map(|&i| dist_f32(fam.get(pairs[i as usize].a), fam.get(pairs[i as usize].b)))
         .collect()
 }
 
@@ -86,13 +122,14 @@ pub fn evaluate(view: &View, tasks: &Tasks) -> Vec<VerifScore> {
     ];
     let per_family: Vec<[(f64, f64); 2]> = (0..3)
         .map(|f| {
-            let head = distances(view, &tasks.pos, &head_order, f);
+            let fam = FamilyDescs::new(view, f);
+            let head = distances(&fam, &tasks.pos, &head_order);
             let mut all = head.clone();
-            all.extend(distances(view, &tasks.pos, &tail_order, f));
+            all.extend(distances(&fam, &tasks.pos, &tail_order));
             let (pos_head, pos_all) = rayon::join(|| sorted(head), || sorted(all));
             let mut r = [(0.0, 0.0); 2];
             for (k, negs) in [&tasks.neg_inter, &tasks.neg_intra].into_iter().enumerate() {
-                let neg = sorted(distances(view, negs, &neg_orders[k], f));
+                let neg = sorted(distances(&fam, negs, &neg_orders[k]));
                 let ((ap, _), (_, auc)) =
                     rayon::join(|| verification_ap_auc(&neg, &pos_head), || verification_ap_auc(&neg, &pos_all));
                 r[k] = (ap, auc);
