@@ -139,7 +139,7 @@ pub fn read_dir(root: &Path, catalog: &Catalog, delimiter: char) -> Result<Descr
         .map(|&(s, i)| {
             let path = root.join(&catalog.names[s]).join(format!("{}.csv", IMAGES[i]));
             let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
-            parse_csv(&text, delimiter, catalog.counts[s], &path).map(|(v, d)| (v, d))
+            parse_csv(&text, delimiter, catalog.counts[s], &path)
         })
         .collect::<Result<_>>()?;
     // One dimension for all files (files with no rows say nothing about it).

@@ -95,7 +95,8 @@ pub fn nearest(a: &[f32], b: &[f32], n: usize, dim: usize) -> Result<Vec<(usize,
             cand.clear();
             for (c, (&x, &d)) in nb32.iter().zip(row).enumerate() {
                 // NaN (an overflowed estimate) fails the test and stays a candidate.
-                if !(x - 2.0 * d > lim) {
+                let t = x - 2.0 * d;
+                if t <= lim || t.is_nan() {
                     cand.push(c);
                 }
             }

@@ -131,7 +131,8 @@ fn query_aps(view: &View, tasks: &Tasks) -> Result<Vec<QueryAps>> {
                 let lim = f32_at_least(hi2 - nq + e);
                 cand.clear();
                 for (i, (&x, &d)) in dn32.iter().zip(row).enumerate() {
-                    if !(x - 2.0 * d >= lim) {
+                    let t = x - 2.0 * d;
+                    if t < lim || t.is_nan() {
                         cand.push(i);
                     }
                 }
