@@ -95,8 +95,9 @@ fn query_aps(view: &View, tasks: &Tasks) -> Result<Vec<QueryAps>> {
     let dn_sqrt: Vec<f64> = dn.iter().map(|v| v.sqrt()).collect();
     let dn32: Vec<f32> = dn.iter().map(|&v| v as f32).collect();
     let max_dn = dn_sqrt.iter().fold(0.0f64, |m, &v| m.max(v));
-    // own[i]: distractors before i from the same sequence as distractor i's
-    // query would be; kept per sequence as prefix counts.
+    // prefix[s][i]: distractors from sequence s among the first i, so a
+    // distractor i's position among those eligible for a query of s is
+    // i - prefix[s][i].
     let nseq = view.seqs.len();
     let mut prefix = vec![0u32; nseq * (nd + 1)];
     for s in 0..nseq {
