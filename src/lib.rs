@@ -11,6 +11,7 @@
 
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod gemm;
 pub mod io;
 pub mod layers;

@@ -1,5 +1,6 @@
 //! Subcommands. Each one is a function from parsed arguments to `Result`.
 
+mod eval;
 mod infer;
 mod info;
 mod pack;
@@ -29,6 +30,10 @@ enum Command {
     Pack(pack::PackArgs),
     /// Write a synthetic N-HPatches dataset (strips, noisy twins, splits.json).
     Synth(synth::SynthArgs),
+    /// Score descriptors with the HPatches benchmark (verification, matching, retrieval mAP).
+    Eval(eval::EvalArgs),
+    /// Generate the HPatches task files (verification pairs, retrieval queries and distractors) of a dataset.
+    Tasks(eval::TasksArgs),
     /// Show the GEMM kernels this CPU can run and which one nhpatch uses.
     Kernels,
 }
@@ -41,6 +46,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Describe(a) => infer::describe(a),
         Command::Pack(a) => pack::pack(a),
         Command::Synth(a) => synth::synth(a),
+        Command::Eval(a) => eval::eval(a),
+        Command::Tasks(a) => eval::tasks(a),
         Command::Kernels => {
             let best = nhpatch::gemm::best_kernel();
             for k in nhpatch::gemm::Kernel::ALL {
