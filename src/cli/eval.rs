@@ -4,10 +4,13 @@
 
 use clap::Args;
 use nhpatch::error::{Error, Result};
-use nhpatch::eval::tasks::{GenOptions, generate, patch_std};
-use nhpatch::eval::{Catalog, Tasks, descriptors, evaluate, synth};
+use nhpatch::data::hpatches::Version;
+use nhpatch::eval::bench::{Benchmark, describe_dataset, load_catalog};
+use nhpatch::eval::descriptors::Descriptors;
+use nhpatch::eval::tasks::{GenOptions, generate};
+use nhpatch::eval::{descriptors, evaluate, synth};
+use nhpatch::net::{LoadOptions, Network};
 use nhpatch::io::{io_err, write_atomic};
-use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,8 +23,17 @@ pub struct EvalArgs {
     #[arg(long, default_value = "a")]
     split: String,
     /// Descriptor root: <sequence>/<image>.csv.
-    #[arg(long, required_unless_present = "bench")]
+    #[arg(long, required_unless_present_any = ["bench", "weights"], conflicts_with = "weights")]
     descriptors: Option<PathBuf>,
+    /// Compute the descriptors with this HardNet instead of reading CSVs.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Denoise the patches with this U-Net/DnCNN first (then clip and round to 0..255).
+    #[arg(long, requires = "weights")]
+    denoiser: Option<PathBuf>,
+    /// Which patches the network sees: noisy (the report's setting) or clean.
+    #[arg(long, default_value = "noisy", requires = "weights")]
+    input: String,
     /// Delimiter of the descriptor CSVs: ',' or ';'.
     #[arg(long, default_value_t = ',')]
     delimiter: char,
@@ -67,33 +79,6 @@ pub struct TasksArgs {
     threads: usize,
 }
 
-/// The split's test sequences, their patch counts and the texture flags
-/// (std > 10 of the clean `ref` patch's pixels, at the file's patch size).
-pub fn load_dataset(dir: &Path, split: &str) -> Result<(Catalog, Vec<Vec<bool>>)> {
-    let splits_path = dir.join("splits.json");
-    let splits = nhpatch::data::splits::Splits::load(&splits_path)?;
-    let names = splits.get(split, &splits_path)?.test.clone();
-    let per_seq: Vec<(usize, Vec<bool>)> = names
-        .par_iter()
-        .map(|name| {
-            let path = dir.join(name).join("ref.png");
-            let img = nhpatch::io::png::read_gray(&path)?;
-            let w = img.width;
-            if w == 0 || img.height % w != 0 {
-                return Err(Error::Format {
-                    path,
-                    msg: format!("a {}x{} image is not a strip of square patches", img.width, img.height),
-                });
-            }
-            let count = img.height / w;
-            let flags = (0..count).map(|i| patch_std(&img.pixels[i * w * w..(i + 1) * w * w]) > 10.0).collect();
-            Ok((count, flags))
-        })
-        .collect::<Result<_>>()?;
-    let (counts, textured) = per_seq.into_iter().unzip();
-    Ok((Catalog::new(names, counts)?, textured))
-}
-
 fn check_delimiter(d: char) -> Result<char> {
     if d == ',' || d == ';' {
         Ok(d)
@@ -118,29 +103,19 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         if a.bench {
             return bench(a.seed, a.json.as_deref());
         }
-        let (Some(dataset), Some(desc_dir)) = (a.dataset.as_deref(), a.descriptors.as_deref()) else {
-            return Err(Error::InvalidArgument("--dataset and --descriptors are required".into()));
+        let Some(dataset) = a.dataset.as_deref() else {
+            return Err(Error::InvalidArgument("--dataset is required".into()));
         };
-        let (catalog, textured) = load_dataset(dataset, &a.split)?;
-        let default_dir = dataset.join("tasks");
-        let tasks = match a.tasks.as_deref() {
-            Some(dir) => Tasks::read(dir, &a.split, &catalog)?,
-            None if default_dir.is_dir() => Tasks::read(&default_dir, &a.split, &catalog)?,
-            None => {
-                let opts = GenOptions { seed: a.seed, ..GenOptions::defaults(&catalog) };
-                eprintln!(
-                    "no task files ({} is not a folder): generating {} pairs, {} queries, {} distractors in memory (seed {})",
-                    default_dir.display(),
-                    opts.pairs,
-                    opts.queries,
-                    opts.distractors,
-                    opts.seed
-                );
-                generate(&catalog, &textured, &opts)?
-            }
+        let bench = Benchmark::prepare(dataset, &a.split, a.tasks.as_deref(), a.seed)?;
+        if !bench.source.starts_with("task files") {
+            eprintln!("{}", bench.source);
+        }
+        let descs = match (&a.weights, a.descriptors.as_deref()) {
+            (Some(w), _) => network_descriptors(dataset, &bench, w, a.denoiser.as_deref(), &a.input)?,
+            (None, Some(dir)) => descriptors::read_dir(dir, &bench.catalog, delimiter)?,
+            (None, None) => return Err(Error::InvalidArgument("give --descriptors DIR or --weights FILE".into())),
         };
-        let descs = descriptors::read_dir(desc_dir, &catalog, delimiter)?;
-        let results = evaluate(&descs, &catalog, &tasks, &a.split)?;
+        let results = bench.evaluate(&descs)?;
         report(&results, a.json.as_deref())
     })
 }
@@ -181,7 +156,7 @@ fn bench(seed: u64, json: Option<&Path>) -> Result<()> {
 pub fn tasks(a: TasksArgs) -> Result<()> {
     let pool = nhpatch::threads::pool(a.threads)?;
     pool.install(|| {
-        let (catalog, textured) = load_dataset(&a.dataset, &a.split)?;
+        let (catalog, textured) = load_catalog(&a.dataset, &a.split)?;
         let d = GenOptions::defaults(&catalog);
         let opts = GenOptions {
             pairs: a.pairs.unwrap_or(d.pairs),
@@ -198,6 +173,97 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
             tasks.distractors.len(),
             a.out.display()
         );
+        Ok(())
+    })
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Dataset root (splits.json and sequence folders) or its packed file's folder.
+    #[arg(long)]
+    dataset: PathBuf,
+    #[arg(long, default_value = "a")]
+    split: String,
+    /// HardNet weights.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Denoise first with these weights (then clip and round to 0..255).
+    #[arg(long)]
+    denoiser: Option<PathBuf>,
+    /// Which patches the network sees: noisy or clean.
+    #[arg(long, default_value = "noisy")]
+    input: String,
+    /// Output root: <sequence>/<image>.csv, the benchmark's layout.
+    #[arg(long)]
+    out: PathBuf,
+    /// Delimiter: ',' or ';'.
+    #[arg(long, default_value_t = ',')]
+    delimiter: char,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+/// `noisy` or `clean`, as a pack version.
+pub fn input_version(input: &str) -> Result<Version> {
+    match input {
+        "noisy" => Ok(Version::Noisy),
+        "clean" => Ok(Version::Clean),
+        other => Err(Error::InvalidArgument(format!("--input must be noisy or clean, not '{other}'"))),
+    }
+}
+
+/// Loads a descriptor (and optionally a denoiser), checking each is the right kind.
+pub fn load_networks(weights: &Path, denoiser: Option<&Path>) -> Result<(Network, Option<Network>)> {
+    let desc = Network::load(weights, LoadOptions::default())?;
+    if desc.arch().is_denoiser() {
+        return Err(Error::Format { path: weights.to_path_buf(), msg: format!("holds a {} denoiser, not a HardNet", desc.arch()) });
+    }
+    let den = match denoiser {
+        Some(p) => {
+            let d = Network::load(p, LoadOptions::default())?;
+            if !d.arch().is_denoiser() {
+                return Err(Error::Format { path: p.to_path_buf(), msg: format!("holds a {}, not a denoiser", d.arch()) });
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    Ok((desc, den))
+}
+
+fn network_descriptors(
+    dataset: &Path,
+    bench: &Benchmark,
+    weights: &Path,
+    denoiser: Option<&Path>,
+    input: &str,
+) -> Result<Descriptors> {
+    let version = input_version(input)?;
+    let (desc, den) = load_networks(weights, denoiser)?;
+    let data = nhpatch::data::pack::open_dataset(dataset, 0)?;
+    let t = Instant::now();
+    let d = describe_dataset(&data, &bench.catalog, &desc, den.as_ref(), version)?;
+    eprintln!(
+        "described {} patches of {} test sequences ({} input{}) in {:.1} s",
+        16 * bench.catalog.patches(),
+        bench.catalog.names.len(),
+        input,
+        if den.is_some() { ", denoised first" } else { "" },
+        t.elapsed().as_secs_f64()
+    );
+    Ok(d)
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let delimiter = check_delimiter(a.delimiter)?;
+    nhpatch::threads::pool(a.threads)?.install(|| {
+        let (catalog, _) = load_catalog(&a.dataset, &a.split)?;
+        let version = input_version(&a.input)?;
+        let (desc, den) = load_networks(&a.weights, a.denoiser.as_deref())?;
+        let data = nhpatch::data::pack::open_dataset(&a.dataset, 0)?;
+        let d = describe_dataset(&data, &catalog, &desc, den.as_ref(), version)?;
+        descriptors::write_dir(&a.out, &d, delimiter)?;
+        println!("wrote descriptors of {} sequences to {}", catalog.names.len(), a.out.display());
         Ok(())
     })
 }

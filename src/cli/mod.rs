@@ -34,6 +34,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Generate the HPatches task files (verification pairs, retrieval queries and distractors) of a dataset.
     Tasks(eval::TasksArgs),
+    /// Write descriptors of a dataset split in the HPatches benchmark's CSV layout.
+    Export(eval::ExportArgs),
     /// Show the GEMM kernels this CPU can run and which one nhpatch uses.
     Kernels,
 }
@@ -48,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Synth(a) => synth::synth(a),
         Command::Eval(a) => eval::eval(a),
         Command::Tasks(a) => eval::tasks(a),
+        Command::Export(a) => eval::export(a),
         Command::Kernels => {
             let best = nhpatch::gemm::best_kernel();
             for k in nhpatch::gemm::Kernel::ALL {

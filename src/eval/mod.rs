@@ -13,6 +13,7 @@
 //! - [`synth`]: synthetic descriptors and datasets (bench and tests).
 
 pub mod ap;
+pub mod bench;
 pub mod descriptors;
 pub mod dist;
 pub mod matching;
