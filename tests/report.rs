@@ -277,3 +277,22 @@ fn epoch_line_format() {
         "descriptor epoch 30/30  loss 0.5000  812 triplets/s  9.8 s  mAP v 0.81 m 0.22 r 0.51"
     );
 }
+
+#[test]
+fn curves_svg_tick_labels_tell_ticks_apart() {
+    for (base, delta) in [(17.5, 1e-8), (2e7, 3e6), (1.2e-4, 1e-5), (-0.3, 0.1)] {
+        let den: Vec<_> = (1..=5).map(|e| epoch(e, base + e as f64 * delta, None, None)).collect();
+        let svg = curves_svg(&den, &[]);
+        check_balanced(&svg);
+        check_coordinates(&svg);
+        // Y tick labels are the right-aligned texts of the first panel.
+        let first = &svg[..svg.find("</g>").unwrap()];
+        let labels: Vec<&str> =
+            first.split("text-anchor=\"end\">").skip(1).map(|t| &t[..t.find('<').unwrap()]).collect();
+        assert!(labels.len() >= 3, "{base}: {labels:?}");
+        let mut unique = labels.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), labels.len(), "{base}: labels repeat: {labels:?}");
+        assert!(labels.iter().all(|l| l.parse::<f64>().is_ok()), "{labels:?}");
+    }
+}

@@ -143,34 +143,21 @@ fn draw_panel(s: &mut String, p: &Panel, dx: f64) {
     let px = |x: f64| PLOT_LEFT + (x - x0) / (x1 - x0) * (PLOT_RIGHT - PLOT_LEFT);
     let py = |y: f64| PLOT_BOTTOM - (y - y0) / (y1 - y0) * (PLOT_BOTTOM - PLOT_TOP);
 
-    let x_dec = decimals(&xs);
-    for &t in &xs {
+    for (&t, text) in xs.iter().zip(labels(&xs)) {
         let x = px(t);
         let _ = writeln!(
             s,
             r##"<line x1="{x:.1}" y1="{PLOT_BOTTOM}" x2="{x:.1}" y2="{}" stroke="#333"/>"##,
             PLOT_BOTTOM + 5.0
         );
-        let _ = writeln!(
-            s,
-            r#"<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"#,
-            PLOT_BOTTOM + 18.0,
-            label(t, x_dec)
-        );
+        let _ = writeln!(s, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"#, PLOT_BOTTOM + 18.0, text);
     }
-    let y_dec = decimals(&ys);
-    for &t in &ys {
+    for (&t, text) in ys.iter().zip(labels(&ys)) {
         let y = py(t);
         let _ = writeln!(s, r##"<line x1="{PLOT_LEFT}" y1="{y:.1}" x2="{PLOT_RIGHT}" y2="{y:.1}" stroke="#e5e5e5"/>"##);
         let _ =
             writeln!(s, r##"<line x1="{}" y1="{y:.1}" x2="{PLOT_LEFT}" y2="{y:.1}" stroke="#333"/>"##, PLOT_LEFT - 5.0);
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
-            PLOT_LEFT - 8.0,
-            y + 4.0,
-            label(t, y_dec)
-        );
+        let _ = writeln!(s, r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#, PLOT_LEFT - 8.0, y + 4.0, text);
     }
     let _ =
         writeln!(s, r#"<text x="{mid}" y="{}" text-anchor="middle" font-size="13">epoch</text>"#, PLOT_BOTTOM + 38.0);
@@ -204,7 +191,7 @@ fn draw_panel(s: &mut String, p: &Panel, dx: f64) {
         );
         let _ = writeln!(s, r#"<circle cx="{}" cy="{legend_y}" r="3.5" fill="{c}"/>"#, legend_x + 10.0);
         let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, legend_x + 25.0, legend_y + 4.0, series.label);
-        legend_x += 35.0 + 7.0 * series.label.len() as f64;
+        legend_x += 45.0 + 6.6 * series.label.len() as f64;
     }
     s.push_str("</g>\n");
 }
@@ -253,7 +240,15 @@ fn decimals(ticks: &[f64]) -> usize {
         .unwrap_or(12) as usize
 }
 
-fn label(v: f64, dec: usize) -> String {
-    let a = v.abs();
-    if a != 0.0 && (a >= 1e6 || dec > 6) { format!("{v:.2e}") } else { format!("{v:.dec$}") }
+/// Tick labels: fixed-point with the step's decimals, or scientific
+/// notation (with enough digits to tell ticks apart) for huge or tiny values.
+fn labels(ticks: &[f64]) -> Vec<String> {
+    let dec = decimals(ticks);
+    let big = ticks.iter().fold(0.0f64, |m, t| m.max(t.abs()));
+    if big < 1e6 && dec <= 6 {
+        return ticks.iter().map(|t| format!("{t:.dec$}")).collect();
+    }
+    let step = if ticks.len() > 1 { ticks[1] - ticks[0] } else { big };
+    let digits = (big.log10().floor() - step.log10().floor()).clamp(0.0, 14.0) as usize + 1;
+    ticks.iter().map(|&t| if t == 0.0 { "0".to_string() } else { format!("{t:.digits$e}") }).collect()
 }
