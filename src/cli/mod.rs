@@ -4,7 +4,9 @@ mod eval;
 mod infer;
 mod info;
 mod pack;
+mod run;
 mod synth;
+mod train;
 
 use clap::{Parser, Subcommand};
 use nhpatch::Result;
@@ -36,6 +38,12 @@ enum Command {
     Tasks(eval::TasksArgs),
     /// Write descriptors of a dataset split in the HPatches benchmark's CSV layout.
     Export(eval::ExportArgs),
+    /// The whole pipeline: train the denoiser, train the descriptor on denoised patches, evaluate, write the report.
+    Run(run::RunArgs),
+    /// Train a denoiser (U-Net or DnCNN) on a dataset split.
+    TrainDenoiser(train::TrainDenoiserArgs),
+    /// Train a HardNet descriptor on noisy, clean or denoised patches.
+    TrainDescriptor(train::TrainDescriptorArgs),
     /// Show the GEMM kernels this CPU can run and which one nhpatch uses.
     Kernels,
 }
@@ -51,6 +59,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::eval(a),
         Command::Tasks(a) => eval::tasks(a),
         Command::Export(a) => eval::export(a),
+        Command::Run(a) => run::run(a),
+        Command::TrainDenoiser(a) => train::train_denoiser(a),
+        Command::TrainDescriptor(a) => train::train_descriptor(a),
         Command::Kernels => {
             let best = nhpatch::gemm::best_kernel();
             for k in nhpatch::gemm::Kernel::ALL {

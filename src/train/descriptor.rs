@@ -33,9 +33,11 @@ fn params_hash(net: &Network) -> u64 {
     net.params().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3))
 }
 
-/// The training sequences `train` of `data`, noisy patches denoised into the
-/// clean slot, as a packed dataset at `path` (reused when it is up to date).
-pub fn denoised_pack(data: &PackedDataset, train: &[usize], denoiser: &Network, path: &Path) -> Result<PackedDataset> {
+/// The sequences `seqs` of `data` with their noisy patches denoised into the
+/// clean slot (the noisy slot keeps the noisy patches), as a packed dataset
+/// at `path`, reused when it is up to date. Sequence i of the result is `seqs[i]`.
+pub fn denoised_pack(data: &PackedDataset, seqs: &[usize], denoiser: &Network, path: &Path) -> Result<PackedDataset> {
+    let train = seqs;
     let fingerprint = data.fingerprint() ^ params_hash(denoiser).rotate_left(17) ^ train.len() as u64;
     if let Ok(p) = PackedDataset::open(path)
         && p.fingerprint() == fingerprint

@@ -131,22 +131,9 @@ pub fn end_epoch(run: &RunDir, cfg: &TrainConfig, state: &State, sampler: Sample
     ck.save(&run.checkpoint())?;
     run.write_metrics(&state.metrics)?;
     if let Some(m) = state.metrics.last() {
-        println!("{}", epoch_line(stage, m, cfg.epochs));
+        println!("{}", super::report::print_epoch_line(stage, m, cfg.epochs));
     }
     Ok(())
-}
-
-/// `denoiser epoch 3/10  loss 12.3456  val 11.9876  812 patches/s  9.8 s  mAP v 0.81 m 0.22 r 0.51`
-pub fn epoch_line(stage: &str, m: &EpochMetrics, epochs: u64) -> String {
-    let mut s = format!("{stage} epoch {}/{epochs}  loss {:.4}", m.epoch, m.train_loss);
-    if let Some(v) = m.val_loss {
-        s += &format!("  val {v:.4}");
-    }
-    s += &format!("  {:.0} items/s  {:.1} s", m.items_per_second, m.seconds);
-    if let Some(map) = m.map {
-        s += &format!("  mAP v {:.2} m {:.2} r {:.2}", map.verification, map.matching, map.retrieval);
-    }
-    s
 }
 
 /// Stops training on a non-finite loss, naming the step and the checkpoint that survives.
