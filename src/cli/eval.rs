@@ -3,14 +3,14 @@
 //! task files of a dataset).
 
 use clap::Args;
-use nhpatch::error::{Error, Result};
 use nhpatch::data::hpatches::Version;
+use nhpatch::error::{Error, Result};
 use nhpatch::eval::bench::{Benchmark, describe_dataset, load_catalog};
 use nhpatch::eval::descriptors::Descriptors;
 use nhpatch::eval::tasks::{GenOptions, generate};
 use nhpatch::eval::{descriptors, evaluate, synth};
-use nhpatch::net::{LoadOptions, Network};
 use nhpatch::io::{io_err, write_atomic};
+use nhpatch::net::{LoadOptions, Network};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -216,13 +216,19 @@ pub fn input_version(input: &str) -> Result<Version> {
 pub fn load_networks(weights: &Path, denoiser: Option<&Path>) -> Result<(Network, Option<Network>)> {
     let desc = Network::load(weights, LoadOptions::default())?;
     if desc.arch().is_denoiser() {
-        return Err(Error::Format { path: weights.to_path_buf(), msg: format!("holds a {} denoiser, not a HardNet", desc.arch()) });
+        return Err(Error::Format {
+            path: weights.to_path_buf(),
+            msg: format!("holds a {} denoiser, not a HardNet", desc.arch()),
+        });
     }
     let den = match denoiser {
         Some(p) => {
             let d = Network::load(p, LoadOptions::default())?;
             if !d.arch().is_denoiser() {
-                return Err(Error::Format { path: p.to_path_buf(), msg: format!("holds a {}, not a denoiser", d.arch()) });
+                return Err(Error::Format {
+                    path: p.to_path_buf(),
+                    msg: format!("holds a {}, not a denoiser", d.arch()),
+                });
             }
             Some(d)
         }

@@ -116,7 +116,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     let desc_arch = Arch::parse("hardnet", Some(&a.variant))?;
     let out = a.out.clone().unwrap_or_else(default_out);
     if out.join("results.md").exists() && !a.resume {
-        return Err(Error::InvalidArgument(format!("{} already holds a finished run; choose another --out", out.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{} already holds a finished run; choose another --out",
+            out.display()
+        )));
     }
     let pool = nhpatch::threads::pool(a.threads)?;
     pool.install(|| pipeline(&a, den_arch, desc_arch, &out, t_start))
@@ -198,7 +201,11 @@ fn pipeline(a: &RunArgs, den_arch: Arch, desc_arch: Arch, out: &Path, t_start: I
         "evaluation": { "split": a.split, "input": "noisy, denoised", "tasks": bench.source },
     });
     let config_json = serde_json::to_string_pretty(&config).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let map = MapScores { verification: results.verification_map, matching: results.matching_map, retrieval: results.retrieval_map };
+    let map = MapScores {
+        verification: results.verification_map,
+        matching: results.matching_map,
+        retrieval: results.retrieval_map,
+    };
     timings.push(("total", t_start.elapsed().as_secs_f64()));
     let text = results.text();
     let doc = ResultsDoc {

@@ -90,7 +90,9 @@ impl Overrides {
 /// Denoiser settings of a preset; `train_patches` is the size of one pass over the training set.
 pub fn denoiser_preset(preset: Preset, arch: Arch, split: &str, train_patches: u64) -> TrainConfig {
     let optimizer = match (preset, arch) {
-        (Preset::Seed, Arch::Unet) => OptimizerConfig::Sgd { lr: 1e-5, momentum: 0.9, nesterov: true, weight_decay: 0.0 },
+        (Preset::Seed, Arch::Unet) => {
+            OptimizerConfig::Sgd { lr: 1e-5, momentum: 0.9, nesterov: true, weight_decay: 0.0 }
+        }
         // The demo trains a few thousand patches: Adam gets a visibly better U-Net there.
         _ => OptimizerConfig::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
     };
@@ -262,7 +264,12 @@ pub fn train_denoiser(a: TrainDenoiserArgs) -> Result<()> {
 }
 
 /// Trains (or resumes) a denoiser stage into `out`.
-pub fn run_denoiser(cfg: &TrainConfig, ds: &DatasetSplit, out: &Path, resume: bool) -> Result<(Network, Vec<EpochMetrics>)> {
+pub fn run_denoiser(
+    cfg: &TrainConfig,
+    ds: &DatasetSplit,
+    out: &Path,
+    resume: bool,
+) -> Result<(Network, Vec<EpochMetrics>)> {
     let run = RunDir::create(out)?;
     run.write_config(cfg, &serde_json::json!({ "stage": "denoiser", "dataset": ds.root.display().to_string() }))?;
     denoiser::train(cfg, &ds.data, &ds.train, &ds.test, &run, resume)
@@ -329,7 +336,9 @@ pub fn run_descriptor(
     let source = match (cfg.input, &denoised) {
         (InputKind::Noisy, _) => Source { data: &ds.data, train: ds.train.clone(), version: Version::Noisy },
         (InputKind::Clean, _) => Source { data: &ds.data, train: ds.train.clone(), version: Version::Clean },
-        (InputKind::Denoised, Some(p)) => Source { data: p, train: (0..ds.train.len()).collect(), version: Version::Clean },
+        (InputKind::Denoised, Some(p)) => {
+            Source { data: p, train: (0..ds.train.len()).collect(), version: Version::Clean }
+        }
         (InputKind::Denoised, None) => return Err(Error::InvalidArgument("--input denoised needs a denoiser".into())),
     };
     let bench = Benchmark::prepare(&ds.root, &cfg.split, None, 42)?;
@@ -340,7 +349,11 @@ pub fn run_descriptor(
     };
     let map = |net: &Network| -> Result<MapScores> {
         let r = bench.evaluate_network(eval_data, net, None, eval_version)?;
-        Ok(metrics::MapScores { verification: r.verification_map, matching: r.matching_map, retrieval: r.retrieval_map })
+        Ok(metrics::MapScores {
+            verification: r.verification_map,
+            matching: r.matching_map,
+            retrieval: r.retrieval_map,
+        })
     };
     // Validation tuples come from the test sequences as the network sees them in evaluation.
     let test_in_eval: Vec<usize> = match &denoised {

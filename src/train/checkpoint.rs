@@ -62,7 +62,8 @@ impl Checkpoint {
         let meta = CheckpointMeta { opt_step: step, ..self.meta.clone() };
         let mut metadata = BTreeMap::new();
         metadata.insert("nhpatch_checkpoint".into(), "1".into());
-        let json = serde_json::to_string(&meta).map_err(|e| Error::InvalidArgument(format!("checkpoint state: {e}")))?;
+        let json =
+            serde_json::to_string(&meta).map_err(|e| Error::InvalidArgument(format!("checkpoint state: {e}")))?;
         metadata.insert("state".into(), json);
         weights::save(path, &WeightsFile { metadata, tensors })
     }

@@ -62,11 +62,11 @@ impl Optimizer {
     }
 
     fn validate(&self) -> Result<()> {
-        match &self.config {
-            &OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay } => {
+        match self.config {
+            OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay } => {
                 Sgd { lr, momentum, dampening: 0.0, nesterov, weight_decay }.validate()
             }
-            &OptimizerConfig::Adam { lr, beta1, beta2, eps, weight_decay } => {
+            OptimizerConfig::Adam { lr, beta1, beta2, eps, weight_decay } => {
                 Adam { lr, beta1, beta2, eps, weight_decay }.validate()
             }
         }

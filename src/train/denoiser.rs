@@ -18,7 +18,10 @@ use std::time::Instant;
 /// Seed offset of the validation sampler, so validation pairs never depend on the training stream.
 const VAL_STREAM: u64 = 0x7A11_DA7E;
 
-fn loss_fn(name: &str) -> Result<fn(&mut [f32], &[f32], &[f32]) -> Result<f32>> {
+/// A pointwise loss: returns the loss, adds d loss / d pred into the first buffer.
+type PointLoss = fn(&mut [f32], &[f32], &[f32]) -> Result<f32>;
+
+fn loss_fn(name: &str) -> Result<PointLoss> {
     match name {
         "l1" => Ok(l1_loss),
         "mse" => Ok(mse_loss),

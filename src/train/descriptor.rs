@@ -73,7 +73,9 @@ impl Loss {
         match cfg.loss.as_str() {
             "triplet" => Ok((Loss::Triplet(TripletLoss::new(cfg.margin)?), 3)),
             "hardnet" => Ok((Loss::HardNet(HardNetLoss::new(cfg.margin, true)?, HardNetWorkspace::new(cfg.batch)), 2)),
-            other => Err(Error::InvalidArgument(format!("unknown descriptor loss '{other}' (expected triplet or hardnet)"))),
+            other => {
+                Err(Error::InvalidArgument(format!("unknown descriptor loss '{other}' (expected triplet or hardnet)")))
+            }
         }
     }
 

@@ -111,7 +111,14 @@ pub fn start(model: &Model, cfg: &TrainConfig, run: &RunDir, resume: bool) -> Re
     }
     let params = model.init_params(&mut Rng::stream(cfg.seed, 1));
     let optimizer = Optimizer::new(cfg.optimizer.clone(), params.len())?;
-    Ok(State { params, optimizer, sampler: None, dropout: Rng::stream(cfg.seed, 2), metrics: Vec::new(), epochs_done: 0 })
+    Ok(State {
+        params,
+        optimizer,
+        sampler: None,
+        dropout: Rng::stream(cfg.seed, 2),
+        metrics: Vec::new(),
+        epochs_done: 0,
+    })
 }
 
 /// After an epoch: checkpoint, metrics file, one log line.
