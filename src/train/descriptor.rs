@@ -193,7 +193,9 @@ pub fn train(
         sampler.set_state(s)?;
     }
     // Fixed validation tuples, drawn once.
-    let val_n = cfg.val_items.min(4096);
+    // Tuples need distinct classes: never more than the validation sequences hold.
+    let val_classes: usize = val.1.iter().map(|&s| val.0.sequences()[s].count).sum();
+    let val_n = cfg.val_items.min(4096).min(val_classes);
     let mut val_x = vec![0.0f32; k * val_n * PATCH_LEN];
     if val_n > 0 && !val.1.is_empty() {
         let mut vs = sampling(val.0, val.1, val.2, k, val_n, val_n as u64, cfg.seed ^ VAL_STREAM)?;

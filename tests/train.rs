@@ -1,0 +1,198 @@
+//! Training end to end through the command line: a tiny synthetic dataset,
+//! a denoiser that lowers the validation loss, a descriptor that beats an
+//! untrained one on all three tasks, a resume after a real process kill that
+//! ends with the same weights as an uninterrupted run, the non-finite-loss
+//! stop, and bad invocations.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_nhpatch"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("nhpatch-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "nhpatch {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "nhpatch {args:?} succeeded");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
+    err
+}
+
+/// A small synthetic dataset shared by the tests of this file.
+fn dataset(d: &Path) -> PathBuf {
+    let root = d.join("data");
+    ok(&["synth", "--out", s(&root), "--sequences", "4", "--patches", "48", "--seed", "3"]);
+    root
+}
+
+fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn maps(json: &Path) -> [f64; 3] {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let get = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("no {k} in {json:?}"));
+    [get("verification_map"), get("matching_map"), get("retrieval_map")]
+}
+
+#[test]
+fn training_improves_the_denoiser_and_the_descriptor() {
+    let d = dir("e2e");
+    let data = dataset(&d);
+    let den = d.join("den");
+    ok(&[
+        "train-denoiser",
+        "--dataset",
+        s(&data),
+        "--out",
+        s(&den),
+        "--preset",
+        "demo",
+        "--epochs",
+        "3",
+        "--items",
+        "800",
+    ]);
+    let m = metrics(&den);
+    assert_eq!(m.len(), 3);
+    let val: Vec<f64> = m.iter().map(|e| e["val_loss"].as_f64().unwrap()).collect();
+    assert!(val[2] < val[1] && val[1] < val[0] && val[2] < 0.7 * val[0], "validation MAE by epoch {val:?}");
+
+    let desc = d.join("desc");
+    // Noisy input, as the report scores descriptors.
+    let args = ["train-descriptor", "--dataset", s(&data), "--out", s(&desc), "--preset", "demo", "--input", "noisy"];
+    ok(&[&args[..], &["--epochs", "4", "--items", "900", "--no-epoch-eval"]].concat());
+    let untrained = d.join("untrained.safetensors");
+    ok(&["init", "--model", "hardnet", "--variant", "baseline", "--seed", "2", "--out", s(&untrained)]);
+    let (before, after) = (d.join("before.json"), d.join("after.json"));
+    let eval = |w: &Path, json: &Path| {
+        ok(&["eval", "--dataset", s(&data), "--weights", s(w), "--input", "noisy", "--json", s(json)]);
+    };
+    eval(&untrained, &before);
+    eval(&desc.join("model.safetensors"), &after);
+    let (b, a) = (maps(&before), maps(&after));
+    for (task, (x, y)) in ["verification", "matching", "retrieval"].iter().zip(b.iter().zip(&a)) {
+        assert!(y > x, "{task}: trained {y} does not beat untrained {x}");
+    }
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_weights() {
+    let d = dir("resume");
+    let data = dataset(&d);
+    let base = [
+        "train-denoiser",
+        "--dataset",
+        s(&data),
+        "--preset",
+        "demo",
+        "--epochs",
+        "4",
+        "--items",
+        "200",
+        "--threads",
+        "2",
+    ];
+    let full = d.join("full");
+    ok(&[&base[..], &["--out", s(&full)]].concat());
+
+    // Kill a second run with SIGKILL once its first epoch is checkpointed, mid-way through a later one.
+    let cut = d.join("cut");
+    let mut child = bin()
+        .args([&base[..], &["--out", s(&cut)]].concat())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while metrics(&cut).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint after two minutes");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done = metrics(&cut).len();
+    assert!(done < 4, "the run finished before the kill ({done} epochs)");
+    assert!(!cut.join("model.safetensors").exists());
+    // Without --resume an existing checkpoint is refused rather than overwritten.
+    assert!(fails(&[&base[..], &["--out", s(&cut)]].concat()).contains("--resume"));
+    ok(&[&base[..], &["--out", s(&cut), "--resume"]].concat());
+    let a = std::fs::read(full.join("model.safetensors")).unwrap();
+    let b = std::fs::read(cut.join("model.safetensors")).unwrap();
+    assert!(a == b, "resumed weights differ from the uninterrupted run's");
+    assert_eq!(metrics(&cut).len(), 4);
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_with_a_clear_message() {
+    let d = dir("nan");
+    let data = dataset(&d);
+    let out = d.join("run");
+    let args = ["train-denoiser", "--dataset", s(&data), "--out", s(&out), "--preset", "demo", "--items", "200"];
+    let e = fails(&[&args[..], &["--epochs", "3", "--optimizer", "sgd", "--lr", "1e30"]].concat());
+    assert!(e.contains("training stopped: the loss became") && e.contains("step"), "{e}");
+    assert!(!out.join("model.safetensors").exists());
+}
+
+#[test]
+fn bad_invocations_fail_cleanly() {
+    let d = dir("bad");
+    let data = dataset(&d);
+    let out = d.join("run");
+    let e = fails(&["train-denoiser", "--dataset", s(&d.join("nope")), "--out", s(&out)]);
+    assert!(e.contains("nope"), "{e}");
+    assert!(!fails(&["train-denoiser", "--dataset", s(&data), "--out", s(&out), "--frobnicate"]).is_empty());
+    let e = fails(&["train-denoiser", "--dataset", s(&data), "--out", s(&out), "--model", "hardnet"]);
+    assert!(e.contains("unet or dncnn"), "{e}");
+    let e = fails(&["train-denoiser", "--dataset", s(&data), "--out", s(&out), "--split", "full"]);
+    assert!(e.contains("no training sequences"), "{e}");
+    let e = fails(&["train-denoiser", "--dataset", s(&data), "--out", s(&out), "--split", "zz"]);
+    assert!(e.contains("no split 'zz'"), "{e}");
+    let hardnet = d.join("hardnet.safetensors");
+    ok(&["init", "--model", "hardnet", "--out", s(&hardnet)]);
+    let e = fails(&[
+        "train-descriptor",
+        "--dataset",
+        s(&data),
+        "--out",
+        s(&out),
+        "--input",
+        "denoised",
+        "--denoiser",
+        s(&hardnet),
+    ]);
+    assert!(e.contains("hardnet.safetensors") && e.contains("not a denoiser"), "{e}");
+    let e = fails(&["train-descriptor", "--dataset", s(&data), "--out", s(&out), "--input", "denoised"]);
+    assert!(e.contains("--denoiser"), "{e}");
+    let e = fails(&["run", "--dataset", s(&d.join("nope")), "--out", s(&out)]);
+    assert!(e.contains("nope"), "{e}");
+}
