@@ -7,6 +7,8 @@
 //! in f64 so that only the layer's own f32 rounding remains.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use nhpatch::rng::Rng;
 
 /// Tolerance of a gradient comparison: pass when
