@@ -147,6 +147,16 @@ fn bad_invocations_fail_cleanly() {
     assert!(e.contains("no training sequences"), "{e}");
     let e = fails(&["train-denoiser", "--dataset", s(&data), "--out", s(&out), "--split", "zz"]);
     assert!(e.contains("no split 'zz'"), "{e}");
+    // A split with training but no test sequences cannot be validated or evaluated.
+    let splits_path = data.join("splits.json");
+    let mut splits: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&splits_path).unwrap()).unwrap();
+    let train = splits["a"]["train"].clone();
+    splits["trainonly"] = serde_json::json!({ "name": "trainonly", "train": train, "test": [] });
+    std::fs::write(&splits_path, serde_json::to_string(&splits).unwrap()).unwrap();
+    for cmd in ["train-denoiser", "run"] {
+        let e = fails(&[cmd, "--dataset", s(&data), "--out", s(&out), "--split", "trainonly"]);
+        assert!(e.contains("splits.json") && e.contains("no test sequences"), "{cmd}: {e}");
+    }
     let hardnet = d.join("hardnet.safetensors");
     ok(&["init", "--model", "hardnet", "--out", s(&hardnet)]);
     let e = fails(&[
