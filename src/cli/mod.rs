@@ -1,5 +1,6 @@
 //! Subcommands. Each one is a function from parsed arguments to `Result`.
 
+mod bench;
 mod eval;
 mod infer;
 mod info;
@@ -44,6 +45,8 @@ enum Command {
     TrainDenoiser(train::TrainDenoiserArgs),
     /// Train a HardNet descriptor on noisy, clean or denoised patches.
     TrainDescriptor(train::TrainDescriptorArgs),
+    /// Training or inference throughput of one model (median of timed repetitions after a warm-up).
+    Bench(bench::BenchArgs),
     /// Show the GEMM kernels this CPU can run and which one nhpatch uses.
     Kernels,
 }
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tasks(a) => eval::tasks(a),
         Command::Export(a) => eval::export(a),
         Command::Run(a) => run::run(a),
+        Command::Bench(a) => bench::bench(a),
         Command::TrainDenoiser(a) => train::train_denoiser(a),
         Command::TrainDescriptor(a) => train::train_descriptor(a),
         Command::Kernels => {

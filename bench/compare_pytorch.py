@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""nhpatch against PyTorch on the same CPU, side by side in one run.
+
+Builds the three models in PyTorch (the definitions of tools/torch_reference.py),
+and for each workload runs nhpatch's `nhpatch bench` and the PyTorch twin
+alternately, for 1 and 2 threads, then prints a table with the ratio
+nhpatch / PyTorch (above 1: nhpatch is faster). Workloads:
+  - denoiser training step at batch 50: U-Net with SGD + Nesterov, DnCNN with Adam, L1 loss;
+  - descriptor training step on 50 triplets (150 patches), triplet loss, SGD;
+  - inference at batch 128 and 1024 for each model.
+Needs `pip install torch numpy safetensors` and a release build
+(`cargo build --release`); not used by CI.
+
+    python3 bench/compare_pytorch.py [--seconds 3] [--threads 1,2] [--only unet]
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+import torch_reference as R  # noqa: E402
+
+NHPATCH = os.path.join(os.path.dirname(__file__), "..", "target", "release", "nhpatch")
+
+
+def build(model):
+    if model == "unet":
+        return R.UNet()
+    if model == "dncnn":
+        return R.DnCNN()
+    return R.HardNetBaseline(0.3)
+
+
+def torch_bench(model, mode, batch, seconds):
+    """Median items/s over 5 repetitions after a warm-up, like `nhpatch bench`."""
+    torch.manual_seed(0)
+    net = build(model)
+    if mode == "infer":
+        net.eval()
+        x = torch.rand(batch, 1, 32, 32) * 255
+
+        def step():
+            with torch.no_grad():
+                net(x)
+
+        items = batch
+    elif model in ("unet", "dncnn"):
+        net.train()
+        x = torch.rand(batch, 1, 32, 32) * 255
+        target = (x - 10).clamp(min=0)
+        if model == "unet":
+            opt = torch.optim.SGD(net.parameters(), lr=1e-5, momentum=0.9, nesterov=True)
+        else:
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+        def step():
+            opt.zero_grad(set_to_none=False)
+            F.l1_loss(net(x), target).backward()
+            opt.step()
+
+        items = batch
+    else:
+        net.train()
+        x = torch.rand(3 * batch, 1, 32, 32) * 255
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+        def step():
+            opt.zero_grad(set_to_none=False)
+            out = net(x)
+            a, p, n = out[:batch], out[batch : 2 * batch], out[2 * batch :]
+            d_ap = ((a - p) ** 2).mean(dim=1)
+            d_an = ((a - n) ** 2).mean(dim=1)
+            torch.clamp(d_ap - d_an + 1.0, min=0).mean().backward()
+            opt.step()
+
+        items = batch
+    step()
+    reps = []
+    per_rep = max(seconds / 5, 0.05)
+    for _ in range(5):
+        t, n = time.perf_counter(), 0
+        while n == 0 or time.perf_counter() - t < per_rep:
+            step()
+            n += items
+        reps.append(n / (time.perf_counter() - t))
+    return statistics.median(reps)
+
+
+def nhpatch_bench(model, mode, batch, threads, seconds):
+    cmd = [NHPATCH, "bench", "--model", model, "--mode", mode, "--batch", str(batch),
+           "--threads", str(threads), "--seconds", str(seconds)]
+    if model == "hardnet":
+        cmd += ["--variant", "baseline"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(re.search(r": ([0-9.]+) ", out).group(1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--only", default=None, help="unet, dncnn or hardnet")
+    args = ap.parse_args()
+    workloads = []
+    for model in ("unet", "dncnn", "hardnet"):
+        if args.only and model != args.only:
+            continue
+        unit = "triplets/s" if model == "hardnet" else "patches/s"
+        workloads.append((model, "train", 50, unit))
+        workloads.append((model, "infer", 128, "patches/s"))
+        workloads.append((model, "infer", 1024, "patches/s"))
+    rows = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        for model, mode, batch, unit in workloads:
+            ours = nhpatch_bench(model, mode, batch, threads, args.seconds)
+            theirs = torch_bench(model, mode, batch, args.seconds)
+            rows.append((model, mode, batch, threads, unit, ours, theirs))
+            print(f"{model:8s} {mode:5s} batch {batch:5d} threads {threads}: nhpatch {ours:9.1f}  "
+                  f"pytorch {theirs:9.1f} {unit}  ratio {ours / theirs:.2f}", flush=True)
+    print()
+    print(f"PyTorch {torch.__version__}, {torch.backends.mkldnn.is_available() and 'oneDNN' or 'no oneDNN'}; "
+          f"{os.cpu_count()} CPUs")
+    print("| model | workload | batch | threads | nhpatch | PyTorch | unit | nhpatch / PyTorch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for model, mode, batch, threads, unit, ours, theirs in rows:
+        print(f"| {model} | {mode} | {batch} | {threads} | {ours:.1f} | {theirs:.1f} | {unit} | {ours / theirs:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

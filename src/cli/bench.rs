@@ -1,0 +1,154 @@
+//! `nhpatch bench`: throughput of one model in training or inference, after
+//! a warm-up, as the median of several timed repetitions. Training steps are
+//! the ones `nhpatch run` takes: denoisers on (noisy, clean) batches with L1
+//! (U-Net with SGD + Nesterov, DnCNN with Adam), HardNet on triplets with the
+//! triplet loss and plain SGD.
+
+use clap::{Args, ValueEnum};
+use nhpatch::error::{Error, Result};
+use nhpatch::loss::l1::l1_loss;
+use nhpatch::loss::triplet::TripletLoss;
+use nhpatch::models::{Arch, DESC_LEN, Model, PATCH_LEN};
+use nhpatch::rng::Rng;
+use nhpatch::train::config::{Optimizer, OptimizerConfig};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Train,
+    Infer,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// unet, dncnn or hardnet.
+    #[arg(long)]
+    model: String,
+    /// HardNet variant: baseline or original.
+    #[arg(long)]
+    variant: Option<String>,
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Patches per batch (inference, denoiser training) or triplets per batch (HardNet training).
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Measured seconds (split into 5 repetitions).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+}
+
+/// One benchmark's result.
+pub struct Throughput {
+    pub unit: &'static str,
+    pub median: f64,
+    pub reps: Vec<f64>,
+}
+
+/// Runs `step` (which processes `items` items) for about `seconds`, after one warm-up call.
+fn measure(seconds: f64, items: usize, mut step: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    step()?;
+    let per_rep = (seconds / 5.0).max(0.05);
+    let mut reps = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut n = 0usize;
+        while n == 0 || t.elapsed().as_secs_f64() < per_rep {
+            step()?;
+            n += items;
+        }
+        reps.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    reps.sort_by(|a, b| a.total_cmp(b));
+    Ok(reps)
+}
+
+pub fn bench_model(arch: Arch, mode: Mode, batch: usize, seconds: f64) -> Result<Throughput> {
+    if batch == 0 {
+        return Err(Error::InvalidArgument("--batch must be at least 1".into()));
+    }
+    let mut model = Model::new(arch)?;
+    let mut rng = Rng::new(1);
+    let mut params = model.init_params(&mut rng);
+    let reps;
+    let unit;
+    match mode {
+        Mode::Infer => {
+            let x: Vec<f32> = (0..batch * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
+            let mut ws = model.workspace(batch)?;
+            reps = measure(seconds, batch, || model.forward_eval(&mut ws, &params, &x).map(|_| ()))?;
+            unit = "patches/s";
+        }
+        Mode::Train if arch.is_denoiser() => {
+            let x: Vec<f32> = (0..batch * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
+            let target: Vec<f32> = x.iter().map(|v| (v - 10.0).max(0.0)).collect();
+            let cfg = match arch {
+                Arch::Unet => OptimizerConfig::Sgd { lr: 1e-5, momentum: 0.9, nesterov: true, weight_decay: 0.0 },
+                _ => OptimizerConfig::named("adam", 1e-3)?,
+            };
+            let mut opt = Optimizer::new(cfg, params.len())?;
+            let ranges = model.layout().trainable_ranges();
+            let mut grads = model.zero_grads();
+            let mut dout = vec![0.0f32; x.len()];
+            let mut ws = model.workspace(batch)?;
+            reps = measure(seconds, batch, || {
+                grads.iter_mut().for_each(|g| *g = 0.0);
+                dout.iter_mut().for_each(|g| *g = 0.0);
+                let out = model.forward_train(&mut ws, &mut params, &x, &mut rng)?;
+                l1_loss(&mut dout, out, &target)?;
+                model.backward(&mut ws, &params, &mut grads, &dout)?;
+                opt.step(&mut params, &grads, &ranges)
+            })?;
+            unit = "patches/s";
+        }
+        Mode::Train => {
+            // `batch` triplets: one forward of 3 * batch patches.
+            let n = 3 * batch;
+            let x: Vec<f32> = (0..n * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
+            model.set_dropout(0.3)?;
+            let mut opt = Optimizer::new(OptimizerConfig::named("sgd", 0.1)?, params.len())?;
+            let ranges = model.layout().trainable_ranges();
+            let mut grads = model.zero_grads();
+            let mut dout = vec![0.0f32; n * DESC_LEN];
+            let mut ws = model.workspace(n)?;
+            let loss = TripletLoss::new(1.0)?;
+            let d = batch * DESC_LEN;
+            reps = measure(seconds, batch, || {
+                grads.iter_mut().for_each(|g| *g = 0.0);
+                dout.iter_mut().for_each(|g| *g = 0.0);
+                let out = model.forward_train(&mut ws, &mut params, &x, &mut rng)?;
+                let (ga, rest) = dout.split_at_mut(d);
+                let (gp, gn) = rest.split_at_mut(d);
+                loss.loss(ga, gp, gn, &out[..d], &out[d..2 * d], &out[2 * d..], batch, DESC_LEN)?;
+                model.backward(&mut ws, &params, &mut grads, &dout)?;
+                opt.step(&mut params, &grads, &ranges)
+            })?;
+            unit = "triplets/s";
+        }
+    }
+    Ok(Throughput { unit, median: reps[2], reps })
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let arch = Arch::parse(&a.model, a.variant.as_deref())?;
+    let batch = a.batch.unwrap_or(match a.mode {
+        Mode::Infer => 128,
+        Mode::Train => 50,
+    });
+    if !(a.seconds > 0.0 && a.seconds.is_finite()) {
+        return Err(Error::InvalidArgument(format!("--seconds {} must be positive", a.seconds)));
+    }
+    let pool = nhpatch::threads::pool(a.threads)?;
+    let threads = pool.current_num_threads();
+    let t = pool.install(|| bench_model(arch, a.mode, batch, a.seconds))?;
+    let reps: Vec<String> = t.reps.iter().map(|r| format!("{r:.1}")).collect();
+    println!(
+        "{arch} {:?} batch {batch} threads {threads}: {:.1} {} (median of 5; reps {})",
+        a.mode,
+        t.median,
+        t.unit,
+        reps.join(" ")
+    );
+    Ok(())
+}
