@@ -694,3 +694,35 @@ fn replace_field(line: &str, i: usize, v: &str) -> String {
     }
     f.join(",")
 }
+
+/// Pack files reach the commands only as a dataset's cache, which is rebuilt
+/// when unreadable; the reader itself must refuse every corruption by name.
+#[test]
+fn pack_reader_refuses_corrupt_packs() {
+    use nhpatch::data::pack::PackedDataset;
+    let fx = fx();
+    let d = fx.root.join("packs");
+    fs::create_dir_all(&d).unwrap();
+    let valid = d.join("valid.pack");
+    ok(&["pack", "--dataset", s(&fx.data), "--out", s(&valid)]);
+    assert!(PackedDataset::open(&valid).is_ok());
+    let cases: [(&str, fn(&mut Vec<u8>), &str); 5] = [
+        ("truncated.pack", half, "pack"),
+        ("magic.pack", |b| b[0] ^= 0xff, "magic"),
+        ("empty.pack", |b| b.clear(), "truncated pack"),
+        ("count.pack", |b| b[16..24].copy_from_slice(&1_000_000_000_000u64.to_le_bytes()), "sequence"),
+        ("text.pack", |b| *b = b"sequence,count\nfoo,3\nbar,4\nbaz,5\nqux,6\nquux,7\n".to_vec(), "magic"),
+    ];
+    for (name, f, expect) in cases {
+        let p = edited(&valid, &d, name, f);
+        let e = PackedDataset::open(&p).unwrap_err().to_string();
+        assert!(e.contains(name) && e.to_lowercase().contains(expect), "{name}: {e}");
+    }
+    // A corrupt cache in a dataset folder is rebuilt, not trusted.
+    let data = d.join("data");
+    copy_dir(&fx.data, &data);
+    put(&data, ".nhpatch.pack", b"NHPPACK\0 but nothing else");
+    ok(&["tasks", "--dataset", s(&data), "--out", s(&d.join("tasks")), "--threads", "1"]);
+    ok(&["export", "--dataset", s(&data), "--weights", s(&fx.hardnet), "--out", s(&d.join("descs")), "--threads", "1"]);
+    assert!(PackedDataset::open(&data.join(".nhpatch.pack")).is_ok());
+}
