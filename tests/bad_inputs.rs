@@ -523,7 +523,7 @@ fn dataset_readers_refuse_bad_datasets() {
         strs(&["export", "--dataset", s(a), "--weights", s(&f.hardnet), "--out", s(&d.join("descs")), "--threads", "1"])
     };
     check("export", args, &dataset_cases());
-    let args: Args = |f, a, d| {
+    let args: Args = |_, a, d| {
         let out = d.join("run");
         strs(&[
             "train-denoiser",
@@ -706,7 +706,8 @@ fn pack_reader_refuses_corrupt_packs() {
     let valid = d.join("valid.pack");
     ok(&["pack", "--dataset", s(&fx.data), "--out", s(&valid)]);
     assert!(PackedDataset::open(&valid).is_ok());
-    let cases: [(&str, fn(&mut Vec<u8>), &str); 5] = [
+    type Edit = fn(&mut Vec<u8>);
+    let cases: [(&str, Edit, &str); 5] = [
         ("truncated.pack", half, "pack"),
         ("magic.pack", |b| b[0] ^= 0xff, "magic"),
         ("empty.pack", |b| b.clear(), "truncated pack"),
