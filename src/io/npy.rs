@@ -101,9 +101,13 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Array> {
     let body = &bytes[hstart + hlen..];
     let need = count.and_then(|c| c.checked_mul(dtype.size()));
     if need != Some(body.len()) {
+        let need = need.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
         return Err(bad(
             path,
-            format!("shape {shape:?} of {dtype:?} needs {need:?} data bytes, the file holds {}", body.len()),
+            format!(
+                "shape {shape:?} of {dtype:?} needs {need} data bytes (overflow-checked), the file holds {}",
+                body.len()
+            ),
         ));
     }
     let data = match dtype {
@@ -219,6 +223,16 @@ mod tests {
         );
         let huge = edit("(1, 32, 32)", "(9999999999999, 32, 32)".get(..11).unwrap());
         assert!(parse(&huge, p).is_err());
+        // Declared sizes are compared with the bytes present, in words.
+        let e = parse(&edit("(1, 32, 32)", "(999999999)"), p).unwrap_err().to_string();
+        assert!(e.contains("needs 3999999996 data bytes") && e.contains("holds 4096"), "{e}");
+        let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967297, 4294967297), }\n".to_string();
+        header.insert_str(header.len() - 1, &" ".repeat(128 - 11 - header.len()));
+        let mut overflow = b"\x93NUMPY\x01\x00".to_vec();
+        overflow.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        overflow.extend_from_slice(header.as_bytes());
+        let e = parse(&overflow, p).unwrap_err().to_string();
+        assert!(e.contains("in.npy") && e.contains("needs more than 2^64 data bytes"), "{e}");
         assert!(parse(&edit("False", "True "), p).unwrap_err().to_string().contains("Fortran"));
         assert!(parse(&edit("<f4", ">f4"), p).unwrap_err().to_string().contains("dtype"));
     }

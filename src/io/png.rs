@@ -49,7 +49,12 @@ pub fn read_gray(path: &Path) -> Result<GrayImage> {
     // Palettes become RGB(A), bit depths below 8 become 8; 16-bit stays 16 so we pick the high byte ourselves.
     decoder.set_transformations(::png::Transformations::EXPAND);
     let mut reader = decoder.read_info().map_err(|e| format_err(path, format!("not a readable PNG: {e}")))?;
-    let size = reader.output_buffer_size().ok_or_else(|| format_err(path, "image too large to decode"))?;
+    // The png crate's `Limits` cover only its own intermediate buffers, not
+    // the output buffer allocated here, so the declared size is checked first.
+    let (w, h) = reader.info().size();
+    let size = reader.output_buffer_size().filter(|&s| s <= MAX_DECODED_BYTES).ok_or_else(|| {
+        format_err(path, format!("a {w}x{h} image is too large to decode (limit {MAX_DECODED_BYTES} bytes)"))
+    })?;
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).map_err(|e| format_err(path, format!("corrupt PNG data: {e}")))?;
     let (width, height) = (info.width as usize, info.height as usize);
@@ -196,5 +201,20 @@ mod tests {
         let e = read_strip(&junk).unwrap_err().to_string();
         assert!(e.contains("junk.png"), "{e}");
         assert!(read_strip(&tmp("missing.png")).is_err());
+    }
+
+    #[test]
+    fn huge_declared_dimensions_are_refused_before_allocating() {
+        // A valid header declaring 60000 x 60000 RGBA16 (28.8 GB), with no image data.
+        let p = tmp("huge.png");
+        let file = std::fs::File::create(&p).unwrap();
+        let mut enc = ::png::Encoder::new(std::io::BufWriter::new(file), 60000, 60000);
+        enc.set_color(::png::ColorType::Rgba);
+        enc.set_depth(::png::BitDepth::Sixteen);
+        let mut w = enc.write_header().unwrap();
+        w.write_chunk(::png::chunk::IDAT, &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]).unwrap();
+        drop(w);
+        let e = read_gray(&p).unwrap_err().to_string();
+        assert!(e.contains("huge.png") && e.contains("60000x60000") && e.contains("too large"), "{e}");
     }
 }
