@@ -205,10 +205,7 @@ fn check(cmd: &str, args: Args, cases: &[Case]) {
             case.expect
         );
         let after = snapshot(&d);
-        // Known: a --resume run writes its config.json before it reads the
-        // checkpoint (complete, written atomically, but left behind).
-        let kept = |k: &Path| cmd == "train-resume" && k.ends_with("config.json");
-        let added: Vec<_> = after.keys().filter(|k| !before.contains_key(*k) && !kept(k)).collect();
+        let added: Vec<_> = after.keys().filter(|k| !before.contains_key(*k)).collect();
         assert!(added.is_empty(), "{cmd} / {}: left {added:?} behind", case.name);
         assert!(before.iter().all(|(k, v)| after.get(k) == Some(v)), "{cmd} / {}: an input file changed", case.name);
     }

@@ -270,8 +270,8 @@ pub fn run_denoiser(
     out: &Path,
     resume: bool,
 ) -> Result<(Network, Vec<EpochMetrics>)> {
-    let run = RunDir::create(out)?;
-    run.write_config(cfg, &serde_json::json!({ "stage": "denoiser", "dataset": ds.root.display().to_string() }))?;
+    let run =
+        RunDir::create(out, serde_json::json!({ "stage": "denoiser", "dataset": ds.root.display().to_string() }))?;
     denoiser::train(cfg, &ds.data, &ds.train, &ds.test, &run, resume)
 }
 
@@ -320,8 +320,8 @@ pub fn run_descriptor(
     out: &Path,
     resume: bool,
 ) -> Result<(Network, Vec<EpochMetrics>)> {
-    let run = RunDir::create(out)?;
-    run.write_config(cfg, &serde_json::json!({ "stage": "descriptor", "dataset": ds.root.display().to_string() }))?;
+    let run =
+        RunDir::create(out, serde_json::json!({ "stage": "descriptor", "dataset": ds.root.display().to_string() }))?;
     // With a denoiser, every patch is denoised once into a cached pack: the
     // training sequences feed the sampler, the test sequences the evaluation.
     let denoised = match denoiser {

@@ -22,13 +22,16 @@ use std::path::{Path, PathBuf};
 /// The files of one training stage.
 pub struct RunDir {
     pub dir: PathBuf,
+    /// Recorded in `config.json` beside the configuration (stage, dataset, ...).
+    pub extra: serde_json::Value,
 }
 
 impl RunDir {
-    /// Creates the folder (and parents) if needed.
-    pub fn create(dir: &Path) -> Result<RunDir> {
+    /// Creates the folder (and parents) if needed. `config.json` is written
+    /// only once a run has really started (after any checkpoint was accepted).
+    pub fn create(dir: &Path, extra: serde_json::Value) -> Result<RunDir> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        Ok(RunDir { dir: dir.to_path_buf() })
+        Ok(RunDir { dir: dir.to_path_buf(), extra })
     }
     pub fn checkpoint(&self) -> PathBuf {
         self.dir.join("checkpoint.safetensors")
@@ -43,9 +46,9 @@ impl RunDir {
         self.dir.join("config.json")
     }
 
-    pub fn write_config(&self, cfg: &TrainConfig, extra: &serde_json::Value) -> Result<()> {
+    pub fn write_config(&self, cfg: &TrainConfig) -> Result<()> {
         let mut v = serde_json::to_value(cfg).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        if let (Some(obj), Some(more)) = (v.as_object_mut(), extra.as_object()) {
+        if let (Some(obj), Some(more)) = (v.as_object_mut(), self.extra.as_object()) {
             for (k, x) in more {
                 obj.insert(k.clone(), x.clone());
             }
@@ -94,6 +97,7 @@ pub fn start(model: &Model, cfg: &TrainConfig, run: &RunDir, resume: bool) -> Re
         }
         let mut optimizer = Optimizer::new(cfg.optimizer.clone(), ck.params.len())?;
         optimizer.state = ck.optimizer;
+        run.write_config(cfg)?;
         return Ok(State {
             params: ck.params,
             optimizer,
@@ -111,6 +115,7 @@ pub fn start(model: &Model, cfg: &TrainConfig, run: &RunDir, resume: bool) -> Re
     }
     let params = model.init_params(&mut Rng::stream(cfg.seed, 1));
     let optimizer = Optimizer::new(cfg.optimizer.clone(), params.len())?;
+    run.write_config(cfg)?;
     Ok(State {
         params,
         optimizer,
