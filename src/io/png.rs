@@ -42,10 +42,19 @@ fn format_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Format { path: path.to_path_buf(), msg: msg.into() }
 }
 
-/// Decodes any PNG into 8-bit gray.
+/// Decodes any PNG file into 8-bit gray.
 pub fn read_gray(path: &Path) -> Result<GrayImage> {
     let file = File::open(path).map_err(|e| io_err(path, e))?;
-    let mut decoder = ::png::Decoder::new_with_limits(BufReader::new(file), ::png::Limits { bytes: MAX_DECODED_BYTES });
+    decode(BufReader::new(file), path)
+}
+
+/// Decodes PNG bytes already in memory into 8-bit gray; `path` names them in errors.
+pub fn decode_gray(bytes: &[u8], path: &Path) -> Result<GrayImage> {
+    decode(std::io::Cursor::new(bytes), path)
+}
+
+fn decode<R: std::io::BufRead + std::io::Seek>(input: R, path: &Path) -> Result<GrayImage> {
+    let mut decoder = ::png::Decoder::new_with_limits(input, ::png::Limits { bytes: MAX_DECODED_BYTES });
     // Palettes become RGB(A), bit depths below 8 become 8; 16-bit stays 16 so we pick the high byte ourselves.
     decoder.set_transformations(::png::Transformations::EXPAND);
     let mut reader = decoder.read_info().map_err(|e| format_err(path, format!("not a readable PNG: {e}")))?;
@@ -196,5 +205,15 @@ mod tests {
         let e = read_strip(&junk).unwrap_err().to_string();
         assert!(e.contains("junk.png"), "{e}");
         assert!(read_strip(&tmp("missing.png")).is_err());
+    }
+
+    #[test]
+    fn decode_gray_matches_read_gray() {
+        let p = tmp("bytes.png");
+        encode(&p, 2, 1, ::png::ColorType::Rgb, ::png::BitDepth::Eight, &[255, 0, 0, 10, 200, 30]);
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(decode_gray(&bytes, &p).unwrap(), read_gray(&p).unwrap());
+        let e = decode_gray(&bytes[..20], &p).unwrap_err().to_string();
+        assert!(e.contains("bytes.png"), "{e}");
     }
 }
