@@ -19,6 +19,10 @@ use std::path::Path;
 /// strip is under 10 MB); bigger declared sizes are refused before allocating.
 const MAX_DECODED_BYTES: usize = 1 << 30;
 
+/// Deflate's largest expansion (zlib's documented maximum compression factor):
+/// a PNG of `n` bytes cannot hold more than about `1032 n` bytes of pixel data.
+const MAX_DEFLATE_RATIO: u128 = 1032;
+
 /// An 8-bit gray image, row-major.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrayImage {
@@ -45,19 +49,35 @@ fn format_err(path: &Path, msg: impl Into<String>) -> Error {
 /// Decodes any PNG file into 8-bit gray.
 pub fn read_gray(path: &Path) -> Result<GrayImage> {
     let file = File::open(path).map_err(|e| io_err(path, e))?;
-    decode(BufReader::new(file), path)
+    let len = file.metadata().map_err(|e| io_err(path, e))?.len();
+    decode(BufReader::new(file), len, path)
 }
 
 /// Decodes PNG bytes already in memory into 8-bit gray; `path` names them in errors.
 pub fn decode_gray(bytes: &[u8], path: &Path) -> Result<GrayImage> {
-    decode(std::io::Cursor::new(bytes), path)
+    decode(std::io::Cursor::new(bytes), bytes.len() as u64, path)
 }
 
-fn decode<R: std::io::BufRead + std::io::Seek>(input: R, path: &Path) -> Result<GrayImage> {
+/// Decodes `input`, `input_len` bytes long.
+fn decode<R: std::io::BufRead + std::io::Seek>(input: R, input_len: u64, path: &Path) -> Result<GrayImage> {
     let mut decoder = ::png::Decoder::new_with_limits(input, ::png::Limits { bytes: MAX_DECODED_BYTES });
     // Palettes become RGB(A), bit depths below 8 become 8; 16-bit stays 16 so we pick the high byte ourselves.
     decoder.set_transformations(::png::Transformations::EXPAND);
     let mut reader = decoder.read_info().map_err(|e| format_err(path, format!("not a readable PNG: {e}")))?;
+    // The header's size is only a claim: refuse one the file's bytes cannot
+    // possibly hold before allocating for it (a 100-byte file could otherwise
+    // demand a 1 GiB buffer).
+    let head = reader.info();
+    let pixel_bits = head.width as u128 * head.height as u128 * head.bits_per_pixel() as u128;
+    if pixel_bits / 8 > MAX_DEFLATE_RATIO * (input_len as u128 + 1024) {
+        return Err(format_err(
+            path,
+            format!(
+                "header declares a {}x{} image, more pixel data than its {input_len} bytes can hold",
+                head.width, head.height
+            ),
+        ));
+    }
     let size = reader.output_buffer_size().ok_or_else(|| format_err(path, "image too large to decode"))?;
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).map_err(|e| format_err(path, format!("corrupt PNG data: {e}")))?;
@@ -215,5 +235,38 @@ mod tests {
         assert_eq!(decode_gray(&bytes, &p).unwrap(), read_gray(&p).unwrap());
         let e = decode_gray(&bytes[..20], &p).unwrap_err().to_string();
         assert!(e.contains("bytes.png"), "{e}");
+    }
+
+    /// CRC-32 of PNG chunks (ISO 3309), to forge a consistent header.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+
+    #[test]
+    fn huge_declared_size_in_a_tiny_file_is_refused_before_allocating() {
+        // Found by the `png` fuzz target: a ~100-byte file declaring 4 x 268M
+        // pixels made the decoder allocate 1 GiB before reading any data.
+        let p = tmp("huge.png");
+        encode(&p, 4, 6, ::png::ColorType::Grayscale, ::png::BitDepth::Eight, &[0; 24]);
+        let mut bytes = std::fs::read(&p).unwrap();
+        // IHDR: length at 8, type at 12, width at 16, height at 20, CRC at 29.
+        bytes[20..24].copy_from_slice(&0x1000_0006u32.to_be_bytes());
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+        let e = decode_gray(&bytes, &p).unwrap_err().to_string();
+        assert!(e.contains("huge.png") && e.contains("4x268435462"), "{e}");
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(read_gray(&p).unwrap_err().to_string().contains("can hold"));
+        // Highly compressible but honest images still decode.
+        let big = tmp("big.png");
+        write_gray(&big, &GrayImage { width: 512, height: 2048, pixels: vec![0; 512 * 2048] }).unwrap();
+        assert_eq!(read_gray(&big).unwrap().pixels.len(), 512 * 2048);
     }
 }
