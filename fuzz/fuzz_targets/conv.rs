@@ -29,7 +29,8 @@ fuzz_target!(|data: &[u8]| {
     l.forward(&mut out, &x, &wt, spec.bias.then_some(&b[..]), n, &mut ws).unwrap();
     let (g, s) = (l.win, l.spec);
     for (idx, &o) in out.iter().enumerate() {
-        let (ox, oy, co, i) = (idx % g.wo, idx / g.wo % g.ho, idx / (g.wo * g.ho) % s.cout, idx / (g.wo * g.ho * s.cout));
+        let (ox, oy, co, i) =
+            (idx % g.wo, idx / g.wo % g.ho, idx / (g.wo * g.ho) % s.cout, idx / (g.wo * g.ho * s.cout));
         let mut acc = if s.bias { b[co] } else { 0.0 };
         for ci in 0..s.cin {
             for ki in 0..s.kh {

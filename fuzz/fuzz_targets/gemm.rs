@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let (rsa, csa, la) = layout(&mut b, m, k);
     let (rsb, csb, lb) = layout(&mut b, k, n);
     let (rsc, csc, lc) = layout(&mut b, m, n);
-    let mut val = |b: &mut Bytes<'_>| (b.byte() as f32 - 128.0) / 64.0;
+    let val = |b: &mut Bytes<'_>| (b.byte() as f32 - 128.0) / 64.0;
     let a: Vec<f32> = (0..la).map(|_| val(&mut b)).collect();
     let bm: Vec<f32> = (0..lb).map(|_| val(&mut b)).collect();
     let c0: Vec<f32> = (0..lc).map(|_| val(&mut b)).collect();

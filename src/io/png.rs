@@ -19,6 +19,10 @@ use std::path::Path;
 /// strip is under 10 MB); bigger declared sizes are refused before allocating.
 const MAX_DECODED_BYTES: usize = 1 << 30;
 
+/// Deflate's largest expansion (zlib's documented maximum compression factor):
+/// a PNG of `n` bytes cannot hold more than about `1032 n` bytes of pixel data.
+const MAX_DEFLATE_RATIO: u128 = 1032;
+
 /// An 8-bit gray image, row-major.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrayImage {
@@ -42,19 +46,41 @@ fn format_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Format { path: path.to_path_buf(), msg: msg.into() }
 }
 
-/// Decodes any PNG into 8-bit gray.
+/// Decodes any PNG file into 8-bit gray.
 pub fn read_gray(path: &Path) -> Result<GrayImage> {
     let file = File::open(path).map_err(|e| io_err(path, e))?;
-    let mut decoder = ::png::Decoder::new_with_limits(BufReader::new(file), ::png::Limits { bytes: MAX_DECODED_BYTES });
+    let len = file.metadata().map_err(|e| io_err(path, e))?.len();
+    decode(BufReader::new(file), len, path)
+}
+
+/// Decodes PNG bytes already in memory into 8-bit gray; `path` names them in errors.
+pub fn decode_gray(bytes: &[u8], path: &Path) -> Result<GrayImage> {
+    decode(std::io::Cursor::new(bytes), bytes.len() as u64, path)
+}
+
+/// Decodes `input`, `input_len` bytes long.
+fn decode<R: std::io::BufRead + std::io::Seek>(input: R, input_len: u64, path: &Path) -> Result<GrayImage> {
+    let mut decoder = ::png::Decoder::new_with_limits(input, ::png::Limits { bytes: MAX_DECODED_BYTES });
     // Palettes become RGB(A), bit depths below 8 become 8; 16-bit stays 16 so we pick the high byte ourselves.
     decoder.set_transformations(::png::Transformations::EXPAND);
     let mut reader = decoder.read_info().map_err(|e| format_err(path, format!("not a readable PNG: {e}")))?;
-    // The png crate's `Limits` cover only its own intermediate buffers, not
-    // the output buffer allocated here, so the declared size is checked first.
-    let (w, h) = reader.info().size();
+    // The header's size is only a claim, and the png crate's `Limits` cover
+    // only its own intermediate buffers, not the output buffer allocated
+    // here: refuse a size beyond what nhpatch decodes at all, then one the
+    // file's bytes cannot possibly hold (a 100-byte file could otherwise
+    // demand a 1 GiB buffer).
+    let head = reader.info();
+    let (w, h) = (head.width, head.height);
     let size = reader.output_buffer_size().filter(|&s| s <= MAX_DECODED_BYTES).ok_or_else(|| {
         format_err(path, format!("a {w}x{h} image is too large to decode (limit {MAX_DECODED_BYTES} bytes)"))
     })?;
+    let pixel_bits = head.width as u128 * head.height as u128 * head.bits_per_pixel() as u128;
+    if pixel_bits / 8 > MAX_DEFLATE_RATIO * (input_len as u128 + 1024) {
+        return Err(format_err(
+            path,
+            format!("header declares a {w}x{h} image, more pixel data than its {input_len} bytes can hold"),
+        ));
+    }
     let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).map_err(|e| format_err(path, format!("corrupt PNG data: {e}")))?;
     let (width, height) = (info.width as usize, info.height as usize);
@@ -216,5 +242,49 @@ mod tests {
         drop(w);
         let e = read_gray(&p).unwrap_err().to_string();
         assert!(e.contains("huge.png") && e.contains("60000x60000") && e.contains("too large"), "{e}");
+    }
+
+    #[test]
+    fn decode_gray_matches_read_gray() {
+        let p = tmp("bytes.png");
+        encode(&p, 2, 1, ::png::ColorType::Rgb, ::png::BitDepth::Eight, &[255, 0, 0, 10, 200, 30]);
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(decode_gray(&bytes, &p).unwrap(), read_gray(&p).unwrap());
+        let e = decode_gray(&bytes[..20], &p).unwrap_err().to_string();
+        assert!(e.contains("bytes.png"), "{e}");
+    }
+
+    /// CRC-32 of PNG chunks (ISO 3309), to forge a consistent header.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+
+    #[test]
+    fn huge_declared_size_in_a_tiny_file_is_refused_before_allocating() {
+        // Found by the `png` fuzz target: a ~100-byte file declaring 4 x 268M
+        // pixels made the decoder allocate 1 GiB before reading any data.
+        let p = tmp("huge.png");
+        encode(&p, 4, 6, ::png::ColorType::Grayscale, ::png::BitDepth::Eight, &[0; 24]);
+        let mut bytes = std::fs::read(&p).unwrap();
+        // IHDR: length at 8, type at 12, width at 16, height at 20, CRC at 29.
+        bytes[20..24].copy_from_slice(&0x1000_0006u32.to_be_bytes());
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+        let e = decode_gray(&bytes, &p).unwrap_err().to_string();
+        assert!(e.contains("huge.png") && e.contains("4x268435462"), "{e}");
+        std::fs::write(&p, &bytes).unwrap();
+        let e = read_gray(&p).unwrap_err().to_string();
+        assert!(e.contains("can hold") || e.contains("too large"), "{e}");
+        // Highly compressible but honest images still decode.
+        let big = tmp("big.png");
+        write_gray(&big, &GrayImage { width: 512, height: 2048, pixels: vec![0; 512 * 2048] }).unwrap();
+        assert_eq!(read_gray(&big).unwrap().pixels.len(), 512 * 2048);
     }
 }
