@@ -56,7 +56,8 @@ fn bench_gemm(c: &mut Criterion) {
         let mut out = vec![0.0f32; m * n];
         let av = MatRef::row_major(&a, m, k).unwrap();
         // conv7 multiplies by W^T: W is [128 x 8192] row-major, viewed transposed.
-        let bv = if b_transposed { MatRef::row_major(&b, n, k).unwrap().t() } else { MatRef::row_major(&b, k, n).unwrap() };
+        let bv =
+            if b_transposed { MatRef::row_major(&b, n, k).unwrap().t() } else { MatRef::row_major(&b, k, n).unwrap() };
 
         let mut g = c.benchmark_group(format!("gemm/{name}"));
         g.throughput(Throughput::Elements(flop as u64));

@@ -156,7 +156,16 @@ fn every_shape_up_to_17_matches_naive() {
                 for k in 0..=17 {
                     let r = (m + 3 * n + 7 * k) % 12;
                     let (alpha, beta) = scalars[r % 3];
-                    let case = Case { m, n, k, la: LAYOUTS[r % 4], lb: LAYOUTS[(r / 4 + r) % 4], lc: LAYOUTS[(r / 3) % 4], alpha, beta };
+                    let case = Case {
+                        m,
+                        n,
+                        k,
+                        la: LAYOUTS[r % 4],
+                        lb: LAYOUTS[(r / 4 + r) % 4],
+                        lc: LAYOUTS[(r / 3) % 4],
+                        alpha,
+                        beta,
+                    };
                     check(kernel, case, case_no);
                     case_no += 1;
                 }

@@ -127,13 +127,10 @@ impl Bn {
     /// Training forward: (out, mean, inv_std, running_mean, running_var).
     fn train(&self, x: &[f32], gamma: &[f32], beta: &[f32]) -> [Vec<f32>; 5] {
         let c = self.s.c;
-        let (mut out, mut mean, mut is) =
-            (vec![f32::NAN; self.s.len()], vec![f32::NAN; c], vec![f32::NAN; c]);
+        let (mut out, mut mean, mut is) = (vec![f32::NAN; self.s.len()], vec![f32::NAN; c], vec![f32::NAN; c]);
         let (mut rm, mut rv) = (self.rm.clone(), self.rv.clone());
-        batchnorm::forward_train(
-            &mut out, &mut mean, &mut is, &mut rm, &mut rv, x, gamma, beta, self.s, &self.cfg,
-        )
-        .unwrap();
+        batchnorm::forward_train(&mut out, &mut mean, &mut is, &mut rm, &mut rv, x, gamma, beta, self.s, &self.cfg)
+            .unwrap();
         [out, mean, is, rm, rv]
     }
 
@@ -146,8 +143,7 @@ impl Bn {
     /// Training backward from ACC0-filled buffers: (dx, dgamma, dbeta) as added.
     fn train_grads(&self) -> [Vec<f32>; 3] {
         let [_, mean, is, _, _] = self.train(&self.x, &self.gamma, &self.beta);
-        let (mut dx, mut dg, mut db) =
-            (acc_buf(self.s.len()), acc_buf(self.gamma.len()), acc_buf(self.beta.len()));
+        let (mut dx, mut dg, mut db) = (acc_buf(self.s.len()), acc_buf(self.gamma.len()), acc_buf(self.beta.len()));
         let mut scratch = vec![f32::NAN; 2 * self.s.c];
         batchnorm::backward_train(
             &mut dx,
@@ -167,8 +163,7 @@ impl Bn {
     }
 
     fn eval_grads(&self) -> [Vec<f32>; 3] {
-        let (mut dx, mut dg, mut db) =
-            (acc_buf(self.s.len()), acc_buf(self.gamma.len()), acc_buf(self.beta.len()));
+        let (mut dx, mut dg, mut db) = (acc_buf(self.s.len()), acc_buf(self.gamma.len()), acc_buf(self.beta.len()));
         batchnorm::backward_eval(
             &mut dx,
             &mut dg,
@@ -213,9 +208,8 @@ proptest! {
 fn bn_reference_stats(x: &[f32], s: Shape4) -> Vec<(f64, f64)> {
     (0..s.c)
         .map(|c| {
-            let vals: Vec<f64> = (0..s.n)
-                .flat_map(|n| (0..s.plane()).map(move |p| x[(n * s.c + c) * s.plane() + p] as f64))
-                .collect();
+            let vals: Vec<f64> =
+                (0..s.n).flat_map(|n| (0..s.plane()).map(move |p| x[(n * s.c + c) * s.plane() + p] as f64)).collect();
             let m = vals.len() as f64;
             let mean = vals.iter().sum::<f64>() / m;
             (mean, vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / m)
@@ -250,20 +244,10 @@ fn batchnorm_forward_matches_f64_reference_and_updates_running_stats() {
             let (mu, var) = stats[c];
             let unbiased = var * m / (m - 1.0);
             assert!((mean[c] as f64 - mu).abs() < 1e-5 * mu.abs(), "mean[{c}]");
-            assert!(
-                (is[c] as f64 - 1.0 / (var + b.cfg.eps as f64).sqrt()).abs() < 1e-5 * is[c] as f64,
-                "inv_std[{c}]"
-            );
-            assert!(
-                (rm[c] as f64 - ((1.0 - mom) * b.rm[c] as f64 + mom * mu)).abs() < 1e-4,
-                "running_mean[{c}]"
-            );
+            assert!((is[c] as f64 - 1.0 / (var + b.cfg.eps as f64).sqrt()).abs() < 1e-5 * is[c] as f64, "inv_std[{c}]");
+            assert!((rm[c] as f64 - ((1.0 - mom) * b.rm[c] as f64 + mom * mu)).abs() < 1e-4, "running_mean[{c}]");
             let want_rv = (1.0 - mom) * b.rv[c] as f64 + mom * unbiased;
-            assert!(
-                (rv[c] as f64 - want_rv).abs() < 1e-5 * want_rv,
-                "running_var[{c}]: {} vs {want_rv}",
-                rv[c]
-            );
+            assert!((rv[c] as f64 - want_rv).abs() < 1e-5 * want_rv, "running_var[{c}]: {} vs {want_rv}", rv[c]);
         }
     }
 }
@@ -283,9 +267,7 @@ fn batchnorm_one_value_per_channel_uses_zero_variance_for_running_var() {
 fn batchnorm_results_do_not_depend_on_thread_count() {
     let b = Bn::new(Shape4::new(8, 16, 32, 32), true, 3);
     let run = |threads: usize| {
-        nhpatch::threads::pool(threads)
-            .unwrap()
-            .install(|| (b.train(&b.x, &b.gamma, &b.beta), b.train_grads()))
+        nhpatch::threads::pool(threads).unwrap().install(|| (b.train(&b.x, &b.gamma, &b.beta), b.train_grads()))
     };
     assert!(run(1) == run(2), "1 and 2 threads disagree");
 }
@@ -295,10 +277,7 @@ fn batchnorm_config_rejects_bad_arguments() {
     for (c, eps, mom) in
         [(0, 1e-5, 0.1), (4, 0.0, 0.1), (4, -1.0, 0.1), (4, f32::NAN, 0.1), (4, 1e-5, 1.5), (4, 1e-5, -0.1)]
     {
-        assert!(
-            matches!(BatchNormConfig::new(c, eps, mom, true), Err(Error::InvalidArgument(_))),
-            "{c} {eps} {mom}"
-        );
+        assert!(matches!(BatchNormConfig::new(c, eps, mom, true), Err(Error::InvalidArgument(_))), "{c} {eps} {mom}");
     }
 }
 
@@ -582,13 +561,7 @@ fn dropout_rejects_bad_rates_and_lengths() {
     }
     let cfg = DropoutConfig::new(0.5).unwrap();
     let (mut out, mut mask) = (vec![0.0; 4], vec![0u8; 4]);
-    assert!(is_shape_err(dropout::forward_train(
-        &mut out,
-        &mut mask[..3],
-        &[0.0; 4],
-        &mut Rng::new(1),
-        &cfg
-    )));
+    assert!(is_shape_err(dropout::forward_train(&mut out, &mut mask[..3], &[0.0; 4], &mut Rng::new(1), &cfg)));
     assert!(is_shape_err(dropout::forward_train(&mut out, &mut mask, &[0.0; 5], &mut Rng::new(1), &cfg)));
     assert!(is_shape_err(dropout::forward_eval(&mut out, &[0.0; 3])));
     assert!(is_shape_err(dropout::backward_train(&mut out, &[0.0; 4], &mask[..2], &cfg)));
@@ -677,13 +650,7 @@ fn input_norm_rejects_bad_lengths() {
     let (x, mut out, mut m, mut d) = (vec![0.0; 8], vec![0.0; 8], vec![0.0; 2], vec![0.0; 2]);
     assert!(is_shape_err(input_norm::forward(&mut out, &mut m[..1], &mut d, &x, s)));
     assert!(is_shape_err(input_norm::forward(&mut out, &mut m, &mut d, &x[1..], s)));
-    assert!(is_shape_err(input_norm::forward(
-        &mut [0.0; 2],
-        &mut m,
-        &mut d,
-        &[0.0; 2],
-        Shape4::new(2, 1, 1, 1)
-    )));
+    assert!(is_shape_err(input_norm::forward(&mut [0.0; 2], &mut m, &mut d, &[0.0; 2], Shape4::new(2, 1, 1, 1))));
     assert!(is_shape_err(input_norm::backward(&mut out, &x, &x, &m, &d[..1], s)));
     assert!(is_shape_err(input_norm::backward(&mut out[1..], &x, &x, &m, &d, s)));
 }
@@ -796,8 +763,7 @@ fn every_backward_accumulates() {
     let mut scratch = vec![0.0; 2 * s.c];
     doubles("bn train", &[s.len(), s.c, s.c], |g| {
         let [dx, dg, db] = g else { unreachable!() };
-        batchnorm::backward_train(dx, dg, db, &mut scratch, &r, &b.x, &b.gamma, &mean, &is, s, &b.cfg)
-            .unwrap()
+        batchnorm::backward_train(dx, dg, db, &mut scratch, &r, &b.x, &b.gamma, &mean, &is, s, &b.cfg).unwrap()
     });
     doubles("bn eval", &[s.len(), s.c, s.c], |g| {
         let [dx, dg, db] = g else { unreachable!() };

@@ -312,11 +312,21 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
                                 // j < NR, are inside the checked view C and
                                 // contiguous along j. `gemm_with` checked the
                                 // CPU features.
-                                unsafe { K::tile(rows, Tile { kc, a: ap, b: bp, bs, alpha, beta, c: cp.add(i0 * crs + j0), rsc: crs }) };
+                                unsafe {
+                                    K::tile(
+                                        rows,
+                                        Tile { kc, a: ap, b: bp, bs, alpha, beta, c: cp.add(i0 * crs + j0), rsc: crs },
+                                    )
+                                };
                             } else {
                                 let mut t = [0.0f32; MAX_TILE];
                                 // SAFETY: as above, into the local NR-wide tile.
-                                unsafe { K::tile(rows, Tile { kc, a: ap, b: bp, bs, alpha, beta: 0.0, c: t.as_mut_ptr(), rsc: NR }) };
+                                unsafe {
+                                    K::tile(
+                                        rows,
+                                        Tile { kc, a: ap, b: bp, bs, alpha, beta: 0.0, c: t.as_mut_ptr(), rsc: NR },
+                                    )
+                                };
                                 for i in 0..rows {
                                     for j in 0..nr {
                                         // SAFETY: (i0 + i, j0 + j) is inside C.

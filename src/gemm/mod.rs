@@ -51,10 +51,7 @@ fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
     if rows == 0 || cols == 0 {
         return Some(0);
     }
-    (rows - 1)
-        .checked_mul(rs)?
-        .checked_add((cols - 1).checked_mul(cs)?)?
-        .checked_add(1)
+    (rows - 1).checked_mul(rs)?.checked_add((cols - 1).checked_mul(cs)?)?.checked_add(1)
 }
 
 fn check_view(what: &str, len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> Result<()> {
@@ -239,7 +236,10 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) 
 pub fn gemm_with(kernel: Kernel, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) -> Result<()> {
     check_dims(&a, &b, &c)?;
     if !kernel.is_available() {
-        return Err(Error::Unsupported(format!("GEMM kernel '{}' needs CPU features this machine lacks", kernel.name())));
+        return Err(Error::Unsupported(format!(
+            "GEMM kernel '{}' needs CPU features this machine lacks",
+            kernel.name()
+        )));
     }
     let (m, n, k) = (c.rows, c.cols, a.cols);
     if m == 0 || n == 0 {

@@ -81,7 +81,14 @@ pub(crate) unsafe fn pack_panels(
 /// `src` must point at element (0, 0) of a block inside one allocation whose
 /// elements `(d, p)` lie at `src + d + p * s_depth`. (Prefetches never fault,
 /// but the pointer arithmetic must stay in bounds.)
-pub(crate) unsafe fn prefetch_share(src: *const f32, dim: usize, depth: usize, s_depth: usize, part: usize, parts: usize) {
+pub(crate) unsafe fn prefetch_share(
+    src: *const f32,
+    dim: usize,
+    depth: usize,
+    s_depth: usize,
+    part: usize,
+    parts: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};

@@ -80,9 +80,7 @@ impl BatchNormConfig {
             return Err(shape_err!("batchnorm: a {shape} tensor for a layer of {} channels", self.channels));
         }
         let groups = [(tensors, shape.len()), (params, self.param_len()), (stats, self.channels)];
-        groups
-            .iter()
-            .try_for_each(|(bufs, want)| bufs.iter().try_for_each(|&(what, len)| check_len(what, len, *want)))
+        groups.iter().try_for_each(|(bufs, want)| bufs.iter().try_for_each(|&(what, len)| check_len(what, len, *want)))
     }
 }
 
@@ -112,15 +110,14 @@ fn for_each_plane(
     if img == 0 || plane == 0 {
         return;
     }
-    out.par_chunks_mut(img)
-        .zip(a.par_chunks(img).zip(b.par_chunks(img)))
-        .with_min_len(par_min_items(img))
-        .for_each(|(o, (a, b))| {
+    out.par_chunks_mut(img).zip(a.par_chunks(img).zip(b.par_chunks(img))).with_min_len(par_min_items(img)).for_each(
+        |(o, (a, b))| {
             let planes = o.chunks_exact_mut(plane).zip(a.chunks_exact(plane).zip(b.chunks_exact(plane)));
             for (c, (o, (a, b))) in planes.enumerate() {
                 f(c, o, a, b);
             }
-        });
+        },
+    );
 }
 
 /// `out = gamma * (x - mu) * inv_std + beta` with `(mu, inv_std) = stats(c)`.
@@ -265,12 +262,10 @@ pub fn backward_train(
     )?;
     check_len("batchnorm backward: scratch", scratch.len(), 2 * cfg.channels)?;
     let m = train_count(shape)?;
-    scratch.par_chunks_mut(2).enumerate().with_min_len(par_min_items(m)).try_for_each(
-        |(c, s)| -> Result<()> {
-            (s[0], s[1]) = grad_sums(dout, x, mean[c], inv_std[c] as f64, shape, c)?;
-            Ok(())
-        },
-    )?;
+    scratch.par_chunks_mut(2).enumerate().with_min_len(par_min_items(m)).try_for_each(|(c, s)| -> Result<()> {
+        (s[0], s[1]) = grad_sums(dout, x, mean[c], inv_std[c] as f64, shape, c)?;
+        Ok(())
+    })?;
     accumulate_affine(dgamma, dbeta, scratch);
     let sums: &[f32] = scratch;
     let inv_m = 1.0 / m as f32;

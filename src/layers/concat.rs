@@ -30,13 +30,11 @@ pub fn forward(out: &mut [f32], a: &[f32], b: &[f32], sa: Shape4, sb: Shape4) ->
         return Ok(());
     }
     let (ia, ib) = (sa.image_len(), sb.image_len());
-    out.par_chunks_mut(so.image_len()).enumerate().with_min_len(par_min_items(so.image_len())).for_each(
-        |(n, o)| {
-            let (oa, ob) = o.split_at_mut(ia);
-            oa.copy_from_slice(&a[n * ia..(n + 1) * ia]);
-            ob.copy_from_slice(&b[n * ib..(n + 1) * ib]);
-        },
-    );
+    out.par_chunks_mut(so.image_len()).enumerate().with_min_len(par_min_items(so.image_len())).for_each(|(n, o)| {
+        let (oa, ob) = o.split_at_mut(ia);
+        oa.copy_from_slice(&a[n * ia..(n + 1) * ia]);
+        ob.copy_from_slice(&b[n * ib..(n + 1) * ib]);
+    });
     Ok(())
 }
 

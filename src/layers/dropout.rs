@@ -35,13 +35,7 @@ impl DropoutConfig {
 }
 
 /// Draws `mask` from `rng` and writes `out = x * mask / (1 - p)`.
-pub fn forward_train(
-    out: &mut [f32],
-    mask: &mut [u8],
-    x: &[f32],
-    rng: &mut Rng,
-    cfg: &DropoutConfig,
-) -> Result<()> {
+pub fn forward_train(out: &mut [f32], mask: &mut [u8], x: &[f32], rng: &mut Rng, cfg: &DropoutConfig) -> Result<()> {
     check_len("dropout forward: mask", mask.len(), out.len())?;
     check_len("dropout forward: x", x.len(), out.len())?;
     let scale = cfg.keep_scale();

@@ -31,13 +31,7 @@ fn check(shape: Shape4, bufs: &[(&str, usize)], stats: &[(&str, usize)]) -> Resu
 }
 
 /// `out = (x - mean) / std_eps` per patch; saves `mean` and `std_eps = s + 1e-7`.
-pub fn forward(
-    out: &mut [f32],
-    mean: &mut [f32],
-    std_eps: &mut [f32],
-    x: &[f32],
-    shape: Shape4,
-) -> Result<()> {
+pub fn forward(out: &mut [f32], mean: &mut [f32], std_eps: &mut [f32], x: &[f32], shape: Shape4) -> Result<()> {
     check(
         shape,
         &[("input_norm forward: out", out.len()), ("input_norm forward: x", x.len())],
@@ -65,14 +59,7 @@ pub fn forward(
 }
 
 /// `dx += d out / d x applied to dout`, from the saved `mean` and `std_eps`.
-pub fn backward(
-    dx: &mut [f32],
-    dout: &[f32],
-    x: &[f32],
-    mean: &[f32],
-    std_eps: &[f32],
-    shape: Shape4,
-) -> Result<()> {
+pub fn backward(dx: &mut [f32], dout: &[f32], x: &[f32], mean: &[f32], std_eps: &[f32], shape: Shape4) -> Result<()> {
     check(
         shape,
         &[

@@ -28,11 +28,8 @@ pub fn forward(out: &mut [f32], norm: &mut [f32], x: &[f32], shape: Shape4) -> R
         norm.fill(0.0);
         return Ok(());
     }
-    out.par_chunks_mut(d)
-        .zip(norm.par_iter_mut())
-        .zip(x.par_chunks(d))
-        .with_min_len(par_min_items(d))
-        .try_for_each(|((o, nrm), x)| -> Result<()> {
+    out.par_chunks_mut(d).zip(norm.par_iter_mut()).zip(x.par_chunks(d)).with_min_len(par_min_items(d)).try_for_each(
+        |((o, nrm), x)| -> Result<()> {
             let n = dot(x, x)?.sqrt();
             let inv = 1.0 / n.max(MIN_NORM as f64);
             for (o, &x) in o.iter_mut().zip(x) {
@@ -40,7 +37,8 @@ pub fn forward(out: &mut [f32], norm: &mut [f32], x: &[f32], shape: Shape4) -> R
             }
             *nrm = n as f32;
             Ok(())
-        })
+        },
+    )
 }
 
 /// `dx += J^T dout` from the saved `norm`.
@@ -60,11 +58,8 @@ pub fn backward(dx: &mut [f32], dout: &[f32], x: &[f32], norm: &[f32], shape: Sh
         .try_for_each(|((dx, (g, x)), &n)| -> Result<()> {
             let n = n as f64;
             // Below the clamp the denominator is a constant: no projection term.
-            let (inv, k) = if n > MIN_NORM as f64 {
-                (1.0 / n, dot(g, x)? / (n * n * n))
-            } else {
-                (1.0 / MIN_NORM as f64, 0.0)
-            };
+            let (inv, k) =
+                if n > MIN_NORM as f64 { (1.0 / n, dot(g, x)? / (n * n * n)) } else { (1.0 / MIN_NORM as f64, 0.0) };
             for ((dx, &g), &x) in dx.iter_mut().zip(g).zip(x) {
                 *dx += (g as f64 * inv - x as f64 * k) as f32;
             }

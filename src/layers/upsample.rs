@@ -22,18 +22,16 @@ pub fn forward(out: &mut [f32], x: &[f32], shape: Shape4) -> Result<()> {
         return Ok(());
     }
     let (plane, w) = (shape.plane(), shape.w);
-    out.par_chunks_mut(4 * plane).zip(x.par_chunks(plane)).with_min_len(par_min_items(4 * plane)).for_each(
-        |(o, x)| {
-            // Each input row fills two output rows of 2W.
-            for (o2, xr) in o.chunks_exact_mut(4 * w).zip(x.chunks_exact(w)) {
-                let (top, bottom) = o2.split_at_mut(2 * w);
-                for (t, &v) in top.chunks_exact_mut(2).zip(xr) {
-                    t.fill(v);
-                }
-                bottom.copy_from_slice(top);
+    out.par_chunks_mut(4 * plane).zip(x.par_chunks(plane)).with_min_len(par_min_items(4 * plane)).for_each(|(o, x)| {
+        // Each input row fills two output rows of 2W.
+        for (o2, xr) in o.chunks_exact_mut(4 * w).zip(x.chunks_exact(w)) {
+            let (top, bottom) = o2.split_at_mut(2 * w);
+            for (t, &v) in top.chunks_exact_mut(2).zip(xr) {
+                t.fill(v);
             }
-        },
-    );
+            bottom.copy_from_slice(top);
+        }
+    });
     Ok(())
 }
 
