@@ -151,6 +151,25 @@ impl Network {
         Self::from_file(&file, opts, path)
     }
 
+    /// Loads a denoiser (U-Net or DnCNN), refusing a file that holds a descriptor.
+    pub fn load_denoiser(path: &Path, opts: LoadOptions) -> Result<Network> {
+        let net = Self::load(path, opts)?;
+        if !net.arch().is_denoiser() {
+            return Err(format_err(path, format!("holds a {}, not a denoiser", net.arch())));
+        }
+        Ok(net)
+    }
+
+    /// Loads a HardNet descriptor, refusing a file that holds a denoiser.
+    pub fn load_descriptor(path: &Path, opts: LoadOptions) -> Result<Network> {
+        let net = Self::load(path, opts)?;
+        if net.arch().is_denoiser() {
+            let msg = format!("holds a {} denoiser, not a HardNet descriptor (pass it as --denoiser)", net.arch());
+            return Err(format_err(path, msg));
+        }
+        Ok(net)
+    }
+
     /// Builds a network from a parsed weights file; `path` names it in errors.
     pub fn from_file(file: &WeightsFile, opts: LoadOptions, path: &Path) -> Result<Network> {
         let arch = resolve_arch(file, opts, path)?;

@@ -214,26 +214,8 @@ pub fn input_version(input: &str) -> Result<Version> {
 
 /// Loads a descriptor (and optionally a denoiser), checking each is the right kind.
 pub fn load_networks(weights: &Path, denoiser: Option<&Path>) -> Result<(Network, Option<Network>)> {
-    let desc = Network::load(weights, LoadOptions::default())?;
-    if desc.arch().is_denoiser() {
-        return Err(Error::Format {
-            path: weights.to_path_buf(),
-            msg: format!("holds a {} denoiser, not a HardNet", desc.arch()),
-        });
-    }
-    let den = match denoiser {
-        Some(p) => {
-            let d = Network::load(p, LoadOptions::default())?;
-            if !d.arch().is_denoiser() {
-                return Err(Error::Format {
-                    path: p.to_path_buf(),
-                    msg: format!("holds a {}, not a denoiser", d.arch()),
-                });
-            }
-            Some(d)
-        }
-        None => None,
-    };
+    let desc = Network::load_descriptor(weights, LoadOptions::default())?;
+    let den = denoiser.map(|p| Network::load_denoiser(p, LoadOptions::default())).transpose()?;
     Ok((desc, den))
 }
 

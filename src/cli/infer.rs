@@ -61,11 +61,7 @@ fn check_output(path: &Path, allowed: &[&str]) -> Result<String> {
 }
 
 fn load_denoiser(path: &Path, model: Option<&str>) -> Result<Network> {
-    let net = Network::load(path, LoadOptions { arch: arch_arg(model, None)? })?;
-    if !net.arch().is_denoiser() {
-        return Err(Error::Format { path: path.to_path_buf(), msg: format!("holds a {}, not a denoiser", net.arch()) });
-    }
-    Ok(net)
+    Network::load_denoiser(path, LoadOptions { arch: arch_arg(model, None)? })
 }
 
 pub fn denoise(a: DenoiseArgs) -> Result<()> {

@@ -279,7 +279,7 @@ pub fn train_descriptor(a: TrainDescriptorArgs) -> Result<()> {
     let arch = arch_of("hardnet", Some(&a.variant))?;
     let input: InputKind = a.input.parse()?;
     let denoiser = match (input, &a.denoiser) {
-        (InputKind::Denoised, Some(p)) => Some(load_denoiser(p)?),
+        (InputKind::Denoised, Some(p)) => Some(Network::load_denoiser(p, LoadOptions::default())?),
         (InputKind::Denoised, None) => {
             return Err(Error::InvalidArgument("--input denoised needs --denoiser FILE".into()));
         }
@@ -301,14 +301,6 @@ pub fn train_descriptor(a: TrainDescriptorArgs) -> Result<()> {
         summary("descriptor", &m, &a.out);
         Ok(())
     })
-}
-
-pub fn load_denoiser(path: &Path) -> Result<Network> {
-    let d = Network::load(path, LoadOptions::default())?;
-    if !d.arch().is_denoiser() {
-        return Err(Error::Format { path: path.to_path_buf(), msg: format!("holds a {}, not a denoiser", d.arch()) });
-    }
-    Ok(d)
 }
 
 /// Trains (or resumes) a descriptor stage into `out`, evaluating on the split's

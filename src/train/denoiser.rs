@@ -5,7 +5,7 @@
 
 use super::config::TrainConfig;
 use super::metrics::EpochMetrics;
-use super::session::{self, RunDir, State};
+use super::session::{self, RunDir, State, tail_ws};
 use crate::data::pack::PackedDataset;
 use crate::data::sampler::Sampler;
 use crate::error::{Error, Result};
@@ -89,7 +89,7 @@ pub fn train(
         loop {
             let info = sampler.next_batch([&mut noisy, &mut clean])?;
             let n = info.items;
-            let w = if n == b { &mut ws } else { tail.get_or_insert(model.workspace(n)?) };
+            let w = if n == b { &mut ws } else { tail_ws(&mut tail, &model, n)? };
             grads.iter_mut().for_each(|g| *g = 0.0);
             let x = &noisy[..n * PATCH_LEN];
             let out = model.forward_train(w, &mut st.params, x, &mut st.dropout)?;

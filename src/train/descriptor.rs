@@ -10,7 +10,7 @@
 
 use super::config::TrainConfig;
 use super::metrics::{EpochMetrics, MapScores};
-use super::session::{self, RunDir, State};
+use super::session::{self, RunDir, State, tail_ws};
 use crate::data::hpatches::Version;
 use crate::data::pack::{PackWriter, PackedDataset};
 use crate::data::sampler::Sampler;
@@ -217,7 +217,7 @@ pub fn train(
         let (mut loss_sum, mut items, mut step) = (0.0f64, 0u64, 0u64);
         loop {
             let (n, last) = draw(&mut sampler, &mut x, b)?;
-            let w = if n == b { &mut ws } else { tail.get_or_insert(model.workspace(k * n)?) };
+            let w = if n == b { &mut ws } else { tail_ws(&mut tail, &model, k * n)? };
             grads.iter_mut().for_each(|g| *g = 0.0);
             let out = model.forward_train(w, &mut st.params, &x[..k * n * PATCH_LEN], &mut st.dropout)?;
             let d = &mut dout[..k * n * DESC_LEN];

@@ -13,7 +13,7 @@ use super::metrics::EpochMetrics;
 use crate::data::sampler::SamplerState;
 use crate::error::{Error, Result};
 use crate::io::{io_err, write_atomic};
-use crate::models::Model;
+use crate::models::{Model, Workspace};
 use crate::rng::Rng;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -174,4 +174,13 @@ pub fn progress(stage: &str, epoch: u64, epochs: u64, steps: u64, unit: &str) ->
     }
     bar.set_message(format!("0 {unit}/s"));
     bar
+}
+
+/// The workspace of an epoch's shorter last batch, created the first time
+/// it is needed and reused by every later epoch.
+pub fn tail_ws<'w>(tail: &'w mut Option<Workspace>, model: &Model, n: usize) -> Result<&'w mut Workspace> {
+    if tail.as_ref().is_none_or(|w| w.batch() != n) {
+        *tail = Some(model.workspace(n)?);
+    }
+    Ok(tail.as_mut().expect("set just above"))
 }
