@@ -181,7 +181,10 @@ fn pipeline(a: &RunArgs, den_arch: Arch, desc_arch: Arch, out: &Path, t_start: I
     let t = Instant::now();
     let denoised = PackedDataset::open(&desc_dir.join("denoised.pack"))?;
     let bench = Benchmark::prepare(&root, &a.split, None, 42)?;
-    let results = bench.evaluate_network(&denoised, &descriptor, None, Version::Clean)?;
+    let bar = nhpatch::train::session::spinner("final evaluation");
+    let results = bench.evaluate_network(&denoised, &descriptor, None, Version::Clean);
+    bar.finish_and_clear();
+    let results = results?;
     timings.push(("final evaluation", t.elapsed().as_secs_f64()));
     let json_path = out.join("results.json");
     let json = results.to_json();

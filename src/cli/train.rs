@@ -340,7 +340,11 @@ pub fn run_descriptor(
         None => (&ds.data, Version::Noisy),
     };
     let map = |net: &Network| -> Result<MapScores> {
-        let r = bench.evaluate_network(eval_data, net, None, eval_version)?;
+        let bar =
+            nhpatch::train::session::spinner(&format!("evaluating {} test patches", 16 * bench.catalog.patches()));
+        let r = bench.evaluate_network(eval_data, net, None, eval_version);
+        bar.finish_and_clear();
+        let r = r?;
         Ok(metrics::MapScores {
             verification: r.verification_map,
             matching: r.matching_map,

@@ -184,3 +184,18 @@ pub fn tail_ws<'w>(tail: &'w mut Option<Workspace>, model: &Model, n: usize) -> 
     }
     Ok(tail.as_mut().expect("set just above"))
 }
+
+/// A spinner with elapsed time for a stage without steps (evaluation,
+/// denoising the dataset) on a terminal; nothing otherwise.
+pub fn spinner(what: &str) -> ProgressBar {
+    if !std::io::stdout().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    if let Ok(st) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+        bar.set_style(st);
+    }
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
