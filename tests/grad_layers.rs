@@ -9,7 +9,7 @@ mod common;
 
 use common::{TOL, Tol, assert_close, check_grad, proj, rand_vec};
 use nhpatch::error::Error;
-use nhpatch::layers::batchnorm::{self, BatchNormConfig};
+use nhpatch::layers::batchnorm::{self, Activation::Identity, Activation::Relu, BatchNormConfig};
 use nhpatch::layers::dropout::{self, DropoutConfig};
 use nhpatch::layers::{Shape4, concat, input_norm, l2norm, maxpool, relu, reshape, residual, upsample};
 use nhpatch::rng::Rng;
@@ -129,14 +129,16 @@ impl Bn {
         let c = self.s.c;
         let (mut out, mut mean, mut is) = (vec![f32::NAN; self.s.len()], vec![f32::NAN; c], vec![f32::NAN; c]);
         let (mut rm, mut rv) = (self.rm.clone(), self.rv.clone());
-        batchnorm::forward_train(&mut out, &mut mean, &mut is, &mut rm, &mut rv, x, gamma, beta, self.s, &self.cfg)
-            .unwrap();
+        batchnorm::forward_train(
+            &mut out, &mut mean, &mut is, &mut rm, &mut rv, x, gamma, beta, self.s, &self.cfg, Identity,
+        )
+        .unwrap();
         [out, mean, is, rm, rv]
     }
 
     fn eval(&self, x: &[f32], gamma: &[f32], beta: &[f32]) -> Vec<f32> {
         let mut out = vec![f32::NAN; self.s.len()];
-        batchnorm::forward_eval(&mut out, x, gamma, beta, &self.rm, &self.rv, self.s, &self.cfg).unwrap();
+        batchnorm::forward_eval(&mut out, x, gamma, beta, &self.rm, &self.rv, self.s, &self.cfg, Identity).unwrap();
         out
     }
 
@@ -253,6 +255,34 @@ fn batchnorm_forward_matches_f64_reference_and_updates_running_stats() {
 }
 
 #[test]
+fn batchnorm_with_fused_relu_is_relu_of_batchnorm() {
+    let s = Shape4::new(3, 4, 5, 6);
+    let cfg = BatchNormConfig::pytorch(s.c, true).unwrap();
+    let mut rng = Rng::new(17);
+    let x = rand_vec(&mut rng, s.len(), -2.0, 2.0);
+    let (gamma, beta) = (rand_vec(&mut rng, s.c, 0.5, 1.5), rand_vec(&mut rng, s.c, -1.0, 1.0));
+    let run = |act, train: bool| {
+        let (mut out, mut mean, mut is) = (vec![f32::NAN; s.len()], vec![0.0; s.c], vec![0.0; s.c]);
+        let (mut rm, mut rv) = (vec![0.1; s.c], vec![2.0; s.c]);
+        if train {
+            batchnorm::forward_train(&mut out, &mut mean, &mut is, &mut rm, &mut rv, &x, &gamma, &beta, s, &cfg, act)
+        } else {
+            batchnorm::forward_eval(&mut out, &x, &gamma, &beta, &rm, &rv, s, &cfg, act)
+        }
+        .unwrap();
+        (out, mean, is, rm, rv)
+    };
+    for train in [true, false] {
+        let (plain, m0, i0, rm0, rv0) = run(Identity, train);
+        let (fused, m1, i1, rm1, rv1) = run(Relu, train);
+        let want: Vec<f32> = plain.iter().map(|v| v.max(0.0)).collect();
+        assert_eq!(fused, want, "train {train}");
+        assert!(fused.iter().any(|&v| v == 0.0) && fused.iter().any(|&v| v > 0.0));
+        assert_eq!((m0, i0, rm0, rv0), (m1, i1, rm1, rv1), "statistics do not depend on the activation");
+    }
+}
+
+#[test]
 fn batchnorm_one_value_per_channel_uses_zero_variance_for_running_var() {
     let b = Bn::new(Shape4::new(1, 2, 1, 1), true, 5);
     let [out, _, _, rm, rv] = b.train(&b.x, &b.gamma, &b.beta);
@@ -288,8 +318,8 @@ fn bn_calls(l: [usize; 4], shape: Shape4, cfg: &BatchNormConfig) -> [bool; 4] {
     let (mut o, mut p1, mut p2, mut sc) = (t.clone(), p.clone(), p.clone(), vec![0.0; l[3]]);
     let (mut c1, mut c2, mut c3, mut c4) = (c.clone(), c.clone(), c.clone(), c.clone());
     [
-        batchnorm::forward_train(&mut o, &mut c1, &mut c2, &mut c3, &mut c4, &t, &p, &p, shape, cfg),
-        batchnorm::forward_eval(&mut o, &t, &p, &p, &c, &c, shape, cfg),
+        batchnorm::forward_train(&mut o, &mut c1, &mut c2, &mut c3, &mut c4, &t, &p, &p, shape, cfg, Identity),
+        batchnorm::forward_eval(&mut o, &t, &p, &p, &c, &c, shape, cfg, Identity),
         batchnorm::backward_train(&mut o, &mut p1, &mut p2, &mut sc, &t, &t, &p, &c, &c, shape, cfg),
         batchnorm::backward_eval(&mut o, &mut p1, &mut p2, &t, &t, &p, &c, &c, shape, cfg),
     ]

@@ -26,6 +26,7 @@ impl_simd_x86!(
 
 impl MicroKernel for Avx2Fma {
     const BLOCKING: Blocking = BLOCKING_6X16;
+    const AVX: bool = true;
     unsafe fn tile(rows: usize, t: Tile) {
         // SAFETY: forwarded contract, which includes avx2,fma support.
         unsafe { tile_avx2(rows, t) }

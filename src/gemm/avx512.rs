@@ -34,6 +34,7 @@ impl MicroKernel for Avx512 {
     // (384, 480), (512, 384) on Zen 4: the 720 KiB B block and the A block
     // share the 1 MiB L2.
     const BLOCKING: Blocking = Blocking { mr: 8, nr: 48, kc: 384, mc: 128, nc: 480 };
+    const AVX: bool = true;
     unsafe fn tile(rows: usize, t: Tile) {
         // SAFETY: forwarded contract, which includes avx512f support.
         unsafe { tile_avx512(rows, t) }

@@ -113,6 +113,8 @@ pub(crate) struct Blocking {
 /// A micro-kernel plus its blocking parameters.
 pub(crate) trait MicroKernel {
     const BLOCKING: Blocking;
+    /// Whether the kernel's CPU features include AVX, so packing may use it.
+    const AVX: bool;
     /// `C[rows x NR] = alpha * Apanel * Bpanel + beta * C` (C not read when `beta == 0`).
     ///
     /// # Safety
@@ -269,12 +271,14 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
                 let b_blk = unsafe { b.data.as_ptr().add(pc * b.rs + jc * b.cs) };
                 if !direct_b {
                     // SAFETY: as above.
-                    unsafe { pack_panels(b_blk, nc, kc, b.cs, b.rs, NR, bbuf) };
+                    unsafe { pack_panels(b_blk, nc, kc, b.cs, b.rs, NR, bbuf, K::AVX) };
                 }
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
                     // SAFETY: as for B, with element (ic, pc) of A.
-                    unsafe { pack_panels(a.data.as_ptr().add(ic * a.rs + pc * a.cs), mc, kc, a.rs, a.cs, MR, abuf) };
+                    unsafe {
+                        pack_panels(a.data.as_ptr().add(ic * a.rs + pc * a.cs), mc, kc, a.rs, a.cs, MR, abuf, K::AVX)
+                    };
                     for jr in (0..nc).step_by(NR) {
                         let nr = NR.min(nc - jr);
                         if ic == 0 && b.cs == 1 {
@@ -299,7 +303,7 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
                             (unsafe { b_blk.add(jr) }, b.rs)
                         } else {
                             // SAFETY: the kc x nr edge panel lies inside B.
-                            unsafe { pack_panels(b_blk.add(jr), nr, kc, 1, b.rs, NR, bbuf) };
+                            unsafe { pack_panels(b_blk.add(jr), nr, kc, 1, b.rs, NR, bbuf, K::AVX) };
                             (bbuf.as_ptr(), NR)
                         };
                         for ir in (0..mc).step_by(MR) {

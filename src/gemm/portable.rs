@@ -46,6 +46,7 @@ impl Simd for Portable {
 impl MicroKernel for Portable {
     // Same blocking as AVX2 (same tile shape and vector width).
     const BLOCKING: Blocking = BLOCKING_6X16;
+    const AVX: bool = false;
     unsafe fn tile(rows: usize, t: Tile) {
         // SAFETY: forwarded `MicroKernel::tile` contract; no CPU features needed.
         unsafe { tile_rows::<Portable, 2, { Portable::BLOCKING.mr }>(rows, t) }

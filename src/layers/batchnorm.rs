@@ -120,21 +120,34 @@ fn for_each_plane(
     );
 }
 
-/// `out = gamma * (x - mu) * inv_std + beta` with `(mu, inv_std) = stats(c)`.
+/// What the normalising pass applies to its result before writing it.
+///
+/// Why: BatchNorm is usually followed by ReLU; applying it in the same pass
+/// saves reading and writing the whole activation once more. Backward is
+/// unchanged: the caller runs ReLU's backward (masked by this output) first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+}
+
+/// `out = act(gamma * (x - mu) * inv_std + beta)` with `(mu, inv_std) = stats(c)`.
 fn normalize(
     out: &mut [f32],
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     shape: Shape4,
+    act: Activation,
     stats: impl Fn(usize) -> (f32, f32) + Sync,
 ) {
     for_each_plane(out, x, x, shape, |c, o, x, _| {
         let (g, b) = affine_of(gamma, beta, c);
         let (mu, is) = stats(c);
         let k = is * g;
-        for (o, &x) in o.iter_mut().zip(x) {
-            *o = (x - mu) * k + b;
+        match act {
+            Activation::Identity => o.iter_mut().zip(x).for_each(|(o, &x)| *o = (x - mu) * k + b),
+            Activation::Relu => o.iter_mut().zip(x).for_each(|(o, &x)| *o = ((x - mu) * k + b).max(0.0)),
         }
     });
 }
@@ -145,8 +158,9 @@ fn grad_sums(dout: &[f32], x: &[f32], mu: f32, inv_std: f64, shape: Shape4, c: u
     Ok((channel_sum(dout, shape, c)? as f32, (dot * inv_std) as f32))
 }
 
-/// Training forward: normalises with the batch statistics, saves them in
-/// `mean` and `inv_std`, and updates `running_mean` and `running_var`.
+/// Training forward: normalises with the batch statistics (then applies
+/// `act`), saves them in `mean` and `inv_std`, and updates `running_mean`
+/// and `running_var`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_train(
     out: &mut [f32],
@@ -159,6 +173,7 @@ pub fn forward_train(
     beta: &[f32],
     shape: Shape4,
     cfg: &BatchNormConfig,
+    act: Activation,
 ) -> Result<()> {
     cfg.check(
         shape,
@@ -189,11 +204,11 @@ pub fn forward_train(
             *rv = ((1.0 - mom) * *rv as f64 + mom * (m2 / unbiased_div)) as f32;
             Ok(())
         })?;
-    normalize(out, x, gamma, beta, shape, |c| (mean[c], inv_std[c]));
+    normalize(out, x, gamma, beta, shape, act, |c| (mean[c], inv_std[c]));
     Ok(())
 }
 
-/// Eval forward: normalises with the running statistics; nothing is updated.
+/// Eval forward: normalises with the running statistics (then applies `act`); nothing is updated.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_eval(
     out: &mut [f32],
@@ -204,6 +219,7 @@ pub fn forward_eval(
     running_var: &[f32],
     shape: Shape4,
     cfg: &BatchNormConfig,
+    act: Activation,
 ) -> Result<()> {
     cfg.check(
         shape,
@@ -216,7 +232,7 @@ pub fn forward_eval(
     )?;
     // inv_std is recomputed per image and channel: C square roots per image
     // instead of a buffer.
-    normalize(out, x, gamma, beta, shape, |c| (running_mean[c], 1.0 / (running_var[c] + cfg.eps).sqrt()));
+    normalize(out, x, gamma, beta, shape, act, |c| (running_mean[c], 1.0 / (running_var[c] + cfg.eps).sqrt()));
     Ok(())
 }
 

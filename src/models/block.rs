@@ -15,13 +15,13 @@
 //! - `mean`, `inv_std` `[cout]`: BN batch statistics saved by training forward;
 //! - `conv`: the convolution's im2col workspace.
 //!
-//! With both BN and ReLU, the BN output goes to the model's shared `Scratch::tmp`
-//! and only the ReLU output is kept: ReLU backward can use its output as mask.
+//! With both BN and ReLU, ReLU runs inside BN's normalising pass and only its
+//! output is kept: ReLU backward uses it as the mask.
 
 use super::LayerRow;
 use crate::error::Result;
 use crate::layers::Shape4;
-use crate::layers::batchnorm::{self, BatchNormConfig};
+use crate::layers::batchnorm::{self, Activation, BatchNormConfig};
 use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvWorkspace};
 use crate::layers::relu;
 use crate::params::ParamLayout;
@@ -67,8 +67,6 @@ pub(crate) struct BlockState {
 
 /// Model-wide scratch shared by the blocks of one workspace; each block uses a prefix.
 pub(crate) struct Scratch {
-    /// BN output ahead of ReLU (forward).
-    tmp: Vec<f32>,
     /// Gradient w.r.t. the ReLU input.
     g_relu: Vec<f32>,
     /// Gradient w.r.t. the BN input.
@@ -84,7 +82,6 @@ impl Scratch {
         };
         let channels = blocks.iter().filter(|b| b.bn.is_some()).map(|b| b.conv.spec.cout).max().unwrap_or(0);
         Scratch {
-            tmp: vec![0.0; max(&|b| b.bn.is_some() && b.relu)],
             g_relu: vec![0.0; max(&|b| b.relu)],
             g_bn: vec![0.0; max(&|b| b.bn.is_some())],
             bn_sums: vec![0.0; 2 * channels],
@@ -219,26 +216,21 @@ impl Block {
         let conv_out = if st.pre.is_empty() { &mut st.out } else { &mut st.pre };
         self.conv.forward(conv_out, x, &params[self.weight.clone()], bias, n, &mut st.conv)?;
         let shape = self.out_shape(n);
-        let relu_in: &[f32] = match &self.bn {
-            None => &st.pre,
-            Some((cfg, r)) => {
-                let bn_out = if self.relu { &mut scratch.tmp[..shape.len()] } else { &mut st.out[..] };
-                let [g, b, m, v] = Self::bn_ranges(cfg, r);
-                match pass {
-                    Pass::Train(p) => {
-                        let (lo, hi) = p.split_at_mut(m.start);
-                        let (rm, rv) = hi[..2 * cfg.channels].split_at_mut(cfg.channels);
-                        let (mean, is) = (&mut st.mean, &mut st.inv_std);
-                        batchnorm::forward_train(bn_out, mean, is, rm, rv, &st.pre, &lo[g], &lo[b], shape, cfg)?;
-                    }
-                    Pass::Eval(p) => {
-                        batchnorm::forward_eval(bn_out, &st.pre, &p[g], &p[b], &p[m], &p[v], shape, cfg)?;
-                    }
-                }
-                &scratch.tmp[..shape.len()]
-            }
+        let Some((cfg, r)) = &self.bn else {
+            return if self.relu { relu::forward(&mut st.out, &st.pre) } else { Ok(()) };
         };
-        if self.relu { relu::forward(&mut st.out, relu_in) } else { Ok(()) }
+        // ReLU runs inside the normalising pass; its backward masks with `out`.
+        let act = if self.relu { Activation::Relu } else { Activation::Identity };
+        let [g, b, m, v] = Self::bn_ranges(cfg, r);
+        match pass {
+            Pass::Train(p) => {
+                let (lo, hi) = p.split_at_mut(m.start);
+                let (rm, rv) = hi[..2 * cfg.channels].split_at_mut(cfg.channels);
+                let (mean, is) = (&mut st.mean, &mut st.inv_std);
+                batchnorm::forward_train(&mut st.out, mean, is, rm, rv, &st.pre, &lo[g], &lo[b], shape, cfg, act)
+            }
+            Pass::Eval(p) => batchnorm::forward_eval(&mut st.out, &st.pre, &p[g], &p[b], &p[m], &p[v], shape, cfg, act),
+        }
     }
 
     /// Accumulates the parameter gradients into `grads` and, when given, the

@@ -41,6 +41,33 @@ fn zip2_mut(y: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(&mut f32, f32, f32) 
     });
 }
 
+/// `dst.copy_from_slice(src)` (equal lengths) for short runs (a few to a few
+/// dozen values, as im2col's image rows): inline in blocks of 8, because a
+/// `memcpy` call per run costs more than the copy itself.
+#[inline(always)]
+pub fn copy_short(dst: &mut [f32], src: &[f32]) {
+    debug_assert_eq!(dst.len(), src.len());
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in d.by_ref().zip(s.by_ref()) {
+        let v: [f32; 8] = [s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]];
+        d.copy_from_slice(&v);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
+}
+
+/// `dst.fill(0.0)` for short runs, inline (see `copy_short`).
+#[inline(always)]
+pub fn zero_short(dst: &mut [f32]) {
+    let mut d = dst.chunks_exact_mut(8);
+    for d in d.by_ref() {
+        d.copy_from_slice(&[0.0; 8]);
+    }
+    d.into_remainder().iter_mut().for_each(|v| *v = 0.0);
+}
+
 /// `y[i] = v`.
 pub fn fill(y: &mut [f32], v: f32) {
     y.iter_mut().for_each(|e| *e = v);

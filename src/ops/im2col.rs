@@ -13,6 +13,7 @@
 //! `col2im_add` is the exact adjoint: it scatters-and-adds `dcol` back into `dx`.
 
 use crate::error::{Error, Result};
+use crate::ops::elementwise::{copy_short, zero_short};
 
 /// Zero padding on each side of the input, in pixels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -152,15 +153,15 @@ pub fn im2col(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window) ->
                 let (lo, hi) = g.valid_cols(kj);
                 for (oy, dst) in row.chunks_exact_mut(wo).enumerate() {
                     let Some(iy) = g.in_row(oy, ki) else {
-                        dst.fill(0.0);
+                        zero_short(dst);
                         continue;
                     };
                     let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    dst[..lo].fill(0.0);
-                    dst[hi..].fill(0.0);
+                    zero_short(&mut dst[..lo]);
+                    zero_short(&mut dst[hi..]);
                     let x0 = lo * s + kj - g.pad.left;
                     if s == 1 {
-                        dst[lo..hi].copy_from_slice(&src[x0..x0 + (hi - lo)]);
+                        copy_short(&mut dst[lo..hi], &src[x0..x0 + (hi - lo)]);
                     } else {
                         for (d, ox) in dst[lo..hi].iter_mut().zip(0..) {
                             *d = src[x0 + ox * s];

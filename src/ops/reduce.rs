@@ -7,20 +7,51 @@
 //! whatever thread runs it. Moments are two-pass (mean, then squared
 //! deviations from it), which keeps the variance accurate when the mean is
 //! large against the spread.
+//!
+//! Every flat sum runs in `LANES` interleaved f64 accumulators (element `i`
+//! goes to lane `i % LANES`, lanes added in order at the end): still one fixed
+//! order, but without a single dependent add chain, so the compiler keeps
+//! several adds in flight (a plain `iter().sum()` of f64 costs one add latency
+//! per element, which made BatchNorm's statistics a visible share of a step).
 
 use crate::error::{Result, check_len};
 use crate::layers::Shape4;
 use crate::shape_err;
 
+/// Independent accumulators of the flat reductions.
+const LANES: usize = 8;
+
+/// `sum_i f(i)` over `0..len` in `LANES` interleaved accumulators (fixed order).
+#[inline(always)]
+fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let body = len - len % LANES;
+    for i0 in (0..body).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i0 + l);
+        }
+    }
+    for (l, i) in (body..len).enumerate() {
+        acc[l] += f(i);
+    }
+    acc.iter().sum()
+}
+
 /// `sum_i x[i]`.
 pub fn sum(x: &[f32]) -> f64 {
-    x.iter().map(|&v| v as f64).sum()
+    lane_sum(x.len(), |i| x[i] as f64)
 }
 
 /// `sum_i a[i] * b[i]`.
 pub fn dot(a: &[f32], b: &[f32]) -> Result<f64> {
     check_len("dot: b", b.len(), a.len())?;
-    Ok(a.iter().zip(b).map(|(&a, &b)| a as f64 * b as f64).sum())
+    let b = &b[..a.len()];
+    Ok(lane_sum(a.len(), |i| a[i] as f64 * b[i] as f64))
+}
+
+/// `sum_i (x[i] - mean)^2`.
+fn m2_about(x: &[f32], mean: f64) -> f64 {
+    lane_sum(x.len(), |i| (x[i] as f64 - mean).powi(2))
 }
 
 /// `(mean, m2)` of `x`, where `m2 = sum_i (x[i] - mean)^2`; the biased
@@ -30,14 +61,14 @@ pub fn mean_m2(x: &[f32]) -> (f64, f64) {
         return (0.0, 0.0);
     }
     let mean = sum(x) / x.len() as f64;
-    let m2 = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum();
-    (mean, m2)
+    (mean, m2_about(x, mean))
 }
 
 /// `sum_i a[i] * (b[i] - b_mean)`.
 pub fn dot_centered(a: &[f32], b: &[f32], b_mean: f64) -> Result<f64> {
     check_len("dot_centered: b", b.len(), a.len())?;
-    Ok(a.iter().zip(b).map(|(&a, &b)| a as f64 * (b as f64 - b_mean)).sum())
+    let b = &b[..a.len()];
+    Ok(lane_sum(a.len(), |i| a[i] as f64 * (b[i] as f64 - b_mean)))
 }
 
 /// Checks a tensor of `len` elements against `shape` and `c` against its channels.
@@ -69,7 +100,7 @@ pub fn channel_mean_m2(x: &[f32], shape: Shape4, c: usize) -> Result<(f64, f64)>
         return Ok((0.0, 0.0));
     }
     let mean = channel_sum(x, shape, c)? / count as f64;
-    let m2 = planes(x, shape, c)?.map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()).sum();
+    let m2 = planes(x, shape, c)?.map(|p| m2_about(p, mean)).sum();
     Ok((mean, m2))
 }
 
