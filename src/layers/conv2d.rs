@@ -66,6 +66,43 @@ pub struct ConvGrads<'a> {
     pub dbias: Option<&'a mut [f32]>,
 }
 
+/// A per-output-channel map applied to a convolution's output in the same
+/// pass: `out[c] = act(scale[c] * conv[c] + shift[c])`, `scale` 1 and `shift`
+/// 0 when absent, `act` ReLU or identity. A bias is `shift`; an eval-mode
+/// BatchNorm folds into `scale` and `shift`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    pub scale: Option<&'a [f32]>,
+    pub shift: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    fn check(&self, cout: usize) -> Result<()> {
+        if let Some(s) = self.scale {
+            check_len("conv2d epilogue scale", s.len(), cout)?;
+        }
+        if let Some(s) = self.shift {
+            check_len("conv2d epilogue shift", s.len(), cout)?;
+        }
+        Ok(())
+    }
+
+    /// Maps the values `v` of output channel `c`.
+    #[inline]
+    fn apply(&self, c: usize, v: &mut [f32]) {
+        let a = self.scale.map_or(1.0, |s| s[c]);
+        let b = self.shift.map_or(0.0, |s| s[c]);
+        match (self.scale.is_some(), self.relu) {
+            (false, false) if b == 0.0 => {}
+            (false, false) => v.iter_mut().for_each(|v| *v += b),
+            (false, true) => v.iter_mut().for_each(|v| *v = (*v + b).max(0.0)),
+            (true, false) => v.iter_mut().for_each(|v| *v = *v * a + b),
+            (true, true) => v.iter_mut().for_each(|v| *v = (*v * a + b).max(0.0)),
+        }
+    }
+}
+
 struct Lane {
     /// [K, tile columns]: im2col of a tile, then reused for dcol in backward.
     col: Vec<f32>,
@@ -176,13 +213,28 @@ impl Conv2d {
         n: usize,
         ws: &mut ConvWorkspace,
     ) -> Result<()> {
-        self.check_call(n, x.len(), out.len(), weight.len(), ws)?;
         self.check_bias("conv2d bias", bias.map(|b| b.len()))?;
+        self.forward_fused(out, x, weight, Epilogue { scale: None, shift: bias, relu: false }, n, ws)
+    }
+
+    /// `out = epi(conv(x, weight))` for a batch of `n` images: the epilogue
+    /// runs on each tile right after its GEMM, while the tile is in cache.
+    pub fn forward_fused(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        weight: &[f32],
+        epi: Epilogue<'_>,
+        n: usize,
+        ws: &mut ConvWorkspace,
+    ) -> Result<()> {
+        self.check_call(n, x.len(), out.len(), weight.len(), ws)?;
+        epi.check(self.spec.cout)?;
         if n == 0 {
             return Ok(());
         }
         if self.is_dense() {
-            return self.forward_dense(out, x, weight, bias, n);
+            return self.forward_dense(out, x, weight, epi, n);
         }
         let (cout, k, p) = (self.spec.cout, self.win.k(), self.win.p());
         let (in_len, out_len) = (self.win.in_len(), cout * p);
@@ -213,11 +265,9 @@ impl Conv2d {
                         }
                     }
                 }
-                if let Some(b) = bias {
-                    for o_img in o_tile.chunks_exact_mut(out_len) {
-                        for (o_row, &bc) in o_img.chunks_exact_mut(p).zip(b) {
-                            o_row.iter_mut().for_each(|v| *v += bc);
-                        }
+                for o_img in o_tile.chunks_exact_mut(out_len) {
+                    for (c, o_plane) in o_img.chunks_exact_mut(p).enumerate() {
+                        epi.apply(c, o_plane);
                     }
                 }
             }
@@ -225,8 +275,8 @@ impl Conv2d {
         })
     }
 
-    /// out[n, cout] = X[n, K] * W^T[K, cout] (+ b), rows of the batch split over threads.
-    fn forward_dense(&self, out: &mut [f32], x: &[f32], weight: &[f32], bias: Option<&[f32]>, n: usize) -> Result<()> {
+    /// out[n, cout] = epi(X[n, K] * W^T[K, cout]), rows of the batch split over threads.
+    fn forward_dense(&self, out: &mut [f32], x: &[f32], weight: &[f32], epi: Epilogue<'_>, n: usize) -> Result<()> {
         let (cout, k) = (self.spec.cout, self.win.k());
         let w_t = MatRef::row_major(weight, cout, k)?.t();
         // Each element of C is the same k-ordered sum whatever the row split, so
@@ -235,9 +285,9 @@ impl Conv2d {
         x.par_chunks(rows * k).zip(out.par_chunks_mut(rows * cout)).try_for_each(|(xs, os)| {
             let r = xs.len() / k;
             gemm(1.0, MatRef::row_major(xs, r, k)?, w_t, 0.0, MatMut::row_major(os, r, cout)?)?;
-            if let Some(b) = bias {
-                for row in os.chunks_exact_mut(cout) {
-                    row.iter_mut().zip(b).for_each(|(v, bc)| *v += bc);
+            for row in os.chunks_exact_mut(cout) {
+                for (c, v) in row.iter_mut().enumerate() {
+                    epi.apply(c, std::slice::from_mut(v));
                 }
             }
             Ok(())

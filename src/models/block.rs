@@ -22,7 +22,7 @@ use super::LayerRow;
 use crate::error::Result;
 use crate::layers::Shape4;
 use crate::layers::batchnorm::{self, Activation, BatchNormConfig};
-use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvWorkspace};
+use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvWorkspace, Epilogue};
 use crate::layers::relu;
 use crate::params::ParamLayout;
 use crate::rng::Rng;
@@ -62,6 +62,9 @@ pub(crate) struct BlockState {
     pub out: Vec<f32>,
     mean: Vec<f32>,
     inv_std: Vec<f32>,
+    /// `[cout]` BatchNorm folded into a per-channel affine map (eval forward).
+    eval_scale: Vec<f32>,
+    eval_shift: Vec<f32>,
     conv: ConvWorkspace,
 }
 
@@ -198,21 +201,35 @@ impl Block {
             out: vec![0.0; len],
             mean: vec![0.0; stats],
             inv_std: vec![0.0; stats],
+            eval_scale: vec![0.0; stats],
+            eval_shift: vec![0.0; stats],
             conv: self.conv.workspace(n),
         }
     }
 
     /// Runs the block on `x` (`N x cin x h x w`) into `st.out`.
-    pub fn forward(
-        &self,
-        st: &mut BlockState,
-        x: &[f32],
-        pass: &mut Pass,
-        scratch: &mut Scratch,
-        n: usize,
-    ) -> Result<()> {
+    pub fn forward(&self, st: &mut BlockState, x: &[f32], pass: &mut Pass, n: usize) -> Result<()> {
         let params = pass.params();
         let bias = self.bias.as_ref().map(|b| &params[b.clone()]);
+        if let Pass::Eval(p) = &*pass {
+            // Inference: bias, BatchNorm (running statistics) and ReLU become
+            // the convolution's epilogue, applied while each tile is in cache.
+            let mut epi = Epilogue { scale: None, shift: bias, relu: self.relu };
+            if let Some((cfg, r)) = &self.bn {
+                let [g, b, m, v] = Self::bn_ranges(cfg, r);
+                let (gamma, beta, rm, rv) = (&p[g], &p[b], &p[m], &p[v]);
+                for c in 0..cfg.channels {
+                    // out = gamma * (conv + bias - mean) / sqrt(var + eps) + beta = scale * conv + shift
+                    let k = gamma.get(c).copied().unwrap_or(1.0) as f64 / (rv[c] as f64 + cfg.eps as f64).sqrt();
+                    let bc = bias.map_or(0.0, |b| b[c] as f64);
+                    st.eval_scale[c] = k as f32;
+                    st.eval_shift[c] = (beta.get(c).copied().unwrap_or(0.0) as f64 + (bc - rm[c] as f64) * k) as f32;
+                }
+                epi = Epilogue { scale: Some(&st.eval_scale), shift: Some(&st.eval_shift), relu: self.relu };
+            }
+            let w = &p[self.weight.clone()];
+            return self.conv.forward_fused(&mut st.out, x, w, epi, n, &mut st.conv);
+        }
         let conv_out = if st.pre.is_empty() { &mut st.out } else { &mut st.pre };
         self.conv.forward(conv_out, x, &params[self.weight.clone()], bias, n, &mut st.conv)?;
         let shape = self.out_shape(n);
@@ -286,12 +303,11 @@ pub(crate) fn chain_forward<'s>(
     states: &'s mut [BlockState],
     x: &'s [f32],
     pass: &mut Pass,
-    scratch: &mut Scratch,
     n: usize,
 ) -> Result<&'s [f32]> {
     let mut input = x;
     for (b, st) in blocks.iter().zip(states.iter_mut()) {
-        b.forward(st, input, pass, scratch, n)?;
+        b.forward(st, input, pass, n)?;
         input = &st.out;
     }
     Ok(input)

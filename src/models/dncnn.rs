@@ -78,7 +78,7 @@ impl Dncnn {
     }
 
     pub fn forward<'w>(&self, ws: &'w mut DncnnWs, mut pass: Pass, x: &[f32]) -> Result<&'w [f32]> {
-        let noise = chain_forward(&self.blocks, &mut ws.st, x, &mut pass, &mut ws.scratch, ws.n)?;
+        let noise = chain_forward(&self.blocks, &mut ws.st, x, &mut pass, ws.n)?;
         residual::forward(&mut ws.out, x, noise)?;
         Ok(&ws.out)
     }

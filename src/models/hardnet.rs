@@ -150,7 +150,7 @@ impl HardNet {
         };
         let [features @ .., last] = &self.blocks;
         let [st_features @ .., st_last] = &mut ws.st;
-        let h = chain_forward(features, st_features, input, &mut pass, &mut ws.scratch, n)?;
+        let h = chain_forward(features, st_features, input, &mut pass, n)?;
         let conv7_in = match train {
             Some((rng, cfg)) => {
                 dropout::forward_train(&mut ws.dropped, &mut ws.mask, h, rng, cfg)?;
@@ -158,7 +158,7 @@ impl HardNet {
             }
             None => h,
         };
-        last.forward(st_last, conv7_in, &mut pass, &mut ws.scratch, n)?;
+        last.forward(st_last, conv7_in, &mut pass, n)?;
         if self.original {
             l2norm::forward(&mut ws.out, &mut ws.norms, &st_last.out, Self::desc_shape(n))?;
             Ok(&ws.out)

@@ -106,16 +106,16 @@ impl Unet {
     pub fn forward<'w>(&self, ws: &'w mut UnetWs, mut pass: Pass, x: &[f32]) -> Result<&'w [f32]> {
         let n = ws.n;
         let (s1, s2, s3, _) = self.shapes(n);
-        let (b, sc) = (&self.blocks, &mut ws.scratch);
+        let b = &self.blocks;
         let [st1, st2, st3, st4, st5] = &mut ws.st;
-        b[0].forward(st1, x, &mut pass, sc, n)?;
+        b[0].forward(st1, x, &mut pass, n)?;
         maxpool::forward(&mut ws.pooled, &mut ws.argmax, &st1.out, s1)?;
-        b[1].forward(st2, &ws.pooled, &mut pass, sc, n)?;
+        b[1].forward(st2, &ws.pooled, &mut pass, n)?;
         upsample::forward(&mut ws.up, &st2.out, s2)?;
-        b[2].forward(st3, &ws.up, &mut pass, sc, n)?;
+        b[2].forward(st3, &ws.up, &mut pass, n)?;
         concat::forward(&mut ws.cat, &st1.out, &st3.out, s1, s3)?;
-        b[3].forward(st4, &ws.cat, &mut pass, sc, n)?;
-        b[4].forward(st5, &st4.out, &mut pass, sc, n)?;
+        b[3].forward(st4, &ws.cat, &mut pass, n)?;
+        b[4].forward(st5, &st4.out, &mut pass, n)?;
         Ok(&st5.out)
     }
 
