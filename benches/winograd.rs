@@ -6,7 +6,8 @@
 //! `conv_backward` (dx + dW + db) is for information: it is not comparable to
 //! `winograd_backward_data` (dx only), which costs about what forward does.
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads};
 use nhpatch::layers::winograd::Winograd;
 use nhpatch::ops::im2col::Padding;
@@ -27,6 +28,13 @@ fn rand(rng: &mut Rng, len: usize) -> Vec<f32> {
     (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
 }
 
+fn group<'a>(c: &'a mut Criterion, name: &str, flops: u64) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    g.throughput(Throughput::Elements(flops));
+    g
+}
+
 fn winograd(c: &mut Criterion) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let mut rng = Rng::new(1);
@@ -42,14 +50,7 @@ fn winograd(c: &mut Criterion) {
         let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; b.len()]);
         let (mut cws, mut wws) = pool.install(|| (conv.workspace(n), wino.workspace(n)));
         let flops = (2 * cout * cin * 9 * hw * hw * n) as u64;
-        let group = |c: &mut Criterion, g: &str| {
-            let mut g = c.benchmark_group(g.to_string());
-            g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
-            g.throughput(Throughput::Elements(flops));
-            g
-        };
-
-        let mut g = group(c, "forward");
+        let mut g = group(c, "forward", flops);
         g.bench_function(format!("im2col/{name}"), |bch| {
             pool.install(|| bch.iter(|| conv.forward(&mut out, black_box(&x), &w, Some(&b), n, &mut cws).unwrap()))
         });
@@ -58,7 +59,7 @@ fn winograd(c: &mut Criterion) {
         });
         g.finish();
 
-        let mut g = group(c, "backward");
+        let mut g = group(c, "backward", flops);
         g.bench_function(format!("im2col-dx-dw-db/{name}"), |bch| {
             pool.install(|| {
                 bch.iter(|| {

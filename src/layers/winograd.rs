@@ -44,6 +44,9 @@ use std::sync::Mutex;
 
 /// GEMM columns (2x2 tiles) a group of images aims for.
 const TILE_COLS: usize = 256;
+/// Width of the AVX-512 GEMM micro-tile (a multiple of the other kernels' 16):
+/// groups whose tile count is a multiple of it leave no ragged column panel.
+const PANEL: usize = 48;
 /// Upper bound on the number of batch shards.
 const MAX_SHARDS: usize = 32;
 
@@ -57,11 +60,10 @@ pub struct Winograd {
 }
 
 struct Lane {
-    /// One zero-padded input plane split by column parity: [2][2*th + 2][tw + 1],
-    /// even padded columns then odd ones. The border is zeroed at allocation and never written.
+    /// One zero-padded plane ((2th + 2) x (2tw + 2)) cut by row and column parity:
+    /// [row % 2][col % 2][th + 1][tw + 1]. The border is zeroed at allocation and never written.
     pad: Vec<f32>,
-    /// [8][tw + 1]: one tile row after the row transform (even, then odd columns);
-    /// [4][tw] output rows in the output transform.
+    /// Transform temporaries: [2][4][th][tw + 1] (input), [12][th][tw] (output).
     rows: Vec<f32>,
     /// [16][c][T]: transformed input tiles of one group (c = cin or cout).
     v: Vec<f32>,
@@ -110,7 +112,7 @@ impl Winograd {
     pub fn workspace(&self, n: usize) -> WinogradWorkspace {
         let (th, tw) = self.tiles();
         let p = th * tw;
-        let group_imgs = TILE_COLS.div_ceil(p).clamp(1, n.max(1));
+        let group_imgs = group_imgs(p, n);
         let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs);
         let lanes = if n == 0 {
             Vec::new()
@@ -119,8 +121,8 @@ impl Winograd {
             (0..rayon::current_num_threads().min(n.div_ceil(shard_imgs)))
                 .map(|_| {
                     Mutex::new(Lane {
-                        pad: vec![0.0; 2 * (2 * th + 2) * (tw + 1)],
-                        rows: vec![0.0; 8 * (tw + 1)],
+                        pad: vec![0.0; 4 * (th + 1) * (tw + 1)],
+                        rows: vec![0.0; 12 * th * (tw + 1)],
                         v: vec![0.0; big],
                         m: vec![0.0; big],
                     })
@@ -251,10 +253,13 @@ impl Winograd {
     ) {
         let (th, tw) = self.tiles();
         let (w, hw) = (self.w, tw + 1);
-        let (even, odd) = pad.split_at_mut((2 * th + 2) * hw);
-        // Padded column c = x column + 1 goes to even[c / 2] or odd[c / 2]; padded row = x row + 1.
+        let (q, len) = ((th + 1) * hw, th * hw);
+        // Padded pixel (r, c) = x pixel (r - 1, c - 1) lives in quarter (r % 2, c % 2) at [r / 2][c / 2].
         for (r, xr) in x.chunks_exact(w).enumerate() {
-            let (er, or) = (&mut even[(r + 1) * hw..(r + 2) * hw], &mut odd[(r + 1) * hw..(r + 2) * hw]);
+            let quarters = &mut pad[(r + 1) % 2 * 2 * q..((r + 1) % 2 + 1) * 2 * q];
+            let (even, odd) = quarters.split_at_mut(q);
+            let at = (r + 1) / 2 * hw;
+            let (er, or) = (&mut even[at..at + hw], &mut odd[at..at + hw]);
             for ((pair, o), e) in xr.chunks_exact(2).zip(or.iter_mut()).zip(&mut er[1..]) {
                 *o = pair[0];
                 *e = pair[1];
@@ -263,36 +268,29 @@ impl Winograd {
                 or[tw - 1] = xr[w - 1];
             }
         }
-        for ty in 0..th {
-            // Row transform B^T d on 4 padded rows: [r0 - r2, r1 + r2, r2 - r1, r1 - r3].
-            for (half, src) in [&*even, &*odd].into_iter().enumerate() {
-                let r = |k: usize| &src[(2 * ty + k) * hw..(2 * ty + k + 1) * hw];
-                let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
-                let dst = &mut rows[half * 4 * hw..(half + 1) * 4 * hw];
-                let (d0, rest) = dst.split_at_mut(hw);
-                let (d1, rest) = rest.split_at_mut(hw);
-                let (d2, d3) = rest.split_at_mut(hw);
-                for k in 0..hw {
-                    d0[k] = r0[k] - r2[k];
-                    d1[k] = r1[k] + r2[k];
-                    d2[k] = r2[k] - r1[k];
-                    d3[k] = r1[k] - r3[k];
-                }
-            }
-            // Column transform (.) B on columns (2tx, 2tx+1, 2tx+2, 2tx+3) = (e[tx], o[tx], e[tx+1], o[tx+1]).
-            let off = base + ty * tw;
-            for i in 0..4 {
-                let e = &rows[i * hw..(i + 1) * hw];
-                let o = &rows[(4 + i) * hw..(5 + i) * hw];
-                let at = |j: usize| (4 * i + j) * xi_stride + off;
-                let d = &mut v[at(0)..at(0) + tw];
-                d.iter_mut().zip(e.iter().zip(&e[1..])).for_each(|(d, (a, b))| *d = a - b);
-                let d = &mut v[at(1)..at(1) + tw];
-                d.iter_mut().zip(o.iter().zip(&e[1..])).for_each(|(d, (a, b))| *d = a + b);
-                let d = &mut v[at(2)..at(2) + tw];
-                d.iter_mut().zip(o.iter().zip(&e[1..])).for_each(|(d, (a, b))| *d = b - a);
-                let d = &mut v[at(3)..at(3) + tw];
-                d.iter_mut().zip(o.iter().zip(&o[1..])).for_each(|(d, (a, b))| *d = a - b);
+        // B^T d on the rows (2ty, 2ty+1, 2ty+2, 2ty+3) = (R0[ty], R1[ty], R0[ty+1], R1[ty+1]),
+        // R_p the quarters of row parity p, for every tile row at once:
+        // rows[c % 2][i][ty][c / 2] = [r0 - r2, r1 + r2, r2 - r1, r1 - r3][i].
+        for cp in 0..2 {
+            let (r0, r1) = (&pad[cp * q..(cp + 1) * q], &pad[(2 + cp) * q..(3 + cp) * q]);
+            let (r0, r2, r1, r3) = (&r0[..len], &r0[hw..], &r1[..len], &r1[hw..]);
+            let mut d = rows[cp * 4 * len..(cp + 1) * 4 * len].chunks_exact_mut(len);
+            let mut next = || d.next().expect("4 rows");
+            map2(next(), r0, r2, |a, b| a - b);
+            map2(next(), r1, r2, |a, b| a + b);
+            map2(next(), r2, r1, |a, b| a - b);
+            map2(next(), r1, r3, |a, b| a - b);
+        }
+        // (.) B on the columns (2tx, 2tx+1, 2tx+2, 2tx+3) = (e[tx], o[tx], e[tx+1], o[tx+1]).
+        for i in 0..4 {
+            let (e, o) = (&rows[i * len..(i + 1) * len], &rows[(4 + i) * len..(5 + i) * len]);
+            for ty in 0..th {
+                let (e, o) = (&e[ty * hw..(ty + 1) * hw], &o[ty * hw..(ty + 1) * hw]);
+                let at = |j: usize| (4 * i + j) * xi_stride + base + ty * tw;
+                map2(&mut v[at(0)..at(0) + tw], e, &e[1..], |a, b| a - b);
+                map2(&mut v[at(1)..at(1) + tw], o, &e[1..], |a, b| a + b);
+                map2(&mut v[at(2)..at(2) + tw], &e[1..], o, |a, b| a - b);
+                map2(&mut v[at(3)..at(3) + tw], o, &o[1..], |a, b| a - b);
             }
         }
     }
@@ -311,30 +309,56 @@ impl Winograd {
         rows: &mut [f32],
     ) {
         let (th, tw) = self.tiles();
-        let (h, w) = (self.h, self.w);
-        let (y00, rest) = rows[..4 * tw].split_at_mut(tw);
-        let (y01, rest) = rest.split_at_mut(tw);
-        let (y10, y11) = rest.split_at_mut(tw);
-        for ty in 0..th {
-            let off = base + ty * tw;
-            let mm: [&[f32]; 16] = std::array::from_fn(|xi| &m[xi * xi_stride + off..xi * xi_stride + off + tw]);
-            for tx in 0..tw {
-                let q = |xi: usize| mm[xi][tx];
-                // A^T on rows: a0j = m0j + m1j + m2j, a1j = m1j - m2j - m3j.
-                let a0: [f32; 4] = std::array::from_fn(|j| q(j) + q(4 + j) + q(8 + j));
-                let a1: [f32; 4] = std::array::from_fn(|j| q(4 + j) - q(8 + j) - q(12 + j));
-                // A on columns.
-                y00[tx] = a0[0] + a0[1] + a0[2];
-                y01[tx] = a0[1] - a0[2] - a0[3];
-                y10[tx] = a1[0] + a1[1] + a1[2];
-                y11[tx] = a1[1] - a1[2] - a1[3];
+        let (h, w, p) = (self.h, self.w, th * tw);
+        let mr = |xi: usize| &m[xi * xi_stride + base..xi * xi_stride + base + p];
+        let (a, yt) = rows[..12 * p].split_at_mut(8 * p);
+        // A^T on the rows of every tile at once: a[i][j] = [m0j + m1j + m2j, m1j - m2j - m3j][i].
+        for (k, d) in a.chunks_exact_mut(p).enumerate() {
+            let j = k % 4;
+            if k < 4 {
+                map3(d, mr(j), mr(4 + j), mr(8 + j), |x, y, z| x + y + z);
+            } else {
+                map3(d, mr(4 + j), mr(8 + j), mr(12 + j), |x, y, z| x - y - z);
             }
-            store_row(&mut y[2 * ty * w..(2 * ty + 1) * w], y00, y01, bias, accumulate);
+        }
+        // A on the columns: yt[2i] = a[i][0] + a[i][1] + a[i][2], yt[2i + 1] = a[i][1] - a[i][2] - a[i][3].
+        for (k, d) in yt.chunks_exact_mut(p).enumerate() {
+            let ar = |j: usize| &a[(k / 2 * 4 + j) * p..(k / 2 * 4 + j + 1) * p];
+            if k % 2 == 0 {
+                map3(d, ar(0), ar(1), ar(2), |x, y, z| x + y + z);
+            } else {
+                map3(d, ar(1), ar(2), ar(3), |x, y, z| x - y - z);
+            }
+        }
+        let yr = |k: usize, ty: usize| &yt[k * p + ty * tw..k * p + (ty + 1) * tw];
+        for ty in 0..th {
+            store_row(&mut y[2 * ty * w..(2 * ty + 1) * w], yr(0, ty), yr(1, ty), bias, accumulate);
             if 2 * ty + 1 < h {
-                store_row(&mut y[(2 * ty + 1) * w..(2 * ty + 2) * w], y10, y11, bias, accumulate);
+                store_row(&mut y[(2 * ty + 1) * w..(2 * ty + 2) * w], yr(2, ty), yr(3, ty), bias, accumulate);
             }
         }
     }
+}
+
+/// Images per GEMM group for `p` tiles per image: the fewest whose tiles reach
+/// `TILE_COLS` and fill whole `PANEL`s, if that stays within 4 * `TILE_COLS`
+/// (e.g. 3 images of 32x32 = 768 tiles, 18 of 8x8 = 288), else the fewest reaching `TILE_COLS`.
+fn group_imgs(p: usize, n: usize) -> usize {
+    let min = TILE_COLS.div_ceil(p);
+    let g = (min..).take_while(|g| g * p <= 4 * TILE_COLS).find(|g| g * p % PANEL == 0).unwrap_or(min);
+    g.clamp(1, n.max(1))
+}
+
+/// d[k] = f(a[k], b[k]) over the shortest of the three.
+#[inline(always)]
+fn map2(d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    d.iter_mut().zip(a.iter().zip(b)).for_each(|(d, (&a, &b))| *d = f(a, b));
+}
+
+/// d[k] = f(a[k], b[k], c[k]) over the shortest of the four.
+#[inline(always)]
+fn map3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+    d.iter_mut().zip(a.iter().zip(b).zip(c)).for_each(|(d, ((&a, &b), &c))| *d = f(a, b, c));
 }
 
 /// dst[2k] (=|+=) even[k] (+ bias), dst[2k + 1] (=|+=) odd[k] (+ bias), for the `dst.len()` columns that exist.
