@@ -256,9 +256,10 @@ impl Winograd {
         let (q, len) = ((th + 1) * hw, th * hw);
         // Padded pixel (r, c) = x pixel (r - 1, c - 1) lives in quarter (r % 2, c % 2) at [r / 2][c / 2].
         for (r, xr) in x.chunks_exact(w).enumerate() {
-            let quarters = &mut pad[(r + 1) % 2 * 2 * q..((r + 1) % 2 + 1) * 2 * q];
+            let pr = r + 1;
+            let quarters = &mut pad[pr % 2 * 2 * q..(pr % 2 + 1) * 2 * q];
             let (even, odd) = quarters.split_at_mut(q);
-            let at = (r + 1) / 2 * hw;
+            let at = pr / 2 * hw;
             let (er, or) = (&mut even[at..at + hw], &mut odd[at..at + hw]);
             for ((pair, o), e) in xr.chunks_exact(2).zip(or.iter_mut()).zip(&mut er[1..]) {
                 *o = pair[0];
@@ -345,7 +346,7 @@ impl Winograd {
 /// (e.g. 3 images of 32x32 = 768 tiles, 18 of 8x8 = 288), else the fewest reaching `TILE_COLS`.
 fn group_imgs(p: usize, n: usize) -> usize {
     let min = TILE_COLS.div_ceil(p);
-    let g = (min..).take_while(|g| g * p <= 4 * TILE_COLS).find(|g| g * p % PANEL == 0).unwrap_or(min);
+    let g = (min..).take_while(|g| g * p <= 4 * TILE_COLS).find(|g| (g * p).is_multiple_of(PANEL)).unwrap_or(min);
     g.clamp(1, n.max(1))
 }
 
