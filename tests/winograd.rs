@@ -159,6 +159,18 @@ fn realistic_64_to_64_32x32() {
 }
 
 #[test]
+fn multi_group_batches_match_naive() {
+    // Several GEMM groups and shards per call, with a short last group.
+    for (cin, cout, h, w, n) in [(3, 5, 8, 8, 40), (2, 3, 32, 32, 25), (4, 2, 6, 5, 70), (3, 3, 16, 16, 13)] {
+        let c = case(cin, cout, h, w, n, 5);
+        let b = Some(&c.b[..]);
+        let fwd = rel_err(&forward(&c.l, &c.x, &c.w, b, n), &naive_forward(&c.l, &c.x, &c.w, b, n));
+        let bwd = rel_err(&backward_data(&c.l, &c.d, &c.w, n, 0.0), &naive_backward_data(&c.l, &c.d, &c.w, n));
+        assert!(fwd < TOL && bwd < TOL, "{cin}->{cout} {h}x{w} n={n}: forward {fwd:e}, backward_data {bwd:e}");
+    }
+}
+
+#[test]
 fn empty_batch_is_a_no_op() {
     let l = Winograd::new(3, 4, 5, 6).unwrap();
     let mut ws = l.workspace(0);
@@ -169,7 +181,9 @@ fn empty_batch_is_a_no_op() {
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     // 16x16 and 8x8 group several images per GEMM; 7 and 33 images leave ragged groups and shards.
-    for (cin, cout, h, w, n) in [(5, 7, 16, 16, 7), (8, 6, 8, 8, 33), (3, 4, 9, 7, 5), (4, 4, 32, 32, 3)] {
+    for (cin, cout, h, w, n) in
+        [(5, 7, 16, 16, 7), (8, 6, 8, 8, 33), (3, 4, 9, 7, 5), (4, 4, 32, 32, 3), (2, 3, 32, 32, 25)]
+    {
         let c = case(cin, cout, h, w, n, 11);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

@@ -113,7 +113,7 @@ impl Winograd {
         let (th, tw) = self.tiles();
         let p = th * tw;
         let group_imgs = group_imgs(p, n);
-        let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs);
+        let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs).next_multiple_of(group_imgs);
         let lanes = if n == 0 {
             Vec::new()
         } else {
@@ -341,13 +341,19 @@ impl Winograd {
     }
 }
 
-/// Images per GEMM group for `p` tiles per image: the fewest whose tiles reach
-/// `TILE_COLS` and fill whole `PANEL`s, if that stays within 4 * `TILE_COLS`
-/// (e.g. 3 images of 32x32 = 768 tiles, 18 of 8x8 = 288), else the fewest reaching `TILE_COLS`.
+/// Images per GEMM group for `p` tiles per image and a batch of `n`: the
+/// fewest whose tiles reach `TILE_COLS` (`min`); or, when the batch splits into
+/// many such groups or evenly, the fewest that also fill whole `PANEL`s within
+/// 4 * `TILE_COLS` tiles (3 images of 32x32 = 768 tiles, 18 of 8x8 = 288):
+/// a few large ragged groups would load threads unevenly.
 fn group_imgs(p: usize, n: usize) -> usize {
-    let min = TILE_COLS.div_ceil(p);
-    let g = (min..).take_while(|g| g * p <= 4 * TILE_COLS).find(|g| (g * p).is_multiple_of(PANEL)).unwrap_or(min);
-    g.clamp(1, n.max(1))
+    let n = n.max(1);
+    let min = TILE_COLS.div_ceil(p).min(n);
+    let aligned = (min..).take_while(|g| g * p <= 4 * TILE_COLS).find(|g| (g * p).is_multiple_of(PANEL));
+    match aligned {
+        Some(g) if g <= n && (n.is_multiple_of(g) || n.div_ceil(g) >= 8) => g,
+        _ => min,
+    }
 }
 
 /// d[k] = f(a[k], b[k]) over the shortest of the three.
