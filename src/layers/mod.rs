@@ -21,6 +21,7 @@ pub mod relu;
 pub mod reshape;
 pub mod residual;
 pub mod upsample;
+pub mod winograd;
 
 /// An NCHW tensor shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,0 +1,420 @@
+//! Winograd F(2x2, 3x3) convolution: 3x3 kernel, stride 1, zero padding 1 on
+//! every side (output size = input size), forward and backward-data.
+//!
+//! Shapes (NCHW, row-major):
+//!   x [n, cin, h, w]   weight [cout, cin, 3, 3] (PyTorch layout)   bias [cout]
+//!   out [n, cout, h, w]
+//!
+//! Math (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks").
+//! The output is cut into `th x tw = ceil(h/2) x ceil(w/2)` tiles of 2x2; tile
+//! (ty, tx) depends on the 4x4 input tile d at rows 2ty-1 .. 2ty+2 and columns
+//! 2tx-1 .. 2tx+2 (zero outside the image), and
+//!   Y = A^T [ sum_ci (G g_{co,ci} G^T) . (B^T d_ci B) ] A    (. = elementwise)
+//! with
+//!   B^T = | 1  0 -1  0 |    G = | 1    0    0   |    A^T = | 1  1  1  0 |
+//!         | 0  1  1  0 |        | 1/2  1/2  1/2 |          | 0  1 -1 -1 |
+//!         | 0 -1  1  0 |        | 1/2 -1/2  1/2 |
+//!         | 0  1  0 -1 |        | 0    0    1   |
+//! Per tile and channel pair that is 16 multiplies instead of 36 (2.25x fewer),
+//! and B^T, A^T hold only 0 and +-1, so the transforms are additions. Indexing
+//! the 4x4 transformed tiles by xi = 4i + j turns the channel sum into 16 GEMMs:
+//!   V[xi][ci][t]  = (B^T d_{ci,t} B)[i][j]          input transform
+//!   U[xi][co][ci] = (G g_{co,ci} G^T)[i][j]         weight transform (per call, in f64)
+//!   M[xi][co][t]  = sum_ci U[xi][co][ci] V[xi][ci][t]
+//!   out tile t    = A^T M_t A + bias, clipped to h x w
+//! Tiles t run along the last axis, so every transform and GEMM is unit stride.
+//!
+//! backward_data: the adjoint of a stride-1, pad-1 3x3 convolution is again one,
+//! with the kernel rotated by 180 degrees and the channels swapped:
+//!   dx[ci] += sum_co conv3x3_pad1(dout[co], rot180(w[co][ci]))
+//! so it runs the same pipeline on dout with U'[xi][ci][co] = G rot180(w[co][ci]) G^T
+//! and an output transform that adds into dx.
+//!
+//! Threads: as in `conv2d`, the batch is cut into shards whose size depends on n
+//! only, and each shard into groups of images whose tiles share one set of GEMMs
+//! (at least `TILE_COLS` columns when images are small). Every value is the
+//! same sequence of operations whatever the thread count, so results are
+//! bit-identical for any pool. All scratch lives in the workspace (one lane per
+//! pool thread): calls allocate nothing.
+
+use crate::error::{Error, Result, check_len};
+use crate::gemm::{MatMut, MatRef, gemm};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// GEMM columns (2x2 tiles) a group of images aims for.
+const TILE_COLS: usize = 256;
+/// Width of the AVX-512 GEMM micro-tile (a multiple of the other kernels' 16):
+/// groups whose tile count is a multiple of it leave no ragged column panel.
+const PANEL: usize = 48;
+/// Upper bound on the number of batch shards.
+const MAX_SHARDS: usize = 32;
+
+/// Geometry: cin -> cout channels, 3x3 kernel, stride 1, padding 1, h x w input and output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Winograd {
+    pub cin: usize,
+    pub cout: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+struct Lane {
+    /// One zero-padded plane ((2th + 2) x (2tw + 2)) cut by row and column parity:
+    /// [row % 2][col % 2][th + 1][tw + 1]. The border is zeroed at allocation and never written.
+    pad: Vec<f32>,
+    /// Transform temporaries: [2][4][th][tw + 1] (input), [12][th][tw] (output).
+    rows: Vec<f32>,
+    /// [16][c][T]: transformed input tiles of one group (c = cin or cout).
+    v: Vec<f32>,
+    /// [16][c][T]: their products with U.
+    m: Vec<f32>,
+}
+
+/// Scratch of one Winograd layer for one batch size.
+pub struct WinogradWorkspace {
+    n: usize,
+    geom: Winograd,
+    shard_imgs: usize,
+    group_imgs: usize,
+    /// [16][cout][cin] (forward) or [16][cin][cout] (backward_data), rewritten by every call.
+    u: Vec<f32>,
+    lanes: Vec<Mutex<Lane>>,
+}
+
+/// What one pass runs: `dst[cd] (=|+=) conv(src[cs])` with transformed weights `u` [16][cd][cs].
+struct Pass<'a> {
+    cs: usize,
+    cd: usize,
+    u: &'a [f32],
+    bias: Option<&'a [f32]>,
+    accumulate: bool,
+}
+
+impl Winograd {
+    /// Errors on any zero size.
+    pub fn new(cin: usize, cout: usize, h: usize, w: usize) -> Result<Self> {
+        if cin == 0 || cout == 0 || h == 0 || w == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "winograd convolution needs non-zero sizes, got cin {cin}, cout {cout}, {h}x{w}"
+            )));
+        }
+        Ok(Winograd { cin, cout, h, w })
+    }
+
+    /// Tile rows and columns: ceil(h/2) x ceil(w/2).
+    fn tiles(&self) -> (usize, usize) {
+        (self.h.div_ceil(2), self.w.div_ceil(2))
+    }
+
+    /// Scratch for batches of `n` images, with one lane per thread of the
+    /// current rayon pool (call it inside the pool that will run the layer).
+    pub fn workspace(&self, n: usize) -> WinogradWorkspace {
+        let (th, tw) = self.tiles();
+        let p = th * tw;
+        let group_imgs = group_imgs(p, n);
+        let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs).next_multiple_of(group_imgs);
+        let lanes = if n == 0 {
+            Vec::new()
+        } else {
+            let big = 16 * self.cin.max(self.cout) * group_imgs * p;
+            (0..rayon::current_num_threads().min(n.div_ceil(shard_imgs)))
+                .map(|_| {
+                    Mutex::new(Lane {
+                        pad: vec![0.0; 4 * (th + 1) * (tw + 1)],
+                        rows: vec![0.0; 12 * th * (tw + 1)],
+                        v: vec![0.0; big],
+                        m: vec![0.0; big],
+                    })
+                })
+                .collect()
+        };
+        WinogradWorkspace { n, geom: *self, shard_imgs, group_imgs, u: vec![0.0; 16 * self.cin * self.cout], lanes }
+    }
+
+    fn check_call(&self, n: usize, src: (&str, usize, usize), dst: (&str, usize, usize), weight: usize) -> Result<()> {
+        let plane = self.h * self.w;
+        check_len(src.0, src.1, n * src.2 * plane)?;
+        check_len(dst.0, dst.1, n * dst.2 * plane)?;
+        check_len("winograd weight", weight, self.cout * self.cin * 9)
+    }
+
+    fn check_ws(&self, n: usize, ws: &WinogradWorkspace) -> Result<()> {
+        if ws.n != n || ws.geom != *self {
+            return Err(Error::Shape(format!(
+                "winograd workspace was sized for {} images of {:?}; this call has {n} images of {:?}",
+                ws.n, ws.geom, self
+            )));
+        }
+        Ok(())
+    }
+
+    /// `out[n, cout, h, w] = conv3x3_pad1(x, weight) + bias`; `out` is overwritten.
+    pub fn forward(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        n: usize,
+        ws: &mut WinogradWorkspace,
+    ) -> Result<()> {
+        self.check_call(
+            n,
+            ("winograd input", x.len(), self.cin),
+            ("winograd output", out.len(), self.cout),
+            weight.len(),
+        )?;
+        if let Some(b) = bias {
+            check_len("winograd bias", b.len(), self.cout)?;
+        }
+        self.check_ws(n, ws)?;
+        if n == 0 {
+            return Ok(());
+        }
+        transform_weights(&mut ws.u, weight, self.cout, self.cin, false);
+        let pass = Pass { cs: self.cin, cd: self.cout, u: &ws.u, bias, accumulate: false };
+        self.run(&pass, out, x, ws)
+    }
+
+    /// `dx[n, cin, h, w] +=` the adjoint of `forward` (without bias) applied to `dout[n, cout, h, w]`.
+    pub fn backward_data(
+        &self,
+        dx: &mut [f32],
+        dout: &[f32],
+        weight: &[f32],
+        n: usize,
+        ws: &mut WinogradWorkspace,
+    ) -> Result<()> {
+        self.check_call(
+            n,
+            ("winograd output gradient", dout.len(), self.cout),
+            ("winograd input gradient", dx.len(), self.cin),
+            weight.len(),
+        )?;
+        self.check_ws(n, ws)?;
+        if n == 0 {
+            return Ok(());
+        }
+        transform_weights(&mut ws.u, weight, self.cout, self.cin, true);
+        let pass = Pass { cs: self.cout, cd: self.cin, u: &ws.u, bias: None, accumulate: true };
+        self.run(&pass, dx, dout, ws)
+    }
+
+    /// Runs `pass` over the batch: src [n, cs, h, w] -> dst [n, cd, h, w], shards in parallel.
+    fn run(&self, pass: &Pass<'_>, dst: &mut [f32], src: &[f32], ws: &WinogradWorkspace) -> Result<()> {
+        let (th, tw) = self.tiles();
+        let p = th * tw;
+        let plane = self.h * self.w;
+        let (cs, cd, u) = (pass.cs, pass.cd, pass.u);
+        let (in_len, out_len) = (cs * plane, cd * plane);
+        let (si, g, lanes) = (ws.shard_imgs, ws.group_imgs, &ws.lanes);
+        src.par_chunks(si * in_len).zip(dst.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
+            let mut guard = lock_lane(lanes);
+            let lane = &mut *guard;
+            let imgs = xs.len() / in_len;
+            for g0 in (0..imgs).step_by(g) {
+                let gn = g.min(imgs - g0);
+                let t = gn * p;
+                let v = &mut lane.v[..16 * cs * t];
+                for (j, img) in xs[g0 * in_len..(g0 + gn) * in_len].chunks_exact(in_len).enumerate() {
+                    for (c, src_plane) in img.chunks_exact(plane).enumerate() {
+                        self.input_transform(v, c * t + j * p, cs * t, src_plane, &mut lane.pad, &mut lane.rows);
+                    }
+                }
+                let m = &mut lane.m[..16 * cd * t];
+                for xi in 0..16 {
+                    // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t]
+                    let a = MatRef::row_major(&u[xi * cd * cs..(xi + 1) * cd * cs], cd, cs)?;
+                    let b = MatRef::row_major(&v[xi * cs * t..(xi + 1) * cs * t], cs, t)?;
+                    gemm(1.0, a, b, 0.0, MatMut::row_major(&mut m[xi * cd * t..(xi + 1) * cd * t], cd, t)?)?;
+                }
+                for (j, img) in os[g0 * out_len..(g0 + gn) * out_len].chunks_exact_mut(out_len).enumerate() {
+                    for (c, dst_plane) in img.chunks_exact_mut(plane).enumerate() {
+                        let b = pass.bias.map_or(0.0, |b| b[c]);
+                        self.output_transform(dst_plane, m, c * t + j * p, cd * t, b, pass.accumulate, &mut lane.rows);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// V[xi][base + ty*tw + tx] = (B^T d B)[xi] for every tile of one plane
+    /// (`xi_stride` elements between consecutive xi).
+    fn input_transform(
+        &self,
+        v: &mut [f32],
+        base: usize,
+        xi_stride: usize,
+        x: &[f32],
+        pad: &mut [f32],
+        rows: &mut [f32],
+    ) {
+        let (th, tw) = self.tiles();
+        let (w, hw) = (self.w, tw + 1);
+        let (q, len) = ((th + 1) * hw, th * hw);
+        // Padded pixel (r, c) = x pixel (r - 1, c - 1) lives in quarter (r % 2, c % 2) at [r / 2][c / 2].
+        for (r, xr) in x.chunks_exact(w).enumerate() {
+            let pr = r + 1;
+            let quarters = &mut pad[pr % 2 * 2 * q..(pr % 2 + 1) * 2 * q];
+            let (even, odd) = quarters.split_at_mut(q);
+            let at = pr / 2 * hw;
+            let (er, or) = (&mut even[at..at + hw], &mut odd[at..at + hw]);
+            for ((pair, o), e) in xr.chunks_exact(2).zip(or.iter_mut()).zip(&mut er[1..]) {
+                *o = pair[0];
+                *e = pair[1];
+            }
+            if w % 2 == 1 {
+                or[tw - 1] = xr[w - 1];
+            }
+        }
+        // B^T d on the rows (2ty, 2ty+1, 2ty+2, 2ty+3) = (R0[ty], R1[ty], R0[ty+1], R1[ty+1]),
+        // R_p the quarters of row parity p, for every tile row at once:
+        // rows[c % 2][i][ty][c / 2] = [r0 - r2, r1 + r2, r2 - r1, r1 - r3][i].
+        for cp in 0..2 {
+            let (r0, r1) = (&pad[cp * q..(cp + 1) * q], &pad[(2 + cp) * q..(3 + cp) * q]);
+            let (r0, r2, r1, r3) = (&r0[..len], &r0[hw..], &r1[..len], &r1[hw..]);
+            let mut d = rows[cp * 4 * len..(cp + 1) * 4 * len].chunks_exact_mut(len);
+            let mut next = || d.next().expect("4 rows");
+            map2(next(), r0, r2, |a, b| a - b);
+            map2(next(), r1, r2, |a, b| a + b);
+            map2(next(), r2, r1, |a, b| a - b);
+            map2(next(), r1, r3, |a, b| a - b);
+        }
+        // (.) B on the columns (2tx, 2tx+1, 2tx+2, 2tx+3) = (e[tx], o[tx], e[tx+1], o[tx+1]).
+        for i in 0..4 {
+            let (e, o) = (&rows[i * len..(i + 1) * len], &rows[(4 + i) * len..(5 + i) * len]);
+            for ty in 0..th {
+                let (e, o) = (&e[ty * hw..(ty + 1) * hw], &o[ty * hw..(ty + 1) * hw]);
+                let at = |j: usize| (4 * i + j) * xi_stride + base + ty * tw;
+                map2(&mut v[at(0)..at(0) + tw], e, &e[1..], |a, b| a - b);
+                map2(&mut v[at(1)..at(1) + tw], o, &e[1..], |a, b| a + b);
+                map2(&mut v[at(2)..at(2) + tw], &e[1..], o, |a, b| a - b);
+                map2(&mut v[at(3)..at(3) + tw], o, &o[1..], |a, b| a - b);
+            }
+        }
+    }
+
+    /// One plane of the output: tile (ty, tx) = A^T m A from m[xi * xi_stride + base + ty*tw + tx],
+    /// plus `bias` (overwrite) or added to `y` (accumulate), clipped to h x w.
+    #[allow(clippy::too_many_arguments)]
+    fn output_transform(
+        &self,
+        y: &mut [f32],
+        m: &[f32],
+        base: usize,
+        xi_stride: usize,
+        bias: f32,
+        accumulate: bool,
+        rows: &mut [f32],
+    ) {
+        let (th, tw) = self.tiles();
+        let (h, w, p) = (self.h, self.w, th * tw);
+        let mr = |xi: usize| &m[xi * xi_stride + base..xi * xi_stride + base + p];
+        let (a, yt) = rows[..12 * p].split_at_mut(8 * p);
+        // A^T on the rows of every tile at once: a[i][j] = [m0j + m1j + m2j, m1j - m2j - m3j][i].
+        for (k, d) in a.chunks_exact_mut(p).enumerate() {
+            let j = k % 4;
+            if k < 4 {
+                map3(d, mr(j), mr(4 + j), mr(8 + j), |x, y, z| x + y + z);
+            } else {
+                map3(d, mr(4 + j), mr(8 + j), mr(12 + j), |x, y, z| x - y - z);
+            }
+        }
+        // A on the columns: yt[2i] = a[i][0] + a[i][1] + a[i][2], yt[2i + 1] = a[i][1] - a[i][2] - a[i][3].
+        for (k, d) in yt.chunks_exact_mut(p).enumerate() {
+            let ar = |j: usize| &a[(k / 2 * 4 + j) * p..(k / 2 * 4 + j + 1) * p];
+            if k % 2 == 0 {
+                map3(d, ar(0), ar(1), ar(2), |x, y, z| x + y + z);
+            } else {
+                map3(d, ar(1), ar(2), ar(3), |x, y, z| x - y - z);
+            }
+        }
+        let yr = |k: usize, ty: usize| &yt[k * p + ty * tw..k * p + (ty + 1) * tw];
+        for ty in 0..th {
+            store_row(&mut y[2 * ty * w..(2 * ty + 1) * w], yr(0, ty), yr(1, ty), bias, accumulate);
+            if 2 * ty + 1 < h {
+                store_row(&mut y[(2 * ty + 1) * w..(2 * ty + 2) * w], yr(2, ty), yr(3, ty), bias, accumulate);
+            }
+        }
+    }
+}
+
+/// Images per GEMM group for `p` tiles per image and a batch of `n`: the
+/// fewest whose tiles reach `TILE_COLS` (`min`); or, when the batch splits into
+/// many such groups or evenly, the fewest that also fill whole `PANEL`s within
+/// 4 * `TILE_COLS` tiles (3 images of 32x32 = 768 tiles, 18 of 8x8 = 288):
+/// a few large ragged groups would load threads unevenly.
+fn group_imgs(p: usize, n: usize) -> usize {
+    let n = n.max(1);
+    let min = TILE_COLS.div_ceil(p).min(n);
+    let aligned = (min..).take_while(|g| g * p <= 4 * TILE_COLS).find(|g| (g * p).is_multiple_of(PANEL));
+    match aligned {
+        Some(g) if g <= n && (n.is_multiple_of(g) || n.div_ceil(g) >= 8) => g,
+        _ => min,
+    }
+}
+
+/// d[k] = f(a[k], b[k]) over the shortest of the three.
+#[inline(always)]
+fn map2(d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    d.iter_mut().zip(a.iter().zip(b)).for_each(|(d, (&a, &b))| *d = f(a, b));
+}
+
+/// d[k] = f(a[k], b[k], c[k]) over the shortest of the four.
+#[inline(always)]
+fn map3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+    d.iter_mut().zip(a.iter().zip(b).zip(c)).for_each(|(d, ((&a, &b), &c))| *d = f(a, b, c));
+}
+
+/// dst[2k] (=|+=) even[k] (+ bias), dst[2k + 1] (=|+=) odd[k] (+ bias), for the `dst.len()` columns that exist.
+fn store_row(dst: &mut [f32], even: &[f32], odd: &[f32], bias: f32, accumulate: bool) {
+    let w = dst.len();
+    let pairs = dst.chunks_exact_mut(2).zip(even.iter().zip(odd));
+    if accumulate {
+        pairs.for_each(|(d, (e, o))| {
+            d[0] += e;
+            d[1] += o;
+        });
+        if w % 2 == 1 {
+            dst[w - 1] += even[w / 2];
+        }
+    } else {
+        pairs.for_each(|(d, (e, o))| {
+            d[0] = e + bias;
+            d[1] = o + bias;
+        });
+        if w % 2 == 1 {
+            dst[w - 1] = even[w / 2] + bias;
+        }
+    }
+}
+
+/// u[xi][r][c] = (G g G^T)[xi] in f64, where for weight [cout, cin, 3, 3]:
+/// forward (r, c) = (co, ci), g = w[co][ci]; rotated (r, c) = (ci, co), g = rot180(w[co][ci]).
+fn transform_weights(u: &mut [f32], weight: &[f32], cout: usize, cin: usize, rotated: bool) {
+    let plane = cout * cin;
+    for (k, g) in weight.chunks_exact(9).enumerate() {
+        let (co, ci) = (k / cin, k % cin);
+        let at = if rotated { ci * cout + co } else { co * cin + ci };
+        let g: [f64; 9] = std::array::from_fn(|i| g[if rotated { 8 - i } else { i }] as f64);
+        // G x for a 3-vector x: [x0, (x0 + x1 + x2) / 2, (x0 - x1 + x2) / 2, x2].
+        let gx = |x0: f64, x1: f64, x2: f64| [x0, 0.5 * (x0 + x1 + x2), 0.5 * (x0 - x1 + x2), x2];
+        // Columns of G g (4x3), then rows of (G g) G^T.
+        let cols: [[f64; 4]; 3] = std::array::from_fn(|c| gx(g[c], g[3 + c], g[6 + c]));
+        for i in 0..4 {
+            let row = gx(cols[0][i], cols[1][i], cols[2][i]);
+            for (j, &val) in row.iter().enumerate() {
+                u[(4 * i + j) * plane + at] = val as f32;
+            }
+        }
+    }
+}
+
+/// The calling thread's scratch lane (indexed by rayon worker, as in `conv2d`).
+fn lock_lane(lanes: &[Mutex<Lane>]) -> std::sync::MutexGuard<'_, Lane> {
+    let i = rayon::current_thread_index().unwrap_or(0) % lanes.len();
+    // A poisoned lane only means another thread panicked mid-group; its contents are scratch.
+    lanes[i].lock().unwrap_or_else(|e| e.into_inner())
+}
