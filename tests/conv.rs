@@ -4,7 +4,7 @@
 mod common;
 
 use common::{TOL, assert_close, check_grad, proj, rand_vec};
-use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads};
+use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, Epilogue};
 use nhpatch::ops::im2col::Padding;
 use nhpatch::rng::Rng;
 use proptest::prelude::*;
@@ -238,6 +238,39 @@ fn model_layers_match_reference_and_are_thread_count_independent() {
             assert_eq!(bits(&r.2), bits(&results[0].2), "dw differs with thread count for {spec:?}");
             assert_eq!(bits(&r.3), bits(&results[0].3), "db differs with thread count for {spec:?}");
         }
+    }
+}
+
+#[test]
+fn winograd_takes_the_3x3_same_layers_with_16_or_more_channels() {
+    let took: Vec<bool> =
+        model_layers().iter().map(|&(spec, hw)| Conv2d::new(spec, hw, hw).unwrap().winograd().is_some()).collect();
+    // unet conv1 (1 input channel), unet conv3 (2x2), hardnet conv3 (stride 2) and conv7 (8x8) stay on im2col.
+    assert_eq!(took, [false, true, false, true, false, true, false]);
+}
+
+#[test]
+fn fused_epilogue_is_scale_shift_relu_after_the_convolution() {
+    for (spec, hw) in model_layers() {
+        let (n, spec) = (3, Conv2dSpec { bias: false, ..spec });
+        let d = data(&Case { spec, h: hw, w: hw, n, seed: 5 });
+        let mut rng = Rng::new(9);
+        let scale = rand_vec(&mut rng, spec.cout, 0.5, 1.5);
+        let shift = rand_vec(&mut rng, spec.cout, -0.5, 0.5);
+        let plain = run_forward(&d.l, &d.x, &d.w, None, n);
+        let mut ws = d.l.workspace(n);
+        let mut fused = vec![f32::NAN; plain.len()];
+        let epi = Epilogue { scale: Some(&scale), shift: Some(&shift), relu: true };
+        d.l.forward_fused(&mut fused, &d.x, &d.w, epi, n, &mut ws).unwrap();
+        let plane = d.l.out_shape(n).plane();
+        let want: Vec<f32> = plain
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v * scale[(i / plane) % spec.cout] + shift[(i / plane) % spec.cout]).max(0.0))
+            .collect();
+        assert_close("fused epilogue", &fused, &want, 1e-6, 1e-6);
+        let bad = Epilogue { scale: Some(&scale[1..]), shift: None, relu: false };
+        assert!(d.l.forward_fused(&mut fused, &d.x, &d.w, bad, n, &mut ws).is_err());
     }
 }
 

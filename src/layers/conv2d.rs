@@ -10,7 +10,7 @@
 //!             db[cout]      += sum_i sum_p dout_i[cout, p]
 //!             dcol_i[K, P]   = W^T[K, cout] * dout_i[cout, P];  dx_i += col2im(dcol_i)
 //!
-//! Two strategies, picked from the geometry:
+//! Strategies, picked from the geometry:
 //! - *tiled im2col*: images are grouped into tiles of at least 256 GEMM columns
 //!   (one image when P >= 256) so small late layers still feed GEMM wide
 //!   matrices; col is recomputed in backward rather than stored (it is up to
@@ -18,6 +18,9 @@
 //! - *dense*: when the kernel covers the whole unpadded input (HardNet's 8x8
 //!   conv7, P = 1) the layer is a matrix product over the batch,
 //!   out[n, cout] = X[n, K] * W^T, and no im2col is needed.
+//! - *Winograd*: 3x3 stride-1 'same' layers with 16 or more channels in and
+//!   out run forward and the input gradient through `winograd` (2.25x fewer
+//!   multiplies); their weight gradient stays on tiled im2col.
 //!
 //! Threads: the batch is cut into at most `MAX_SHARDS` contiguous shards whose
 //! size depends on n only; each shard accumulates its own dW/db partial and the
@@ -28,10 +31,15 @@
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
 use crate::layers::Shape4;
+use crate::layers::winograd::{Winograd, WinogradWorkspace};
 use crate::ops::im2col::{Padding, Window, col2im_add, im2col};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
+/// Fewest input and output channels for which a 3x3 stride-1 pad-1 layer
+/// runs forward and input gradient through Winograd F(2x2, 3x3): below it the
+/// transforms cost more than the 2.25x fewer multiplies save.
+const WINOGRAD_MIN_CHANNELS: usize = 16;
 /// GEMM columns a tile aims for: below this, small layers starve the kernel.
 const TILE_COLS: usize = 256;
 /// Upper bound on the number of batch shards (and so on dW partial buffers).
@@ -78,7 +86,7 @@ pub struct Epilogue<'a> {
 }
 
 impl Epilogue<'_> {
-    fn check(&self, cout: usize) -> Result<()> {
+    pub(crate) fn check(&self, cout: usize) -> Result<()> {
         if let Some(s) = self.scale {
             check_len("conv2d epilogue scale", s.len(), cout)?;
         }
@@ -90,7 +98,7 @@ impl Epilogue<'_> {
 
     /// Maps the values `v` of output channel `c`.
     #[inline]
-    fn apply(&self, c: usize, v: &mut [f32]) {
+    pub(crate) fn apply(&self, c: usize, v: &mut [f32]) {
         let a = self.scale.map_or(1.0, |s| s[c]);
         let b = self.shift.map_or(0.0, |s| s[c]);
         match (self.scale.is_some(), self.relu) {
@@ -121,6 +129,8 @@ pub struct ConvWorkspace {
     dw_part: Vec<f32>,
     /// [shards, cout] per-shard bias-gradient partials.
     db_part: Vec<f32>,
+    /// The Winograd path's scratch, for layers that take it (`Conv2d::winograd`).
+    wino: Option<WinogradWorkspace>,
 }
 
 impl ConvWorkspace {
@@ -158,6 +168,17 @@ impl Conv2d {
         let g = &self.win;
         g.kh == g.h && g.kw == g.w && g.pad == Padding::valid()
     }
+    /// The Winograd F(2x2, 3x3) plan when the layer qualifies: 3x3, stride 1,
+    /// padding 1 on every side, at least `WINOGRAD_MIN_CHANNELS` in and out.
+    /// Forward and the input gradient then run through it; the weight
+    /// gradient stays on im2col + GEMM.
+    pub fn winograd(&self) -> Option<Winograd> {
+        let s = &self.spec;
+        let fits = s.kh == 3 && s.kw == 3 && s.stride == 1 && s.pad == Padding::symmetric(1);
+        let wide = s.cin >= WINOGRAD_MIN_CHANNELS && s.cout >= WINOGRAD_MIN_CHANNELS;
+        if fits && wide { Winograd::new(s.cin, s.cout, self.win.h, self.win.w).ok() } else { None }
+    }
+
     /// Multiply-adds of one forward pass per image (backward costs twice that).
     pub fn macs_per_image(&self) -> usize {
         self.spec.cout * self.win.k() * self.win.p()
@@ -178,7 +199,8 @@ impl Conv2d {
                 .map(|_| Mutex::new(Lane { col: vec![0.0; self.win.k() * cols], tmp: vec![0.0; tmp] }))
                 .collect()
         };
-        ConvWorkspace { n, layer: *self, shard_imgs, tile_imgs, lanes, dw_part: Vec::new(), db_part: Vec::new() }
+        let wino = self.winograd().map(|w| w.workspace(n));
+        ConvWorkspace { n, layer: *self, shard_imgs, tile_imgs, lanes, dw_part: Vec::new(), db_part: Vec::new(), wino }
     }
 
     fn check_call(&self, n: usize, x: usize, out: usize, weight: usize, ws: &ConvWorkspace) -> Result<()> {
@@ -235,6 +257,9 @@ impl Conv2d {
         }
         if self.is_dense() {
             return self.forward_dense(out, x, weight, epi, n);
+        }
+        if let (Some(wino), Some(wws)) = (self.winograd(), ws.wino.as_mut()) {
+            return wino.forward_fused(out, x, weight, epi, n, wws);
         }
         let (cout, k, p) = (self.spec.cout, self.win.k(), self.win.p());
         let (in_len, out_len) = (self.win.in_len(), cout * p);
@@ -326,11 +351,16 @@ impl Conv2d {
             ws.db_part = vec![0.0; shards * cout];
         }
         let ws = &mut *ws;
+        // With Winograd the shards compute dW and db only; dx follows below.
+        let (dx, dx_wino) = match (self.winograd(), ws.wino.as_mut()) {
+            (Some(wino), Some(wws)) => (None, grads.dx.map(|dx| (wino, wws, dx))),
+            _ => (grads.dx, None),
+        };
         let ctx = ShardCtx { layer: self, weight, lanes: &ws.lanes, tile_imgs: ws.tile_imgs };
         let (in_len, out_len, si) = (self.win.in_len(), cout * self.win.p(), ws.shard_imgs);
         let parts = ws.dw_part.par_chunks_mut(wlen).zip(ws.db_part.par_chunks_mut(cout));
         let inputs = x.par_chunks(si * in_len).zip(dout.par_chunks(si * out_len));
-        match grads.dx {
+        match dx {
             Some(dx) => inputs
                 .zip(parts)
                 .zip(dx.par_chunks_mut(si * in_len))
@@ -352,6 +382,9 @@ impl Conv2d {
             for s in 0..shards {
                 db.iter_mut().zip(&ws.db_part[s * cout..(s + 1) * cout]).for_each(|(d, v)| *d += v);
             }
+        }
+        if let Some((wino, wws, dx)) = dx_wino {
+            wino.backward_data(dx, dout, weight, n, wws)?;
         }
         Ok(())
     }

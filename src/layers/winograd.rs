@@ -39,6 +39,7 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
+use crate::layers::conv2d::Epilogue;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -82,12 +83,13 @@ pub struct WinogradWorkspace {
     lanes: Vec<Mutex<Lane>>,
 }
 
-/// What one pass runs: `dst[cd] (=|+=) conv(src[cs])` with transformed weights `u` [16][cd][cs].
+/// What one pass runs: `dst[cd] = epi(conv(src[cs]))` (forward) or
+/// `dst[cd] += conv(src[cs])` (backward), with transformed weights `u` [16][cd][cs].
 struct Pass<'a> {
     cs: usize,
     cd: usize,
     u: &'a [f32],
-    bias: Option<&'a [f32]>,
+    epi: Epilogue<'a>,
     accumulate: bool,
 }
 
@@ -168,12 +170,33 @@ impl Winograd {
         if let Some(b) = bias {
             check_len("winograd bias", b.len(), self.cout)?;
         }
+        self.forward_fused(out, x, weight, Epilogue { scale: None, shift: bias, relu: false }, n, ws)
+    }
+
+    /// `out = epi(conv3x3_pad1(x, weight))`: the epilogue runs on each output
+    /// plane right after its transform, while it is in L1.
+    pub fn forward_fused(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        weight: &[f32],
+        epi: Epilogue<'_>,
+        n: usize,
+        ws: &mut WinogradWorkspace,
+    ) -> Result<()> {
+        self.check_call(
+            n,
+            ("winograd input", x.len(), self.cin),
+            ("winograd output", out.len(), self.cout),
+            weight.len(),
+        )?;
+        epi.check(self.cout)?;
         self.check_ws(n, ws)?;
         if n == 0 {
             return Ok(());
         }
         transform_weights(&mut ws.u, weight, self.cout, self.cin, false);
-        let pass = Pass { cs: self.cin, cd: self.cout, u: &ws.u, bias, accumulate: false };
+        let pass = Pass { cs: self.cin, cd: self.cout, u: &ws.u, epi, accumulate: false };
         self.run(&pass, out, x, ws)
     }
 
@@ -197,7 +220,7 @@ impl Winograd {
             return Ok(());
         }
         transform_weights(&mut ws.u, weight, self.cout, self.cin, true);
-        let pass = Pass { cs: self.cout, cd: self.cin, u: &ws.u, bias: None, accumulate: true };
+        let pass = Pass { cs: self.cout, cd: self.cin, u: &ws.u, epi: Epilogue::default(), accumulate: true };
         self.run(&pass, dx, dout, ws)
     }
 
@@ -231,8 +254,10 @@ impl Winograd {
                 }
                 for (j, img) in os[g0 * out_len..(g0 + gn) * out_len].chunks_exact_mut(out_len).enumerate() {
                     for (c, dst_plane) in img.chunks_exact_mut(plane).enumerate() {
-                        let b = pass.bias.map_or(0.0, |b| b[c]);
-                        self.output_transform(dst_plane, m, c * t + j * p, cd * t, b, pass.accumulate, &mut lane.rows);
+                        self.output_transform(dst_plane, m, c * t + j * p, cd * t, pass.accumulate, &mut lane.rows);
+                        if !pass.accumulate {
+                            pass.epi.apply(c, dst_plane);
+                        }
                     }
                 }
             }
@@ -297,15 +322,13 @@ impl Winograd {
     }
 
     /// One plane of the output: tile (ty, tx) = A^T m A from m[xi * xi_stride + base + ty*tw + tx],
-    /// plus `bias` (overwrite) or added to `y` (accumulate), clipped to h x w.
-    #[allow(clippy::too_many_arguments)]
+    /// written to `y` (overwrite) or added to it (accumulate), clipped to h x w.
     fn output_transform(
         &self,
         y: &mut [f32],
         m: &[f32],
         base: usize,
         xi_stride: usize,
-        bias: f32,
         accumulate: bool,
         rows: &mut [f32],
     ) {
@@ -333,9 +356,9 @@ impl Winograd {
         }
         let yr = |k: usize, ty: usize| &yt[k * p + ty * tw..k * p + (ty + 1) * tw];
         for ty in 0..th {
-            store_row(&mut y[2 * ty * w..(2 * ty + 1) * w], yr(0, ty), yr(1, ty), bias, accumulate);
+            store_row(&mut y[2 * ty * w..(2 * ty + 1) * w], yr(0, ty), yr(1, ty), accumulate);
             if 2 * ty + 1 < h {
-                store_row(&mut y[(2 * ty + 1) * w..(2 * ty + 2) * w], yr(2, ty), yr(3, ty), bias, accumulate);
+                store_row(&mut y[(2 * ty + 1) * w..(2 * ty + 2) * w], yr(2, ty), yr(3, ty), accumulate);
             }
         }
     }
@@ -368,8 +391,8 @@ fn map3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32
     d.iter_mut().zip(a.iter().zip(b).zip(c)).for_each(|(d, ((&a, &b), &c))| *d = f(a, b, c));
 }
 
-/// dst[2k] (=|+=) even[k] (+ bias), dst[2k + 1] (=|+=) odd[k] (+ bias), for the `dst.len()` columns that exist.
-fn store_row(dst: &mut [f32], even: &[f32], odd: &[f32], bias: f32, accumulate: bool) {
+/// dst[2k] (=|+=) even[k], dst[2k + 1] (=|+=) odd[k], for the `dst.len()` columns that exist.
+fn store_row(dst: &mut [f32], even: &[f32], odd: &[f32], accumulate: bool) {
     let w = dst.len();
     let pairs = dst.chunks_exact_mut(2).zip(even.iter().zip(odd));
     if accumulate {
@@ -382,11 +405,11 @@ fn store_row(dst: &mut [f32], even: &[f32], odd: &[f32], bias: f32, accumulate: 
         }
     } else {
         pairs.for_each(|(d, (e, o))| {
-            d[0] = e + bias;
-            d[1] = o + bias;
+            d[0] = *e;
+            d[1] = *o;
         });
         if w % 2 == 1 {
-            dst[w - 1] = even[w / 2] + bias;
+            dst[w - 1] = even[w / 2];
         }
     }
 }
