@@ -147,7 +147,10 @@ fn normalize(
         let k = is * g;
         match act {
             Activation::Identity => o.iter_mut().zip(x).for_each(|(o, &x)| *o = (x - mu) * k + b),
-            Activation::Relu => o.iter_mut().zip(x).for_each(|(o, &x)| *o = ((x - mu) * k + b).max(0.0)),
+            Activation::Relu => o.iter_mut().zip(x).for_each(|(o, &x)| {
+                let y = (x - mu) * k + b;
+                *o = if y > 0.0 { y } else { 0.0 }
+            }),
         }
     });
 }

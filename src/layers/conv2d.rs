@@ -101,12 +101,15 @@ impl Epilogue<'_> {
     pub(crate) fn apply(&self, c: usize, v: &mut [f32]) {
         let a = self.scale.map_or(1.0, |s| s[c]);
         let b = self.shift.map_or(0.0, |s| s[c]);
+        // `if y > 0 { y } else { 0 }` rather than `f32::max`: a plain select
+        // vectorises, max's NaN rule does not (and both give 0 for NaN).
+        let relu = |y: f32| if y > 0.0 { y } else { 0.0 };
         match (self.scale.is_some(), self.relu) {
             (false, false) if b == 0.0 => {}
             (false, false) => v.iter_mut().for_each(|v| *v += b),
-            (false, true) => v.iter_mut().for_each(|v| *v = (*v + b).max(0.0)),
+            (false, true) => v.iter_mut().for_each(|v| *v = relu(*v + b)),
             (true, false) => v.iter_mut().for_each(|v| *v = *v * a + b),
-            (true, true) => v.iter_mut().for_each(|v| *v = (*v * a + b).max(0.0)),
+            (true, true) => v.iter_mut().for_each(|v| *v = relu(*v * a + b)),
         }
     }
 }

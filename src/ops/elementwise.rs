@@ -119,11 +119,8 @@ pub fn relu(y: &mut [f32], x: &[f32]) -> Result<()> {
 pub fn relu_backward_acc(dx: &mut [f32], dy: &[f32], y: &[f32]) -> Result<()> {
     check_len("relu_backward: dy", dy.len(), dx.len())?;
     check_len("relu_backward: y", y.len(), dx.len())?;
-    zip2_mut(dx, dy, y, |dx, dy, y| {
-        if y > 0.0 {
-            *dx += dy
-        }
-    });
+    // A select, not a branch around the store: it vectorises.
+    zip2_mut(dx, dy, y, |dx, dy, y| *dx += if y > 0.0 { dy } else { 0.0 });
     Ok(())
 }
 
