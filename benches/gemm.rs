@@ -6,6 +6,9 @@
 //! threaded. Throughput is `2 * M * N * K` elements, so criterion's
 //! "Gelem/s" reads as GFLOP/s.
 //!
+//! The last rows are the other GEMMs a training step runs: Winograd's
+//! transform-domain products and the weight gradient (B a transposed view).
+//!
 //! `cargo bench --bench gemm`; add `--features compare-gemm-crate` to also run
 //! the `gemm` crate (`Parallelism::None`) on the same shapes.
 
@@ -31,6 +34,17 @@ const SHAPES: &[(&str, usize, usize, usize, bool)] = &[
     ("hardnet_conv5", 128, 576, 4096, false),
     ("hardnet_conv6", 128, 1152, 4096, false),
     ("hardnet_conv7", 64, 8192, 128, true),
+    // Winograd F(2x2,3x3) transform-domain GEMMs, one of 16 per group of
+    // images: M = Cout, K = Cin, N = 2x2 tiles in the group (256: one 32x32
+    // image, four 16x16 or sixteen 8x8).
+    ("dncnn_wino", 64, 64, 256, false),
+    ("unet_conv4_wino", 64, 80, 256, false),
+    ("hardnet_conv2_wino", 32, 32, 256, false),
+    ("hardnet_conv4_wino", 64, 64, 256, false),
+    ("hardnet_conv6_wino", 128, 128, 256, false),
+    // Weight gradients of one 32x32 image: dW[Cout, K] += dO[Cout, P] * col^T[P, K].
+    ("dncnn_dw", 64, 1024, 576, true),
+    ("hardnet_conv2_dw", 32, 1024, 288, true),
 ];
 
 /// Naive runs only where one call stays well under a second.

@@ -52,6 +52,12 @@ pub fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got == want { Ok(()) } else { Err(Error::Shape(format!("{what}: expected {want} elements, got {got}"))) }
 }
 
+/// `check_len` for a message in two parts (`"{what} {part}"`), joined only
+/// when the check fails: per-step checks must not allocate.
+pub fn check_len_of(what: &str, part: &str, got: usize, want: usize) -> Result<()> {
+    if got == want { Ok(()) } else { Err(Error::Shape(format!("{what} {part}: expected {want} elements, got {got}"))) }
+}
+
 /// Shorthand for building a shape error with `format!` arguments.
 #[macro_export]
 macro_rules! shape_err {

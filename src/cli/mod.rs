@@ -48,7 +48,14 @@ enum Command {
     /// Training or inference throughput of one model (median of timed repetitions after a warm-up).
     Bench(bench::BenchArgs),
     /// Show the GEMM kernels this CPU can run and which one nhpatch uses.
-    Kernels,
+    Kernels(KernelsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct KernelsArgs {
+    /// Also measure the single-thread FP32 FMA peak (about 2 seconds).
+    #[arg(long)]
+    peak: bool,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -66,12 +73,20 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::bench(a),
         Command::TrainDenoiser(a) => train::train_denoiser(a),
         Command::TrainDescriptor(a) => train::train_descriptor(a),
-        Command::Kernels => {
+        Command::Kernels(a) => {
             let best = nhpatch::gemm::best_kernel();
             for k in nhpatch::gemm::Kernel::ALL {
                 let mark = if *k == best { " (used)" } else { "" };
                 let avail = if k.is_available() { "available" } else { "not available on this CPU" };
                 println!("{:<16} {avail}{mark}", k.name());
+            }
+            if a.peak {
+                for k in [nhpatch::gemm::Kernel::Avx512, nhpatch::gemm::Kernel::Avx2Fma] {
+                    if k.is_available() {
+                        let g = nhpatch::gemm::peak::fma_peak_gflops(k, 1.0)?;
+                        println!("FP32 FMA peak, one thread, {} vectors: {g:.1} GFLOP/s", k.name());
+                    }
+                }
             }
             Ok(())
         }

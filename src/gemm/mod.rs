@@ -19,6 +19,7 @@ mod avx512;
 mod blis;
 mod naive;
 mod pack;
+pub mod peak;
 mod portable;
 
 use crate::error::{Error, Result};

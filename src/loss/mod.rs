@@ -11,7 +11,7 @@ pub mod l1;
 pub mod mse;
 pub mod triplet;
 
-use crate::error::{Result, check_len};
+use crate::error::{Result, check_len_of};
 
 /// Shared body of the elementwise regression losses: checks the three
 /// lengths, then `loss = (1/n) sum_i f(d_i)` with `d_i = pred_i - target_i`
@@ -27,8 +27,8 @@ pub(crate) fn mean_pointwise(
     if n == 0 {
         return Err(crate::arg_err!("{what}: the mean over an empty prediction is undefined"));
     }
-    check_len(&format!("{what} target"), target.len(), n)?;
-    check_len(&format!("{what} gradient"), grad.len(), n)?;
+    check_len_of(what, "target", target.len(), n)?;
+    check_len_of(what, "gradient", grad.len(), n)?;
     let inv_n = 1.0 / n as f64;
     let mut sum = 0.0f64;
     for ((g, &p), &t) in grad.iter_mut().zip(pred).zip(target) {
@@ -56,7 +56,7 @@ pub(crate) fn check_rows(what: &str, batch: usize, dim: usize, buffers: &[(&str,
     }
     let want = batch.checked_mul(dim).ok_or_else(|| crate::shape_err!("{what}: {batch} x {dim} overflows"))?;
     for &(name, len) in buffers {
-        check_len(&format!("{what} {name}"), len, want)?;
+        check_len_of(what, name, len, want)?;
     }
     Ok(())
 }

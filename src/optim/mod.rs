@@ -17,7 +17,7 @@
 pub mod adam;
 pub mod sgd;
 
-use crate::error::{Result, check_len};
+use crate::error::{Result, check_len, check_len_of};
 use std::ops::Range;
 
 /// Elements per parallel piece of a range.
@@ -32,9 +32,11 @@ pub(crate) fn check_step(
     state: &[(&str, usize)],
     ranges: &[Range<usize>],
 ) -> Result<()> {
-    check_len(&format!("{what} gradients"), grads, params)?;
+    check_len_of(what, "gradients", grads, params)?;
     for &(name, len) in state {
-        check_len(&format!("{what} state {name}"), len, params)?;
+        if len != params {
+            check_len(&format!("{what} state {name}"), len, params)?;
+        }
     }
     let mut end = 0;
     for r in ranges {

@@ -1,0 +1,171 @@
+//! After warm-up, a training or inference step allocates nothing: every
+//! buffer lives in workspaces sized once per batch shape. A counting global
+//! allocator (this test binary's own) sees every heap allocation of every
+//! thread while the measured steps run in a 2-thread pool.
+
+use nhpatch::loss::hardnet::{HardNetLoss, HardNetWorkspace};
+use nhpatch::loss::l1::l1_loss;
+use nhpatch::loss::triplet::TripletLoss;
+use nhpatch::models::{Arch, DESC_LEN, Model, PATCH_LEN};
+use nhpatch::optim::adam::{Adam, AdamState};
+use nhpatch::optim::sgd::{Sgd, SgdState};
+use nhpatch::rng::Rng;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: as `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: as `alloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as `alloc`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `step` twice to warm up, then counts the allocations of three more.
+fn allocations(mut step: impl FnMut()) -> usize {
+    step();
+    step();
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        step();
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    ALLOCS.load(Ordering::SeqCst)
+}
+
+fn inputs(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect()
+}
+
+fn infer_allocations(arch: Arch, batch: usize) -> usize {
+    let model = Model::new(arch).unwrap();
+    let mut rng = Rng::new(1);
+    let params = model.init_params(&mut rng);
+    let x = inputs(&mut rng, batch);
+    let mut ws = model.workspace(batch).unwrap();
+    allocations(|| {
+        model.forward_eval(&mut ws, &params, &x).unwrap();
+    })
+}
+
+fn denoiser_train_allocations(arch: Arch, batch: usize) -> usize {
+    let model = Model::new(arch).unwrap();
+    let mut rng = Rng::new(2);
+    let mut params = model.init_params(&mut rng);
+    let x = inputs(&mut rng, batch);
+    let target: Vec<f32> = x.iter().map(|v| (v - 10.0).max(0.0)).collect();
+    let ranges = model.layout().trainable_ranges();
+    let (mut grads, mut dout) = (model.zero_grads(), vec![0.0f32; x.len()]);
+    let mut ws = model.workspace(batch).unwrap();
+    let adam = Adam::new(1e-3);
+    let mut state = AdamState::new(params.len());
+    allocations(|| {
+        grads.fill(0.0);
+        dout.fill(0.0);
+        let out = model.forward_train(&mut ws, &mut params, &x, &mut rng).unwrap();
+        l1_loss(&mut dout, out, &target).unwrap();
+        model.backward(&mut ws, &params, &mut grads, &dout).unwrap();
+        adam.step(&mut state, &mut params, &grads, &ranges).unwrap();
+    })
+}
+
+fn triplet_train_allocations(batch: usize) -> usize {
+    let mut model = Model::new(Arch::HardNetBaseline).unwrap();
+    model.set_dropout(0.3).unwrap();
+    let mut rng = Rng::new(3);
+    let mut params = model.init_params(&mut rng);
+    let n = 3 * batch;
+    let x = inputs(&mut rng, n);
+    let ranges = model.layout().trainable_ranges();
+    let (mut grads, mut dout) = (model.zero_grads(), vec![0.0f32; n * DESC_LEN]);
+    let mut ws = model.workspace(n).unwrap();
+    let (loss, d) = (TripletLoss::new(1.0).unwrap(), batch * DESC_LEN);
+    let sgd = Sgd { momentum: 0.9, weight_decay: 1e-4, ..Sgd::new(0.1) };
+    let mut state = SgdState::new(params.len());
+    allocations(|| {
+        grads.fill(0.0);
+        dout.fill(0.0);
+        let out = model.forward_train(&mut ws, &mut params, &x, &mut rng).unwrap();
+        let (ga, rest) = dout.split_at_mut(d);
+        let (gp, gn) = rest.split_at_mut(d);
+        loss.loss(ga, gp, gn, &out[..d], &out[d..2 * d], &out[2 * d..], batch, DESC_LEN).unwrap();
+        model.backward(&mut ws, &params, &mut grads, &dout).unwrap();
+        sgd.step(&mut state, &mut params, &grads, &ranges).unwrap();
+    })
+}
+
+fn hardnet_loss_train_allocations(pairs: usize) -> usize {
+    let mut model = Model::new(Arch::HardNetOriginal).unwrap();
+    model.set_dropout(0.3).unwrap();
+    let mut rng = Rng::new(4);
+    let mut params = model.init_params(&mut rng);
+    let n = 2 * pairs;
+    let x = inputs(&mut rng, n);
+    let ranges = model.layout().trainable_ranges();
+    let (mut grads, mut dout) = (model.zero_grads(), vec![0.0f32; n * DESC_LEN]);
+    let mut ws = model.workspace(n).unwrap();
+    let (loss, d) = (HardNetLoss::new(1.0, true).unwrap(), pairs * DESC_LEN);
+    let mut lws = HardNetWorkspace::new(pairs);
+    let sgd = Sgd { momentum: 0.9, weight_decay: 1e-4, ..Sgd::new(0.1) };
+    let mut state = SgdState::new(params.len());
+    allocations(|| {
+        grads.fill(0.0);
+        dout.fill(0.0);
+        let out = model.forward_train(&mut ws, &mut params, &x, &mut rng).unwrap();
+        let (ga, gp) = dout.split_at_mut(d);
+        loss.loss(ga, gp, &mut lws, &out[..d], &out[d..], pairs, DESC_LEN).unwrap();
+        model.backward(&mut ws, &params, &mut grads, &dout).unwrap();
+        sgd.step(&mut state, &mut params, &grads, &ranges).unwrap();
+    })
+}
+
+#[test]
+fn steps_after_warm_up_allocate_nothing() {
+    // One test in this binary: the counter is global, so nothing else may run meanwhile.
+    let pool = nhpatch::threads::pool(2).unwrap();
+    let counts = pool.install(|| {
+        vec![
+            ("unet infer", infer_allocations(Arch::Unet, 20)),
+            ("dncnn infer", infer_allocations(Arch::Dncnn, 6)),
+            ("hardnet baseline infer", infer_allocations(Arch::HardNetBaseline, 20)),
+            ("hardnet original infer", infer_allocations(Arch::HardNetOriginal, 20)),
+            ("unet train", denoiser_train_allocations(Arch::Unet, 10)),
+            ("dncnn train", denoiser_train_allocations(Arch::Dncnn, 4)),
+            ("hardnet triplet train", triplet_train_allocations(6)),
+            ("hardnet loss train", hardnet_loss_train_allocations(8)),
+        ]
+    });
+    for (what, n) in &counts {
+        assert_eq!(*n, 0, "{what}: {n} allocations in 3 steps after warm-up ({counts:?})");
+    }
+}
