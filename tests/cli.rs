@@ -112,3 +112,19 @@ fn bad_invocations_fail_cleanly_and_write_nothing() {
     names.sort();
     assert_eq!(names, ["hardnet.safetensors", "junk.npy", "strip.png", "trunc.safetensors", "unet.safetensors"]);
 }
+
+#[test]
+fn kernels_lists_the_used_kernel_and_measures_the_fma_peak() {
+    let out = ok(&["kernels", "--peak"]);
+    assert_eq!(out.lines().filter(|l| l.ends_with("(used)")).count(), 1, "{out}");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        let peak: f64 = out
+            .lines()
+            .find(|l| l.starts_with("FP32 FMA peak"))
+            .and_then(|l| l.split(": ").nth(1)?.split(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no peak line in {out}"));
+        // One core of any AVX2 CPU: a few to a few hundred GFLOP/s. A folded-away loop reads as millions.
+        assert!((2.0..2000.0).contains(&peak), "implausible FMA peak {peak} GFLOP/s");
+    }
+}

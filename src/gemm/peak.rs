@@ -10,6 +10,7 @@
 
 use super::Kernel;
 use crate::error::{Error, Result};
+use std::hint::black_box;
 use std::time::Instant;
 
 /// Independent accumulators per kernel (latency 4 x 2 pipes needs 8; 12 leaves margin).
@@ -41,7 +42,7 @@ pub fn fma_peak_gflops(kernel: Kernel, seconds: f64) -> Result<f64> {
         let gflops = (TRIPS as usize * ACC * lanes * 2) as f64 / t.elapsed().as_secs_f64() / 1e9;
         best = best.max(gflops);
     }
-    std::hint::black_box(sink);
+    black_box(sink);
     Ok(best)
 }
 
@@ -49,8 +50,9 @@ pub fn fma_peak_gflops(kernel: Kernel, seconds: f64) -> Result<f64> {
 #[target_feature(enable = "avx512f")]
 unsafe fn fma_loop_avx512(trips: u64) -> f32 {
     use std::arch::x86_64::*;
-    let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-6));
-    let mut acc = [_mm512_set1_ps(1.0); ACC];
+    // black_box: constant operands would let the compiler fold the whole loop.
+    let (a, b) = (_mm512_set1_ps(black_box(0.999_999)), _mm512_set1_ps(black_box(1e-6)));
+    let mut acc = [_mm512_set1_ps(black_box(1.0)); ACC];
     for _ in 0..trips {
         for r in acc.iter_mut() {
             *r = _mm512_fmadd_ps(*r, a, b);
@@ -63,8 +65,8 @@ unsafe fn fma_loop_avx512(trips: u64) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fma_loop_avx2(trips: u64) -> f32 {
     use std::arch::x86_64::*;
-    let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-6));
-    let mut acc = [_mm256_set1_ps(1.0); ACC];
+    let (a, b) = (_mm256_set1_ps(black_box(0.999_999)), _mm256_set1_ps(black_box(1e-6)));
+    let mut acc = [_mm256_set1_ps(black_box(1.0)); ACC];
     for _ in 0..trips {
         for r in acc.iter_mut() {
             *r = _mm256_fmadd_ps(*r, a, b);
