@@ -139,10 +139,17 @@ fn check_tile(g: &Window, col_len: usize, ld: usize, col0: usize, x_len: usize) 
     Ok(())
 }
 
+/// Widest input row the stride-2 path splits on the stack.
+const SPLIT_MAX_W: usize = 256;
+
 /// Writes image `x[cin, h, w]` into columns `col0 .. col0 + P` of the patch
 /// matrix `col[K, ld]` (row-major, row stride `ld`).
 pub fn im2col(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window) -> Result<()> {
     check_tile(g, col.len(), ld, col0, x.len())?;
+    if g.stride == 2 && g.w <= SPLIT_MAX_W {
+        im2col_stride2(col, ld, col0, x, g);
+        return Ok(());
+    }
     let (s, wo) = (g.stride, g.wo);
     for ci in 0..g.cin {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
@@ -163,8 +170,8 @@ pub fn im2col(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window) ->
                     if s == 1 {
                         copy_short(&mut dst[lo..hi], &src[x0..x0 + (hi - lo)]);
                     } else {
-                        for (d, ox) in dst[lo..hi].iter_mut().zip(0..) {
-                            *d = src[x0 + ox * s];
+                        for (d, v) in dst[lo..hi].iter_mut().zip(src[x0..].iter().step_by(s)) {
+                            *d = *v;
                         }
                     }
                 }
@@ -172,6 +179,47 @@ pub fn im2col(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window) ->
         }
     }
     Ok(())
+}
+
+/// `im2col` for stride 2: each input row is split once into its even and
+/// odd columns, after which every kernel column `kj` reads a contiguous run
+/// of one half (`x[2 ox + kj - left]` is half `(kj - left) % 2`, index
+/// `ox + (kj - left) / 2`), instead of one strided gather per `kj`.
+fn im2col_stride2(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window) {
+    let (wo, half) = (g.wo, g.w.div_ceil(2));
+    let mut split = [0.0f32; SPLIT_MAX_W];
+    for ci in 0..g.cin {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            let k0 = (ci * g.kh + ki) * g.kw;
+            for oy in 0..g.ho {
+                let at = |kj: usize| (k0 + kj) * ld + col0 + oy * wo;
+                let Some(iy) = g.in_row(oy, ki) else {
+                    (0..g.kw).for_each(|kj| zero_short(&mut col[at(kj)..at(kj) + wo]));
+                    continue;
+                };
+                let src = &plane[iy * g.w..(iy + 1) * g.w];
+                let (even, odd) = split[..2 * half].split_at_mut(half);
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
+                    (*e, *o) = (pair[0], pair[1]);
+                }
+                if g.w % 2 == 1 {
+                    even[half - 1] = src[g.w - 1];
+                }
+                for kj in 0..g.kw {
+                    let dst = &mut col[at(kj)..at(kj) + wo];
+                    let (lo, hi) = g.valid_cols(kj);
+                    zero_short(&mut dst[..lo]);
+                    zero_short(&mut dst[hi..]);
+                    if lo < hi {
+                        let x0 = 2 * lo + kj - g.pad.left;
+                        let from = (x0 % 2) * half + x0 / 2;
+                        copy_short(&mut dst[lo..hi], &split[from..from + (hi - lo)]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The adjoint of `im2col`: `dx[cin, h, w] += col2im(dcol[K, ld] columns col0 .. col0 + P)`.
