@@ -133,6 +133,17 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for model, mode, batch, threads, unit, ours, theirs in rows:
         print(f"| {model} | {mode} | {batch} | {threads} | {ours:.1f} | {theirs:.1f} | {unit} | {ours / theirs:.2f} |")
+    # Scaling: the same workload at the largest thread count against 1 thread.
+    by_key = {(m, mode, b, t): (o, p) for m, mode, b, t, _, o, p in rows}
+    most = max(int(t) for t in args.threads.split(","))
+    if most > 1 and any(k[3] == 1 for k in by_key):
+        print()
+        print(f"| model | workload | batch | nhpatch {most} threads / 1 thread | PyTorch {most} threads / 1 thread |")
+        print("|---|---|---|---|---|")
+        for (m, mode, b, t), (o, p) in by_key.items():
+            if t == 1 and (m, mode, b, most) in by_key:
+                o2, p2 = by_key[(m, mode, b, most)]
+                print(f"| {m} | {mode} | {b} | {o2 / o:.2f} | {p2 / p:.2f} |")
 
 
 if __name__ == "__main__":

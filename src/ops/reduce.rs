@@ -21,37 +21,40 @@ use crate::shape_err;
 /// Independent accumulators of the flat reductions.
 const LANES: usize = 8;
 
-/// `sum_i f(i)` over `0..len` in `LANES` interleaved accumulators (fixed order).
+/// `sum_i f(a[i], b[i])` in `LANES` interleaved accumulators (fixed order);
+/// `b` is at least as long as `a`. Whole blocks are fixed-size arrays, so the
+/// body has no bounds checks and vectorises.
 #[inline(always)]
-fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
     let mut acc = [0.0f64; LANES];
-    let body = len - len % LANES;
-    for i0 in (0..body).step_by(LANES) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i0 + l);
+    let (ca, cb) = (a.chunks_exact(LANES), b[..a.len()].chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (xa, xb) in ca.zip(cb) {
+        let (xa, xb): (&[f32; LANES], &[f32; LANES]) = (xa.try_into().unwrap(), xb.try_into().unwrap());
+        for l in 0..LANES {
+            acc[l] += f(xa[l], xb[l]);
         }
     }
-    for (l, i) in (body..len).enumerate() {
-        acc[l] += f(i);
+    for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        acc[l] += f(x, y);
     }
     acc.iter().sum()
 }
 
 /// `sum_i x[i]`.
 pub fn sum(x: &[f32]) -> f64 {
-    lane_sum(x.len(), |i| x[i] as f64)
+    lane_sum(x, x, |v, _| v as f64)
 }
 
 /// `sum_i a[i] * b[i]`.
 pub fn dot(a: &[f32], b: &[f32]) -> Result<f64> {
     check_len("dot: b", b.len(), a.len())?;
-    let b = &b[..a.len()];
-    Ok(lane_sum(a.len(), |i| a[i] as f64 * b[i] as f64))
+    Ok(lane_sum(a, b, |a, b| a as f64 * b as f64))
 }
 
 /// `sum_i (x[i] - mean)^2`.
 fn m2_about(x: &[f32], mean: f64) -> f64 {
-    lane_sum(x.len(), |i| (x[i] as f64 - mean).powi(2))
+    lane_sum(x, x, |v, _| (v as f64 - mean).powi(2))
 }
 
 /// `(mean, m2)` of `x`, where `m2 = sum_i (x[i] - mean)^2`; the biased
@@ -67,8 +70,7 @@ pub fn mean_m2(x: &[f32]) -> (f64, f64) {
 /// `sum_i a[i] * (b[i] - b_mean)`.
 pub fn dot_centered(a: &[f32], b: &[f32], b_mean: f64) -> Result<f64> {
     check_len("dot_centered: b", b.len(), a.len())?;
-    let b = &b[..a.len()];
-    Ok(lane_sum(a.len(), |i| a[i] as f64 * (b[i] as f64 - b_mean)))
+    Ok(lane_sum(a, b, |a, b| a as f64 * (b as f64 - b_mean)))
 }
 
 /// Checks a tensor of `len` elements against `shape` and `c` against its channels.
