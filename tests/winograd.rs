@@ -38,10 +38,26 @@ macro_rules! impl_wino {
             fn ws(&self, n: usize) -> $ws {
                 self.workspace(n)
             }
-            fn fwd(&self, out: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize, ws: &mut $ws) -> Result<()> {
+            fn fwd(
+                &self,
+                out: &mut [f32],
+                x: &[f32],
+                w: &[f32],
+                b: Option<&[f32]>,
+                n: usize,
+                ws: &mut $ws,
+            ) -> Result<()> {
                 self.forward(out, x, w, b, n, ws)
             }
-            fn fused(&self, out: &mut [f32], x: &[f32], w: &[f32], e: Epilogue<'_>, n: usize, ws: &mut $ws) -> Result<()> {
+            fn fused(
+                &self,
+                out: &mut [f32],
+                x: &[f32],
+                w: &[f32],
+                e: Epilogue<'_>,
+                n: usize,
+                ws: &mut $ws,
+            ) -> Result<()> {
                 self.forward_fused(out, x, w, e, n, ws)
             }
             fn bwd(&self, dx: &mut [f32], dout: &[f32], w: &[f32], n: usize, ws: &mut $ws) -> Result<()> {
@@ -349,7 +365,9 @@ fn pytorch_init_accuracy_64_to_64_32x32() {
         (fwd, bwd)
     }
     for (name, (fwd, bwd)) in [("F(2x2)", errs::<Winograd>()), ("F(4x4)", errs::<Winograd4>())] {
-        eprintln!("{name} PyTorch-init 64->64 32x32 n=4: max relative error forward {fwd:.3e}, backward_data {bwd:.3e}");
+        eprintln!(
+            "{name} PyTorch-init 64->64 32x32 n=4: max relative error forward {fwd:.3e}, backward_data {bwd:.3e}"
+        );
         assert!(fwd < 1e-5 && bwd < 1e-5, "{name}: forward {fwd:e}, backward_data {bwd:e}");
     }
 }
@@ -362,7 +380,10 @@ fn multi_group_batches_match_naive() {
             let fwd = check_forward::<L>((cin, cout, h, w), n, true, 5);
             let c = case::<L>(cin, cout, h, w, n, 5);
             let bwd = rel_err(&backward_data(&c.l, &c.d, &c.w, n, 0.0), &naive_backward_data(&c.g, &c.d, &c.w, n));
-            assert!(fwd < TOL && bwd < TOL, "{name} {cin}->{cout} {h}x{w} n={n}: forward {fwd:e}, backward_data {bwd:e}");
+            assert!(
+                fwd < TOL && bwd < TOL,
+                "{name} {cin}->{cout} {h}x{w} n={n}: forward {fwd:e}, backward_data {bwd:e}"
+            );
         }
     }
     check::<Winograd>("F(2x2)");
@@ -385,9 +406,14 @@ fn empty_batch_is_a_no_op() {
 fn results_do_not_depend_on_the_thread_count() {
     // 16x16 and 8x8 group several images per GEMM; 7 and 33 images leave ragged groups and shards.
     fn check<L: Wino + Sync>(name: &str) {
-        for (cin, cout, h, w, n) in
-            [(5, 7, 16, 16, 7), (8, 6, 8, 8, 33), (3, 4, 9, 7, 5), (4, 4, 32, 32, 3), (2, 3, 32, 32, 25), (3, 2, 4, 4, 90)]
-        {
+        for (cin, cout, h, w, n) in [
+            (5, 7, 16, 16, 7),
+            (8, 6, 8, 8, 33),
+            (3, 4, 9, 7, 5),
+            (4, 4, 32, 32, 3),
+            (2, 3, 32, 32, 25),
+            (3, 2, 4, 4, 90),
+        ] {
             let c = case::<L>(cin, cout, h, w, n, 11);
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -398,7 +424,10 @@ fn results_do_not_depend_on_the_thread_count() {
                 let (y, dx) = run(threads);
                 let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
                 assert!(same(&y, &y1), "{name} forward differs with {threads} threads ({cin}->{cout} {h}x{w} n={n})");
-                assert!(same(&dx, &dx1), "{name} backward_data differs with {threads} threads ({cin}->{cout} {h}x{w} n={n})");
+                assert!(
+                    same(&dx, &dx1),
+                    "{name} backward_data differs with {threads} threads ({cin}->{cout} {h}x{w} n={n})"
+                );
             }
         }
     }

@@ -36,6 +36,9 @@
 //! same sequence of operations whatever the thread count, so results are
 //! bit-identical for any pool. All scratch lives in the workspace (one lane per
 //! pool thread): calls allocate nothing.
+//!
+//! `winograd4` (F(4x4, 3x3)) shares this driver (`run_pass`), lanes and group
+//! sizing through the `Tiling` trait; only the tile transforms differ.
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
@@ -80,7 +83,9 @@ impl Lane {
             return Vec::new();
         }
         (0..rayon::current_num_threads().min(n.div_ceil(shard_imgs)))
-            .map(|_| Mutex::new(Lane { pad: vec![0.0; pad], rows: vec![0.0; rows], v: vec![0.0; big], m: vec![0.0; big] }))
+            .map(|_| {
+                Mutex::new(Lane { pad: vec![0.0; pad], rows: vec![0.0; rows], v: vec![0.0; big], m: vec![0.0; big] })
+            })
             .collect()
     }
 }
@@ -115,9 +120,25 @@ pub(super) trait Tiling: Sync {
     /// Tiles of one plane.
     fn tiles_per_plane(&self) -> usize;
     /// V[xi][base + tile] = (B^T d B)[xi] for every tile of plane `x` (`xi_stride` elements between xi).
-    fn input_transform(&self, v: &mut [f32], base: usize, xi_stride: usize, x: &[f32], pad: &mut [f32], rows: &mut [f32]);
+    fn input_transform(
+        &self,
+        v: &mut [f32],
+        base: usize,
+        xi_stride: usize,
+        x: &[f32],
+        pad: &mut [f32],
+        rows: &mut [f32],
+    );
     /// Plane `y` (=|+=) A^T m A from m[xi * xi_stride + base + tile], clipped to h x w.
-    fn output_transform(&self, y: &mut [f32], m: &[f32], base: usize, xi_stride: usize, accumulate: bool, rows: &mut [f32]);
+    fn output_transform(
+        &self,
+        y: &mut [f32],
+        m: &[f32],
+        base: usize,
+        xi_stride: usize,
+        accumulate: bool,
+        rows: &mut [f32],
+    );
 }
 
 /// Runs `pass` over a batch: src [n, cs, h, w] -> dst [n, cd, h, w], shards of
@@ -406,9 +427,14 @@ impl Tiling for Winograd {
 /// 4 * `TILE_COLS` tiles (3 images of 32x32 = 768 tiles, 18 of 8x8 = 288):
 /// a few large ragged groups would load threads unevenly.
 pub(super) fn group_imgs(p: usize, n: usize) -> usize {
+    group_imgs_for(TILE_COLS, p, n)
+}
+
+/// `group_imgs` for a target of `tile_cols` columns instead of `TILE_COLS`.
+pub(super) fn group_imgs_for(tile_cols: usize, p: usize, n: usize) -> usize {
     let n = n.max(1);
-    let min = TILE_COLS.div_ceil(p).min(n);
-    let aligned = (min..).take_while(|g| g * p <= 4 * TILE_COLS).find(|g| (g * p).is_multiple_of(PANEL));
+    let min = tile_cols.div_ceil(p).min(n);
+    let aligned = (min..).take_while(|g| g * p <= 4 * tile_cols).find(|g| (g * p).is_multiple_of(PANEL));
     match aligned {
         Some(g) if g <= n && (n.is_multiple_of(g) || n.div_ceil(g) >= 8) => g,
         _ => min,

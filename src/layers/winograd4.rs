@@ -25,7 +25,7 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::layers::conv2d::Epilogue;
-use crate::layers::winograd::{Lane, MAX_SHARDS, Pass, Tiling, group_imgs, run_pass};
+use crate::layers::winograd::{Lane, MAX_SHARDS, Pass, Tiling, group_imgs_for, run_pass};
 use std::sync::Mutex;
 
 /// Geometry: cin -> cout channels, 3x3 kernel, stride 1, padding 1, h x w input and output.
@@ -35,6 +35,14 @@ pub struct Winograd4 {
     pub cout: usize,
     pub h: usize,
     pub w: usize,
+}
+
+/// GEMM columns (4x4 tiles) a group of images aims for with `c` channels (the
+/// larger side): V and M of a group, [36][c][T] each, stay near 1 MiB (Zen 4's L2)
+/// with about 8192 / c columns (128 at 64 channels; measured better than 256 at
+/// 64 and 128 channels), between 32 and 256.
+fn tile_cols(c: usize) -> usize {
+    (8192 / c).clamp(32, 256)
 }
 
 /// Scratch of one F(4x4) Winograd layer for one batch size.
@@ -69,7 +77,7 @@ impl Winograd4 {
     pub fn workspace(&self, n: usize) -> Winograd4Workspace {
         let (th, tw) = self.tiles();
         let p = th * tw;
-        let group_imgs = group_imgs(p, n);
+        let group_imgs = group_imgs_for(tile_cols(self.cin.max(self.cout)), p, n);
         let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs).next_multiple_of(group_imgs);
         let big = 36 * self.cin.max(self.cout) * group_imgs * p;
         // rows: [4][6][th][tw + 1] (input), [24][p] + [4][p] (output).
@@ -175,7 +183,15 @@ impl Tiling for Winograd4 {
         th * tw
     }
 
-    fn input_transform(&self, v: &mut [f32], base: usize, xi_stride: usize, x: &[f32], pad: &mut [f32], rows: &mut [f32]) {
+    fn input_transform(
+        &self,
+        v: &mut [f32],
+        base: usize,
+        xi_stride: usize,
+        x: &[f32],
+        pad: &mut [f32],
+        rows: &mut [f32],
+    ) {
         let (th, tw) = self.tiles();
         let (w, hw) = (self.w, tw + 1);
         let (q, len) = ((th + 1) * hw, th * hw);
@@ -220,14 +236,29 @@ impl Tiling for Winograd4 {
                 let [o0, o1, o2, o3, o4, o5] = &mut out;
                 let at = ty * tw..(ty + 1) * tw;
                 bt6(
-                    [&mut o0[at.clone()], &mut o1[at.clone()], &mut o2[at.clone()], &mut o3[at.clone()], &mut o4[at.clone()], &mut o5[at]],
+                    [
+                        &mut o0[at.clone()],
+                        &mut o1[at.clone()],
+                        &mut o2[at.clone()],
+                        &mut o3[at.clone()],
+                        &mut o4[at.clone()],
+                        &mut o5[at],
+                    ],
                     [e0, e1, e(2, ty), e(3, ty), &e0[1..], &e1[1..]],
                 );
             }
         }
     }
 
-    fn output_transform(&self, y: &mut [f32], m: &[f32], base: usize, xi_stride: usize, accumulate: bool, rows: &mut [f32]) {
+    fn output_transform(
+        &self,
+        y: &mut [f32],
+        m: &[f32],
+        base: usize,
+        xi_stride: usize,
+        accumulate: bool,
+        rows: &mut [f32],
+    ) {
         let (th, tw) = self.tiles();
         let (h, w, p) = (self.h, self.w, th * tw);
         let mr = |xi: usize| &m[xi * xi_stride + base..xi * xi_stride + base + p];
@@ -240,7 +271,10 @@ impl Tiling for Winograd4 {
         // A on the columns, one row i of the 4x4 output tiles at a time: yt[jj] = (A^T a[i][.])[jj].
         for i in 0..4 {
             let mut d = yt.chunks_exact_mut(p);
-            at6(std::array::from_fn(|_| d.next().expect("4 columns")), std::array::from_fn(|j| &a[(6 * i + j) * p..(6 * i + j + 1) * p]));
+            at6(
+                std::array::from_fn(|_| d.next().expect("4 columns")),
+                std::array::from_fn(|j| &a[(6 * i + j) * p..(6 * i + j + 1) * p]),
+            );
             let yr = |jj: usize, ty: usize| &yt[jj * p + ty * tw..jj * p + (ty + 1) * tw];
             for ty in (0..th).take_while(|ty| 4 * ty + i < h) {
                 let r = 4 * ty + i;
@@ -324,14 +358,15 @@ fn transform_weights(u: &mut [f32], weight: &[f32], cout: usize, cin: usize, rot
         let (co, ci) = (k / cin, k % cin);
         let at = if rotated { ci * cout + co } else { co * cin + ci };
         let g: [f64; 9] = std::array::from_fn(|i| g[if rotated { 8 - i } else { i }] as f64);
-        // G x for a 3-vector x.
+        // G x for a 3-vector x (products with reciprocals: the f64 rounding is far below f32's).
         let gx = |x0: f64, x1: f64, x2: f64| {
+            let (a, b) = (x0 + x2, x0 * (1.0 / 24.0) + x2 * (1.0 / 6.0));
             [
-                x0 / 4.0,
-                -(x0 + x1 + x2) / 6.0,
-                -(x0 - x1 + x2) / 6.0,
-                x0 / 24.0 + x1 / 12.0 + x2 / 6.0,
-                x0 / 24.0 - x1 / 12.0 + x2 / 6.0,
+                x0 * 0.25,
+                -(a + x1) * (1.0 / 6.0),
+                -(a - x1) * (1.0 / 6.0),
+                b + x1 * (1.0 / 12.0),
+                b - x1 * (1.0 / 12.0),
                 x2,
             ]
         };
