@@ -1,5 +1,6 @@
-//! Winograd F(2x2, 3x3) against the im2col `Conv2d` on the 3x3 stride-1
-//! layers of the three models, on one thread. Throughput is the direct
+//! Winograd F(2x2, 3x3) and F(4x4, 3x3) against the im2col `Conv2d` on the
+//! 3x3 stride-1 layers of the three models, on one thread (`-- winograd`
+//! runs only the Winograd ones). Throughput is the direct
 //! convolution's FLOP count (2 * cout * cin * 9 * h * w * n per call) for both,
 //! so criterion's "elem/s" reads as effective FLOP/s.
 //!
@@ -10,6 +11,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads};
 use nhpatch::layers::winograd::Winograd;
+use nhpatch::layers::winograd4::Winograd4;
 use nhpatch::ops::im2col::Padding;
 use nhpatch::rng::Rng;
 use std::hint::black_box;
@@ -42,20 +44,24 @@ fn winograd(c: &mut Criterion) {
         let spec = Conv2dSpec { cin, cout, kh: 3, kw: 3, stride: 1, pad: Padding::symmetric(1), bias: true };
         let conv = Conv2d::new(spec, hw, hw).unwrap();
         let wino = Winograd::new(cin, cout, hw, hw).unwrap();
+        let wino4 = Winograd4::new(cin, cout, hw, hw).unwrap();
         let x = rand(&mut rng, n * cin * hw * hw);
         let w = rand(&mut rng, cout * cin * 9);
         let b = rand(&mut rng, cout);
         let dout = rand(&mut rng, n * cout * hw * hw);
         let mut out = vec![0.0; dout.len()];
         let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; b.len()]);
-        let (mut cws, mut wws) = pool.install(|| (conv.workspace(n), wino.workspace(n)));
+        let (mut cws, mut wws, mut wws4) = pool.install(|| (conv.workspace(n), wino.workspace(n), wino4.workspace(n)));
         let flops = (2 * cout * cin * 9 * hw * hw * n) as u64;
         let mut g = group(c, "forward", flops);
         g.bench_function(format!("im2col/{name}"), |bch| {
             pool.install(|| bch.iter(|| conv.forward(&mut out, black_box(&x), &w, Some(&b), n, &mut cws).unwrap()))
         });
-        g.bench_function(format!("winograd/{name}"), |bch| {
+        g.bench_function(format!("winograd-f2/{name}"), |bch| {
             pool.install(|| bch.iter(|| wino.forward(&mut out, black_box(&x), &w, Some(&b), n, &mut wws).unwrap()))
+        });
+        g.bench_function(format!("winograd-f4/{name}"), |bch| {
+            pool.install(|| bch.iter(|| wino4.forward(&mut out, black_box(&x), &w, Some(&b), n, &mut wws4).unwrap()))
         });
         g.finish();
 
@@ -68,8 +74,11 @@ fn winograd(c: &mut Criterion) {
                 })
             })
         });
-        g.bench_function(format!("winograd-dx/{name}"), |bch| {
+        g.bench_function(format!("winograd-f2-dx/{name}"), |bch| {
             pool.install(|| bch.iter(|| wino.backward_data(&mut dx, black_box(&dout), &w, n, &mut wws).unwrap()))
+        });
+        g.bench_function(format!("winograd-f4-dx/{name}"), |bch| {
+            pool.install(|| bch.iter(|| wino4.backward_data(&mut dx, black_box(&dout), &w, n, &mut wws4).unwrap()))
         });
         g.finish();
     }

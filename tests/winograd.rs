@@ -1,16 +1,84 @@
-//! Winograd F(2x2, 3x3) against a direct 3x3 pad-1 convolution computed in f64:
-//! forward, backward_data (accumulation and the adjoint identity), thread-count
+//! Winograd F(2x2, 3x3) and F(4x4, 3x3) against a direct 3x3 pad-1
+//! convolution computed in f64: the F(4x4) matrices themselves, forward (plain
+//! and with a fused epilogue), backward_data (accumulation and the adjoint
+//! identity), accuracy at PyTorch's initialisation scale, thread-count
 //! determinism and argument errors.
 
 mod common;
 
 use common::rand_vec;
-use nhpatch::layers::winograd::Winograd;
+use nhpatch::error::Result;
+use nhpatch::layers::conv2d::Epilogue;
+use nhpatch::layers::winograd::{Winograd, WinogradWorkspace};
+use nhpatch::layers::winograd4::{Winograd4, Winograd4Workspace};
 use nhpatch::rng::Rng;
 use proptest::prelude::*;
 
+/// The API both tilings share.
+trait Wino: Sized {
+    type Ws;
+    fn make(cin: usize, cout: usize, h: usize, w: usize) -> Result<Self>;
+    fn geom(&self) -> Geom;
+    fn ws(&self, n: usize) -> Self::Ws;
+    fn fwd(&self, out: &mut [f32], x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize, ws: &mut Self::Ws) -> Result<()>;
+    fn fused(&self, out: &mut [f32], x: &[f32], w: &[f32], e: Epilogue<'_>, n: usize, ws: &mut Self::Ws) -> Result<()>;
+    fn bwd(&self, dx: &mut [f32], dout: &[f32], w: &[f32], n: usize, ws: &mut Self::Ws) -> Result<()>;
+}
+
+macro_rules! impl_wino {
+    ($t:ty, $ws:ty) => {
+        impl Wino for $t {
+            type Ws = $ws;
+            fn make(cin: usize, cout: usize, h: usize, w: usize) -> Result<Self> {
+                <$t>::new(cin, cout, h, w)
+            }
+            fn geom(&self) -> Geom {
+                Geom { cin: self.cin, cout: self.cout, h: self.h, w: self.w }
+            }
+            fn ws(&self, n: usize) -> $ws {
+                self.workspace(n)
+            }
+            fn fwd(
+                &self,
+                out: &mut [f32],
+                x: &[f32],
+                w: &[f32],
+                b: Option<&[f32]>,
+                n: usize,
+                ws: &mut $ws,
+            ) -> Result<()> {
+                self.forward(out, x, w, b, n, ws)
+            }
+            fn fused(
+                &self,
+                out: &mut [f32],
+                x: &[f32],
+                w: &[f32],
+                e: Epilogue<'_>,
+                n: usize,
+                ws: &mut $ws,
+            ) -> Result<()> {
+                self.forward_fused(out, x, w, e, n, ws)
+            }
+            fn bwd(&self, dx: &mut [f32], dout: &[f32], w: &[f32], n: usize, ws: &mut $ws) -> Result<()> {
+                self.backward_data(dx, dout, w, n, ws)
+            }
+        }
+    };
+}
+impl_wino!(Winograd, WinogradWorkspace);
+impl_wino!(Winograd4, Winograd4Workspace);
+
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+}
+
 /// Direct forward in f64: out[n, cout, h, w].
-fn naive_forward(l: &Winograd, x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize) -> Vec<f64> {
+fn naive_forward(l: &Geom, x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize) -> Vec<f64> {
     let (hh, ww) = (l.h as isize, l.w as isize);
     let mut out = vec![0.0f64; n * l.cout * l.h * l.w];
     for i in 0..n {
@@ -40,7 +108,7 @@ fn naive_forward(l: &Winograd, x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize
 }
 
 /// Direct adjoint of `naive_forward` (no bias) in f64: dx[n, cin, h, w].
-fn naive_backward_data(l: &Winograd, dout: &[f32], w: &[f32], n: usize) -> Vec<f64> {
+fn naive_backward_data(l: &Geom, dout: &[f32], w: &[f32], n: usize) -> Vec<f64> {
     let (hh, ww) = (l.h as isize, l.w as isize);
     let mut dx = vec![0.0f64; n * l.cin * l.h * l.w];
     for i in 0..n {
@@ -74,22 +142,25 @@ fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs())) / scale
 }
 
-fn forward(l: &Winograd, x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize) -> Vec<f32> {
-    let mut out = vec![f32::NAN; n * l.cout * l.h * l.w];
-    let mut ws = l.workspace(n);
-    l.forward(&mut out, x, w, b, n, &mut ws).unwrap();
+fn forward<L: Wino>(l: &L, x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize) -> Vec<f32> {
+    let g = l.geom();
+    let mut out = vec![f32::NAN; n * g.cout * g.h * g.w];
+    let mut ws = l.ws(n);
+    l.fwd(&mut out, x, w, b, n, &mut ws).unwrap();
     out
 }
 
-fn backward_data(l: &Winograd, dout: &[f32], w: &[f32], n: usize, prefill: f32) -> Vec<f32> {
-    let mut dx = vec![prefill; n * l.cin * l.h * l.w];
-    let mut ws = l.workspace(n);
-    l.backward_data(&mut dx, dout, w, n, &mut ws).unwrap();
+fn backward_data<L: Wino>(l: &L, dout: &[f32], w: &[f32], n: usize, prefill: f32) -> Vec<f32> {
+    let g = l.geom();
+    let mut dx = vec![prefill; n * g.cin * g.h * g.w];
+    let mut ws = l.ws(n);
+    l.bwd(&mut dx, dout, w, n, &mut ws).unwrap();
     dx
 }
 
-struct Case {
-    l: Winograd,
+struct Case<L> {
+    l: L,
+    g: Geom,
     n: usize,
     x: Vec<f32>,
     w: Vec<f32>,
@@ -97,20 +168,71 @@ struct Case {
     d: Vec<f32>,
 }
 
-fn case(cin: usize, cout: usize, h: usize, w: usize, n: usize, seed: u64) -> Case {
-    let l = Winograd::new(cin, cout, h, w).unwrap();
+/// Inputs and output gradients uniform in [-1, 1], weights in [-wmax, wmax], bias in [-bmax, bmax].
+fn case_scaled<L: Wino>(dims: (usize, usize, usize, usize), n: usize, seed: u64, wmax: f32, bmax: f32) -> Case<L> {
+    let (cin, cout, h, w) = dims;
+    let l = L::make(cin, cout, h, w).unwrap();
     let mut rng = Rng::new(seed);
     Case {
+        g: l.geom(),
         l,
         n,
         x: rand_vec(&mut rng, n * cin * h * w, -1.0, 1.0),
-        w: rand_vec(&mut rng, cout * cin * 9, -0.5, 0.5),
-        b: rand_vec(&mut rng, cout, -1.0, 1.0),
+        w: rand_vec(&mut rng, cout * cin * 9, -wmax, wmax),
+        b: rand_vec(&mut rng, cout, -bmax, bmax),
         d: rand_vec(&mut rng, n * cout * h * w, -1.0, 1.0),
     }
 }
 
+fn case<L: Wino>(cin: usize, cout: usize, h: usize, w: usize, n: usize, seed: u64) -> Case<L> {
+    case_scaled((cin, cout, h, w), n, seed, 0.5, 1.0)
+}
+
 const TOL: f64 = 1e-4;
+
+fn check_forward<L: Wino>(dims: (usize, usize, usize, usize), n: usize, with_bias: bool, seed: u64) -> f64 {
+    let c = case::<L>(dims.0, dims.1, dims.2, dims.3, n, seed);
+    let b = with_bias.then_some(&c.b[..]);
+    rel_err(&forward(&c.l, &c.x, &c.w, b, n), &naive_forward(&c.g, &c.x, &c.w, b, n))
+}
+
+fn check_backward<L: Wino>(dims: (usize, usize, usize, usize), n: usize, seed: u64) -> f64 {
+    let c = case::<L>(dims.0, dims.1, dims.2, dims.3, n, seed);
+    let prefill = 0.75f32;
+    let want: Vec<f64> = naive_backward_data(&c.g, &c.d, &c.w, n).iter().map(|g| g + prefill as f64).collect();
+    rel_err(&backward_data(&c.l, &c.d, &c.w, n, prefill), &want)
+}
+
+/// |<forward(x), d> - <x, backward_data(d)>| relative to sum |y d|.
+fn adjoint_gap<L: Wino>(dims: (usize, usize, usize, usize), n: usize, seed: u64) -> f64 {
+    let c = case::<L>(dims.0, dims.1, dims.2, dims.3, n, seed);
+    let y = forward(&c.l, &c.x, &c.w, None, n);
+    let dx = backward_data(&c.l, &c.d, &c.w, n, 0.0);
+    let lhs: f64 = y.iter().zip(&c.d).map(|(&a, &b)| a as f64 * b as f64).sum();
+    let rhs: f64 = c.x.iter().zip(&dx).map(|(&a, &b)| a as f64 * b as f64).sum();
+    let scale: f64 = y.iter().zip(&c.d).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>().max(1e-30);
+    (lhs - rhs).abs() / scale
+}
+
+/// Forward with a scale + shift + ReLU epilogue against the naive convolution mapped the same way.
+fn check_fused<L: Wino>(dims: (usize, usize, usize, usize), n: usize, seed: u64) -> f64 {
+    let c = case::<L>(dims.0, dims.1, dims.2, dims.3, n, seed);
+    let scale: Vec<f32> = c.b.iter().map(|b| 1.5 * b).collect();
+    let epi = Epilogue { scale: Some(&scale), shift: Some(&c.b), relu: true };
+    let mut out = vec![f32::NAN; n * c.g.cout * c.g.h * c.g.w];
+    let mut ws = c.l.ws(n);
+    c.l.fused(&mut out, &c.x, &c.w, epi, n, &mut ws).unwrap();
+    let plane = c.g.h * c.g.w;
+    let want: Vec<f64> = naive_forward(&c.g, &c.x, &c.w, None, n)
+        .iter()
+        .enumerate()
+        .map(|(k, &y)| {
+            let co = k / plane % c.g.cout;
+            (y * scale[co] as f64 + c.b[co] as f64).max(0.0)
+        })
+        .collect();
+    rel_err(&out, &want)
+}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
@@ -118,114 +240,236 @@ proptest! {
     #[test]
     fn forward_matches_naive(cin in 1usize..20, cout in 1usize..20, h in 1usize..=13, w in 1usize..=13,
                              n in 1usize..=3, with_bias: bool, seed: u64) {
-        let c = case(cin, cout, h, w, n, seed);
-        let b = with_bias.then_some(&c.b[..]);
-        let err = rel_err(&forward(&c.l, &c.x, &c.w, b, n), &naive_forward(&c.l, &c.x, &c.w, b, n));
+        let err = check_forward::<Winograd>((cin, cout, h, w), n, with_bias, seed);
+        prop_assert!(err < TOL, "relative error {err:e}");
+    }
+
+    #[test]
+    fn f4_forward_matches_naive(cin in 1usize..20, cout in 1usize..20, h in 1usize..=19, w in 1usize..=19,
+                                n in 1usize..=3, with_bias: bool, seed: u64) {
+        let err = check_forward::<Winograd4>((cin, cout, h, w), n, with_bias, seed);
         prop_assert!(err < TOL, "relative error {err:e}");
     }
 
     #[test]
     fn backward_data_matches_naive_and_accumulates(cin in 1usize..20, cout in 1usize..20, h in 1usize..=13,
                                                    w in 1usize..=13, n in 1usize..=3, seed: u64) {
-        let c = case(cin, cout, h, w, n, seed);
-        let prefill = 0.75f32;
-        let want: Vec<f64> = naive_backward_data(&c.l, &c.d, &c.w, n).iter().map(|g| g + prefill as f64).collect();
-        let err = rel_err(&backward_data(&c.l, &c.d, &c.w, n, prefill), &want);
+        let err = check_backward::<Winograd>((cin, cout, h, w), n, seed);
+        prop_assert!(err < TOL, "relative error {err:e}");
+    }
+
+    #[test]
+    fn f4_backward_data_matches_naive_and_accumulates(cin in 1usize..20, cout in 1usize..20, h in 1usize..=19,
+                                                      w in 1usize..=19, n in 1usize..=3, seed: u64) {
+        let err = check_backward::<Winograd4>((cin, cout, h, w), n, seed);
         prop_assert!(err < TOL, "relative error {err:e}");
     }
 
     #[test]
     fn adjoint_identity(cin in 1usize..20, cout in 1usize..20, h in 1usize..=13, w in 1usize..=13,
                         n in 1usize..=3, seed: u64) {
-        // <forward(x), d> == <x, backward_data(d)>
-        let c = case(cin, cout, h, w, n, seed);
-        let y = forward(&c.l, &c.x, &c.w, None, n);
-        let dx = backward_data(&c.l, &c.d, &c.w, n, 0.0);
-        let lhs: f64 = y.iter().zip(&c.d).map(|(&a, &b)| a as f64 * b as f64).sum();
-        let rhs: f64 = c.x.iter().zip(&dx).map(|(&a, &b)| a as f64 * b as f64).sum();
-        let scale: f64 = y.iter().zip(&c.d).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>().max(1e-30);
-        prop_assert!((lhs - rhs).abs() / scale < TOL, "<y, d> = {lhs}, <x, dx> = {rhs}");
+        let gap = adjoint_gap::<Winograd>((cin, cout, h, w), n, seed);
+        prop_assert!(gap < TOL, "relative gap {gap:e}");
+    }
+
+    #[test]
+    fn f4_adjoint_identity(cin in 1usize..20, cout in 1usize..20, h in 1usize..=19, w in 1usize..=19,
+                           n in 1usize..=3, seed: u64) {
+        let gap = adjoint_gap::<Winograd4>((cin, cout, h, w), n, seed);
+        prop_assert!(gap < TOL, "relative gap {gap:e}");
+    }
+
+    #[test]
+    fn fused_epilogue_matches_naive(cin in 1usize..12, cout in 1usize..12, h in 1usize..=11, w in 1usize..=11,
+                                    n in 1usize..=2, seed: u64) {
+        let e2 = check_fused::<Winograd>((cin, cout, h, w), n, seed);
+        let e4 = check_fused::<Winograd4>((cin, cout, h, w), n, seed);
+        prop_assert!(e2 < TOL && e4 < TOL, "relative error F2 {e2:e}, F4 {e4:e}");
     }
 }
 
+/// The F(4x4, 3x3) matrices as given by Lavin & Gray, checked in f64 on random
+/// 6x6 tiles: A^T [(G g G^T) . (B^T d B)] A is the 4x4 valid correlation of d with g.
 #[test]
-fn realistic_64_to_64_32x32() {
-    let c = case(64, 64, 32, 32, 4, 7);
-    let b = Some(&c.b[..]);
-    let fwd = rel_err(&forward(&c.l, &c.x, &c.w, b, c.n), &naive_forward(&c.l, &c.x, &c.w, b, c.n));
-    let bwd = rel_err(&backward_data(&c.l, &c.d, &c.w, c.n, 0.0), &naive_backward_data(&c.l, &c.d, &c.w, c.n));
-    eprintln!("64->64 32x32 n=4: forward relative error {fwd:.3e}, backward_data {bwd:.3e}");
-    assert!(fwd < TOL && bwd < TOL, "forward {fwd:e}, backward_data {bwd:e}");
-}
-
-#[test]
-fn multi_group_batches_match_naive() {
-    // Several GEMM groups and shards per call, with a short last group.
-    for (cin, cout, h, w, n) in [(3, 5, 8, 8, 40), (2, 3, 32, 32, 25), (4, 2, 6, 5, 70), (3, 3, 16, 16, 13)] {
-        let c = case(cin, cout, h, w, n, 5);
-        let b = Some(&c.b[..]);
-        let fwd = rel_err(&forward(&c.l, &c.x, &c.w, b, n), &naive_forward(&c.l, &c.x, &c.w, b, n));
-        let bwd = rel_err(&backward_data(&c.l, &c.d, &c.w, n, 0.0), &naive_backward_data(&c.l, &c.d, &c.w, n));
-        assert!(fwd < TOL && bwd < TOL, "{cin}->{cout} {h}x{w} n={n}: forward {fwd:e}, backward_data {bwd:e}");
+fn f4_matrices_compute_a_correlation() {
+    const BT: [[f64; 6]; 6] = [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ];
+    const G: [[f64; 3]; 6] = [
+        [1.0 / 4.0, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    const AT: [[f64; 6]; 4] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ];
+    // P Q R for row-major matrices given as closures.
+    fn mul(r: usize, k: usize, c: usize, a: impl Fn(usize, usize) -> f64, b: impl Fn(usize, usize) -> f64) -> Vec<f64> {
+        (0..r * c).map(|ij| (0..k).map(|l| a(ij / c, l) * b(l, ij % c)).sum()).collect()
     }
-}
-
-#[test]
-fn empty_batch_is_a_no_op() {
-    let l = Winograd::new(3, 4, 5, 6).unwrap();
-    let mut ws = l.workspace(0);
-    l.forward(&mut [], &[], &[0.0; 4 * 3 * 9], None, 0, &mut ws).unwrap();
-    l.backward_data(&mut [], &[], &[0.0; 4 * 3 * 9], 0, &mut ws).unwrap();
-}
-
-#[test]
-fn results_do_not_depend_on_the_thread_count() {
-    // 16x16 and 8x8 group several images per GEMM; 7 and 33 images leave ragged groups and shards.
-    for (cin, cout, h, w, n) in
-        [(5, 7, 16, 16, 7), (8, 6, 8, 8, 33), (3, 4, 9, 7, 5), (4, 4, 32, 32, 3), (2, 3, 32, 32, 25)]
-    {
-        let c = case(cin, cout, h, w, n, 11);
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| (forward(&c.l, &c.x, &c.w, Some(&c.b), n), backward_data(&c.l, &c.d, &c.w, n, 0.25)))
-        };
-        let (y1, dx1) = run(1);
-        for threads in [2, 3] {
-            let (y, dx) = run(threads);
-            let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
-            assert!(same(&y, &y1), "forward differs with {threads} threads ({cin}->{cout} {h}x{w} n={n})");
-            assert!(same(&dx, &dx1), "backward_data differs with {threads} threads ({cin}->{cout} {h}x{w} n={n})");
+    let mut rng = Rng::new(42);
+    for _ in 0..20 {
+        let d: Vec<f64> = (0..36).map(|_| rng.uniform(-1.0, 1.0) as f64).collect();
+        let g: Vec<f64> = (0..9).map(|_| rng.uniform(-1.0, 1.0) as f64).collect();
+        let btd = mul(6, 6, 6, |i, j| BT[i][j], |i, j| d[6 * i + j]);
+        let v = mul(6, 6, 6, |i, j| btd[6 * i + j], |i, j| BT[j][i]);
+        let gg = mul(6, 3, 3, |i, j| G[i][j], |i, j| g[3 * i + j]);
+        let u = mul(6, 3, 6, |i, j| gg[3 * i + j], |i, j| G[j][i]);
+        let m: Vec<f64> = u.iter().zip(&v).map(|(a, b)| a * b).collect();
+        let atm = mul(4, 6, 6, |i, j| AT[i][j], |i, j| m[6 * i + j]);
+        let y = mul(4, 6, 4, |i, j| atm[6 * i + j], |i, j| AT[j][i]);
+        for i in 0..4 {
+            for j in 0..4 {
+                let want: f64 = (0..9).map(|k| d[6 * (i + k / 3) + j + k % 3] * g[k]).sum();
+                assert!((y[4 * i + j] - want).abs() < 1e-12, "Y[{i}][{j}] = {}, want {want}", y[4 * i + j]);
+            }
         }
     }
 }
 
 #[test]
+fn realistic_64_to_64_32x32() {
+    fn errs<L: Wino>() -> (f64, f64) {
+        let c = case::<L>(64, 64, 32, 32, 4, 7);
+        let b = Some(&c.b[..]);
+        let fwd = rel_err(&forward(&c.l, &c.x, &c.w, b, c.n), &naive_forward(&c.g, &c.x, &c.w, b, c.n));
+        let bwd = rel_err(&backward_data(&c.l, &c.d, &c.w, c.n, 0.0), &naive_backward_data(&c.g, &c.d, &c.w, c.n));
+        (fwd, bwd)
+    }
+    for (name, (fwd, bwd)) in [("F(2x2)", errs::<Winograd>()), ("F(4x4)", errs::<Winograd4>())] {
+        eprintln!("{name} 64->64 32x32 n=4: forward relative error {fwd:.3e}, backward_data {bwd:.3e}");
+        assert!(fwd < TOL && bwd < TOL, "{name}: forward {fwd:e}, backward_data {bwd:e}");
+    }
+}
+
+/// cin = cout = 64, 32x32, n = 4 at PyTorch's default initialisation scale
+/// (weights and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) = U(-1/24, 1/24)), inputs in [-1, 1].
+#[test]
+fn pytorch_init_accuracy_64_to_64_32x32() {
+    fn errs<L: Wino>() -> (f64, f64) {
+        let c = case_scaled::<L>((64, 64, 32, 32), 4, 9, 1.0 / 24.0, 1.0 / 24.0);
+        let b = Some(&c.b[..]);
+        let fwd = rel_err(&forward(&c.l, &c.x, &c.w, b, c.n), &naive_forward(&c.g, &c.x, &c.w, b, c.n));
+        let bwd = rel_err(&backward_data(&c.l, &c.d, &c.w, c.n, 0.0), &naive_backward_data(&c.g, &c.d, &c.w, c.n));
+        (fwd, bwd)
+    }
+    for (name, (fwd, bwd)) in [("F(2x2)", errs::<Winograd>()), ("F(4x4)", errs::<Winograd4>())] {
+        eprintln!(
+            "{name} PyTorch-init 64->64 32x32 n=4: max relative error forward {fwd:.3e}, backward_data {bwd:.3e}"
+        );
+        assert!(fwd < 1e-5 && bwd < 1e-5, "{name}: forward {fwd:e}, backward_data {bwd:e}");
+    }
+}
+
+#[test]
+fn multi_group_batches_match_naive() {
+    // Several GEMM groups and shards per call, with a short last group.
+    fn check<L: Wino>(name: &str) {
+        for (cin, cout, h, w, n) in [(3, 5, 8, 8, 40), (2, 3, 32, 32, 25), (4, 2, 6, 5, 70), (3, 3, 16, 16, 13)] {
+            let fwd = check_forward::<L>((cin, cout, h, w), n, true, 5);
+            let c = case::<L>(cin, cout, h, w, n, 5);
+            let bwd = rel_err(&backward_data(&c.l, &c.d, &c.w, n, 0.0), &naive_backward_data(&c.g, &c.d, &c.w, n));
+            assert!(
+                fwd < TOL && bwd < TOL,
+                "{name} {cin}->{cout} {h}x{w} n={n}: forward {fwd:e}, backward_data {bwd:e}"
+            );
+        }
+    }
+    check::<Winograd>("F(2x2)");
+    check::<Winograd4>("F(4x4)");
+}
+
+#[test]
+fn empty_batch_is_a_no_op() {
+    fn check<L: Wino>() {
+        let l = L::make(3, 4, 5, 6).unwrap();
+        let mut ws = l.ws(0);
+        l.fwd(&mut [], &[], &[0.0; 4 * 3 * 9], None, 0, &mut ws).unwrap();
+        l.bwd(&mut [], &[], &[0.0; 4 * 3 * 9], 0, &mut ws).unwrap();
+    }
+    check::<Winograd>();
+    check::<Winograd4>();
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    // 16x16 and 8x8 group several images per GEMM; 7 and 33 images leave ragged groups and shards.
+    fn check<L: Wino + Sync>(name: &str) {
+        for (cin, cout, h, w, n) in [
+            (5, 7, 16, 16, 7),
+            (8, 6, 8, 8, 33),
+            (3, 4, 9, 7, 5),
+            (4, 4, 32, 32, 3),
+            (2, 3, 32, 32, 25),
+            (3, 2, 4, 4, 90),
+        ] {
+            let c = case::<L>(cin, cout, h, w, n, 11);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| (forward(&c.l, &c.x, &c.w, Some(&c.b), n), backward_data(&c.l, &c.d, &c.w, n, 0.25)))
+            };
+            let (y1, dx1) = run(1);
+            for threads in [2, 3] {
+                let (y, dx) = run(threads);
+                let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+                assert!(same(&y, &y1), "{name} forward differs with {threads} threads ({cin}->{cout} {h}x{w} n={n})");
+                assert!(
+                    same(&dx, &dx1),
+                    "{name} backward_data differs with {threads} threads ({cin}->{cout} {h}x{w} n={n})"
+                );
+            }
+        }
+    }
+    check::<Winograd>("F(2x2)");
+    check::<Winograd4>("F(4x4)");
+}
+
+#[test]
 fn bad_arguments_are_errors() {
-    assert!(Winograd::new(0, 1, 1, 1).is_err());
-    assert!(Winograd::new(1, 0, 1, 1).is_err());
-    assert!(Winograd::new(1, 1, 0, 1).is_err());
-    assert!(Winograd::new(1, 1, 1, 0).is_err());
-    let c = case(3, 4, 5, 6, 2, 3);
-    let (l, n) = (c.l, c.n);
-    let mut ws = l.workspace(n);
-    let mut out = vec![0.0; n * 4 * 30];
-    let mut dx = vec![0.0; n * 3 * 30];
-    assert!(l.forward(&mut out, &c.x[1..], &c.w, None, n, &mut ws).is_err());
-    assert!(l.forward(&mut out[1..], &c.x, &c.w, None, n, &mut ws).is_err());
-    assert!(l.forward(&mut out, &c.x, &c.w[1..], None, n, &mut ws).is_err());
-    assert!(l.forward(&mut out, &c.x, &c.w, Some(&c.b[1..]), n, &mut ws).is_err());
-    assert!(l.forward(&mut out, &c.x, &c.w, None, n + 1, &mut ws).is_err());
-    assert!(l.backward_data(&mut dx[1..], &c.d, &c.w, n, &mut ws).is_err());
-    assert!(l.backward_data(&mut dx, &c.d[1..], &c.w, n, &mut ws).is_err());
-    assert!(l.backward_data(&mut dx, &c.d, &c.w[1..], n, &mut ws).is_err());
-    // A workspace for another batch size or another geometry.
-    let mut other_n = l.workspace(n + 1);
-    assert!(l.forward(&mut out, &c.x, &c.w, None, n, &mut other_n).is_err());
-    assert!(l.backward_data(&mut dx, &c.d, &c.w, n, &mut other_n).is_err());
-    let mut other_geom = Winograd::new(3, 4, 6, 5).unwrap().workspace(n);
-    assert!(l.forward(&mut out, &c.x, &c.w, None, n, &mut other_geom).is_err());
-    assert!(l.backward_data(&mut dx, &c.d, &c.w, n, &mut other_geom).is_err());
-    // The right workspace still works after the refusals.
-    l.forward(&mut out, &c.x, &c.w, Some(&c.b), n, &mut ws).unwrap();
-    l.backward_data(&mut dx, &c.d, &c.w, n, &mut ws).unwrap();
+    fn check<L: Wino>() {
+        assert!(L::make(0, 1, 1, 1).is_err());
+        assert!(L::make(1, 0, 1, 1).is_err());
+        assert!(L::make(1, 1, 0, 1).is_err());
+        assert!(L::make(1, 1, 1, 0).is_err());
+        let c = case::<L>(3, 4, 5, 6, 2, 3);
+        let (l, n) = (&c.l, c.n);
+        let mut ws = l.ws(n);
+        let mut out = vec![0.0; n * 4 * 30];
+        let mut dx = vec![0.0; n * 3 * 30];
+        assert!(l.fwd(&mut out, &c.x[1..], &c.w, None, n, &mut ws).is_err());
+        assert!(l.fwd(&mut out[1..], &c.x, &c.w, None, n, &mut ws).is_err());
+        assert!(l.fwd(&mut out, &c.x, &c.w[1..], None, n, &mut ws).is_err());
+        assert!(l.fwd(&mut out, &c.x, &c.w, Some(&c.b[1..]), n, &mut ws).is_err());
+        assert!(l.fwd(&mut out, &c.x, &c.w, None, n + 1, &mut ws).is_err());
+        let short = Epilogue { scale: Some(&c.b[1..]), shift: None, relu: false };
+        assert!(l.fused(&mut out, &c.x, &c.w, short, n, &mut ws).is_err());
+        let short = Epilogue { scale: None, shift: Some(&c.b[1..]), relu: true };
+        assert!(l.fused(&mut out, &c.x, &c.w, short, n, &mut ws).is_err());
+        assert!(l.bwd(&mut dx[1..], &c.d, &c.w, n, &mut ws).is_err());
+        assert!(l.bwd(&mut dx, &c.d[1..], &c.w, n, &mut ws).is_err());
+        assert!(l.bwd(&mut dx, &c.d, &c.w[1..], n, &mut ws).is_err());
+        // A workspace for another batch size or another geometry.
+        let mut other_n = l.ws(n + 1);
+        assert!(l.fwd(&mut out, &c.x, &c.w, None, n, &mut other_n).is_err());
+        assert!(l.bwd(&mut dx, &c.d, &c.w, n, &mut other_n).is_err());
+        let mut other_geom = L::make(3, 4, 6, 5).unwrap().ws(n);
+        assert!(l.fwd(&mut out, &c.x, &c.w, None, n, &mut other_geom).is_err());
+        assert!(l.bwd(&mut dx, &c.d, &c.w, n, &mut other_geom).is_err());
+        // The right workspace still works after the refusals.
+        l.fwd(&mut out, &c.x, &c.w, Some(&c.b), n, &mut ws).unwrap();
+        l.bwd(&mut dx, &c.d, &c.w, n, &mut ws).unwrap();
+    }
+    check::<Winograd>();
+    check::<Winograd4>();
 }

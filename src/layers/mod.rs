@@ -22,6 +22,7 @@ pub mod reshape;
 pub mod residual;
 pub mod upsample;
 pub mod winograd;
+pub mod winograd4;
 
 /// An NCHW tensor shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

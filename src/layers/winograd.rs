@@ -36,6 +36,9 @@
 //! same sequence of operations whatever the thread count, so results are
 //! bit-identical for any pool. All scratch lives in the workspace (one lane per
 //! pool thread): calls allocate nothing.
+//!
+//! `winograd4` (F(4x4, 3x3)) shares this driver (`run_pass`), lanes and group
+//! sizing through the `Tiling` trait; only the tile transforms differ.
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
@@ -49,7 +52,7 @@ const TILE_COLS: usize = 256;
 /// groups whose tile count is a multiple of it leave no ragged column panel.
 const PANEL: usize = 48;
 /// Upper bound on the number of batch shards.
-const MAX_SHARDS: usize = 32;
+pub(super) const MAX_SHARDS: usize = 32;
 
 /// Geometry: cin -> cout channels, 3x3 kernel, stride 1, padding 1, h x w input and output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,16 +63,31 @@ pub struct Winograd {
     pub w: usize,
 }
 
-struct Lane {
+/// One thread's scratch (also used by `winograd4`, with its own sizes).
+pub(super) struct Lane {
     /// One zero-padded plane ((2th + 2) x (2tw + 2)) cut by row and column parity:
     /// [row % 2][col % 2][th + 1][tw + 1]. The border is zeroed at allocation and never written.
-    pad: Vec<f32>,
+    pub(super) pad: Vec<f32>,
     /// Transform temporaries: [2][4][th][tw + 1] (input), [12][th][tw] (output).
-    rows: Vec<f32>,
+    pub(super) rows: Vec<f32>,
     /// [16][c][T]: transformed input tiles of one group (c = cin or cout).
-    v: Vec<f32>,
+    pub(super) v: Vec<f32>,
     /// [16][c][T]: their products with U.
-    m: Vec<f32>,
+    pub(super) m: Vec<f32>,
+}
+
+impl Lane {
+    /// `threads` lanes (capped by the shard count of a batch of `n`) with buffers of the given lengths.
+    pub(super) fn lanes(n: usize, shard_imgs: usize, pad: usize, rows: usize, big: usize) -> Vec<Mutex<Lane>> {
+        if n == 0 {
+            return Vec::new();
+        }
+        (0..rayon::current_num_threads().min(n.div_ceil(shard_imgs)))
+            .map(|_| {
+                Mutex::new(Lane { pad: vec![0.0; pad], rows: vec![0.0; rows], v: vec![0.0; big], m: vec![0.0; big] })
+            })
+            .collect()
+    }
 }
 
 /// Scratch of one Winograd layer for one batch size.
@@ -85,12 +103,88 @@ pub struct WinogradWorkspace {
 
 /// What one pass runs: `dst[cd] = epi(conv(src[cs]))` (forward) or
 /// `dst[cd] += conv(src[cs])` (backward), with transformed weights `u` [16][cd][cs].
-struct Pass<'a> {
-    cs: usize,
-    cd: usize,
-    u: &'a [f32],
-    epi: Epilogue<'a>,
-    accumulate: bool,
+pub(super) struct Pass<'a> {
+    pub(super) cs: usize,
+    pub(super) cd: usize,
+    pub(super) u: &'a [f32],
+    pub(super) epi: Epilogue<'a>,
+    pub(super) accumulate: bool,
+}
+
+/// A Winograd tiling of one plane: F(2x2, 3x3) here, F(4x4, 3x3) in `winograd4`.
+pub(super) trait Tiling: Sync {
+    /// Elements of a transformed tile: the number of GEMMs.
+    const XI: usize;
+    /// Pixels of one plane (h * w).
+    fn plane(&self) -> usize;
+    /// Tiles of one plane.
+    fn tiles_per_plane(&self) -> usize;
+    /// V[xi][base + tile] = (B^T d B)[xi] for every tile of plane `x` (`xi_stride` elements between xi).
+    fn input_transform(
+        &self,
+        v: &mut [f32],
+        base: usize,
+        xi_stride: usize,
+        x: &[f32],
+        pad: &mut [f32],
+        rows: &mut [f32],
+    );
+    /// Plane `y` (=|+=) A^T m A from m[xi * xi_stride + base + tile], clipped to h x w.
+    fn output_transform(
+        &self,
+        y: &mut [f32],
+        m: &[f32],
+        base: usize,
+        xi_stride: usize,
+        accumulate: bool,
+        rows: &mut [f32],
+    );
+}
+
+/// Runs `pass` over a batch: src [n, cs, h, w] -> dst [n, cd, h, w], shards of
+/// `si` images in parallel, groups of `g` images per set of GEMMs.
+pub(super) fn run_pass<T: Tiling>(
+    tiling: &T,
+    pass: &Pass<'_>,
+    dst: &mut [f32],
+    src: &[f32],
+    (si, g): (usize, usize),
+    lanes: &[Mutex<Lane>],
+) -> Result<()> {
+    let (plane, p, nxi) = (tiling.plane(), tiling.tiles_per_plane(), T::XI);
+    let (cs, cd, u) = (pass.cs, pass.cd, pass.u);
+    let (in_len, out_len) = (cs * plane, cd * plane);
+    src.par_chunks(si * in_len).zip(dst.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
+        let mut guard = lock_lane(lanes);
+        let lane = &mut *guard;
+        let imgs = xs.len() / in_len;
+        for g0 in (0..imgs).step_by(g) {
+            let gn = g.min(imgs - g0);
+            let t = gn * p;
+            let v = &mut lane.v[..nxi * cs * t];
+            for (j, img) in xs[g0 * in_len..(g0 + gn) * in_len].chunks_exact(in_len).enumerate() {
+                for (c, src_plane) in img.chunks_exact(plane).enumerate() {
+                    tiling.input_transform(v, c * t + j * p, cs * t, src_plane, &mut lane.pad, &mut lane.rows);
+                }
+            }
+            let m = &mut lane.m[..nxi * cd * t];
+            for xi in 0..nxi {
+                // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t]
+                let a = MatRef::row_major(&u[xi * cd * cs..(xi + 1) * cd * cs], cd, cs)?;
+                let b = MatRef::row_major(&v[xi * cs * t..(xi + 1) * cs * t], cs, t)?;
+                gemm(1.0, a, b, 0.0, MatMut::row_major(&mut m[xi * cd * t..(xi + 1) * cd * t], cd, t)?)?;
+            }
+            for (j, img) in os[g0 * out_len..(g0 + gn) * out_len].chunks_exact_mut(out_len).enumerate() {
+                for (c, dst_plane) in img.chunks_exact_mut(plane).enumerate() {
+                    tiling.output_transform(dst_plane, m, c * t + j * p, cd * t, pass.accumulate, &mut lane.rows);
+                    if !pass.accumulate {
+                        pass.epi.apply(c, dst_plane);
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 impl Winograd {
@@ -116,21 +210,8 @@ impl Winograd {
         let p = th * tw;
         let group_imgs = group_imgs(p, n);
         let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs).next_multiple_of(group_imgs);
-        let lanes = if n == 0 {
-            Vec::new()
-        } else {
-            let big = 16 * self.cin.max(self.cout) * group_imgs * p;
-            (0..rayon::current_num_threads().min(n.div_ceil(shard_imgs)))
-                .map(|_| {
-                    Mutex::new(Lane {
-                        pad: vec![0.0; 4 * (th + 1) * (tw + 1)],
-                        rows: vec![0.0; 12 * th * (tw + 1)],
-                        v: vec![0.0; big],
-                        m: vec![0.0; big],
-                    })
-                })
-                .collect()
-        };
+        let big = 16 * self.cin.max(self.cout) * group_imgs * p;
+        let lanes = Lane::lanes(n, shard_imgs, 4 * (th + 1) * (tw + 1), 12 * th * (tw + 1), big);
         WinogradWorkspace { n, geom: *self, shard_imgs, group_imgs, u: vec![0.0; 16 * self.cin * self.cout], lanes }
     }
 
@@ -224,45 +305,21 @@ impl Winograd {
         self.run(&pass, dx, dout, ws)
     }
 
-    /// Runs `pass` over the batch: src [n, cs, h, w] -> dst [n, cd, h, w], shards in parallel.
     fn run(&self, pass: &Pass<'_>, dst: &mut [f32], src: &[f32], ws: &WinogradWorkspace) -> Result<()> {
+        run_pass(self, pass, dst, src, (ws.shard_imgs, ws.group_imgs), &ws.lanes)
+    }
+}
+
+impl Tiling for Winograd {
+    const XI: usize = 16;
+
+    fn plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn tiles_per_plane(&self) -> usize {
         let (th, tw) = self.tiles();
-        let p = th * tw;
-        let plane = self.h * self.w;
-        let (cs, cd, u) = (pass.cs, pass.cd, pass.u);
-        let (in_len, out_len) = (cs * plane, cd * plane);
-        let (si, g, lanes) = (ws.shard_imgs, ws.group_imgs, &ws.lanes);
-        src.par_chunks(si * in_len).zip(dst.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
-            let mut guard = lock_lane(lanes);
-            let lane = &mut *guard;
-            let imgs = xs.len() / in_len;
-            for g0 in (0..imgs).step_by(g) {
-                let gn = g.min(imgs - g0);
-                let t = gn * p;
-                let v = &mut lane.v[..16 * cs * t];
-                for (j, img) in xs[g0 * in_len..(g0 + gn) * in_len].chunks_exact(in_len).enumerate() {
-                    for (c, src_plane) in img.chunks_exact(plane).enumerate() {
-                        self.input_transform(v, c * t + j * p, cs * t, src_plane, &mut lane.pad, &mut lane.rows);
-                    }
-                }
-                let m = &mut lane.m[..16 * cd * t];
-                for xi in 0..16 {
-                    // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t]
-                    let a = MatRef::row_major(&u[xi * cd * cs..(xi + 1) * cd * cs], cd, cs)?;
-                    let b = MatRef::row_major(&v[xi * cs * t..(xi + 1) * cs * t], cs, t)?;
-                    gemm(1.0, a, b, 0.0, MatMut::row_major(&mut m[xi * cd * t..(xi + 1) * cd * t], cd, t)?)?;
-                }
-                for (j, img) in os[g0 * out_len..(g0 + gn) * out_len].chunks_exact_mut(out_len).enumerate() {
-                    for (c, dst_plane) in img.chunks_exact_mut(plane).enumerate() {
-                        self.output_transform(dst_plane, m, c * t + j * p, cd * t, pass.accumulate, &mut lane.rows);
-                        if !pass.accumulate {
-                            pass.epi.apply(c, dst_plane);
-                        }
-                    }
-                }
-            }
-            Ok(())
-        })
+        th * tw
     }
 
     /// V[xi][base + ty*tw + tx] = (B^T d B)[xi] for every tile of one plane
@@ -369,10 +426,15 @@ impl Winograd {
 /// many such groups or evenly, the fewest that also fill whole `PANEL`s within
 /// 4 * `TILE_COLS` tiles (3 images of 32x32 = 768 tiles, 18 of 8x8 = 288):
 /// a few large ragged groups would load threads unevenly.
-fn group_imgs(p: usize, n: usize) -> usize {
+pub(super) fn group_imgs(p: usize, n: usize) -> usize {
+    group_imgs_for(TILE_COLS, p, n)
+}
+
+/// `group_imgs` for a target of `tile_cols` columns instead of `TILE_COLS`.
+pub(super) fn group_imgs_for(tile_cols: usize, p: usize, n: usize) -> usize {
     let n = n.max(1);
-    let min = TILE_COLS.div_ceil(p).min(n);
-    let aligned = (min..).take_while(|g| g * p <= 4 * TILE_COLS).find(|g| (g * p).is_multiple_of(PANEL));
+    let min = tile_cols.div_ceil(p).min(n);
+    let aligned = (min..).take_while(|g| g * p <= 4 * tile_cols).find(|g| (g * p).is_multiple_of(PANEL));
     match aligned {
         Some(g) if g <= n && (n.is_multiple_of(g) || n.div_ceil(g) >= 8) => g,
         _ => min,
@@ -381,13 +443,13 @@ fn group_imgs(p: usize, n: usize) -> usize {
 
 /// d[k] = f(a[k], b[k]) over the shortest of the three.
 #[inline(always)]
-fn map2(d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+pub(super) fn map2(d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
     d.iter_mut().zip(a.iter().zip(b)).for_each(|(d, (&a, &b))| *d = f(a, b));
 }
 
 /// d[k] = f(a[k], b[k], c[k]) over the shortest of the four.
 #[inline(always)]
-fn map3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+pub(super) fn map3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
     d.iter_mut().zip(a.iter().zip(b).zip(c)).for_each(|(d, ((&a, &b), &c))| *d = f(a, b, c));
 }
 
@@ -436,7 +498,7 @@ fn transform_weights(u: &mut [f32], weight: &[f32], cout: usize, cin: usize, rot
 }
 
 /// The calling thread's scratch lane (indexed by rayon worker, as in `conv2d`).
-fn lock_lane(lanes: &[Mutex<Lane>]) -> std::sync::MutexGuard<'_, Lane> {
+pub(super) fn lock_lane(lanes: &[Mutex<Lane>]) -> std::sync::MutexGuard<'_, Lane> {
     let i = rayon::current_thread_index().unwrap_or(0) % lanes.len();
     // A poisoned lane only means another thread panicked mid-group; its contents are scratch.
     lanes[i].lock().unwrap_or_else(|e| e.into_inner())

@@ -1,0 +1,382 @@
+//! Winograd F(4x4, 3x3) convolution: the same layer as `winograd` (3x3 kernel,
+//! stride 1, zero padding 1, forward with a fused epilogue and backward-data)
+//! with 4x4 output tiles, so 36 GEMMs for 16 outputs (2.25 per output instead
+//! of 4) and about half the transform traffic.
+//!
+//! Math (Lavin & Gray, interpolation points 0, +-1, +-2, inf). Output tile
+//! (ty, tx) of `th x tw = ceil(h/4) x ceil(w/4)` depends on the 6x6 input tile d
+//! at rows 4ty-1 .. 4ty+4 and columns 4tx-1 .. 4tx+4 (zero outside the image):
+//!   Y = A^T [ sum_ci (G g G^T) . (B^T d B) ] A
+//!   B^T = | 4  0 -5  0  1  0 |   G = | 1/4    0     0   |   A^T = | 1  1  1  1  1  0 |
+//!         | 0 -4 -4  1  1  0 |       | -1/6 -1/6  -1/6  |         | 0  1 -1  2 -2  0 |
+//!         | 0  4 -4 -1  1  0 |       | -1/6  1/6  -1/6  |         | 0  1  1  4  4  0 |
+//!         | 0 -2 -1  2  1  0 |       | 1/24  1/12  1/6  |         | 0  1 -1  8 -8  1 |
+//!         | 0  2 -1 -2  1  0 |       | 1/24 -1/12  1/6  |
+//!         | 0  4  0 -5  0  1 |       | 0     0     1    |
+//! with xi = 6i + j indexing the 36 GEMMs, V [36][c][T], U [36][cd][cs] (in f64),
+//! M [36][cd][T], exactly as in `winograd` (see there for backward_data,
+//! threading, lanes and the workspace; the driver `run_pass` is shared).
+//!
+//! The transforms run on whole rows of tiles with unit stride: a plane is
+//! zero-padded and cut by row and column residue mod 4 into
+//! [r % 4][c % 4][th + 1][tw + 1], so the six rows (columns) of every tile of a
+//! tile row are six contiguous slices, and B^T, A^T are linear combinations of
+//! slices.
+
+use crate::error::{Error, Result, check_len};
+use crate::layers::conv2d::Epilogue;
+use crate::layers::winograd::{Lane, MAX_SHARDS, Pass, Tiling, group_imgs_for, run_pass};
+use std::sync::Mutex;
+
+/// Geometry: cin -> cout channels, 3x3 kernel, stride 1, padding 1, h x w input and output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Winograd4 {
+    pub cin: usize,
+    pub cout: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+/// GEMM columns (4x4 tiles) a group of images aims for with `c` channels (the
+/// larger side): V and M of a group, [36][c][T] each, stay near 1 MiB (Zen 4's L2)
+/// with about 8192 / c columns (128 at 64 channels; measured better than 256 at
+/// 64 and 128 channels), between 32 and 256.
+fn tile_cols(c: usize) -> usize {
+    (8192 / c).clamp(32, 256)
+}
+
+/// Scratch of one F(4x4) Winograd layer for one batch size.
+pub struct Winograd4Workspace {
+    n: usize,
+    geom: Winograd4,
+    shard_imgs: usize,
+    group_imgs: usize,
+    /// [36][cout][cin] (forward) or [36][cin][cout] (backward_data), rewritten by every call.
+    u: Vec<f32>,
+    lanes: Vec<Mutex<Lane>>,
+}
+
+impl Winograd4 {
+    /// Errors on any zero size.
+    pub fn new(cin: usize, cout: usize, h: usize, w: usize) -> Result<Self> {
+        if cin == 0 || cout == 0 || h == 0 || w == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "winograd F(4x4) convolution needs non-zero sizes, got cin {cin}, cout {cout}, {h}x{w}"
+            )));
+        }
+        Ok(Winograd4 { cin, cout, h, w })
+    }
+
+    /// Tile rows and columns: ceil(h/4) x ceil(w/4).
+    fn tiles(&self) -> (usize, usize) {
+        (self.h.div_ceil(4), self.w.div_ceil(4))
+    }
+
+    /// Scratch for batches of `n` images, with one lane per thread of the
+    /// current rayon pool (call it inside the pool that will run the layer).
+    pub fn workspace(&self, n: usize) -> Winograd4Workspace {
+        let (th, tw) = self.tiles();
+        let p = th * tw;
+        let group_imgs = group_imgs_for(tile_cols(self.cin.max(self.cout)), p, n);
+        let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs).next_multiple_of(group_imgs);
+        let big = 36 * self.cin.max(self.cout) * group_imgs * p;
+        // rows: [4][6][th][tw + 1] (input), [24][p] + [4][p] (output).
+        let rows = (24 * th * (tw + 1)).max(28 * p);
+        let lanes = Lane::lanes(n, shard_imgs, 16 * (th + 1) * (tw + 1), rows, big);
+        Winograd4Workspace { n, geom: *self, shard_imgs, group_imgs, u: vec![0.0; 36 * self.cin * self.cout], lanes }
+    }
+
+    fn check_call(&self, n: usize, src: (&str, usize, usize), dst: (&str, usize, usize), weight: usize) -> Result<()> {
+        let plane = self.h * self.w;
+        check_len(src.0, src.1, n * src.2 * plane)?;
+        check_len(dst.0, dst.1, n * dst.2 * plane)?;
+        check_len("winograd weight", weight, self.cout * self.cin * 9)
+    }
+
+    fn check_ws(&self, n: usize, ws: &Winograd4Workspace) -> Result<()> {
+        if ws.n != n || ws.geom != *self {
+            return Err(Error::Shape(format!(
+                "winograd workspace was sized for {} images of {:?}; this call has {n} images of {:?}",
+                ws.n, ws.geom, self
+            )));
+        }
+        Ok(())
+    }
+
+    /// `out[n, cout, h, w] = conv3x3_pad1(x, weight) + bias`; `out` is overwritten.
+    pub fn forward(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        n: usize,
+        ws: &mut Winograd4Workspace,
+    ) -> Result<()> {
+        if let Some(b) = bias {
+            check_len("winograd bias", b.len(), self.cout)?;
+        }
+        self.forward_fused(out, x, weight, Epilogue { scale: None, shift: bias, relu: false }, n, ws)
+    }
+
+    /// `out = epi(conv3x3_pad1(x, weight))`: the epilogue runs on each output
+    /// plane right after its transform, while it is in L1.
+    pub fn forward_fused(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        weight: &[f32],
+        epi: Epilogue<'_>,
+        n: usize,
+        ws: &mut Winograd4Workspace,
+    ) -> Result<()> {
+        self.check_call(
+            n,
+            ("winograd input", x.len(), self.cin),
+            ("winograd output", out.len(), self.cout),
+            weight.len(),
+        )?;
+        epi.check(self.cout)?;
+        self.check_ws(n, ws)?;
+        if n == 0 {
+            return Ok(());
+        }
+        transform_weights(&mut ws.u, weight, self.cout, self.cin, false);
+        let pass = Pass { cs: self.cin, cd: self.cout, u: &ws.u, epi, accumulate: false };
+        run_pass(self, &pass, out, x, (ws.shard_imgs, ws.group_imgs), &ws.lanes)
+    }
+
+    /// `dx[n, cin, h, w] +=` the adjoint of `forward` (without bias) applied to `dout[n, cout, h, w]`.
+    pub fn backward_data(
+        &self,
+        dx: &mut [f32],
+        dout: &[f32],
+        weight: &[f32],
+        n: usize,
+        ws: &mut Winograd4Workspace,
+    ) -> Result<()> {
+        self.check_call(
+            n,
+            ("winograd output gradient", dout.len(), self.cout),
+            ("winograd input gradient", dx.len(), self.cin),
+            weight.len(),
+        )?;
+        self.check_ws(n, ws)?;
+        if n == 0 {
+            return Ok(());
+        }
+        transform_weights(&mut ws.u, weight, self.cout, self.cin, true);
+        let pass = Pass { cs: self.cout, cd: self.cin, u: &ws.u, epi: Epilogue::default(), accumulate: true };
+        run_pass(self, &pass, dx, dout, (ws.shard_imgs, ws.group_imgs), &ws.lanes)
+    }
+}
+
+impl Tiling for Winograd4 {
+    const XI: usize = 36;
+
+    fn plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn tiles_per_plane(&self) -> usize {
+        let (th, tw) = self.tiles();
+        th * tw
+    }
+
+    fn input_transform(
+        &self,
+        v: &mut [f32],
+        base: usize,
+        xi_stride: usize,
+        x: &[f32],
+        pad: &mut [f32],
+        rows: &mut [f32],
+    ) {
+        let (th, tw) = self.tiles();
+        let (w, hw) = (self.w, tw + 1);
+        let (q, len) = ((th + 1) * hw, th * hw);
+        // Padded pixel (r, c) = x pixel (r - 1, c - 1) lives at pad[r % 4][c % 4][r / 4][c / 4];
+        // padded rows and columns past the image are never written, so stay zero.
+        for (r, xr) in x.chunks_exact(w).enumerate() {
+            let pr = r + 1;
+            let at = pr / 4 * hw;
+            let quarters = &mut pad[pr % 4 * 4 * q..(pr % 4 + 1) * 4 * q];
+            let mut qs = quarters.chunks_exact_mut(q).map(|s| &mut s[at..at + hw]);
+            let mut next = || qs.next().expect("4 column residues");
+            let (c0, c1, c2, c3) = (next(), next(), next(), next());
+            // x column 4k + i is padded column 4k + i + 1.
+            let quads = xr.chunks_exact(4);
+            let rem = quads.remainder();
+            for (k, quad) in quads.enumerate() {
+                c1[k] = quad[0];
+                c2[k] = quad[1];
+                c3[k] = quad[2];
+                c0[k + 1] = quad[3];
+            }
+            let k = w / 4;
+            for (dst, &val) in [c1, c2, c3].into_iter().zip(rem) {
+                dst[k] = val;
+            }
+        }
+        // B^T on the rows (4ty .. 4ty+5) = (R0, R1, R2, R3)[ty], (R0, R1)[ty + 1], R_k the rows
+        // of residue k, for every tile row at once: rows[c % 4][i][ty][c / 4].
+        for cp in 0..4 {
+            let quarter = |k: usize, shift: usize| &pad[(4 * k + cp) * q + shift..(4 * k + cp) * q + shift + len];
+            let src = [quarter(0, 0), quarter(1, 0), quarter(2, 0), quarter(3, 0), quarter(0, hw), quarter(1, hw)];
+            let mut d = rows[cp * 6 * len..(cp + 1) * 6 * len].chunks_exact_mut(len);
+            bt6(std::array::from_fn(|_| d.next().expect("6 rows")), src);
+        }
+        // (.) B on the columns (4tx .. 4tx+5) = (e0, e1, e2, e3)[tx], (e0, e1)[tx + 1].
+        for i in 0..6 {
+            let mut blocks = v.chunks_exact_mut(xi_stride).skip(6 * i).map(|b| &mut b[base..base + th * tw]);
+            let mut out: [&mut [f32]; 6] = std::array::from_fn(|_| blocks.next().expect("6 blocks"));
+            let e = |cp: usize, ty: usize| &rows[(cp * 6 + i) * len + ty * hw..(cp * 6 + i) * len + (ty + 1) * hw];
+            for ty in 0..th {
+                let (e0, e1) = (e(0, ty), e(1, ty));
+                let [o0, o1, o2, o3, o4, o5] = &mut out;
+                let at = ty * tw..(ty + 1) * tw;
+                bt6(
+                    [
+                        &mut o0[at.clone()],
+                        &mut o1[at.clone()],
+                        &mut o2[at.clone()],
+                        &mut o3[at.clone()],
+                        &mut o4[at.clone()],
+                        &mut o5[at],
+                    ],
+                    [e0, e1, e(2, ty), e(3, ty), &e0[1..], &e1[1..]],
+                );
+            }
+        }
+    }
+
+    fn output_transform(
+        &self,
+        y: &mut [f32],
+        m: &[f32],
+        base: usize,
+        xi_stride: usize,
+        accumulate: bool,
+        rows: &mut [f32],
+    ) {
+        let (th, tw) = self.tiles();
+        let (h, w, p) = (self.h, self.w, th * tw);
+        let mr = |xi: usize| &m[xi * xi_stride + base..xi * xi_stride + base + p];
+        let (a, yt) = rows[..28 * p].split_at_mut(24 * p);
+        // A^T on the rows of every tile at once: a[i][j] = (A^T m[.][j])[i].
+        for j in 0..6 {
+            let mut d = a.chunks_exact_mut(p).skip(j).step_by(6);
+            at6(std::array::from_fn(|_| d.next().expect("4 rows")), std::array::from_fn(|k| mr(6 * k + j)));
+        }
+        // A on the columns, one row i of the 4x4 output tiles at a time: yt[jj] = (A^T a[i][.])[jj].
+        for i in 0..4 {
+            let mut d = yt.chunks_exact_mut(p);
+            at6(
+                std::array::from_fn(|_| d.next().expect("4 columns")),
+                std::array::from_fn(|j| &a[(6 * i + j) * p..(6 * i + j + 1) * p]),
+            );
+            let yr = |jj: usize, ty: usize| &yt[jj * p + ty * tw..jj * p + (ty + 1) * tw];
+            for ty in (0..th).take_while(|ty| 4 * ty + i < h) {
+                let r = 4 * ty + i;
+                store_row4(&mut y[r * w..(r + 1) * w], [yr(0, ty), yr(1, ty), yr(2, ty), yr(3, ty)], accumulate);
+            }
+        }
+    }
+}
+
+/// o[i][k] = (B^T [d0[k] .. d5[k]])[i] over the length of o[0].
+#[inline(always)]
+fn bt6(o: [&mut [f32]; 6], d: [&[f32]; 6]) {
+    let n = o[0].len();
+    let [o0, o1, o2, o3, o4, o5] = o;
+    let (o0, o1, o2, o3, o4, o5) = (&mut o0[..n], &mut o1[..n], &mut o2[..n], &mut o3[..n], &mut o4[..n], &mut o5[..n]);
+    let (d0, d1, d2, d3, d4, d5) = (&d[0][..n], &d[1][..n], &d[2][..n], &d[3][..n], &d[4][..n], &d[5][..n]);
+    for k in 0..n {
+        let (x0, x1, x2, x3, x4, x5) = (d0[k], d1[k], d2[k], d3[k], d4[k], d5[k]);
+        o0[k] = 4.0 * x0 - 5.0 * x2 + x4;
+        o1[k] = (x3 + x4) - 4.0 * (x1 + x2);
+        o2[k] = (x4 - x3) + 4.0 * (x1 - x2);
+        o3[k] = (x4 - x2) + 2.0 * (x3 - x1);
+        o4[k] = (x4 - x2) - 2.0 * (x3 - x1);
+        o5[k] = 4.0 * x1 - 5.0 * x3 + x5;
+    }
+}
+
+/// o[i][k] = (A^T [m0[k] .. m5[k]])[i] over the length of o[0].
+#[inline(always)]
+fn at6(o: [&mut [f32]; 4], m: [&[f32]; 6]) {
+    let n = o[0].len();
+    let [o0, o1, o2, o3] = o;
+    let (o0, o1, o2, o3) = (&mut o0[..n], &mut o1[..n], &mut o2[..n], &mut o3[..n]);
+    let (m0, m1, m2, m3, m4, m5) = (&m[0][..n], &m[1][..n], &m[2][..n], &m[3][..n], &m[4][..n], &m[5][..n]);
+    for k in 0..n {
+        let (s12, d12) = (m1[k] + m2[k], m1[k] - m2[k]);
+        let (s34, d34) = (m3[k] + m4[k], m3[k] - m4[k]);
+        o0[k] = m0[k] + s12 + s34;
+        o1[k] = d12 + 2.0 * d34;
+        o2[k] = s12 + 4.0 * s34;
+        o3[k] = d12 + 8.0 * d34 + m5[k];
+    }
+}
+
+/// dst[4k + i] (=|+=) s[i][k], for the `dst.len()` columns that exist.
+fn store_row4(dst: &mut [f32], s: [&[f32]; 4], accumulate: bool) {
+    let w = dst.len();
+    let [s0, s1, s2, s3] = s;
+    let quads = dst.chunks_exact_mut(4).zip(s0.iter().zip(s1).zip(s2.iter().zip(s3)));
+    if accumulate {
+        quads.for_each(|(d, ((a, b), (c, e)))| {
+            d[0] += a;
+            d[1] += b;
+            d[2] += c;
+            d[3] += e;
+        });
+    } else {
+        quads.for_each(|(d, ((a, b), (c, e)))| {
+            d[0] = *a;
+            d[1] = *b;
+            d[2] = *c;
+            d[3] = *e;
+        });
+    }
+    let k = w / 4;
+    for (i, d) in dst[4 * k..].iter_mut().enumerate() {
+        let val = s[i][k];
+        if accumulate {
+            *d += val;
+        } else {
+            *d = val;
+        }
+    }
+}
+
+/// u[xi][r][c] = (G g G^T)[xi] in f64, where for weight [cout, cin, 3, 3]:
+/// forward (r, c) = (co, ci), g = w[co][ci]; rotated (r, c) = (ci, co), g = rot180(w[co][ci]).
+fn transform_weights(u: &mut [f32], weight: &[f32], cout: usize, cin: usize, rotated: bool) {
+    let plane = cout * cin;
+    for (k, g) in weight.chunks_exact(9).enumerate() {
+        let (co, ci) = (k / cin, k % cin);
+        let at = if rotated { ci * cout + co } else { co * cin + ci };
+        let g: [f64; 9] = std::array::from_fn(|i| g[if rotated { 8 - i } else { i }] as f64);
+        // G x for a 3-vector x (products with reciprocals: the f64 rounding is far below f32's).
+        let gx = |x0: f64, x1: f64, x2: f64| {
+            let (a, b) = (x0 + x2, x0 * (1.0 / 24.0) + x2 * (1.0 / 6.0));
+            [
+                x0 * 0.25,
+                -(a + x1) * (1.0 / 6.0),
+                -(a - x1) * (1.0 / 6.0),
+                b + x1 * (1.0 / 12.0),
+                b - x1 * (1.0 / 12.0),
+                x2,
+            ]
+        };
+        // Columns of G g (6x3), then rows of (G g) G^T.
+        let cols: [[f64; 6]; 3] = std::array::from_fn(|c| gx(g[c], g[3 + c], g[6 + c]));
+        for i in 0..6 {
+            let row = gx(cols[0][i], cols[1][i], cols[2][i]);
+            for (j, &val) in row.iter().enumerate() {
+                u[(6 * i + j) * plane + at] = val as f32;
+            }
+        }
+    }
+}
