@@ -19,7 +19,13 @@
 //!   conv7, P = 1) the layer is a matrix product over the batch,
 //!   out[n, cout] = X[n, K] * W^T, and no im2col is needed.
 //! - *Winograd*: 3x3 stride-1 'same' layers with 16 or more channels in and
-//!   out run forward and the input gradient through `winograd` (2.25x fewer
+//!   out run forward and the input gradient through Winograd F(2x2, 3x3)
+//!   (`winograd`, 2.25x fewer multiplies, error ~4e-7 of the output's scale).
+//!   Inference (`forward_fused`) takes F(4x4, 3x3) (`winograd4`, 4x fewer
+//!   multiplies) on images of 16 pixels or more: its error, ~1e-5 of the
+//!   output's scale, is harmless in a forward pass but BatchNorm backward
+//!   amplifies it (HardNet's golden gradients moved from 8e-6 to 9e-3), so
+//!   training keeps F(2x2, 3x3) (2.25x fewer
 //!   multiplies); their weight gradient stays on tiled im2col.
 //!
 //! Threads: the batch is cut into at most `MAX_SHARDS` contiguous shards whose
@@ -32,14 +38,84 @@ use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
 use crate::layers::Shape4;
 use crate::layers::winograd::{Winograd, WinogradWorkspace};
+use crate::layers::winograd4::{Winograd4, Winograd4Workspace};
 use crate::ops::im2col::{Padding, Window, col2im_add, im2col};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
 /// Fewest input and output channels for which a 3x3 stride-1 pad-1 layer
-/// runs forward and input gradient through Winograd F(2x2, 3x3): below it the
-/// transforms cost more than the 2.25x fewer multiplies save.
+/// runs forward and input gradient through Winograd: below it the
+/// transforms cost more than the fewer multiplies save.
 const WINOGRAD_MIN_CHANNELS: usize = 16;
+/// Smallest image side for F(4x4, 3x3): on 8x8 images (2 tiles per row) its
+/// transforms cost more than F(2x2, 3x3)'s (`cargo bench --bench winograd`:
+/// F4 / F2 time 0.71-0.82 at 16x16 and 32x32, 1.15 at 8x8).
+const WINOGRAD4_MIN_SIDE: usize = 16;
+
+/// Which forward a convolution runs: the training one (whose gradient
+/// `backward` computes) or inference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPass {
+    Train,
+    Infer,
+}
+
+/// The Winograd variant a layer runs (see `Conv2d::winograd`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WinogradPlan {
+    F2(Winograd),
+    F4(Winograd4),
+}
+
+/// Scratch of a `WinogradPlan`.
+enum WinogradScratch {
+    F2(WinogradWorkspace),
+    F4(Winograd4Workspace),
+}
+
+impl WinogradPlan {
+    fn workspace(&self, n: usize) -> WinogradScratch {
+        match self {
+            WinogradPlan::F2(w) => WinogradScratch::F2(w.workspace(n)),
+            WinogradPlan::F4(w) => WinogradScratch::F4(w.workspace(n)),
+        }
+    }
+
+    fn mismatch() -> Error {
+        Error::Shape("conv2d: the Winograd workspace belongs to another variant".into())
+    }
+
+    fn forward_fused(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        weight: &[f32],
+        epi: Epilogue<'_>,
+        n: usize,
+        ws: &mut WinogradScratch,
+    ) -> Result<()> {
+        match (self, ws) {
+            (WinogradPlan::F2(w), WinogradScratch::F2(ws)) => w.forward_fused(out, x, weight, epi, n, ws),
+            (WinogradPlan::F4(w), WinogradScratch::F4(ws)) => w.forward_fused(out, x, weight, epi, n, ws),
+            _ => Err(Self::mismatch()),
+        }
+    }
+
+    fn backward_data(
+        &self,
+        dx: &mut [f32],
+        dout: &[f32],
+        weight: &[f32],
+        n: usize,
+        ws: &mut WinogradScratch,
+    ) -> Result<()> {
+        match (self, ws) {
+            (WinogradPlan::F2(w), WinogradScratch::F2(ws)) => w.backward_data(dx, dout, weight, n, ws),
+            (WinogradPlan::F4(w), WinogradScratch::F4(ws)) => w.backward_data(dx, dout, weight, n, ws),
+            _ => Err(Self::mismatch()),
+        }
+    }
+}
 /// GEMM columns a tile aims for: below this, small layers starve the kernel.
 const TILE_COLS: usize = 256;
 /// Upper bound on the number of batch shards (and so on dW partial buffers).
@@ -132,8 +208,10 @@ pub struct ConvWorkspace {
     dw_part: Vec<f32>,
     /// [shards, cout] per-shard bias-gradient partials.
     db_part: Vec<f32>,
-    /// The Winograd path's scratch, for layers that take it (`Conv2d::winograd`).
-    wino: Option<WinogradWorkspace>,
+    /// The Winograd scratch of training (created with the workspace) and of
+    /// inference (created by the first `forward_fused` that needs F(4x4)).
+    wino_train: Option<WinogradScratch>,
+    wino_infer: Option<WinogradScratch>,
 }
 
 impl ConvWorkspace {
@@ -171,15 +249,21 @@ impl Conv2d {
         let g = &self.win;
         g.kh == g.h && g.kw == g.w && g.pad == Padding::valid()
     }
-    /// The Winograd F(2x2, 3x3) plan when the layer qualifies: 3x3, stride 1,
+    /// The Winograd plan of `pass` when the layer qualifies: 3x3, stride 1,
     /// padding 1 on every side, at least `WINOGRAD_MIN_CHANNELS` in and out.
-    /// Forward and the input gradient then run through it; the weight
+    /// Training runs F(2x2, 3x3); inference F(4x4, 3x3) when both sides are
+    /// at least `WINOGRAD4_MIN_SIDE` (see the module header). The weight
     /// gradient stays on im2col + GEMM.
-    pub fn winograd(&self) -> Option<Winograd> {
+    pub fn winograd(&self, pass: ConvPass) -> Option<WinogradPlan> {
         let s = &self.spec;
         let fits = s.kh == 3 && s.kw == 3 && s.stride == 1 && s.pad == Padding::symmetric(1);
         let wide = s.cin >= WINOGRAD_MIN_CHANNELS && s.cout >= WINOGRAD_MIN_CHANNELS;
-        if fits && wide { Winograd::new(s.cin, s.cout, self.win.h, self.win.w).ok() } else { None }
+        let (h, w) = (self.win.h, self.win.w);
+        match (fits && wide, pass == ConvPass::Infer && h.min(w) >= WINOGRAD4_MIN_SIDE) {
+            (false, _) => None,
+            (true, true) => Winograd4::new(s.cin, s.cout, h, w).ok().map(WinogradPlan::F4),
+            (true, false) => Winograd::new(s.cin, s.cout, h, w).ok().map(WinogradPlan::F2),
+        }
     }
 
     /// Multiply-adds of one forward pass per image (backward costs twice that).
@@ -202,8 +286,9 @@ impl Conv2d {
                 .map(|_| Mutex::new(Lane { col: vec![0.0; self.win.k() * cols], tmp: vec![0.0; tmp] }))
                 .collect()
         };
-        let wino = self.winograd().map(|w| w.workspace(n));
-        ConvWorkspace { n, layer: *self, shard_imgs, tile_imgs, lanes, dw_part: Vec::new(), db_part: Vec::new(), wino }
+        let wino_train = self.winograd(ConvPass::Train).map(|w| w.workspace(n));
+        let (dw_part, db_part, wino_infer) = (Vec::new(), Vec::new(), None);
+        ConvWorkspace { n, layer: *self, shard_imgs, tile_imgs, lanes, dw_part, db_part, wino_train, wino_infer }
     }
 
     fn check_call(&self, n: usize, x: usize, out: usize, weight: usize, ws: &ConvWorkspace) -> Result<()> {
@@ -228,7 +313,8 @@ impl Conv2d {
         }
     }
 
-    /// `out = conv(x, weight) + bias` for a batch of `n` images.
+    /// `out = conv(x, weight) + bias` for a batch of `n` images (the
+    /// training forward, whose input gradient `backward` computes).
     pub fn forward(
         &self,
         out: &mut [f32],
@@ -239,13 +325,29 @@ impl Conv2d {
         ws: &mut ConvWorkspace,
     ) -> Result<()> {
         self.check_bias("conv2d bias", bias.map(|b| b.len()))?;
-        self.forward_fused(out, x, weight, Epilogue { scale: None, shift: bias, relu: false }, n, ws)
+        let epi = Epilogue { scale: None, shift: bias, relu: false };
+        self.forward_with(ConvPass::Train, out, x, weight, epi, n, ws)
     }
 
-    /// `out = epi(conv(x, weight))` for a batch of `n` images: the epilogue
-    /// runs on each tile right after its GEMM, while the tile is in cache.
+    /// `out = epi(conv(x, weight))` for a batch of `n` images, for inference:
+    /// the epilogue runs on each tile right after its GEMM, while the tile is
+    /// in cache, and Winograd layers may take F(4x4, 3x3) (`winograd`).
     pub fn forward_fused(
         &self,
+        out: &mut [f32],
+        x: &[f32],
+        weight: &[f32],
+        epi: Epilogue<'_>,
+        n: usize,
+        ws: &mut ConvWorkspace,
+    ) -> Result<()> {
+        self.forward_with(ConvPass::Infer, out, x, weight, epi, n, ws)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_with(
+        &self,
+        pass: ConvPass,
         out: &mut [f32],
         x: &[f32],
         weight: &[f32],
@@ -261,8 +363,18 @@ impl Conv2d {
         if self.is_dense() {
             return self.forward_dense(out, x, weight, epi, n);
         }
-        if let (Some(wino), Some(wws)) = (self.winograd(), ws.wino.as_mut()) {
-            return wino.forward_fused(out, x, weight, epi, n, wws);
+        match self.winograd(pass) {
+            Some(plan @ WinogradPlan::F4(_)) => {
+                // First inference call with this workspace: sized once, reused after.
+                let wws = ws.wino_infer.get_or_insert_with(|| plan.workspace(n));
+                return plan.forward_fused(out, x, weight, epi, n, wws);
+            }
+            Some(plan) => {
+                if let Some(wws) = ws.wino_train.as_mut() {
+                    return plan.forward_fused(out, x, weight, epi, n, wws);
+                }
+            }
+            None => {}
         }
         let (cout, k, p) = (self.spec.cout, self.win.k(), self.win.p());
         let (in_len, out_len) = (self.win.in_len(), cout * p);
@@ -355,7 +467,7 @@ impl Conv2d {
         }
         let ws = &mut *ws;
         // With Winograd the shards compute dW and db only; dx follows below.
-        let (dx, dx_wino) = match (self.winograd(), ws.wino.as_mut()) {
+        let (dx, dx_wino) = match (self.winograd(ConvPass::Train), ws.wino_train.as_mut()) {
             (Some(wino), Some(wws)) => (None, grads.dx.map(|dx| (wino, wws, dx))),
             _ => (grads.dx, None),
         };
