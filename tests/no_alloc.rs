@@ -99,53 +99,69 @@ fn denoiser_train_allocations(arch: Arch, batch: usize) -> usize {
     })
 }
 
+/// A HardNet in training mode on `n` random patches, with its gradient
+/// buffers, workspace and an SGD optimizer, ready for `descriptor_step`.
+struct Descriptor {
+    model: Model,
+    params: Vec<f32>,
+    x: Vec<f32>,
+    grads: Vec<f32>,
+    dout: Vec<f32>,
+    ws: nhpatch::models::Workspace,
+    sgd: Sgd,
+    state: SgdState,
+    ranges: Vec<std::ops::Range<usize>>,
+    rng: Rng,
+}
+
+impl Descriptor {
+    fn new(arch: Arch, n: usize, seed: u64) -> Self {
+        let mut model = Model::new(arch).unwrap();
+        model.set_dropout(0.3).unwrap();
+        let mut rng = Rng::new(seed);
+        let params = model.init_params(&mut rng);
+        let x = inputs(&mut rng, n);
+        let (grads, dout) = (model.zero_grads(), vec![0.0f32; n * DESC_LEN]);
+        let ws = model.workspace(n).unwrap();
+        let state = SgdState::new(params.len());
+        let sgd = Sgd { momentum: 0.9, weight_decay: 1e-4, ..Sgd::new(0.1) };
+        let ranges = model.layout().trainable_ranges();
+        Descriptor { model, params, x, grads, dout, ws, sgd, state, ranges, rng }
+    }
+
+    /// One step: forward, `loss(descriptors, their gradient)`, backward, SGD.
+    fn step(&mut self, loss: impl FnOnce(&[f32], &mut [f32])) {
+        let d = self;
+        d.grads.fill(0.0);
+        d.dout.fill(0.0);
+        let out = d.model.forward_train(&mut d.ws, &mut d.params, &d.x, &mut d.rng).unwrap();
+        loss(out, &mut d.dout);
+        d.model.backward(&mut d.ws, &d.params, &mut d.grads, &d.dout).unwrap();
+        d.sgd.step(&mut d.state, &mut d.params, &d.grads, &d.ranges).unwrap();
+    }
+}
+
 fn triplet_train_allocations(batch: usize) -> usize {
-    let mut model = Model::new(Arch::HardNetBaseline).unwrap();
-    model.set_dropout(0.3).unwrap();
-    let mut rng = Rng::new(3);
-    let mut params = model.init_params(&mut rng);
-    let n = 3 * batch;
-    let x = inputs(&mut rng, n);
-    let ranges = model.layout().trainable_ranges();
-    let (mut grads, mut dout) = (model.zero_grads(), vec![0.0f32; n * DESC_LEN]);
-    let mut ws = model.workspace(n).unwrap();
+    let mut net = Descriptor::new(Arch::HardNetBaseline, 3 * batch, 3);
     let (loss, d) = (TripletLoss::new(1.0).unwrap(), batch * DESC_LEN);
-    let sgd = Sgd { momentum: 0.9, weight_decay: 1e-4, ..Sgd::new(0.1) };
-    let mut state = SgdState::new(params.len());
     allocations(|| {
-        grads.fill(0.0);
-        dout.fill(0.0);
-        let out = model.forward_train(&mut ws, &mut params, &x, &mut rng).unwrap();
-        let (ga, rest) = dout.split_at_mut(d);
-        let (gp, gn) = rest.split_at_mut(d);
-        loss.loss(ga, gp, gn, &out[..d], &out[d..2 * d], &out[2 * d..], batch, DESC_LEN).unwrap();
-        model.backward(&mut ws, &params, &mut grads, &dout).unwrap();
-        sgd.step(&mut state, &mut params, &grads, &ranges).unwrap();
+        net.step(|out, dout| {
+            let (ga, rest) = dout.split_at_mut(d);
+            let (gp, gn) = rest.split_at_mut(d);
+            loss.loss(ga, gp, gn, &out[..d], &out[d..2 * d], &out[2 * d..], batch, DESC_LEN).unwrap();
+        })
     })
 }
 
 fn hardnet_loss_train_allocations(pairs: usize) -> usize {
-    let mut model = Model::new(Arch::HardNetOriginal).unwrap();
-    model.set_dropout(0.3).unwrap();
-    let mut rng = Rng::new(4);
-    let mut params = model.init_params(&mut rng);
-    let n = 2 * pairs;
-    let x = inputs(&mut rng, n);
-    let ranges = model.layout().trainable_ranges();
-    let (mut grads, mut dout) = (model.zero_grads(), vec![0.0f32; n * DESC_LEN]);
-    let mut ws = model.workspace(n).unwrap();
+    let mut net = Descriptor::new(Arch::HardNetOriginal, 2 * pairs, 4);
     let (loss, d) = (HardNetLoss::new(1.0, true).unwrap(), pairs * DESC_LEN);
     let mut lws = HardNetWorkspace::new(pairs);
-    let sgd = Sgd { momentum: 0.9, weight_decay: 1e-4, ..Sgd::new(0.1) };
-    let mut state = SgdState::new(params.len());
     allocations(|| {
-        grads.fill(0.0);
-        dout.fill(0.0);
-        let out = model.forward_train(&mut ws, &mut params, &x, &mut rng).unwrap();
-        let (ga, gp) = dout.split_at_mut(d);
-        loss.loss(ga, gp, &mut lws, &out[..d], &out[d..], pairs, DESC_LEN).unwrap();
-        model.backward(&mut ws, &params, &mut grads, &dout).unwrap();
-        sgd.step(&mut state, &mut params, &grads, &ranges).unwrap();
+        net.step(|out, dout| {
+            let (ga, gp) = dout.split_at_mut(d);
+            loss.loss(ga, gp, &mut lws, &out[..d], &out[d..], pairs, DESC_LEN).unwrap();
+        })
     })
 }
 
