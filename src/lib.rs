@@ -7,8 +7,10 @@
 //! - [`ops`]: im2col/col2im, elementwise and reduction primitives;
 //! - [`layers`], [`loss`], [`optim`]: forward and hand-written backward of every
 //!   layer, the losses and the optimizers, over caller-owned buffers;
-//! - [`params`]: named slices of one parameter arena.
+//! - [`params`]: named slices of one parameter arena;
+//! - [`net`]: a loaded network, the library API, and [`capi`], the same as a C ABI (`include/nhpatch.h`).
 
+pub mod capi;
 pub mod data;
 pub mod error;
 pub mod eval;
