@@ -37,8 +37,11 @@
 //! bit-identical for any pool. All scratch lives in the workspace (one lane per
 //! pool thread): calls allocate nothing.
 //!
-//! `winograd4` (F(4x4, 3x3)) shares this driver (`run_pass`), lanes and group
-//! sizing through the `Tiling` trait; only the tile transforms differ.
+//! `winograd4` (F(4x4, 3x3)) shares everything but the tiling: the public API
+//! (`winograd_layer!`: geometry, workspace, `new`, `workspace`, `forward`,
+//! `forward_fused`, `backward_data`), the checks, the workspace (`Workspace`),
+//! the driver (`run_pass`), lanes and the weight transform's loop, all generic
+//! over the `Tiling` trait; only the tile transforms, `G` and the group sizes differ.
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
@@ -52,33 +55,107 @@ const TILE_COLS: usize = 256;
 /// groups whose tile count is a multiple of it leave no ragged column panel.
 const PANEL: usize = 48;
 /// Upper bound on the number of batch shards.
-pub(super) const MAX_SHARDS: usize = 32;
+const MAX_SHARDS: usize = 32;
 
-/// Geometry: cin -> cout channels, 3x3 kernel, stride 1, padding 1, h x w input and output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Winograd {
-    pub cin: usize,
-    pub cout: usize,
-    pub h: usize,
-    pub w: usize,
+/// Declares a Winograd layer: the geometry `$geom` (public `cin`, `cout`, `h`,
+/// `w`), its scratch `$ws`, and their public API, which runs the generic code of
+/// this module over `$geom`'s `Tiling` (written by the invoking module).
+macro_rules! winograd_layer {
+    ($(#[$geom_attr:meta])* pub struct $geom:ident; $(#[$ws_attr:meta])* pub struct $ws:ident;) => {
+        $(#[$geom_attr])*
+        ///
+        /// Geometry: cin -> cout channels, 3x3 kernel, stride 1, padding 1, h x w input and output.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub struct $geom {
+            pub cin: usize,
+            pub cout: usize,
+            pub h: usize,
+            pub w: usize,
+        }
+
+        $(#[$ws_attr])*
+        pub struct $ws($crate::layers::winograd::Workspace<$geom>);
+
+        impl $geom {
+            /// Errors on any zero size.
+            pub fn new(cin: usize, cout: usize, h: usize, w: usize) -> $crate::error::Result<Self> {
+                $crate::layers::winograd::check_sizes::<Self>(cin, cout, h, w)?;
+                Ok($geom { cin, cout, h, w })
+            }
+
+            /// Scratch for batches of `n` images, with one lane per thread of the
+            /// current rayon pool (call it inside the pool that will run the layer).
+            pub fn workspace(&self, n: usize) -> $ws {
+                $ws($crate::layers::winograd::Workspace::new(*self, n))
+            }
+
+            /// `out[n, cout, h, w] = conv3x3_pad1(x, weight) + bias`; `out` is overwritten.
+            pub fn forward(
+                &self,
+                out: &mut [f32],
+                x: &[f32],
+                weight: &[f32],
+                bias: Option<&[f32]>,
+                n: usize,
+                ws: &mut $ws,
+            ) -> $crate::error::Result<()> {
+                ws.0.forward(self, out, x, weight, bias, n)
+            }
+
+            /// `out = epi(conv3x3_pad1(x, weight))`: the epilogue runs on each output
+            /// plane right after its transform, while it is in L1.
+            pub fn forward_fused(
+                &self,
+                out: &mut [f32],
+                x: &[f32],
+                weight: &[f32],
+                epi: $crate::layers::conv2d::Epilogue<'_>,
+                n: usize,
+                ws: &mut $ws,
+            ) -> $crate::error::Result<()> {
+                ws.0.forward_fused(self, out, x, weight, epi, n)
+            }
+
+            /// `dx[n, cin, h, w] +=` the adjoint of `forward` (without bias) applied to `dout[n, cout, h, w]`.
+            pub fn backward_data(
+                &self,
+                dx: &mut [f32],
+                dout: &[f32],
+                weight: &[f32],
+                n: usize,
+                ws: &mut $ws,
+            ) -> $crate::error::Result<()> {
+                ws.0.backward_data(self, dx, dout, weight, n)
+            }
+        }
+    };
+}
+pub(super) use winograd_layer;
+
+winograd_layer! {
+    /// Winograd F(2x2, 3x3) convolution.
+    pub struct Winograd;
+    /// Scratch of one Winograd layer for one batch size.
+    pub struct WinogradWorkspace;
 }
 
-/// One thread's scratch (also used by `winograd4`, with its own sizes).
+/// One thread's scratch (sizes from the `Tiling`).
 pub(super) struct Lane {
-    /// One zero-padded plane ((2th + 2) x (2tw + 2)) cut by row and column parity:
-    /// [row % 2][col % 2][th + 1][tw + 1]. The border is zeroed at allocation and never written.
-    pub(super) pad: Vec<f32>,
-    /// Transform temporaries: [2][4][th][tw + 1] (input), [12][th][tw] (output).
-    pub(super) rows: Vec<f32>,
-    /// [16][c][T]: transformed input tiles of one group (c = cin or cout).
-    pub(super) v: Vec<f32>,
-    /// [16][c][T]: their products with U.
-    pub(super) m: Vec<f32>,
+    /// One zero-padded plane cut by row and column residue mod M (the output
+    /// tile side): [r % M][c % M][th + 1][tw + 1]. The border is zeroed at
+    /// allocation and never written.
+    pad: Vec<f32>,
+    /// Transform temporaries (`Tiling::rows_len`).
+    rows: Vec<f32>,
+    /// [XI][c][T]: transformed input tiles of one group (c = cin or cout).
+    v: Vec<f32>,
+    /// [XI][c][T]: their products with U.
+    m: Vec<f32>,
 }
 
 impl Lane {
     /// `threads` lanes (capped by the shard count of a batch of `n`) with buffers of the given lengths.
-    pub(super) fn lanes(n: usize, shard_imgs: usize, pad: usize, rows: usize, big: usize) -> Vec<Mutex<Lane>> {
+    fn lanes(n: usize, shard_imgs: usize, pad: usize, rows: usize, big: usize) -> Vec<Mutex<Lane>> {
         if n == 0 {
             return Vec::new();
         }
@@ -90,35 +167,164 @@ impl Lane {
     }
 }
 
-/// Scratch of one Winograd layer for one batch size.
-pub struct WinogradWorkspace {
+/// Scratch of one Winograd layer of tiling `T` for one batch size (wrapped by
+/// the public workspace types).
+pub(super) struct Workspace<T> {
     n: usize,
-    geom: Winograd,
+    geom: T,
     shard_imgs: usize,
     group_imgs: usize,
-    /// [16][cout][cin] (forward) or [16][cin][cout] (backward_data), rewritten by every call.
+    /// [XI][cout][cin] (forward) or [XI][cin][cout] (backward_data), rewritten by every call.
     u: Vec<f32>,
     lanes: Vec<Mutex<Lane>>,
 }
 
-/// What one pass runs: `dst[cd] = epi(conv(src[cs]))` (forward) or
-/// `dst[cd] += conv(src[cs])` (backward), with transformed weights `u` [16][cd][cs].
-pub(super) struct Pass<'a> {
-    pub(super) cs: usize,
-    pub(super) cd: usize,
-    pub(super) u: &'a [f32],
-    pub(super) epi: Epilogue<'a>,
-    pub(super) accumulate: bool,
+impl<T: Tiling> Workspace<T> {
+    /// Scratch for batches of `n` images of `geom`, one lane per thread of the current pool.
+    pub(super) fn new(geom: T, n: usize) -> Self {
+        let (cin, cout) = geom.channels();
+        let (th, tw) = geom.tiles();
+        let p = th * tw;
+        let group_imgs = geom.group_imgs(n);
+        let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs).next_multiple_of(group_imgs);
+        let big = T::XI * cin.max(cout) * group_imgs * p;
+        let pad = T::M * T::M * (th + 1) * (tw + 1);
+        let lanes = Lane::lanes(n, shard_imgs, pad, geom.rows_len(), big);
+        Workspace { n, geom, shard_imgs, group_imgs, u: vec![0.0; T::XI * cin * cout], lanes }
+    }
+
+    /// See the public `forward`.
+    pub(super) fn forward(
+        &mut self,
+        geom: &T,
+        out: &mut [f32],
+        x: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        n: usize,
+    ) -> Result<()> {
+        let (cin, cout) = geom.channels();
+        check_call(geom, n, ("winograd input", x.len(), cin), ("winograd output", out.len(), cout), weight.len())?;
+        if let Some(b) = bias {
+            check_len("winograd bias", b.len(), cout)?;
+        }
+        self.forward_fused(geom, out, x, weight, Epilogue { scale: None, shift: bias, relu: false }, n)
+    }
+
+    /// See the public `forward_fused`.
+    pub(super) fn forward_fused(
+        &mut self,
+        geom: &T,
+        out: &mut [f32],
+        x: &[f32],
+        weight: &[f32],
+        epi: Epilogue<'_>,
+        n: usize,
+    ) -> Result<()> {
+        let (cin, cout) = geom.channels();
+        check_call(geom, n, ("winograd input", x.len(), cin), ("winograd output", out.len(), cout), weight.len())?;
+        epi.check(cout)?;
+        self.check(geom, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        geom.transform_weights(&mut self.u, weight, false);
+        let pass = Pass { cs: cin, cd: cout, u: &self.u, epi, accumulate: false };
+        run_pass(geom, &pass, out, x, (self.shard_imgs, self.group_imgs), &self.lanes)
+    }
+
+    /// See the public `backward_data`.
+    pub(super) fn backward_data(
+        &mut self,
+        geom: &T,
+        dx: &mut [f32],
+        dout: &[f32],
+        weight: &[f32],
+        n: usize,
+    ) -> Result<()> {
+        let (cin, cout) = geom.channels();
+        check_call(
+            geom,
+            n,
+            ("winograd output gradient", dout.len(), cout),
+            ("winograd input gradient", dx.len(), cin),
+            weight.len(),
+        )?;
+        self.check(geom, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        geom.transform_weights(&mut self.u, weight, true);
+        let pass = Pass { cs: cout, cd: cin, u: &self.u, epi: Epilogue::default(), accumulate: true };
+        run_pass(geom, &pass, dx, dout, (self.shard_imgs, self.group_imgs), &self.lanes)
+    }
+
+    /// Errors unless this workspace was made for `n` images of `geom`.
+    fn check(&self, geom: &T, n: usize) -> Result<()> {
+        if self.n != n || self.geom != *geom {
+            return Err(Error::Shape(format!(
+                "winograd workspace was sized for {} images of {:?}; this call has {n} images of {:?}",
+                self.n, self.geom, geom
+            )));
+        }
+        Ok(())
+    }
 }
 
-/// A Winograd tiling of one plane: F(2x2, 3x3) here, F(4x4, 3x3) in `winograd4`.
-pub(super) trait Tiling: Sync {
-    /// Elements of a transformed tile: the number of GEMMs.
-    const XI: usize;
-    /// Pixels of one plane (h * w).
-    fn plane(&self) -> usize;
-    /// Tiles of one plane.
-    fn tiles_per_plane(&self) -> usize;
+/// Errors on any zero size (`new` of a `T` layer).
+pub(super) fn check_sizes<T: Tiling>(cin: usize, cout: usize, h: usize, w: usize) -> Result<()> {
+    if cin == 0 || cout == 0 || h == 0 || w == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{} convolution needs non-zero sizes, got cin {cin}, cout {cout}, {h}x{w}",
+            T::NAME
+        )));
+    }
+    Ok(())
+}
+
+/// Errors unless `src` and `dst` hold `n` images of their channel counts and `weight` is [cout, cin, 3, 3].
+fn check_call<T: Tiling>(
+    geom: &T,
+    n: usize,
+    src: (&str, usize, usize),
+    dst: (&str, usize, usize),
+    weight: usize,
+) -> Result<()> {
+    let plane = geom.plane();
+    let (cin, cout) = geom.channels();
+    check_len(src.0, src.1, n * src.2 * plane)?;
+    check_len(dst.0, dst.1, n * dst.2 * plane)?;
+    check_len("winograd weight", weight, cout * cin * 9)
+}
+
+/// What one pass runs: `dst[cd] = epi(conv(src[cs]))` (forward) or
+/// `dst[cd] += conv(src[cs])` (backward), with transformed weights `u` [XI][cd][cs].
+struct Pass<'a> {
+    cs: usize,
+    cd: usize,
+    u: &'a [f32],
+    epi: Epilogue<'a>,
+    accumulate: bool,
+}
+
+/// A Winograd tiling F(M x M, 3x3) of a layer: F(2x2, 3x3) here, F(4x4, 3x3) in
+/// `winograd4`. What differs between the two; the rest is generic over it.
+pub(super) trait Tiling: Copy + PartialEq + std::fmt::Debug + Sync {
+    /// Side of an output tile.
+    const M: usize;
+    /// Elements of a transformed tile, (M + 2)^2: the number of GEMMs.
+    const XI: usize = (Self::M + 2) * (Self::M + 2);
+    /// The layer's name in error messages.
+    const NAME: &'static str;
+    /// (cin, cout, h, w).
+    fn sizes(&self) -> [usize; 4];
+    /// Scratch `rows` of a lane (the transforms' temporaries).
+    fn rows_len(&self) -> usize;
+    /// Images per GEMM group for a batch of `n`.
+    fn group_imgs(&self, n: usize) -> usize;
+    /// u[xi][r][c] = (G g G^T)[xi] in f64, where for weight [cout, cin, 3, 3]:
+    /// forward (r, c) = (co, ci), g = w[co][ci]; rotated (r, c) = (ci, co), g = rot180(w[co][ci]).
+    fn transform_weights(&self, u: &mut [f32], weight: &[f32], rotated: bool);
     /// V[xi][base + tile] = (B^T d B)[xi] for every tile of plane `x` (`xi_stride` elements between xi).
     fn input_transform(
         &self,
@@ -139,11 +345,27 @@ pub(super) trait Tiling: Sync {
         accumulate: bool,
         rows: &mut [f32],
     );
+
+    /// (cin, cout).
+    fn channels(&self) -> (usize, usize) {
+        let [cin, cout, _, _] = self.sizes();
+        (cin, cout)
+    }
+    /// Pixels of one plane (h * w).
+    fn plane(&self) -> usize {
+        let [_, _, h, w] = self.sizes();
+        h * w
+    }
+    /// Tile rows and columns: ceil(h/M) x ceil(w/M).
+    fn tiles(&self) -> (usize, usize) {
+        let [_, _, h, w] = self.sizes();
+        (h.div_ceil(Self::M), w.div_ceil(Self::M))
+    }
 }
 
 /// Runs `pass` over a batch: src [n, cs, h, w] -> dst [n, cd, h, w], shards of
 /// `si` images in parallel, groups of `g` images per set of GEMMs.
-pub(super) fn run_pass<T: Tiling>(
+fn run_pass<T: Tiling>(
     tiling: &T,
     pass: &Pass<'_>,
     dst: &mut [f32],
@@ -151,7 +373,8 @@ pub(super) fn run_pass<T: Tiling>(
     (si, g): (usize, usize),
     lanes: &[Mutex<Lane>],
 ) -> Result<()> {
-    let (plane, p, nxi) = (tiling.plane(), tiling.tiles_per_plane(), T::XI);
+    let (th, tw) = tiling.tiles();
+    let (plane, p, nxi) = (tiling.plane(), th * tw, T::XI);
     let (cs, cd, u) = (pass.cs, pass.cd, pass.u);
     let (in_len, out_len) = (cs * plane, cd * plane);
     src.par_chunks(si * in_len).zip(dst.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
@@ -187,139 +410,29 @@ pub(super) fn run_pass<T: Tiling>(
     })
 }
 
-impl Winograd {
-    /// Errors on any zero size.
-    pub fn new(cin: usize, cout: usize, h: usize, w: usize) -> Result<Self> {
-        if cin == 0 || cout == 0 || h == 0 || w == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "winograd convolution needs non-zero sizes, got cin {cin}, cout {cout}, {h}x{w}"
-            )));
-        }
-        Ok(Winograd { cin, cout, h, w })
-    }
-
-    /// Tile rows and columns: ceil(h/2) x ceil(w/2).
-    fn tiles(&self) -> (usize, usize) {
-        (self.h.div_ceil(2), self.w.div_ceil(2))
-    }
-
-    /// Scratch for batches of `n` images, with one lane per thread of the
-    /// current rayon pool (call it inside the pool that will run the layer).
-    pub fn workspace(&self, n: usize) -> WinogradWorkspace {
-        let (th, tw) = self.tiles();
-        let p = th * tw;
-        let group_imgs = group_imgs(p, n);
-        let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs).next_multiple_of(group_imgs);
-        let big = 16 * self.cin.max(self.cout) * group_imgs * p;
-        let lanes = Lane::lanes(n, shard_imgs, 4 * (th + 1) * (tw + 1), 12 * th * (tw + 1), big);
-        WinogradWorkspace { n, geom: *self, shard_imgs, group_imgs, u: vec![0.0; 16 * self.cin * self.cout], lanes }
-    }
-
-    fn check_call(&self, n: usize, src: (&str, usize, usize), dst: (&str, usize, usize), weight: usize) -> Result<()> {
-        let plane = self.h * self.w;
-        check_len(src.0, src.1, n * src.2 * plane)?;
-        check_len(dst.0, dst.1, n * dst.2 * plane)?;
-        check_len("winograd weight", weight, self.cout * self.cin * 9)
-    }
-
-    fn check_ws(&self, n: usize, ws: &WinogradWorkspace) -> Result<()> {
-        if ws.n != n || ws.geom != *self {
-            return Err(Error::Shape(format!(
-                "winograd workspace was sized for {} images of {:?}; this call has {n} images of {:?}",
-                ws.n, ws.geom, self
-            )));
-        }
-        Ok(())
-    }
-
-    /// `out[n, cout, h, w] = conv3x3_pad1(x, weight) + bias`; `out` is overwritten.
-    pub fn forward(
-        &self,
-        out: &mut [f32],
-        x: &[f32],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        n: usize,
-        ws: &mut WinogradWorkspace,
-    ) -> Result<()> {
-        self.check_call(
-            n,
-            ("winograd input", x.len(), self.cin),
-            ("winograd output", out.len(), self.cout),
-            weight.len(),
-        )?;
-        if let Some(b) = bias {
-            check_len("winograd bias", b.len(), self.cout)?;
-        }
-        self.forward_fused(out, x, weight, Epilogue { scale: None, shift: bias, relu: false }, n, ws)
-    }
-
-    /// `out = epi(conv3x3_pad1(x, weight))`: the epilogue runs on each output
-    /// plane right after its transform, while it is in L1.
-    pub fn forward_fused(
-        &self,
-        out: &mut [f32],
-        x: &[f32],
-        weight: &[f32],
-        epi: Epilogue<'_>,
-        n: usize,
-        ws: &mut WinogradWorkspace,
-    ) -> Result<()> {
-        self.check_call(
-            n,
-            ("winograd input", x.len(), self.cin),
-            ("winograd output", out.len(), self.cout),
-            weight.len(),
-        )?;
-        epi.check(self.cout)?;
-        self.check_ws(n, ws)?;
-        if n == 0 {
-            return Ok(());
-        }
-        transform_weights(&mut ws.u, weight, self.cout, self.cin, false);
-        let pass = Pass { cs: self.cin, cd: self.cout, u: &ws.u, epi, accumulate: false };
-        self.run(&pass, out, x, ws)
-    }
-
-    /// `dx[n, cin, h, w] +=` the adjoint of `forward` (without bias) applied to `dout[n, cout, h, w]`.
-    pub fn backward_data(
-        &self,
-        dx: &mut [f32],
-        dout: &[f32],
-        weight: &[f32],
-        n: usize,
-        ws: &mut WinogradWorkspace,
-    ) -> Result<()> {
-        self.check_call(
-            n,
-            ("winograd output gradient", dout.len(), self.cout),
-            ("winograd input gradient", dx.len(), self.cin),
-            weight.len(),
-        )?;
-        self.check_ws(n, ws)?;
-        if n == 0 {
-            return Ok(());
-        }
-        transform_weights(&mut ws.u, weight, self.cout, self.cin, true);
-        let pass = Pass { cs: self.cout, cd: self.cin, u: &ws.u, epi: Epilogue::default(), accumulate: true };
-        self.run(&pass, dx, dout, ws)
-    }
-
-    fn run(&self, pass: &Pass<'_>, dst: &mut [f32], src: &[f32], ws: &WinogradWorkspace) -> Result<()> {
-        run_pass(self, pass, dst, src, (ws.shard_imgs, ws.group_imgs), &ws.lanes)
-    }
-}
-
 impl Tiling for Winograd {
-    const XI: usize = 16;
+    const M: usize = 2;
+    const NAME: &'static str = "winograd";
 
-    fn plane(&self) -> usize {
-        self.h * self.w
+    fn sizes(&self) -> [usize; 4] {
+        [self.cin, self.cout, self.h, self.w]
     }
 
-    fn tiles_per_plane(&self) -> usize {
+    /// [2][4][th][tw + 1] (input), [12][th][tw] (output).
+    fn rows_len(&self) -> usize {
         let (th, tw) = self.tiles();
-        th * tw
+        12 * th * (tw + 1)
+    }
+
+    fn group_imgs(&self, n: usize) -> usize {
+        let (th, tw) = self.tiles();
+        group_imgs(th * tw, n)
+    }
+
+    fn transform_weights(&self, u: &mut [f32], weight: &[f32], rotated: bool) {
+        // G x for a 3-vector x: [x0, (x0 + x1 + x2) / 2, (x0 - x1 + x2) / 2, x2].
+        let gx = |x0: f64, x1: f64, x2: f64| [x0, 0.5 * (x0 + x1 + x2), 0.5 * (x0 - x1 + x2), x2];
+        transform_weights(u, weight, self.cout, self.cin, rotated, gx);
     }
 
     /// V[xi][base + ty*tw + tx] = (B^T d B)[xi] for every tile of one plane
@@ -426,7 +539,7 @@ impl Tiling for Winograd {
 /// many such groups or evenly, the fewest that also fill whole `PANEL`s within
 /// 4 * `TILE_COLS` tiles (3 images of 32x32 = 768 tiles, 18 of 8x8 = 288):
 /// a few large ragged groups would load threads unevenly.
-pub(super) fn group_imgs(p: usize, n: usize) -> usize {
+fn group_imgs(p: usize, n: usize) -> usize {
     group_imgs_for(TILE_COLS, p, n)
 }
 
@@ -443,13 +556,13 @@ pub(super) fn group_imgs_for(tile_cols: usize, p: usize, n: usize) -> usize {
 
 /// d[k] = f(a[k], b[k]) over the shortest of the three.
 #[inline(always)]
-pub(super) fn map2(d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+fn map2(d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
     d.iter_mut().zip(a.iter().zip(b)).for_each(|(d, (&a, &b))| *d = f(a, b));
 }
 
 /// d[k] = f(a[k], b[k], c[k]) over the shortest of the four.
 #[inline(always)]
-pub(super) fn map3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+fn map3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
     d.iter_mut().zip(a.iter().zip(b).zip(c)).for_each(|(d, ((&a, &b), &c))| *d = f(a, b, c));
 }
 
@@ -476,29 +589,35 @@ fn store_row(dst: &mut [f32], even: &[f32], odd: &[f32], accumulate: bool) {
     }
 }
 
-/// u[xi][r][c] = (G g G^T)[xi] in f64, where for weight [cout, cin, 3, 3]:
-/// forward (r, c) = (co, ci), g = w[co][ci]; rotated (r, c) = (ci, co), g = rot180(w[co][ci]).
-fn transform_weights(u: &mut [f32], weight: &[f32], cout: usize, cin: usize, rotated: bool) {
+/// u[xi][r][c] = (G g G^T)[xi] in f64 with xi = K i + j, where for weight [cout, cin, 3, 3]:
+/// forward (r, c) = (co, ci), g = w[co][ci]; rotated (r, c) = (ci, co), g = rot180(w[co][ci]);
+/// `gx` is G x for a 3-vector x (G is K x 3).
+pub(super) fn transform_weights<const K: usize>(
+    u: &mut [f32],
+    weight: &[f32],
+    cout: usize,
+    cin: usize,
+    rotated: bool,
+    gx: impl Fn(f64, f64, f64) -> [f64; K],
+) {
     let plane = cout * cin;
     for (k, g) in weight.chunks_exact(9).enumerate() {
         let (co, ci) = (k / cin, k % cin);
         let at = if rotated { ci * cout + co } else { co * cin + ci };
         let g: [f64; 9] = std::array::from_fn(|i| g[if rotated { 8 - i } else { i }] as f64);
-        // G x for a 3-vector x: [x0, (x0 + x1 + x2) / 2, (x0 - x1 + x2) / 2, x2].
-        let gx = |x0: f64, x1: f64, x2: f64| [x0, 0.5 * (x0 + x1 + x2), 0.5 * (x0 - x1 + x2), x2];
-        // Columns of G g (4x3), then rows of (G g) G^T.
-        let cols: [[f64; 4]; 3] = std::array::from_fn(|c| gx(g[c], g[3 + c], g[6 + c]));
-        for i in 0..4 {
+        // Columns of G g (K x 3), then rows of (G g) G^T.
+        let cols: [[f64; K]; 3] = std::array::from_fn(|c| gx(g[c], g[3 + c], g[6 + c]));
+        for i in 0..K {
             let row = gx(cols[0][i], cols[1][i], cols[2][i]);
             for (j, &val) in row.iter().enumerate() {
-                u[(4 * i + j) * plane + at] = val as f32;
+                u[(K * i + j) * plane + at] = val as f32;
             }
         }
     }
 }
 
 /// The calling thread's scratch lane (indexed by rayon worker, as in `conv2d`).
-pub(super) fn lock_lane(lanes: &[Mutex<Lane>]) -> std::sync::MutexGuard<'_, Lane> {
+fn lock_lane(lanes: &[Mutex<Lane>]) -> std::sync::MutexGuard<'_, Lane> {
     let i = rayon::current_thread_index().unwrap_or(0) % lanes.len();
     // A poisoned lane only means another thread panicked mid-group; its contents are scratch.
     lanes[i].lock().unwrap_or_else(|e| e.into_inner())

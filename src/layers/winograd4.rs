@@ -15,7 +15,8 @@
 //!         | 0  4  0 -5  0  1 |       | 0     0     1    |
 //! with xi = 6i + j indexing the 36 GEMMs, V [36][c][T], U [36][cd][cs] (in f64),
 //! M [36][cd][T], exactly as in `winograd` (see there for backward_data,
-//! threading, lanes and the workspace; the driver `run_pass` is shared).
+//! threading, lanes and the workspace, which are shared: this file holds the
+//! `Tiling` of F(4x4, 3x3) only).
 //!
 //! The transforms run on whole rows of tiles with unit stride: a plane is
 //! zero-padded and cut by row and column residue mod 4 into
@@ -23,18 +24,13 @@
 //! tile row are six contiguous slices, and B^T, A^T are linear combinations of
 //! slices.
 
-use crate::error::{Error, Result, check_len};
-use crate::layers::conv2d::Epilogue;
-use crate::layers::winograd::{Lane, MAX_SHARDS, Pass, Tiling, group_imgs_for, run_pass};
-use std::sync::Mutex;
+use crate::layers::winograd::{Tiling, group_imgs_for, transform_weights, winograd_layer};
 
-/// Geometry: cin -> cout channels, 3x3 kernel, stride 1, padding 1, h x w input and output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Winograd4 {
-    pub cin: usize,
-    pub cout: usize,
-    pub h: usize,
-    pub w: usize,
+winograd_layer! {
+    /// Winograd F(4x4, 3x3) convolution.
+    pub struct Winograd4;
+    /// Scratch of one F(4x4) Winograd layer for one batch size.
+    pub struct Winograd4Workspace;
 }
 
 /// GEMM columns (4x4 tiles) a group of images aims for with `c` channels (the
@@ -45,142 +41,39 @@ fn tile_cols(c: usize) -> usize {
     (8192 / c).clamp(32, 256)
 }
 
-/// Scratch of one F(4x4) Winograd layer for one batch size.
-pub struct Winograd4Workspace {
-    n: usize,
-    geom: Winograd4,
-    shard_imgs: usize,
-    group_imgs: usize,
-    /// [36][cout][cin] (forward) or [36][cin][cout] (backward_data), rewritten by every call.
-    u: Vec<f32>,
-    lanes: Vec<Mutex<Lane>>,
-}
-
-impl Winograd4 {
-    /// Errors on any zero size.
-    pub fn new(cin: usize, cout: usize, h: usize, w: usize) -> Result<Self> {
-        if cin == 0 || cout == 0 || h == 0 || w == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "winograd F(4x4) convolution needs non-zero sizes, got cin {cin}, cout {cout}, {h}x{w}"
-            )));
-        }
-        Ok(Winograd4 { cin, cout, h, w })
-    }
-
-    /// Tile rows and columns: ceil(h/4) x ceil(w/4).
-    fn tiles(&self) -> (usize, usize) {
-        (self.h.div_ceil(4), self.w.div_ceil(4))
-    }
-
-    /// Scratch for batches of `n` images, with one lane per thread of the
-    /// current rayon pool (call it inside the pool that will run the layer).
-    pub fn workspace(&self, n: usize) -> Winograd4Workspace {
-        let (th, tw) = self.tiles();
-        let p = th * tw;
-        let group_imgs = group_imgs_for(tile_cols(self.cin.max(self.cout)), p, n);
-        let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs).next_multiple_of(group_imgs);
-        let big = 36 * self.cin.max(self.cout) * group_imgs * p;
-        // rows: [4][6][th][tw + 1] (input), [24][p] + [4][p] (output).
-        let rows = (24 * th * (tw + 1)).max(28 * p);
-        let lanes = Lane::lanes(n, shard_imgs, 16 * (th + 1) * (tw + 1), rows, big);
-        Winograd4Workspace { n, geom: *self, shard_imgs, group_imgs, u: vec![0.0; 36 * self.cin * self.cout], lanes }
-    }
-
-    fn check_call(&self, n: usize, src: (&str, usize, usize), dst: (&str, usize, usize), weight: usize) -> Result<()> {
-        let plane = self.h * self.w;
-        check_len(src.0, src.1, n * src.2 * plane)?;
-        check_len(dst.0, dst.1, n * dst.2 * plane)?;
-        check_len("winograd weight", weight, self.cout * self.cin * 9)
-    }
-
-    fn check_ws(&self, n: usize, ws: &Winograd4Workspace) -> Result<()> {
-        if ws.n != n || ws.geom != *self {
-            return Err(Error::Shape(format!(
-                "winograd workspace was sized for {} images of {:?}; this call has {n} images of {:?}",
-                ws.n, ws.geom, self
-            )));
-        }
-        Ok(())
-    }
-
-    /// `out[n, cout, h, w] = conv3x3_pad1(x, weight) + bias`; `out` is overwritten.
-    pub fn forward(
-        &self,
-        out: &mut [f32],
-        x: &[f32],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        n: usize,
-        ws: &mut Winograd4Workspace,
-    ) -> Result<()> {
-        if let Some(b) = bias {
-            check_len("winograd bias", b.len(), self.cout)?;
-        }
-        self.forward_fused(out, x, weight, Epilogue { scale: None, shift: bias, relu: false }, n, ws)
-    }
-
-    /// `out = epi(conv3x3_pad1(x, weight))`: the epilogue runs on each output
-    /// plane right after its transform, while it is in L1.
-    pub fn forward_fused(
-        &self,
-        out: &mut [f32],
-        x: &[f32],
-        weight: &[f32],
-        epi: Epilogue<'_>,
-        n: usize,
-        ws: &mut Winograd4Workspace,
-    ) -> Result<()> {
-        self.check_call(
-            n,
-            ("winograd input", x.len(), self.cin),
-            ("winograd output", out.len(), self.cout),
-            weight.len(),
-        )?;
-        epi.check(self.cout)?;
-        self.check_ws(n, ws)?;
-        if n == 0 {
-            return Ok(());
-        }
-        transform_weights(&mut ws.u, weight, self.cout, self.cin, false);
-        let pass = Pass { cs: self.cin, cd: self.cout, u: &ws.u, epi, accumulate: false };
-        run_pass(self, &pass, out, x, (ws.shard_imgs, ws.group_imgs), &ws.lanes)
-    }
-
-    /// `dx[n, cin, h, w] +=` the adjoint of `forward` (without bias) applied to `dout[n, cout, h, w]`.
-    pub fn backward_data(
-        &self,
-        dx: &mut [f32],
-        dout: &[f32],
-        weight: &[f32],
-        n: usize,
-        ws: &mut Winograd4Workspace,
-    ) -> Result<()> {
-        self.check_call(
-            n,
-            ("winograd output gradient", dout.len(), self.cout),
-            ("winograd input gradient", dx.len(), self.cin),
-            weight.len(),
-        )?;
-        self.check_ws(n, ws)?;
-        if n == 0 {
-            return Ok(());
-        }
-        transform_weights(&mut ws.u, weight, self.cout, self.cin, true);
-        let pass = Pass { cs: self.cout, cd: self.cin, u: &ws.u, epi: Epilogue::default(), accumulate: true };
-        run_pass(self, &pass, dx, dout, (ws.shard_imgs, ws.group_imgs), &ws.lanes)
-    }
-}
-
 impl Tiling for Winograd4 {
-    const XI: usize = 36;
+    const M: usize = 4;
+    const NAME: &'static str = "winograd F(4x4)";
 
-    fn plane(&self) -> usize {
-        self.h * self.w
+    fn sizes(&self) -> [usize; 4] {
+        [self.cin, self.cout, self.h, self.w]
     }
 
-    fn tiles_per_plane(&self) -> usize {
+    /// [4][6][th][tw + 1] (input), [24][p] + [4][p] (output).
+    fn rows_len(&self) -> usize {
         let (th, tw) = self.tiles();
-        th * tw
+        (24 * th * (tw + 1)).max(28 * th * tw)
+    }
+
+    fn group_imgs(&self, n: usize) -> usize {
+        let (th, tw) = self.tiles();
+        group_imgs_for(tile_cols(self.cin.max(self.cout)), th * tw, n)
+    }
+
+    fn transform_weights(&self, u: &mut [f32], weight: &[f32], rotated: bool) {
+        // G x for a 3-vector x (products with reciprocals: the f64 rounding is far below f32's).
+        let gx = |x0: f64, x1: f64, x2: f64| {
+            let (a, b) = (x0 + x2, x0 * (1.0 / 24.0) + x2 * (1.0 / 6.0));
+            [
+                x0 * 0.25,
+                -(a + x1) * (1.0 / 6.0),
+                -(a - x1) * (1.0 / 6.0),
+                b + x1 * (1.0 / 12.0),
+                b - x1 * (1.0 / 12.0),
+                x2,
+            ]
+        };
+        transform_weights(u, weight, self.cout, self.cin, rotated, gx);
     }
 
     fn input_transform(
@@ -346,37 +239,6 @@ fn store_row4(dst: &mut [f32], s: [&[f32]; 4], accumulate: bool) {
             *d += val;
         } else {
             *d = val;
-        }
-    }
-}
-
-/// u[xi][r][c] = (G g G^T)[xi] in f64, where for weight [cout, cin, 3, 3]:
-/// forward (r, c) = (co, ci), g = w[co][ci]; rotated (r, c) = (ci, co), g = rot180(w[co][ci]).
-fn transform_weights(u: &mut [f32], weight: &[f32], cout: usize, cin: usize, rotated: bool) {
-    let plane = cout * cin;
-    for (k, g) in weight.chunks_exact(9).enumerate() {
-        let (co, ci) = (k / cin, k % cin);
-        let at = if rotated { ci * cout + co } else { co * cin + ci };
-        let g: [f64; 9] = std::array::from_fn(|i| g[if rotated { 8 - i } else { i }] as f64);
-        // G x for a 3-vector x (products with reciprocals: the f64 rounding is far below f32's).
-        let gx = |x0: f64, x1: f64, x2: f64| {
-            let (a, b) = (x0 + x2, x0 * (1.0 / 24.0) + x2 * (1.0 / 6.0));
-            [
-                x0 * 0.25,
-                -(a + x1) * (1.0 / 6.0),
-                -(a - x1) * (1.0 / 6.0),
-                b + x1 * (1.0 / 12.0),
-                b - x1 * (1.0 / 12.0),
-                x2,
-            ]
-        };
-        // Columns of G g (6x3), then rows of (G g) G^T.
-        let cols: [[f64; 6]; 3] = std::array::from_fn(|c| gx(g[c], g[3 + c], g[6 + c]));
-        for i in 0..6 {
-            let row = gx(cols[0][i], cols[1][i], cols[2][i]);
-            for (j, &val) in row.iter().enumerate() {
-                u[(6 * i + j) * plane + at] = val as f32;
-            }
         }
     }
 }
