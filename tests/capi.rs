@@ -31,10 +31,33 @@ fn native_libs() -> Option<&'static [&'static str]> {
     }
 }
 
-/// The folder cargo put this build's libraries in: the test binary is `<that>/deps/capi-*`.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+/// `libnhpatch.a` of the current sources, built once per test run.
+///
+/// `cargo test` builds only the rlib, so the static library comes from a
+/// nested `cargo build --lib` with the test's profile. It uses a target
+/// folder of its own (`target/capi-lib`): the outer cargo holds the lock on
+/// `target/<profile>` while tests run. Incremental after the first run.
+fn static_lib() -> PathBuf {
+    static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LIB.get_or_init(|| {
+        // The test binary is `target/<profile>/deps/capi-*`.
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+        let release = profile_dir.file_name().is_some_and(|p| p == "release");
+        let target = profile_dir.parent().unwrap().join("capi-lib");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--lib", "--quiet", "--manifest-path"]).arg(Path::new(ROOT).join("Cargo.toml"));
+        cmd.arg("--target-dir").arg(&target).env_remove("CARGO_TARGET_DIR");
+        if release {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "cargo build --lib failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let lib = target.join(if release { "release" } else { "debug" }).join("libnhpatch.a");
+        assert!(lib.exists(), "{} is missing after cargo build --lib", lib.display());
+        lib
+    })
+    .clone()
 }
 
 /// Compiles examples/c/describe.c into `d`; None (with a note) where no C compiler or link recipe exists.
@@ -48,8 +71,7 @@ fn build_example(d: &Path) -> Option<PathBuf> {
         eprintln!("note: no C compiler ('{cc}'); the C example is not built");
         return None;
     }
-    let lib = lib_dir().join("libnhpatch.a");
-    assert!(lib.exists(), "{} is missing: the staticlib crate type was not built", lib.display());
+    let lib = static_lib();
     let exe = d.join("describe");
     let out = Command::new(&cc)
         .args(["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-O1", "-I"])
@@ -191,7 +213,7 @@ fn header_declares_exactly_the_exports_with_the_same_values() {
         assert!(header.contains(&format!("#define {name} {v}\n")), "header lacks #define {name} {v}");
     }
     // What the shared library really exports, where binutils' nm is at hand.
-    let so = lib_dir().join("libnhpatch.so");
+    let so = static_lib().with_file_name("libnhpatch.so");
     if let (true, Ok(out)) = (so.exists(), Command::new("nm").args(["-D", "--defined-only"]).arg(&so).output()) {
         let text = String::from_utf8_lossy(&out.stdout);
         let symbols: BTreeSet<String> = text
