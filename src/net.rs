@@ -45,6 +45,7 @@ use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};
 use crate::weights::{self, Tensor, WeightsFile};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Version of the metadata convention written by `save`.
 pub const FORMAT_VERSION: &str = "1";
@@ -58,10 +59,19 @@ pub struct LoadOptions {
     pub arch: Option<Arch>,
 }
 
+/// Inference workspaces a `Network` keeps between calls.
+const SPARE_WORKSPACES: usize = 2;
+
 /// A network and its parameters.
 pub struct Network {
     model: Model,
     params: Vec<f32>,
+    /// Inference workspaces of earlier calls, with the pool size they were
+    /// made for, reused by later calls of the same batch size: creating one
+    /// cost a quarter of a 500-patch HardNet call, which matters to a program
+    /// that describes every frame. At most `SPARE_WORKSPACES` (the last ones
+    /// used), so the memory held is that of two inference batches.
+    spare: Mutex<Vec<(usize, Workspace)>>,
 }
 
 /// The metadata nhpatch writes for an architecture.
@@ -136,13 +146,13 @@ impl Network {
     pub fn init(arch: Arch, seed: u64) -> Result<Network> {
         let model = Model::new(arch)?;
         let params = model.init_params(&mut crate::rng::Rng::new(seed));
-        Ok(Network { model, params })
+        Ok(Network { model, params, spare: Mutex::new(Vec::new()) })
     }
 
     /// Wraps a model and an arena of the model's length.
     pub fn from_params(model: Model, params: Vec<f32>) -> Result<Network> {
         crate::error::check_len("network parameters", params.len(), model.layout().len())?;
-        Ok(Network { model, params })
+        Ok(Network { model, params, spare: Mutex::new(Vec::new()) })
     }
 
     /// Loads a weights file, checking every tensor name, shape and the metadata.
@@ -199,7 +209,7 @@ impl Network {
         if !unknown.is_empty() {
             return Err(format_err(path, format!("tensors a {arch} network does not have: {}", unknown.join(", "))));
         }
-        Ok(Network { model, params })
+        Ok(Network { model, params, spare: Mutex::new(Vec::new()) })
     }
 
     /// The weights file for this network: every tensor plus nhpatch's metadata.
@@ -243,15 +253,40 @@ impl Network {
         let out_len = self.model.out_len();
         let mut out = vec![0.0f32; n * out_len];
         let mut ws: Option<Workspace> = None;
-        for (x, o) in patches.chunks(INFER_BATCH * PATCH_LEN).zip(out.chunks_mut(INFER_BATCH * out_len)) {
-            let b = x.len() / PATCH_LEN;
-            if ws.as_ref().is_none_or(|w| w.batch() != b) {
-                ws = Some(self.model.workspace(b)?);
-            }
-            let ws = ws.as_mut().expect("workspace was just created");
-            o.copy_from_slice(self.model.forward_eval(ws, &self.params, x)?);
+        let result = patches.chunks(INFER_BATCH * PATCH_LEN).zip(out.chunks_mut(INFER_BATCH * out_len)).try_for_each(
+            |(x, o)| {
+                let b = x.len() / PATCH_LEN;
+                let w = match ws.take() {
+                    Some(w) if w.batch() == b => w,
+                    other => {
+                        other.into_iter().for_each(|w| self.keep(w));
+                        self.take_spare(b).map_or_else(|| self.model.workspace(b), Ok)?
+                    }
+                };
+                let w = ws.insert(w);
+                o.copy_from_slice(self.model.forward_eval(w, &self.params, x)?);
+                Ok(())
+            },
+        );
+        ws.into_iter().for_each(|w| self.keep(w));
+        result.map(|()| out)
+    }
+
+    /// A spare workspace for batches of `b` made for a pool of the current size.
+    fn take_spare(&self, b: usize) -> Option<Workspace> {
+        let threads = rayon::current_num_threads();
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let i = spare.iter().position(|(t, w)| *t == threads && w.batch() == b)?;
+        Some(spare.remove(i).1)
+    }
+
+    /// Keeps `w` for later calls, dropping the least recently kept beyond `SPARE_WORKSPACES`.
+    fn keep(&self, w: Workspace) {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.push((rayon::current_num_threads(), w));
+        if spare.len() > SPARE_WORKSPACES {
+            spare.remove(0);
         }
-        Ok(out)
     }
 
     /// Denoises patches; errors unless this is a denoiser.

@@ -121,3 +121,20 @@ fn wrong_kind_of_network_and_bad_batches_are_errors() {
     assert!(unet.denoise(&[0.0; 1000]).is_err(), "not a whole number of patches");
     assert_eq!(unet.denoise(&[]).unwrap().len(), 0);
 }
+
+#[test]
+fn reused_workspaces_give_the_same_results_as_fresh_ones() {
+    // A network keeps the workspaces of earlier calls; calls of other sizes in
+    // between (300 = 256 + 44 patches, then 10, then 44 again) must not leak state
+    // from one call into the next, with one thread or two.
+    for threads in [1, 2] {
+        nhpatch::threads::pool(threads).unwrap().install(|| {
+            let net = Network::init(Arch::Unet, 5).unwrap();
+            let fresh = |n: usize| Network::init(Arch::Unet, 5).unwrap().denoise(&patches(n)).unwrap();
+            let want: Vec<(usize, Vec<f32>)> = [300, 10, 44, 300].iter().map(|&n| (n, fresh(n))).collect();
+            for (n, w) in &want {
+                assert_eq!(&net.denoise(&patches(*n)).unwrap(), w, "{n} patches, {threads} threads");
+            }
+        });
+    }
+}
