@@ -203,6 +203,8 @@ fn model_layers() -> Vec<(Conv2dSpec, usize)> {
         (c(32, 64, 3, 2, same(3, 2, 32), true), 32),         // hardnet conv3 (stride 2)
         (c(128, 128, 3, 1, same(3, 1, 8), true), 8),         // hardnet conv6 (P = 64: 4-image tiles)
         (c(128, 128, 8, 1, Padding::valid(), true), 8),      // hardnet conv7 (dense)
+        (c(64, 1, 3, 1, same(3, 1, 32), true), 32),          // unet conv5 (direct: one output channel)
+        (c(64, 1, 3, 1, Padding::symmetric(1), false), 32),  // dncnn conv17 (direct)
     ]
 }
 
@@ -253,8 +255,12 @@ fn winograd_takes_the_3x3_same_layers_with_16_or_more_channels_f4_only_in_infere
     };
     // unet conv1 (1 input channel), unet conv3 (2x2), hardnet conv3 (stride 2) and conv7 (8x8) stay on im2col;
     // training runs F(2x2, 3x3), inference F(4x4, 3x3) except on 8x8 images.
-    assert_eq!(plans(ConvPass::Train), ["im2col", "F2", "im2col", "F2", "im2col", "F2", "im2col"]);
-    assert_eq!(plans(ConvPass::Infer), ["im2col", "F4", "im2col", "F4", "im2col", "F2", "im2col"]);
+    let train = ["im2col", "F2", "im2col", "F2", "im2col", "F2", "im2col", "im2col", "im2col"];
+    assert_eq!(plans(ConvPass::Train), train);
+    assert_eq!(plans(ConvPass::Infer), ["im2col", "F4", "im2col", "F4", "im2col", "F2", "im2col", "im2col", "im2col"]);
+    let direct: Vec<bool> =
+        model_layers().iter().map(|&(spec, hw)| Conv2d::new(spec, hw, hw).unwrap().is_direct()).collect();
+    assert_eq!(direct, [false, false, false, false, false, false, false, true, true]);
 }
 
 #[test]

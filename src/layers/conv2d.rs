@@ -18,6 +18,9 @@
 //! - *dense*: when the kernel covers the whole unpadded input (HardNet's 8x8
 //!   conv7, P = 1) the layer is a matrix product over the batch,
 //!   out[n, cout] = X[n, K] * W^T, and no im2col is needed.
+//! - *direct*: one output channel at stride 1 (U-Net conv5, DnCNN conv17)
+//!   runs `conv2d_direct`, a tap-by-tap multiply-add of image rows, instead
+//!   of a matrix-vector product over the im2col matrix.
 //! - *Winograd*: 3x3 stride-1 'same' layers with 16 or more channels in and
 //!   out run forward and the input gradient through Winograd F(2x2, 3x3)
 //!   (`winograd`, 2.25x fewer multiplies, error ~4e-7 of the output's scale).
@@ -37,6 +40,7 @@
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
 use crate::layers::Shape4;
+use crate::layers::conv2d_direct;
 use crate::layers::winograd::{Winograd, WinogradWorkspace};
 use crate::layers::winograd4::{Winograd4, Winograd4Workspace};
 use crate::ops::im2col::{Padding, Window, col2im_add, im2col};
@@ -249,6 +253,12 @@ impl Conv2d {
         let g = &self.win;
         g.kh == g.h && g.kw == g.w && g.pad == Padding::valid()
     }
+    /// Whether the layer runs as a direct convolution (`conv2d_direct`): one
+    /// output channel and stride 1, where im2col + GEMM would be a
+    /// matrix-vector product bound by the patch matrix.
+    pub fn is_direct(&self) -> bool {
+        self.spec.cout == 1 && self.spec.stride == 1 && !self.is_dense()
+    }
     /// The Winograd plan of `pass` when the layer qualifies: 3x3, stride 1,
     /// padding 1 on every side, at least `WINOGRAD_MIN_CHANNELS` in and out.
     /// Training runs F(2x2, 3x3); inference F(4x4, 3x3) when both sides are
@@ -277,7 +287,7 @@ impl Conv2d {
         let p = self.win.p();
         let tile_imgs = TILE_COLS.div_ceil(p).clamp(1, n.max(1));
         let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, tile_imgs);
-        let lanes = if self.is_dense() || n == 0 {
+        let lanes = if self.is_dense() || self.is_direct() || n == 0 {
             Vec::new()
         } else {
             let cols = tile_imgs * p;
@@ -362,6 +372,15 @@ impl Conv2d {
         }
         if self.is_dense() {
             return self.forward_dense(out, x, weight, epi, n);
+        }
+        if self.is_direct() {
+            // One image per task: each output is the same sum whatever the split.
+            let (in_len, p) = (self.win.in_len(), self.win.p());
+            x.par_chunks(in_len).zip(out.par_chunks_mut(p)).for_each(|(xi, oi)| {
+                conv2d_direct::forward_image(oi, xi, weight, &self.win);
+                epi.apply(0, oi);
+            });
+            return Ok(());
         }
         match self.winograd(pass) {
             Some(plan @ WinogradPlan::F4(_)) => {
@@ -558,6 +577,14 @@ impl ShardCtx<'_> {
         let w = MatRef::row_major(self.weight, cout, k)?;
         dwp.fill(0.0);
         dbp.fill(0.0);
+        if l.is_direct() {
+            for (i, (xi, di)) in xs.chunks_exact(in_len).zip(ds.chunks_exact(out_len)).enumerate() {
+                let dxi = dxs.as_deref_mut().map(|d| &mut d[i * in_len..(i + 1) * in_len]);
+                conv2d_direct::backward_image(dxi, dwp, di, xi, self.weight, &l.win);
+                dbp[0] += di.iter().sum::<f32>();
+            }
+            return Ok(());
+        }
         let mut guard = lock_lane(self.lanes);
         let lane = &mut *guard;
         let imgs = xs.len() / in_len;

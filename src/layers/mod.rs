@@ -13,6 +13,7 @@
 pub mod batchnorm;
 pub mod concat;
 pub mod conv2d;
+pub(crate) mod conv2d_direct;
 pub mod dropout;
 pub mod input_norm;
 pub mod l2norm;

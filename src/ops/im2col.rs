@@ -106,7 +106,7 @@ impl Window {
     /// For kernel column `kj`, the output columns `lo..hi` whose input column
     /// `ox*s + kj - pad_left` lies inside the image (all others read padding).
     #[inline]
-    fn valid_cols(&self, kj: usize) -> (usize, usize) {
+    pub(crate) fn valid_cols(&self, kj: usize) -> (usize, usize) {
         let s = self.stride;
         // ox*s + kj >= left  <=>  ox >= ceil((left - kj) / s)
         let lo = self.pad.left.saturating_sub(kj).div_ceil(s).min(self.wo);
@@ -120,7 +120,7 @@ impl Window {
 
     /// Input row for output row `oy` and kernel row `ki`, if inside the image.
     #[inline]
-    fn in_row(&self, oy: usize, ki: usize) -> Option<usize> {
+    pub(crate) fn in_row(&self, oy: usize, ki: usize) -> Option<usize> {
         (oy * self.stride + ki).checked_sub(self.pad.top).filter(|&iy| iy < self.h)
     }
 }
