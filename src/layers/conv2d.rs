@@ -176,6 +176,15 @@ impl Epilogue<'_> {
         Ok(())
     }
 
+    /// Maps one value per channel: `row[c]` belongs to output channel `c`
+    /// (the dense layer's `[n, cout]` output).
+    fn apply_across(&self, row: &mut [f32]) {
+        for (c, v) in row.iter_mut().enumerate() {
+            let y = *v * self.scale.map_or(1.0, |s| s[c]) + self.shift.map_or(0.0, |s| s[c]);
+            *v = if !self.relu || y > 0.0 { y } else { 0.0 };
+        }
+    }
+
     /// Maps the values `v` of output channel `c`.
     #[inline]
     pub(crate) fn apply(&self, c: usize, v: &mut [f32]) {
@@ -444,11 +453,7 @@ impl Conv2d {
         x.par_chunks(rows * k).zip(out.par_chunks_mut(rows * cout)).try_for_each(|(xs, os)| {
             let r = xs.len() / k;
             gemm(1.0, MatRef::row_major(xs, r, k)?, w_t, 0.0, MatMut::row_major(os, r, cout)?)?;
-            for row in os.chunks_exact_mut(cout) {
-                for (c, v) in row.iter_mut().enumerate() {
-                    epi.apply(c, std::slice::from_mut(v));
-                }
-            }
+            os.chunks_exact_mut(cout).for_each(|row| epi.apply_across(row));
             Ok(())
         })
     }
