@@ -22,8 +22,11 @@ import subprocess
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    sys.exit("compare_pytorch.py needs PyTorch: pip install torch numpy safetensors")
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 import torch_reference as R  # noqa: E402
@@ -104,6 +107,8 @@ def nhpatch_bench(model, mode, batch, threads, seconds):
 
 
 def main():
+    if not os.path.exists(NHPATCH):
+        sys.exit(f"{NHPATCH} is missing: run `cargo build --release` first")
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--threads", default="1,2")
