@@ -352,3 +352,67 @@ fn bad_lengths_and_misuse_are_errors() {
     let mut ows = other.workspace(2).unwrap();
     assert!(m.forward_eval(&mut ows, &p, &x).is_err(), "another architecture's workspace");
 }
+
+/// `backward_with_input`'s input gradient against central differences of the
+/// input pixels, with the loss `sum(out * r)`; its parameter gradients are
+/// bit-identical to `backward`'s, and it accumulates into `dx` (pre-filled).
+/// BatchNorm shifts start at `shift` to keep ReLU inputs off the kink (see `grad_check`).
+/// Per-pixel differences are checked where `per_pixel` (HardNet-original's
+/// non-affine BatchNorm keeps half of every layer's ReLU inputs near the kink,
+/// so only its directional derivatives are stable).
+fn input_grad_check(m: &Model, n: usize, seed: u64, eps: f32, shift: f32, per_pixel: bool) {
+    let arch = m.arch();
+    let mut p0 = m.init_params(&mut Rng::new(seed));
+    for spec in m.layout().specs() {
+        if spec.name.starts_with("bn") && spec.name.ends_with(".bias") {
+            p0[spec.range()].iter_mut().for_each(|v| *v += shift);
+        }
+    }
+    let x = input(arch, n, seed + 1);
+    let r = rand_vec(&mut Rng::new(seed + 3), n * m.out_len(), -1.0, 1.0);
+    let mut ws = m.workspace(n).unwrap();
+    let fwd = |ws: &mut Workspace, x: &[f32]| {
+        let mut p = p0.clone();
+        proj(m.forward_train(ws, &mut p, x, &mut Rng::new(seed + 2)).unwrap(), &r)
+    };
+    let mut p = p0.clone();
+    m.forward_train(&mut ws, &mut p, &x, &mut Rng::new(seed + 2)).unwrap();
+    let (mut g_plain, mut g_with) = (m.zero_grads(), m.zero_grads());
+    m.backward(&mut ws, &p, &mut g_plain, &r).unwrap();
+    let mut dx = vec![0.5f32; x.len()];
+    m.backward_with_input(&mut ws, &p, &mut g_with, &r, &mut dx).unwrap();
+    assert!(g_plain.iter().zip(&g_with).all(|(a, b)| a.to_bits() == b.to_bits()), "{arch}: parameter gradients");
+    dx.iter_mut().for_each(|v| *v -= 0.5);
+    let rms = (dx.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / dx.len() as f64).sqrt();
+    assert!(rms > 0.0, "{arch}: zero input gradient");
+    // Directional derivatives along random directions average over many ReLU kinks.
+    for k in 0..4 {
+        let v = rand_vec(&mut Rng::new(seed + 10 + k), x.len(), -1.0, 1.0);
+        let moved = |h: f32| x.iter().zip(&v).map(|(&a, &b)| a + h * b).collect::<Vec<f32>>();
+        let num = (fwd(&mut ws, &moved(eps)) - fwd(&mut ws, &moved(-eps))) / (2.0 * eps as f64);
+        let ana = proj(&dx, &v);
+        let scale = (dx.len() as f64).sqrt() * rms;
+        assert!((num - ana).abs() <= 2e-2 * scale, "{arch} direction {k}: numerical {num:.6e} vs analytic {ana:.6e}");
+    }
+    if per_pixel {
+        let tol = Tol { atol: 5e-2 * rms, rtol: 5e-2 };
+        check_grad(&format!("{arch} input"), &x, &dx, eps, tol, 48, |xs| fwd(&mut ws, xs)).unwrap();
+    }
+    // The wrong length is an error, not a panic.
+    assert!(m.backward_with_input(&mut ws, &p, &mut g_with, &r, &mut dx[1..]).is_err());
+}
+
+#[test]
+fn input_gradients_match_finite_differences() {
+    input_grad_check(&model(Arch::Unet), 2, 51, 1e-3, 0.0, true);
+    input_grad_check(&model(Arch::Dncnn), 1, 52, 1e-3, 1.5, true);
+    let mut base = model(Arch::HardNetBaseline);
+    base.set_dropout(0.0).unwrap();
+    input_grad_check(&base, 3, 53, 0.25, 1.5, true);
+    // Per-patch standardisation scales a pixel step by 1/std (about 3.5 here) and bn1..bn7
+    // normalise over the batch: a small step and 16 patches keep the quotient in its linear range
+    // (at 1e-3 it is off by up to 50% and converges as the step shrinks).
+    let mut orig = model(Arch::HardNetOriginal);
+    orig.set_dropout(0.0).unwrap();
+    input_grad_check(&orig, 16, 54, 3e-5, 0.0, false);
+}

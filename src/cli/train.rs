@@ -9,7 +9,7 @@ use nhpatch::error::{Error, Result};
 use nhpatch::eval::bench::Benchmark;
 use nhpatch::models::Arch;
 use nhpatch::net::{LoadOptions, Network};
-use nhpatch::train::config::{InputKind, OptimizerConfig, TrainConfig};
+use nhpatch::train::config::{InputKind, LrSchedule, OptimizerConfig, TrainConfig};
 use nhpatch::train::descriptor::{self, Source};
 use nhpatch::train::metrics::{EpochMetrics, MapScores};
 use nhpatch::train::session::RunDir;
@@ -55,6 +55,12 @@ pub struct Overrides {
     pub val_items: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Learning-rate schedule: constant or linear (to 0 at the end of the last epoch).
+    #[arg(long)]
+    pub lr_schedule: Option<String>,
+    /// Flips and 90-degree rotations of each training tuple (true/false; descriptor).
+    #[arg(long)]
+    pub augment: Option<bool>,
 }
 
 impl Overrides {
@@ -83,6 +89,10 @@ impl Overrides {
         cfg.epoch_items = self.items.unwrap_or(cfg.epoch_items);
         cfg.val_items = self.val_items.unwrap_or(cfg.val_items);
         cfg.seed = self.seed.unwrap_or(cfg.seed);
+        if let Some(v) = &self.lr_schedule {
+            cfg.lr_schedule = v.parse()?;
+        }
+        cfg.augment = self.augment.unwrap_or(cfg.augment);
         cfg.validate()
     }
 }
@@ -114,6 +124,9 @@ pub fn denoiser_preset(preset: Preset, arch: Arch, split: &str, train_patches: u
         seed: 1,
         split: split.into(),
         noise_seed: 0,
+        lr_schedule: LrSchedule::Constant,
+        augment: false,
+        denoise_weight: None,
     }
 }
 
@@ -137,6 +150,9 @@ pub fn descriptor_preset(preset: Preset, arch: Arch, split: &str, input: InputKi
         seed: 2,
         split: split.into(),
         noise_seed: 0,
+        lr_schedule: LrSchedule::Constant,
+        augment: false,
+        denoise_weight: None,
     }
 }
 

@@ -7,6 +7,7 @@
 //! N square patches; patch i of every image shows the same point (a *class*).
 //! N-HPatches adds a noisy twin of every image (`<image>_noise.png`).
 
+pub mod augment;
 pub mod hpatches;
 pub mod noise;
 pub mod pack;

@@ -8,7 +8,12 @@
 //!   random member, positive another member of the same class (different
 //!   image), negative a random member of a different class of any training
 //!   sequence; clean or noisy patches;
-//! - HardNet: B distinct classes, two distinct members each (anchor, positive).
+//! - HardNet: B distinct classes, two distinct members each (anchor, positive);
+//! - HardNet twins (joint training): the HardNet pair's noisy patches and
+//!   their clean twins, (noisy anchor, noisy positive, clean anchor, clean positive).
+//!
+//! With augmentation on, each item also draws one of the 8 symmetries of the
+//! square ([`super::augment`]) and every view of the item is written under it.
 //!
 //! An epoch is a configured number of items (100,000 triplets in the seed);
 //! its last batch is shorter when the epoch length is not a multiple of B.
@@ -19,10 +24,11 @@
 //! the caller's f32 buffers in parallel (u8 -> f32 happens here); no memory is
 //! allocated per batch.
 
+use super::augment;
 use super::hpatches::{IMAGE_COUNT, Version};
 use super::pack::PackedDataset;
 use crate::error::{Error, Result};
-use crate::io::PATCH_LEN;
+use crate::io::{PATCH, PATCH_LEN};
 use crate::rng::Rng;
 use rayon::prelude::*;
 use std::collections::HashSet;
@@ -59,6 +65,7 @@ enum Kind {
     Denoise,
     Triplet,
     HardNet,
+    Twins,
 }
 
 /// The classes of the training sequences, numbered 0..total in sequence order.
@@ -112,8 +119,11 @@ pub struct Sampler<'a, const K: usize> {
     epoch: u64,
     position: u64,
     rng: Rng,
-    /// Reused per batch: the drawn items and the anchor classes taken.
+    /// Draw a symmetry of the square per item.
+    augment: bool,
+    /// Reused per batch: the drawn items, their transforms and the anchor classes taken.
     items: Vec<[PatchRef; K]>,
+    transforms: Vec<u8>,
     taken: HashSet<u64>,
 }
 
@@ -123,6 +133,8 @@ pub type DenoiseSampler<'a> = Sampler<'a, 2>;
 pub type HardNetSampler<'a> = Sampler<'a, 2>;
 /// Triplet batches: (anchor, positive, negative).
 pub type TripletSampler<'a> = Sampler<'a, 3>;
+/// Joint-training batches: (noisy anchor, noisy positive, clean anchor, clean positive).
+pub type TwinsSampler<'a> = Sampler<'a, 4>;
 
 impl<'a> Sampler<'a, 2> {
     /// Denoiser pairs from the training sequences `train` (pack indices).
@@ -157,6 +169,14 @@ impl<'a> Sampler<'a, 3> {
     }
 }
 
+impl<'a> Sampler<'a, 4> {
+    /// HardNet pairs of noisy patches with their clean twins, for joint training.
+    pub fn twins(data: &'a PackedDataset, train: &[usize], batch: usize, epoch_len: u64, seed: u64) -> Result<Self> {
+        let versions = [Version::Noisy, Version::Noisy, Version::Clean, Version::Clean];
+        Self::build(data, train, Kind::Twins, versions, batch, epoch_len, seed)
+    }
+}
+
 impl<'a, const K: usize> Sampler<'a, K> {
     fn build(
         data: &'a PackedDataset,
@@ -176,7 +196,7 @@ impl<'a, const K: usize> Sampler<'a, K> {
         // Distinct anchor classes per batch, and a negative of another class.
         let need = match kind {
             Kind::Denoise => 1,
-            Kind::HardNet => batch as u64,
+            Kind::HardNet | Kind::Twins => batch as u64,
             Kind::Triplet => (batch as u64).max(2),
         };
         if classes.total < need {
@@ -195,9 +215,17 @@ impl<'a, const K: usize> Sampler<'a, K> {
             epoch: 0,
             position: 0,
             rng: Rng::stream(seed, 0x05A3_D1E5),
+            augment: false,
             items: Vec::with_capacity(batch),
+            transforms: Vec::with_capacity(batch),
             taken: HashSet::with_capacity(batch * 2),
         })
+    }
+
+    /// Turns augmentation by the 8 symmetries of the square on or off (off by default).
+    pub fn with_augment(mut self, on: bool) -> Self {
+        self.augment = on;
+        self
     }
 
     pub fn batch_size(&self) -> usize {
@@ -237,6 +265,11 @@ impl<'a, const K: usize> Sampler<'a, K> {
         &self.items
     }
 
+    /// The transform of each item of the last batch (all identity without augmentation).
+    pub fn last_transforms(&self) -> &[u8] {
+        &self.transforms
+    }
+
     fn distinct_class(&mut self) -> u64 {
         loop {
             let c = self.rng.below(self.classes.total);
@@ -255,7 +288,7 @@ impl<'a, const K: usize> Sampler<'a, K> {
                 let m = self.classes.member(c, self.rng.below(images) as usize);
                 out.fill(m);
             }
-            Kind::Triplet | Kind::HardNet => {
+            Kind::Triplet | Kind::HardNet | Kind::Twins => {
                 let c = self.distinct_class();
                 let a = self.rng.below(images);
                 // Uniform over the 15 other images.
@@ -269,6 +302,9 @@ impl<'a, const K: usize> Sampler<'a, K> {
                         n += 1;
                     }
                     out[2] = self.classes.member(n, self.rng.below(images) as usize);
+                }
+                if self.kind == Kind::Twins {
+                    (out[2], out[3]) = (out[0], out[1]);
                 }
             }
         }
@@ -293,23 +329,27 @@ impl<'a, const K: usize> Sampler<'a, K> {
         }
         let n = (self.epoch_len - self.position).min(self.batch as u64) as usize;
         self.items.clear();
+        self.transforms.clear();
         self.taken.clear();
         for _ in 0..n {
             let item = self.draw();
             self.items.push(item);
+            // Drawn only with augmentation on, so the plain streams are unchanged by it.
+            let t = if self.augment { self.rng.below(augment::TRANSFORMS as u64) as u8 } else { augment::IDENTITY };
+            self.transforms.push(t);
         }
         self.position += n as u64;
-        let (data, items) = (self.data, &self.items);
+        let (data, items, transforms) = (self.data, &self.items, &self.transforms);
         for (k, out) in outs.into_iter().enumerate() {
             let version = self.versions[k];
-            out[..n * PATCH_LEN].par_chunks_mut(PATCH_LEN).zip(items.par_iter()).with_min_len(16).for_each(
-                |(dst, it)| {
+            out[..n * PATCH_LEN]
+                .par_chunks_mut(PATCH_LEN)
+                .zip(items.par_iter().zip(transforms.par_iter()))
+                .with_min_len(16)
+                .for_each(|(dst, (it, &t))| {
                     let r = it[k];
-                    for (d, &s) in dst.iter_mut().zip(data.patch(r.seq, r.image, r.idx, version)) {
-                        *d = s as f32;
-                    }
-                },
-            );
+                    augment::transform_into(dst, data.patch(r.seq, r.image, r.idx, version), PATCH, t, f32::from);
+                });
         }
         Ok(BatchInfo { epoch: self.epoch, items: n, last: self.position == self.epoch_len })
     }

@@ -327,6 +327,7 @@ pub(crate) fn chain_backward(
     g_b: &mut Vec<f32>,
     scratch: &mut Scratch,
     n: usize,
+    mut d_input: Option<&mut [f32]>,
 ) -> Result<()> {
     for i in (0..blocks.len().min(states.len())).rev() {
         let (done, rest) = states.split_at_mut(i);
@@ -334,7 +335,7 @@ pub(crate) fn chain_backward(
         let dout_len = st.out.len();
         let (input, dx) = match done.last() {
             Some(prev) => (&prev.out[..], Some(zeroed(g_b, prev.out.len()))),
-            None => (x, None),
+            None => (x, d_input.take()),
         };
         blocks[i].backward(st, input, params, grads, &g_a[..dout_len], dx, scratch, n)?;
         std::mem::swap(g_a, g_b);

@@ -83,12 +83,24 @@ impl Dncnn {
         Ok(&ws.out)
     }
 
-    pub fn backward(&self, ws: &mut DncnnWs, params: &[f32], grads: &mut [f32], x: &[f32], dout: &[f32]) -> Result<()> {
+    /// `dx`, when given, accumulates the input gradient: the residual's direct path plus the path through the body.
+    pub fn backward(
+        &self,
+        ws: &mut DncnnWs,
+        params: &[f32],
+        grads: &mut [f32],
+        x: &[f32],
+        dout: &[f32],
+        mut dx: Option<&mut [f32]>,
+    ) -> Result<()> {
         let len = dout.len();
-        // The input's own gradient is not needed: its share of the residual lands in g_b, then is overwritten.
-        let (d_input, d_noise) = (zeroed(&mut ws.g_b, len), zeroed(&mut ws.g_a, len));
-        residual::backward(d_input, d_noise, dout)?;
+        let (d_direct, d_noise) = (zeroed(&mut ws.g_b, len), zeroed(&mut ws.g_a, len));
+        residual::backward(d_direct, d_noise, dout)?;
+        if let Some(dx) = dx.as_deref_mut() {
+            crate::error::check_len("DnCNN input gradient", dx.len(), len)?;
+            crate::ops::elementwise::add_assign(dx, &ws.g_b[..len])?;
+        }
         let (g_a, g_b) = (&mut ws.g_a, &mut ws.g_b);
-        chain_backward(&self.blocks, &mut ws.st, x, params, grads, g_a, g_b, &mut ws.scratch, ws.n)
+        chain_backward(&self.blocks, &mut ws.st, x, params, grads, g_a, g_b, &mut ws.scratch, ws.n, dx)
     }
 }

@@ -55,6 +55,8 @@ pub(super) struct HardNetWs {
     normed: Vec<f32>,
     in_mean: Vec<f32>,
     in_std: Vec<f32>,
+    /// Gradient of the normalised input, sized on the first backward that asks for the input gradient.
+    d_normed: Vec<f32>,
     dropped: Vec<f32>,
     mask: Vec<u8>,
     /// L2-normalised descriptors and the norms (original only).
@@ -123,6 +125,7 @@ impl HardNet {
             normed: extra(Self::in_shape(n).len()),
             in_mean: extra(n),
             in_std: extra(n),
+            d_normed: Vec::new(),
             dropped: vec![0.0; hidden],
             mask: vec![0; hidden],
             out: extra(Self::desc_shape(n).len()),
@@ -175,6 +178,7 @@ impl HardNet {
         x: &[f32],
         dout: &[f32],
         drop: &DropoutConfig,
+        dx: Option<&mut [f32]>,
     ) -> Result<()> {
         let n = ws.n;
         let [features @ .., last] = &self.blocks;
@@ -191,8 +195,43 @@ impl HardNet {
         let d_h = zeroed(&mut ws.g_b, ws.dropped.len());
         dropout::backward_train(d_h, &ws.g_a[..ws.dropped.len()], &ws.mask, drop)?;
         std::mem::swap(&mut ws.g_a, &mut ws.g_b);
-        let input = if self.original { &ws.normed[..] } else { x };
         let (g_a, g_b) = (&mut ws.g_a, &mut ws.g_b);
-        chain_backward(features, st_features, input, params, grads, g_a, g_b, &mut ws.scratch, n)
+        if !self.original {
+            return chain_backward(features, st_features, x, params, grads, g_a, g_b, &mut ws.scratch, n, dx);
+        }
+        let Some(dx) = dx else {
+            return chain_backward(
+                features,
+                st_features,
+                &ws.normed,
+                params,
+                grads,
+                g_a,
+                g_b,
+                &mut ws.scratch,
+                n,
+                None,
+            );
+        };
+        // d normed first (into the input buffer's twin), then through the per-patch standardisation.
+        let shape = Self::in_shape(n);
+        let mut d_normed = std::mem::take(&mut ws.d_normed);
+        d_normed.clear();
+        d_normed.resize(shape.len(), 0.0);
+        let r = chain_backward(
+            features,
+            st_features,
+            &ws.normed,
+            params,
+            grads,
+            g_a,
+            g_b,
+            &mut ws.scratch,
+            n,
+            Some(&mut d_normed),
+        )
+        .and_then(|()| input_norm::backward(dx, &d_normed, x, &ws.in_mean, &ws.in_std, shape));
+        ws.d_normed = d_normed;
+        r
     }
 }

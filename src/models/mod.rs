@@ -286,6 +286,32 @@ impl Model {
     /// the output is `dout`, after a `forward_train` on the same `ws` with
     /// the same `params`. The input gradient is not computed.
     pub fn backward(&self, ws: &mut Workspace, params: &[f32], grads: &mut [f32], dout: &[f32]) -> Result<()> {
+        self.backward_impl(ws, params, grads, dout, None)
+    }
+
+    /// As [`Model::backward`], and also accumulates the gradient w.r.t. the
+    /// input (`N x 1 x 32 x 32`) into `dx`: how a loss on this model's output
+    /// reaches a network in front of it (joint denoiser + descriptor training).
+    pub fn backward_with_input(
+        &self,
+        ws: &mut Workspace,
+        params: &[f32],
+        grads: &mut [f32],
+        dout: &[f32],
+        dx: &mut [f32],
+    ) -> Result<()> {
+        check_len("model input gradient", dx.len(), ws.n * PATCH_LEN)?;
+        self.backward_impl(ws, params, grads, dout, Some(dx))
+    }
+
+    fn backward_impl(
+        &self,
+        ws: &mut Workspace,
+        params: &[f32],
+        grads: &mut [f32],
+        dout: &[f32],
+        dx: Option<&mut [f32]>,
+    ) -> Result<()> {
         self.check(ws, params.len(), ws.input.len())?;
         check_len("model gradients", grads.len(), self.layout.len())?;
         check_len("model output gradient", dout.len(), ws.n * self.out_len())?;
@@ -294,9 +320,9 @@ impl Model {
         }
         let x = &ws.input;
         match (&self.net, &mut ws.net) {
-            (Inner::Unet(m), InnerWs::Unet(w)) => m.backward(w, params, grads, x, dout),
-            (Inner::Dncnn(m), InnerWs::Dncnn(w)) => m.backward(w, params, grads, x, dout),
-            (Inner::HardNet(m), InnerWs::HardNet(w)) => m.backward(w, params, grads, x, dout, &self.dropout),
+            (Inner::Unet(m), InnerWs::Unet(w)) => m.backward(w, params, grads, x, dout, dx),
+            (Inner::Dncnn(m), InnerWs::Dncnn(w)) => m.backward(w, params, grads, x, dout, dx),
+            (Inner::HardNet(m), InnerWs::HardNet(w)) => m.backward(w, params, grads, x, dout, &self.dropout, dx),
             _ => Err(Error::Shape("workspace of another architecture".into())),
         }
     }

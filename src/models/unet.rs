@@ -119,7 +119,16 @@ impl Unet {
         Ok(&st5.out)
     }
 
-    pub fn backward(&self, ws: &mut UnetWs, params: &[f32], grads: &mut [f32], x: &[f32], dout: &[f32]) -> Result<()> {
+    /// `dx`, when given, accumulates the input gradient.
+    pub fn backward(
+        &self,
+        ws: &mut UnetWs,
+        params: &[f32],
+        grads: &mut [f32],
+        x: &[f32],
+        dout: &[f32],
+        dx: Option<&mut [f32]>,
+    ) -> Result<()> {
         let n = ws.n;
         let (s1, s2, s3, sc) = self.shapes(n);
         let (b, scr) = (&self.blocks, &mut ws.scratch);
@@ -138,6 +147,6 @@ impl Unet {
         let d_pool = zeroed(&mut ws.g_b, ws.pooled.len());
         b[1].backward(st2, &ws.pooled, params, grads, &ws.g_a[..s2.len()], Some(d_pool), scr, n)?;
         maxpool::backward(&mut ws.d_skip, &ws.g_b[..ws.pooled.len()], &ws.argmax, s1)?;
-        b[0].backward(st1, x, params, grads, &ws.d_skip, None, scr, n)
+        b[0].backward(st1, x, params, grads, &ws.d_skip, dx, scr, n)
     }
 }

@@ -108,6 +108,30 @@ impl std::str::FromStr for InputKind {
     }
 }
 
+/// How the learning rate moves over a stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The configured rate throughout (the seed's).
+    #[default]
+    Constant,
+    /// HardNet's: `lr * (1 - t / T)` at step t of T over all epochs, reaching 0 at the end.
+    Linear,
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "constant" => Ok(LrSchedule::Constant),
+            "linear" => Ok(LrSchedule::Linear),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown learning-rate schedule '{s}' (expected constant or linear)"
+            ))),
+        }
+    }
+}
+
 /// Every setting of one training stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -132,6 +156,14 @@ pub struct TrainConfig {
     pub split: String,
     /// Seed of the noise model, for datasets without noisy twins.
     pub noise_seed: u64,
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Flips and 90-degree rotations of each training tuple (descriptor).
+    #[serde(default)]
+    pub augment: bool,
+    /// Joint training only: weight of the denoising loss beside the descriptor loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denoise_weight: Option<f64>,
 }
 
 impl TrainConfig {
@@ -151,6 +183,23 @@ impl TrainConfig {
             return bad(format!("learning rate {} must be positive", self.optimizer.lr()));
         }
         Ok(())
+    }
+
+    /// Optimizer steps in one epoch.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.epoch_items.div_ceil(self.batch.max(1) as u64)
+    }
+
+    /// Learning rate of 0-based step `t` of the stage (over all epochs).
+    pub fn lr_at(&self, t: u64) -> f64 {
+        let base = self.optimizer.lr();
+        match self.lr_schedule {
+            LrSchedule::Constant => base,
+            LrSchedule::Linear => {
+                let total = (self.epochs * self.steps_per_epoch()).max(1);
+                base * (1.0 - t.min(total) as f64 / total as f64)
+            }
+        }
     }
 
     /// The fields that must not change when a run is resumed (epochs may grow).

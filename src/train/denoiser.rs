@@ -79,7 +79,7 @@ pub fn train(
     let mut grads = model.zero_grads();
     let mut ws = model.workspace(b)?;
     let mut tail: Option<Workspace> = None; // a shorter last batch, sized once
-    let steps = cfg.epoch_items.div_ceil(b as u64);
+    let steps = cfg.steps_per_epoch();
 
     while st.epochs_done < cfg.epochs {
         let epoch = st.epochs_done + 1;
@@ -99,6 +99,7 @@ pub fn train(
             step += 1;
             session::check_loss(loss, epoch, step, run, st.epochs_done)?;
             model.backward(w, &st.params, &mut grads, d)?;
+            st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step - 1));
             st.optimizer.step(&mut st.params, &grads, &ranges)?;
             loss_sum += loss * n as f64;
             items += n as u64;

@@ -144,6 +144,7 @@ impl Sampling<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn sampling<'a>(
     data: &'a PackedDataset,
     seqs: &[usize],
@@ -152,11 +153,12 @@ fn sampling<'a>(
     batch: usize,
     items: u64,
     seed: u64,
+    augment: bool,
 ) -> Result<Sampling<'a>> {
     Ok(if k == 3 {
-        Sampling::Triplet(Sampler::triplet(data, seqs, version, batch, items, seed)?)
+        Sampling::Triplet(Sampler::triplet(data, seqs, version, batch, items, seed)?.with_augment(augment))
     } else {
-        Sampling::Pair(Sampler::hardnet(data, seqs, version, batch, items, seed)?)
+        Sampling::Pair(Sampler::hardnet(data, seqs, version, batch, items, seed)?.with_augment(augment))
     })
 }
 
@@ -188,7 +190,8 @@ pub fn train(
     let model = Model::new(arch)?;
     let mut st: State = session::start(&model, cfg, run, resume)?;
     let b = cfg.batch;
-    let mut sampler = sampling(source.data, &source.train, source.version, k, b, cfg.epoch_items, cfg.seed)?;
+    let mut sampler =
+        sampling(source.data, &source.train, source.version, k, b, cfg.epoch_items, cfg.seed, cfg.augment)?;
     if let Some(s) = st.sampler {
         sampler.set_state(s)?;
     }
@@ -198,7 +201,7 @@ pub fn train(
     let val_n = cfg.val_items.min(4096).min(val_classes);
     let mut val_x = vec![0.0f32; k * val_n * PATCH_LEN];
     if val_n > 0 && !val.1.is_empty() {
-        let mut vs = sampling(val.0, val.1, val.2, k, val_n, val_n as u64, cfg.seed ^ VAL_STREAM)?;
+        let mut vs = sampling(val.0, val.1, val.2, k, val_n, val_n as u64, cfg.seed ^ VAL_STREAM, false)?;
         draw(&mut vs, &mut val_x, val_n)?;
     }
     let ranges = model.layout().trainable_ranges();
@@ -207,7 +210,7 @@ pub fn train(
     let mut grads = model.zero_grads();
     let mut ws = model.workspace(k * b)?;
     let mut tail: Option<Workspace> = None;
-    let steps = cfg.epoch_items.div_ceil(b as u64);
+    let steps = cfg.steps_per_epoch();
     let unit = if k == 3 { "triplets" } else { "pairs" };
 
     while st.epochs_done < cfg.epochs {
@@ -226,6 +229,7 @@ pub fn train(
             step += 1;
             session::check_loss(l, epoch, step, run, st.epochs_done)?;
             model.backward(w, &st.params, &mut grads, d)?;
+            st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step - 1));
             st.optimizer.step(&mut st.params, &grads, &ranges)?;
             loss_sum += l * n as f64;
             items += n as u64;
