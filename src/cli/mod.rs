@@ -1,10 +1,12 @@
 //! Subcommands. Each one is a function from parsed arguments to `Result`.
 
 mod bench;
+mod compare;
 mod eval;
 mod infer;
 mod info;
 mod pack;
+mod recipe;
 mod run;
 mod synth;
 mod train;
@@ -39,8 +41,10 @@ enum Command {
     Tasks(eval::TasksArgs),
     /// Write descriptors of a dataset split in the HPatches benchmark's CSV layout.
     Export(eval::ExportArgs),
-    /// The whole pipeline: train the denoiser, train the descriptor on denoised patches, evaluate, write the report.
+    /// The whole pipeline of a training recipe: denoiser, descriptor (and joint fine-tuning), evaluation, report.
     Run(run::RunArgs),
+    /// Train every recipe with several seeds and write the comparison table (mean +- std of the mAPs).
+    Compare(compare::CompareArgs),
     /// Train a denoiser (U-Net or DnCNN) on a dataset split.
     TrainDenoiser(train::TrainDenoiserArgs),
     /// Train a HardNet descriptor on noisy, clean or denoised patches.
@@ -69,8 +73,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::eval(a),
         Command::Tasks(a) => eval::tasks(a),
         Command::Export(a) => eval::export(a),
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(a).map(|_| ()),
         Command::Bench(a) => bench::bench(a),
+        Command::Compare(a) => compare::compare(a),
         Command::TrainDenoiser(a) => train::train_denoiser(a),
         Command::TrainDescriptor(a) => train::train_descriptor(a),
         Command::Kernels(a) => {

@@ -66,7 +66,7 @@ pub fn train(
     }
     let lossf = loss_fn(&cfg.loss)?;
     let model = Model::new(arch)?;
-    let mut st: State = session::start(&model, cfg, run, resume)?;
+    let mut st: State = session::start(&model, cfg, run, resume, None)?;
     let mut sampler = Sampler::denoise(data, train, cfg.batch, cfg.epoch_items, cfg.seed)?;
     if let Some(s) = st.sampler {
         sampler.set_state(s)?;

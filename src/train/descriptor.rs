@@ -188,7 +188,7 @@ pub fn train(
     }
     let (mut loss, k) = Loss::new(cfg)?;
     let model = Model::new(arch)?;
-    let mut st: State = session::start(&model, cfg, run, resume)?;
+    let mut st: State = session::start(&model, cfg, run, resume, None)?;
     let b = cfg.batch;
     let mut sampler =
         sampling(source.data, &source.train, source.version, k, b, cfg.epoch_items, cfg.seed, cfg.augment)?;

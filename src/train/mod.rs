@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod denoiser;
 pub mod descriptor;
+pub mod joint;
 pub mod metrics;
 pub mod report;
 pub mod session;

@@ -82,7 +82,8 @@ pub struct State {
 }
 
 /// Fresh state, or the checkpoint's when `resume` is set and one exists.
-pub fn start(model: &Model, cfg: &TrainConfig, run: &RunDir, resume: bool) -> Result<State> {
+/// A fresh state starts from `init` when given (fine-tuning), else from the seeded initialisation.
+pub fn start(model: &Model, cfg: &TrainConfig, run: &RunDir, resume: bool, init: Option<&[f32]>) -> Result<State> {
     let path = run.checkpoint();
     if resume && path.exists() {
         let ck = Checkpoint::load(&path)?;
@@ -113,7 +114,18 @@ pub fn start(model: &Model, cfg: &TrainConfig, run: &RunDir, resume: bool) -> Re
             run.dir.display()
         )));
     }
-    let params = model.init_params(&mut Rng::stream(cfg.seed, 1));
+    let params = match init {
+        Some(p) if p.len() == model.layout().len() => p.to_vec(),
+        Some(p) => {
+            return Err(Error::Shape(format!(
+                "initial parameters: {} values for a {} with {}",
+                p.len(),
+                model.arch(),
+                model.layout().len()
+            )));
+        }
+        None => model.init_params(&mut Rng::stream(cfg.seed, 1)),
+    };
     let optimizer = Optimizer::new(cfg.optimizer.clone(), params.len())?;
     run.write_config(cfg)?;
     Ok(State {

@@ -1,0 +1,121 @@
+//! Training recipes of `nhpatch run`: which networks are trained, on what,
+//! and how. A recipe is orthogonal to the preset (`seed` or `demo`), which
+//! sizes the stages; every value a recipe sets lands in the run's
+//! `config.json`, and the run flags still override it.
+//!
+//! | recipe          | denoiser | descriptor                                                      |
+//! |-----------------|----------|-----------------------------------------------------------------|
+//! | `seed`          | U-Net    | the report's: baseline HardNet, triplets, SGD 0.1, batch 50     |
+//! | `hardnet`       | U-Net    | HardNet's: original variant, hardest-in-batch pairs (128 classes x 2), SGD momentum 0.9, weight decay 1e-4, linear decay to 0, flips and rotations |
+//! | `hardnet-dncnn` | DnCNN    | as `hardnet`                                                    |
+//! | `hardnet-noisy` | none     | as `hardnet`, on the noisy patches                              |
+//! | `joint`         | U-Net    | as `hardnet` for all but the last descriptor epochs, which fine-tune both networks end to end |
+
+use super::train::Preset;
+use clap::ValueEnum;
+use nhpatch::models::Arch;
+use nhpatch::train::config::{LrSchedule, OptimizerConfig, TrainConfig};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Recipe {
+    /// The seed report's pipeline: U-Net, then the baseline HardNet on triplets.
+    Seed,
+    /// U-Net, then HardNet's published training recipe.
+    Hardnet,
+    /// DnCNN, then HardNet's recipe.
+    HardnetDncnn,
+    /// No denoiser: HardNet's recipe on the noisy patches.
+    HardnetNoisy,
+    /// As `hardnet`, then denoiser and descriptor fine-tuned end to end.
+    Joint,
+}
+
+/// The recipe `nhpatch run` uses when none is given: the winner of the
+/// recipe comparison (README, "Training recipes").
+pub const DEFAULT_RECIPE: Recipe = Recipe::Hardnet;
+
+/// HardNet's batch: 128 classes, two views each.
+pub const HARDNET_BATCH: usize = 128;
+/// HardNet recipe's SGD learning rate at step 0.
+pub const HARDNET_LR: f64 = 0.1;
+/// Weight of the denoising loss in joint training.
+pub const DENOISE_WEIGHT: f64 = 0.1;
+/// Epochs of the descriptor budget that the joint recipe spends on end-to-end training.
+pub const JOINT_EPOCHS: u64 = 1;
+
+impl Recipe {
+    pub fn name(self) -> &'static str {
+        match self {
+            Recipe::Seed => "seed",
+            Recipe::Hardnet => "hardnet",
+            Recipe::HardnetDncnn => "hardnet-dncnn",
+            Recipe::HardnetNoisy => "hardnet-noisy",
+            Recipe::Joint => "joint",
+        }
+    }
+
+    pub const ALL: [Recipe; 5] =
+        [Recipe::Seed, Recipe::Hardnet, Recipe::HardnetDncnn, Recipe::HardnetNoisy, Recipe::Joint];
+
+    /// The denoiser it trains first, if any.
+    pub fn denoiser(self) -> Option<Arch> {
+        match self {
+            Recipe::Seed | Recipe::Hardnet | Recipe::Joint => Some(Arch::Unet),
+            Recipe::HardnetDncnn => Some(Arch::Dncnn),
+            Recipe::HardnetNoisy => None,
+        }
+    }
+
+    /// The HardNet variant it trains.
+    pub fn descriptor(self) -> Arch {
+        if self == Recipe::Seed { Arch::HardNetBaseline } else { Arch::HardNetOriginal }
+    }
+
+    /// Turns a preset's descriptor settings into this recipe's.
+    pub fn apply(self, cfg: &mut TrainConfig, preset: Preset) {
+        if self == Recipe::Seed {
+            return;
+        }
+        cfg.arch = self.descriptor().name().into();
+        cfg.loss = "hardnet".into();
+        cfg.batch = HARDNET_BATCH;
+        // The same number of patches per epoch as the preset's triplets (3 per triplet, 2 per pair),
+        // rounded to whole batches: the recipes compare at equal descriptor work.
+        let patches = cfg.epoch_items * 3;
+        cfg.epoch_items = (patches / 2).div_ceil(HARDNET_BATCH as u64) * HARDNET_BATCH as u64;
+        cfg.optimizer = OptimizerConfig::Sgd { lr: HARDNET_LR, momentum: 0.9, nesterov: false, weight_decay: 1e-4 };
+        cfg.lr_schedule = LrSchedule::Linear;
+        cfg.augment = true;
+        if preset == Preset::Demo {
+            cfg.val_items = cfg.val_items.max(HARDNET_BATCH);
+        }
+    }
+
+    /// Joint recipe: the descriptor epochs trained separately and end to end (the total stays the preset's).
+    pub fn split_epochs(self, epochs: u64, joint_epochs: u64) -> (u64, u64) {
+        if self != Recipe::Joint {
+            return (epochs, 0);
+        }
+        let joint = joint_epochs.clamp(1, epochs.saturating_sub(1).max(1));
+        (epochs.saturating_sub(joint).max(1), joint)
+    }
+}
+
+/// Settings of the joint stage from the separately trained stages' settings.
+pub fn joint_configs(desc: &TrainConfig, den: &TrainConfig, epochs: u64, weight: f64) -> (TrainConfig, TrainConfig) {
+    let mut d = desc.clone();
+    d.epochs = epochs;
+    d.denoise_weight = Some(weight);
+    d.eval_every_epoch = false;
+    d.seed = desc.seed.wrapping_add(1);
+    let mut n = den.clone();
+    n.epochs = epochs;
+    n.batch = d.batch;
+    n.epoch_items = d.epoch_items;
+    n.val_items = d.val_items;
+    // A tenth of the pre-training rate: the denoiser is adjusted, not retrained.
+    n.optimizer.set_lr(den.optimizer.lr() * 0.1);
+    n.lr_schedule = LrSchedule::Linear;
+    n.seed = d.seed;
+    (d, n)
+}
