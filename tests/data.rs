@@ -4,6 +4,7 @@
 //! must be refused without a panic), the transparent cache, and the samplers'
 //! invariants, determinism and exact resumption.
 
+use nhpatch::data::augment;
 use nhpatch::data::hpatches::{
     Version, list_sequences, read_dataset, read_sequence, select_sequences, source_fingerprint, strip_path,
 };
@@ -405,6 +406,75 @@ fn samplers_keep_their_invariants_and_resume_exactly() {
     let mut st = t.state();
     st.position = 13;
     assert!(t.set_state(st).is_err());
+    fs::remove_dir_all(&root).unwrap();
+}
+
+/// Buffer `k` holds member `k` of each item under the item's transform.
+fn check_augmented<const K: usize>(
+    p: &PackedDataset,
+    items: &[[PatchRef; K]],
+    transforms: &[u8],
+    bufs: &[Vec<f32>],
+    versions: [Version; K],
+) {
+    for (i, (item, &t)) in items.iter().zip(transforms).enumerate() {
+        for k in 0..K {
+            let r = item[k];
+            let src = p.patch(r.seq, r.image, r.idx, versions[k]);
+            let got = &bufs[k][i * P..(i + 1) * P];
+            for y in 0..32 {
+                for x in 0..32 {
+                    assert_eq!(got[y * 32 + x], src[augment::source_index(t, 32, y, x)] as f32, "item {i} view {k}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn augmentation_applies_one_symmetry_per_item_to_every_view() {
+    let root = fixture("augment");
+    let p = open_dataset(&root, 3).unwrap();
+    let train = [0, 2];
+    // Off: the same stream and buffers as a plain sampler, all identity.
+    let draw = |s: &mut Sampler<'_, 2>| {
+        let mut b = vec![vec![f32::NAN; 7 * P]; 2];
+        let [x, y] = &mut b[..] else { unreachable!() };
+        s.next_batch([x, y]).unwrap();
+        (s.last_batch().to_vec(), s.last_transforms().to_vec(), b)
+    };
+    let mut plain = Sampler::hardnet(&p, &train, Version::Clean, 7, 70, 5).unwrap();
+    let mut off = Sampler::hardnet(&p, &train, Version::Clean, 7, 70, 5).unwrap().with_augment(false);
+    for _ in 0..3 {
+        let (a, b) = (draw(&mut plain), draw(&mut off));
+        assert_eq!(a, b);
+        assert!(a.1.iter().all(|&t| t == augment::IDENTITY));
+    }
+    // On: every transform shows up, each item's views share one, and the buffers hold them.
+    let mut on = Sampler::hardnet(&p, &train, Version::Clean, 7, 70, 5).unwrap().with_augment(true);
+    let mut again = Sampler::hardnet(&p, &train, Version::Clean, 7, 70, 5).unwrap().with_augment(true);
+    let mut seen = [false; 8];
+    for _ in 0..20 {
+        let (items, ts, bufs) = draw(&mut on);
+        assert_eq!(draw(&mut again), (items.clone(), ts.clone(), bufs.clone()), "same seed, same batches");
+        ts.iter().for_each(|&t| seen[t as usize] = true);
+        check_augmented(&p, &items, &ts, &bufs, [Version::Clean; 2]);
+    }
+    assert!(seen.iter().all(|&s| s), "transforms drawn: {seen:?}");
+
+    // Twins: noisy anchor and positive with their clean twins, all under the item's transform.
+    let mut tw = Sampler::twins(&p, &train, 7, 70, 6).unwrap().with_augment(true);
+    let mut b = vec![vec![f32::NAN; 7 * P]; 4];
+    for _ in 0..4 {
+        let [w, x, y, z] = &mut b[..] else { unreachable!() };
+        tw.next_batch([w, x, y, z]).unwrap();
+        let items = tw.last_batch();
+        assert!(items.iter().all(|[na, np, ca, cp]| na == ca && np == cp && class(*na) == class(*np)));
+        assert!(items.iter().all(|[na, np, ..]| na.image != np.image));
+        let versions = [Version::Noisy, Version::Noisy, Version::Clean, Version::Clean];
+        check_augmented(&p, items, tw.last_transforms(), &b, versions);
+    }
+    assert_ne!(b[0], b[2], "noisy and clean twins differ");
     fs::remove_dir_all(&root).unwrap();
 }
 

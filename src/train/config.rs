@@ -207,3 +207,51 @@ impl TrainConfig {
         TrainConfig { epochs: 0, eval_every_epoch: false, ..self.clone() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(schedule: LrSchedule) -> TrainConfig {
+        TrainConfig {
+            arch: "hardnet-original".into(),
+            epochs: 2,
+            batch: 10,
+            epoch_items: 25,
+            optimizer: OptimizerConfig::named("sgd", 0.5).unwrap(),
+            loss: "hardnet".into(),
+            margin: 1.0,
+            input: InputKind::Noisy,
+            val_items: 0,
+            eval_every_epoch: false,
+            seed: 1,
+            split: "a".into(),
+            noise_seed: 0,
+            lr_schedule: schedule,
+            augment: false,
+            denoise_weight: None,
+        }
+    }
+
+    #[test]
+    fn learning_rate_schedules() {
+        let c = cfg(LrSchedule::Constant);
+        assert_eq!(c.steps_per_epoch(), 3);
+        assert!((0..8).all(|t| c.lr_at(t) == 0.5));
+        let l = cfg(LrSchedule::Linear);
+        // 6 steps over two epochs: 0.5 * (1 - t/6), never below 0.
+        let want = [0.5, 0.5 * 5.0 / 6.0, 0.5 * 4.0 / 6.0, 0.25, 0.5 * 2.0 / 6.0, 0.5 / 6.0, 0.0, 0.0];
+        for (t, w) in want.iter().enumerate() {
+            assert!((l.lr_at(t as u64) - w).abs() < 1e-15, "step {t}: {} vs {w}", l.lr_at(t as u64));
+        }
+        assert_eq!("linear".parse::<LrSchedule>().unwrap(), LrSchedule::Linear);
+        assert!("cosine".parse::<LrSchedule>().unwrap_err().to_string().contains("constant or linear"));
+        // Older configurations (without the new fields) still load, with the old behaviour.
+        let mut v = serde_json::to_value(&c).unwrap();
+        for k in ["lr_schedule", "augment"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let back: TrainConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,144 @@
+//! Training recipes through `nhpatch run --recipe`: each one runs end to end
+//! on a tiny synthetic dataset and records what it did in the run folder;
+//! joint training moves the denoiser through the descriptor loss alone, and
+//! is reproducible across runs and thread counts; bad combinations fail cleanly.
+
+mod common;
+
+use common::cli::{dir, fails, ok, s};
+use std::path::{Path, PathBuf};
+
+fn dataset(d: &Path) -> PathBuf {
+    let root = d.join("data");
+    ok(&["synth", "--out", s(&root), "--sequences", "4", "--patches", "48", "--seed", "5"]);
+    root
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A run of `recipe` small enough for a test: 1 denoiser epoch of 64 patches,
+/// 2 descriptor epochs of 32 tuples in batches of 16.
+fn small_run(data: &Path, out: &Path, recipe: &str, threads: &str, extra: &[&str]) -> String {
+    let args = [
+        "run",
+        "--dataset",
+        s(data),
+        "--out",
+        s(out),
+        "--recipe",
+        recipe,
+        "--denoiser-epochs",
+        "1",
+        "--denoiser-items",
+        "64",
+        "--descriptor-epochs",
+        "2",
+        "--triplets",
+        "32",
+        "--batch",
+        "16",
+        "--seed",
+        "4",
+        "--threads",
+        threads,
+    ];
+    ok(&[&args[..], extra].concat())
+}
+
+#[test]
+fn every_recipe_runs_and_records_its_settings() {
+    let d = dir("recipes");
+    let data = dataset(&d);
+    for recipe in ["seed", "hardnet", "hardnet-dncnn", "hardnet-noisy", "joint"] {
+        let out = d.join(recipe);
+        let stdout = small_run(&data, &out, recipe, "2", &[]);
+        assert!(stdout.contains(&format!("recipe {recipe}")), "{stdout}");
+        let r = json(&out.join("results.json"));
+        for k in ["verification_map", "matching_map", "retrieval_map"] {
+            let v = r[k].as_f64().unwrap();
+            assert!(v > 0.0 && v <= 1.0, "{recipe} {k} {v}");
+        }
+        let report = std::fs::read_to_string(out.join("results.md")).unwrap();
+        assert!(report.contains(&format!("\"recipe\": \"{recipe}\"")), "{recipe}: recipe not in the report");
+        let desc = json(&out.join("descriptor/config.json"));
+        let hardnet = recipe != "seed";
+        assert_eq!(desc["loss"], if hardnet { "hardnet" } else { "triplet" }, "{recipe}");
+        assert_eq!(desc["arch"], if hardnet { "hardnet-original" } else { "hardnet-baseline" }, "{recipe}");
+        assert_eq!(desc["augment"], hardnet, "{recipe}");
+        assert_eq!(desc["lr_schedule"], if hardnet { "linear" } else { "constant" }, "{recipe}");
+        if hardnet {
+            let opt = &desc["optimizer"];
+            assert_eq!((opt["kind"].as_str(), opt["momentum"].as_f64()), (Some("sgd"), Some(0.9)), "{recipe}");
+            assert_eq!(opt["weight_decay"].as_f64(), Some(1e-4), "{recipe}");
+        }
+        let den = out.join("denoiser/config.json");
+        match recipe {
+            "hardnet-noisy" => assert!(!den.exists(), "hardnet-noisy trained a denoiser"),
+            "hardnet-dncnn" => assert_eq!(json(&den)["arch"], "dncnn"),
+            _ => assert_eq!(json(&den)["arch"], "unet"),
+        }
+        // The joint recipe spends the last of the 2 descriptor epochs end to end.
+        let joint = out.join("joint/descriptor/config.json");
+        if recipe == "joint" {
+            assert_eq!(desc["epochs"], 1);
+            let j = json(&joint);
+            assert_eq!((j["epochs"].as_u64(), j["denoise_weight"].as_f64()), (Some(1), Some(0.1)));
+            assert!(out.join("joint/denoiser/model.safetensors").is_file());
+        } else {
+            assert_eq!(desc["epochs"], 2, "{recipe}");
+            assert!(!joint.exists(), "{recipe} ran a joint stage");
+        }
+    }
+}
+
+#[test]
+fn joint_training_reaches_the_denoiser_and_is_reproducible() {
+    let d = dir("joint");
+    let data = dataset(&d);
+    let bytes = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    // With no denoising loss, only the descriptor loss can move the denoiser.
+    let zero = d.join("zero");
+    small_run(&data, &zero, "joint", "2", &["--denoise-weight", "0"]);
+    assert_ne!(bytes(zero.join("denoiser/model.safetensors")), bytes(zero.join("joint/denoiser/model.safetensors")));
+    // Same seed, same results: twice with 2 threads, once with 1.
+    let runs: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = [("a", "2"), ("b", "2"), ("one", "1")]
+        .iter()
+        .map(|(name, threads)| {
+            let out = d.join(name);
+            small_run(&data, &out, "joint", threads, &[]);
+            (
+                bytes(out.join("joint/denoiser/model.safetensors")),
+                bytes(out.join("joint/descriptor/model.safetensors")),
+                // results.json also holds evaluation timings: compare everything else.
+                {
+                    let mut r = json(&out.join("results.json"));
+                    r.as_object_mut().unwrap().remove("timings");
+                    r.to_string().into_bytes()
+                },
+            )
+        })
+        .collect();
+    assert!(runs[0] == runs[1], "two joint runs with the same seed differ");
+    assert!(runs[0] == runs[2], "joint training differs between 1 and 2 threads");
+}
+
+#[test]
+fn bad_recipe_combinations_fail_cleanly() {
+    let d = dir("recipes-bad");
+    let data = dataset(&d);
+    let out = d.join("run");
+    let e = fails(&["run", "--dataset", s(&data), "--out", s(&out), "--recipe", "joint", "--denoiser", "none"]);
+    assert!(e.contains("--denoiser none"), "{e}");
+    let e = fails(&["run", "--dataset", s(&data), "--out", s(&out), "--recipe", "frobnicate"]);
+    assert!(e.contains("frobnicate"), "{e}");
+    let e = fails(&["run", "--dataset", s(&data), "--out", s(&out), "--denoiser", "hardnet"]);
+    assert!(e.contains("unet, dncnn or none"), "{e}");
+    // HardNet batches need as many distinct classes as the batch: the tiny set has fewer than 128.
+    let e = fails(&["run", "--dataset", s(&data), "--out", s(&out), "--recipe", "hardnet-noisy"]);
+    assert!(e.contains("a batch of 128"), "{e}");
+    let e = fails(&["compare", "--dataset", s(&data), "--out", s(&out), "--seeds", ""]);
+    assert!(!e.is_empty());
+}
