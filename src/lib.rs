@@ -8,10 +8,12 @@
 //! - [`layers`], [`loss`], [`optim`]: forward and hand-written backward of every
 //!   layer, the losses and the optimizers, over caller-owned buffers;
 //! - [`params`]: named slices of one parameter arena;
-//! - [`net`]: a loaded network, the library API, and [`capi`], the same as a C ABI (`include/nhpatch.h`).
+//! - [`net`]: a loaded network, the library API, and [`capi`], the same as a C ABI (`include/nhpatch.h`);
+//! - [`train`]: the training loops, and [`dist`], data-parallel training over MPI (`mpi` feature).
 
 pub mod capi;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod gemm;

@@ -32,6 +32,12 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// Advances the stream by `n` draws of `next_u64` (or `next_f32`) in O(1):
+    /// SplitMix64's state moves by a constant per draw.
+    pub fn skip(&mut self, n: u64) {
+        self.state = self.state.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
+
     /// Uniform in [0, 1) with 24 random bits (every value exactly representable).
     #[inline]
     pub fn next_f32(&mut self) -> f32 {
@@ -95,6 +101,18 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skip_equals_drawing() {
+        for n in [0u64, 1, 7, 8192, 1 << 20] {
+            let (mut a, mut b) = (Rng::stream(3, 4), Rng::stream(3, 4));
+            (0..n).for_each(|_| {
+                a.next_f32();
+            });
+            b.skip(n);
+            assert_eq!(a, b, "skip {n}");
+        }
+    }
 
     #[test]
     fn same_seed_same_stream_and_streams_differ() {

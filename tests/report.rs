@@ -268,12 +268,12 @@ fn results_md_without_evaluation_or_epochs() {
 fn epoch_line_format() {
     let m = epoch(3, 12.34561, Some(11.98764), None);
     assert_eq!(
-        print_epoch_line("denoiser", &m, 10),
+        print_epoch_line("denoiser", "patches", &m, 10),
         "denoiser epoch 3/10  loss 12.3456  val 11.9876  812 patches/s  9.8 s"
     );
     let m = epoch(30, 0.5, None, Some((0.814, 0.2249, 0.51)));
     assert_eq!(
-        print_epoch_line("descriptor", &m, 30),
+        print_epoch_line("descriptor", "triplets", &m, 30),
         "descriptor epoch 30/30  loss 0.5000  812 triplets/s  9.8 s  mAP v 0.81 m 0.22 r 0.51"
     );
 }

@@ -24,6 +24,7 @@
 //! the elementwise passes run one image per task. Either way each result is
 //! computed by the same sequence of operations for any thread count.
 
+use crate::dist::Collective;
 use crate::error::{Result, check_len};
 use crate::layers::Shape4;
 use crate::ops::elementwise::par_min_items;
@@ -211,6 +212,86 @@ pub fn forward_train(
     Ok(())
 }
 
+/// `sum (x - mu)^2` over channel `c` in f64.
+fn channel_sq_dev(x: &[f32], shape: Shape4, c: usize, mu: f64) -> f64 {
+    let plane = shape.plane();
+    (0..shape.n)
+        .map(|i| {
+            let p = &x[(i * shape.c + c) * plane..][..plane];
+            p.iter().map(|&v| (v as f64 - mu) * (v as f64 - mu)).sum::<f64>()
+        })
+        .sum()
+}
+
+/// Length of the `sums` buffer the synchronised passes need: `2 * channels + 1`.
+pub fn sync_len(cfg: &BatchNormConfig) -> usize {
+    2 * cfg.channels + 1
+}
+
+/// Synchronised training forward (data-parallel training): as
+/// [`forward_train`], with the statistics of the whole global batch, whose
+/// shares `x` holds on each rank of `comm`. Two all-reduces of `C + 1` and `C`
+/// values: the per-channel sums and counts give the mean, then the sums of
+/// squared deviations from it give the variance. `sums` is scratch of
+/// [`sync_len`] values.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_train_synced(
+    out: &mut [f32],
+    mean: &mut [f32],
+    inv_std: &mut [f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    shape: Shape4,
+    cfg: &BatchNormConfig,
+    act: Activation,
+    comm: &dyn Collective,
+    sums: &mut [f64],
+) -> Result<()> {
+    cfg.check(
+        shape,
+        &[("batchnorm forward: out", out.len()), ("batchnorm forward: x", x.len())],
+        &[("batchnorm forward: gamma", gamma.len()), ("batchnorm forward: beta", beta.len())],
+        &[
+            ("batchnorm forward: mean", mean.len()),
+            ("batchnorm forward: inv_std", inv_std.len()),
+            ("batchnorm forward: running_mean", running_mean.len()),
+            ("batchnorm forward: running_var", running_var.len()),
+        ],
+    )?;
+    let ch = cfg.channels;
+    check_len("batchnorm sync: sums", sums.len(), sync_len(cfg))?;
+    // sums = [sum x per channel (C) | count | sum (x - mu)^2 per channel (C)].
+    let (s, rest) = sums.split_at_mut(ch);
+    s.par_iter_mut().enumerate().try_for_each(|(c, v)| -> Result<()> {
+        *v = channel_sum(x, shape, c)?;
+        Ok(())
+    })?;
+    rest[0] = (shape.n * shape.plane()) as f64;
+    comm.sum_f64(&mut sums[..ch + 1])?;
+    let m = sums[ch];
+    if m < 1.0 {
+        return Err(shape_err!("batchnorm training needs at least one value per channel over the global batch"));
+    }
+    let (s, rest) = sums.split_at_mut(ch + 1);
+    let q = &mut rest[..ch];
+    q.par_iter_mut().enumerate().for_each(|(c, v)| *v = channel_sq_dev(x, shape, c, s[c] / m));
+    comm.sum_f64(q)?;
+    let (eps, mom) = (cfg.eps as f64, cfg.momentum as f64);
+    let unbiased_div = if m > 1.0 { m - 1.0 } else { 1.0 };
+    for c in 0..ch {
+        let (bm, m2) = (s[c] / m, q[c]);
+        mean[c] = bm as f32;
+        inv_std[c] = (1.0 / (m2 / m + eps).sqrt()) as f32;
+        running_mean[c] = ((1.0 - mom) * running_mean[c] as f64 + mom * bm) as f32;
+        running_var[c] = ((1.0 - mom) * running_var[c] as f64 + mom * (m2 / unbiased_div)) as f32;
+    }
+    normalize(out, x, gamma, beta, shape, act, |c| (mean[c], inv_std[c]));
+    Ok(())
+}
+
 /// Eval forward: normalises with the running statistics (then applies `act`); nothing is updated.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_eval(
@@ -265,6 +346,47 @@ pub fn backward_train(
     shape: Shape4,
     cfg: &BatchNormConfig,
 ) -> Result<()> {
+    backward_impl(dx, dgamma, dbeta, scratch, dout, x, gamma, mean, inv_std, shape, cfg, None)
+}
+
+/// Synchronised training backward, after [`forward_train_synced`]: `dgamma`
+/// and `dbeta` get this rank's sums (the gradient all-reduce adds the other
+/// ranks'), `dx` uses the global batch's `mean(dout)` and `mean(dout * xhat)`
+/// (one all-reduce of `2 * C + 1` values). `sums`: [`sync_len`] values.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_train_synced(
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    scratch: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    shape: Shape4,
+    cfg: &BatchNormConfig,
+    comm: &dyn Collective,
+    sums: &mut [f64],
+) -> Result<()> {
+    backward_impl(dx, dgamma, dbeta, scratch, dout, x, gamma, mean, inv_std, shape, cfg, Some((comm, sums)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_impl(
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    scratch: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    shape: Shape4,
+    cfg: &BatchNormConfig,
+    sync: Option<(&dyn Collective, &mut [f64])>,
+) -> Result<()> {
     cfg.check(
         shape,
         &[
@@ -286,8 +408,17 @@ pub fn backward_train(
         Ok(())
     })?;
     accumulate_affine(dgamma, dbeta, scratch);
+    let mut m = m as f64;
+    if let Some((comm, buf)) = sync {
+        check_len("batchnorm sync: sums", buf.len(), sync_len(cfg))?;
+        buf.iter_mut().zip(scratch.iter()).for_each(|(b, &v)| *b = v as f64);
+        buf[2 * cfg.channels] = m;
+        comm.sum_f64(buf)?;
+        scratch.iter_mut().zip(buf.iter()).for_each(|(v, &b)| *v = b as f32);
+        m = buf[2 * cfg.channels];
+    }
     let sums: &[f32] = scratch;
-    let inv_m = 1.0 / m as f32;
+    let inv_m = (1.0 / m) as f32;
     for_each_plane(dx, dout, x, shape, |c, dx, dy, x| {
         let (g, _) = affine_of(gamma, &[], c);
         let (mu, is) = (mean[c], inv_std[c]);

@@ -19,6 +19,7 @@
 //! output is kept: ReLU backward uses it as the mask.
 
 use super::LayerRow;
+use crate::dist::{Comm, Shard};
 use crate::error::Result;
 use crate::layers::Shape4;
 use crate::layers::batchnorm::{self, Activation, BatchNormConfig};
@@ -41,16 +42,17 @@ pub(crate) struct Block {
     relu: bool,
 }
 
-/// How parameters are reached in a forward pass: training updates BN running stats.
+/// How parameters are reached in a forward pass: training updates BN running
+/// stats; with a shard (data-parallel training) over the whole global batch.
 pub(crate) enum Pass<'a> {
-    Train(&'a mut [f32]),
+    Train(&'a mut [f32], Option<&'a Shard>),
     Eval(&'a [f32]),
 }
 
 impl Pass<'_> {
     fn params(&self) -> &[f32] {
         match self {
-            Pass::Train(p) => p,
+            Pass::Train(p, _) => p,
             Pass::Eval(p) => p,
         }
     }
@@ -65,6 +67,8 @@ pub(crate) struct BlockState {
     /// `[cout]` BatchNorm folded into a per-channel affine map (eval forward).
     eval_scale: Vec<f32>,
     eval_shift: Vec<f32>,
+    /// Synchronised BatchNorm's all-reduce buffer (`2 * C + 1`).
+    bn_sync: Vec<f64>,
     conv: ConvWorkspace,
 }
 
@@ -76,6 +80,8 @@ pub(crate) struct Scratch {
     g_bn: Vec<f32>,
     /// BatchNorm backward's per-channel sums, `2 * C`.
     bn_sums: Vec<f32>,
+    /// The group of ranks when training data-parallel: BatchNorm backward combines its sums over it.
+    pub comm: Option<Comm>,
 }
 
 impl Scratch {
@@ -88,6 +94,7 @@ impl Scratch {
             g_relu: vec![0.0; max(&|b| b.relu)],
             g_bn: vec![0.0; max(&|b| b.bn.is_some())],
             bn_sums: vec![0.0; 2 * channels],
+            comm: None,
         }
     }
 }
@@ -203,6 +210,7 @@ impl Block {
             inv_std: vec![0.0; stats],
             eval_scale: vec![0.0; stats],
             eval_shift: vec![0.0; stats],
+            bn_sync: vec![0.0; self.bn.as_ref().map_or(0, |(cfg, _)| batchnorm::sync_len(cfg))],
             conv: self.conv.workspace(n),
         }
     }
@@ -240,11 +248,29 @@ impl Block {
         let act = if self.relu { Activation::Relu } else { Activation::Identity };
         let [g, b, m, v] = Self::bn_ranges(cfg, r);
         match pass {
-            Pass::Train(p) => {
+            Pass::Train(p, shard) => {
                 let (lo, hi) = p.split_at_mut(m.start);
                 let (rm, rv) = hi[..2 * cfg.channels].split_at_mut(cfg.channels);
                 let (mean, is) = (&mut st.mean, &mut st.inv_std);
-                batchnorm::forward_train(&mut st.out, mean, is, rm, rv, &st.pre, &lo[g], &lo[b], shape, cfg, act)
+                let (out, pre, gamma, beta) = (&mut st.out, &st.pre, &lo[g], &lo[b]);
+                match shard {
+                    Some(sh) => batchnorm::forward_train_synced(
+                        out,
+                        mean,
+                        is,
+                        rm,
+                        rv,
+                        pre,
+                        gamma,
+                        beta,
+                        shape,
+                        cfg,
+                        act,
+                        &*sh.comm,
+                        &mut st.bn_sync,
+                    ),
+                    None => batchnorm::forward_train(out, mean, is, rm, rv, pre, gamma, beta, shape, cfg, act),
+                }
             }
             Pass::Eval(p) => batchnorm::forward_eval(&mut st.out, &st.pre, &p[g], &p[b], &p[m], &p[v], shape, cfg, act),
         }
@@ -279,7 +305,26 @@ impl Block {
             let d = zeroed(&mut scratch.g_bn, len);
             let (mean, is) = (&st.mean, &st.inv_std);
             let sums = &mut scratch.bn_sums[..2 * cfg.channels];
-            batchnorm::backward_train(d, dgamma, dbeta, sums, cur, &st.pre, &params[g], mean, is, shape, cfg)?;
+            match &scratch.comm {
+                Some(comm) => batchnorm::backward_train_synced(
+                    d,
+                    dgamma,
+                    dbeta,
+                    sums,
+                    cur,
+                    &st.pre,
+                    &params[g],
+                    mean,
+                    is,
+                    shape,
+                    cfg,
+                    &**comm,
+                    &mut st.bn_sync,
+                )?,
+                None => {
+                    batchnorm::backward_train(d, dgamma, dbeta, sums, cur, &st.pre, &params[g], mean, is, shape, cfg)?
+                }
+            }
             cur = d;
         }
         if let Some(dx) = &dx {

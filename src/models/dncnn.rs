@@ -37,7 +37,7 @@ pub(super) struct DncnnWs {
     out: Vec<f32>,
     g_a: Vec<f32>,
     g_b: Vec<f32>,
-    scratch: Scratch,
+    pub(super) scratch: Scratch,
 }
 
 impl Dncnn {

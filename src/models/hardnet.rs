@@ -64,7 +64,7 @@ pub(super) struct HardNetWs {
     norms: Vec<f32>,
     g_a: Vec<f32>,
     g_b: Vec<f32>,
-    scratch: Scratch,
+    pub(super) scratch: Scratch,
 }
 
 impl HardNet {
@@ -154,9 +154,21 @@ impl HardNet {
         let [features @ .., last] = &self.blocks;
         let [st_features @ .., st_last] = &mut ws.st;
         let h = chain_forward(features, st_features, input, &mut pass, n)?;
+        // A shard of a global batch draws the whole batch's mask stream and keeps its share.
+        let shard = match &pass {
+            Pass::Train(_, Some(s)) => Some((s.offset, s.total)),
+            _ => None,
+        };
         let conv7_in = match train {
             Some((rng, cfg)) => {
+                let per_item = (h.len() / n.max(1)) as u64;
+                if let Some((offset, _)) = shard {
+                    rng.skip(offset as u64 * per_item);
+                }
                 dropout::forward_train(&mut ws.dropped, &mut ws.mask, h, rng, cfg)?;
+                if let Some((offset, total)) = shard {
+                    rng.skip((total - offset - n) as u64 * per_item);
+                }
                 &ws.dropped[..]
             }
             None => h,

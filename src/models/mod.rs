@@ -20,6 +20,7 @@ mod dncnn;
 mod hardnet;
 mod unet;
 
+use crate::dist::Shard;
 use crate::error::{Error, Result, check_len};
 use crate::layers::dropout::DropoutConfig;
 use crate::params::ParamLayout;
@@ -148,11 +149,35 @@ pub struct Workspace {
     input: Vec<f32>,
     /// Whether the buffers hold a training forward, which `backward` needs.
     trained: bool,
+    /// This rank's share of a global batch (data-parallel training).
+    shard: Option<Shard>,
 }
 
 impl Workspace {
     pub fn batch(&self) -> usize {
         self.n
+    }
+
+    /// Makes training passes on this workspace one rank's share of a global
+    /// batch: BatchNorm statistics over all ranks, dropout masks as drawn for
+    /// the whole batch. `None` (the default) is one process.
+    pub fn set_shard(&mut self, shard: Option<Shard>) -> Result<()> {
+        if let Some(s) = &shard
+            && s.offset + self.n > s.total
+        {
+            return Err(Error::Shape(format!(
+                "a shard of {} items at {} does not fit a global batch of {}",
+                self.n, s.offset, s.total
+            )));
+        }
+        let comm = shard.as_ref().map(|s| s.comm.clone());
+        match &mut self.net {
+            InnerWs::Unet(w) => w.scratch.comm = comm,
+            InnerWs::Dncnn(w) => w.scratch.comm = comm,
+            InnerWs::HardNet(w) => w.scratch.comm = comm,
+        }
+        self.shard = shard;
+        Ok(())
     }
 }
 
@@ -235,7 +260,14 @@ impl Model {
             Inner::Dncnn(m) => InnerWs::Dncnn(Box::new(m.workspace(batch))),
             Inner::HardNet(m) => InnerWs::HardNet(Box::new(m.workspace(batch))),
         };
-        Ok(Workspace { arch: self.arch, n: batch, net, input: vec![0.0; batch * PATCH_LEN], trained: false })
+        Ok(Workspace {
+            arch: self.arch,
+            n: batch,
+            net,
+            input: vec![0.0; batch * PATCH_LEN],
+            trained: false,
+            shard: None,
+        })
     }
 
     fn check(&self, ws: &Workspace, params: usize, x: usize) -> Result<()> {
@@ -258,7 +290,7 @@ impl Model {
         self.check(ws, params.len(), x.len())?;
         ws.trained = false;
         ws.input.copy_from_slice(x);
-        let (x, pass) = (&ws.input, block::Pass::Train(params));
+        let (x, pass) = (&ws.input, block::Pass::Train(params, ws.shard.as_ref()));
         let out = match (&self.net, &mut ws.net) {
             (Inner::Unet(m), InnerWs::Unet(w)) => m.forward(w, pass, x)?,
             (Inner::Dncnn(m), InnerWs::Dncnn(w)) => m.forward(w, pass, x)?,

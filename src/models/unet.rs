@@ -41,7 +41,7 @@ pub(super) struct UnetWs {
     g_a: Vec<f32>,
     g_b: Vec<f32>,
     d_skip: Vec<f32>,
-    scratch: Scratch,
+    pub(super) scratch: Scratch,
 }
 
 fn same_conv(cin: usize, cout: usize, k: usize, side: usize) -> Result<Conv2dSpec> {

@@ -282,18 +282,19 @@ pub fn train(
         let desc_net = Network::from_params(Model::new(desc_arch)?, desc.params.clone())?;
         let (val_desc, val_den) = val.losses(&den_net, &desc_net, &hardnet)?;
         let per = |sum: f64| sum / items.max(1) as f64;
-        let metric = |train_loss, val_loss| EpochMetrics {
+        // The denoiser counts patches (two per pair), the descriptor pairs.
+        let metric = |train_loss, val_loss, per_pair: f64| EpochMetrics {
             epoch,
             train_loss,
             val_loss,
             map: None,
             seconds,
-            items_per_second: items as f64 / seconds.max(1e-9),
+            items_per_second: per_pair * items as f64 / seconds.max(1e-9),
         };
         den.epochs_done = epoch;
         desc.epochs_done = epoch;
-        den.metrics.push(metric(per(l1_sum), val_den));
-        desc.metrics.push(metric(per(loss_sum), val_desc));
+        den.metrics.push(metric(per(l1_sum), val_den, 2.0));
+        desc.metrics.push(metric(per(loss_sum), val_desc, 1.0));
         let state = sampler.state();
         session::end_epoch(den_run, ncfg, &den, state, "joint denoiser")?;
         session::end_epoch(desc_run, dcfg, &desc, state, "joint")?;

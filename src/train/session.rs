@@ -155,7 +155,12 @@ pub fn end_epoch(run: &RunDir, cfg: &TrainConfig, state: &State, sampler: Sample
     ck.save(&run.checkpoint())?;
     run.write_metrics(&state.metrics)?;
     if let Some(m) = state.metrics.last() {
-        println!("{}", super::report::print_epoch_line(stage, m, cfg.epochs));
+        let unit = match cfg.loss.as_str() {
+            "triplet" => "triplets",
+            "hardnet" => "pairs",
+            _ => "patches",
+        };
+        println!("{}", super::report::print_epoch_line(stage, unit, m, cfg.epochs));
     }
     Ok(())
 }

@@ -161,15 +161,8 @@ fn cell(t: &str) -> String {
 
 /// One log line for a finished epoch, e.g.
 /// `denoiser epoch 3/10  loss 12.3456  val 11.9876  812 patches/s  9.8 s  mAP v 0.81 m 0.22 r 0.51`.
-/// The validation loss and the mAP appear only when measured.
-pub fn print_epoch_line(stage: &str, m: &EpochMetrics, epochs: u64) -> String {
-    let unit = if stage.starts_with("denoiser") {
-        "patches"
-    } else if stage.starts_with("descriptor") {
-        "triplets"
-    } else {
-        "items"
-    };
+/// `unit` names the items (patches, triplets, pairs). The validation loss and the mAP appear only when measured.
+pub fn print_epoch_line(stage: &str, unit: &str, m: &EpochMetrics, epochs: u64) -> String {
     let mut s = format!("{stage} epoch {}/{epochs}  loss {}", m.epoch, num(m.train_loss));
     if let Some(v) = m.val_loss {
         let _ = write!(s, "  val {}", num(v));
