@@ -248,7 +248,7 @@ fn pipeline(a: &RunArgs, den_arch: Option<Arch>, desc_arch: Arch, out: &Path, t_
             ..Overrides::default()
         };
         over.apply(&mut cfg)?;
-        let (net, m) = run_denoiser(&cfg, &ds, &out.join("denoiser"), a.resume)?;
+        let (net, m) = run_denoiser(&cfg, &ds, &out.join("denoiser"), a.resume, None)?;
         timings.push(("denoiser training", t.elapsed().as_secs_f64()));
         (den_cfg, den, den_metrics) = (Some(cfg), Some(net), m);
     }
@@ -259,7 +259,7 @@ fn pipeline(a: &RunArgs, den_arch: Option<Arch>, desc_arch: Arch, out: &Path, t_
     let (separate, joint_epochs) = a.recipe.split_epochs(desc_cfg.epochs, a.joint_epochs);
     desc_cfg.epochs = separate;
     let desc_dir = out.join("descriptor");
-    let (mut descriptor, mut desc_metrics) = run_descriptor(&desc_cfg, &ds, den.as_ref(), &desc_dir, a.resume)?;
+    let (mut descriptor, mut desc_metrics) = run_descriptor(&desc_cfg, &ds, den.as_ref(), &desc_dir, a.resume, None)?;
     timings.push(("descriptor training (incl. per-epoch evaluation)", t.elapsed().as_secs_f64()));
 
     // Evaluation input: the noisy test patches, through the denoiser (cached in a pack) when there is one.

@@ -12,6 +12,7 @@ use nhpatch::net::{LoadOptions, Network};
 use nhpatch::train::config::{InputKind, LrSchedule, OptimizerConfig, TrainConfig};
 use nhpatch::train::descriptor::{self, Source};
 use nhpatch::train::metrics::{EpochMetrics, MapScores};
+use nhpatch::train::parallel::Parallel;
 use nhpatch::train::session::RunDir;
 use nhpatch::train::{denoiser, metrics};
 use std::path::{Path, PathBuf};
@@ -219,6 +220,47 @@ pub struct TrainDenoiserArgs {
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    #[command(flatten)]
+    dist: DistArgs,
+}
+
+/// Data-parallel training over MPI (`mpirun -n K nhpatch train-... --distributed`).
+#[derive(Args, Clone, Debug)]
+pub struct DistArgs {
+    /// Split each global batch across the ranks of an MPI job (needs the `mpi` feature).
+    #[arg(long)]
+    pub distributed: bool,
+    /// Seconds a rank waits for the others in one collective before it stops the job.
+    #[arg(long, default_value_t = 600)]
+    pub comm_timeout: u64,
+}
+
+impl DistArgs {
+    /// Joins the MPI job when `--distributed` is set. Call on the main thread, before the worker pool.
+    pub fn parallel(&self) -> Result<Option<Parallel>> {
+        if !self.distributed {
+            return Ok(None);
+        }
+        if self.comm_timeout == 0 {
+            return Err(Error::InvalidArgument("--comm-timeout must be at least 1 second".into()));
+        }
+        join_mpi(self.comm_timeout)
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn join_mpi(timeout: u64) -> Result<Option<Parallel>> {
+    let comm = nhpatch::dist::mpi::MpiComm::init(std::time::Duration::from_secs(timeout))?;
+    Ok(Some(Parallel { comm: std::sync::Arc::new(comm) }))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn join_mpi(_timeout: u64) -> Result<Option<Parallel>> {
+    Err(Error::InvalidArgument(
+        "--distributed: this nhpatch was built without MPI; build it with `cargo build --release --features mpi` \
+         (needs Open MPI and libclang, see README, \"Training on a cluster\")"
+            .into(),
+    ))
 }
 
 #[derive(Args)]
@@ -255,6 +297,8 @@ pub struct TrainDescriptorArgs {
     resume: bool,
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    #[command(flatten)]
+    dist: DistArgs,
 }
 
 fn arch_of(model: &str, variant: Option<&str>) -> Result<Arch> {
@@ -266,6 +310,7 @@ pub fn train_denoiser(a: TrainDenoiserArgs) -> Result<()> {
     if !arch.is_denoiser() {
         return Err(Error::InvalidArgument(format!("--model {}: a denoiser is unet or dncnn", a.model)));
     }
+    let par = a.dist.parallel()?;
     nhpatch::threads::pool(a.threads)?.install(|| {
         let ds = DatasetSplit::open(&a.dataset, &a.split, 0)?;
         let mut cfg = denoiser_preset(a.preset, arch, &a.split, ds.train_patches());
@@ -273,8 +318,11 @@ pub fn train_denoiser(a: TrainDenoiserArgs) -> Result<()> {
             cfg.loss = l.clone();
         }
         a.overrides.apply(&mut cfg)?;
-        let (_, m) = run_denoiser(&cfg, &ds, &a.out, a.resume)?;
-        summary("denoiser", &m, &a.out);
+        let root = par.as_ref().is_none_or(|p| p.rank() == 0);
+        let (_, m) = run_denoiser(&cfg, &ds, &a.out, a.resume, par)?;
+        if root {
+            summary("denoiser", &m, &a.out);
+        }
         Ok(())
     })
 }
@@ -285,9 +333,9 @@ pub fn run_denoiser(
     ds: &DatasetSplit,
     out: &Path,
     resume: bool,
+    par: Option<Parallel>,
 ) -> Result<(Network, Vec<EpochMetrics>)> {
-    let run =
-        RunDir::create(out, serde_json::json!({ "stage": "denoiser", "dataset": ds.root.display().to_string() }))?;
+    let run = RunDir::create(out, stage_info("denoiser", ds, &par))?.with_parallel(par);
     denoiser::train(cfg, &ds.data, &ds.train, &ds.test, &run, resume)
 }
 
@@ -302,6 +350,7 @@ pub fn train_descriptor(a: TrainDescriptorArgs) -> Result<()> {
         (_, Some(_)) => return Err(Error::InvalidArgument("--denoiser is only used with --input denoised".into())),
         (_, None) => None,
     };
+    let par = a.dist.parallel()?;
     nhpatch::threads::pool(a.threads)?.install(|| {
         let ds = DatasetSplit::open(&a.dataset, &a.split, 0)?;
         let mut cfg = descriptor_preset(a.preset, arch, &a.split, input);
@@ -313,8 +362,11 @@ pub fn train_descriptor(a: TrainDescriptorArgs) -> Result<()> {
         }
         cfg.eval_every_epoch = !a.no_epoch_eval;
         a.overrides.apply(&mut cfg)?;
-        let (_, m) = run_descriptor(&cfg, &ds, denoiser.as_ref(), &a.out, a.resume)?;
-        summary("descriptor", &m, &a.out);
+        let root = par.as_ref().is_none_or(|p| p.rank() == 0);
+        let (_, m) = run_descriptor(&cfg, &ds, denoiser.as_ref(), &a.out, a.resume, par)?;
+        if root {
+            summary("descriptor", &m, &a.out);
+        }
         Ok(())
     })
 }
@@ -327,16 +379,23 @@ pub fn run_descriptor(
     denoiser: Option<&Network>,
     out: &Path,
     resume: bool,
+    par: Option<Parallel>,
 ) -> Result<(Network, Vec<EpochMetrics>)> {
-    let run =
-        RunDir::create(out, serde_json::json!({ "stage": "descriptor", "dataset": ds.root.display().to_string() }))?;
+    let run = RunDir::create(out, stage_info("descriptor", ds, &par))?.with_parallel(par);
     // With a denoiser, every patch is denoised once into a cached pack: the
     // training sequences feed the sampler, the test sequences the evaluation.
+    // Data-parallel, rank 0 writes it while the others wait, then they open it.
     let denoised = match denoiser {
         Some(d) => {
             let path = out.join("denoised.pack");
-            eprintln!("denoising the dataset's patches once (cached in {})", path.display());
             let seqs: Vec<usize> = ds.train.iter().chain(&ds.test).copied().collect();
+            if run.is_root() {
+                eprintln!("denoising the dataset's patches once (cached in {})", path.display());
+                descriptor::denoised_pack(&ds.data, &seqs, d, &path)?;
+            }
+            if let Some(p) = &run.parallel {
+                p.barrier()?;
+            }
             Some(descriptor::denoised_pack(&ds.data, &seqs, d, &path)?)
         }
         None => None,
@@ -376,6 +435,15 @@ pub fn run_descriptor(
     let val_data = if cfg.input == InputKind::Clean { &ds.data } else { eval_data };
     let val_seqs = if cfg.input == InputKind::Clean { ds.test.clone() } else { test_in_eval };
     descriptor::train(cfg, &source, (val_data, &val_seqs, val_version), &run, resume, Some(&map))
+}
+
+/// What a stage's `config.json` records beside its settings.
+fn stage_info(stage: &str, ds: &DatasetSplit, par: &Option<Parallel>) -> serde_json::Value {
+    let mut v = serde_json::json!({ "stage": stage, "dataset": ds.root.display().to_string() });
+    if let Some(p) = par {
+        v["ranks"] = serde_json::json!(p.size());
+    }
+    v
 }
 
 fn summary(stage: &str, m: &[EpochMetrics], out: &Path) {

@@ -54,6 +54,10 @@ pub fn share(total: usize, rank: usize, size: usize) -> (usize, usize) {
 }
 
 /// One rank's part of a global batch, as the layers see it.
+///
+/// A batch of `total` items of `groups` patches each is laid out `[groups][total]`
+/// (anchors, then positives, ...); this rank holds items `[offset, offset + len)`
+/// of every group, laid out `[groups][len]`.
 #[derive(Clone)]
 pub struct Shard {
     pub comm: Comm,
@@ -61,6 +65,8 @@ pub struct Shard {
     pub offset: usize,
     /// Items in the global batch.
     pub total: usize,
+    /// Patches per item (1, or 2 and 3 for pairs and triplets).
+    pub groups: usize,
 }
 
 #[cfg(test)]

@@ -154,20 +154,24 @@ impl HardNet {
         let [features @ .., last] = &self.blocks;
         let [st_features @ .., st_last] = &mut ws.st;
         let h = chain_forward(features, st_features, input, &mut pass, n)?;
-        // A shard of a global batch draws the whole batch's mask stream and keeps its share.
+        // A shard of a global batch draws the whole batch's mask stream and keeps
+        // its rows: in each group, skip the items before and after its share.
         let shard = match &pass {
-            Pass::Train(_, Some(s)) => Some((s.offset, s.total)),
+            Pass::Train(_, Some(s)) => Some((s.offset, s.total, s.groups)),
             _ => None,
         };
         let conv7_in = match train {
             Some((rng, cfg)) => {
-                let per_item = (h.len() / n.max(1)) as u64;
-                if let Some((offset, _)) = shard {
-                    rng.skip(offset as u64 * per_item);
-                }
-                dropout::forward_train(&mut ws.dropped, &mut ws.mask, h, rng, cfg)?;
-                if let Some((offset, total)) = shard {
-                    rng.skip((total - offset - n) as u64 * per_item);
+                let per_patch = h.len() / n.max(1);
+                let (offset, total, groups) = shard.unwrap_or((0, n, 1));
+                let len = n / groups;
+                let group = len * per_patch;
+                let (dropped, mask) = (&mut ws.dropped, &mut ws.mask);
+                for g in 0..groups {
+                    let r = g * group..(g + 1) * group;
+                    rng.skip((offset * per_patch) as u64);
+                    dropout::forward_train(&mut dropped[r.clone()], &mut mask[r.clone()], &h[r], rng, cfg)?;
+                    rng.skip(((total - offset - len) * per_patch) as u64);
                 }
                 &ws.dropped[..]
             }

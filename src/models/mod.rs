@@ -163,11 +163,11 @@ impl Workspace {
     /// the whole batch. `None` (the default) is one process.
     pub fn set_shard(&mut self, shard: Option<Shard>) -> Result<()> {
         if let Some(s) = &shard
-            && s.offset + self.n > s.total
+            && (s.groups == 0 || self.n % s.groups != 0 || s.offset + self.n / s.groups > s.total)
         {
             return Err(Error::Shape(format!(
-                "a shard of {} items at {} does not fit a global batch of {}",
-                self.n, s.offset, s.total
+                "a shard of {} patches ({} per item) at item {} does not fit a global batch of {} items",
+                self.n, s.groups, s.offset, s.total
             )));
         }
         let comm = shard.as_ref().map(|s| s.comm.clone());

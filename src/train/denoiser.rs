@@ -5,6 +5,7 @@
 
 use super::config::TrainConfig;
 use super::metrics::EpochMetrics;
+use super::parallel::Parallel;
 use super::session::{self, RunDir, State, tail_ws};
 use crate::data::pack::PackedDataset;
 use crate::data::sampler::Sampler;
@@ -13,6 +14,7 @@ use crate::io::PATCH_LEN;
 use crate::loss::{l1::l1_loss, mse::mse_loss};
 use crate::models::{Arch, Model, Workspace};
 use crate::net::Network;
+use crate::ops::elementwise::scale;
 use std::time::Instant;
 
 /// Seed offset of the validation sampler, so validation pairs never depend on the training stream.
@@ -74,10 +76,17 @@ pub fn train(
     let (val_noisy, val_clean) = validation_pairs(data, test, cfg.val_items, cfg.seed)?;
     let ranges = model.layout().trainable_ranges();
     let b = cfg.batch;
+    let par = run.parallel.clone();
+    if let Some(p) = &par {
+        p.check_batches(b, cfg.epoch_items)?;
+    }
+    // This rank's share of a full batch (all of it in one process).
+    let own = par.as_ref().map_or(b, |p| p.share(b).1);
     let (mut noisy, mut clean) = (vec![0.0; b * PATCH_LEN], vec![0.0; b * PATCH_LEN]);
-    let mut dout = vec![0.0; b * PATCH_LEN];
+    let (mut x_own, mut c_own) = (vec![0.0; own * PATCH_LEN], vec![0.0; own * PATCH_LEN]);
+    let mut dout = vec![0.0; own * PATCH_LEN];
     let mut grads = model.zero_grads();
-    let mut ws = model.workspace(b)?;
+    let mut ws = model.workspace(own)?;
     let mut tail: Option<Workspace> = None; // a shorter last batch, sized once
     let steps = cfg.steps_per_epoch();
 
@@ -89,16 +98,33 @@ pub fn train(
         loop {
             let info = sampler.next_batch([&mut noisy, &mut clean])?;
             let n = info.items;
-            let w = if n == b { &mut ws } else { tail_ws(&mut tail, &model, n)? };
+            let (start, len) = par.as_ref().map_or((0, n), |p| p.share(n));
+            let w = if len == own { &mut ws } else { tail_ws(&mut tail, &model, len)? };
             grads.iter_mut().for_each(|g| *g = 0.0);
-            let x = &noisy[..n * PATCH_LEN];
+            let (x, target) = match &par {
+                Some(p) => {
+                    Parallel::take(&mut x_own, &noisy, 1, n, (start, len), PATCH_LEN);
+                    Parallel::take(&mut c_own, &clean, 1, n, (start, len), PATCH_LEN);
+                    p.bind(w, start, n, 1)?;
+                    (&x_own[..len * PATCH_LEN], &c_own[..len * PATCH_LEN])
+                }
+                None => (&noisy[..n * PATCH_LEN], &clean[..n * PATCH_LEN]),
+            };
             let out = model.forward_train(w, &mut st.params, x, &mut st.dropout)?;
-            let d = &mut dout[..n * PATCH_LEN];
+            let d = &mut dout[..len * PATCH_LEN];
             d.iter_mut().for_each(|v| *v = 0.0);
-            let loss = lossf(d, out, &clean[..n * PATCH_LEN])? as f64;
+            let mut loss = lossf(d, out, target)? as f64;
+            if let Some(p) = &par {
+                // The loss is a mean over the global batch: this share weighs len / n of it.
+                scale(d, len as f32 / n as f32);
+                loss = p.mean_loss(loss, len, n)?;
+            }
             step += 1;
             session::check_loss(loss, epoch, step, run, st.epochs_done)?;
             model.backward(w, &st.params, &mut grads, d)?;
+            if let Some(p) = &par {
+                p.sum_grads(&mut grads)?;
+            }
             st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step - 1));
             st.optimizer.step(&mut st.params, &grads, &ranges)?;
             loss_sum += loss * n as f64;
@@ -109,10 +135,17 @@ pub fn train(
                 break;
             }
         }
+        if let Some(p) = &par {
+            p.sync_params(&mut st.params)?;
+        }
         bar.finish_and_clear();
         let seconds = t0.elapsed().as_secs_f64();
-        let net = Network::from_params(Model::new(arch)?, st.params.clone())?;
-        let val_loss = validation_loss(&net, &cfg.loss, &val_noisy, &val_clean)?;
+        let val_loss = if run.is_root() {
+            let net = Network::from_params(Model::new(arch)?, st.params.clone())?;
+            validation_loss(&net, &cfg.loss, &val_noisy, &val_clean)?
+        } else {
+            None
+        };
         st.epochs_done = epoch;
         st.metrics.push(EpochMetrics {
             epoch,
@@ -125,6 +158,8 @@ pub fn train(
         session::end_epoch(run, cfg, &st, sampler.state(), "denoiser")?;
     }
     let net = Network::from_params(model, st.params)?;
-    net.save(&run.model())?;
+    if run.is_root() {
+        net.save(&run.model())?;
+    }
     Ok((net, st.metrics))
 }

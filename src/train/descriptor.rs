@@ -10,6 +10,7 @@
 
 use super::config::TrainConfig;
 use super::metrics::{EpochMetrics, MapScores};
+use super::parallel::Parallel;
 use super::session::{self, RunDir, State, tail_ws};
 use crate::data::hpatches::Version;
 use crate::data::pack::{PackWriter, PackedDataset};
@@ -20,6 +21,7 @@ use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use crate::loss::triplet::TripletLoss;
 use crate::models::{Arch, DESC_LEN, Model, Workspace};
 use crate::net::{Network, to_pixels};
+use crate::ops::elementwise::scale;
 use std::path::Path;
 use std::time::Instant;
 
@@ -77,6 +79,11 @@ impl Loss {
                 Err(Error::InvalidArgument(format!("unknown descriptor loss '{other}' (expected triplet or hardnet)")))
             }
         }
+    }
+
+    /// Whether the loss of an item depends on the other items of its batch (hardest-in-batch negatives).
+    fn needs_whole_batch(&self) -> bool {
+        matches!(self, Loss::HardNet(..))
     }
 
     /// Loss of `n` tuples whose descriptors are `out` = [K][n][128]; adds d loss / d out into `dout`.
@@ -205,10 +212,20 @@ pub fn train(
         draw(&mut vs, &mut val_x, val_n)?;
     }
     let ranges = model.layout().trainable_ranges();
+    let par = run.parallel.clone();
+    if let Some(p) = &par {
+        p.check_batches(b, cfg.epoch_items)?;
+    }
+    // This rank's share of a full batch (all of it in one process).
+    let own = par.as_ref().map_or(b, |p| p.share(b).1);
     let mut x = vec![0.0f32; k * b * PATCH_LEN];
+    let mut x_own = vec![0.0f32; if par.is_some() { k * own * PATCH_LEN } else { 0 }];
     let mut dout = vec![0.0f32; k * b * DESC_LEN];
+    // Data-parallel HardNet loss: the whole batch's descriptors and their gradient.
+    let mut desc_all = vec![0.0f32; if par.is_some() { k * b * DESC_LEN } else { 0 }];
+    let mut grad_all = desc_all.clone();
     let mut grads = model.zero_grads();
-    let mut ws = model.workspace(k * b)?;
+    let mut ws = model.workspace(k * own)?;
     let mut tail: Option<Workspace> = None;
     let steps = cfg.steps_per_epoch();
     let unit = if k == 3 { "triplets" } else { "pairs" };
@@ -220,15 +237,46 @@ pub fn train(
         let (mut loss_sum, mut items, mut step) = (0.0f64, 0u64, 0u64);
         loop {
             let (n, last) = draw(&mut sampler, &mut x, b)?;
-            let w = if n == b { &mut ws } else { tail_ws(&mut tail, &model, k * n)? };
+            let (start, len) = par.as_ref().map_or((0, n), |p| p.share(n));
+            let w = if len == own { &mut ws } else { tail_ws(&mut tail, &model, k * len)? };
             grads.iter_mut().for_each(|g| *g = 0.0);
-            let out = model.forward_train(w, &mut st.params, &x[..k * n * PATCH_LEN], &mut st.dropout)?;
-            let d = &mut dout[..k * n * DESC_LEN];
+            let input = match &par {
+                Some(p) => {
+                    Parallel::take(&mut x_own, &x, k, n, (start, len), PATCH_LEN);
+                    p.bind(w, start, n, k)?;
+                    &x_own[..k * len * PATCH_LEN]
+                }
+                None => &x[..k * n * PATCH_LEN],
+            };
+            let out = model.forward_train(w, &mut st.params, input, &mut st.dropout)?;
+            let d = &mut dout[..k * len * DESC_LEN];
             d.iter_mut().for_each(|v| *v = 0.0);
-            let l = loss.eval(d, out, n)?;
+            let l = match &par {
+                None => loss.eval(d, out, n)?,
+                Some(p) if loss.needs_whole_batch() => {
+                    // Hardest-in-batch: every rank scores the whole batch, keeps its rows' gradient.
+                    let (all, g_all) = (&mut desc_all[..k * n * DESC_LEN], &mut grad_all[..k * n * DESC_LEN]);
+                    all.iter_mut().for_each(|v| *v = 0.0);
+                    Parallel::put(all, out, k, n, (start, len), DESC_LEN);
+                    p.comm.sum_f32(all)?;
+                    g_all.iter_mut().for_each(|v| *v = 0.0);
+                    let l = loss.eval(g_all, all, n)?;
+                    Parallel::take(d, g_all, k, n, (start, len), DESC_LEN);
+                    l
+                }
+                Some(p) => {
+                    // A mean over items: this share weighs len / n of the global batch's.
+                    let l = loss.eval(d, out, len)?;
+                    scale(d, len as f32 / n as f32);
+                    p.mean_loss(l, len, n)?
+                }
+            };
             step += 1;
             session::check_loss(l, epoch, step, run, st.epochs_done)?;
             model.backward(w, &st.params, &mut grads, d)?;
+            if let Some(p) = &par {
+                p.sum_grads(&mut grads)?;
+            }
             st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step - 1));
             st.optimizer.step(&mut st.params, &grads, &ranges)?;
             loss_sum += l * n as f64;
@@ -239,10 +287,14 @@ pub fn train(
                 break;
             }
         }
+        if let Some(p) = &par {
+            p.sync_params(&mut st.params)?;
+        }
         bar.finish_and_clear();
         let seconds = t0.elapsed().as_secs_f64();
         let net = Network::from_params(Model::new(arch)?, st.params.clone())?;
-        let val_loss = if val_n > 0 && !val.1.is_empty() {
+        // Validation and evaluation run on rank 0 only; the others wait at the next step's first collective.
+        let val_loss = if val_n > 0 && !val.1.is_empty() && run.is_root() {
             let out = net.describe(&val_x)?;
             let mut scratch = vec![0.0f32; out.len()];
             Some(loss.eval(&mut scratch, &out, val_n)?)
@@ -250,7 +302,7 @@ pub fn train(
             None
         };
         let map = match map {
-            Some(f) if cfg.eval_every_epoch || epoch == cfg.epochs => Some(f(&net)?),
+            Some(f) if (cfg.eval_every_epoch || epoch == cfg.epochs) && run.is_root() => Some(f(&net)?),
             _ => None,
         };
         st.epochs_done = epoch;
@@ -265,6 +317,8 @@ pub fn train(
         session::end_epoch(run, cfg, &st, sampler.state(), "descriptor")?;
     }
     let net = Network::from_params(model, st.params)?;
-    net.save(&run.model())?;
+    if run.is_root() {
+        net.save(&run.model())?;
+    }
     Ok((net, st.metrics))
 }

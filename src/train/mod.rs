@@ -7,5 +7,6 @@ pub mod denoiser;
 pub mod descriptor;
 pub mod joint;
 pub mod metrics;
+pub mod parallel;
 pub mod report;
 pub mod session;

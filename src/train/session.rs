@@ -10,6 +10,7 @@
 use super::checkpoint::{Checkpoint, CheckpointMeta};
 use super::config::{Optimizer, TrainConfig};
 use super::metrics::EpochMetrics;
+use super::parallel::Parallel;
 use crate::data::sampler::SamplerState;
 use crate::error::{Error, Result};
 use crate::io::{io_err, write_atomic};
@@ -24,6 +25,8 @@ pub struct RunDir {
     pub dir: PathBuf,
     /// Recorded in `config.json` beside the configuration (stage, dataset, ...).
     pub extra: serde_json::Value,
+    /// The group of ranks of a data-parallel stage; only rank 0 writes files and logs.
+    pub parallel: Option<Parallel>,
 }
 
 impl RunDir {
@@ -31,7 +34,18 @@ impl RunDir {
     /// only once a run has really started (after any checkpoint was accepted).
     pub fn create(dir: &Path, extra: serde_json::Value) -> Result<RunDir> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        Ok(RunDir { dir: dir.to_path_buf(), extra })
+        Ok(RunDir { dir: dir.to_path_buf(), extra, parallel: None })
+    }
+
+    /// The stage runs data-parallel over `p`'s ranks.
+    pub fn with_parallel(mut self, p: Option<Parallel>) -> RunDir {
+        self.parallel = p;
+        self
+    }
+
+    /// Whether this process writes the stage's files: one process, or rank 0.
+    pub fn is_root(&self) -> bool {
+        self.parallel.as_ref().is_none_or(|p| p.rank() == 0)
     }
     pub fn checkpoint(&self) -> PathBuf {
         self.dir.join("checkpoint.safetensors")
@@ -47,6 +61,9 @@ impl RunDir {
     }
 
     pub fn write_config(&self, cfg: &TrainConfig) -> Result<()> {
+        if !self.is_root() {
+            return Ok(());
+        }
         let mut v = serde_json::to_value(cfg).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         if let (Some(obj), Some(more)) = (v.as_object_mut(), self.extra.as_object()) {
             for (k, x) in more {
@@ -61,6 +78,9 @@ impl RunDir {
     /// Rewrites `metrics.jsonl` with every epoch so far (atomically: a resumed
     /// run never leaves lines of epochs it is about to redo).
     pub fn write_metrics(&self, metrics: &[EpochMetrics]) -> Result<()> {
+        if !self.is_root() {
+            return Ok(());
+        }
         let path = self.metrics();
         let mut text = String::new();
         for m in metrics {
@@ -140,6 +160,9 @@ pub fn start(model: &Model, cfg: &TrainConfig, run: &RunDir, resume: bool, init:
 
 /// After an epoch: checkpoint, metrics file, one log line.
 pub fn end_epoch(run: &RunDir, cfg: &TrainConfig, state: &State, sampler: SamplerState, stage: &str) -> Result<()> {
+    if !run.is_root() {
+        return Ok(());
+    }
     let ck = Checkpoint {
         meta: CheckpointMeta {
             epochs_done: state.epochs_done,
