@@ -9,7 +9,7 @@ mod common;
 
 use common::rand_vec;
 use nhpatch::dist::local::LocalGroup;
-use nhpatch::dist::{Collective, Comm, Shard, share};
+use nhpatch::dist::{Comm, Shard, share};
 use nhpatch::models::{Arch, Model};
 use nhpatch::rng::Rng;
 use nhpatch::train::parallel::Parallel;

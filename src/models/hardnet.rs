@@ -186,6 +186,7 @@ impl HardNet {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         ws: &mut HardNetWs,

@@ -163,7 +163,7 @@ impl Workspace {
     /// the whole batch. `None` (the default) is one process.
     pub fn set_shard(&mut self, shard: Option<Shard>) -> Result<()> {
         if let Some(s) = &shard
-            && (s.groups == 0 || self.n % s.groups != 0 || s.offset + self.n / s.groups > s.total)
+            && (s.groups == 0 || !self.n.is_multiple_of(s.groups) || s.offset + self.n / s.groups > s.total)
         {
             return Err(Error::Shape(format!(
                 "a shard of {} patches ({} per item) at item {} does not fit a global batch of {} items",

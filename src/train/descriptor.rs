@@ -230,6 +230,7 @@ pub fn train(
     let steps = cfg.steps_per_epoch();
     let unit = if k == 3 { "triplets" } else { "pairs" };
 
+    let mut steps_run = 0u64;
     while st.epochs_done < cfg.epochs {
         let epoch = st.epochs_done + 1;
         let bar = session::progress("descriptor", epoch, cfg.epochs, steps, unit);
@@ -272,6 +273,7 @@ pub fn train(
                 }
             };
             step += 1;
+            steps_run += 1;
             session::check_loss(l, epoch, step, run, st.epochs_done)?;
             model.backward(w, &st.params, &mut grads, d)?;
             if let Some(p) = &par {
@@ -319,6 +321,9 @@ pub fn train(
     let net = Network::from_params(model, st.params)?;
     if run.is_root() {
         net.save(&run.model())?;
+    }
+    if let Some(p) = &par {
+        p.report_traffic("descriptor", steps_run, run.is_root());
     }
     Ok((net, st.metrics))
 }
