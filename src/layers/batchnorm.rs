@@ -162,6 +162,33 @@ fn grad_sums(dout: &[f32], x: &[f32], mu: f32, inv_std: f64, shape: Shape4, c: u
     Ok((channel_sum(dout, shape, c)? as f32, (dot * inv_std) as f32))
 }
 
+/// The length checks of both training forwards.
+#[allow(clippy::too_many_arguments)]
+fn check_train_forward(
+    out: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    shape: Shape4,
+    cfg: &BatchNormConfig,
+) -> Result<()> {
+    cfg.check(
+        shape,
+        &[("batchnorm forward: out", out.len()), ("batchnorm forward: x", x.len())],
+        &[("batchnorm forward: gamma", gamma.len()), ("batchnorm forward: beta", beta.len())],
+        &[
+            ("batchnorm forward: mean", mean.len()),
+            ("batchnorm forward: inv_std", inv_std.len()),
+            ("batchnorm forward: running_mean", running_mean.len()),
+            ("batchnorm forward: running_var", running_var.len()),
+        ],
+    )
+}
+
 /// Training forward: normalises with the batch statistics (then applies
 /// `act`), saves them in `mean` and `inv_std`, and updates `running_mean`
 /// and `running_var`.
@@ -179,17 +206,7 @@ pub fn forward_train(
     cfg: &BatchNormConfig,
     act: Activation,
 ) -> Result<()> {
-    cfg.check(
-        shape,
-        &[("batchnorm forward: out", out.len()), ("batchnorm forward: x", x.len())],
-        &[("batchnorm forward: gamma", gamma.len()), ("batchnorm forward: beta", beta.len())],
-        &[
-            ("batchnorm forward: mean", mean.len()),
-            ("batchnorm forward: inv_std", inv_std.len()),
-            ("batchnorm forward: running_mean", running_mean.len()),
-            ("batchnorm forward: running_var", running_var.len()),
-        ],
-    )?;
+    check_train_forward(out, mean, inv_std, running_mean, running_var, x, gamma, beta, shape, cfg)?;
     let m = train_count(shape)?;
     let (eps, mom) = (cfg.eps as f64, cfg.momentum as f64);
     // Unbiased variance = m2 / (m - 1); with one value the biased one (0) stands in.
@@ -250,17 +267,7 @@ pub fn forward_train_synced(
     comm: &dyn Collective,
     sums: &mut [f64],
 ) -> Result<()> {
-    cfg.check(
-        shape,
-        &[("batchnorm forward: out", out.len()), ("batchnorm forward: x", x.len())],
-        &[("batchnorm forward: gamma", gamma.len()), ("batchnorm forward: beta", beta.len())],
-        &[
-            ("batchnorm forward: mean", mean.len()),
-            ("batchnorm forward: inv_std", inv_std.len()),
-            ("batchnorm forward: running_mean", running_mean.len()),
-            ("batchnorm forward: running_var", running_var.len()),
-        ],
-    )?;
+    check_train_forward(out, mean, inv_std, running_mean, running_var, x, gamma, beta, shape, cfg)?;
     let ch = cfg.channels;
     check_len("batchnorm sync: sums", sums.len(), sync_len(cfg))?;
     // sums = [sum x per channel (C) | count | sum (x - mu)^2 per channel (C)].

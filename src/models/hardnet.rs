@@ -216,38 +216,19 @@ impl HardNet {
         if !self.original {
             return chain_backward(features, st_features, x, params, grads, g_a, g_b, &mut ws.scratch, n, dx);
         }
-        let Some(dx) = dx else {
-            return chain_backward(
-                features,
-                st_features,
-                &ws.normed,
-                params,
-                grads,
-                g_a,
-                g_b,
-                &mut ws.scratch,
-                n,
-                None,
-            );
-        };
-        // d normed first (into the input buffer's twin), then through the per-patch standardisation.
+        // d normed first (sized on the first call that wants it), then through the per-patch standardisation.
         let shape = Self::in_shape(n);
         let mut d_normed = std::mem::take(&mut ws.d_normed);
-        d_normed.clear();
-        d_normed.resize(shape.len(), 0.0);
-        let r = chain_backward(
-            features,
-            st_features,
-            &ws.normed,
-            params,
-            grads,
-            g_a,
-            g_b,
-            &mut ws.scratch,
-            n,
-            Some(&mut d_normed),
-        )
-        .and_then(|()| input_norm::backward(dx, &d_normed, x, &ws.in_mean, &ws.in_std, shape));
+        if dx.is_some() {
+            d_normed.clear();
+            d_normed.resize(shape.len(), 0.0);
+        }
+        let d_in = dx.is_some().then_some(&mut d_normed[..]);
+        let r = chain_backward(features, st_features, &ws.normed, params, grads, g_a, g_b, &mut ws.scratch, n, d_in)
+            .and_then(|()| match dx {
+                Some(dx) => input_norm::backward(dx, &d_normed, x, &ws.in_mean, &ws.in_std, shape),
+                None => Ok(()),
+            });
         ws.d_normed = d_normed;
         r
     }
