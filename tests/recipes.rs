@@ -86,6 +86,11 @@ fn every_recipe_runs_and_records_its_settings() {
             assert_eq!(desc["epochs"], 1);
             let j = json(&joint);
             assert_eq!((j["epochs"].as_u64(), j["denoise_weight"].as_f64()), (Some(1), Some(0.1)));
+            // One learning-rate schedule over both stages: epoch 1 of 2, then epoch 2 of 2.
+            assert_eq!(
+                (desc["lr_span"].clone(), j["lr_span"].clone()),
+                (serde_json::json!([0, 2]), serde_json::json!([1, 2]))
+            );
             assert!(out.join("joint/denoiser/model.safetensors").is_file());
         } else {
             assert_eq!(desc["epochs"], 2, "{recipe}");

@@ -101,10 +101,13 @@ impl Recipe {
     }
 }
 
-/// Settings of the joint stage from the separately trained stages' settings.
+/// Settings of the joint stage from the separately trained descriptor's
+/// (`desc`, whose learning-rate schedule spans both stages) and denoiser's.
 pub fn joint_configs(desc: &TrainConfig, den: &TrainConfig, epochs: u64, weight: f64) -> (TrainConfig, TrainConfig) {
     let mut d = desc.clone();
     d.epochs = epochs;
+    // The descriptor's schedule continues where the separate stage stopped.
+    d.lr_span = Some((desc.epochs, desc.epochs + epochs));
     d.denoise_weight = Some(weight);
     d.eval_every_epoch = false;
     d.seed = desc.seed.wrapping_add(1);

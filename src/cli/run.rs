@@ -257,6 +257,10 @@ fn pipeline(a: &RunArgs, den_arch: Option<Arch>, desc_arch: Arch, out: &Path, t_
     let input = if den.is_some() { InputKind::Denoised } else { InputKind::Noisy };
     let mut desc_cfg = descriptor_config(a, desc_arch, input)?;
     let (separate, joint_epochs) = a.recipe.split_epochs(desc_cfg.epochs, a.joint_epochs);
+    if joint_epochs > 0 {
+        // One learning-rate schedule over the separate and the joint epochs, as if they were one run.
+        desc_cfg.lr_span = Some((0, separate + joint_epochs));
+    }
     desc_cfg.epochs = separate;
     let desc_dir = out.join("descriptor");
     let (mut descriptor, mut desc_metrics) = run_descriptor(&desc_cfg, &ds, den.as_ref(), &desc_dir, a.resume, None)?;

@@ -127,6 +127,7 @@ pub fn denoiser_preset(preset: Preset, arch: Arch, split: &str, train_patches: u
         noise_seed: 0,
         lr_schedule: LrSchedule::Constant,
         augment: false,
+        lr_span: None,
         denoise_weight: None,
     }
 }
@@ -153,6 +154,7 @@ pub fn descriptor_preset(preset: Preset, arch: Arch, split: &str, input: InputKi
         noise_seed: 0,
         lr_schedule: LrSchedule::Constant,
         augment: false,
+        lr_span: None,
         denoise_weight: None,
     }
 }

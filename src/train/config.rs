@@ -161,6 +161,10 @@ pub struct TrainConfig {
     /// Flips and 90-degree rotations of each training tuple (descriptor).
     #[serde(default)]
     pub augment: bool,
+    /// A linear schedule that spans a longer run this stage is part of:
+    /// (epochs before this stage, epochs in all). Default: this stage alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_span: Option<(u64, u64)>,
     /// Joint training only: weight of the denoising loss beside the descriptor loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub denoise_weight: Option<f64>,
@@ -196,7 +200,10 @@ impl TrainConfig {
         match self.lr_schedule {
             LrSchedule::Constant => base,
             LrSchedule::Linear => {
-                let total = (self.epochs * self.steps_per_epoch()).max(1);
+                let (before, all) = self.lr_span.unwrap_or((0, self.epochs));
+                let steps = self.steps_per_epoch();
+                let total = (all * steps).max(1);
+                let t = before * steps + t;
                 base * (1.0 - t.min(total) as f64 / total as f64)
             }
         }
@@ -229,6 +236,7 @@ mod tests {
             noise_seed: 0,
             lr_schedule: schedule,
             augment: false,
+            lr_span: None,
             denoise_weight: None,
         }
     }
@@ -243,6 +251,12 @@ mod tests {
         let want = [0.5, 0.5 * 5.0 / 6.0, 0.5 * 4.0 / 6.0, 0.25, 0.5 * 2.0 / 6.0, 0.5 / 6.0, 0.0, 0.0];
         for (t, w) in want.iter().enumerate() {
             assert!((l.lr_at(t as u64) - w).abs() < 1e-15, "step {t}: {} vs {w}", l.lr_at(t as u64));
+        }
+        // The last epoch of a 3-epoch run: steps 6..9 of 9 (three per epoch).
+        let tail = TrainConfig { epochs: 1, lr_span: Some((2, 3)), ..l.clone() };
+        for t in 0..4u64 {
+            let want = (0.5 * (1.0 - (6 + t).min(9) as f64 / 9.0)).max(0.0);
+            assert!((tail.lr_at(t) - want).abs() < 1e-15, "span step {t}");
         }
         assert_eq!("linear".parse::<LrSchedule>().unwrap(), LrSchedule::Linear);
         assert!("cosine".parse::<LrSchedule>().unwrap_err().to_string().contains("constant or linear"));
