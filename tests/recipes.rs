@@ -146,4 +146,12 @@ fn bad_recipe_combinations_fail_cleanly() {
     assert!(e.contains("a batch of 128"), "{e}");
     let e = fails(&["compare", "--dataset", s(&data), "--out", s(&out), "--seeds", ""]);
     assert!(!e.is_empty());
+    // Distributed training needs the mpi feature; a zero timeout is refused either way.
+    let train = ["train-descriptor", "--dataset", s(&data), "--out", s(&out), "--distributed"];
+    let e = fails(&[&train[..], &["--comm-timeout", "0"]].concat());
+    assert!(e.contains("--comm-timeout"), "{e}");
+    if !cfg!(feature = "mpi") {
+        let e = fails(&train);
+        assert!(e.contains("built without MPI") && e.contains("--features mpi"), "{e}");
+    }
 }
