@@ -128,6 +128,36 @@ fn joint_training_reaches_the_denoiser_and_is_reproducible() {
         .collect();
     assert!(runs[0] == runs[1], "two joint runs with the same seed differ");
     assert!(runs[0] == runs[2], "joint training differs between 1 and 2 threads");
+    // Resuming a finished run redoes nothing and reports the same scores.
+    let a = d.join("a");
+    let before = std::fs::read(a.join("joint/descriptor/model.safetensors")).unwrap();
+    small_run(&data, &a, "joint", "2", &["--resume"]);
+    assert_eq!(std::fs::read(a.join("joint/descriptor/model.safetensors")).unwrap(), before);
+    // Joint checkpoints of different epochs (a run stopped between writing them) are refused.
+    std::fs::remove_file(a.join("joint/descriptor/checkpoint.safetensors")).unwrap();
+    let e = common::cli::fails(&[
+        "run",
+        "--dataset",
+        s(&data),
+        "--out",
+        s(&a),
+        "--recipe",
+        "joint",
+        "--denoiser-epochs",
+        "1",
+        "--denoiser-items",
+        "64",
+        "--descriptor-epochs",
+        "2",
+        "--triplets",
+        "32",
+        "--batch",
+        "16",
+        "--seed",
+        "4",
+        "--resume",
+    ]);
+    assert!(e.contains("different epochs") && e.contains("joint"), "{e}");
 }
 
 #[test]
