@@ -13,7 +13,7 @@ use nhpatch::io::png::{GrayImage, write_gray, write_strip};
 use nhpatch::optim::adam::AdamState;
 use nhpatch::optim::sgd::SgdState;
 use nhpatch::train::checkpoint::{Checkpoint, CheckpointMeta};
-use nhpatch::train::config::{InputKind, OptimizerConfig, OptimizerState, TrainConfig};
+use nhpatch::train::config::{InputKind, LrSchedule, OptimizerConfig, OptimizerState, TrainConfig};
 use nhpatch::train::metrics::{EpochMetrics, MapScores};
 use nhpatch::weights::{Tensor, WeightsFile};
 use std::collections::BTreeMap;
@@ -169,6 +169,10 @@ fn checkpoint(root: &Path, scratch: &Path) -> Res {
         seed: 7,
         split: "a".into(),
         noise_seed: 11,
+        lr_schedule: LrSchedule::Linear,
+        augment: true,
+        lr_span: Some((1, 4)),
+        denoise_weight: Some(0.5),
     };
     let meta = |optimizer| CheckpointMeta {
         epochs_done: 1,
