@@ -19,10 +19,10 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// A run of `recipe` small enough for a test: 1 denoiser epoch of 64 patches,
-/// 2 descriptor epochs of 32 tuples in batches of 16.
-fn small_run(data: &Path, out: &Path, recipe: &str, threads: &str, extra: &[&str]) -> String {
-    let args = [
+/// The arguments of a run of `recipe` small enough for a test: 1 denoiser
+/// epoch of 64 patches, 2 descriptor epochs of 32 tuples in batches of 16.
+fn small_args<'a>(data: &'a Path, out: &'a Path, recipe: &'a str, threads: &'a str) -> Vec<&'a str> {
+    vec![
         "run",
         "--dataset",
         s(data),
@@ -44,8 +44,11 @@ fn small_run(data: &Path, out: &Path, recipe: &str, threads: &str, extra: &[&str
         "4",
         "--threads",
         threads,
-    ];
-    ok(&[&args[..], extra].concat())
+    ]
+}
+
+fn small_run(data: &Path, out: &Path, recipe: &str, threads: &str, extra: &[&str]) -> String {
+    ok(&[&small_args(data, out, recipe, threads)[..], extra].concat())
 }
 
 #[test]
@@ -135,28 +138,7 @@ fn joint_training_reaches_the_denoiser_and_is_reproducible() {
     assert_eq!(std::fs::read(a.join("joint/descriptor/model.safetensors")).unwrap(), before);
     // Joint checkpoints of different epochs (a run stopped between writing them) are refused.
     std::fs::remove_file(a.join("joint/descriptor/checkpoint.safetensors")).unwrap();
-    let e = common::cli::fails(&[
-        "run",
-        "--dataset",
-        s(&data),
-        "--out",
-        s(&a),
-        "--recipe",
-        "joint",
-        "--denoiser-epochs",
-        "1",
-        "--denoiser-items",
-        "64",
-        "--descriptor-epochs",
-        "2",
-        "--triplets",
-        "32",
-        "--batch",
-        "16",
-        "--seed",
-        "4",
-        "--resume",
-    ]);
+    let e = common::cli::fails(&[&small_args(&data, &a, "joint", "2")[..], &["--resume"]].concat());
     assert!(e.contains("different epochs") && e.contains("joint"), "{e}");
 }
 

@@ -33,6 +33,15 @@ use crate::rng::Rng;
 use rayon::prelude::*;
 use std::collections::HashSet;
 
+/// Closes the gaps a short batch leaves in one buffer of `k` views laid out
+/// `[k][batch][1024]`: the first `n` patches of each view move so the views
+/// are contiguous, `[k][n][1024]`.
+pub fn compact_views(x: &mut [f32], k: usize, batch: usize, n: usize) {
+    for i in 1..k {
+        x.copy_within(i * batch * PATCH_LEN..(i * batch + n) * PATCH_LEN, i * n * PATCH_LEN);
+    }
+}
+
 /// One patch of a pack: sequence index (in the pack), image (0..16), position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PatchRef {

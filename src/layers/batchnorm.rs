@@ -208,9 +208,6 @@ pub fn forward_train(
 ) -> Result<()> {
     check_train_forward(out, mean, inv_std, running_mean, running_var, x, gamma, beta, shape, cfg)?;
     let m = train_count(shape)?;
-    let (eps, mom) = (cfg.eps as f64, cfg.momentum as f64);
-    // Unbiased variance = m2 / (m - 1); with one value the biased one (0) stands in.
-    let unbiased_div = if m > 1 { (m - 1) as f64 } else { 1.0 };
     mean.par_iter_mut()
         .zip(inv_std.par_iter_mut())
         .zip(running_mean.par_iter_mut().zip(running_var.par_iter_mut()))
@@ -218,15 +215,29 @@ pub fn forward_train(
         .with_min_len(par_min_items(m))
         .try_for_each(|(c, ((mu, is), (rm, rv)))| -> Result<()> {
             let (bm, m2) = channel_mean_m2(x, shape, c)?;
-            let var = m2 / m as f64;
-            *mu = bm as f32;
-            *is = (1.0 / (var + eps).sqrt()) as f32;
-            *rm = ((1.0 - mom) * *rm as f64 + mom * bm) as f32;
-            *rv = ((1.0 - mom) * *rv as f64 + mom * (m2 / unbiased_div)) as f32;
+            set_stats((mu, is, rm, rv), bm, m2, m as f64, cfg);
             Ok(())
         })?;
     normalize(out, x, gamma, beta, shape, act, |c| (mean[c], inv_std[c]));
     Ok(())
+}
+
+/// One channel's saved statistics and running averages from its batch mean
+/// `bm` and sum of squared deviations `m2` over `m` values.
+fn set_stats(
+    (mu, is, rm, rv): (&mut f32, &mut f32, &mut f32, &mut f32),
+    bm: f64,
+    m2: f64,
+    m: f64,
+    cfg: &BatchNormConfig,
+) {
+    let (eps, mom) = (cfg.eps as f64, cfg.momentum as f64);
+    // Unbiased variance = m2 / (m - 1); with one value the biased one (0) stands in.
+    let unbiased_div = if m > 1.0 { m - 1.0 } else { 1.0 };
+    *mu = bm as f32;
+    *is = (1.0 / (m2 / m + eps).sqrt()) as f32;
+    *rm = ((1.0 - mom) * *rm as f64 + mom * bm) as f32;
+    *rv = ((1.0 - mom) * *rv as f64 + mom * (m2 / unbiased_div)) as f32;
 }
 
 /// `sum (x - mu)^2` over channel `c` in f64.
@@ -286,14 +297,8 @@ pub fn forward_train_synced(
     let q = &mut rest[..ch];
     q.par_iter_mut().enumerate().for_each(|(c, v)| *v = channel_sq_dev(x, shape, c, s[c] / m));
     comm.sum_f64(q)?;
-    let (eps, mom) = (cfg.eps as f64, cfg.momentum as f64);
-    let unbiased_div = if m > 1.0 { m - 1.0 } else { 1.0 };
     for c in 0..ch {
-        let (bm, m2) = (s[c] / m, q[c]);
-        mean[c] = bm as f32;
-        inv_std[c] = (1.0 / (m2 / m + eps).sqrt()) as f32;
-        running_mean[c] = ((1.0 - mom) * running_mean[c] as f64 + mom * bm) as f32;
-        running_var[c] = ((1.0 - mom) * running_var[c] as f64 + mom * (m2 / unbiased_div)) as f32;
+        set_stats((&mut mean[c], &mut inv_std[c], &mut running_mean[c], &mut running_var[c]), s[c] / m, q[c], m, cfg);
     }
     normalize(out, x, gamma, beta, shape, act, |c| (mean[c], inv_std[c]));
     Ok(())

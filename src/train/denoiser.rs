@@ -90,7 +90,7 @@ pub fn train(
     let mut tail: Option<Workspace> = None; // a shorter last batch, sized once
     let steps = cfg.steps_per_epoch();
 
-    let mut steps_run = 0u64;
+    let first_epoch = st.epochs_done;
     while st.epochs_done < cfg.epochs {
         let epoch = st.epochs_done + 1;
         let bar = session::progress("denoiser", epoch, cfg.epochs, steps, "patches");
@@ -121,7 +121,6 @@ pub fn train(
                 loss = p.mean_loss(loss, len, n)?;
             }
             step += 1;
-            steps_run += 1;
             session::check_loss(loss, epoch, step, run, st.epochs_done)?;
             model.backward(w, &st.params, &mut grads, d)?;
             if let Some(p) = &par {
@@ -160,11 +159,9 @@ pub fn train(
         session::end_epoch(run, cfg, &st, sampler.state(), "denoiser")?;
     }
     let net = Network::from_params(model, st.params)?;
-    if run.is_root() {
-        net.save(&run.model())?;
-    }
+    run.save_model(&net)?;
     if let Some(p) = &par {
-        p.report_traffic("denoiser", steps_run, run.is_root());
+        p.report_traffic("denoiser", (st.epochs_done - first_epoch) * steps, run.is_root());
     }
     Ok((net, st.metrics))
 }

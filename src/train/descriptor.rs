@@ -14,7 +14,7 @@ use super::parallel::Parallel;
 use super::session::{self, RunDir, State, tail_ws};
 use crate::data::hpatches::Version;
 use crate::data::pack::{PackWriter, PackedDataset};
-use crate::data::sampler::Sampler;
+use crate::data::sampler::{Sampler, compact_views};
 use crate::error::{Error, Result};
 use crate::io::PATCH_LEN;
 use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
@@ -116,11 +116,7 @@ fn draw(sampler: &mut Sampling<'_>, x: &mut [f32], b: usize) -> Result<(usize, b
     };
     let n = info.items;
     if n < b {
-        // Close the gaps so the tuples of a short batch are contiguous: [K][n][1024].
-        let k = sampler.k();
-        for i in 1..k {
-            x.copy_within(i * b * PATCH_LEN..(i * b + n) * PATCH_LEN, i * n * PATCH_LEN);
-        }
+        compact_views(x, sampler.k(), b, n);
     }
     Ok((n, info.last))
 }
@@ -230,7 +226,7 @@ pub fn train(
     let steps = cfg.steps_per_epoch();
     let unit = if k == 3 { "triplets" } else { "pairs" };
 
-    let mut steps_run = 0u64;
+    let first_epoch = st.epochs_done;
     while st.epochs_done < cfg.epochs {
         let epoch = st.epochs_done + 1;
         let bar = session::progress("descriptor", epoch, cfg.epochs, steps, unit);
@@ -273,7 +269,6 @@ pub fn train(
                 }
             };
             step += 1;
-            steps_run += 1;
             session::check_loss(l, epoch, step, run, st.epochs_done)?;
             model.backward(w, &st.params, &mut grads, d)?;
             if let Some(p) = &par {
@@ -319,11 +314,9 @@ pub fn train(
         session::end_epoch(run, cfg, &st, sampler.state(), "descriptor")?;
     }
     let net = Network::from_params(model, st.params)?;
-    if run.is_root() {
-        net.save(&run.model())?;
-    }
+    run.save_model(&net)?;
     if let Some(p) = &par {
-        p.report_traffic("descriptor", steps_run, run.is_root());
+        p.report_traffic("descriptor", (st.epochs_done - first_epoch) * steps, run.is_root());
     }
     Ok((net, st.metrics))
 }

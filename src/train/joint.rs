@@ -24,7 +24,7 @@ use super::config::TrainConfig;
 use super::metrics::EpochMetrics;
 use super::session::{self, RunDir, State};
 use crate::data::pack::PackedDataset;
-use crate::data::sampler::{Sampler, TwinsSampler};
+use crate::data::sampler::{Sampler, TwinsSampler, compact_views};
 use crate::error::{Error, Result};
 use crate::io::PATCH_LEN;
 use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
@@ -223,10 +223,7 @@ pub fn train(
             };
             let n = info.items;
             if n < b {
-                // Close the gaps: [noisy a | noisy p | clean a | clean p], each [n][1024].
-                for i in 1..4 {
-                    x.copy_within(i * b * PATCH_LEN..(i * b + n) * PATCH_LEN, i * n * PATCH_LEN);
-                }
+                compact_views(&mut x, 4, b, n);
             }
             let bufs = if n == b {
                 &mut full
@@ -301,7 +298,7 @@ pub fn train(
     }
     let denoiser = Network::from_params(den_model, den.params)?;
     let descriptor = Network::from_params(desc_model, desc.params)?;
-    denoiser.save(&den_run.model())?;
-    descriptor.save(&desc_run.model())?;
+    den_run.save_model(&denoiser)?;
+    desc_run.save_model(&descriptor)?;
     Ok(JointResult { denoiser, descriptor, denoiser_metrics: den.metrics, descriptor_metrics: desc.metrics })
 }

@@ -60,6 +60,11 @@ impl RunDir {
         self.dir.join("config.json")
     }
 
+    /// Writes the stage's final weights (rank 0 only when data-parallel).
+    pub fn save_model(&self, net: &crate::net::Network) -> Result<()> {
+        if self.is_root() { net.save(&self.model()) } else { Ok(()) }
+    }
+
     pub fn write_config(&self, cfg: &TrainConfig) -> Result<()> {
         if !self.is_root() {
             return Ok(());
