@@ -9,7 +9,8 @@
 //!   layer, the losses and the optimizers, over caller-owned buffers;
 //! - [`params`]: named slices of one parameter arena;
 //! - [`net`]: a loaded network, the library API, and [`capi`], the same as a C ABI (`include/nhpatch.h`);
-//! - [`train`]: the training loops, and [`dist`], data-parallel training over MPI (`mpi` feature).
+//! - [`train`]: the training loops, and [`dist`], data-parallel training over MPI (`mpi` feature);
+//! - [`gpu`]: the same models, losses and optimizers on an NVIDIA GPU (`cuda` feature).
 
 pub mod capi;
 pub mod data;
@@ -17,6 +18,7 @@ pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod gemm;
+pub mod gpu;
 pub mod io;
 pub mod layers;
 pub mod loss;

@@ -41,11 +41,13 @@
 //! ```
 
 use crate::error::{Error, Result};
+use crate::gpu::{Accel, Device};
 use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};
 use crate::weights::{self, Tensor, WeightsFile};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Version of the metadata convention written by `save`.
 pub const FORMAT_VERSION: &str = "1";
@@ -72,6 +74,10 @@ pub struct Network {
     /// that describes every frame. At most `SPARE_WORKSPACES` (the last ones
     /// used), so the memory held is that of two inference batches.
     spare: Mutex<Vec<(usize, Workspace)>>,
+    /// The network on a device (`set_device`), which `forward` then uses;
+    /// `stale` when `params_mut` may have changed the parameters since the upload.
+    accel: Option<Mutex<Accel>>,
+    stale: AtomicBool,
 }
 
 /// The metadata nhpatch writes for an architecture.
@@ -146,13 +152,13 @@ impl Network {
     pub fn init(arch: Arch, seed: u64) -> Result<Network> {
         let model = Model::new(arch)?;
         let params = model.init_params(&mut crate::rng::Rng::new(seed));
-        Ok(Network { model, params, spare: Mutex::new(Vec::new()) })
+        Ok(Network { model, params, spare: Mutex::new(Vec::new()), accel: None, stale: AtomicBool::new(false) })
     }
 
     /// Wraps a model and an arena of the model's length.
     pub fn from_params(model: Model, params: Vec<f32>) -> Result<Network> {
         crate::error::check_len("network parameters", params.len(), model.layout().len())?;
-        Ok(Network { model, params, spare: Mutex::new(Vec::new()) })
+        Ok(Network { model, params, spare: Mutex::new(Vec::new()), accel: None, stale: AtomicBool::new(false) })
     }
 
     /// Loads a weights file, checking every tensor name, shape and the metadata.
@@ -209,7 +215,7 @@ impl Network {
         if !unknown.is_empty() {
             return Err(format_err(path, format!("tensors a {arch} network does not have: {}", unknown.join(", "))));
         }
-        Ok(Network { model, params, spare: Mutex::new(Vec::new()) })
+        Ok(Network { model, params, spare: Mutex::new(Vec::new()), accel: None, stale: AtomicBool::new(false) })
     }
 
     /// The weights file for this network: every tensor plus nhpatch's metadata.
@@ -239,7 +245,29 @@ impl Network {
         &self.params
     }
     pub fn params_mut(&mut self) -> &mut [f32] {
+        self.stale.store(true, Ordering::Relaxed);
         &mut self.params
+    }
+
+    /// Runs `forward` (and so `denoise`, `describe`) on `device` from now on:
+    /// the parameters are uploaded once, patches go in batches, outputs come
+    /// back. `Device::Cpu` returns to the CPU. Errors when the device cannot
+    /// be opened (no GPU, no driver, a build without the `cuda` feature).
+    pub fn set_device(&mut self, device: Device) -> Result<()> {
+        self.accel = None;
+        if !device.is_cpu() {
+            self.accel = Some(Mutex::new(Accel::open(device, &self.model, &self.params)?));
+            self.stale.store(false, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The device `forward` runs on, in words ("cpu" without one).
+    pub fn device_name(&self) -> String {
+        match &self.accel {
+            Some(a) => a.lock().unwrap_or_else(|e| e.into_inner()).name().to_string(),
+            None => "cpu".into(),
+        }
     }
 
     /// Eval-mode outputs for `n` patches `[n, 32, 32]` (values 0..255), in
@@ -252,6 +280,14 @@ impl Network {
         let n = patches.len() / PATCH_LEN;
         let out_len = self.model.out_len();
         let mut out = vec![0.0f32; n * out_len];
+        if let Some(accel) = &self.accel {
+            let mut a = accel.lock().unwrap_or_else(|e| e.into_inner());
+            if self.stale.swap(false, Ordering::Relaxed) {
+                a.set_params(&self.params)?;
+            }
+            a.forward(patches, &mut out)?;
+            return Ok(out);
+        }
         let mut ws: Option<Workspace> = None;
         let result = patches.chunks(INFER_BATCH * PATCH_LEN).zip(out.chunks_mut(INFER_BATCH * out_len)).try_for_each(
             |(x, o)| {

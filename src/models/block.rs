@@ -35,11 +35,11 @@ pub(crate) struct Block {
     /// 1-based layer index: the `i` in `conv{i}` and `bn{i}`.
     pub index: usize,
     pub conv: Conv2d,
-    weight: Range<usize>,
-    bias: Option<Range<usize>>,
+    pub weight: Range<usize>,
+    pub bias: Option<Range<usize>>,
     /// BatchNorm config and the arena range of its tensors (`weight`, `bias` when affine, running stats).
-    bn: Option<(BatchNormConfig, Range<usize>)>,
-    relu: bool,
+    pub bn: Option<(BatchNormConfig, Range<usize>)>,
+    pub relu: bool,
 }
 
 /// How parameters are reached in a forward pass: training updates BN running
@@ -151,7 +151,7 @@ impl Block {
     }
 
     /// `(gamma, beta, running_mean, running_var)` ranges inside the BN range (gamma/beta empty without affine).
-    fn bn_ranges(cfg: &BatchNormConfig, r: &Range<usize>) -> [Range<usize>; 4] {
+    pub fn bn_ranges(cfg: &BatchNormConfig, r: &Range<usize>) -> [Range<usize>; 4] {
         let (p, c, s) = (cfg.param_len(), cfg.channels, r.start);
         [s..s + p, s + p..s + 2 * p, s + 2 * p..s + 2 * p + c, s + 2 * p + c..s + 2 * p + 2 * c]
     }

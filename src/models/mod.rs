@@ -15,7 +15,7 @@
 //! `backward` with the loss gradient w.r.t. the output, which accumulates
 //! into the gradient arena. `forward_eval` uses running statistics and no dropout.
 
-mod block;
+pub(crate) mod block;
 mod dncnn;
 mod hardnet;
 mod unet;
@@ -220,7 +220,7 @@ impl Model {
         Ok(())
     }
 
-    fn blocks(&self) -> &[Block] {
+    pub(crate) fn blocks(&self) -> &[Block] {
         match &self.net {
             Inner::Unet(m) => m.blocks(),
             Inner::Dncnn(m) => m.blocks(),
