@@ -2,10 +2,14 @@
 //! a warm-up, as the median of several timed repetitions. Training steps are
 //! the ones `nhpatch run` takes: denoisers on (noisy, clean) batches with L1
 //! (U-Net with SGD + Nesterov, DnCNN with Adam), HardNet on triplets with the
-//! triplet loss and plain SGD.
+//! triplet loss and plain SGD. With `--device cuda` the same steps run on the
+//! GPU (`nhpatch::gpu`): a training step uploads the batch and reads the loss
+//! back, an inference batch uploads the patches and reads the outputs back,
+//! so each repetition ends synchronised with the device.
 
 use clap::{Args, ValueEnum};
 use nhpatch::error::{Error, Result};
+use nhpatch::gpu::{Accel, Device, PointLoss, TupleLoss};
 use nhpatch::loss::l1::l1_loss;
 use nhpatch::loss::triplet::TripletLoss;
 use nhpatch::models::{Arch, DESC_LEN, Model, PATCH_LEN};
@@ -34,6 +38,8 @@ pub struct BenchArgs {
     batch: Option<usize>,
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    #[command(flatten)]
+    pub dev: super::DeviceArgs,
     /// Measured seconds (split into 5 repetitions).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -62,6 +68,43 @@ fn measure(seconds: f64, items: usize, mut step: impl FnMut() -> Result<()>) -> 
     }
     reps.sort_by(|a, b| a.total_cmp(b));
     Ok(reps)
+}
+
+/// The same workloads as `bench_model`, on a device.
+fn bench_device(arch: Arch, mode: Mode, batch: usize, seconds: f64, device: Device) -> Result<Throughput> {
+    let model = Model::new(arch)?;
+    let mut rng = Rng::new(1);
+    let params = model.init_params(&mut rng);
+    let patches = if mode == Mode::Train && !arch.is_denoiser() { 3 * batch } else { batch };
+    let x: Vec<f32> = (0..patches * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
+    let (reps, unit) = match mode {
+        Mode::Infer => {
+            let mut accel = Accel::open(device, &model, &params)?;
+            eprintln!("device: {}", accel.name());
+            let mut out = vec![0.0f32; batch * model.out_len()];
+            (measure(seconds, batch, || accel.forward(&x, &mut out))?, "patches/s")
+        }
+        Mode::Train => {
+            let (cfg, unit) = match arch {
+                Arch::Unet => {
+                    (OptimizerConfig::Sgd { lr: 1e-5, momentum: 0.9, nesterov: true, weight_decay: 0.0 }, "patches/s")
+                }
+                Arch::Dncnn => (OptimizerConfig::named("adam", 1e-3)?, "patches/s"),
+                _ => (OptimizerConfig::named("sgd", 0.1)?, "triplets/s"),
+            };
+            let mut opt = Optimizer::new(cfg, params.len())?;
+            let mut tr = nhpatch::gpu::trainer(device, &model, &params, &opt, patches)?
+                .ok_or_else(|| Error::InvalidArgument("bench_device needs a device".into()))?;
+            if arch.is_denoiser() {
+                let target: Vec<f32> = x.iter().map(|v| (v - 10.0).max(0.0)).collect();
+                (measure(seconds, batch, || tr.step_denoise(&x, &target, PointLoss::L1, &mut opt).map(|_| ()))?, unit)
+            } else {
+                let loss = TupleLoss::Triplet(TripletLoss::new(1.0)?);
+                (measure(seconds, batch, || tr.step_descriptor(&x, loss, &mut rng, &mut opt).map(|_| ()))?, unit)
+            }
+        }
+    };
+    Ok(Throughput { unit, median: reps[2], reps })
 }
 
 pub fn bench_model(arch: Arch, mode: Mode, batch: usize, seconds: f64) -> Result<Throughput> {
@@ -139,12 +182,21 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if !(a.seconds > 0.0 && a.seconds.is_finite()) {
         return Err(Error::InvalidArgument(format!("--seconds {} must be positive", a.seconds)));
     }
+    let device = a.dev.device;
+    device.check_compiled()?;
+    if batch == 0 {
+        return Err(Error::InvalidArgument("--batch must be at least 1".into()));
+    }
     let pool = nhpatch::threads::pool(a.threads)?;
     let threads = pool.current_num_threads();
-    let t = pool.install(|| bench_model(arch, a.mode, batch, a.seconds))?;
+    let t = pool.install(|| match device {
+        Device::Cpu => bench_model(arch, a.mode, batch, a.seconds),
+        d => bench_device(arch, a.mode, batch, a.seconds, d),
+    })?;
     let reps: Vec<String> = t.reps.iter().map(|r| format!("{r:.1}")).collect();
+    let on = if device.is_cpu() { format!("threads {threads}") } else { format!("device {device}") };
     println!(
-        "{arch} {:?} batch {batch} threads {threads}: {:.1} {} (median of 5; reps {})",
+        "{arch} {:?} batch {batch} {on}: {:.1} {} (median of 5; reps {})",
         a.mode,
         t.median,
         t.unit,

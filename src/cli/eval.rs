@@ -9,6 +9,7 @@ use nhpatch::eval::bench::{Benchmark, describe_dataset, load_catalog};
 use nhpatch::eval::descriptors::Descriptors;
 use nhpatch::eval::tasks::{GenOptions, generate};
 use nhpatch::eval::{descriptors, evaluate, synth};
+use nhpatch::gpu::Device;
 use nhpatch::io::{io_err, write_atomic};
 use nhpatch::net::{LoadOptions, Network};
 use std::path::{Path, PathBuf};
@@ -49,6 +50,8 @@ pub struct EvalArgs {
     /// Run the split-a-sized synthetic workload and print the wall time per task.
     #[arg(long)]
     bench: bool,
+    #[command(flatten)]
+    pub dev: super::DeviceArgs,
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -111,7 +114,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             eprintln!("{}", bench.source);
         }
         let descs = match (&a.weights, a.descriptors.as_deref()) {
-            (Some(w), _) => network_descriptors(dataset, &bench, w, a.denoiser.as_deref(), &a.input)?,
+            (Some(w), _) => network_descriptors(dataset, &bench, w, a.denoiser.as_deref(), &a.input, a.dev.device)?,
             (None, Some(dir)) => descriptors::read_dir(dir, &bench.catalog, delimiter)?,
             (None, None) => return Err(Error::InvalidArgument("give --descriptors DIR or --weights FILE".into())),
         };
@@ -199,6 +202,8 @@ pub struct ExportArgs {
     /// Delimiter: ',' or ';'.
     #[arg(long, default_value_t = ',')]
     delimiter: char,
+    #[command(flatten)]
+    pub dev: super::DeviceArgs,
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
@@ -212,10 +217,14 @@ pub fn input_version(input: &str) -> Result<Version> {
     }
 }
 
-/// Loads a descriptor (and optionally a denoiser), checking each is the right kind.
-pub fn load_networks(weights: &Path, denoiser: Option<&Path>) -> Result<(Network, Option<Network>)> {
-    let desc = Network::load_descriptor(weights, LoadOptions::default())?;
-    let den = denoiser.map(|p| Network::load_denoiser(p, LoadOptions::default())).transpose()?;
+/// Loads a descriptor (and optionally a denoiser), checking each is the right kind, onto `device`.
+pub fn load_networks(weights: &Path, denoiser: Option<&Path>, device: Device) -> Result<(Network, Option<Network>)> {
+    let mut desc = Network::load_descriptor(weights, LoadOptions::default())?;
+    desc.set_device(device)?;
+    let mut den = denoiser.map(|p| Network::load_denoiser(p, LoadOptions::default())).transpose()?;
+    if let Some(d) = &mut den {
+        d.set_device(device)?;
+    }
     Ok((desc, den))
 }
 
@@ -225,9 +234,10 @@ fn network_descriptors(
     weights: &Path,
     denoiser: Option<&Path>,
     input: &str,
+    device: Device,
 ) -> Result<Descriptors> {
     let version = input_version(input)?;
-    let (desc, den) = load_networks(weights, denoiser)?;
+    let (desc, den) = load_networks(weights, denoiser, device)?;
     let data = nhpatch::data::pack::open_dataset(dataset, 0)?;
     let t = Instant::now();
     let d = describe_dataset(&data, &bench.catalog, &desc, den.as_ref(), version)?;
@@ -247,7 +257,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
     nhpatch::threads::pool(a.threads)?.install(|| {
         let (catalog, _) = load_catalog(&a.dataset, &a.split)?;
         let version = input_version(&a.input)?;
-        let (desc, den) = load_networks(&a.weights, a.denoiser.as_deref())?;
+        let (desc, den) = load_networks(&a.weights, a.denoiser.as_deref(), a.dev.device)?;
         let data = nhpatch::data::pack::open_dataset(&a.dataset, 0)?;
         let d = describe_dataset(&data, &catalog, &desc, den.as_ref(), version)?;
         descriptors::write_dir(&a.out, &d, delimiter)?;

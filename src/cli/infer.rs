@@ -22,6 +22,8 @@ pub struct DenoiseArgs {
     /// Output: .npy (float32, N x 32 x 32) or .png (a strip, rounded and clipped to 0..255).
     #[arg(long)]
     output: PathBuf,
+    #[command(flatten)]
+    pub dev: super::DeviceArgs,
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -44,6 +46,8 @@ pub struct DescribeArgs {
     /// Output: .npy (float32, N x 128) or .csv (one row per patch).
     #[arg(long)]
     output: PathBuf,
+    #[command(flatten)]
+    pub dev: super::DeviceArgs,
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -66,7 +70,8 @@ fn load_denoiser(path: &Path, model: Option<&str>) -> Result<Network> {
 
 pub fn denoise(a: DenoiseArgs) -> Result<()> {
     let kind = check_output(&a.output, &["npy", "png"])?;
-    let net = load_denoiser(&a.weights, a.model.as_deref())?;
+    let mut net = load_denoiser(&a.weights, a.model.as_deref())?;
+    net.set_device(a.dev.device)?;
     let patches = io::load_patches(&a.input)?;
     let mut out = nhpatch::threads::pool(a.threads)?.install(|| net.denoise(&patches.data))?;
     match kind.as_str() {
@@ -85,14 +90,18 @@ pub fn describe(a: DescribeArgs) -> Result<()> {
     let kind = check_output(&a.output, &["npy", "csv"])?;
     let variant = a.variant.as_deref();
     let arch = if variant.is_some() { arch_arg(Some("hardnet"), variant)? } else { None };
-    let net = Network::load(&a.weights, LoadOptions { arch })?;
+    let mut net = Network::load(&a.weights, LoadOptions { arch })?;
     if net.arch().is_denoiser() {
         return Err(Error::Format {
             path: a.weights.clone(),
             msg: format!("holds a {} denoiser, not a HardNet descriptor (pass it as --denoiser)", net.arch()),
         });
     }
-    let denoiser = a.denoiser.as_deref().map(|p| load_denoiser(p, None)).transpose()?;
+    net.set_device(a.dev.device)?;
+    let mut denoiser = a.denoiser.as_deref().map(|p| load_denoiser(p, None)).transpose()?;
+    if let Some(d) = &mut denoiser {
+        d.set_device(a.dev.device)?;
+    }
     let patches = io::load_patches(&a.input)?;
     let desc = nhpatch::threads::pool(a.threads)?.install(|| -> Result<Vec<f32>> {
         match &denoiser {

@@ -55,6 +55,14 @@ enum Command {
     Kernels(KernelsArgs),
 }
 
+/// `--device`, shared by every command that runs a model.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct DeviceArgs {
+    /// Where models run: cpu, cuda or cuda:N (an NVIDIA GPU; needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: nhpatch::gpu::Device,
+}
+
 #[derive(clap::Args)]
 pub struct KernelsArgs {
     /// Also measure the single-thread FP32 FMA peak (about 2 seconds).

@@ -91,6 +91,8 @@ pub struct RunArgs {
     pub resume: bool,
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub dev: super::DeviceArgs,
 }
 
 impl RunArgs {
@@ -119,6 +121,7 @@ impl RunArgs {
             seed: Some(seed),
             resume: true,
             threads,
+            dev: super::DeviceArgs { device: nhpatch::gpu::Device::Cpu },
         }
     }
 }
@@ -163,6 +166,13 @@ pub struct RunSummary {
 
 pub fn run(a: RunArgs) -> Result<RunSummary> {
     let t_start = Instant::now();
+    a.dev.device.check_compiled()?;
+    if a.recipe == Recipe::Joint && a.joint_epochs > 0 && !a.dev.device.is_cpu() {
+        return Err(Error::InvalidArgument(format!(
+            "--recipe joint: joint training runs on the CPU only; use --device cpu or another recipe (not {})",
+            a.dev.device
+        )));
+    }
     let den_arch = match a.denoiser.as_deref() {
         None => a.recipe.denoiser(),
         Some("none") => None,
@@ -248,7 +258,9 @@ fn pipeline(a: &RunArgs, den_arch: Option<Arch>, desc_arch: Arch, out: &Path, t_
             ..Overrides::default()
         };
         over.apply(&mut cfg)?;
-        let (net, m) = run_denoiser(&cfg, &ds, &out.join("denoiser"), a.resume, None)?;
+        let (mut net, m) = run_denoiser(&cfg, &ds, &out.join("denoiser"), a.resume, (None, a.dev.device))?;
+        // Denoising the dataset for the descriptor stage runs where training did.
+        net.set_device(a.dev.device)?;
         timings.push(("denoiser training", t.elapsed().as_secs_f64()));
         (den_cfg, den, den_metrics) = (Some(cfg), Some(net), m);
     }
@@ -263,7 +275,8 @@ fn pipeline(a: &RunArgs, den_arch: Option<Arch>, desc_arch: Arch, out: &Path, t_
     }
     desc_cfg.epochs = separate;
     let desc_dir = out.join("descriptor");
-    let (mut descriptor, mut desc_metrics) = run_descriptor(&desc_cfg, &ds, den.as_ref(), &desc_dir, a.resume, None)?;
+    let (mut descriptor, mut desc_metrics) =
+        run_descriptor(&desc_cfg, &ds, den.as_ref(), &desc_dir, a.resume, (None, a.dev.device))?;
     timings.push(("descriptor training (incl. per-epoch evaluation)", t.elapsed().as_secs_f64()));
 
     // Evaluation input: the noisy test patches, through the denoiser (cached in a pack) when there is one.
@@ -307,6 +320,7 @@ fn pipeline(a: &RunArgs, den_arch: Option<Arch>, desc_arch: Arch, out: &Path, t_
     let t = Instant::now();
     let bench = Benchmark::prepare(&root, &a.split, None, 42)?;
     let bar = nhpatch::train::session::spinner("final evaluation");
+    descriptor.set_device(a.dev.device)?;
     let results = bench.evaluate_network(eval_data, &descriptor, None, eval_version);
     bar.finish_and_clear();
     let results = results?;

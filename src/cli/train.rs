@@ -7,6 +7,7 @@ use nhpatch::data::pack::{PackedDataset, open_dataset};
 use nhpatch::data::splits::Splits;
 use nhpatch::error::{Error, Result};
 use nhpatch::eval::bench::Benchmark;
+use nhpatch::gpu::Device;
 use nhpatch::models::Arch;
 use nhpatch::net::{LoadOptions, Network};
 use nhpatch::train::config::{InputKind, LrSchedule, OptimizerConfig, TrainConfig};
@@ -224,6 +225,8 @@ pub struct TrainDenoiserArgs {
     threads: usize,
     #[command(flatten)]
     dist: DistArgs,
+    #[command(flatten)]
+    pub dev: super::DeviceArgs,
 }
 
 /// Data-parallel training over MPI (`mpirun -n K nhpatch train-... --distributed`).
@@ -301,6 +304,8 @@ pub struct TrainDescriptorArgs {
     threads: usize,
     #[command(flatten)]
     dist: DistArgs,
+    #[command(flatten)]
+    pub dev: super::DeviceArgs,
 }
 
 fn arch_of(model: &str, variant: Option<&str>) -> Result<Arch> {
@@ -321,7 +326,7 @@ pub fn train_denoiser(a: TrainDenoiserArgs) -> Result<()> {
         }
         a.overrides.apply(&mut cfg)?;
         let root = par.as_ref().is_none_or(|p| p.rank() == 0);
-        let (_, m) = run_denoiser(&cfg, &ds, &a.out, a.resume, par)?;
+        let (_, m) = run_denoiser(&cfg, &ds, &a.out, a.resume, (par, a.dev.device))?;
         if root {
             summary("denoiser", &m, &a.out);
         }
@@ -335,9 +340,9 @@ pub fn run_denoiser(
     ds: &DatasetSplit,
     out: &Path,
     resume: bool,
-    par: Option<Parallel>,
+    (par, device): (Option<Parallel>, Device),
 ) -> Result<(Network, Vec<EpochMetrics>)> {
-    let run = RunDir::create(out, stage_info("denoiser", ds, &par))?.with_parallel(par);
+    let run = RunDir::create(out, stage_info("denoiser", ds, &par))?.with_parallel(par).with_device(device);
     denoiser::train(cfg, &ds.data, &ds.train, &ds.test, &run, resume)
 }
 
@@ -345,7 +350,11 @@ pub fn train_descriptor(a: TrainDescriptorArgs) -> Result<()> {
     let arch = arch_of("hardnet", Some(&a.variant))?;
     let input: InputKind = a.input.parse()?;
     let denoiser = match (input, &a.denoiser) {
-        (InputKind::Denoised, Some(p)) => Some(Network::load_denoiser(p, LoadOptions::default())?),
+        (InputKind::Denoised, Some(p)) => {
+            let mut d = Network::load_denoiser(p, LoadOptions::default())?;
+            d.set_device(a.dev.device)?;
+            Some(d)
+        }
         (InputKind::Denoised, None) => {
             return Err(Error::InvalidArgument("--input denoised needs --denoiser FILE".into()));
         }
@@ -365,7 +374,7 @@ pub fn train_descriptor(a: TrainDescriptorArgs) -> Result<()> {
         cfg.eval_every_epoch = !a.no_epoch_eval;
         a.overrides.apply(&mut cfg)?;
         let root = par.as_ref().is_none_or(|p| p.rank() == 0);
-        let (_, m) = run_descriptor(&cfg, &ds, denoiser.as_ref(), &a.out, a.resume, par)?;
+        let (_, m) = run_descriptor(&cfg, &ds, denoiser.as_ref(), &a.out, a.resume, (par, a.dev.device))?;
         if root {
             summary("descriptor", &m, &a.out);
         }
@@ -381,9 +390,9 @@ pub fn run_descriptor(
     denoiser: Option<&Network>,
     out: &Path,
     resume: bool,
-    par: Option<Parallel>,
+    (par, device): (Option<Parallel>, Device),
 ) -> Result<(Network, Vec<EpochMetrics>)> {
-    let run = RunDir::create(out, stage_info("descriptor", ds, &par))?.with_parallel(par);
+    let run = RunDir::create(out, stage_info("descriptor", ds, &par))?.with_parallel(par).with_device(device);
     // With a denoiser, every patch is denoised once into a cached pack: the
     // training sequences feed the sampler, the test sequences the evaluation.
     // Data-parallel, rank 0 writes it while the others wait, then they open it.

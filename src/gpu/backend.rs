@@ -17,8 +17,8 @@
 //! synchronise.
 //!
 //! Emulator: the same kernel source compiled for the host (`host.cc`), each
-//! kernel a sequential loop, and a naive column-major SGEMM with cuBLAS's
-//! argument checks. Allocations carry guard words on both sides, which
+//! kernel a sequential loop, and column-major SGEMM (matrixmultiply, with
+//! strides for the transposes) behind cuBLAS's argument checks. Allocations carry guard words on both sides, which
 //! `check_guards` verifies: a kernel writing out of bounds fails the tests.
 
 use crate::error::{Error, Result};
@@ -266,7 +266,7 @@ impl Backend {
         })
     }
 
-    /// The host emulator: the kernels' host build and a naive SGEMM.
+    /// The host emulator: the kernels' host build and a column-major SGEMM.
     pub fn emulator() -> Backend {
         Backend { engine: Engine::Emu(RefCell::new(Vec::new())), name: "emulator (host)".into(), ones: None.into() }
     }
@@ -480,22 +480,29 @@ impl Backend {
                 .map_err(|e| cuda_err("cublasSgemm", e))
             }
             None => {
-                let (a, b, c) = (a as *const f32, b as *const f32, c as *mut f32);
-                // SAFETY: emulator buffers sized by the caller for these dimensions.
+                // Column-major op(A)(i, l) is a[i + l*lda], or a[l + i*lda] transposed: as strides.
+                let (rsa, csa) = if ta { (lda, 1) } else { (1, lda) };
+                let (rsb, csb) = if tb { (ldb, 1) } else { (1, ldb) };
+                let s = |v: usize| v as isize;
+                // SAFETY: emulator buffers sized by the caller for these dimensions; with beta 0,
+                // C is written without being read, as in cuBLAS.
                 unsafe {
-                    for j in 0..n {
-                        for i in 0..m {
-                            let mut s = 0.0f32;
-                            for l in 0..k {
-                                let av = if ta { *a.add(l + i * lda) } else { *a.add(i + l * lda) };
-                                let bv = if tb { *b.add(j + l * ldb) } else { *b.add(l + j * ldb) };
-                                s += av * bv;
-                            }
-                            let cij = c.add(i + j * ldc);
-                            // beta == 0: C is not read, as in cuBLAS.
-                            *cij = if beta == 0.0 { alpha * s } else { alpha * s + beta * *cij };
-                        }
-                    }
+                    matrixmultiply::sgemm(
+                        m,
+                        k,
+                        n,
+                        alpha,
+                        a as *const f32,
+                        s(rsa),
+                        s(csa),
+                        b as *const f32,
+                        s(rsb),
+                        s(csb),
+                        beta,
+                        c as *mut f32,
+                        1,
+                        s(ldc),
+                    );
                 }
                 Ok(())
             }

@@ -89,6 +89,12 @@ pub fn train(
     let mut ws = model.workspace(own)?;
     let mut tail: Option<Workspace> = None; // a shorter last batch, sized once
     let steps = cfg.steps_per_epoch();
+    // On a device, parameters and optimizer state live there until the epoch ends.
+    if par.is_some() && !run.device.is_cpu() {
+        return Err(Error::InvalidArgument("--distributed trains on CPUs; it cannot be combined with --device".into()));
+    }
+    let device_loss = crate::gpu::PointLoss::parse(&cfg.loss)?;
+    let mut gpu = crate::gpu::trainer(run.device, &model, &st.params, &st.optimizer, b)?;
 
     let first_epoch = st.epochs_done;
     while st.epochs_done < cfg.epochs {
@@ -99,35 +105,49 @@ pub fn train(
         loop {
             let info = sampler.next_batch([&mut noisy, &mut clean])?;
             let n = info.items;
-            let (start, len) = par.as_ref().map_or((0, n), |p| p.share(n));
-            let w = if len == own { &mut ws } else { tail_ws(&mut tail, &model, len)? };
-            grads.iter_mut().for_each(|g| *g = 0.0);
-            let (x, target) = match &par {
-                Some(p) => {
-                    Parallel::take(&mut x_own, &noisy, 1, n, (start, len), PATCH_LEN);
-                    Parallel::take(&mut c_own, &clean, 1, n, (start, len), PATCH_LEN);
-                    p.bind(w, start, n, 1)?;
-                    (&x_own[..len * PATCH_LEN], &c_own[..len * PATCH_LEN])
+            let loss = match gpu.as_mut() {
+                Some(g) => {
+                    // The whole step on the device: the batch goes in, the loss comes out.
+                    st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step));
+                    let x = &noisy[..n * PATCH_LEN];
+                    let loss = g.step_denoise(x, &clean[..n * PATCH_LEN], device_loss, &mut st.optimizer)?;
+                    step += 1;
+                    session::check_loss(loss, epoch, step, run, st.epochs_done)?;
+                    loss
                 }
-                None => (&noisy[..n * PATCH_LEN], &clean[..n * PATCH_LEN]),
+                None => {
+                    let (start, len) = par.as_ref().map_or((0, n), |p| p.share(n));
+                    let w = if len == own { &mut ws } else { tail_ws(&mut tail, &model, len)? };
+                    grads.iter_mut().for_each(|g| *g = 0.0);
+                    let (x, target) = match &par {
+                        Some(p) => {
+                            Parallel::take(&mut x_own, &noisy, 1, n, (start, len), PATCH_LEN);
+                            Parallel::take(&mut c_own, &clean, 1, n, (start, len), PATCH_LEN);
+                            p.bind(w, start, n, 1)?;
+                            (&x_own[..len * PATCH_LEN], &c_own[..len * PATCH_LEN])
+                        }
+                        None => (&noisy[..n * PATCH_LEN], &clean[..n * PATCH_LEN]),
+                    };
+                    let out = model.forward_train(w, &mut st.params, x, &mut st.dropout)?;
+                    let d = &mut dout[..len * PATCH_LEN];
+                    d.iter_mut().for_each(|v| *v = 0.0);
+                    let mut loss = lossf(d, out, target)? as f64;
+                    if let Some(p) = &par {
+                        // The loss is a mean over the global batch: this share weighs len / n of it.
+                        scale(d, len as f32 / n as f32);
+                        loss = p.mean_loss(loss, len, n)?;
+                    }
+                    step += 1;
+                    session::check_loss(loss, epoch, step, run, st.epochs_done)?;
+                    model.backward(w, &st.params, &mut grads, d)?;
+                    if let Some(p) = &par {
+                        p.sum_grads(&mut grads)?;
+                    }
+                    st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step - 1));
+                    st.optimizer.step(&mut st.params, &grads, &ranges)?;
+                    loss
+                }
             };
-            let out = model.forward_train(w, &mut st.params, x, &mut st.dropout)?;
-            let d = &mut dout[..len * PATCH_LEN];
-            d.iter_mut().for_each(|v| *v = 0.0);
-            let mut loss = lossf(d, out, target)? as f64;
-            if let Some(p) = &par {
-                // The loss is a mean over the global batch: this share weighs len / n of it.
-                scale(d, len as f32 / n as f32);
-                loss = p.mean_loss(loss, len, n)?;
-            }
-            step += 1;
-            session::check_loss(loss, epoch, step, run, st.epochs_done)?;
-            model.backward(w, &st.params, &mut grads, d)?;
-            if let Some(p) = &par {
-                p.sum_grads(&mut grads)?;
-            }
-            st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step - 1));
-            st.optimizer.step(&mut st.params, &grads, &ranges)?;
             loss_sum += loss * n as f64;
             items += n as u64;
             bar.inc(1);
@@ -138,6 +158,9 @@ pub fn train(
         }
         if let Some(p) = &par {
             p.sync_params(&mut st.params)?;
+        }
+        if let Some(g) = &gpu {
+            g.download(&mut st.params, &mut st.optimizer)?;
         }
         bar.finish_and_clear();
         let seconds = t0.elapsed().as_secs_f64();

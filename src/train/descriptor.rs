@@ -81,6 +81,14 @@ impl Loss {
         }
     }
 
+    /// The same loss for the device trainer.
+    fn on_device(&self) -> crate::gpu::TupleLoss {
+        match self {
+            Loss::Triplet(t) => crate::gpu::TupleLoss::Triplet(*t),
+            Loss::HardNet(h, _) => crate::gpu::TupleLoss::HardNet(*h),
+        }
+    }
+
     /// Whether the loss of an item depends on the other items of its batch (hardest-in-batch negatives).
     fn needs_whole_batch(&self) -> bool {
         matches!(self, Loss::HardNet(..))
@@ -225,6 +233,12 @@ pub fn train(
     let mut tail: Option<Workspace> = None;
     let steps = cfg.steps_per_epoch();
     let unit = if k == 3 { "triplets" } else { "pairs" };
+    // On a device, parameters and optimizer state live there until the epoch ends.
+    if par.is_some() && !run.device.is_cpu() {
+        return Err(Error::InvalidArgument("--distributed trains on CPUs; it cannot be combined with --device".into()));
+    }
+    let device_loss = loss.on_device();
+    let mut gpu = crate::gpu::trainer(run.device, &model, &st.params, &st.optimizer, k * b)?;
 
     let first_epoch = st.epochs_done;
     while st.epochs_done < cfg.epochs {
@@ -234,48 +248,62 @@ pub fn train(
         let (mut loss_sum, mut items, mut step) = (0.0f64, 0u64, 0u64);
         loop {
             let (n, last) = draw(&mut sampler, &mut x, b)?;
-            let (start, len) = par.as_ref().map_or((0, n), |p| p.share(n));
-            let w = if len == own { &mut ws } else { tail_ws(&mut tail, &model, k * len)? };
-            grads.iter_mut().for_each(|g| *g = 0.0);
-            let input = match &par {
-                Some(p) => {
-                    Parallel::take(&mut x_own, &x, k, n, (start, len), PATCH_LEN);
-                    p.bind(w, start, n, k)?;
-                    &x_own[..k * len * PATCH_LEN]
-                }
-                None => &x[..k * n * PATCH_LEN],
-            };
-            let out = model.forward_train(w, &mut st.params, input, &mut st.dropout)?;
-            let d = &mut dout[..k * len * DESC_LEN];
-            d.iter_mut().for_each(|v| *v = 0.0);
-            let l = match &par {
-                None => loss.eval(d, out, n)?,
-                Some(p) if loss.needs_whole_batch() => {
-                    // Hardest-in-batch: every rank scores the whole batch, keeps its rows' gradient.
-                    let (all, g_all) = (&mut desc_all[..k * n * DESC_LEN], &mut grad_all[..k * n * DESC_LEN]);
-                    all.iter_mut().for_each(|v| *v = 0.0);
-                    Parallel::put(all, out, k, n, (start, len), DESC_LEN);
-                    p.comm.sum_f32(all)?;
-                    g_all.iter_mut().for_each(|v| *v = 0.0);
-                    let l = loss.eval(g_all, all, n)?;
-                    Parallel::take(d, g_all, k, n, (start, len), DESC_LEN);
+            let l = match gpu.as_mut() {
+                Some(g) => {
+                    // The whole step on the device: the batch goes in, the loss comes out.
+                    st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step));
+                    let l =
+                        g.step_descriptor(&x[..k * n * PATCH_LEN], device_loss, &mut st.dropout, &mut st.optimizer)?;
+                    step += 1;
+                    session::check_loss(l, epoch, step, run, st.epochs_done)?;
                     l
                 }
-                Some(p) => {
-                    // A mean over items: this share weighs len / n of the global batch's.
-                    let l = loss.eval(d, out, len)?;
-                    scale(d, len as f32 / n as f32);
-                    p.mean_loss(l, len, n)?
+                None => {
+                    let (start, len) = par.as_ref().map_or((0, n), |p| p.share(n));
+                    let w = if len == own { &mut ws } else { tail_ws(&mut tail, &model, k * len)? };
+                    grads.iter_mut().for_each(|g| *g = 0.0);
+                    let input = match &par {
+                        Some(p) => {
+                            Parallel::take(&mut x_own, &x, k, n, (start, len), PATCH_LEN);
+                            p.bind(w, start, n, k)?;
+                            &x_own[..k * len * PATCH_LEN]
+                        }
+                        None => &x[..k * n * PATCH_LEN],
+                    };
+                    let out = model.forward_train(w, &mut st.params, input, &mut st.dropout)?;
+                    let d = &mut dout[..k * len * DESC_LEN];
+                    d.iter_mut().for_each(|v| *v = 0.0);
+                    let l = match &par {
+                        None => loss.eval(d, out, n)?,
+                        Some(p) if loss.needs_whole_batch() => {
+                            // Hardest-in-batch: every rank scores the whole batch, keeps its rows' gradient.
+                            let (all, g_all) = (&mut desc_all[..k * n * DESC_LEN], &mut grad_all[..k * n * DESC_LEN]);
+                            all.iter_mut().for_each(|v| *v = 0.0);
+                            Parallel::put(all, out, k, n, (start, len), DESC_LEN);
+                            p.comm.sum_f32(all)?;
+                            g_all.iter_mut().for_each(|v| *v = 0.0);
+                            let l = loss.eval(g_all, all, n)?;
+                            Parallel::take(d, g_all, k, n, (start, len), DESC_LEN);
+                            l
+                        }
+                        Some(p) => {
+                            // A mean over items: this share weighs len / n of the global batch's.
+                            let l = loss.eval(d, out, len)?;
+                            scale(d, len as f32 / n as f32);
+                            p.mean_loss(l, len, n)?
+                        }
+                    };
+                    step += 1;
+                    session::check_loss(l, epoch, step, run, st.epochs_done)?;
+                    model.backward(w, &st.params, &mut grads, d)?;
+                    if let Some(p) = &par {
+                        p.sum_grads(&mut grads)?;
+                    }
+                    st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step - 1));
+                    st.optimizer.step(&mut st.params, &grads, &ranges)?;
+                    l
                 }
             };
-            step += 1;
-            session::check_loss(l, epoch, step, run, st.epochs_done)?;
-            model.backward(w, &st.params, &mut grads, d)?;
-            if let Some(p) = &par {
-                p.sum_grads(&mut grads)?;
-            }
-            st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step - 1));
-            st.optimizer.step(&mut st.params, &grads, &ranges)?;
             loss_sum += l * n as f64;
             items += n as u64;
             bar.inc(1);
@@ -287,9 +315,14 @@ pub fn train(
         if let Some(p) = &par {
             p.sync_params(&mut st.params)?;
         }
+        if let Some(g) = &gpu {
+            g.download(&mut st.params, &mut st.optimizer)?;
+        }
         bar.finish_and_clear();
         let seconds = t0.elapsed().as_secs_f64();
-        let net = Network::from_params(Model::new(arch)?, st.params.clone())?;
+        let mut net = Network::from_params(Model::new(arch)?, st.params.clone())?;
+        // Validation and evaluation describe on the training device.
+        net.set_device(run.device)?;
         // Validation and evaluation run on rank 0 only; the others wait at the next step's first collective.
         let val_loss = if val_n > 0 && !val.1.is_empty() && run.is_root() {
             let out = net.describe(&val_x)?;

@@ -27,6 +27,8 @@ pub struct RunDir {
     pub extra: serde_json::Value,
     /// The group of ranks of a data-parallel stage; only rank 0 writes files and logs.
     pub parallel: Option<Parallel>,
+    /// Where the stage trains (`--device`).
+    pub device: crate::gpu::Device,
 }
 
 impl RunDir {
@@ -34,12 +36,18 @@ impl RunDir {
     /// only once a run has really started (after any checkpoint was accepted).
     pub fn create(dir: &Path, extra: serde_json::Value) -> Result<RunDir> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        Ok(RunDir { dir: dir.to_path_buf(), extra, parallel: None })
+        Ok(RunDir { dir: dir.to_path_buf(), extra, parallel: None, device: crate::gpu::Device::Cpu })
     }
 
     /// The stage runs data-parallel over `p`'s ranks.
     pub fn with_parallel(mut self, p: Option<Parallel>) -> RunDir {
         self.parallel = p;
+        self
+    }
+
+    /// The stage trains on `device`.
+    pub fn with_device(mut self, device: crate::gpu::Device) -> RunDir {
+        self.device = device;
         self
     }
 

@@ -1,0 +1,180 @@
+//! `--device` through the command line: every command that runs a model
+//! refuses a device it cannot open with a message saying why (a build
+//! without the `cuda` feature, no driver, an unknown name) and writes
+//! nothing; and, with the feature, training stages, inference and the
+//! benchmark run on the CUDA path's host emulator (`--device emu`) and agree
+//! with the CPU.
+
+mod common;
+
+use common::cli::{dir, fails, ok, s};
+use std::path::{Path, PathBuf};
+
+fn dataset(d: &Path) -> PathBuf {
+    let root = d.join("data");
+    ok(&["synth", "--out", s(&root), "--sequences", "4", "--patches", "48", "--seed", "7"]);
+    root
+}
+
+/// Whether this machine has a GPU the CUDA build would open.
+fn gpu_present() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        nhpatch::gpu::backend::device_count() > 0
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
+#[test]
+fn unavailable_devices_fail_cleanly_on_every_command() {
+    if gpu_present() {
+        eprintln!("skipped: a GPU is present, so --device cuda does not fail here");
+        return;
+    }
+    let d = dir("device-errors");
+    let data = dataset(&d);
+    let (unet, hardnet) = (d.join("unet.safetensors"), d.join("hardnet.safetensors"));
+    ok(&["init", "--model", "unet", "--seed", "1", "--out", s(&unet)]);
+    ok(&["init", "--model", "hardnet", "--seed", "2", "--out", s(&hardnet)]);
+    let patches = d.join("patches.npy");
+    nhpatch::io::npy::write_f32(&patches, &[2, 32, 32], &[100.0; 2048]).unwrap();
+    let out = |name: &str| d.join(name).to_str().unwrap().to_string();
+    let (o1, o2, o3, o4, o5) = (out("den"), out("desc"), out("run"), out("x.npy"), out("y.npy"));
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["train-denoiser", "--dataset", s(&data), "--out", &o1, "--epochs", "1", "--items", "8"],
+        vec!["train-descriptor", "--dataset", s(&data), "--out", &o2, "--epochs", "1", "--items", "8"],
+        vec!["run", "--dataset", s(&data), "--out", &o3],
+        vec!["denoise", "--weights", s(&unet), "--input", s(&patches), "--output", &o4],
+        vec!["describe", "--weights", s(&hardnet), "--input", s(&patches), "--output", &o5],
+        vec!["eval", "--dataset", s(&data), "--weights", s(&hardnet)],
+        vec!["bench", "--model", "unet", "--mode", "infer", "--seconds", "0.1"],
+    ];
+    for c in &commands {
+        for device in ["cuda", "cuda:1"] {
+            let mut args = c.clone();
+            args.extend(["--device", device]);
+            let err = fails(&args);
+            let why = if cfg!(feature = "cuda") { "no CUDA driver found" } else { "built without CUDA support" };
+            assert!(err.contains(why) && err.contains("--device"), "{args:?}: {err}");
+        }
+        let mut args = c.clone();
+        args.extend(["--device", "gpu"]);
+        assert!(fails(&args).contains("unknown device 'gpu'"), "{args:?}");
+    }
+    for written in [&o1, &o2, &o3] {
+        assert!(!Path::new(written).join("model.safetensors").exists(), "{written} has weights");
+    }
+    for written in [&o4, &o5] {
+        assert!(!Path::new(written).exists(), "{written} was written");
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod emulated {
+    use super::*;
+
+    fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn weights(path: &Path) -> Vec<f32> {
+        let net = nhpatch::net::Network::load(path, nhpatch::net::LoadOptions::default()).unwrap();
+        net.params().to_vec()
+    }
+
+    /// `|a - b| <= tol (max |b| + |b|)` everywhere.
+    fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f64) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        let scale = b.iter().fold(1.0f64, |m, &v| m.max((v as f64).abs()));
+        for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                ((x - y) as f64).abs() <= tol * (scale + (y as f64).abs()),
+                "{what}: element {i}: {x} on the device, {y} on the CPU"
+            );
+        }
+    }
+
+    /// Two stages, each trained on the CPU and on the emulator from the same
+    /// seed: the per-epoch losses and the final weights agree; the device
+    /// stage also resumes from its checkpoint.
+    #[test]
+    fn training_stages_on_the_emulator_match_the_cpu() {
+        let d = dir("device-train");
+        let data = dataset(&d);
+        let stage = |kind: &str, device: &str, extra: &[&str]| {
+            let out = d.join(format!("{kind}-{device}"));
+            let mut args = vec![kind, "--dataset", s(&data), "--out", s(&out), "--device", device, "--threads", "1"];
+            args.extend(["--epochs", "2", "--optimizer", "sgd", "--momentum", "0.9", "--seed", "4"]);
+            args.extend(extra);
+            ok(&args);
+            out
+        };
+        let den = ["--items", "16", "--batch", "8", "--lr", "1e-6", "--val-items", "8"];
+        let desc = [
+            "--variant",
+            "original",
+            "--loss",
+            "hardnet",
+            "--items",
+            "12",
+            "--batch",
+            "6",
+            "--lr",
+            "0.01",
+            "--val-items",
+            "0",
+            "--no-epoch-eval",
+        ];
+        for (kind, extra) in [("train-denoiser", &den[..]), ("train-descriptor", &desc[..])] {
+            let (cpu, emu) = (stage(kind, "cpu", extra), stage(kind, "emu", extra));
+            let (mc, me) = (metrics(&cpu), metrics(&emu));
+            assert_eq!(mc.len(), 2);
+            for (c, e) in mc.iter().zip(&me) {
+                let (lc, le) = (c["train_loss"].as_f64().unwrap(), e["train_loss"].as_f64().unwrap());
+                assert!((lc - le).abs() <= 1e-4 * (1.0 + lc.abs()), "{kind} loss: cpu {lc}, emulator {le}");
+            }
+            let (wc, we) = (weights(&cpu.join("model.safetensors")), weights(&emu.join("model.safetensors")));
+            assert_close(&format!("{kind} weights"), &we, &wc, 1e-4);
+            // A finished run resumes to the same weights (the checkpoint held the device's state).
+            let mut args = vec![kind, "--dataset", s(&data), "--out", s(&emu), "--device", "emu", "--threads", "1"];
+            args.extend(["--epochs", "2", "--optimizer", "sgd", "--momentum", "0.9", "--seed", "4", "--resume"]);
+            args.extend(extra);
+            ok(&args);
+            assert_eq!(weights(&emu.join("model.safetensors")), we, "{kind}: resume changed the weights");
+        }
+    }
+
+    #[test]
+    fn inference_and_bench_on_the_emulator() {
+        let d = dir("device-infer");
+        let (unet, hardnet) = (d.join("unet.safetensors"), d.join("hardnet.safetensors"));
+        ok(&["init", "--model", "unet", "--seed", "1", "--out", s(&unet)]);
+        ok(&["init", "--model", "hardnet", "--variant", "original", "--seed", "2", "--out", s(&hardnet)]);
+        let patches = d.join("patches.npy");
+        let values: Vec<f32> = (0..3 * 1024).map(|i| ((i * 37) % 256) as f32).collect();
+        nhpatch::io::npy::write_f32(&patches, &[3, 32, 32], &values).unwrap();
+        let mut outs = Vec::new();
+        for device in ["cpu", "emu"] {
+            let (den, desc) = (d.join(format!("den-{device}.npy")), d.join(format!("desc-{device}.npy")));
+            ok(&["denoise", "--weights", s(&unet), "--input", s(&patches), "--output", s(&den), "--device", device]);
+            let args = ["describe", "--weights", s(&hardnet), "--denoiser", s(&unet), "--input", s(&patches)];
+            ok(&[&args[..], &["--output", s(&desc), "--device", device]].concat());
+            outs.push((nhpatch::io::npy::read(&den).unwrap().data, nhpatch::io::npy::read(&desc).unwrap().data));
+        }
+        assert_close("denoised patches", &outs[1].0, &outs[0].0, 1e-4);
+        assert_close("descriptors", &outs[1].1, &outs[0].1, 1e-4);
+        for (model, mode) in [("unet", "train"), ("hardnet", "infer")] {
+            let args =
+                ["bench", "--model", model, "--mode", mode, "--batch", "2", "--seconds", "0.2", "--device", "emu"];
+            let line = ok(&args);
+            assert!(line.contains("device emu") && line.contains("/s (median of 5"), "{line}");
+        }
+    }
+}
