@@ -165,7 +165,8 @@ pub fn train(
         bar.finish_and_clear();
         let seconds = t0.elapsed().as_secs_f64();
         let val_loss = if run.is_root() {
-            let net = Network::from_params(Model::new(arch)?, st.params.clone())?;
+            let mut net = Network::from_params(Model::new(arch)?, st.params.clone())?;
+            net.set_device(run.device)?;
             validation_loss(&net, &cfg.loss, &val_noisy, &val_clean)?
         } else {
             None
