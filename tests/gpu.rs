@@ -600,3 +600,26 @@ fn one_training_step_per_model_matches() {
         }
     }
 }
+
+/// `Network` on a device: one workspace serves batches of any size (smaller
+/// ones in its first rows), and parameters changed through `params_mut` are
+/// uploaded again before the next call.
+#[test]
+fn network_on_a_device_serves_every_batch_size() {
+    for arch in [Arch::Unet, Arch::HardNetOriginal] {
+        let cpu = nhpatch::net::Network::init(arch, 3).unwrap();
+        let mut dev = nhpatch::net::Network::init(arch, 3).unwrap();
+        dev.set_device(Device::Emulator).unwrap();
+        assert_eq!(dev.device_name(), "emulator (host)");
+        let be = Backend::emulator();
+        for n in [3, 5, 2] {
+            let x = rand(n * PATCH_LEN, n as u64, 0.0, 255.0);
+            close(&format!("{arch} batch {n}"), &be, &dev.forward(&x).unwrap(), &cpu.forward(&x).unwrap());
+        }
+        let mut cpu2 = nhpatch::net::Network::init(arch, 3).unwrap();
+        cpu2.params_mut().iter_mut().for_each(|p| *p *= 0.5);
+        dev.params_mut().iter_mut().for_each(|p| *p *= 0.5);
+        let x = rand(4 * PATCH_LEN, 9, 0.0, 255.0);
+        close(&format!("{arch} after params_mut"), &be, &dev.forward(&x).unwrap(), &cpu2.forward(&x).unwrap());
+    }
+}

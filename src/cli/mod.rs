@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand};
 use nhpatch::Result;
 
 #[derive(Parser)]
-#[command(name = "nhpatch", version, about = "Train and run patch denoisers and the HardNet descriptor on the CPU")]
+#[command(
+    name = "nhpatch",
+    version,
+    about = "Train and run patch denoisers and the HardNet descriptor on the CPU (or an NVIDIA GPU with --features cuda)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

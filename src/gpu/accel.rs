@@ -1,6 +1,12 @@
 //! Eval forward of a `Network` on a device: parameters uploaded once (again
-//! after they change), patches in batches of `BATCH`, outputs copied back.
-//! What `Network::forward` runs when the network was put on a device.
+//! after they change), patches in batches of up to `BATCH`, outputs copied
+//! back. What `Network::forward` runs when the network was put on a device.
+//!
+//! One workspace serves every batch size: a shorter batch runs in the
+//! workspace's first rows (eval rows are independent: BatchNorm uses its
+//! running statistics) and only those come back. The workspace grows when a
+//! larger batch arrives, doubling up to `BATCH`, so a program that describes
+//! batches of every size holds a bounded amount of device memory.
 
 use super::backend::{Backend, Buf};
 use super::model::{GpuModel, GpuWs};
@@ -15,8 +21,8 @@ pub struct Accel {
     be: Backend,
     model: GpuModel,
     params: Buf,
-    /// The full-batch workspace and one for a shorter last batch.
-    wss: Vec<GpuWs>,
+    /// The workspace, sized for the largest batch so far (see the module header).
+    ws: Option<GpuWs>,
 }
 
 impl Accel {
@@ -24,7 +30,7 @@ impl Accel {
         let be = device.open()?;
         let p = be.alloc(params.len())?;
         be.upload(p, params)?;
-        Ok(Accel { model: GpuModel::new(model), params: p, wss: Vec::new(), be })
+        Ok(Accel { model: GpuModel::new(model), params: p, ws: None, be })
     }
 
     pub fn name(&self) -> &str {
@@ -41,17 +47,12 @@ impl Accel {
         let ol = self.model.out_len();
         for (xb, ob) in x.chunks(BATCH * PATCH_LEN).zip(out.chunks_mut(BATCH * ol)) {
             let n = xb.len() / PATCH_LEN;
-            let i = match self.wss.iter().position(|w| w.batch() == n) {
-                Some(i) => i,
-                None => {
-                    if self.wss.len() == 2 {
-                        self.wss.pop();
-                    }
-                    self.wss.push(self.model.workspace(&self.be, n)?);
-                    self.wss.len() - 1
-                }
-            };
-            let ws = &mut self.wss[i];
+            let cap = self.ws.as_ref().map_or(0, GpuWs::batch);
+            if n > cap {
+                // Buffers of a replaced workspace stay with the backend until it drops: at most log2(BATCH) of them.
+                self.ws = Some(self.model.workspace(&self.be, n.max(2 * cap).min(BATCH))?);
+            }
+            let ws = self.ws.as_mut().expect("workspace made above");
             self.be.upload(ws.input, xb)?;
             let y = self.model.forward(&self.be, ws, self.params, None)?;
             self.be.download(y, ob)?;

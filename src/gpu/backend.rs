@@ -250,7 +250,15 @@ impl Backend {
         let name = ctx.name().map_err(|e| cuda_err("reading the device name", e))?;
         let stream = ctx.default_stream();
         let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| cuda_err("creating cuBLAS", e))?;
-        let ptx = compile_ptx()?;
+        // NVRTC runs once per process; later devices (a network put on the GPU each epoch) reuse its PTX.
+        static PTX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let ptx = match PTX.get() {
+            Some(p) => p.clone(),
+            None => {
+                let p = compile_ptx()?;
+                PTX.get_or_init(|| p).clone()
+            }
+        };
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
             .map_err(|e| cuda_err("loading the compiled kernels", e))?;

@@ -50,7 +50,8 @@ pub struct GpuTrainer {
     dout: Buf,
     terms: Buf,
     loss: Buf,
-    hn: Option<HnBufs>,
+    /// HardNet loss scratch by batch size (the full batch and a shorter last one).
+    hn: Vec<HnBufs>,
 }
 
 impl GpuTrainer {
@@ -91,7 +92,7 @@ impl GpuTrainer {
             dout: be.alloc(out)?,
             terms: be.alloc(out)?,
             loss: be.alloc(1)?,
-            hn: None,
+            hn: Vec::new(),
             be,
         })
     }
@@ -181,9 +182,9 @@ impl GpuTrainer {
     }
 
     fn hardnet_loss(&mut self, h: HardNetLoss, out: Buf, b: usize) -> Result<f64> {
-        if self.hn.as_ref().is_none_or(|hn| hn.b != b) {
+        if !self.hn.iter().any(|hn| hn.b == b) {
             let be = &self.be;
-            self.hn = Some(HnBufs {
+            self.hn.push(HnBufs {
                 b,
                 dist: be.alloc(b * b)?,
                 neg_row: be.alloc(b)?,
@@ -192,7 +193,7 @@ impl GpuTrainer {
                 k_neg: be.alloc(b)?,
             });
         }
-        let hn = self.hn.as_ref().expect("HardNet loss buffers");
+        let hn = self.hn.iter().find(|hn| hn.b == b).expect("HardNet loss buffers");
         let (be, d) = (&self.be, DESC_LEN);
         let (anchors, positives) = (out.at(0), out.at(b * d));
         let ints = [d as i64, b as i64, h.anchor_swap as i64];

@@ -86,7 +86,8 @@ pub fn train(
     let (mut x_own, mut c_own) = (vec![0.0; own * PATCH_LEN], vec![0.0; own * PATCH_LEN]);
     let mut dout = vec![0.0; own * PATCH_LEN];
     let mut grads = model.zero_grads();
-    let mut ws = model.workspace(own)?;
+    // On a device the CPU workspace is a one-patch placeholder.
+    let mut ws = model.workspace(if run.device.is_cpu() { own } else { 1 })?;
     let mut tail: Option<Workspace> = None; // a shorter last batch, sized once
     let steps = cfg.steps_per_epoch();
     // On a device, parameters and optimizer state live there until the epoch ends.

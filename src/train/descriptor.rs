@@ -229,7 +229,8 @@ pub fn train(
     let mut desc_all = vec![0.0f32; if par.is_some() { k * b * DESC_LEN } else { 0 }];
     let mut grad_all = desc_all.clone();
     let mut grads = model.zero_grads();
-    let mut ws = model.workspace(k * own)?;
+    // On a device the CPU workspace is a one-patch placeholder.
+    let mut ws = model.workspace(if run.device.is_cpu() { k * own } else { 1 })?;
     let mut tail: Option<Workspace> = None;
     let steps = cfg.steps_per_epoch();
     let unit = if k == 3 { "triplets" } else { "pairs" };
