@@ -183,7 +183,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         return Err(Error::InvalidArgument(format!("--seconds {} must be positive", a.seconds)));
     }
     let device = a.dev.device;
-    device.check_compiled()?;
+    device.check_available()?;
     if batch == 0 {
         return Err(Error::InvalidArgument("--batch must be at least 1".into()));
     }

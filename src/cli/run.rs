@@ -166,7 +166,7 @@ pub struct RunSummary {
 
 pub fn run(a: RunArgs) -> Result<RunSummary> {
     let t_start = Instant::now();
-    a.dev.device.check_compiled()?;
+    a.dev.device.check_available()?;
     if a.recipe == Recipe::Joint && a.joint_epochs > 0 && !a.dev.device.is_cpu() {
         return Err(Error::InvalidArgument(format!(
             "--recipe joint: joint training runs on the CPU only; use --device cpu or another recipe (not {})",

@@ -317,6 +317,7 @@ pub fn train_denoiser(a: TrainDenoiserArgs) -> Result<()> {
     if !arch.is_denoiser() {
         return Err(Error::InvalidArgument(format!("--model {}: a denoiser is unet or dncnn", a.model)));
     }
+    a.dev.device.check_available()?;
     let par = a.dist.parallel()?;
     nhpatch::threads::pool(a.threads)?.install(|| {
         let ds = DatasetSplit::open(&a.dataset, &a.split, 0)?;
@@ -349,6 +350,7 @@ pub fn run_denoiser(
 pub fn train_descriptor(a: TrainDescriptorArgs) -> Result<()> {
     let arch = arch_of("hardnet", Some(&a.variant))?;
     let input: InputKind = a.input.parse()?;
+    a.dev.device.check_available()?;
     let denoiser = match (input, &a.denoiser) {
         (InputKind::Denoised, Some(p)) => {
             let mut d = Network::load_denoiser(p, LoadOptions::default())?;

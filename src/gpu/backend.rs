@@ -221,25 +221,30 @@ pub fn device_count() -> usize {
     cudarc::driver::CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
 }
 
+/// Whether the driver is present and reports GPU `ordinal` (the error says which is missing).
+pub fn check_ordinal(ordinal: usize) -> Result<()> {
+    // SAFETY: only probes whether the library can be opened.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::InvalidArgument(format!(
+            "--device cuda:{ordinal}: no CUDA driver found (libcuda.so): this machine has no NVIDIA GPU or driver"
+        )));
+    }
+    let count = cudarc::driver::CudaContext::device_count().map_err(|e| cuda_err("counting GPUs", e))?;
+    if ordinal >= count.max(0) as usize {
+        return Err(Error::InvalidArgument(format!(
+            "--device cuda:{ordinal}: the driver reports {count} GPU(s){}",
+            if count > 0 { format!(" (valid: cuda:0 .. cuda:{})", count - 1) } else { String::new() }
+        )));
+    }
+    Ok(())
+}
+
 impl Backend {
     /// The GPU `ordinal`: context, stream, cuBLAS handle and the kernels compiled with NVRTC.
     pub fn cuda(ordinal: usize) -> Result<Backend> {
-        // SAFETY: these only probe whether the libraries can be opened.
-        let (driver, blas) =
-            unsafe { (cudarc::driver::sys::is_culib_present(), cudarc::cublas::sys::is_culib_present()) };
-        if !driver {
-            return Err(Error::InvalidArgument(
-                "--device cuda: no CUDA driver found (libcuda.so): this machine has no NVIDIA GPU or driver".into(),
-            ));
-        }
-        let count = cudarc::driver::CudaContext::device_count().map_err(|e| cuda_err("counting GPUs", e))?;
-        if ordinal >= count.max(0) as usize {
-            return Err(Error::InvalidArgument(format!(
-                "--device cuda:{ordinal}: the driver reports {count} GPU(s) (valid: cuda:0 .. cuda:{})",
-                count - 1
-            )));
-        }
-        if !blas {
+        check_ordinal(ordinal)?;
+        // SAFETY: only probes whether the library can be opened.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(Error::InvalidArgument(
                 "--device cuda: cuBLAS (libcublas.so) was not found: install the CUDA toolkit or the \
                  nvidia-cublas-cu12 wheel and put its library folder on LD_LIBRARY_PATH"

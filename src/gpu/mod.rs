@@ -84,6 +84,17 @@ impl Device {
         }
     }
 
+    /// Whether the device can be opened, checked before a command writes
+    /// anything: the build has the feature, and a driver reports this GPU.
+    pub fn check_available(&self) -> Result<()> {
+        self.check_compiled()?;
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(n) = self {
+            backend::check_ordinal(*n)?;
+        }
+        Ok(())
+    }
+
     /// `Ok` for the CPU and, in a CUDA build, for the others; without the
     /// feature, the error that says how to build with it.
     pub fn check_compiled(&self) -> Result<()> {
