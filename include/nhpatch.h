@@ -86,6 +86,16 @@ const char *nhp_arch_name(const nhp_network *net);
 nhp_status nhp_set_threads(nhp_network *net, size_t threads);
 
 /*
+ * Runs the network's inference on `device`: "cpu", "cuda" or "cuda:N" (an
+ * NVIDIA GPU; the library must be built with --features cuda). The weights
+ * are uploaded once; later calls send patches and read outputs back.
+ * NHP_ERR_UNSUPPORTED when this build has no CUDA backend or the machine no
+ * such GPU (nhp_last_error says which), NHP_ERR_INVALID_ARGUMENT for an
+ * unknown name. Not while another thread uses the network.
+ */
+nhp_status nhp_set_device(nhp_network *net, const char *device);
+
+/*
  * Inference. `patches` holds n_patches * NHP_PATCH_LEN values 0..255; `out`
  * receives exactly out_len == n_patches * nhp_output_len(net) values.
  * Denoising a descriptor or describing with a denoiser is

@@ -497,3 +497,49 @@ fn u8_f32_in_place_and_pooled_paths_agree_with_the_library() {
         nhp_free(denoiser);
     }
 }
+
+/// `nhp_set_device`: the CPU always; CUDA refused with its reason where this
+/// build or machine cannot serve it; with the `cuda` feature the emulator of
+/// the CUDA path gives the CPU's descriptors within float rounding.
+#[test]
+fn set_device_picks_where_inference_runs() {
+    let d = dir("capi-device");
+    let weights = d.join("hardnet.safetensors");
+    Network::init(Arch::HardNetOriginal, 4).unwrap().save(&weights).unwrap();
+    let net = load(nhp_load_descriptor, &weights);
+    let set = |name: &str| unsafe { nhp_set_device(net, c(Path::new(name)).as_ptr()) };
+    unsafe {
+        assert_eq!(nhp_set_device(null_mut(), c(Path::new("cpu")).as_ptr()), NhpStatus::ErrNull);
+        assert_eq!(nhp_set_device(net, null()), NhpStatus::ErrNull);
+    }
+    assert_eq!(set("cpu"), NhpStatus::Ok, "{}", last_error());
+    assert_eq!(set("tpu"), NhpStatus::ErrInvalidArgument);
+    assert!(last_error().contains("unknown device 'tpu'"), "{}", last_error());
+    let gpu_here = cfg!(feature = "cuda") && {
+        #[cfg(feature = "cuda")]
+        {
+            nhpatch::gpu::backend::device_count() > 0
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            false
+        }
+    };
+    if !gpu_here {
+        assert_eq!(set("cuda:0"), NhpStatus::ErrUnsupported);
+        let why = if cfg!(feature = "cuda") { "no CUDA driver found" } else { "built without CUDA support" };
+        assert!(last_error().contains(why), "{}", last_error());
+    }
+    if cfg!(feature = "cuda") {
+        let x: Vec<f32> = (0..5 * PATCH_LEN).map(|i| ((i * 13) % 256) as f32).collect();
+        let want = Network::load(&weights, LoadOptions::default()).unwrap().describe(&x).unwrap();
+        assert_eq!(set("emu"), NhpStatus::Ok, "{}", last_error());
+        let mut got = vec![f32::NAN; want.len()];
+        let st = unsafe { nhp_describe_f32(net, x.as_ptr(), 5, got.as_mut_ptr(), got.len()) };
+        assert_eq!(st, NhpStatus::Ok, "{}", last_error());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} on the emulator, {w} on the CPU");
+        }
+    }
+    unsafe { nhp_free(net) };
+}

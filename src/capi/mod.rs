@@ -328,6 +328,29 @@ pub unsafe extern "C" fn nhp_set_threads(net: *mut NhpNetwork, threads: usize) -
     })
 }
 
+/// Runs the network's inference on `device` ("cpu", "cuda" or "cuda:N") from
+/// now on: weights uploaded once, patches in batches, outputs copied back.
+///
+/// # Safety
+/// `net` is NULL or a live handle that no other thread uses during the call;
+/// `device` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nhp_set_device(net: *mut NhpNetwork, device: *const c_char) -> NhpStatus {
+    status(|| {
+        // SAFETY: forwarded from this function's contract (exclusive use during the call).
+        let handle = unsafe { net.as_mut() }.ok_or_else(|| null_arg("net"))?;
+        if device.is_null() {
+            return Err(null_arg("device"));
+        }
+        // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string.
+        let name = unsafe { CStr::from_ptr(device) }
+            .to_str()
+            .map_err(|_| fail(NhpStatus::ErrInvalidArgument, "'device' is not UTF-8".into()))?;
+        handle.net.set_device(name.parse()?)?;
+        Ok(())
+    })
+}
+
 /// The message of the last failing `nhp_*` call on this thread ("" if none
 /// has failed). Owned by the library; valid until the next `nhp_*` call on
 /// this thread. Never NULL.

@@ -120,7 +120,7 @@ pub fn cuda_source() -> String {
 pub fn compile_ptx() -> Result<String> {
     // SAFETY: only probes whether the library can be opened.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err(Error::InvalidArgument(
+        return Err(Error::Unsupported(
             "NVRTC (libnvrtc.so) was not found: install the CUDA toolkit or the nvidia-cuda-nvrtc-cu12 \
              wheel and put its library folder on LD_LIBRARY_PATH"
                 .into(),
@@ -225,13 +225,13 @@ pub fn device_count() -> usize {
 pub fn check_ordinal(ordinal: usize) -> Result<()> {
     // SAFETY: only probes whether the library can be opened.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Unsupported(format!(
             "--device cuda:{ordinal}: no CUDA driver found (libcuda.so): this machine has no NVIDIA GPU or driver"
         )));
     }
     let count = cudarc::driver::CudaContext::device_count().map_err(|e| cuda_err("counting GPUs", e))?;
     if ordinal >= count.max(0) as usize {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Unsupported(format!(
             "--device cuda:{ordinal}: the driver reports {count} GPU(s){}",
             if count > 0 { format!(" (valid: cuda:0 .. cuda:{})", count - 1) } else { String::new() }
         )));
@@ -245,7 +245,7 @@ impl Backend {
         check_ordinal(ordinal)?;
         // SAFETY: only probes whether the library can be opened.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(Error::InvalidArgument(
+            return Err(Error::Unsupported(
                 "--device cuda: cuBLAS (libcublas.so) was not found: install the CUDA toolkit or the \
                  nvidia-cublas-cu12 wheel and put its library folder on LD_LIBRARY_PATH"
                     .into(),

@@ -101,7 +101,7 @@ impl Device {
         if self.is_cpu() || Self::compiled() {
             Ok(())
         } else {
-            Err(Error::InvalidArgument(format!(
+            Err(Error::Unsupported(format!(
                 "--device {self}: this nhpatch was built without CUDA support; rebuild with \
                  `cargo build --release --features cuda` (no CUDA toolkit needed to build)"
             )))
