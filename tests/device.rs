@@ -11,9 +11,7 @@ use common::cli::{dir, fails, ok, s};
 use std::path::{Path, PathBuf};
 
 fn dataset(d: &Path) -> PathBuf {
-    let root = d.join("data");
-    ok(&["synth", "--out", s(&root), "--sequences", "4", "--patches", "48", "--seed", "7"]);
-    root
+    common::cli::synth_dataset(d, 7)
 }
 
 /// Whether this machine has a GPU the CUDA build would open.
@@ -87,17 +85,7 @@ mod emulated {
         net.params().to_vec()
     }
 
-    /// `|a - b| <= tol (max |b| + |b|)` everywhere.
-    fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f64) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        let scale = b.iter().fold(1.0f64, |m, &v| m.max((v as f64).abs()));
-        for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                ((x - y) as f64).abs() <= tol * (scale + (y as f64).abs()),
-                "{what}: element {i}: {x} on the device, {y} on the CPU"
-            );
-        }
-    }
+    use common::assert_close_scaled as assert_close;
 
     /// Two stages, each trained on the CPU and on the emulator from the same
     /// seed: the per-epoch losses and the final weights agree; the device

@@ -10,7 +10,10 @@
 //! kernels to PTX when libnvrtc is found (no GPU needed), else reports skipped.
 #![cfg(feature = "cuda")]
 
-use nhpatch::gpu::backend::{self, Backend, Buf, Kernel, ka};
+mod common;
+
+use nhpatch::gpu::backend::{self, Backend, Buf, Kernel};
+use nhpatch::gpu::loss as device_loss;
 use nhpatch::gpu::model::GpuModel;
 use nhpatch::gpu::{Device, PointLoss, Trainer, TupleLoss, ops};
 use nhpatch::layers::batchnorm::{self, Activation, BatchNormConfig};
@@ -25,21 +28,23 @@ use nhpatch::rng::Rng;
 use nhpatch::train::config::{Optimizer, OptimizerConfig};
 
 /// The emulator, and the first GPU when there is one.
-fn backends() -> Vec<Backend> {
-    let mut v = vec![Backend::emulator()];
+fn devices() -> Vec<Device> {
     match backend::device_count() {
-        0 => eprintln!("cuda:0 skipped: no CUDA driver or GPU on this machine (the emulator ran)"),
-        _ => match Backend::cuda(0) {
-            Ok(b) => v.push(b),
-            Err(e) => panic!("a GPU is present but cuda:0 did not open: {e}"),
-        },
+        0 => {
+            eprintln!("cuda:0 skipped: no CUDA driver or GPU on this machine (the emulator ran)");
+            vec![Device::Emulator]
+        }
+        _ => vec![Device::Emulator, Device::Cuda(0)],
     }
-    v
+}
+
+/// A freshly opened backend of each of `devices()`.
+fn backends() -> Vec<Backend> {
+    devices().iter().map(|d| d.open().unwrap_or_else(|e| panic!("{d} did not open: {e}"))).collect()
 }
 
 fn rand(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut r = Rng::new(seed);
-    (0..n).map(|_| r.uniform(lo, hi)).collect()
+    common::rand_vec(&mut Rng::new(seed), n, lo, hi)
 }
 
 fn up(be: &Backend, v: &[f32]) -> Buf {
@@ -54,29 +59,10 @@ fn down(be: &Backend, b: Buf) -> Vec<f32> {
     v
 }
 
-/// `|got - want| <= 1e-4 (s + |want|)` everywhere, `s` the tensor's largest
-/// magnitude (at least 1): an element that is a small difference of large
-/// terms is held to the rounding of those terms, not of its own size.
+/// The CPU's values within `1e-4 (s + |cpu|)` (`common::assert_close_scaled`), and no
+/// kernel wrote outside its buffers.
 fn close(what: &str, be: &Backend, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let scale = want.iter().fold(1.0f64, |m, &w| m.max((w as f64).abs()));
-    let mut worst = (0.0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g as f64 - w as f64).abs() / (1e-4 * scale + 1e-4 * (w as f64).abs());
-        let err = if err.is_nan() { f64::INFINITY } else { err };
-        if err > worst.0 {
-            worst = (err, i);
-        }
-    }
-    let i = worst.1;
-    assert!(
-        worst.0 <= 1.0,
-        "{what} on {}: element {i} is {} where the CPU has {} ({:.2} x the tolerance)",
-        be.name(),
-        got[i],
-        want[i],
-        worst.0
-    );
+    common::assert_close_scaled(&format!("{what} on {}", be.name()), got, want, 1e-4);
     be.check_guards().unwrap();
 }
 
@@ -255,11 +241,10 @@ fn pooling_upsampling_concat_dropout_and_row_norms() {
         let mut dx = vec![0.5; s.len()];
         maxpool::backward(&mut dx, &g, &am, s).unwrap();
         let (gx, gy, gam, gg) = (up(&be, &x), be.alloc(so.len()).unwrap(), be.alloc(so.len()).unwrap(), up(&be, &g));
-        let ints = [s.h, s.w, so.h, so.w].map(|v| v as i64);
-        be.launch(Kernel::nh_maxpool, so.len(), ka(&[gy.addr(), gam.addr(), gx.addr()], &ints, &[])).unwrap();
+        ops::maxpool(&be, s, gx, gy, gam).unwrap();
         close("maxpool forward", &be, &down(&be, gy), &y);
         let gdx = up(&be, &vec![0.5; s.len()]);
-        be.launch(Kernel::nh_maxpool_bwd, s.len(), ka(&[gdx.addr(), gg.addr(), gam.addr()], &ints, &[])).unwrap();
+        ops::maxpool_backward(&be, s, gg, gam, gdx).unwrap();
         close("maxpool backward", &be, &down(&be, gdx), &dx);
 
         // Upsampling.
@@ -270,11 +255,10 @@ fn pooling_upsampling_concat_dropout_and_row_norms() {
         let mut du = vec![0.5; s.len()];
         upsample::backward(&mut du, &gu, s).unwrap();
         let gup = be.alloc(su.len()).unwrap();
-        be.launch(Kernel::nh_upsample, su.len(), ka(&[gup.addr(), gx.addr()], &[s.h as i64, s.w as i64], &[])).unwrap();
+        ops::upsample(&be, s, gx, gup).unwrap();
         close("upsample forward", &be, &down(&be, gup), &u);
         let (gdu, ggu) = (up(&be, &vec![0.5; s.len()]), up(&be, &gu));
-        be.launch(Kernel::nh_upsample_bwd, s.len(), ka(&[gdu.addr(), ggu.addr()], &[s.h as i64, s.w as i64], &[]))
-            .unwrap();
+        ops::upsample_backward(&be, s, ggu, gdu).unwrap();
         close("upsample backward", &be, &down(&be, gdu), &du);
 
         // Concatenation along channels.
@@ -287,11 +271,10 @@ fn pooling_upsampling_concat_dropout_and_row_norms() {
         let (mut da, mut dbv) = (vec![0.5; s.len()], vec![0.25; sb.len()]);
         concat::backward(&mut da, &mut dbv, &gc, s, sb).unwrap();
         let (gb, gcat) = (up(&be, &b), be.alloc(sc.len()).unwrap());
-        let ints = [s.image_len() as i64, sb.image_len() as i64];
-        be.launch(Kernel::nh_concat, sc.len(), ka(&[gcat.addr(), gx.addr(), gb.addr()], &ints, &[])).unwrap();
+        ops::concat(&be, (s, sb), gx, gb, gcat).unwrap();
         close("concat forward", &be, &down(&be, gcat), &cat);
         let (gda, gdb, ggc) = (up(&be, &vec![0.5; s.len()]), up(&be, &vec![0.25; sb.len()]), up(&be, &gc));
-        be.launch(Kernel::nh_concat_bwd, sc.len(), ka(&[gda.addr(), gdb.addr(), ggc.addr()], &ints, &[])).unwrap();
+        ops::concat_backward(&be, (s, sb), ggc, gda, gdb).unwrap();
         close("concat backward a", &be, &down(&be, gda), &da);
         close("concat backward b", &be, &down(&be, gdb), &dbv);
 
@@ -306,11 +289,11 @@ fn pooling_upsampling_concat_dropout_and_row_norms() {
         let fmask: Vec<f32> = (0..s.len()).map(|_| if r.next_f32() >= 0.3 { 1.0 } else { 0.0 }).collect();
         let (gm, gd) = (up(&be, &fmask), be.alloc(s.len()).unwrap());
         let scale = cfg.keep_scale();
-        be.launch(Kernel::nh_dropout, s.len(), ka(&[gd.addr(), gx.addr(), gm.addr()], &[], &[scale])).unwrap();
+        ops::dropout(&be, s.len(), gx, gm, gd, scale).unwrap();
         close("dropout forward", &be, &down(&be, gd), &dy);
         let gg2 = up(&be, &g.iter().cycle().take(s.len()).copied().collect::<Vec<_>>());
         let gddx = up(&be, &vec![0.5; s.len()]);
-        be.launch(Kernel::nh_dropout_bwd, s.len(), ka(&[gddx.addr(), gg2.addr(), gm.addr()], &[], &[scale])).unwrap();
+        ops::dropout_backward(&be, s.len(), gg2, gm, gddx, scale).unwrap();
         close("dropout backward", &be, &down(&be, gddx), &ddx);
 
         // L2 normalisation of rows and its backward.
@@ -323,16 +306,11 @@ fn pooling_upsampling_concat_dropout_and_row_norms() {
         l2norm::backward(&mut dl, &gl, &d, &norms, sd).unwrap();
         let (gdv, tmp, ss, gn, gout) =
             (up(&be, &d), be.alloc(40).unwrap(), be.alloc(5).unwrap(), be.alloc(5).unwrap(), be.alloc(40).unwrap());
-        be.launch(Kernel::nh_mul, 40, ka(&[tmp.addr(), gdv.addr(), gdv.addr()], &[], &[])).unwrap();
-        be.sum_rows(ss, tmp, 5, 8, 1.0, 0.0).unwrap();
-        be.launch(Kernel::nh_l2norm, 40, ka(&[gout.addr(), gdv.addr(), ss.addr(), gn.addr()], &[8], &[])).unwrap();
+        ops::l2norm_forward(&be, (5, 8), gdv, gout, gn, (ss, tmp)).unwrap();
         close("l2norm forward", &be, &down(&be, gout), &l2);
         close("l2norm norms", &be, &down(&be, gn), &norms);
-        let (ggl, gdl, dot) = (up(&be, &gl), up(&be, &[0.5; 40]), be.alloc(5).unwrap());
-        be.launch(Kernel::nh_mul, 40, ka(&[tmp.addr(), ggl.addr(), gdv.addr()], &[], &[])).unwrap();
-        be.sum_rows(dot, tmp, 5, 8, 1.0, 0.0).unwrap();
-        let ptrs = [gdl.addr(), ggl.addr(), gdv.addr(), gn.addr(), dot.addr()];
-        be.launch(Kernel::nh_l2norm_bwd, 40, ka(&ptrs, &[8], &[])).unwrap();
+        let (ggl, gdl) = (up(&be, &gl), up(&be, &[0.5; 40]));
+        ops::l2norm_backward(&be, (5, 8), ggl, gdv, gn, gdl, (ss, tmp)).unwrap();
         close("l2norm backward", &be, &down(&be, gdl), &dl);
 
         // Per-patch input standardisation (HardNet's first layer; its input needs no gradient).
@@ -340,21 +318,15 @@ fn pooling_upsampling_concat_dropout_and_row_norms() {
         let p = rand(sp.len(), 8, 0.0, 255.0);
         let (mut pn, mut mu, mut sd_eps) = (vec![f32::NAN; sp.len()], vec![0.0; 3], vec![0.0; 3]);
         input_norm::forward(&mut pn, &mut mu, &mut sd_eps, &p, sp).unwrap();
-        let (gp, sums, m2, mean, std, sq, out) = (
+        let (gp, m2, mean, std, sq, out) = (
             up(&be, &p),
-            be.alloc(3).unwrap(),
             be.alloc(3).unwrap(),
             be.alloc(3).unwrap(),
             be.alloc(3).unwrap(),
             be.alloc(sp.len()).unwrap(),
             be.alloc(sp.len()).unwrap(),
         );
-        be.sum_rows(sums, gp, 3, 1024, 1.0, 0.0).unwrap();
-        be.launch(Kernel::nh_scale_copy, 3, ka(&[mean.addr(), sums.addr()], &[], &[1.0 / 1024.0])).unwrap();
-        be.launch(Kernel::nh_sq_dev, sp.len(), ka(&[sq.addr(), gp.addr(), mean.addr()], &[1024, 3], &[])).unwrap();
-        be.sum_rows(m2, sq, 3, 1024, 1.0, 0.0).unwrap();
-        let ptrs = [out.addr(), gp.addr(), sums.addr(), m2.addr(), mean.addr(), std.addr()];
-        be.launch(Kernel::nh_input_norm, sp.len(), ka(&ptrs, &[1024], &[])).unwrap();
+        ops::input_norm(&be, (3, 1024), gp, out, (mean, m2, std), sq).unwrap();
         close("input norm", &be, &down(&be, out), &pn);
         close("input norm mean", &be, &down(&be, mean), &mu);
         close("input norm std", &be, &down(&be, std), &sd_eps);
@@ -364,15 +336,15 @@ fn pooling_upsampling_concat_dropout_and_row_norms() {
 #[test]
 fn losses_match_the_cpu() {
     for be in backends() {
-        // Denoiser losses through the kernel, as the trainer launches it.
+        // The trainer's calls (`gpu::loss`), the loss summed as the trainer reads it.
         for mse in [false, true] {
             let (p, t) = (rand(300, 1, 0.0, 255.0), rand(300, 2, 0.0, 255.0));
             let mut g = vec![0.5; 300];
             let l = if mse { mse_loss(&mut g, &p, &t) } else { l1_loss(&mut g, &p, &t) }.unwrap();
             let (gp, gt, gg, terms, sum) =
                 (up(&be, &p), up(&be, &t), up(&be, &vec![0.5; 300]), be.alloc(300).unwrap(), be.alloc(1).unwrap());
-            let ptrs = [gg.addr(), terms.addr(), gp.addr(), gt.addr()];
-            be.launch(Kernel::nh_point_loss, 300, ka(&ptrs, &[mse as i64], &[1.0 / 300.0])).unwrap();
+            let kind = if mse { PointLoss::Mse } else { PointLoss::L1 };
+            device_loss::point(&be, kind, 300, (gp, gt), gg, terms).unwrap();
             be.sum_rows(sum, terms, 1, 300, 1.0 / 300.0, 0.0).unwrap();
             close(&format!("pointwise loss (mse {mse})"), &be, &down(&be, sum), &[l]);
             close(&format!("pointwise gradient (mse {mse})"), &be, &down(&be, gg), &g);
@@ -387,8 +359,7 @@ fn losses_match_the_cpu() {
         let l = t.loss(ga, gp, gn, &out[..b * d], &out[b * d..2 * b * d], &out[2 * b * d..], b, d).unwrap();
         let (go, gg, terms, sum) =
             (up(&be, &out), be.alloc(3 * b * d).unwrap(), be.alloc(b).unwrap(), be.alloc(1).unwrap());
-        be.launch(Kernel::nh_triplet, b, ka(&[gg.addr(), go.addr(), terms.addr()], &[d as i64, b as i64], &[0.01]))
-            .unwrap();
+        device_loss::triplet(&be, &t, (b, d), go, gg, terms).unwrap();
         be.sum_rows(sum, terms, 1, b, 1.0 / b as f32, 0.0).unwrap();
         close("triplet loss", &be, &down(&be, sum), &[l]);
         close("triplet gradient", &be, &down(&be, gg), &g);
@@ -403,25 +374,13 @@ fn losses_match_the_cpu() {
             let mut ws = HardNetWorkspace::new(b);
             let l = h.loss(ga, gp, &mut ws, &a[..b * d], &a[b * d..], b, d).unwrap();
             let ga_dev = up(&be, &a);
-            let (dist, terms, nr, nc, kp, kn, grad, sum) = (
-                be.alloc(b * b).unwrap(),
-                be.alloc(b).unwrap(),
-                be.alloc(b).unwrap(),
-                be.alloc(b).unwrap(),
-                be.alloc(b).unwrap(),
-                be.alloc(b).unwrap(),
-                be.alloc(2 * b * d).unwrap(),
-                be.alloc(1).unwrap(),
-            );
-            let (an, po) = (ga_dev.at(0), ga_dev.at(b * d));
-            let ints = [d as i64, b as i64, swap as i64];
-            be.launch(Kernel::nh_hn_dist, b * b, ka(&[dist.addr(), an, po], &ints, &[])).unwrap();
-            let ptrs = [dist.addr(), terms.addr(), nr.addr(), nc.addr(), kp.addr(), kn.addr()];
-            be.launch(Kernel::nh_hn_select, b, ka(&ptrs, &ints, &[1.0])).unwrap();
-            let ptrs = [grad.at(0), grad.at(b * d), an, po, nr.addr(), nc.addr(), kp.addr(), kn.addr()];
-            be.launch(Kernel::nh_hn_grad, 2 * b * d, ka(&ptrs, &ints, &[])).unwrap();
+            let scratch = device_loss::HardNetScratch::new(&be, b).unwrap();
+            let (terms, grad, sum) = (be.alloc(b).unwrap(), be.alloc(2 * b * d).unwrap(), be.alloc(1).unwrap());
+            let pairs = (ga_dev.prefix(b * d), ga_dev.slice(b * d, b * d));
+            let grads = (grad.prefix(b * d), grad.slice(b * d, b * d));
+            device_loss::hardnet(&be, &h, d, pairs, grads, terms, &scratch).unwrap();
             be.sum_rows(sum, terms, 1, b, 1.0 / b as f32, 0.0).unwrap();
-            close(&format!("HardNet distances (swap {swap})"), &be, &down(&be, dist), ws.dist());
+            close(&format!("HardNet distances (swap {swap})"), &be, &down(&be, scratch.dist()), ws.dist());
             close(&format!("HardNet loss (swap {swap})"), &be, &down(&be, sum), &[l]);
             close(&format!("HardNet gradient (swap {swap})"), &be, &down(&be, grad), &g);
         }
@@ -547,13 +506,10 @@ fn one_training_step_per_model_matches() {
             2,
         ),
     ];
-    for be in backends() {
-        let device = be.name().to_string();
-        let mut bes = vec![be];
+    for device in devices() {
         for (arch, loss, cfg, items, steps) in cases.iter().cloned() {
-            let be = bes.pop().unwrap_or_else(|| {
-                if device.starts_with("emu") { Backend::emulator() } else { Backend::cuda(0).unwrap() }
-            });
+            // The trainer owns its backend: one per case.
+            let be = device.open().unwrap();
             let model = Model::new(arch).unwrap();
             let k = loss.map_or(1, |l| l.k());
             let n = k * items;

@@ -9,9 +9,7 @@ use common::cli::{dir, fails, ok, s};
 use std::path::{Path, PathBuf};
 
 fn dataset(d: &Path) -> PathBuf {
-    let root = d.join("data");
-    ok(&["synth", "--out", s(&root), "--sequences", "4", "--patches", "48", "--seed", "5"]);
-    root
+    common::cli::synth_dataset(d, 5)
 }
 
 fn json(path: &Path) -> serde_json::Value {

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 /// A small synthetic dataset shared by the tests of this file.
 fn dataset(d: &Path) -> PathBuf {
-    let root = d.join("data");
-    ok(&["synth", "--out", s(&root), "--sequences", "4", "--patches", "48", "--seed", "3"]);
-    root
+    common::cli::synth_dataset(d, 3)
 }
 
 fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {

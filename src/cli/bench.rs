@@ -70,6 +70,22 @@ fn measure(seconds: f64, items: usize, mut step: impl FnMut() -> Result<()>) -> 
     Ok(reps)
 }
 
+/// The optimizer of a model's training workload and the unit of its throughput.
+fn train_workload(arch: Arch) -> Result<(OptimizerConfig, &'static str)> {
+    Ok(match arch {
+        Arch::Unet => {
+            (OptimizerConfig::Sgd { lr: 1e-5, momentum: 0.9, nesterov: true, weight_decay: 0.0 }, "patches/s")
+        }
+        Arch::Dncnn => (OptimizerConfig::named("adam", 1e-3)?, "patches/s"),
+        Arch::HardNetBaseline | Arch::HardNetOriginal => (OptimizerConfig::named("sgd", 0.1)?, "triplets/s"),
+    })
+}
+
+/// A denoiser's training target for the benchmark's random input: a little darker.
+fn denoise_target(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|v| (v - 10.0).max(0.0)).collect()
+}
+
 /// The same workloads as `bench_model`, on a device.
 fn bench_device(arch: Arch, mode: Mode, batch: usize, seconds: f64, device: Device) -> Result<Throughput> {
     let model = Model::new(arch)?;
@@ -85,18 +101,12 @@ fn bench_device(arch: Arch, mode: Mode, batch: usize, seconds: f64, device: Devi
             (measure(seconds, batch, || accel.forward(&x, &mut out))?, "patches/s")
         }
         Mode::Train => {
-            let (cfg, unit) = match arch {
-                Arch::Unet => {
-                    (OptimizerConfig::Sgd { lr: 1e-5, momentum: 0.9, nesterov: true, weight_decay: 0.0 }, "patches/s")
-                }
-                Arch::Dncnn => (OptimizerConfig::named("adam", 1e-3)?, "patches/s"),
-                _ => (OptimizerConfig::named("sgd", 0.1)?, "triplets/s"),
-            };
+            let (cfg, unit) = train_workload(arch)?;
             let mut opt = Optimizer::new(cfg, params.len())?;
             let mut tr = nhpatch::gpu::trainer(device, &model, &params, &opt, patches)?
                 .ok_or_else(|| Error::InvalidArgument("bench_device needs a device".into()))?;
             if arch.is_denoiser() {
-                let target: Vec<f32> = x.iter().map(|v| (v - 10.0).max(0.0)).collect();
+                let target = denoise_target(&x);
                 (measure(seconds, batch, || tr.step_denoise(&x, &target, PointLoss::L1, &mut opt).map(|_| ()))?, unit)
             } else {
                 let loss = TupleLoss::Triplet(TripletLoss::new(1.0)?);
@@ -125,12 +135,8 @@ pub fn bench_model(arch: Arch, mode: Mode, batch: usize, seconds: f64) -> Result
         }
         Mode::Train if arch.is_denoiser() => {
             let x: Vec<f32> = (0..batch * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
-            let target: Vec<f32> = x.iter().map(|v| (v - 10.0).max(0.0)).collect();
-            let cfg = match arch {
-                Arch::Unet => OptimizerConfig::Sgd { lr: 1e-5, momentum: 0.9, nesterov: true, weight_decay: 0.0 },
-                _ => OptimizerConfig::named("adam", 1e-3)?,
-            };
-            let mut opt = Optimizer::new(cfg, params.len())?;
+            let target = denoise_target(&x);
+            let mut opt = Optimizer::new(train_workload(arch)?.0, params.len())?;
             let ranges = model.layout().trainable_ranges();
             let mut grads = model.zero_grads();
             let mut dout = vec![0.0f32; x.len()];
@@ -150,7 +156,7 @@ pub fn bench_model(arch: Arch, mode: Mode, batch: usize, seconds: f64) -> Result
             let n = 3 * batch;
             let x: Vec<f32> = (0..n * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
             model.set_dropout(0.3)?;
-            let mut opt = Optimizer::new(OptimizerConfig::named("sgd", 0.1)?, params.len())?;
+            let mut opt = Optimizer::new(train_workload(arch)?.0, params.len())?;
             let ranges = model.layout().trainable_ranges();
             let mut grads = model.zero_grads();
             let mut dout = vec![0.0f32; n * DESC_LEN];

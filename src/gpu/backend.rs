@@ -85,7 +85,6 @@ kernels!(
     nh_dropout,
     nh_dropout_bwd,
     nh_input_norm,
-    nh_scale_copy,
     nh_mul,
     nh_l2norm,
     nh_l2norm_bwd,
@@ -440,25 +439,8 @@ impl Backend {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        // C^T = op(B)^T op(A)^T in column-major terms.
-        self.sgemm_col(tb, ta, n, m, k, alpha, (b, ldb), (a, lda), beta, (c, ldc))
-    }
-
-    /// cuBLAS's column-major SGEMM contract.
-    #[allow(clippy::too_many_arguments)]
-    fn sgemm_col(
-        &self,
-        ta: bool,
-        tb: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        (a, lda): (u64, usize),
-        (b, ldb): (u64, usize),
-        beta: f32,
-        (c, ldc): (u64, usize),
-    ) -> Result<()> {
+        // C^T = op(B)^T op(A)^T: from here on, cuBLAS's column-major SGEMM contract.
+        let (ta, tb, m, n, (a, lda), (b, ldb)) = (tb, ta, n, m, (b, ldb), (a, lda));
         let rows_a = if ta { k } else { m };
         let rows_b = if tb { n } else { k };
         if lda < rows_a.max(1) || ldb < rows_b.max(1) || ldc < m.max(1) {

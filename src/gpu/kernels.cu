@@ -233,22 +233,15 @@ NH_KERNEL(nh_dropout_bwd) {
 
 // ---- per-row normalisations (HardNet) --------------------------------------
 
-// Input standardisation per patch, from the row sums p2 (sum x) and p3 (sum of
-// squared deviations) over D = i0 values: p4 mean, p5 std_eps = sqrt(m2/(D-1)) + 1e-7
+// Input standardisation per patch, from the row means p2 and the sums of
+// squared deviations p3 over D = i0 values: p4 std_eps = sqrt(m2/(D-1)) + 1e-7
 // (written by the idx % D == 0 thread), p0 out = (x - mean) / std_eps, p1 x.
 NH_KERNEL(nh_input_norm) {
   long long D = a.i[0], r = idx / D;
-  double mu = (double)PC(2)[r] / (double)D;
   double den = sqrt((double)PC(3)[r] / (double)(D - 1)) + 1e-7;
-  PF(0)[idx] = (float)(((double)PC(1)[idx] - mu) / den);
-  if (idx % D == 0) {
-    PF(4)[r] = (float)mu;
-    PF(5)[r] = (float)den;
-  }
+  PF(0)[idx] = (float)(((double)PC(1)[idx] - (double)PC(2)[r]) / den);
+  if (idx % D == 0) PF(4)[r] = (float)den;
 }
-
-// Row mean for nh_sq_dev: p0 mean = p1 sum / f0. n = rows.
-NH_KERNEL(nh_scale_copy) { PF(0)[idx] = PC(1)[idx] * a.f[0]; }
 
 // Elementwise product p0 = p1 * p2 (squares when p1 == p2, dot terms otherwise).
 NH_KERNEL(nh_mul) { PF(0)[idx] = PC(1)[idx] * PC(2)[idx]; }

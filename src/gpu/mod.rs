@@ -7,7 +7,7 @@
 //! - `backend`: buffers, kernel launches and GEMM on cudarc (driver API,
 //!   cuBLAS, NVRTC, all loaded at run time: the build needs no toolkit);
 //!   kernels in `kernels.cu`, compiled by NVRTC when a device opens.
-//! - `ops`, `model`: the layers' passes and the networks on device buffers.
+//! - `ops`, `loss`, `model`: the layers' passes, the losses and the networks on device buffers.
 //! - [`Trainer`]: parameters, gradients and optimizer state on the device;
 //!   a step takes a batch and returns the loss. [`Accel`]: eval forward for a
 //!   `Network` (denoise, describe, eval, run).
@@ -16,6 +16,8 @@
 mod accel;
 #[cfg(feature = "cuda")]
 pub mod backend;
+#[cfg(feature = "cuda")]
+pub mod loss;
 #[cfg(feature = "cuda")]
 pub mod model;
 #[cfg(feature = "cuda")]
@@ -117,11 +119,20 @@ pub enum PointLoss {
 }
 
 impl PointLoss {
+    /// The loss a stage's `loss` setting names, on either device.
     pub fn parse(name: &str) -> Result<PointLoss> {
         match name {
             "l1" => Ok(PointLoss::L1),
             "mse" => Ok(PointLoss::Mse),
             other => Err(Error::InvalidArgument(format!("unknown denoiser loss '{other}' (expected l1 or mse)"))),
+        }
+    }
+
+    /// The loss on the CPU: returns it, adds its gradient w.r.t. `pred` into `grad`.
+    pub fn cpu(self, grad: &mut [f32], pred: &[f32], target: &[f32]) -> Result<f32> {
+        match self {
+            PointLoss::L1 => crate::loss::l1::l1_loss(grad, pred, target),
+            PointLoss::Mse => crate::loss::mse::mse_loss(grad, pred, target),
         }
     }
 }

@@ -14,6 +14,7 @@
 use super::backend::{Backend, Buf, Kernel, ka};
 use super::ops::{self, BnState, Scratch};
 use crate::error::{Error, Result};
+use crate::layers::dropout::{self, DropoutConfig};
 use crate::models::block::Block;
 use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN};
 use crate::rng::Rng;
@@ -32,7 +33,7 @@ struct BlockBufs {
 pub struct GpuModel {
     arch: Arch,
     blocks: Vec<Block>,
-    dropout: f32,
+    dropout: DropoutConfig,
     params: usize,
 }
 
@@ -51,9 +52,9 @@ pub struct GpuWs {
     unet: Option<[Buf; 5]>,
     /// DnCNN: the residual output.
     residual: Option<Buf>,
-    /// HardNet: normalised input, row sums, row m2, row mean, row std, dropped,
-    /// mask, row sums of squares, norms, descriptors.
-    hardnet: Option<[Buf; 10]>,
+    /// HardNet: normalised input, row m2, row mean, row std, dropped, mask,
+    /// row sums of squares, norms, descriptors.
+    hardnet: Option<[Buf; 9]>,
     mask_host: Vec<f32>,
     trained: bool,
 }
@@ -73,7 +74,8 @@ impl GpuModel {
         GpuModel {
             arch: model.arch(),
             blocks: model.blocks().to_vec(),
-            dropout: model.dropout(),
+            // The model's rate, already validated.
+            dropout: DropoutConfig { p: model.dropout() },
             params: model.param_count(),
         }
     }
@@ -126,7 +128,6 @@ impl GpuModel {
             let d = n * DESC_LEN;
             Some([
                 be.alloc(n * PATCH_LEN)?,
-                be.alloc(n)?,
                 be.alloc(n)?,
                 be.alloc(n)?,
                 be.alloc(n)?,
@@ -264,22 +265,12 @@ impl GpuModel {
                 let s1 = self.blocks[0].out_shape(n);
                 let s2 = self.blocks[1].out_shape(n);
                 self.block_forward(be, 0, ws, x, params, train)?;
-                let ints = [s1.h, s1.w, s1.h / 2, s1.w / 2].map(|v| v as i64);
-                be.launch(
-                    Kernel::nh_maxpool,
-                    pooled.len(),
-                    ka(&[pooled.at(0), argmax.at(0), ws.st[0].out.at(0)], &ints, &[]),
-                )?;
+                ops::maxpool(be, s1, ws.st[0].out, pooled, argmax)?;
                 self.block_forward(be, 1, ws, pooled, params, train)?;
-                be.launch(
-                    Kernel::nh_upsample,
-                    up.len(),
-                    ka(&[up.at(0), ws.st[1].out.at(0)], &[s2.h as i64, s2.w as i64], &[]),
-                )?;
+                ops::upsample(be, s2, ws.st[1].out, up)?;
                 self.block_forward(be, 2, ws, up, params, train)?;
-                let (la, lb) = (s1.image_len(), self.blocks[2].out_shape(1).len());
-                let ptrs = [cat.at(0), ws.st[0].out.at(0), ws.st[2].out.at(0)];
-                be.launch(Kernel::nh_concat, cat.len(), ka(&ptrs, &[la as i64, lb as i64], &[]))?;
+                let s3 = self.blocks[2].out_shape(n);
+                ops::concat(be, (s1, s3), ws.st[0].out, ws.st[2].out, cat)?;
                 self.chain_forward(be, ws, 3..5, cat, params, train)?
             }
             Arch::Dncnn => {
@@ -296,16 +287,10 @@ impl GpuModel {
 
     fn hardnet_forward(&self, be: &Backend, ws: &mut GpuWs, params: Buf, rng: Option<&mut Rng>) -> Result<Buf> {
         let (n, x, train) = (ws.n, ws.input, rng.is_some());
-        let [normed, sums, m2, mean, std, dropped, mask, ss, norms, desc] = ws.hardnet.expect("HardNet buffers");
+        let [normed, m2, mean, std, dropped, mask, ss, norms, desc] = ws.hardnet.expect("HardNet buffers");
         let original = self.arch == Arch::HardNetOriginal;
         let input = if original {
-            let d = PATCH_LEN;
-            be.sum_rows(sums, x, n, d, 1.0, 0.0)?;
-            be.launch(Kernel::nh_scale_copy, n, ka(&[mean.at(0), sums.at(0)], &[], &[1.0 / d as f32]))?;
-            be.launch(Kernel::nh_sq_dev, n * d, ka(&[ws.s.sq.at(0), x.at(0), mean.at(0)], &[d as i64, n as i64], &[]))?;
-            be.sum_rows(m2, ws.s.sq, n, d, 1.0, 0.0)?;
-            let ptrs = [normed.at(0), x.at(0), sums.at(0), m2.at(0), mean.at(0), std.at(0)];
-            be.launch(Kernel::nh_input_norm, n * d, ka(&ptrs, &[d as i64], &[]))?;
+            ops::input_norm(be, (n, PATCH_LEN), x, normed, (mean, m2, std), ws.s.sq)?;
             normed
         } else {
             x
@@ -314,13 +299,12 @@ impl GpuModel {
         let h = self.chain_forward(be, ws, 0..last, input, params, train)?;
         let conv7_in = match rng {
             Some(rng) => {
-                // The CPU order: one draw per element, kept when >= p.
+                // The CPU's draws, in its order.
                 for m in ws.mask_host.iter_mut() {
-                    *m = if rng.next_f32() >= self.dropout { 1.0 } else { 0.0 };
+                    *m = if dropout::keep(rng, &self.dropout) { 1.0 } else { 0.0 };
                 }
                 be.upload(mask, &ws.mask_host)?;
-                let scale = 1.0 / (1.0 - self.dropout);
-                be.launch(Kernel::nh_dropout, dropped.len(), ka(&[dropped.at(0), h.at(0), mask.at(0)], &[], &[scale]))?;
+                ops::dropout(be, dropped.len(), h, mask, dropped, self.dropout.keep_scale())?;
                 dropped
             }
             None => h,
@@ -330,11 +314,7 @@ impl GpuModel {
         if !original {
             return Ok(raw);
         }
-        let len = n * DESC_LEN;
-        be.launch(Kernel::nh_mul, len, ka(&[ws.s.sq.at(0), raw.at(0), raw.at(0)], &[], &[]))?;
-        be.sum_rows(ss, ws.s.sq, n, DESC_LEN, 1.0, 0.0)?;
-        let ptrs = [desc.at(0), raw.at(0), ss.at(0), norms.at(0)];
-        be.launch(Kernel::nh_l2norm, len, ka(&ptrs, &[DESC_LEN as i64], &[]))?;
+        ops::l2norm_forward(be, (n, DESC_LEN), raw, desc, norms, (ss, ws.s.sq))?;
         Ok(desc)
     }
 
@@ -356,23 +336,12 @@ impl GpuModel {
                 self.block_backward(be, 3, ws, cat, pg, ws.g_a, Some((ws.g_b, false)))?;
                 ops::fill(be, d_skip, s1.len(), 0.0)?;
                 ops::fill(be, ws.g_a, s3.len(), 0.0)?;
-                let (la, lb) = (s1.image_len(), s3.image_len());
-                let ptrs = [d_skip.at(0), ws.g_a.at(0), ws.g_b.at(0)];
-                be.launch(Kernel::nh_concat_bwd, cat.len(), ka(&ptrs, &[la as i64, lb as i64], &[]))?;
+                ops::concat_backward(be, (s1, s3), ws.g_b, d_skip, ws.g_a)?;
                 self.block_backward(be, 2, ws, up, pg, ws.g_a, Some((ws.g_b, false)))?;
                 ops::fill(be, ws.g_a, s2.len(), 0.0)?;
-                be.launch(
-                    Kernel::nh_upsample_bwd,
-                    s2.len(),
-                    ka(&[ws.g_a.at(0), ws.g_b.at(0)], &[s2.h as i64, s2.w as i64], &[]),
-                )?;
+                ops::upsample_backward(be, s2, ws.g_b, ws.g_a)?;
                 self.block_backward(be, 1, ws, pooled, pg, ws.g_a, Some((ws.g_b, false)))?;
-                let ints = [s1.h, s1.w, s1.h / 2, s1.w / 2].map(|v| v as i64);
-                be.launch(
-                    Kernel::nh_maxpool_bwd,
-                    s1.len(),
-                    ka(&[d_skip.at(0), ws.g_b.at(0), argmax.at(0)], &ints, &[]),
-                )?;
+                ops::maxpool_backward(be, s1, ws.g_b, argmax, d_skip)?;
                 self.block_backward(be, 0, ws, x, pg, d_skip, None)
             }
             Arch::Dncnn => {
@@ -383,27 +352,21 @@ impl GpuModel {
                 self.chain_backward(be, ws, 0..self.blocks.len(), x, pg)
             }
             Arch::HardNetBaseline | Arch::HardNetOriginal => {
-                let [normed, _, _, _, _, dropped, mask, _, norms, _] = ws.hardnet.expect("HardNet buffers");
+                let [normed, _, _, _, dropped, mask, _, norms, _] = ws.hardnet.expect("HardNet buffers");
                 let original = self.arch == Arch::HardNetOriginal;
                 let last = self.blocks.len() - 1;
                 let len = n * DESC_LEN;
                 let d_desc = if original {
-                    let raw = ws.st[last].out;
-                    let dot = ws.s.tmp;
-                    be.launch(Kernel::nh_mul, len, ka(&[ws.s.sq.at(0), dout.at(0), raw.at(0)], &[], &[]))?;
-                    be.sum_rows(dot, ws.s.sq, n, DESC_LEN, 1.0, 0.0)?;
                     ops::fill(be, ws.g_b, len, 0.0)?;
-                    let ptrs = [ws.g_b.at(0), dout.at(0), raw.at(0), norms.at(0), dot.at(0)];
-                    be.launch(Kernel::nh_l2norm_bwd, len, ka(&ptrs, &[DESC_LEN as i64], &[]))?;
+                    let raw = ws.st[last].out;
+                    ops::l2norm_backward(be, (n, DESC_LEN), dout, raw, norms, ws.g_b, (ws.s.tmp, ws.s.sq))?;
                     ws.g_b
                 } else {
                     dout
                 };
                 self.block_backward(be, last, ws, dropped, pg, d_desc, Some((ws.g_a, false)))?;
                 ops::fill(be, ws.g_b, dropped.len(), 0.0)?;
-                let scale = 1.0 / (1.0 - self.dropout);
-                let ptrs = [ws.g_b.at(0), ws.g_a.at(0), mask.at(0)];
-                be.launch(Kernel::nh_dropout_bwd, dropped.len(), ka(&ptrs, &[], &[scale]))?;
+                ops::dropout_backward(be, dropped.len(), ws.g_a, mask, ws.g_b, self.dropout.keep_scale())?;
                 std::mem::swap(&mut ws.g_a, &mut ws.g_b);
                 let input = if original { normed } else { x };
                 self.chain_backward(be, ws, 0..last, input, pg)

@@ -14,6 +14,7 @@
 
 use super::backend::{Backend, Buf, Kernel, ka, opt};
 use crate::error::Result;
+use crate::layers::Shape4;
 use crate::layers::batchnorm::BatchNormConfig;
 use crate::layers::conv2d::Conv2d;
 
@@ -209,4 +210,101 @@ pub fn bn_backward(
     }
     let ptrs = [dx.at(0), dy.at(0), x.at(0), st.mean.at(0), st.inv_std.at(0), opt(gamma), s.s1.at(0), s.s2.at(0)];
     be.launch(Kernel::nh_bn_bwd, len, ka(&ptrs, &[p as i64, c as i64], &[m as f32]))
+}
+
+/// Per-row standardisation (HardNet's input) of `x` (`rows x d`):
+/// `mean = sum x / d`, `m2 = sum (x - mean)^2`, saved `std_eps = sqrt(m2 / (d - 1)) + 1e-7`,
+/// `out = (x - mean) / std_eps`. `sq` is `rows * d` scratch.
+pub fn input_norm(
+    be: &Backend,
+    (rows, d): (usize, usize),
+    x: Buf,
+    out: Buf,
+    (mean, m2, std): (Buf, Buf, Buf),
+    sq: Buf,
+) -> Result<()> {
+    be.sum_rows(mean, x, rows, d, 1.0 / d as f32, 0.0)?;
+    be.launch(Kernel::nh_sq_dev, rows * d, ka(&[sq.at(0), x.at(0), mean.at(0)], &[d as i64, rows as i64], &[]))?;
+    be.sum_rows(m2, sq, rows, d, 1.0, 0.0)?;
+    let ptrs = [out.at(0), x.at(0), mean.at(0), m2.at(0), std.at(0)];
+    be.launch(Kernel::nh_input_norm, rows * d, ka(&ptrs, &[d as i64], &[]))
+}
+
+/// Row-wise L2 normalisation of `x` (`rows x d`): saved `norms`, `out = x / max(norm, 1e-12)`.
+/// `ss` (`rows`) and `sq` (`rows * d`) are scratch.
+pub fn l2norm_forward(
+    be: &Backend,
+    (rows, d): (usize, usize),
+    x: Buf,
+    out: Buf,
+    norms: Buf,
+    (ss, sq): (Buf, Buf),
+) -> Result<()> {
+    be.launch(Kernel::nh_mul, rows * d, ka(&[sq.at(0), x.at(0), x.at(0)], &[], &[]))?;
+    be.sum_rows(ss, sq, rows, d, 1.0, 0.0)?;
+    be.launch(Kernel::nh_l2norm, rows * d, ka(&[out.at(0), x.at(0), ss.at(0), norms.at(0)], &[d as i64], &[]))
+}
+
+/// Its backward: `dx += J^T g` from the forward's input `x` and `norms`.
+/// `dot` (`rows`) and `sq` (`rows * d`) are scratch.
+pub fn l2norm_backward(
+    be: &Backend,
+    (rows, d): (usize, usize),
+    g: Buf,
+    x: Buf,
+    norms: Buf,
+    dx: Buf,
+    (dot, sq): (Buf, Buf),
+) -> Result<()> {
+    be.launch(Kernel::nh_mul, rows * d, ka(&[sq.at(0), g.at(0), x.at(0)], &[], &[]))?;
+    be.sum_rows(dot, sq, rows, d, 1.0, 0.0)?;
+    let ptrs = [dx.at(0), g.at(0), x.at(0), norms.at(0), dot.at(0)];
+    be.launch(Kernel::nh_l2norm_bwd, rows * d, ka(&ptrs, &[d as i64], &[]))
+}
+
+fn pool_ints(s: Shape4) -> [i64; 4] {
+    [s.h, s.w, s.h / 2, s.w / 2].map(|v| v as i64)
+}
+
+/// 2x2 max pool of `x` (`s`, the input's shape) into `out`, saving `argmax`.
+pub fn maxpool(be: &Backend, s: Shape4, x: Buf, out: Buf, argmax: Buf) -> Result<()> {
+    let len = s.n * s.c * (s.h / 2) * (s.w / 2);
+    be.launch(Kernel::nh_maxpool, len, ka(&[out.at(0), argmax.at(0), x.at(0)], &pool_ints(s), &[]))
+}
+
+/// Its backward: `dx += dout` at each window's argmax.
+pub fn maxpool_backward(be: &Backend, s: Shape4, dout: Buf, argmax: Buf, dx: Buf) -> Result<()> {
+    be.launch(Kernel::nh_maxpool_bwd, s.len(), ka(&[dx.at(0), dout.at(0), argmax.at(0)], &pool_ints(s), &[]))
+}
+
+/// Nearest upsampling x2 of `x` (`s`, the input's shape) into `out`.
+pub fn upsample(be: &Backend, s: Shape4, x: Buf, out: Buf) -> Result<()> {
+    be.launch(Kernel::nh_upsample, 4 * s.len(), ka(&[out.at(0), x.at(0)], &[s.h as i64, s.w as i64], &[]))
+}
+
+/// Its backward: `dx += ` the sum of each pixel's four copies' gradients.
+pub fn upsample_backward(be: &Backend, s: Shape4, dout: Buf, dx: Buf) -> Result<()> {
+    be.launch(Kernel::nh_upsample_bwd, s.len(), ka(&[dx.at(0), dout.at(0)], &[s.h as i64, s.w as i64], &[]))
+}
+
+/// `out = a ++ b` along channels.
+pub fn concat(be: &Backend, (sa, sb): (Shape4, Shape4), a: Buf, b: Buf, out: Buf) -> Result<()> {
+    let ints = [sa.image_len() as i64, sb.image_len() as i64];
+    be.launch(Kernel::nh_concat, sa.len() + sb.len(), ka(&[out.at(0), a.at(0), b.at(0)], &ints, &[]))
+}
+
+/// Its backward: `da += dout[:, :Ca]`, `db += dout[:, Ca:]`.
+pub fn concat_backward(be: &Backend, (sa, sb): (Shape4, Shape4), dout: Buf, da: Buf, db: Buf) -> Result<()> {
+    let ints = [sa.image_len() as i64, sb.image_len() as i64];
+    be.launch(Kernel::nh_concat_bwd, sa.len() + sb.len(), ka(&[da.at(0), db.at(0), dout.at(0)], &ints, &[]))
+}
+
+/// Inverted dropout with a host-drawn `mask` (1 keep, 0 drop): `out = mask ? x * scale : 0`.
+pub fn dropout(be: &Backend, len: usize, x: Buf, mask: Buf, out: Buf, scale: f32) -> Result<()> {
+    be.launch(Kernel::nh_dropout, len, ka(&[out.at(0), x.at(0), mask.at(0)], &[], &[scale]))
+}
+
+/// Its backward: `dx += mask ? dout * scale : 0`.
+pub fn dropout_backward(be: &Backend, len: usize, dout: Buf, mask: Buf, dx: Buf, scale: f32) -> Result<()> {
+    be.launch(Kernel::nh_dropout_bwd, len, ka(&[dx.at(0), dout.at(0), mask.at(0)], &[], &[scale]))
 }

@@ -10,11 +10,11 @@
 //! running statistics stay untouched as on the CPU).
 
 use super::backend::{Backend, Buf, Kernel, ka};
+use super::loss::{self as device_loss, HardNetScratch};
 use super::model::{GpuModel, GpuWs};
 use super::ops;
 use super::{PointLoss, TupleLoss};
 use crate::error::{Error, Result};
-use crate::loss::hardnet::HardNetLoss;
 use crate::models::{DESC_LEN, Model, PATCH_LEN};
 use crate::rng::Rng;
 use crate::train::config::{Optimizer, OptimizerConfig, OptimizerState};
@@ -23,16 +23,6 @@ use crate::train::config::{Optimizer, OptimizerConfig, OptimizerState};
 enum OptBufs {
     Sgd(Buf),
     Adam(Buf, Buf),
-}
-
-/// HardNet loss scratch for `b` pairs.
-struct HnBufs {
-    b: usize,
-    dist: Buf,
-    neg_row: Buf,
-    neg_col: Buf,
-    k_pos: Buf,
-    k_neg: Buf,
 }
 
 /// A model's training state on a device.
@@ -51,7 +41,7 @@ pub struct GpuTrainer {
     terms: Buf,
     loss: Buf,
     /// HardNet loss scratch by batch size (the full batch and a shorter last one).
-    hn: Vec<HnBufs>,
+    hn: Vec<HardNetScratch>,
 }
 
 impl GpuTrainer {
@@ -147,9 +137,7 @@ impl GpuTrainer {
         let (i, out) = self.forward(x, &mut no_dropout)?;
         let len = x.len();
         self.be.upload(self.target, target)?;
-        let ptrs = [self.dout.at(0), self.terms.at(0), out.at(0), self.target.at(0)];
-        let kind = (loss == PointLoss::Mse) as i64;
-        self.be.launch(Kernel::nh_point_loss, len, ka(&ptrs, &[kind], &[(1.0 / len as f64) as f32]))?;
+        device_loss::point(&self.be, loss, len, (out, self.target), self.dout, self.terms)?;
         let l = self.read_loss(len, 1.0 / len as f64)?;
         self.finish(i, opt)?;
         Ok(l)
@@ -167,52 +155,21 @@ impl GpuTrainer {
         let d = DESC_LEN;
         let l = match loss {
             TupleLoss::Triplet(t) => {
-                t.validate()?;
-                let ptrs = [self.dout.at(0), out.at(0), self.terms.at(0)];
-                self.be.launch(Kernel::nh_triplet, n, ka(&ptrs, &[d as i64, n as i64], &[t.margin]))?;
+                device_loss::triplet(&self.be, &t, (n, d), out, self.dout, self.terms)?;
                 self.read_loss(n, 1.0 / n as f64)?
             }
             TupleLoss::HardNet(h) => {
-                h.validate()?;
-                self.hardnet_loss(h, out, n)?
+                if !self.hn.iter().any(|s| s.b == n) {
+                    self.hn.push(HardNetScratch::new(&self.be, n)?);
+                }
+                let s = self.hn.iter().find(|s| s.b == n).expect("made above");
+                let (pairs, grads) = ((out, out.slice(n * d, n * d)), (self.dout, self.dout.slice(n * d, n * d)));
+                device_loss::hardnet(&self.be, &h, d, pairs, grads, self.terms, s)?;
+                self.read_loss(n, 1.0 / n as f64)?
             }
         };
         self.finish(i, opt)?;
         Ok(l)
-    }
-
-    fn hardnet_loss(&mut self, h: HardNetLoss, out: Buf, b: usize) -> Result<f64> {
-        if !self.hn.iter().any(|hn| hn.b == b) {
-            let be = &self.be;
-            self.hn.push(HnBufs {
-                b,
-                dist: be.alloc(b * b)?,
-                neg_row: be.alloc(b)?,
-                neg_col: be.alloc(b)?,
-                k_pos: be.alloc(b)?,
-                k_neg: be.alloc(b)?,
-            });
-        }
-        let hn = self.hn.iter().find(|hn| hn.b == b).expect("HardNet loss buffers");
-        let (be, d) = (&self.be, DESC_LEN);
-        let (anchors, positives) = (out.at(0), out.at(b * d));
-        let ints = [d as i64, b as i64, h.anchor_swap as i64];
-        be.launch(Kernel::nh_hn_dist, b * b, ka(&[hn.dist.at(0), anchors, positives], &ints, &[]))?;
-        let ptrs =
-            [hn.dist.at(0), self.terms.at(0), hn.neg_row.at(0), hn.neg_col.at(0), hn.k_pos.at(0), hn.k_neg.at(0)];
-        be.launch(Kernel::nh_hn_select, b, ka(&ptrs, &ints, &[h.margin]))?;
-        let ptrs = [
-            self.dout.at(0),
-            self.dout.at(b * d),
-            anchors,
-            positives,
-            hn.neg_row.at(0),
-            hn.neg_col.at(0),
-            hn.k_pos.at(0),
-            hn.k_neg.at(0),
-        ];
-        be.launch(Kernel::nh_hn_grad, 2 * b * d, ka(&ptrs, &ints, &[]))?;
-        self.read_loss(b, 1.0 / b as f64)
     }
 
     /// The optimizer kernel, with the host's step counter and scalars as the CPU optimizers derive them.

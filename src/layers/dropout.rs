@@ -34,6 +34,12 @@ impl DropoutConfig {
     }
 }
 
+/// One mask draw: whether the next element is kept (`rng.next_f32() >= p`).
+/// Every implementation draws its masks through this, in element order.
+pub fn keep(rng: &mut Rng, cfg: &DropoutConfig) -> bool {
+    rng.next_f32() >= cfg.p
+}
+
 /// Draws `mask` from `rng` and writes `out = x * mask / (1 - p)`.
 pub fn forward_train(out: &mut [f32], mask: &mut [u8], x: &[f32], rng: &mut Rng, cfg: &DropoutConfig) -> Result<()> {
     check_len("dropout forward: mask", mask.len(), out.len())?;
@@ -41,7 +47,7 @@ pub fn forward_train(out: &mut [f32], mask: &mut [u8], x: &[f32], rng: &mut Rng,
     let scale = cfg.keep_scale();
     // Sequential on purpose: the draws must come in element order.
     for ((o, m), &x) in out.iter_mut().zip(mask.iter_mut()).zip(x) {
-        let keep = rng.next_f32() >= cfg.p;
+        let keep = keep(rng, cfg);
         *m = keep as u8;
         *o = if keep { x * scale } else { 0.0 };
     }

@@ -10,8 +10,8 @@ use super::session::{self, RunDir, State, tail_ws};
 use crate::data::pack::PackedDataset;
 use crate::data::sampler::Sampler;
 use crate::error::{Error, Result};
+use crate::gpu::PointLoss;
 use crate::io::PATCH_LEN;
-use crate::loss::{l1::l1_loss, mse::mse_loss};
 use crate::models::{Arch, Model, Workspace};
 use crate::net::Network;
 use crate::ops::elementwise::scale;
@@ -19,17 +19,6 @@ use std::time::Instant;
 
 /// Seed offset of the validation sampler, so validation pairs never depend on the training stream.
 const VAL_STREAM: u64 = 0x7A11_DA7E;
-
-/// A pointwise loss: returns the loss, adds d loss / d pred into the first buffer.
-type PointLoss = fn(&mut [f32], &[f32], &[f32]) -> Result<f32>;
-
-fn loss_fn(name: &str) -> Result<PointLoss> {
-    match name {
-        "l1" => Ok(l1_loss),
-        "mse" => Ok(mse_loss),
-        other => Err(Error::InvalidArgument(format!("unknown denoiser loss '{other}' (expected l1 or mse)"))),
-    }
-}
 
 /// Fixed validation pairs (noisy, clean) from sequences `test`.
 pub fn validation_pairs(data: &PackedDataset, test: &[usize], items: usize, seed: u64) -> Result<(Vec<f32>, Vec<f32>)> {
@@ -49,7 +38,7 @@ pub fn validation_loss(net: &Network, loss: &str, noisy: &[f32], clean: &[f32]) 
     }
     let out = net.forward(noisy)?;
     let mut scratch = vec![0.0; out.len()];
-    Ok(Some(loss_fn(loss)?(&mut scratch, &out, clean)? as f64))
+    Ok(Some(PointLoss::parse(loss)?.cpu(&mut scratch, &out, clean)? as f64))
 }
 
 /// Trains a denoiser on the sequences `train`, validating on `test`; returns the trained network.
@@ -66,7 +55,7 @@ pub fn train(
     if !arch.is_denoiser() {
         return Err(Error::InvalidArgument(format!("{arch} is not a denoiser (expected unet or dncnn)")));
     }
-    let lossf = loss_fn(&cfg.loss)?;
+    let point_loss = PointLoss::parse(&cfg.loss)?;
     let model = Model::new(arch)?;
     let mut st: State = session::start(&model, cfg, run, resume, None)?;
     let mut sampler = Sampler::denoise(data, train, cfg.batch, cfg.epoch_items, cfg.seed)?;
@@ -94,7 +83,6 @@ pub fn train(
     if par.is_some() && !run.device.is_cpu() {
         return Err(Error::InvalidArgument("--distributed trains on CPUs; it cannot be combined with --device".into()));
     }
-    let device_loss = crate::gpu::PointLoss::parse(&cfg.loss)?;
     let mut gpu = crate::gpu::trainer(run.device, &model, &st.params, &st.optimizer, b)?;
 
     let first_epoch = st.epochs_done;
@@ -106,12 +94,13 @@ pub fn train(
         loop {
             let info = sampler.next_batch([&mut noisy, &mut clean])?;
             let n = info.items;
+            // This step's learning rate (the optimizer reads it only in its update).
+            st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step));
             let loss = match gpu.as_mut() {
                 Some(g) => {
                     // The whole step on the device: the batch goes in, the loss comes out.
-                    st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step));
                     let x = &noisy[..n * PATCH_LEN];
-                    let loss = g.step_denoise(x, &clean[..n * PATCH_LEN], device_loss, &mut st.optimizer)?;
+                    let loss = g.step_denoise(x, &clean[..n * PATCH_LEN], point_loss, &mut st.optimizer)?;
                     step += 1;
                     session::check_loss(loss, epoch, step, run, st.epochs_done)?;
                     loss
@@ -132,7 +121,7 @@ pub fn train(
                     let out = model.forward_train(w, &mut st.params, x, &mut st.dropout)?;
                     let d = &mut dout[..len * PATCH_LEN];
                     d.iter_mut().for_each(|v| *v = 0.0);
-                    let mut loss = lossf(d, out, target)? as f64;
+                    let mut loss = point_loss.cpu(d, out, target)? as f64;
                     if let Some(p) = &par {
                         // The loss is a mean over the global batch: this share weighs len / n of it.
                         scale(d, len as f32 / n as f32);
@@ -144,7 +133,6 @@ pub fn train(
                     if let Some(p) = &par {
                         p.sum_grads(&mut grads)?;
                     }
-                    st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step - 1));
                     st.optimizer.step(&mut st.params, &grads, &ranges)?;
                     loss
                 }

@@ -249,10 +249,11 @@ pub fn train(
         let (mut loss_sum, mut items, mut step) = (0.0f64, 0u64, 0u64);
         loop {
             let (n, last) = draw(&mut sampler, &mut x, b)?;
+            // This step's learning rate (the optimizer reads it only in its update).
+            st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step));
             let l = match gpu.as_mut() {
                 Some(g) => {
                     // The whole step on the device: the batch goes in, the loss comes out.
-                    st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step));
                     let l =
                         g.step_descriptor(&x[..k * n * PATCH_LEN], device_loss, &mut st.dropout, &mut st.optimizer)?;
                     step += 1;
@@ -300,7 +301,6 @@ pub fn train(
                     if let Some(p) = &par {
                         p.sum_grads(&mut grads)?;
                     }
-                    st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step - 1));
                     st.optimizer.step(&mut st.params, &grads, &ranges)?;
                     l
                 }

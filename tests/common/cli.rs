@@ -36,6 +36,13 @@ pub fn fails(args: &[&str]) -> String {
     err
 }
 
+/// A small synthetic dataset (4 sequences of 48 patches) written into `d/data`.
+pub fn synth_dataset(d: &Path, seed: u64) -> PathBuf {
+    let root = d.join("data");
+    ok(&["synth", "--out", s(&root), "--sequences", "4", "--patches", "48", "--seed", &seed.to_string()]);
+    root
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }

@@ -79,6 +79,31 @@ pub fn check_grad(
     }
 }
 
+/// Asserts `|got - want| <= tol (s + |want|)` everywhere, `s` the largest
+/// magnitude in `want` (at least 1): an element that is a small difference of
+/// large terms is held to the rounding of those terms, not of its own size.
+/// Names the worst element and how many tolerances it is off.
+pub fn assert_close_scaled(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(1.0f64, |m, &w| m.max((w as f64).abs()));
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w as f64).abs() / (tol * scale + tol * (w as f64).abs());
+        let err = if err.is_nan() { f64::INFINITY } else { err };
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+    let i = worst.1;
+    assert!(
+        worst.0 <= 1.0,
+        "{what}: element {i} is {} where {} is expected ({:.2} x the tolerance)",
+        got[i],
+        want[i],
+        worst.0
+    );
+}
+
 /// Asserts two buffers agree elementwise within `atol + rtol * |want|`, naming the first bad index.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
