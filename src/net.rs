@@ -215,6 +215,7 @@ impl Network {
         if !unknown.is_empty() {
             return Err(format_err(path, format!("tensors a {arch} network does not have: {}", unknown.join(", "))));
         }
+        model.layout().check_values(&params).map_err(|msg| format_err(path, msg))?;
         Ok(Network { model, params, spare: Mutex::new(Vec::new()), accel: None, stale: AtomicBool::new(false) })
     }
 

@@ -76,6 +76,33 @@ impl ParamLayout {
     pub fn range(&self, name: &str) -> Result<Range<usize>> {
         self.get(name).map(|s| s.range()).ok_or_else(|| Error::InvalidArgument(format!("no parameter named '{name}'")))
     }
+    /// Refuses values no usable model holds, naming the tensor: a NaN or an
+    /// infinity anywhere, or a negative `*.running_var` (BatchNorm divides by
+    /// `sqrt(var + eps)`, so a negative variance is as poisoned as a NaN).
+    /// `params` must have the arena's length.
+    pub fn check_values(&self, params: &[f32]) -> std::result::Result<(), String> {
+        for spec in &self.specs {
+            let Some(t) = params.get(spec.range()) else {
+                return Err(format!("tensor '{}' lies outside the {} values given", spec.name, params.len()));
+            };
+            let bad = t.iter().filter(|v| !v.is_finite()).count();
+            if let Some(i) = t.iter().position(|v| !v.is_finite()) {
+                return Err(format!(
+                    "tensor '{}' holds {bad} non-finite value(s) of {} (first: {} at element {i})",
+                    spec.name,
+                    t.len(),
+                    t[i]
+                ));
+            }
+            if spec.name.ends_with("running_var")
+                && let Some(i) = t.iter().position(|&v| v < 0.0)
+            {
+                return Err(format!("tensor '{}' holds a negative variance ({} at element {i})", spec.name, t[i]));
+            }
+        }
+        Ok(())
+    }
+
     /// A mask over the arena: 1 for trainable elements, 0 for running statistics.
     pub fn trainable_ranges(&self) -> Vec<Range<usize>> {
         self.specs.iter().filter(|s| s.trainable).map(|s| s.range()).collect()
@@ -97,5 +124,18 @@ mod tests {
         assert_eq!(l.range("conv1.bias").unwrap(), 144..160);
         assert!(l.range("nope").is_err());
         assert!(l.push("conv1.bias", &[1], true).is_err());
+    }
+
+    #[test]
+    fn poisoned_values_are_named() {
+        let mut l = ParamLayout::new();
+        l.push("w", &[3], true).unwrap();
+        l.push("bn.running_var", &[2], false).unwrap();
+        assert_eq!(l.check_values(&[1.0, -2.0, 0.0, 0.0, 1.0]), Ok(()));
+        let e = l.check_values(&[1.0, f32::NAN, f32::INFINITY, 0.0, 1.0]).unwrap_err();
+        assert!(e.contains("'w'") && e.contains("2 non-finite") && e.contains("NaN at element 1"), "{e}");
+        let e = l.check_values(&[1.0, 2.0, 3.0, 1.0, -0.5]).unwrap_err();
+        assert!(e.contains("'bn.running_var'") && e.contains("negative variance (-0.5 at element 1)"), "{e}");
+        assert!(l.check_values(&[0.0; 4]).unwrap_err().contains("outside"));
     }
 }

@@ -30,6 +30,19 @@ struct Fx {
     /// Descriptors of split a (`export`) and its task files (`tasks`).
     descs: PathBuf,
     tasks: PathBuf,
+    /// Checkpoints of one-epoch runs of each stage, made with `resume_args`.
+    ckpt_denoiser: PathBuf,
+    ckpt_descriptor: PathBuf,
+}
+
+/// The arguments of the tiny training runs whose checkpoints the resume cases poison.
+fn resume_args(stage: &str, data: &Path, out: &Path) -> Vec<String> {
+    let mut a = strs(&[stage, "--dataset", s(data), "--out", s(out), "--preset", "demo", "--epochs", "1"]);
+    a.extend(strs(&["--items", "64", "--threads", "1", "--seed", "4", "--resume"]));
+    if stage == "train-descriptor" {
+        a.extend(strs(&["--input", "noisy", "--no-epoch-eval", "--batch", "16"]));
+    }
+    a
 }
 
 fn fx() -> &'static Fx {
@@ -53,7 +66,14 @@ fn fx() -> &'static Fx {
         ok(&["export", "--dataset", s(&data), "--weights", s(&hardnet), "--out", s(&descs), "--threads", "1"]);
         let tasks = root.join("tasks");
         ok(&["tasks", "--dataset", s(&data), "--out", s(&tasks), "--threads", "1"]);
-        Fx { root, unet, hardnet, data, test_seq, strip, npy, descs, tasks }
+        let ckpt = |stage: &str| {
+            let run = root.join(format!("{stage}-run"));
+            let a = resume_args(stage, &data, &run);
+            ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+            run.join("checkpoint.safetensors")
+        };
+        let (ckpt_denoiser, ckpt_descriptor) = (ckpt("train-denoiser"), ckpt("train-descriptor"));
+        Fx { root, unet, hardnet, data, test_seq, strip, npy, descs, tasks, ckpt_denoiser, ckpt_descriptor }
     })
 }
 
@@ -337,12 +357,52 @@ macro_rules! weight_cases {
     };
 }
 
+/// A copy of the weights (or checkpoint) file `src` named `name`, with one
+/// element of the tensor `tensor` set to `v`, written by nhpatch's own writer:
+/// a well-formed file whose values are poisoned.
+fn poisoned(src: &Path, d: &Path, name: &str, tensor: &str, v: f32) -> PathBuf {
+    let mut w = nhpatch::weights::load(src).unwrap();
+    let t = w.tensors.get_mut(tensor).unwrap_or_else(|| panic!("{src:?} has no {tensor}"));
+    let i = t.data.len() / 2;
+    t.data[i] = v;
+    let p = d.join(name);
+    nhpatch::weights::save(&p, &w).unwrap();
+    p
+}
+
+/// Well-formed weights files holding a NaN or an infinity, from the valid fixture `$valid`.
+macro_rules! poison_cases {
+    ($valid:ident, $first:expr, $last:expr) => {
+        vec![
+            Case {
+                name: "weights-nan",
+                make: |f, d| both(poisoned(&f.$valid, d, "nan.safetensors", $first, f32::NAN)),
+                expect: concat!("'", $first, "' holds 1 non-finite value(s)"),
+            },
+            Case {
+                name: "weights-inf",
+                make: |f, d| both(poisoned(&f.$valid, d, "inf.safetensors", $last, f32::NEG_INFINITY)),
+                expect: concat!("'", $last, "' holds 1 non-finite value(s)"),
+            },
+        ]
+    };
+}
+
 fn denoiser_weights() -> Vec<Case> {
-    weight_cases!(unet, hardnet, "not a denoiser")
+    let mut v = weight_cases!(unet, hardnet, "not a denoiser");
+    v.extend(poison_cases!(unet, "conv1.weight", "conv5.bias"));
+    v
 }
 
 fn descriptor_weights() -> Vec<Case> {
-    weight_cases!(hardnet, unet, "not a hardnet")
+    let mut v = weight_cases!(hardnet, unet, "not a hardnet");
+    v.extend(poison_cases!(hardnet, "conv7.weight", "bn3.running_mean"));
+    v.push(Case {
+        name: "weights-negative-variance",
+        make: |f, d| both(poisoned(&f.hardnet, d, "var.safetensors", "bn2.running_var", -0.25)),
+        expect: "'bn2.running_var' holds a negative variance",
+    });
+    v
 }
 
 #[test]
@@ -413,7 +473,7 @@ fn describe_and_info_refuse_bad_weights() {
     };
     check("describe-denoiser", args, &denoiser_weights());
     let args: Args = |_, a, _| strs(&["info", "--weights", s(a)]);
-    check("info", args, &denoiser_weights()[..6]);
+    check("info", args, &[&denoiser_weights()[..6], &denoiser_weights()[7..], &descriptor_weights()[7..]].concat());
 }
 
 /// The dataset fixture copied into `d`, with `f` applied to the copy.
@@ -562,11 +622,7 @@ fn model_commands_refuse_bad_weights() {
     };
     check("train-descriptor", args, &denoiser_weights());
     // A bad checkpoint in the run folder, with --resume.
-    let args: Args = |f, a, _| {
-        let out = a.parent().unwrap();
-        let data = s(&f.data);
-        strs(&["train-denoiser", "--dataset", data, "--out", s(out), "--resume", "--preset", "demo", "--epochs", "1"])
-    };
+    let args: Args = |f, a, _| resume_args("train-denoiser", &f.data, a.parent().unwrap());
     let cases = [
         Case {
             name: "checkpoint-truncated",
@@ -588,8 +644,55 @@ fn model_commands_refuse_bad_weights() {
             make: |f, d| both(edited(&f.unet, d, "checkpoint.safetensors", |_| {})),
             expect: "not an nhpatch checkpoint",
         },
+        Case {
+            name: "checkpoint-nan-weights",
+            make: |f, d| both(poisoned(&f.ckpt_denoiser, d, "checkpoint.safetensors", "params", f32::NAN)),
+            expect: "' holds 1 non-finite value(s)",
+        },
+        Case {
+            name: "checkpoint-inf-optimizer",
+            make: |f, d| both(poisoned(&f.ckpt_denoiser, d, "checkpoint.safetensors", "adam.exp_avg", f32::INFINITY)),
+            expect: "'adam.exp_avg' holds a non-finite value",
+        },
+        Case {
+            name: "checkpoint-negative-second-moment",
+            make: |f, d| both(poisoned(&f.ckpt_denoiser, d, "checkpoint.safetensors", "adam.exp_avg_sq", -1.0)),
+            expect: "'adam.exp_avg_sq' holds a negative second moment",
+        },
     ];
     check("train-resume", args, &cases);
+    // The descriptor stage's checkpoint: weights (a running variance) and optimizer state.
+    let args: Args = |f, a, _| resume_args("train-descriptor", &f.data, a.parent().unwrap());
+    let cases = [
+        Case {
+            name: "checkpoint-nan-weights",
+            make: |f, d| both(poisoned(&f.ckpt_descriptor, d, "checkpoint.safetensors", "params", f32::NAN)),
+            expect: "' holds 1 non-finite value(s)",
+        },
+        Case {
+            name: "checkpoint-negative-variance",
+            make: |f, d| {
+                let mut w = nhpatch::weights::load(&f.ckpt_descriptor).unwrap();
+                let model = nhpatch::models::Model::new("hardnet".parse().unwrap()).unwrap();
+                let at = model.layout().get("bn4.running_var").unwrap().offset;
+                w.tensors.get_mut("params").unwrap().data[at + 3] = -2.0;
+                let p = d.join("checkpoint.safetensors");
+                nhpatch::weights::save(&p, &w).unwrap();
+                both(p)
+            },
+            expect: "'bn4.running_var' holds a negative variance (-2 at element 3)",
+        },
+        Case {
+            name: "checkpoint-nan-optimizer",
+            make: |f, d| {
+                let w = nhpatch::weights::load(&f.ckpt_descriptor).unwrap();
+                let name = ["sgd.momentum_buffer", "adam.exp_avg"].into_iter().find(|n| w.tensors.contains_key(*n));
+                both(poisoned(&f.ckpt_descriptor, d, "checkpoint.safetensors", name.unwrap(), f32::NAN))
+            },
+            expect: "holds a non-finite value (NaN",
+        },
+    ];
+    check("train-descriptor-resume", args, &cases);
 }
 
 /// The descriptor CSV of image `image` of the test sequence, edited by `f`, in a copy of the descriptors.

@@ -308,6 +308,27 @@ fn load_errors_are_codes_with_messages_naming_the_file() {
     let (st, msg) = load_err(nhp_load_descriptor, &unet);
     assert!(st == NhpStatus::ErrFormat && msg.contains("not a HardNet descriptor"), "{st:?} {msg}");
 
+    // Well-formed files with poisoned values: a NaN weight, a negative running variance.
+    let poison = |name: &str, arch: Arch, tensor: &str, v: f32| {
+        let mut file = Network::init(arch, 1).unwrap().to_file();
+        file.tensors.get_mut(tensor).unwrap().data[1] = v;
+        let p = d.join(name);
+        nhpatch::weights::save(&p, &file).unwrap();
+        p
+    };
+    let nan_unet = poison("nan-unet.safetensors", Arch::Unet, "conv2.weight", f32::NAN);
+    let neg_var = poison("var-hardnet.safetensors", Arch::HardNetOriginal, "bn3.running_var", -1.0);
+    for f in [nhp_load, nhp_load_denoiser] {
+        let (st, msg) = load_err(f, &nan_unet);
+        assert_eq!(st, NhpStatus::ErrFormat, "{msg}");
+        assert!(msg.contains("nan-unet.safetensors") && msg.contains("'conv2.weight' holds 1 non-finite"), "{msg}");
+    }
+    for f in [nhp_load, nhp_load_descriptor] {
+        let (st, msg) = load_err(f, &neg_var);
+        assert_eq!(st, NhpStatus::ErrFormat, "{msg}");
+        assert!(msg.contains("var-hardnet.safetensors") && msg.contains("'bn3.running_var' holds a negative"), "{msg}");
+    }
+
     // Queries on NULL answer without crashing; freeing NULL is a no-op.
     unsafe {
         assert_eq!(nhp_is_denoiser(null()), -1);

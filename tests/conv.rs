@@ -309,3 +309,34 @@ fn bad_calls_are_errors_not_panics() {
     assert!(Conv2d::new(Conv2dSpec { cout: 0, ..spec }, 5, 5).is_err());
     assert!(Conv2d::new(Conv2dSpec { pad: Padding::valid(), ..spec }, 2, 5).is_err(), "kernel larger than the input");
 }
+
+/// Padding (always narrower than the kernel) may be wider than the image, so
+/// that some kernel columns never meet a pixel; those columns read zeros (found by the conv
+/// fuzz target: the forward used to index before the image row).
+#[test]
+fn padding_wider_than_the_image_reads_only_zeros() {
+    let cases = [
+        // (cin, cout, kh, kw, stride, top, left, bottom, right, h, w, n)
+        (1, 3, 3, 5, 3, 2, 0, 2, 3, 1, 3, 1),
+        (2, 2, 2, 3, 1, 1, 2, 0, 0, 1, 1, 3),
+        (1, 1, 3, 3, 2, 2, 2, 2, 2, 1, 1, 2),
+        (3, 2, 4, 4, 3, 3, 3, 3, 3, 2, 1, 1),
+        (1, 2, 5, 2, 1, 4, 1, 4, 1, 1, 2, 2),
+    ];
+    for (i, &(cin, cout, kh, kw, stride, top, left, bottom, right, h, w, n)) in cases.iter().enumerate() {
+        let spec = Conv2dSpec { cin, cout, kh, kw, stride, pad: Padding { top, left, bottom, right }, bias: true };
+        let c = Case { spec, h, w, n, seed: 90 + i as u64 };
+        let d = data(&c);
+        let got = run_forward(&d.l, &d.x, &d.w, d.b.as_deref(), n);
+        let want = naive_forward(&d.l, &d.x, &d.w, d.b.as_deref(), n);
+        assert_close(&format!("forward {spec:?} on {h}x{w}"), &got, &want, 1e-5, 1e-5);
+        let dout = rand_vec(&mut Rng::new(7), d.l.out_shape(n).len(), -1.0, 1.0);
+        let (mut dx, mut dw, mut db) = (vec![0.0; d.x.len()], vec![0.0; d.w.len()], vec![0.0; cout]);
+        let mut ws = d.l.workspace(n);
+        let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: Some(&mut db[..]) };
+        d.l.backward(grads, &dout, &d.x, &d.w, n, &mut ws).unwrap();
+        let (rdx, rdw, _) = naive_backward(&d.l, &dout, &d.x, &d.w, n);
+        assert_close("dx", &dx, &rdx, 1e-5, 1e-5);
+        assert_close("dw", &dw, &rdw, 1e-5, 1e-5);
+    }
+}

@@ -1,42 +1,128 @@
-//! Same seed, same bytes: training a tiny denoiser and descriptor twice with
-//! the same seed and thread count gives identical weights files, and so does
-//! a run on one thread (work is partitioned by size, never by thread count);
-//! `describe` output is identical across runs and thread counts.
+//! Same seed, same bytes, whatever the thread count: each training stage at
+//! its real batch size (the denoiser and the triplet loss at 50, the HardNet
+//! loss at 128 pairs, the joint stage of `run --recipe joint` at 128 pairs)
+//! trained with 1, 2, 3, 5 and 8 threads (oversubscribing the cores on
+//! purpose) writes byte-identical weights, and so does a second run with the
+//! same thread count; `describe` output is identical across runs and thread
+//! counts. Splits that change a sum's order follow the data's sizes only
+//! (`src/threads.rs`).
 
 mod common;
 
 use common::cli::{dir, ok, s};
 use std::path::{Path, PathBuf};
 
-fn train(data: &Path, out: &Path, stage: &str, threads: &str) -> Vec<u8> {
-    let mut args = vec![stage, "--dataset", s(data), "--out", s(out), "--preset", "demo", "--epochs", "1"];
-    args.extend(["--items", "64", "--seed", "5", "--threads", threads]);
-    if stage == "train-descriptor" {
-        args.extend(["--input", "noisy", "--no-epoch-eval", "--batch", "8"]);
-    }
-    ok(&args);
-    std::fs::read(out.join("model.safetensors")).unwrap()
+const THREADS: [&str; 5] = ["1", "2", "3", "5", "8"];
+
+/// One short run of `stage`: two steps at its real batch size.
+fn stage_args<'a>(stage: &'a str, data: &'a Path, out: &'a Path, threads: &'a str) -> Vec<&'a str> {
+    let common = ["--dataset", s(data), "--out", s(out), "--seed", "5", "--threads", threads];
+    let own: &[&str] = match stage {
+        "denoiser" => &["train-denoiser", "--preset", "demo", "--epochs", "1", "--batch", "50", "--items", "100"],
+        "triplet" => &[
+            "train-descriptor",
+            "--preset",
+            "demo",
+            "--epochs",
+            "1",
+            "--loss",
+            "triplet",
+            "--batch",
+            "50",
+            "--items",
+            "100",
+            "--input",
+            "noisy",
+            "--no-epoch-eval",
+        ],
+        "hardnet" => &[
+            "train-descriptor",
+            "--preset",
+            "demo",
+            "--epochs",
+            "1",
+            "--variant",
+            "original",
+            "--loss",
+            "hardnet",
+            "--batch",
+            "128",
+            "--items",
+            "256",
+            "--input",
+            "noisy",
+            "--no-epoch-eval",
+        ],
+        // The hardnet recipe's stages, then one epoch of the joint stage, all at 128 pairs.
+        "joint" => &[
+            "run",
+            "--recipe",
+            "joint",
+            "--denoiser-epochs",
+            "1",
+            "--denoiser-items",
+            "128",
+            "--descriptor-epochs",
+            "2",
+            "--joint-epochs",
+            "1",
+            "--triplets",
+            "256",
+            "--batch",
+            "128",
+        ],
+        _ => unreachable!("unknown stage {stage}"),
+    };
+    [own, &common[..]].concat()
+}
+
+/// The weights a finished run of `stage` wrote (both models for the joint stage).
+fn weights(stage: &str, out: &Path) -> Vec<u8> {
+    let files: &[&str] = match stage {
+        "joint" => &["joint/denoiser/model.safetensors", "joint/descriptor/model.safetensors"],
+        _ => &["model.safetensors"],
+    };
+    files.iter().flat_map(|f| std::fs::read(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"))).collect()
+}
+
+fn dataset(d: &Path) -> PathBuf {
+    let data = d.join("data");
+    ok(&["synth", "--out", s(&data), "--sequences", "4", "--patches", "160", "--seed", "3"]);
+    data
 }
 
 #[test]
-fn training_and_describe_are_deterministic_across_runs_and_thread_counts() {
+fn every_stage_trains_to_the_same_bytes_with_1_2_3_5_and_8_threads() {
     let d = dir("determinism");
-    let data = d.join("data");
-    ok(&["synth", "--out", s(&data), "--sequences", "4", "--patches", "8", "--seed", "3"]);
-    for stage in ["train-denoiser", "train-descriptor"] {
-        let run = |name: &str, threads: &str| train(&data, &d.join(format!("{stage}-{name}")), stage, threads);
-        let (a, b, one) = (run("a", "2"), run("b", "2"), run("one", "1"));
-        assert!(a == b, "{stage}: two runs with --threads 2 differ");
-        assert!(a == one, "{stage}: --threads 1 and --threads 2 differ");
+    let data = dataset(&d);
+    for stage in ["denoiser", "triplet", "hardnet", "joint"] {
+        let run = |name: &str, threads: &str| {
+            let out = d.join(format!("{stage}-{name}"));
+            ok(&stage_args(stage, &data, &out, threads));
+            weights(stage, &out)
+        };
+        let first = run("2-again", "2");
+        for threads in THREADS {
+            assert!(run(threads, threads) == first, "{stage}: --threads {threads} and --threads 2 differ");
+        }
     }
-    let weights: PathBuf = d.join("train-descriptor-a/model.safetensors");
-    let input = data.join(std::fs::read_dir(&data).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path());
-    let input = input.join("ref.png");
+}
+
+#[test]
+fn describe_is_the_same_across_runs_and_thread_counts() {
+    let d = dir("determinism-describe");
+    let weights = d.join("hardnet.safetensors");
+    ok(&["init", "--model", "hardnet", "--variant", "original", "--seed", "7", "--out", s(&weights)]);
+    let input = d.join("patches.npy");
+    let pixels: Vec<f32> = (0..300 * 1024).map(|i| ((i * 37 + i / 1024 * 11) % 256) as f32).collect();
+    nhpatch::io::npy::write_f32(&input, &[300, 32, 32], &pixels).unwrap();
     let describe = |name: &str, threads: &str| {
         let out = d.join(name);
         ok(&["describe", "--weights", s(&weights), "--input", s(&input), "--output", s(&out), "--threads", threads]);
         std::fs::read(out).unwrap()
     };
-    let (a, b, one) = (describe("a.npy", "2"), describe("b.npy", "2"), describe("one.npy", "1"));
-    assert!(a == b && a == one, "describe output differs between runs or thread counts");
+    let first = describe("again.npy", "2");
+    for threads in THREADS {
+        assert!(describe(&format!("{threads}.npy"), threads) == first, "describe differs with --threads {threads}");
+    }
 }

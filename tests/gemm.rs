@@ -281,3 +281,47 @@ proptest! {
         }
     }
 }
+
+/// Layers split the rows of C over threads (by thread count where the rows are
+/// independent outputs: `Conv2d`'s dense forward, dW and dX); that keeps
+/// results thread-count independent only if every kernel computes each element
+/// of C by the same k-ordered sum whatever the number of rows (or columns) in
+/// the call. Checked here bit for bit, for row splits at every granularity and
+/// K past several blocking sizes, with beta = 0 and beta = 1.
+#[test]
+fn splitting_rows_or_columns_of_c_never_changes_a_bit() {
+    let mut rng = Rng::new(41);
+    for kernel in available_kernels() {
+        for &(m, n, k) in &[(37, 29, 531), (128, 64, 8192), (50, 16, 3), (9, 131, 300)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            for beta in [0.0, 1.0] {
+                let mut whole = if beta == 0.0 { vec![f32::NAN; m * n] } else { c0.clone() };
+                let (am, bm) = (MatRef::row_major(&a, m, k).unwrap(), MatRef::row_major(&b, k, n).unwrap());
+                gemm_with(kernel, 1.0, am, bm, beta, MatMut::row_major(&mut whole, m, n).unwrap()).unwrap();
+                for rows in [1, 2, 3, 5, 8, 16, m.div_ceil(3)] {
+                    let mut split = if beta == 0.0 { vec![f32::NAN; m * n] } else { c0.clone() };
+                    for (i, cs) in split.chunks_mut(rows * n).enumerate() {
+                        let r = cs.len() / n;
+                        let ai = MatRef::row_major(&a[i * rows * k..(i * rows + r) * k], r, k).unwrap();
+                        gemm_with(kernel, 1.0, ai, bm, beta, MatMut::row_major(cs, r, n).unwrap()).unwrap();
+                    }
+                    let same = whole.iter().zip(&split).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{kernel:?} {m}x{n}x{k} beta {beta}: rows split by {rows} differ");
+                }
+                for cols in [1, 7, 16, n.div_ceil(2)] {
+                    let mut split = if beta == 0.0 { vec![f32::NAN; m * n] } else { c0.clone() };
+                    for j0 in (0..n).step_by(cols) {
+                        let w = cols.min(n - j0);
+                        let bj = MatRef::new(&b[j0..], k, w, n, 1).unwrap();
+                        let cj = MatMut::new(&mut split[j0..], m, w, n, 1).unwrap();
+                        gemm_with(kernel, 1.0, am, bj, beta, cj).unwrap();
+                    }
+                    let same = whole.iter().zip(&split).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{kernel:?} {m}x{n}x{k} beta {beta}: columns split by {cols} differ");
+                }
+            }
+        }
+    }
+}

@@ -84,6 +84,34 @@ fn wrong_files_are_clear_errors() {
 }
 
 #[test]
+fn poisoned_values_never_load() {
+    // Every architecture, a NaN, an infinity and (where there are running
+    // statistics) a negative variance: refused with the file and the tensor named.
+    for arch in Arch::ALL {
+        let net = Network::init(arch, 3).unwrap();
+        let mut cases: Vec<(String, f32, &str)> = vec![
+            (net.model().layout().specs()[0].name.clone(), f32::NAN, "non-finite"),
+            (net.model().layout().specs().last().unwrap().name.clone(), f32::INFINITY, "non-finite"),
+        ];
+        if let Some(v) = net.model().layout().specs().iter().find(|s| s.name.ends_with("running_var")) {
+            cases.push((v.name.clone(), -1e-3, "negative variance"));
+        }
+        for (tensor, v, says) in cases {
+            let mut file = net.to_file();
+            let t = file.tensors.get_mut(&tensor).unwrap();
+            let last = t.data.len() - 1;
+            t.data[last] = v;
+            let path = tmp(&format!("poisoned-{arch}.safetensors"));
+            weights::save(&path, &file).unwrap();
+            let e = Network::load(&path, LoadOptions::default()).err().expect("a poisoned file loaded").to_string();
+            let named = e.contains(&format!("poisoned-{arch}.safetensors")) && e.contains(&format!("'{tensor}'"));
+            assert!(named && e.contains(says) && e.contains(&format!("at element {last}")), "{arch}: {e}");
+            assert!(Network::from_file(&file, LoadOptions::default(), &path).is_err());
+        }
+    }
+}
+
+#[test]
 fn pytorch_files_without_metadata_load_when_the_architecture_is_named() {
     let net = Network::init(Arch::HardNetBaseline, 2).unwrap();
     let mut file = net.to_file();

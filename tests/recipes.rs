@@ -1,11 +1,13 @@
 //! Training recipes through `nhpatch run --recipe`: each one runs end to end
 //! on a tiny synthetic dataset and records what it did in the run folder;
 //! joint training moves the denoiser through the descriptor loss alone, and
-//! is reproducible across runs and thread counts; bad combinations fail cleanly.
+//! is reproducible across runs and thread counts; a run killed with SIGKILL
+//! in its descriptor or joint stage resumes to the uninterrupted run's
+//! weights and scores; bad combinations fail cleanly.
 
 mod common;
 
-use common::cli::{dir, fails, ok, s};
+use common::cli::{dir, fails, kill_in_second_epoch, ok, s};
 use std::path::{Path, PathBuf};
 
 fn dataset(d: &Path) -> PathBuf {
@@ -138,6 +140,49 @@ fn joint_training_reaches_the_denoiser_and_is_reproducible() {
     std::fs::remove_file(a.join("joint/descriptor/checkpoint.safetensors")).unwrap();
     let e = common::cli::fails(&[&small_args(&data, &a, "joint", "2")[..], &["--resume"]].concat());
     assert!(e.contains("different epochs") && e.contains("joint"), "{e}");
+}
+
+/// The weights of every model a finished run wrote, and its `results.json`
+/// without the timings.
+fn outcome(out: &Path) -> Vec<Vec<u8>> {
+    let mut files: Vec<Vec<u8>> = ["denoiser", "descriptor", "joint/denoiser", "joint/descriptor"]
+        .iter()
+        .map(|m| out.join(m).join("model.safetensors"))
+        .filter(|p| p.exists())
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let mut r = json(&out.join("results.json"));
+    r.as_object_mut().unwrap().remove("timings");
+    files.push(r.to_string().into_bytes());
+    files
+}
+
+/// `small_args` with 4 descriptor epochs of 128 tuples, the joint recipe's last 3 trained end to end.
+fn long_args<'a>(data: &'a Path, out: &'a Path, recipe: &'a str) -> Vec<&'a str> {
+    let mut a = small_args(data, out, recipe, "2");
+    for (flag, value) in [("--descriptor-epochs", "4"), ("--triplets", "128")] {
+        let at = a.iter().position(|&x| x == flag).unwrap();
+        a[at + 1] = value;
+    }
+    a.extend(["--joint-epochs", "3"]);
+    a
+}
+
+#[test]
+fn a_run_killed_in_its_descriptor_or_joint_stage_resumes_to_the_same_results() {
+    let d = dir("recipes-kill");
+    let data = dataset(&d);
+    // (recipe, the stage folder the kill lands in, that stage's epochs): 4
+    // descriptor epochs in all, of which the joint recipe trains the last 3 end to end.
+    for (recipe, stage, epochs) in [("hardnet", "descriptor", 4), ("joint", "joint/descriptor", 3)] {
+        let (full, cut) = (d.join(format!("{recipe}-full")), d.join(format!("{recipe}-cut")));
+        ok(&long_args(&data, &full, recipe));
+        let done = kill_in_second_epoch(&long_args(&data, &cut, recipe), &cut.join(stage));
+        assert!(done < epochs, "{recipe}: the {stage} stage finished before the kill");
+        assert!(!cut.join("results.json").exists(), "{recipe}: the killed run wrote results");
+        ok(&[&long_args(&data, &cut, recipe)[..], &["--resume"]].concat());
+        assert!(outcome(&full) == outcome(&cut), "{recipe}: the resumed run differs from the uninterrupted one");
+    }
 }
 
 #[test]

@@ -1,15 +1,14 @@
 //! Training end to end through the command line: a tiny synthetic dataset,
 //! a denoiser that lowers the validation loss, a descriptor that beats an
-//! untrained one on all three tasks, a resume after a real process kill that
-//! ends with the same weights as an uninterrupted run, the non-finite-loss
+//! untrained one on all three tasks, a resume after a real process kill (for
+//! the denoiser and both descriptor losses) that ends with the same weights
+//! as an uninterrupted run, the non-finite-loss
 //! stop, and bad invocations.
 
 mod common;
 
-use common::cli::{bin, dir, fails, ok, s};
+use common::cli::{dir, fails, kill_in_second_epoch, ok, s};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 /// A small synthetic dataset shared by the tests of this file.
 fn dataset(d: &Path) -> PathBuf {
@@ -71,53 +70,41 @@ fn training_improves_the_denoiser_and_the_descriptor() {
     }
 }
 
+/// Trains `args` twice: straight through, and killed with SIGKILL in its
+/// second epoch then resumed; both must write the same weights and all
+/// `epochs` metric lines.
+fn killed_and_resumed_matches_straight(d: &Path, name: &str, args: &[&str], epochs: usize) {
+    let (full, cut) = (d.join(format!("{name}-full")), d.join(format!("{name}-cut")));
+    ok(&[args, &["--out", s(&full)]].concat());
+    let done = kill_in_second_epoch(&[args, &["--out", s(&cut)]].concat(), &cut);
+    assert!(done < epochs, "{name}: the run finished before the kill ({done} epochs)");
+    assert!(!cut.join("model.safetensors").exists(), "{name}: killed run wrote final weights");
+    // Without --resume an existing checkpoint is refused rather than overwritten.
+    assert!(fails(&[args, &["--out", s(&cut)]].concat()).contains("--resume"));
+    ok(&[args, &["--out", s(&cut), "--resume"]].concat());
+    let a = std::fs::read(full.join("model.safetensors")).unwrap();
+    let b = std::fs::read(cut.join("model.safetensors")).unwrap();
+    assert!(a == b, "{name}: resumed weights differ from the uninterrupted run's");
+    assert_eq!(metrics(&cut).len(), epochs, "{name}");
+}
+
 #[test]
 fn a_killed_run_resumes_to_the_same_weights() {
     let d = dir("resume");
     let data = dataset(&d);
-    let base = [
-        "train-denoiser",
-        "--dataset",
-        s(&data),
-        "--preset",
-        "demo",
-        "--epochs",
-        "4",
-        "--items",
-        "200",
-        "--threads",
-        "2",
-    ];
-    let full = d.join("full");
-    ok(&[&base[..], &["--out", s(&full)]].concat());
-
-    // Kill a second run with SIGKILL once its first epoch is checkpointed, mid-way through a later one.
-    let cut = d.join("cut");
-    let mut child = bin()
-        .args([&base[..], &["--out", s(&cut)]].concat())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while metrics(&cut).is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint after two minutes");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        std::thread::sleep(Duration::from_millis(20));
+    let common = ["--dataset", s(&data), "--preset", "demo", "--epochs", "4", "--threads", "2", "--seed", "6"];
+    let denoiser = [&["train-denoiser", "--items", "200"][..], &common].concat();
+    killed_and_resumed_matches_straight(&d, "denoiser", &denoiser, 4);
+    // Both descriptor losses: the triplet sampler and HardNet's pair sampler with in-batch mining.
+    for (loss, batch) in [("triplet", "16"), ("hardnet", "32")] {
+        let descriptor = [
+            &["train-descriptor", "--loss", loss, "--batch", batch, "--items", "128", "--input", "noisy"][..],
+            &["--no-epoch-eval"],
+            &common[..],
+        ]
+        .concat();
+        killed_and_resumed_matches_straight(&d, loss, &descriptor, 4);
     }
-    std::thread::sleep(Duration::from_millis(300));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let done = metrics(&cut).len();
-    assert!(done < 4, "the run finished before the kill ({done} epochs)");
-    assert!(!cut.join("model.safetensors").exists());
-    // Without --resume an existing checkpoint is refused rather than overwritten.
-    assert!(fails(&[&base[..], &["--out", s(&cut)]].concat()).contains("--resume"));
-    ok(&[&base[..], &["--out", s(&cut), "--resume"]].concat());
-    let a = std::fs::read(full.join("model.safetensors")).unwrap();
-    let b = std::fs::read(cut.join("model.safetensors")).unwrap();
-    assert!(a == b, "resumed weights differ from the uninterrupted run's");
-    assert_eq!(metrics(&cut).len(), 4);
 }
 
 #[test]

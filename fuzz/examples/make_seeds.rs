@@ -1,5 +1,7 @@
 //! Writes the seed corpora under `fuzz/seeds/<target>/` with nhpatch's own
-//! writers: for each reader a small valid file plus an edge case or two.
+//! writers: for each reader a small valid file plus an edge case or two; for
+//! `gemm` and `conv` (which decode their input byte by byte into a problem)
+//! a few hand-picked shapes.
 //!
 //! `cargo run --manifest-path fuzz/Cargo.toml --example make_seeds`
 
@@ -37,6 +39,48 @@ fn put(root: &Path, target: &str, name: &str, bytes: &[u8]) -> Res {
 
 fn pixels(n: usize, mul: usize) -> Vec<u8> {
     (0..n).map(|i| (i * mul % 251) as u8).collect()
+}
+
+fn gemm(root: &Path) -> Res {
+    // Bytes, as the target reads them: m, k, n (mod 48), alpha (mod 4: 1, -0.5,
+    // 2, 0), beta (mod 3: 0, 1, 0.5), then for A, B and C a padding (mod 4) and
+    // a layout bit (0 row-major, 1 column-major), then the values of A, B, C.
+    seed_dir(root, "gemm")?;
+    let with_values = |head: &[u8], n: usize| {
+        let mut bytes = head.to_vec();
+        bytes.extend(pixels(n, 37));
+        bytes
+    };
+    // Row-major 4x5 * 5x3, alpha 1, beta 0 (C prefilled with NaN).
+    put(root, "gemm", "4x5x3-rowmajor", &with_values(&[4, 5, 3, 0, 0, 0, 0, 0, 0, 0, 0], 20 + 15 + 12 + 3))?;
+    // Column-major with padding everywhere, alpha -0.5, beta 0.5.
+    put(root, "gemm", "7x9x6-colmajor-padded", &with_values(&[7, 9, 6, 1, 2, 1, 1, 3, 1, 2, 1], 300))?;
+    // Sizes past the kernels' register blocks, mixed layouts, alpha 2, beta 1.
+    put(root, "gemm", "17x33x13-mixed", &with_values(&[17, 33, 13, 2, 1, 0, 0, 1, 1, 3, 0], 1500))?;
+    // Empty inner dimension (C = beta C) and alpha 0.
+    put(root, "gemm", "5x0x4-alpha0", &with_values(&[5, 0, 4, 3, 2, 1, 0, 0, 1, 2, 0], 40))?;
+    Ok(())
+}
+
+fn conv(root: &Path) -> Res {
+    // Bytes, as the target reads them: cin, cout (mod 4), kh, kw (mod 6),
+    // stride (mod 4), padding top, left, bottom, right (mod 4), bias (mod 2),
+    // then h, w (mod 12) and the batch size n (mod 4).
+    seed_dir(root, "conv")?;
+    // 3x3, stride 1, padding 1, bias: the shape-preserving layer.
+    put(root, "conv", "3x3-same-bias", &[1, 2, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8, 2])?;
+    // 5x3, stride 2, asymmetric padding, no bias, non-square input.
+    put(root, "conv", "5x3-stride2-asymmetric", &[3, 3, 5, 3, 2, 0, 2, 3, 1, 0, 11, 7, 1])?;
+    // 1x1 on a 1x1 input, batch 3.
+    put(root, "conv", "1x1-pointwise", &[2, 3, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 3])?;
+    // Construction errors: a kernel larger than the padded input, and stride 0.
+    put(root, "conv", "kernel-larger-than-input", &[1, 1, 5, 5, 1, 0, 0, 0, 0, 0, 3, 3, 1])?;
+    put(root, "conv", "stride-0", &[1, 1, 3, 3, 0, 1, 1, 1, 1, 0, 6, 6, 1])?;
+    // Padding wider than the image: some kernel columns never meet a pixel
+    // (regressions, first found by this target, in `ops::im2col`).
+    put(root, "conv", "pad-wider-than-image-a", &[1, 3, 3, 5, 3, 2, 0, 2, 3, 1, 1, 0x3f, 1])?;
+    put(root, "conv", "pad-wider-than-image-b", &[2, 2, 2, 3, 1, 1, 0x9a, 0, 0, 1, 1, 1, 3])?;
+    Ok(())
 }
 
 fn png(root: &Path, scratch: &Path) -> Res {
@@ -212,6 +256,8 @@ fn main() -> Res {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
     let scratch = std::env::temp_dir().join(format!("nhpatch-make-seeds-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
+    gemm(&root)?;
+    conv(&root)?;
     png(&root, &scratch)?;
     npy(&root)?;
     safetensors(&root)?;

@@ -7,7 +7,10 @@
 //! order) and cut before the first -inf. `tp`, `fp` are cumulative counts with
 //! a leading 0; `recall = tp / max(P, 1e-10)`, `precision = max(tp, 1e-10) /
 //! max(tp + fp, 1e-10)`; AP is the trapezoid of precision over recall. ROC:
-//! `tpr = tp / P`, `fpr = fp / N_neg`, AUC = trapezoid of tpr over fpr.
+//! `tpr = tp / max(P, 1e-10)`, `fpr = fp / max(N_neg, 1e-10)`, AUC =
+//! trapezoid of tpr over fpr. The floors are the official tool's: a list
+//! with no positives, or no negatives, has AUC 0 (not NaN), and AP 0 when it
+//! has no positives.
 //!
 //! [`average_precision`] and [`roc_auc`] follow those steps literally on full
 //! arrays (the slow twins). The fast paths only need where the positives (for
@@ -82,8 +85,10 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> f64 {
     let p = labels.iter().filter(|&&l| l).count() as f64;
     let neg = n as f64 - p;
     let (tp, fp) = cumulative(scores, labels);
-    let tpr: Vec<f64> = tp.iter().map(|&t| t / p).collect();
-    let fpr: Vec<f64> = fp.iter().map(|&f| f / neg).collect();
+    // Floored like the benchmark's `get_roc`: a list without positives (or
+    // without negatives) scores 0, not NaN.
+    let tpr: Vec<f64> = tp.iter().map(|&t| t / p.max(EPS)).collect();
+    let fpr: Vec<f64> = fp.iter().map(|&f| f / neg.max(EPS)).collect();
     trapezoid(&tpr, &fpr)
 }
 
@@ -105,9 +110,10 @@ pub fn ap_from_positions(positions: impl IntoIterator<Item = usize>, p: usize) -
 /// ROC AUC from the 0-based positions of the retrieved negatives in the
 /// ranked (already cut) list, ascending, with `p` positives and `neg`
 /// negatives in all. Negative number k at position n has n - k positives
-/// before it, and adds `(fpr(k+1) - fpr(k)) * tpr * 2 / 2`.
+/// before it, and adds `(fpr(k+1) - fpr(k)) * tpr * 2 / 2`. Both counts are
+/// floored at [`EPS`] as in `roc_auc`, so an empty side gives 0.
 pub fn auc_from_positions(positions: impl IntoIterator<Item = usize>, p: usize, neg: usize) -> f64 {
-    let (p, neg) = (p as f64, neg as f64);
+    let (p, neg) = ((p as f64).max(EPS), (neg as f64).max(EPS));
     let mut auc = 0.0;
     for (k, n) in positions.into_iter().enumerate() {
         let tpr = (n - k) as f64 / p;
@@ -180,5 +186,23 @@ mod tests {
         let lb = [false, false, true, true];
         assert_eq!(ap, average_precision(&sc, &lb, None));
         assert_eq!(auc, roc_auc(&sc, &lb));
+    }
+
+    #[test]
+    fn lists_without_positives_or_negatives_score_zero_like_the_official_tool() {
+        // get_roc floors P and N at 1e-10: tpr (or fpr) stays 0, so the area is 0.
+        let s = [-1.0, -2.0, -3.0];
+        assert_eq!(roc_auc(&s, &[false; 3]), 0.0);
+        assert_eq!(roc_auc(&s, &[true; 3]), 0.0);
+        assert_eq!(roc_auc(&[], &[]), 0.0);
+        assert_eq!(average_precision(&s, &[false; 3], None), 0.0);
+        assert_eq!(auc_from_positions([0, 1, 2], 0, 3), 0.0);
+        assert_eq!(auc_from_positions([], 3, 0), 0.0);
+        assert_eq!(verification_ap_auc(&[1.0, 2.0], &[]), (0.0, 0.0));
+        assert_eq!(verification_ap_auc(&[], &[1.0, 2.0]).1, 0.0);
+        assert_eq!(verification_ap_auc(&[], &[1.0, 2.0]).0, 1.0);
+        for v in [roc_auc(&s, &[false; 3]), auc_from_positions([0], 0, 1)] {
+            assert!(!v.is_nan());
+        }
     }
 }

@@ -35,7 +35,11 @@
 //! size depends on n only; each shard accumulates its own dW/db partial and the
 //! partials are summed in shard order, so gradients are bit-identical for any
 //! thread count. Per-thread im2col buffers live in the workspace (one lane per
-//! pool thread), sized once per batch size: a step allocates nothing.
+//! pool thread), sized once per batch size: a step allocates nothing. The
+//! dense passes (a kernel covering the whole input, HardNet's conv7) split
+//! independent rows of C by the thread count instead: no sum crosses a split,
+//! and each element of C is the same k-ordered sum for any split (the rule in
+//! `threads`).
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
@@ -447,8 +451,9 @@ impl Conv2d {
     fn forward_dense(&self, out: &mut [f32], x: &[f32], weight: &[f32], epi: Epilogue<'_>, n: usize) -> Result<()> {
         let (cout, k) = (self.spec.cout, self.win.k());
         let w_t = MatRef::row_major(weight, cout, k)?.t();
-        // Each element of C is the same k-ordered sum whatever the row split, so
-        // splitting by the thread count keeps results thread-count independent.
+        // Independent rows of C, one part per thread: each element is the same
+        // k-ordered sum whatever the split (threads module), and one part per
+        // thread packs W^T once per thread rather than once per fixed-size part.
         let rows = n.div_ceil(rayon::current_num_threads()).max(1);
         x.par_chunks(rows * k).zip(out.par_chunks_mut(rows * cout)).try_for_each(|(xs, os)| {
             let r = xs.len() / k;

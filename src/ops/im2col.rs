@@ -166,6 +166,10 @@ pub fn im2col(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window) ->
                     let src = &plane[iy * g.w..(iy + 1) * g.w];
                     zero_short(&mut dst[..lo]);
                     zero_short(&mut dst[hi..]);
+                    if lo == hi {
+                        // The kernel column never meets the image (padding wider than the image).
+                        continue;
+                    }
                     let x0 = lo * s + kj - g.pad.left;
                     if s == 1 {
                         copy_short(&mut dst[lo..hi], &src[x0..x0 + (hi - lo)]);

@@ -99,6 +99,22 @@ impl Checkpoint {
         if lens.iter().any(|&l| l != params.len()) {
             return Err(bad(format!("optimizer buffers {lens:?} do not match the {} parameters", params.len())));
         }
+        // A poisoned optimizer state would poison the weights on the first resumed step.
+        let buffers: Vec<(&str, &[f32])> = match &optimizer {
+            OptimizerState::Sgd(s) => vec![("sgd.momentum_buffer", &s.momentum_buffer)],
+            OptimizerState::Adam(s) => vec![("adam.exp_avg", &s.exp_avg), ("adam.exp_avg_sq", &s.exp_avg_sq)],
+        };
+        for (name, b) in buffers {
+            if let Some(i) = b.iter().position(|v| !v.is_finite()) {
+                return Err(bad(format!("tensor '{name}' holds a non-finite value ({} at element {i})", b[i])));
+            }
+        }
+        if let OptimizerState::Adam(s) = &optimizer
+            && let Some(i) = s.exp_avg_sq.iter().position(|&v| v < 0.0)
+        {
+            let v = s.exp_avg_sq[i];
+            return Err(bad(format!("tensor 'adam.exp_avg_sq' holds a negative second moment ({v} at element {i})")));
+        }
         Ok(Checkpoint { meta, params, optimizer })
     }
 }

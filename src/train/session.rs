@@ -129,6 +129,9 @@ pub fn start(model: &Model, cfg: &TrainConfig, run: &RunDir, resume: bool, init:
         if ck.params.len() != model.layout().len() {
             return Err(Error::Format { path, msg: "parameter count does not match the model".into() });
         }
+        if let Err(msg) = model.layout().check_values(&ck.params) {
+            return Err(Error::Format { path, msg });
+        }
         let mut optimizer = Optimizer::new(cfg.optimizer.clone(), ck.params.len())?;
         optimizer.state = ck.optimizer;
         run.write_config(cfg)?;

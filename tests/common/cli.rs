@@ -1,7 +1,8 @@
 //! Running the `nhpatch` binary from integration tests.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_nhpatch"))
@@ -34,6 +35,36 @@ pub fn fails(args: &[&str]) -> String {
     assert!(!out.status.success(), "nhpatch {args:?} succeeded");
     assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
     err
+}
+
+/// Lines of a run folder's `metrics.jsonl` (none when it does not exist yet).
+pub fn metric_lines(run_dir: &Path) -> usize {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl")).map_or(0, |t| t.lines().count())
+}
+
+/// Starts `nhpatch args` and kills it with SIGKILL part-way through the
+/// second epoch of the stage that writes into `stage_dir`: once its
+/// `metrics.jsonl` holds a line (the first epoch's checkpoint is written
+/// before it), it runs for another third of the time that first epoch took
+/// (counted from when the folder appeared). Panics if the process ends by
+/// itself first. Returns the epochs the stage had recorded when it was killed.
+pub fn kill_in_second_epoch(args: &[&str], stage_dir: &Path) -> usize {
+    let mut child = bin().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t = Instant::now();
+    let mut began = None;
+    while metric_lines(stage_dir) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(300), "no epoch in {} after five minutes", stage_dir.display());
+        assert!(child.try_wait().unwrap().is_none(), "nhpatch {args:?} ended before it could be killed");
+        if began.is_none() && stage_dir.exists() {
+            began = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(began.unwrap_or(t).elapsed() / 3);
+    assert!(child.try_wait().unwrap().is_none(), "nhpatch {args:?} ended before it could be killed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    metric_lines(stage_dir)
 }
 
 /// A small synthetic dataset (4 sequences of 48 patches) written into `d/data`.
