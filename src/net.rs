@@ -61,19 +61,62 @@ pub struct LoadOptions {
     pub arch: Option<Arch>,
 }
 
-/// Inference workspaces a `Network` keeps between calls.
+/// Inference workspaces of one batch size a `Network` keeps between calls, at least.
 const SPARE_WORKSPACES: usize = 2;
+
+// Batches are padded to a power of two, so a workspace serves every batch size up to its own.
+const _: () = assert!(INFER_BATCH.is_power_of_two());
+
+/// An inference workspace kept between calls: the rayon pool size it was
+/// made for, and a buffer that pads a shorter batch to its size.
+struct Kept {
+    threads: usize,
+    ws: Workspace,
+    pad: Vec<f32>,
+}
+
+/// The inference workspaces of a `Network` between calls.
+#[derive(Default)]
+struct Spares {
+    /// Least recently kept first.
+    kept: Vec<Kept>,
+    /// Calls on the CPU running now, and the most that have run at once.
+    running: usize,
+    peak: usize,
+}
+
+/// One running call, counted in `Spares::running` while it lives.
+struct Call<'a>(&'a Mutex<Spares>);
+
+impl<'a> Call<'a> {
+    fn enter(spares: &'a Mutex<Spares>) -> Self {
+        let mut s = spares.lock().unwrap_or_else(|e| e.into_inner());
+        s.running += 1;
+        s.peak = s.peak.max(s.running);
+        Call(spares)
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).running -= 1;
+    }
+}
 
 /// A network and its parameters.
 pub struct Network {
     model: Model,
     params: Vec<f32>,
-    /// Inference workspaces of earlier calls, with the pool size they were
-    /// made for, reused by later calls of the same batch size: creating one
-    /// cost a quarter of a 500-patch HardNet call, which matters to a program
-    /// that describes every frame. At most `SPARE_WORKSPACES` (the last ones
-    /// used), so the memory held is that of two inference batches.
-    spare: Mutex<Vec<(usize, Workspace)>>,
+    /// Inference workspaces (`Model::inference_workspace`) of earlier
+    /// calls, reused by later calls: creating one cost a quarter of a
+    /// 500-patch HardNet call, which matters to a program that describes
+    /// every frame. A batch of `b` patches runs on a workspace for the next
+    /// power of two (zero patches pad it; every patch's output is the same
+    /// whatever the batch), so at most 9 sizes exist, 1 to `INFER_BATCH`.
+    /// Of each size as many are kept as calls have run at once (at least
+    /// `SPARE_WORKSPACES`), so that concurrent callers in a steady state
+    /// allocate nothing and the process's resident memory stays flat.
+    spare: Mutex<Spares>,
     /// The network on a device (`set_device`), which `forward` then uses;
     /// `stale` when `params_mut` may have changed the parameters since the upload.
     accel: Option<Mutex<Accel>>,
@@ -152,13 +195,13 @@ impl Network {
     pub fn init(arch: Arch, seed: u64) -> Result<Network> {
         let model = Model::new(arch)?;
         let params = model.init_params(&mut crate::rng::Rng::new(seed));
-        Ok(Network { model, params, spare: Mutex::new(Vec::new()), accel: None, stale: AtomicBool::new(false) })
+        Ok(Network { model, params, spare: Mutex::default(), accel: None, stale: AtomicBool::new(false) })
     }
 
     /// Wraps a model and an arena of the model's length.
     pub fn from_params(model: Model, params: Vec<f32>) -> Result<Network> {
         crate::error::check_len("network parameters", params.len(), model.layout().len())?;
-        Ok(Network { model, params, spare: Mutex::new(Vec::new()), accel: None, stale: AtomicBool::new(false) })
+        Ok(Network { model, params, spare: Mutex::default(), accel: None, stale: AtomicBool::new(false) })
     }
 
     /// Loads a weights file, checking every tensor name, shape and the metadata.
@@ -216,7 +259,7 @@ impl Network {
             return Err(format_err(path, format!("tensors a {arch} network does not have: {}", unknown.join(", "))));
         }
         model.layout().check_values(&params).map_err(|msg| format_err(path, msg))?;
-        Ok(Network { model, params, spare: Mutex::new(Vec::new()), accel: None, stale: AtomicBool::new(false) })
+        Ok(Network { model, params, spare: Mutex::default(), accel: None, stale: AtomicBool::new(false) })
     }
 
     /// The weights file for this network: every tensor plus nhpatch's metadata.
@@ -289,41 +332,71 @@ impl Network {
             a.forward(patches, &mut out)?;
             return Ok(out);
         }
-        let mut ws: Option<Workspace> = None;
+        let _call = Call::enter(&self.spare);
+        let mut cur: Option<Kept> = None;
         let result = patches.chunks(INFER_BATCH * PATCH_LEN).zip(out.chunks_mut(INFER_BATCH * out_len)).try_for_each(
             |(x, o)| {
                 let b = x.len() / PATCH_LEN;
-                let w = match ws.take() {
-                    Some(w) if w.batch() == b => w,
+                let size = b.next_power_of_two();
+                let k = match cur.take() {
+                    Some(k) if k.ws.batch() == size => k,
                     other => {
-                        other.into_iter().for_each(|w| self.keep(w));
-                        self.take_spare(b).map_or_else(|| self.model.workspace(b), Ok)?
+                        other.into_iter().for_each(|k| self.keep(k));
+                        match self.take_spare(size) {
+                            Some(k) => k,
+                            None => Kept {
+                                threads: rayon::current_num_threads(),
+                                ws: self.model.inference_workspace(size)?,
+                                pad: vec![0.0; size * PATCH_LEN],
+                            },
+                        }
                     }
                 };
-                let w = ws.insert(w);
-                o.copy_from_slice(self.model.forward_eval(w, &self.params, x)?);
+                let Kept { ws, pad, .. } = cur.insert(k);
+                let y = if b == size {
+                    self.model.forward_eval(ws, &self.params, x)?
+                } else {
+                    let (head, tail) = pad.split_at_mut(x.len());
+                    head.copy_from_slice(x);
+                    tail.fill(0.0);
+                    self.model.forward_eval(ws, &self.params, pad)?
+                };
+                o.copy_from_slice(&y[..o.len()]);
                 Ok(())
             },
         );
-        ws.into_iter().for_each(|w| self.keep(w));
+        cur.into_iter().for_each(|k| self.keep(k));
         result.map(|()| out)
     }
 
-    /// A spare workspace for batches of `b` made for a pool of the current size.
-    fn take_spare(&self, b: usize) -> Option<Workspace> {
+    /// A kept workspace for batches of `size` made for a pool of the current size.
+    fn take_spare(&self, size: usize) -> Option<Kept> {
         let threads = rayon::current_num_threads();
         let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-        let i = spare.iter().position(|(t, w)| *t == threads && w.batch() == b)?;
-        Some(spare.remove(i).1)
+        let i = spare.kept.iter().position(|k| k.threads == threads && k.ws.batch() == size)?;
+        Some(spare.kept.remove(i))
     }
 
-    /// Keeps `w` for later calls, dropping the least recently kept beyond `SPARE_WORKSPACES`.
-    fn keep(&self, w: Workspace) {
+    /// Keeps `k` for later calls, dropping the least recently kept of its
+    /// size beyond the most calls that have run at once (or `SPARE_WORKSPACES`).
+    fn keep(&self, k: Kept) {
         let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-        spare.push((rayon::current_num_threads(), w));
-        if spare.len() > SPARE_WORKSPACES {
-            spare.remove(0);
+        let size = k.ws.batch();
+        spare.kept.push(k);
+        let cap = spare.peak.max(SPARE_WORKSPACES);
+        while spare.kept.iter().filter(|k| k.ws.batch() == size).count() > cap {
+            let oldest = spare.kept.iter().position(|k| k.ws.batch() == size).unwrap_or(0);
+            spare.kept.remove(oldest);
         }
+    }
+
+    /// Drops the inference workspaces kept between calls (the memory of up
+    /// to one batch of each size per concurrent caller); later calls make
+    /// new ones.
+    pub fn release_workspaces(&self) {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.kept.clear();
+        spare.peak = spare.running;
     }
 
     /// Denoises patches; errors unless this is a denoiser.

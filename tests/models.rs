@@ -329,6 +329,26 @@ fn results_do_not_depend_on_the_thread_count() {
 }
 
 #[test]
+fn inference_workspaces_give_the_same_bits_and_refuse_training() {
+    for arch in Arch::ALL {
+        let m = model(arch);
+        let mut p = m.init_params(&mut Rng::new(4));
+        // Trained running statistics, so that the BatchNorm epilogue is not the identity.
+        let mut tws = m.workspace(5).unwrap();
+        m.forward_train(&mut tws, &mut p, &input(arch, 5, 3), &mut Rng::new(1)).unwrap();
+        let x = input(arch, 5, 6);
+        let want = m.forward_eval(&mut tws, &p, &x).unwrap().to_vec();
+        let mut iws = m.inference_workspace(5).unwrap();
+        let got = m.forward_eval(&mut iws, &p, &x).unwrap();
+        assert!(want.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()), "{arch}");
+        let e = m.forward_train(&mut iws, &mut p, &x, &mut Rng::new(1)).unwrap_err().to_string();
+        assert!(e.contains("inference_workspace"), "{arch}: {e}");
+        let mut g = m.zero_grads();
+        assert!(m.backward(&mut iws, &p, &mut g, &vec![0.0; want.len()]).is_err(), "{arch}");
+    }
+}
+
+#[test]
 fn bad_lengths_and_misuse_are_errors() {
     let m = model(Arch::Unet);
     let mut p = m.init_params(&mut Rng::new(1));

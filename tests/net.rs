@@ -37,12 +37,42 @@ fn save_then_load_gives_bit_identical_outputs() {
 
 #[test]
 fn batching_does_not_change_results() {
-    // 300 patches run as 256 + 44 internally; each patch's output must equal a lone run.
-    let net = Network::init(Arch::HardNetOriginal, 3).unwrap();
-    let x = patches(300);
-    let all = net.describe(&x).unwrap();
-    let one = net.describe(&x[299 * 1024..]).unwrap();
-    assert_eq!(&all[299 * 128..], &one[..]);
+    // 300 patches run as 256 + 44 (padded to 64) internally; the first k of
+    // them, run alone (k padded to the next power of two), give the same bits.
+    for arch in Arch::ALL {
+        let net = Network::init(arch, 3).unwrap();
+        let x = patches(300);
+        let all = net.forward(&x).unwrap();
+        let out = all.len() / 300;
+        for k in [1, 2, 3, 7, 64, 100, 255, 257] {
+            let some = net.forward(&x[..k * 1024]).unwrap();
+            assert!(some == all[..k * out], "{arch}: the first {k} patches alone differ");
+        }
+        let last = net.forward(&x[299 * 1024..]).unwrap();
+        assert!(last == all[299 * out..], "{arch}: the last patch alone differs");
+    }
+}
+
+#[test]
+fn concurrent_callers_get_the_single_threaded_results() {
+    // Eight threads share one network, each cycling through batch sizes; every
+    // call must equal the same call made alone, first to last.
+    let net = Network::init(Arch::HardNetBaseline, 9).unwrap();
+    let sizes = [1, 7, 16, 128, 256, 300];
+    let want: Vec<Vec<f32>> = sizes.iter().map(|&n| net.describe(&patches(n)).unwrap()).collect();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (net, want) = (&net, &want);
+            s.spawn(move || {
+                for i in 0..12 {
+                    let j = (t + i) % sizes.len();
+                    assert!(net.describe(&patches(sizes[j])).unwrap() == want[j], "thread {t}, {} patches", sizes[j]);
+                }
+            });
+        }
+    });
+    net.release_workspaces();
+    assert!(net.describe(&patches(7)).unwrap() == want[1], "after release_workspaces");
 }
 
 /// Loads a modified copy of a valid file and returns the error text.

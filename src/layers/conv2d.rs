@@ -225,8 +225,9 @@ pub struct ConvWorkspace {
     dw_part: Vec<f32>,
     /// [shards, cout] per-shard bias-gradient partials.
     db_part: Vec<f32>,
-    /// The Winograd scratch of training (created with the workspace) and of
-    /// inference (created by the first `forward_fused` that needs F(4x4)).
+    /// The Winograd scratch of training and of F(2x2) inference (created
+    /// with the workspace) and of F(4x4) inference (created by the first
+    /// `forward_fused` that needs it).
     wino_train: Option<WinogradScratch>,
     wino_infer: Option<WinogradScratch>,
 }
@@ -297,6 +298,13 @@ impl Conv2d {
     /// Scratch for batches of `n` images, with one lane per thread of the
     /// current rayon pool (call it inside the pool that will run the layer).
     pub fn workspace(&self, n: usize) -> ConvWorkspace {
+        self.workspace_for(n, ConvPass::Train)
+    }
+
+    /// Scratch for `pass` only: an `Infer` workspace holds no training
+    /// Winograd scratch unless inference runs F(2x2) on it too, so the
+    /// inference path is the same with either workspace.
+    pub fn workspace_for(&self, n: usize, pass: ConvPass) -> ConvWorkspace {
         let p = self.win.p();
         let tile_imgs = TILE_COLS.div_ceil(p).clamp(1, n.max(1));
         let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, tile_imgs);
@@ -309,7 +317,10 @@ impl Conv2d {
                 .map(|_| Mutex::new(Lane { col: vec![0.0; self.win.k() * cols], tmp: vec![0.0; tmp] }))
                 .collect()
         };
-        let wino_train = self.winograd(ConvPass::Train).map(|w| w.workspace(n));
+        let wino_train = match (pass, self.winograd(ConvPass::Infer)) {
+            (ConvPass::Infer, Some(WinogradPlan::F4(_)) | None) => None,
+            _ => self.winograd(ConvPass::Train).map(|w| w.workspace(n)),
+        };
         let (dw_part, db_part, wino_infer) = (Vec::new(), Vec::new(), None);
         ConvWorkspace { n, layer: *self, shard_imgs, tile_imgs, lanes, dw_part, db_part, wino_train, wino_infer }
     }

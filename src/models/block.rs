@@ -23,7 +23,7 @@ use crate::dist::{Comm, Shard};
 use crate::error::Result;
 use crate::layers::Shape4;
 use crate::layers::batchnorm::{self, Activation, BatchNormConfig};
-use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvWorkspace, Epilogue};
+use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvPass, ConvWorkspace, Epilogue};
 use crate::layers::relu;
 use crate::params::ParamLayout;
 use crate::rng::Rng;
@@ -85,15 +85,17 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    pub fn new(blocks: &[Block], n: usize) -> Self {
+    /// Gradient buffers for `n` patches; empty for an `Infer` workspace.
+    pub fn new(blocks: &[Block], n: usize, pass: ConvPass) -> Self {
+        let train = pass == ConvPass::Train;
         let max = |f: &dyn Fn(&Block) -> bool| {
-            blocks.iter().filter(|b| f(b)).map(|b| b.out_shape(n).len()).max().unwrap_or(0)
+            blocks.iter().filter(|b| train && f(b)).map(|b| b.out_shape(n).len()).max().unwrap_or(0)
         };
         let channels = blocks.iter().filter(|b| b.bn.is_some()).map(|b| b.conv.spec.cout).max().unwrap_or(0);
         Scratch {
             g_relu: vec![0.0; max(&|b| b.relu)],
             g_bn: vec![0.0; max(&|b| b.bn.is_some())],
-            bn_sums: vec![0.0; 2 * channels],
+            bn_sums: vec![0.0; if train { 2 * channels } else { 0 }],
             comm: None,
         }
     }
@@ -198,10 +200,14 @@ impl Block {
         rows
     }
 
-    pub fn state(&self, n: usize) -> BlockState {
+    /// Buffers of one block for `n` patches. An `Infer` state keeps no
+    /// pre-activation (the inference forward fuses bias, BatchNorm and ReLU
+    /// into the convolution and writes `out` only); it cannot run a training
+    /// forward, which `Model` refuses.
+    pub fn state(&self, n: usize, pass: ConvPass) -> BlockState {
         let len = self.out_shape(n).len();
         let c = self.conv.spec.cout;
-        let keep_pre = self.bn.is_some() || self.relu;
+        let keep_pre = pass == ConvPass::Train && (self.bn.is_some() || self.relu);
         let stats = if self.bn.is_some() { c } else { 0 };
         BlockState {
             pre: vec![0.0; if keep_pre { len } else { 0 }],
@@ -211,7 +217,7 @@ impl Block {
             eval_scale: vec![0.0; stats],
             eval_shift: vec![0.0; stats],
             bn_sync: vec![0.0; self.bn.as_ref().map_or(0, |(cfg, _)| batchnorm::sync_len(cfg))],
-            conv: self.conv.workspace(n),
+            conv: self.conv.workspace_for(n, pass),
         }
     }
 

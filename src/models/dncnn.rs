@@ -16,7 +16,7 @@ use super::block::{Block, BlockState, Pass, Scratch, chain_backward, chain_forwa
 use super::{LayerRow, PATCH};
 use crate::error::Result;
 use crate::layers::batchnorm::BatchNormConfig;
-use crate::layers::conv2d::Conv2dSpec;
+use crate::layers::conv2d::{Conv2dSpec, ConvPass};
 use crate::layers::residual;
 use crate::ops::im2col::Padding;
 use crate::params::ParamLayout;
@@ -65,15 +65,16 @@ impl Dncnn {
         rows
     }
 
-    pub fn workspace(&self, n: usize) -> DncnnWs {
-        let hidden = self.blocks[0].out_shape(n).len();
+    /// Buffers for `n` patches; an `Infer` workspace has no gradient buffers.
+    pub fn workspace(&self, n: usize, pass: ConvPass) -> DncnnWs {
+        let hidden = if pass == ConvPass::Train { self.blocks[0].out_shape(n).len() } else { 0 };
         DncnnWs {
             n,
-            st: self.blocks.iter().map(|b| b.state(n)).collect(),
+            st: self.blocks.iter().map(|b| b.state(n, pass)).collect(),
             out: vec![0.0; self.blocks[DEPTH - 1].out_shape(n).len()],
             g_a: vec![0.0; hidden],
             g_b: vec![0.0; hidden],
-            scratch: Scratch::new(&self.blocks, n),
+            scratch: Scratch::new(&self.blocks, n, pass),
         }
     }
 

@@ -29,7 +29,7 @@ use super::block::{Block, BlockState, Pass, Scratch, chain_backward, chain_forwa
 use super::{DESC_LEN, LayerRow, PATCH};
 use crate::error::Result;
 use crate::layers::batchnorm::BatchNormConfig;
-use crate::layers::conv2d::Conv2dSpec;
+use crate::layers::conv2d::{Conv2dSpec, ConvPass};
 use crate::layers::dropout::{self, DropoutConfig};
 use crate::layers::{Shape4, input_norm, l2norm};
 use crate::ops::im2col::Padding;
@@ -115,13 +115,15 @@ impl HardNet {
         rows
     }
 
-    pub fn workspace(&self, n: usize) -> HardNetWs {
+    /// Buffers for `n` patches; an `Infer` workspace has no dropout or gradient buffers.
+    pub fn workspace(&self, n: usize, pass: ConvPass) -> HardNetWs {
         let extra = |len: usize| vec![0.0; if self.original { len } else { 0 }];
-        let hidden = self.blocks[5].out_shape(n).len();
-        let largest = self.blocks[0].out_shape(n).len();
+        let train = pass == ConvPass::Train;
+        let hidden = if train { self.blocks[5].out_shape(n).len() } else { 0 };
+        let largest = if train { self.blocks[0].out_shape(n).len() } else { 0 };
         HardNetWs {
             n,
-            st: std::array::from_fn(|i| self.blocks[i].state(n)),
+            st: std::array::from_fn(|i| self.blocks[i].state(n, pass)),
             normed: extra(Self::in_shape(n).len()),
             in_mean: extra(n),
             in_std: extra(n),
@@ -132,7 +134,7 @@ impl HardNet {
             norms: extra(n),
             g_a: vec![0.0; largest],
             g_b: vec![0.0; largest],
-            scratch: Scratch::new(&self.blocks, n),
+            scratch: Scratch::new(&self.blocks, n, pass),
         }
     }
 

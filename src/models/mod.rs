@@ -22,6 +22,7 @@ mod unet;
 
 use crate::dist::Shard;
 use crate::error::{Error, Result, check_len};
+use crate::layers::conv2d::ConvPass;
 use crate::layers::dropout::DropoutConfig;
 use crate::params::ParamLayout;
 use crate::rng::Rng;
@@ -149,6 +150,9 @@ pub struct Workspace {
     input: Vec<f32>,
     /// Whether the buffers hold a training forward, which `backward` needs.
     trained: bool,
+    /// Whether the buffers can hold a training forward (`Model::workspace`,
+    /// not `Model::inference_workspace`).
+    train: bool,
     /// This rank's share of a global batch (data-parallel training).
     shard: Option<Shard>,
 }
@@ -250,22 +254,37 @@ impl Model {
         }
     }
 
-    /// Buffers for batches of `batch` patches; call inside the rayon pool that will run the model.
+    /// Buffers for training and inference on batches of `batch` patches;
+    /// call inside the rayon pool that will run the model.
     pub fn workspace(&self, batch: usize) -> Result<Workspace> {
+        self.workspace_for(batch, ConvPass::Train)
+    }
+
+    /// Buffers for `forward_eval` only, on batches of `batch` patches: no
+    /// pre-activations, gradients or dropout masks (a HardNet batch of 256
+    /// needs less than half the memory of `workspace`). `forward_train`
+    /// refuses it; `forward_eval` gives the same bits with either.
+    pub fn inference_workspace(&self, batch: usize) -> Result<Workspace> {
+        self.workspace_for(batch, ConvPass::Infer)
+    }
+
+    fn workspace_for(&self, batch: usize, pass: ConvPass) -> Result<Workspace> {
         if batch == 0 {
             return Err(Error::Shape("a model workspace needs a batch of at least one patch".into()));
         }
         let net = match &self.net {
-            Inner::Unet(m) => InnerWs::Unet(Box::new(m.workspace(batch))),
-            Inner::Dncnn(m) => InnerWs::Dncnn(Box::new(m.workspace(batch))),
-            Inner::HardNet(m) => InnerWs::HardNet(Box::new(m.workspace(batch))),
+            Inner::Unet(m) => InnerWs::Unet(Box::new(m.workspace(batch, pass))),
+            Inner::Dncnn(m) => InnerWs::Dncnn(Box::new(m.workspace(batch, pass))),
+            Inner::HardNet(m) => InnerWs::HardNet(Box::new(m.workspace(batch, pass))),
         };
+        let train = pass == ConvPass::Train;
         Ok(Workspace {
             arch: self.arch,
             n: batch,
             net,
-            input: vec![0.0; batch * PATCH_LEN],
+            input: vec![0.0; if train { batch * PATCH_LEN } else { 0 }],
             trained: false,
+            train,
             shard: None,
         })
     }
@@ -288,6 +307,11 @@ impl Model {
         rng: &mut Rng,
     ) -> Result<&'w [f32]> {
         self.check(ws, params.len(), x.len())?;
+        if !ws.train {
+            return Err(Error::InvalidArgument(
+                "a training forward needs a workspace from Model::workspace, not Model::inference_workspace".into(),
+            ));
+        }
         ws.trained = false;
         ws.input.copy_from_slice(x);
         let (x, pass) = (&ws.input, block::Pass::Train(params, ws.shard.as_ref()));

@@ -21,7 +21,7 @@
 use super::block::{Block, BlockState, Pass, Scratch, zeroed};
 use super::{LayerRow, PATCH};
 use crate::error::Result;
-use crate::layers::conv2d::Conv2dSpec;
+use crate::layers::conv2d::{Conv2dSpec, ConvPass};
 use crate::layers::{Shape4, concat, maxpool, upsample};
 use crate::ops::im2col::Padding;
 use crate::params::ParamLayout;
@@ -86,20 +86,22 @@ impl Unet {
         rows
     }
 
-    pub fn workspace(&self, n: usize) -> UnetWs {
+    /// Buffers for `n` patches; an `Infer` workspace has no gradient buffers.
+    pub fn workspace(&self, n: usize, pass: ConvPass) -> UnetWs {
         let (s1, s2, _, sc) = self.shapes(n);
         let pooled = maxpool::pool_shape(s1).len();
+        let grad = |len: usize| vec![0.0; if pass == ConvPass::Train { len } else { 0 }];
         UnetWs {
             n,
-            st: std::array::from_fn(|i| self.blocks[i].state(n)),
+            st: std::array::from_fn(|i| self.blocks[i].state(n, pass)),
             pooled: vec![0.0; pooled],
             argmax: vec![0; pooled],
             up: vec![0.0; upsample::upsample_shape(s2).len()],
             cat: vec![0.0; sc.len()],
-            g_a: vec![0.0; sc.len()],
-            g_b: vec![0.0; sc.len()],
-            d_skip: vec![0.0; s1.len()],
-            scratch: Scratch::new(&self.blocks, n),
+            g_a: grad(sc.len()),
+            g_b: grad(sc.len()),
+            d_skip: grad(s1.len()),
+            scratch: Scratch::new(&self.blocks, n, pass),
         }
     }
 
