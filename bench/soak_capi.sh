@@ -23,10 +23,13 @@
 # A CI-sized run (about a minute on 2 cores):
 #   SOAK_MAX_PATCHES=20000 SOAK_MAX_SECONDS=60 bash bench/soak_capi.sh /tmp/soak.txt
 #
-# With glibc's default malloc settings the RSS check fails as of 2026-12-03
-# (bench/results/soak-capi-2026-12-03.txt): freed workspaces stay in malloc's
-# arenas, while the live heap does not grow. MALLOC_MMAP_THRESHOLD_=131072
-# passes (bench/results/soak-capi-2026-12-03-mmap-threshold.txt).
+# Results: bench/results/soak-capi-2026-12-03.txt (passes with glibc's
+# default malloc settings). Before a Network kept inference-only workspaces
+# for every batch size and took callers in turns, the RSS check failed:
+# freed workspaces stayed in malloc's arenas while the live heap did not
+# grow (bench/results/soak-capi-2026-12-03-before-fix.txt; with
+# MALLOC_MMAP_THRESHOLD_=131072 it passed,
+# bench/results/soak-capi-2026-12-03-before-fix-mmap-threshold.txt).
 #
 # Exit status: the soak program's (0 pass, 1 failure), or the build's.
 set -euo pipefail

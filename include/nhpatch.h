@@ -86,6 +86,14 @@ const char *nhp_arch_name(const nhp_network *net);
 nhp_status nhp_set_threads(nhp_network *net, size_t threads);
 
 /*
+ * Frees the inference workspaces the network keeps between calls: up to one
+ * batch of each size (powers of two, 1 to 256 patches) per thread that has
+ * called it at once, so that concurrent callers allocate nothing in a steady
+ * state. Later calls make new ones. Safe while other threads use the network.
+ */
+nhp_status nhp_release_workspaces(nhp_network *net);
+
+/*
  * Runs the network's inference on `device`: "cpu", "cuda" or "cuda:N" (an
  * NVIDIA GPU; the library must be built with --features cuda). The weights
  * are uploaded once; later calls send patches and read outputs back.

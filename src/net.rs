@@ -46,8 +46,8 @@ use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};
 use crate::weights::{self, Tensor, WeightsFile};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 /// Version of the metadata convention written by `save`.
 pub const FORMAT_VERSION: &str = "1";
@@ -75,31 +75,76 @@ struct Kept {
     pad: Vec<f32>,
 }
 
-/// The inference workspaces of a `Network` between calls.
+/// The inference workspaces of a `Network` between calls, and the queue of
+/// batches waiting to run.
 #[derive(Default)]
 struct Spares {
     /// Least recently kept first.
     kept: Vec<Kept>,
-    /// Calls on the CPU running now, and the most that have run at once.
+    /// Batches running now, and the most that have run at once.
     running: usize,
     peak: usize,
+    /// Turns handed out to callers outside the rayon pool, and turns ended.
+    next_turn: u64,
+    ended: u64,
 }
 
-/// One running call, counted in `Spares::running` while it lives.
-struct Call<'a>(&'a Mutex<Spares>);
+/// The spare workspaces and the turn order of one `Network`.
+#[derive(Default)]
+struct Shared {
+    spares: Mutex<Spares>,
+    turn_ended: Condvar,
+}
 
-impl<'a> Call<'a> {
-    fn enter(spares: &'a Mutex<Spares>) -> Self {
-        let mut s = spares.lock().unwrap_or_else(|e| e.into_inner());
-        s.running += 1;
-        s.peak = s.peak.max(s.running);
-        Call(spares)
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Spares> {
+        self.spares.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-impl Drop for Call<'_> {
+/// One batch running. A thread outside the rayon pool first waits for its
+/// turn: turns are handed out in arrival order and at most one batch per
+/// pool thread runs at a time, so that many callers sharing a network each
+/// wait in line instead of some starving under work stealing, and the
+/// workspaces in use stay at one per pool thread. A pool worker never
+/// waits (it may hold stolen work another batch needs).
+struct Batch<'a> {
+    shared: &'a Shared,
+    turn: bool,
+}
+
+impl<'a> Batch<'a> {
+    /// Waits for a turn unless this thread is a worker of the pool the batch
+    /// runs on (`pool`, or the current pool when `None`).
+    fn start(shared: &'a Shared, pool: Option<&rayon::ThreadPool>) -> Self {
+        let (worker, threads) = match pool {
+            Some(p) => (p.current_thread_index().is_some(), p.current_num_threads()),
+            None => (rayon::current_thread_index().is_some(), rayon::current_num_threads()),
+        };
+        let mut s = shared.lock();
+        let turn = !worker;
+        if turn {
+            let (mine, limit) = (s.next_turn, threads as u64);
+            s.next_turn += 1;
+            // Turns end out of order, but `ended` counts them, so at most `limit` run at once.
+            while mine >= s.ended + limit {
+                s = shared.turn_ended.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        s.running += 1;
+        s.peak = s.peak.max(s.running);
+        Batch { shared, turn }
+    }
+}
+
+impl Drop for Batch<'_> {
     fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).running -= 1;
+        let mut s = self.shared.lock();
+        s.running -= 1;
+        if self.turn {
+            s.ended += 1;
+            self.shared.turn_ended.notify_all();
+        }
     }
 }
 
@@ -113,10 +158,15 @@ pub struct Network {
     /// every frame. A batch of `b` patches runs on a workspace for the next
     /// power of two (zero patches pad it; every patch's output is the same
     /// whatever the batch), so at most 9 sizes exist, 1 to `INFER_BATCH`.
-    /// Of each size as many are kept as calls have run at once (at least
-    /// `SPARE_WORKSPACES`), so that concurrent callers in a steady state
-    /// allocate nothing and the process's resident memory stays flat.
-    spare: Mutex<Spares>,
+    /// Of each size as many are kept as batches have run at once (at least
+    /// `SPARE_WORKSPACES`; callers outside the pool take turns, one batch per
+    /// pool thread, see `Batch`), so that callers in a steady state allocate
+    /// nothing and the process's resident memory stays flat.
+    spare: Shared,
+    /// This network's own rayon pool (`set_threads`); without one, calls run
+    /// on the caller's current pool. Behind a lock so that `set_threads` may
+    /// race with calls in flight, which keep their pool alive through the `Arc`.
+    pool: RwLock<Option<Arc<rayon::ThreadPool>>>,
     /// The network on a device (`set_device`), which `forward` then uses;
     /// `stale` when `params_mut` may have changed the parameters since the upload.
     accel: Option<Mutex<Accel>>,
@@ -195,13 +245,25 @@ impl Network {
     pub fn init(arch: Arch, seed: u64) -> Result<Network> {
         let model = Model::new(arch)?;
         let params = model.init_params(&mut crate::rng::Rng::new(seed));
-        Ok(Network { model, params, spare: Mutex::default(), accel: None, stale: AtomicBool::new(false) })
+        Ok(Self::wrap(model, params))
     }
 
     /// Wraps a model and an arena of the model's length.
     pub fn from_params(model: Model, params: Vec<f32>) -> Result<Network> {
         crate::error::check_len("network parameters", params.len(), model.layout().len())?;
-        Ok(Network { model, params, spare: Mutex::default(), accel: None, stale: AtomicBool::new(false) })
+        Ok(Self::wrap(model, params))
+    }
+
+    /// A CPU network over `params`, which the caller has checked against `model`.
+    fn wrap(model: Model, params: Vec<f32>) -> Network {
+        Network {
+            model,
+            params,
+            spare: Shared::default(),
+            pool: RwLock::new(None),
+            accel: None,
+            stale: AtomicBool::new(false),
+        }
     }
 
     /// Loads a weights file, checking every tensor name, shape and the metadata.
@@ -259,7 +321,7 @@ impl Network {
             return Err(format_err(path, format!("tensors a {arch} network does not have: {}", unknown.join(", "))));
         }
         model.layout().check_values(&params).map_err(|msg| format_err(path, msg))?;
-        Ok(Network { model, params, spare: Mutex::default(), accel: None, stale: AtomicBool::new(false) })
+        Ok(Self::wrap(model, params))
     }
 
     /// The weights file for this network: every tensor plus nhpatch's metadata.
@@ -316,7 +378,7 @@ impl Network {
 
     /// Eval-mode outputs for `n` patches `[n, 32, 32]` (values 0..255), in
     /// internal batches; `n x 1024` values for a denoiser, `n x 128` for HardNet.
-    /// Runs on the current rayon pool.
+    /// Runs on this network's pool (`set_threads`), else on the current rayon pool.
     pub fn forward(&self, patches: &[f32]) -> Result<Vec<f32>> {
         if !patches.len().is_multiple_of(PATCH_LEN) {
             return Err(Error::Shape(format!("{} values are not a whole number of 32x32 patches", patches.len())));
@@ -332,55 +394,77 @@ impl Network {
             a.forward(patches, &mut out)?;
             return Ok(out);
         }
-        let _call = Call::enter(&self.spare);
-        let mut cur: Option<Kept> = None;
-        let result = patches.chunks(INFER_BATCH * PATCH_LEN).zip(out.chunks_mut(INFER_BATCH * out_len)).try_for_each(
-            |(x, o)| {
-                let b = x.len() / PATCH_LEN;
-                let size = b.next_power_of_two();
-                let k = match cur.take() {
-                    Some(k) if k.ws.batch() == size => k,
-                    other => {
-                        other.into_iter().for_each(|k| self.keep(k));
-                        match self.take_spare(size) {
-                            Some(k) => k,
-                            None => Kept {
-                                threads: rayon::current_num_threads(),
-                                ws: self.model.inference_workspace(size)?,
-                                pad: vec![0.0; size * PATCH_LEN],
-                            },
-                        }
-                    }
-                };
-                let Kept { ws, pad, .. } = cur.insert(k);
-                let y = if b == size {
-                    self.model.forward_eval(ws, &self.params, x)?
-                } else {
-                    let (head, tail) = pad.split_at_mut(x.len());
-                    head.copy_from_slice(x);
-                    tail.fill(0.0);
-                    self.model.forward_eval(ws, &self.params, pad)?
-                };
-                o.copy_from_slice(&y[..o.len()]);
-                Ok(())
-            },
-        );
-        cur.into_iter().for_each(|k| self.keep(k));
-        result.map(|()| out)
+        let pool = self.pool.read().unwrap_or_else(|e| e.into_inner()).clone();
+        patches.chunks(INFER_BATCH * PATCH_LEN).zip(out.chunks_mut(INFER_BATCH * out_len)).try_for_each(|(x, o)| {
+            let _batch = Batch::start(&self.spare, pool.as_deref());
+            match &pool {
+                Some(p) => p.install(|| self.run_batch(x, o)),
+                None => self.run_batch(x, o),
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Gives this network its own pool of `threads` workers (0: one per
+    /// core), on which every later call runs, replacing any earlier one;
+    /// calls already running finish on theirs. Without one, calls run on the
+    /// caller's current rayon pool.
+    pub fn set_threads(&self, threads: usize) -> Result<()> {
+        let pool = Arc::new(crate::threads::pool(threads)?);
+        *self.pool.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+        Ok(())
+    }
+
+    /// One batch of at most `INFER_BATCH` patches `x` into `o`, on a kept workspace.
+    fn run_batch(&self, x: &[f32], o: &mut [f32]) -> Result<()> {
+        let b = x.len() / PATCH_LEN;
+        let size = b.next_power_of_two();
+        let new = || -> Result<Kept> {
+            Ok(Kept {
+                threads: rayon::current_num_threads(),
+                ws: self.model.inference_workspace(size)?,
+                pad: vec![0.0; size * PATCH_LEN],
+            })
+        };
+        let mut k = match self.take_spare(size) {
+            Some(k) => k,
+            None => {
+                // A size not seen yet (on this pool): make at once as many as
+                // may be kept, so that the set of workspaces reaches its bound
+                // now instead of whenever callers of one size happen to meet.
+                let cap = self.spare.lock().peak.max(SPARE_WORKSPACES);
+                for _ in 1..cap {
+                    self.keep(new()?);
+                }
+                new()?
+            }
+        };
+        let Kept { ws, pad, .. } = &mut k;
+        let y = if b == size {
+            self.model.forward_eval(ws, &self.params, x)?
+        } else {
+            let (head, tail) = pad.split_at_mut(x.len());
+            head.copy_from_slice(x);
+            tail.fill(0.0);
+            self.model.forward_eval(ws, &self.params, pad)?
+        };
+        o.copy_from_slice(&y[..o.len()]);
+        self.keep(k);
+        Ok(())
     }
 
     /// A kept workspace for batches of `size` made for a pool of the current size.
     fn take_spare(&self, size: usize) -> Option<Kept> {
         let threads = rayon::current_num_threads();
-        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spare = self.spare.lock();
         let i = spare.kept.iter().position(|k| k.threads == threads && k.ws.batch() == size)?;
         Some(spare.kept.remove(i))
     }
 
     /// Keeps `k` for later calls, dropping the least recently kept of its
-    /// size beyond the most calls that have run at once (or `SPARE_WORKSPACES`).
+    /// size beyond the most batches that have run at once (or `SPARE_WORKSPACES`).
     fn keep(&self, k: Kept) {
-        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spare = self.spare.lock();
         let size = k.ws.batch();
         spare.kept.push(k);
         let cap = spare.peak.max(SPARE_WORKSPACES);
@@ -394,7 +478,7 @@ impl Network {
     /// to one batch of each size per concurrent caller); later calls make
     /// new ones.
     pub fn release_workspaces(&self) {
-        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spare = self.spare.lock();
         spare.kept.clear();
         spare.peak = spare.running;
     }

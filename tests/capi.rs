@@ -335,6 +335,7 @@ fn load_errors_are_codes_with_messages_naming_the_file() {
         assert_eq!(nhp_output_len(null()), 0);
         assert_eq!(CStr::from_ptr(nhp_arch_name(null())).to_bytes(), b"");
         assert_eq!(nhp_set_threads(null_mut(), 1), NhpStatus::ErrNull);
+        assert_eq!(nhp_release_workspaces(null_mut()), NhpStatus::ErrNull);
         nhp_free(null_mut());
         nhp_free_patches(null_mut(), 3);
         let version = CStr::from_ptr(nhp_version()).to_str().unwrap();
@@ -491,6 +492,9 @@ fn u8_f32_in_place_and_pooled_paths_agree_with_the_library() {
                     let net = shared as *const NhpNetwork;
                     if i == 2 {
                         assert_eq!(unsafe { nhp_set_threads(net as *mut _, 2) }, NhpStatus::Ok);
+                    }
+                    if i == 3 {
+                        assert_eq!(unsafe { nhp_release_workspaces(net as *mut _) }, NhpStatus::Ok);
                     }
                     let mut out = vec![0f32; n * DESC_LEN];
                     let st = unsafe { nhp_describe_u8(net, x.as_ptr(), n, out.as_mut_ptr(), out.len()) };

@@ -149,19 +149,20 @@ class HardNetBaseline(nn.Module):
 
     def __init__(self, dropout):
         super().__init__()
-        for i, (cin, cout, _) in enumerate(HARDNET_CHANNELS, start=1):
-            setattr(self, f"conv{i}", nn.Conv2d(cin, cout, 3, bias=True))
+        for i, (cin, cout, stride) in enumerate(HARDNET_CHANNELS, start=1):
+            # Keras 'same': stride 1 pads 1 all round, which is the layer's own
+            # symmetric padding (PyTorch's fastest form); stride 2 on an even
+            # input pads only bottom/right, an explicit F.pad in forward.
+            setattr(self, f"conv{i}", nn.Conv2d(cin, cout, 3, stride=stride, padding=1 if stride == 1 else 0, bias=True))
             setattr(self, f"bn{i}", nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01))
         self.dropout = nn.Dropout(dropout)
         self.conv7 = nn.Conv2d(128, 128, 8, bias=True)
 
     def forward(self, x):
         for i, (_, _, stride) in enumerate(HARDNET_CHANNELS, start=1):
-            # Keras 'same': stride 1 pads 1 all round; stride 2 on an even
-            # input pads only bottom/right.
-            x = F.pad(x, (1, 1, 1, 1) if stride == 1 else (0, 1, 0, 1))
-            x = F.conv2d(x, getattr(self, f"conv{i}").weight, getattr(self, f"conv{i}").bias, stride=stride)
-            x = F.relu(getattr(self, f"bn{i}")(x))
+            if stride == 2:
+                x = F.pad(x, (0, 1, 0, 1))
+            x = F.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
         return self.conv7(self.dropout(x)).flatten(1)
 
 

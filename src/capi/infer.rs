@@ -97,7 +97,7 @@ unsafe fn infer<I, O>(
             // borrowed below, so an in-place call never aliases a live `&mut`.
             let input = unsafe { std::slice::from_raw_parts(patches, in_len) };
             let x = to_f32(input);
-            handle.run(|net| if task == Task::Denoise { net.denoise(&x) } else { net.describe(&x) })?
+            if task == Task::Denoise { handle.net.denoise(&x) } else { handle.net.describe(&x) }?
         };
         // SAFETY: `out` is non-NULL and aligned, `out_len` elements fit in
         // isize::MAX bytes (checked) and the caller guarantees they are writable.

@@ -28,7 +28,6 @@ use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
 
 /// `nhp_status` in C: what a call returns. The values are part of the ABI.
 #[repr(C)]
@@ -83,24 +82,10 @@ impl NhpStatus {
     }
 }
 
-/// `nhp_network` in C: a loaded network and, once `nhp_set_threads` gave it
-/// one, its own rayon pool (otherwise calls run on rayon's global pool).
+/// `nhp_network` in C: a loaded network (which holds its own rayon pool
+/// once `nhp_set_threads` gave it one; otherwise calls run on rayon's global pool).
 pub struct NhpNetwork {
     net: Network,
-    /// Behind a lock so that `nhp_set_threads` may race with calls in flight:
-    /// they keep the pool they started on alive through their `Arc`.
-    pool: RwLock<Option<Arc<rayon::ThreadPool>>>,
-}
-
-impl NhpNetwork {
-    /// Runs `f` on this network's pool, or on the current rayon pool when it has none.
-    fn run<T: Send>(&self, f: impl FnOnce(&Network) -> crate::Result<T> + Send) -> crate::Result<T> {
-        let pool = self.pool.read().unwrap_or_else(|p| p.into_inner()).clone();
-        match pool {
-            Some(p) => p.install(|| f(&self.net)),
-            None => f(&self.net),
-        }
-    }
 }
 
 /// Why a call failed: the status it returns and the message `nhp_last_error` gives.
@@ -220,7 +205,7 @@ unsafe fn load_into(path: *const c_char, out: *mut *mut NhpNetwork, loader: Load
         // SAFETY: forwarded from this function's contract.
         let path = unsafe { path_arg(path, "path") }?;
         let net = loader(&path, LoadOptions::default())?;
-        let handle = Box::new(NhpNetwork { net, pool: RwLock::new(None) });
+        let handle = Box::new(NhpNetwork { net });
         // SAFETY: as above; ownership passes to the caller until `nhp_free`.
         unsafe { out.write(Box::into_raw(handle)) };
         Ok(())
@@ -312,6 +297,21 @@ pub unsafe extern "C" fn nhp_arch_name(net: *const NhpNetwork) -> *const c_char 
     name.unwrap_or(c"").as_ptr()
 }
 
+/// Drops the inference workspaces the network keeps between calls (see
+/// `Network::release_workspaces`); later calls make new ones.
+///
+/// # Safety
+/// `net` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nhp_release_workspaces(net: *mut NhpNetwork) -> NhpStatus {
+    status(|| {
+        // SAFETY: forwarded from this function's contract; only shared access is needed.
+        let handle = unsafe { net_arg(net) }?;
+        handle.net.release_workspaces();
+        Ok(())
+    })
+}
+
 /// Gives the network its own pool of `threads` workers (0: one per core).
 /// Calls already running finish on the pool they started on.
 ///
@@ -322,9 +322,7 @@ pub unsafe extern "C" fn nhp_set_threads(net: *mut NhpNetwork, threads: usize) -
     status(|| {
         // SAFETY: forwarded from this function's contract; only shared access is needed.
         let handle = unsafe { net_arg(net) }?;
-        let pool = Arc::new(crate::threads::pool(threads)?);
-        *handle.pool.write().unwrap_or_else(|p| p.into_inner()) = Some(pool);
-        Ok(())
+        Ok(handle.net.set_threads(threads)?)
     })
 }
 
