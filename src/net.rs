@@ -148,6 +148,73 @@ impl Drop for Batch<'_> {
     }
 }
 
+/// Patches for `Network::forward_into`: `[n, 32, 32]` grey levels 0..255.
+#[derive(Clone, Copy, Debug)]
+pub enum Patches<'a> {
+    F32(&'a [f32]),
+    U8(&'a [u8]),
+}
+
+impl<'a> Patches<'a> {
+    /// Elements (`n x 1024`).
+    pub fn len(&self) -> usize {
+        match self {
+            Patches::F32(x) => x.len(),
+            Patches::U8(x) => x.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn range(&self, r: std::ops::Range<usize>) -> Patches<'a> {
+        match *self {
+            Patches::F32(x) => Patches::F32(&x[r]),
+            Patches::U8(x) => Patches::U8(&x[r]),
+        }
+    }
+    /// Writes the patches as f32 into `dst` (of the same length).
+    fn write_f32(&self, dst: &mut [f32]) {
+        match self {
+            Patches::F32(x) => dst.copy_from_slice(x),
+            Patches::U8(x) => dst.iter_mut().zip(x.iter()).for_each(|(d, &v)| *d = f32::from(v)),
+        }
+    }
+}
+
+/// Where `Network::forward_into` writes: f32 values, or u8 grey levels
+/// (clipped to 0..255 and rounded, as `to_pixels` does).
+#[derive(Debug)]
+pub enum Outputs<'a> {
+    F32(&'a mut [f32]),
+    U8(&'a mut [u8]),
+}
+
+impl Outputs<'_> {
+    /// Elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Outputs::F32(o) => o.len(),
+            Outputs::U8(o) => o.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn range(&mut self, r: std::ops::Range<usize>) -> Outputs<'_> {
+        match self {
+            Outputs::F32(o) => Outputs::F32(&mut o[r]),
+            Outputs::U8(o) => Outputs::U8(&mut o[r]),
+        }
+    }
+    /// Stores `y` (of the same length).
+    fn store(&mut self, y: &[f32]) {
+        match self {
+            Outputs::F32(o) => o.copy_from_slice(y),
+            Outputs::U8(o) => o.iter_mut().zip(y).for_each(|(d, &v)| *d = v.round().clamp(0.0, 255.0) as u8),
+        }
+    }
+}
+
 /// A network and its parameters.
 pub struct Network {
     model: Model,
@@ -380,29 +447,56 @@ impl Network {
     /// internal batches; `n x 1024` values for a denoiser, `n x 128` for HardNet.
     /// Runs on this network's pool (`set_threads`), else on the current rayon pool.
     pub fn forward(&self, patches: &[f32]) -> Result<Vec<f32>> {
-        if !patches.len().is_multiple_of(PATCH_LEN) {
-            return Err(Error::Shape(format!("{} values are not a whole number of 32x32 patches", patches.len())));
+        let n = Self::patch_count(patches.len())?;
+        let mut out = vec![0.0f32; n * self.model.out_len()];
+        self.forward_into(Patches::F32(patches), Outputs::F32(&mut out))?;
+        Ok(out)
+    }
+
+    fn patch_count(len: usize) -> Result<usize> {
+        if !len.is_multiple_of(PATCH_LEN) {
+            return Err(Error::Shape(format!("{len} values are not a whole number of 32x32 patches")));
         }
-        let n = patches.len() / PATCH_LEN;
+        Ok(len / PATCH_LEN)
+    }
+
+    /// As `forward`, into the caller's buffer of exactly `n x 1024` (denoiser)
+    /// or `n x 128` (HardNet) elements; f32 or u8 patches in, f32 or u8
+    /// (clipped and rounded) values out. On the CPU it allocates nothing
+    /// once the network's workspaces for the batch sizes exist.
+    pub fn forward_into(&self, patches: Patches<'_>, mut out: Outputs<'_>) -> Result<()> {
+        let n = Self::patch_count(patches.len())?;
         let out_len = self.model.out_len();
-        let mut out = vec![0.0f32; n * out_len];
+        if out.len() != n * out_len {
+            return Err(Error::Shape(format!(
+                "an output of {} elements for {n} patches; {} needed ({out_len} per patch)",
+                out.len(),
+                n * out_len
+            )));
+        }
         if let Some(accel) = &self.accel {
             let mut a = accel.lock().unwrap_or_else(|e| e.into_inner());
             if self.stale.swap(false, Ordering::Relaxed) {
                 a.set_params(&self.params)?;
             }
-            a.forward(patches, &mut out)?;
-            return Ok(out);
+            let mut x = vec![0.0; patches.len()];
+            patches.write_f32(&mut x);
+            let mut y = vec![0.0; out.len()];
+            a.forward(&x, &mut y)?;
+            out.store(&y);
+            return Ok(());
         }
         let pool = self.pool.read().unwrap_or_else(|e| e.into_inner()).clone();
-        patches.chunks(INFER_BATCH * PATCH_LEN).zip(out.chunks_mut(INFER_BATCH * out_len)).try_for_each(|(x, o)| {
+        for p0 in (0..n).step_by(INFER_BATCH) {
+            let p1 = n.min(p0 + INFER_BATCH);
+            let (x, o) = (patches.range(p0 * PATCH_LEN..p1 * PATCH_LEN), out.range(p0 * out_len..p1 * out_len));
             let _batch = Batch::start(&self.spare, pool.as_deref());
             match &pool {
                 Some(p) => p.install(|| self.run_batch(x, o)),
                 None => self.run_batch(x, o),
-            }
-        })?;
-        Ok(out)
+            }?;
+        }
+        Ok(())
     }
 
     /// Gives this network its own pool of `threads` workers (0: one per
@@ -416,7 +510,7 @@ impl Network {
     }
 
     /// One batch of at most `INFER_BATCH` patches `x` into `o`, on a kept workspace.
-    fn run_batch(&self, x: &[f32], o: &mut [f32]) -> Result<()> {
+    fn run_batch(&self, x: Patches<'_>, mut o: Outputs<'_>) -> Result<()> {
         let b = x.len() / PATCH_LEN;
         let size = b.next_power_of_two();
         let new = || -> Result<Kept> {
@@ -440,15 +534,16 @@ impl Network {
             }
         };
         let Kept { ws, pad, .. } = &mut k;
-        let y = if b == size {
-            self.model.forward_eval(ws, &self.params, x)?
-        } else {
-            let (head, tail) = pad.split_at_mut(x.len());
-            head.copy_from_slice(x);
-            tail.fill(0.0);
-            self.model.forward_eval(ws, &self.params, pad)?
+        let y = match x {
+            Patches::F32(x) if b == size => self.model.forward_eval(ws, &self.params, x)?,
+            _ => {
+                let (head, tail) = pad.split_at_mut(x.len());
+                x.write_f32(head);
+                tail.fill(0.0);
+                self.model.forward_eval(ws, &self.params, pad)?
+            }
         };
-        o.copy_from_slice(&y[..o.len()]);
+        o.store(&y[..o.len()]);
         self.keep(k);
         Ok(())
     }
@@ -485,19 +580,41 @@ impl Network {
 
     /// Denoises patches; errors unless this is a denoiser.
     pub fn denoise(&self, patches: &[f32]) -> Result<Vec<f32>> {
-        if !self.arch().is_denoiser() {
-            return Err(Error::InvalidArgument(format!("a {} network describes; it does not denoise", self.arch())));
-        }
+        self.check_denoises()?;
         self.forward(patches)
     }
 
     /// 128-d descriptors of patches; errors unless this is a HardNet.
     pub fn describe(&self, patches: &[f32]) -> Result<Vec<f32>> {
+        self.check_describes()?;
+        self.forward(patches)
+    }
+
+    /// `denoise` into the caller's buffer (`forward_into`).
+    pub fn denoise_into(&self, patches: Patches<'_>, out: Outputs<'_>) -> Result<()> {
+        self.check_denoises()?;
+        self.forward_into(patches, out)
+    }
+
+    /// `describe` into the caller's buffer of `n x 128` floats (`forward_into`).
+    pub fn describe_into(&self, patches: Patches<'_>, out: &mut [f32]) -> Result<()> {
+        self.check_describes()?;
+        self.forward_into(patches, Outputs::F32(out))
+    }
+
+    fn check_denoises(&self) -> Result<()> {
+        if !self.arch().is_denoiser() {
+            return Err(Error::InvalidArgument(format!("a {} network describes; it does not denoise", self.arch())));
+        }
+        Ok(())
+    }
+
+    fn check_describes(&self) -> Result<()> {
         if self.arch().is_denoiser() {
             return Err(Error::InvalidArgument(format!("a {} network denoises; it does not describe", self.arch())));
         }
         debug_assert_eq!(self.model.out_len(), DESC_LEN);
-        self.forward(patches)
+        Ok(())
     }
 }
 

@@ -196,3 +196,34 @@ fn reused_workspaces_give_the_same_results_as_fresh_ones() {
         });
     }
 }
+
+#[test]
+fn forward_into_writes_the_callers_buffer_like_forward() {
+    use nhpatch::net::{Outputs, Patches, to_pixels};
+    let x = patches(300);
+    let x8: Vec<u8> = x.iter().map(|&v| v as u8).collect();
+    for arch in Arch::ALL {
+        let net = Network::init(arch, 12).unwrap();
+        let want = net.forward(&x).unwrap();
+        let mut got = vec![f32::NAN; want.len()];
+        net.forward_into(Patches::F32(&x), Outputs::F32(&mut got)).unwrap();
+        assert!(got == want, "{arch}: f32 in");
+        got.fill(f32::NAN);
+        net.forward_into(Patches::U8(&x8), Outputs::F32(&mut got)).unwrap();
+        assert!(got == want, "{arch}: u8 in (the same grey levels)");
+        let mut pixels = want.clone();
+        to_pixels(&mut pixels);
+        let mut got8 = vec![7u8; want.len()];
+        net.forward_into(Patches::F32(&x), Outputs::U8(&mut got8)).unwrap();
+        assert!(got8.iter().zip(&pixels).all(|(&a, &b)| f32::from(a) == b), "{arch}: u8 out");
+        let e = net.forward_into(Patches::F32(&x), Outputs::F32(&mut got[1..])).unwrap_err().to_string();
+        assert!(e.contains("output of") && e.contains("needed"), "{arch}: {e}");
+        let e = net.forward_into(Patches::F32(&x[1..]), Outputs::F32(&mut got)).unwrap_err().to_string();
+        assert!(e.contains("whole number"), "{arch}: {e}");
+        if arch.is_denoiser() {
+            assert!(net.describe_into(Patches::F32(&x), &mut got).is_err(), "{arch} describes");
+        } else {
+            assert!(net.denoise_into(Patches::F32(&x), Outputs::F32(&mut got)).is_err(), "{arch} denoises");
+        }
+    }
+}

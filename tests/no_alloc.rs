@@ -165,6 +165,43 @@ fn hardnet_loss_train_allocations(pairs: usize) -> usize {
     })
 }
 
+/// The C ABI's inference calls (f32 and u8 in; f32, and u8 for the denoiser,
+/// out) on 300 patches (batches of 256 and 44 padded to 64), from this
+/// thread, on the network's own 2-thread pool: the network runs straight
+/// into the caller's buffer and keeps its workspaces between calls.
+fn abi_allocations(arch: Arch) -> usize {
+    use nhpatch::capi::*;
+    let path = std::env::temp_dir().join(format!("nhpatch-no-alloc-{}-{arch}.safetensors", std::process::id()));
+    nhpatch::net::Network::init(arch, 5).unwrap().save(&path).unwrap();
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut net: *mut NhpNetwork = std::ptr::null_mut();
+    // SAFETY: a valid C string and an out pointer to a local.
+    assert_eq!(unsafe { nhp_load(c.as_ptr(), &mut net) }, NhpStatus::Ok);
+    // SAFETY: `net` is the live handle just loaded.
+    assert_eq!(unsafe { nhp_set_threads(net, 2) }, NhpStatus::Ok);
+    let n = 300;
+    let x = inputs(&mut Rng::new(6), n);
+    let x8: Vec<u8> = x.iter().map(|&v| v as u8).collect();
+    let per = if arch.is_denoiser() { PATCH_LEN } else { DESC_LEN };
+    let (mut y, mut y8) = (vec![0.0f32; n * per], vec![0u8; n * per]);
+    let count = allocations(|| {
+        // SAFETY: every buffer is live and of the length passed.
+        unsafe {
+            if arch.is_denoiser() {
+                assert_eq!(nhp_denoise_f32(net, x.as_ptr(), n, y.as_mut_ptr(), y.len()), NhpStatus::Ok);
+                assert_eq!(nhp_denoise_u8(net, x8.as_ptr(), n, y8.as_mut_ptr(), y8.len()), NhpStatus::Ok);
+            } else {
+                assert_eq!(nhp_describe_f32(net, x.as_ptr(), n, y.as_mut_ptr(), y.len()), NhpStatus::Ok);
+                assert_eq!(nhp_describe_u8(net, x8.as_ptr(), n, y.as_mut_ptr(), y.len()), NhpStatus::Ok);
+            }
+        }
+    });
+    // SAFETY: the handle is live and not used after.
+    unsafe { nhp_free(net) };
+    let _ = std::fs::remove_file(path);
+    count
+}
+
 #[test]
 fn steps_after_warm_up_allocate_nothing() {
     // One test in this binary: the counter is global, so nothing else may run meanwhile.
@@ -181,6 +218,14 @@ fn steps_after_warm_up_allocate_nothing() {
             ("hardnet loss train", hardnet_loss_train_allocations(8)),
         ]
     });
+    let counts = [
+        counts,
+        vec![
+            ("unet through the C ABI", abi_allocations(Arch::Unet)),
+            ("hardnet through the C ABI", abi_allocations(Arch::HardNetOriginal)),
+        ],
+    ]
+    .concat();
     for (what, n) in &counts {
         assert_eq!(*n, 0, "{what}: {n} allocations in 3 steps after warm-up ({counts:?})");
     }

@@ -10,8 +10,7 @@
 
 use super::{Fail, NhpNetwork, NhpStatus, fail, net_arg, null_arg, status};
 use crate::models::PATCH_LEN;
-use crate::net::to_pixels;
-use std::borrow::Cow;
+use crate::net::{Outputs, Patches};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Task {
@@ -69,62 +68,71 @@ unsafe fn check<'a, I, O>(
     Ok((handle, in_len))
 }
 
-/// Checks the arguments, runs the network on the input converted by
-/// `to_f32`, and writes the result with `store`.
+/// Checks the arguments and runs the network from `patches` straight into
+/// `out` (`Network::forward_into`: nothing allocated once the network's
+/// workspaces exist), except when the two buffers overlap (an in-place
+/// denoise), where the input is copied first.
 ///
 /// # Safety
 /// `net` is NULL or a live handle; `patches` is NULL or readable for
 /// `n_patches x 1024` elements; `out` is NULL or writable for `out_len`
 /// elements; neither buffer is written by another thread during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn infer<I, O>(
+unsafe fn infer<I: Copy, O>(
     net: *const NhpNetwork,
     patches: *const I,
     n_patches: usize,
     out: *mut O,
     out_len: usize,
     task: Task,
-    to_f32: fn(&[I]) -> Cow<'_, [f32]>,
-    store: fn(Vec<f32>, &mut [O]),
+    input: fn(&[I]) -> Patches<'_>,
+    output: fn(&mut [O]) -> Outputs<'_>,
 ) -> NhpStatus {
     status(|| {
         // SAFETY: forwarded from this function's contract.
         let (handle, in_len) = unsafe { check(net, patches, n_patches, out, out_len, task) }?;
-        let result = {
-            // SAFETY: `patches` is non-NULL and aligned (checked), `in_len`
-            // elements fit in isize::MAX bytes (checked) and the caller
-            // guarantees they are readable. The slice is dead before `out` is
-            // borrowed below, so an in-place call never aliases a live `&mut`.
-            let input = unsafe { std::slice::from_raw_parts(patches, in_len) };
-            let x = to_f32(input);
-            if task == Task::Denoise { handle.net.denoise(&x) } else { handle.net.describe(&x) }?
+        let (in_bytes, out_bytes) = (in_len * size_of::<I>(), out_len * size_of::<O>());
+        let (a, b) = (patches as usize, out as usize);
+        let overlap = a < b + out_bytes && b < a + in_bytes;
+        // SAFETY: `patches` is non-NULL and aligned (checked), `in_len`
+        // elements fit in isize::MAX bytes (checked) and the caller
+        // guarantees they are readable. When the buffers overlap, the slice
+        // is copied and dead before `out` is borrowed, so no live `&mut`
+        // aliases it.
+        let copy: Vec<I>;
+        let x = if overlap {
+            copy = unsafe { std::slice::from_raw_parts(patches, in_len) }.to_vec();
+            &copy[..]
+        } else {
+            unsafe { std::slice::from_raw_parts(patches, in_len) }
         };
         // SAFETY: `out` is non-NULL and aligned, `out_len` elements fit in
-        // isize::MAX bytes (checked) and the caller guarantees they are writable.
+        // isize::MAX bytes (checked) and the caller guarantees they are
+        // writable; it does not overlap `x` (copied above if it did).
         let out = unsafe { std::slice::from_raw_parts_mut(out, out_len) };
-        store(result, out);
+        match task {
+            Task::Denoise => handle.net.denoise_into(input(x), output(out))?,
+            Task::Describe => handle.net.forward_into(input(x), output(out))?,
+        }
         Ok(())
     })
 }
 
-fn f32_in(x: &[f32]) -> Cow<'_, [f32]> {
-    Cow::Borrowed(x)
+fn f32_in(x: &[f32]) -> Patches<'_> {
+    Patches::F32(x)
 }
 
-fn u8_in(x: &[u8]) -> Cow<'_, [f32]> {
-    Cow::Owned(x.iter().map(|&v| f32::from(v)).collect())
+fn u8_in(x: &[u8]) -> Patches<'_> {
+    Patches::U8(x)
 }
 
-fn f32_out(y: Vec<f32>, out: &mut [f32]) {
-    out.copy_from_slice(&y);
+fn f32_out(o: &mut [f32]) -> Outputs<'_> {
+    Outputs::F32(o)
 }
 
 /// Clipped to 0..255 and rounded, as `to_pixels` does.
-fn u8_out(mut y: Vec<f32>, out: &mut [u8]) {
-    to_pixels(&mut y);
-    for (o, v) in out.iter_mut().zip(&y) {
-        *o = *v as u8;
-    }
+fn u8_out(o: &mut [u8]) -> Outputs<'_> {
+    Outputs::U8(o)
 }
 
 /// Denoises f32 patches into `out` (`n_patches x 1024` floats).
