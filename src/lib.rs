@@ -28,6 +28,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod shape;
 pub mod threads;
 pub mod train;
 pub mod weights;

@@ -14,9 +14,9 @@
 
 use super::backend::{Backend, Buf, Kernel, ka, opt};
 use crate::error::Result;
-use crate::layers::Shape4;
 use crate::layers::batchnorm::BatchNormConfig;
 use crate::layers::conv2d::Conv2d;
+use crate::shape::Shape4;
 
 /// Scratch the passes share, each sized for the largest layer of a model at one batch size.
 pub struct Scratch {

@@ -26,9 +26,9 @@
 
 use crate::dist::Collective;
 use crate::error::{Result, check_len};
-use crate::layers::Shape4;
 use crate::ops::elementwise::par_min_items;
 use crate::ops::reduce::{channel_dot_centered, channel_mean_m2, channel_sum};
+use crate::shape::Shape4;
 use crate::{arg_err, shape_err};
 use rayon::prelude::*;
 

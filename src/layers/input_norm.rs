@@ -13,9 +13,9 @@
 //! sums in f64.
 
 use crate::error::{Result, check_len};
-use crate::layers::Shape4;
 use crate::ops::elementwise::par_min_items;
 use crate::ops::reduce::{dot_centered, mean_m2, sum};
+use crate::shape::Shape4;
 use crate::shape_err;
 use rayon::prelude::*;
 

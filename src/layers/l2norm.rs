@@ -10,9 +10,9 @@
 //! constant 1e-12 and `dx = g / 1e-12`. One row per rayon task, dots in f64.
 
 use crate::error::{Result, check_len};
-use crate::layers::Shape4;
 use crate::ops::elementwise::par_min_items;
 use crate::ops::reduce::dot;
+use crate::shape::Shape4;
 use rayon::prelude::*;
 
 /// Lower clamp of the norm, as in PyTorch.

@@ -8,8 +8,8 @@
 //! `dx[argmax[i][j]] += dout[i][j]`. One plane per rayon task.
 
 use crate::error::{Result, check_len};
-use crate::layers::Shape4;
 use crate::ops::elementwise::par_min_items;
+use crate::shape::Shape4;
 use crate::shape_err;
 use rayon::prelude::*;
 

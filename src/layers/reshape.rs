@@ -7,8 +7,8 @@
 //! `to` must have the same batch size and element count.
 
 use crate::error::{Result, check_len};
-use crate::layers::Shape4;
 use crate::ops::elementwise;
+use crate::shape::Shape4;
 use crate::shape_err;
 
 /// The flat shape of `s`: `N x (C*H*W) x 1 x 1`.

@@ -5,8 +5,8 @@
 //! `dx[i][j] += sum_{a,b} dout[2i+a][2j+b]`. One plane per rayon task.
 
 use crate::error::{Result, check_len};
-use crate::layers::Shape4;
 use crate::ops::elementwise::par_min_items;
+use crate::shape::Shape4;
 use rayon::prelude::*;
 
 /// `N x C x 2H x 2W` for an `N x C x H x W` input.

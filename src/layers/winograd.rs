@@ -45,7 +45,7 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
-use crate::layers::conv2d::Epilogue;
+use crate::ops::epilogue::Epilogue;
 use rayon::prelude::*;
 use std::sync::Mutex;
 

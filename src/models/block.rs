@@ -21,12 +21,12 @@
 use super::LayerRow;
 use crate::dist::{Comm, Shard};
 use crate::error::Result;
-use crate::layers::Shape4;
 use crate::layers::batchnorm::{self, Activation, BatchNormConfig};
 use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvPass, ConvWorkspace, Epilogue};
 use crate::layers::relu;
 use crate::params::ParamLayout;
 use crate::rng::Rng;
+use crate::shape::Shape4;
 use std::ops::Range;
 
 /// A `conv -> [bn] -> [relu]` unit with its slots in the parameter arena.

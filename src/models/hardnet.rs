@@ -31,10 +31,11 @@ use crate::error::Result;
 use crate::layers::batchnorm::BatchNormConfig;
 use crate::layers::conv2d::{Conv2dSpec, ConvPass};
 use crate::layers::dropout::{self, DropoutConfig};
-use crate::layers::{Shape4, input_norm, l2norm};
+use crate::layers::{input_norm, l2norm};
 use crate::ops::im2col::Padding;
 use crate::params::ParamLayout;
 use crate::rng::Rng;
+use crate::shape::Shape4;
 
 /// `(cin, cout, stride, input side)` of conv1..conv6.
 const FEATURE_CONVS: [(usize, usize, usize, usize); 6] =

@@ -22,9 +22,10 @@ use super::block::{Block, BlockState, Pass, Scratch, zeroed};
 use super::{LayerRow, PATCH};
 use crate::error::Result;
 use crate::layers::conv2d::{Conv2dSpec, ConvPass};
-use crate::layers::{Shape4, concat, maxpool, upsample};
+use crate::layers::{concat, maxpool, upsample};
 use crate::ops::im2col::Padding;
 use crate::params::ParamLayout;
+use crate::shape::Shape4;
 
 pub(super) struct Unet {
     /// conv1..conv5.

@@ -15,7 +15,7 @@
 //! per element, which made BatchNorm's statistics a visible share of a step).
 
 use crate::error::{Result, check_len};
-use crate::layers::Shape4;
+use crate::shape::Shape4;
 use crate::shape_err;
 
 /// Independent accumulators of the flat reductions.
