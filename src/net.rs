@@ -210,7 +210,7 @@ impl Outputs<'_> {
     fn store(&mut self, y: &[f32]) {
         match self {
             Outputs::F32(o) => o.copy_from_slice(y),
-            Outputs::U8(o) => o.iter_mut().zip(y).for_each(|(d, &v)| *d = v.round().clamp(0.0, 255.0) as u8),
+            Outputs::U8(o) => o.iter_mut().zip(y).for_each(|(d, &v)| *d = pixel(v) as u8),
         }
     }
 }
@@ -622,6 +622,11 @@ impl Network {
 /// turns denoiser outputs into images before describing them.
 pub fn to_pixels(values: &mut [f32]) {
     for v in values {
-        *v = v.round().clamp(0.0, 255.0);
+        *v = pixel(*v);
     }
+}
+
+/// One value as `to_pixels` makes it: rounded, clipped to 0..255.
+fn pixel(v: f32) -> f32 {
+    v.round().clamp(0.0, 255.0)
 }

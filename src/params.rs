@@ -85,8 +85,8 @@ impl ParamLayout {
             let Some(t) = params.get(spec.range()) else {
                 return Err(format!("tensor '{}' lies outside the {} values given", spec.name, params.len()));
             };
-            let bad = t.iter().filter(|v| !v.is_finite()).count();
             if let Some(i) = t.iter().position(|v| !v.is_finite()) {
+                let bad = t.iter().filter(|v| !v.is_finite()).count();
                 return Err(format!(
                     "tensor '{}' holds {bad} non-finite value(s) of {} (first: {} at element {i})",
                     spec.name,
