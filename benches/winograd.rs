@@ -10,8 +10,7 @@
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads};
-use nhpatch::layers::winograd::Winograd;
-use nhpatch::layers::winograd4::Winograd4;
+use nhpatch::layers::winograd::{Winograd, Winograd4};
 use nhpatch::ops::im2col::Padding;
 use nhpatch::rng::Rng;
 use std::hint::black_box;

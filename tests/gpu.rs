@@ -15,17 +15,18 @@ mod common;
 use nhpatch::gpu::backend::{self, Backend, Buf, Kernel};
 use nhpatch::gpu::loss as device_loss;
 use nhpatch::gpu::model::GpuModel;
-use nhpatch::gpu::{Device, PointLoss, Trainer, TupleLoss, ops};
+use nhpatch::gpu::{Device, Trainer, ops};
 use nhpatch::layers::batchnorm::{self, Activation, BatchNormConfig};
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads};
 use nhpatch::layers::{Shape4, concat, dropout, input_norm, l2norm, maxpool, upsample};
 use nhpatch::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use nhpatch::loss::triplet::TripletLoss;
+use nhpatch::loss::{PointLoss, TupleLoss};
 use nhpatch::loss::{l1::l1_loss, mse::mse_loss};
 use nhpatch::models::{Arch, DESC_LEN, Model, PATCH_LEN};
 use nhpatch::ops::im2col::Padding;
+use nhpatch::optim::{Optimizer, OptimizerConfig};
 use nhpatch::rng::Rng;
-use nhpatch::train::config::{Optimizer, OptimizerConfig};
 
 /// The emulator, and the first GPU when there is one.
 fn devices() -> Vec<Device> {
@@ -542,11 +543,11 @@ fn one_training_step_per_model_matches() {
             tr.download(&mut p_dev, &mut o_dev).unwrap();
             close(&format!("{arch} parameters after {steps} steps"), tr.backend(), &p_dev, &p_cpu);
             match (&o_dev.state, &o_cpu.state) {
-                (nhpatch::train::config::OptimizerState::Sgd(a), nhpatch::train::config::OptimizerState::Sgd(b)) => {
+                (nhpatch::optim::OptimizerState::Sgd(a), nhpatch::optim::OptimizerState::Sgd(b)) => {
                     close(&format!("{arch} momentum"), tr.backend(), &a.momentum_buffer, &b.momentum_buffer);
                     assert_eq!(a.step, b.step);
                 }
-                (nhpatch::train::config::OptimizerState::Adam(a), nhpatch::train::config::OptimizerState::Adam(b)) => {
+                (nhpatch::optim::OptimizerState::Adam(a), nhpatch::optim::OptimizerState::Adam(b)) => {
                     close(&format!("{arch} exp_avg"), tr.backend(), &a.exp_avg, &b.exp_avg);
                     close(&format!("{arch} exp_avg_sq"), tr.backend(), &a.exp_avg_sq, &b.exp_avg_sq);
                     assert_eq!(a.step, b.step);

@@ -1,14 +1,19 @@
-//! Training recipes through `nhpatch run --recipe`: each one runs end to end
+//! Training recipes through the library (`nhpatch::train::pipeline`, what
+//! `nhpatch run --recipe` calls): each one runs end to end
 //! on a tiny synthetic dataset and records what it did in the run folder;
 //! joint training moves the denoiser through the descriptor loss alone, and
 //! is reproducible across runs and thread counts; a run killed with SIGKILL
 //! in its descriptor or joint stage resumes to the uninterrupted run's
-//! weights and scores; bad combinations fail cleanly.
+//! weights and scores; the command line runs exactly what the library runs;
+//! bad combinations fail cleanly.
 
 mod common;
 
 use common::cli::{dir, fails, kill_in_second_epoch, ok, s};
+use nhpatch::train::pipeline::{self, RunConfig, RunSummary};
+use nhpatch::train::{Event, Overrides, Recipe};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 fn dataset(d: &Path) -> PathBuf {
     common::cli::synth_dataset(d, 5)
@@ -19,8 +24,18 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// The arguments of a run of `recipe` small enough for a test: 1 denoiser
-/// epoch of 64 patches, 2 descriptor epochs of 32 tuples in batches of 16.
+/// A run of `recipe` small enough for a test: 1 denoiser epoch of 64
+/// patches, 2 descriptor epochs of 32 tuples in batches of 16.
+fn small_config(data: &Path, out: &Path, recipe: Recipe, threads: usize) -> RunConfig {
+    let mut c = RunConfig::new(recipe, out.to_path_buf());
+    c.dataset = Some(data.to_path_buf());
+    c.denoiser_overrides = Overrides { epochs: Some(1), items: Some(64), ..Overrides::default() };
+    c.descriptor_overrides = Overrides { epochs: Some(2), items: Some(32), ..Overrides::default() };
+    (c.batch, c.seed, c.threads) = (Some(16), Some(4), threads);
+    c
+}
+
+/// The same run through the command line.
 fn small_args<'a>(data: &'a Path, out: &'a Path, recipe: &'a str, threads: &'a str) -> Vec<&'a str> {
     vec![
         "run",
@@ -47,18 +62,33 @@ fn small_args<'a>(data: &'a Path, out: &'a Path, recipe: &'a str, threads: &'a s
     ]
 }
 
-fn small_run(data: &Path, out: &Path, recipe: &str, threads: &str, extra: &[&str]) -> String {
-    ok(&[&small_args(data, out, recipe, threads)[..], extra].concat())
+/// Runs `cfg` through the library; returns its summary and the report lines it sent to the observer.
+fn run_lib(cfg: &RunConfig) -> nhpatch::Result<(RunSummary, Vec<String>)> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let log = lines.clone();
+    let observer = move |e: &Event<'_>| {
+        if let Event::Info(line) = e {
+            log.lock().unwrap().push(line.to_string());
+        }
+    };
+    let summary = pipeline::run(cfg, Arc::new(observer))?;
+    let lines = lines.lock().unwrap().clone();
+    Ok((summary, lines))
+}
+
+fn small_run(data: &Path, out: &Path, recipe: Recipe, threads: usize) -> Vec<String> {
+    run_lib(&small_config(data, out, recipe, threads)).unwrap_or_else(|e| panic!("{recipe}: {e}")).1
 }
 
 #[test]
 fn every_recipe_runs_and_records_its_settings() {
     let d = dir("recipes");
     let data = dataset(&d);
-    for recipe in ["seed", "hardnet", "hardnet-dncnn", "hardnet-noisy", "joint"] {
+    for r in Recipe::ALL {
+        let recipe = r.name();
         let out = d.join(recipe);
-        let stdout = small_run(&data, &out, recipe, "2", &[]);
-        assert!(stdout.contains(&format!("recipe {recipe}")), "{stdout}");
+        let lines = small_run(&data, &out, r, 2);
+        assert!(lines.iter().any(|l| l.contains(&format!("recipe {recipe}"))), "{lines:?}");
         let r = json(&out.join("results.json"));
         for k in ["verification_map", "matching_map", "retrieval_map"] {
             let v = r[k].as_f64().unwrap();
@@ -109,14 +139,16 @@ fn joint_training_reaches_the_denoiser_and_is_reproducible() {
     let bytes = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     // With no denoising loss, only the descriptor loss can move the denoiser.
     let zero = d.join("zero");
-    small_run(&data, &zero, "joint", "2", &["--denoise-weight", "0"]);
+    let mut cfg = small_config(&data, &zero, Recipe::Joint, 2);
+    cfg.denoise_weight = 0.0;
+    run_lib(&cfg).unwrap();
     assert_ne!(bytes(zero.join("denoiser/model.safetensors")), bytes(zero.join("joint/denoiser/model.safetensors")));
     // Same seed, same results: twice with 2 threads, once with 1.
-    let runs: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = [("a", "2"), ("b", "2"), ("one", "1")]
+    let runs: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = [("a", 2), ("b", 2), ("one", 1)]
         .iter()
-        .map(|(name, threads)| {
+        .map(|&(name, threads)| {
             let out = d.join(name);
-            small_run(&data, &out, "joint", threads, &[]);
+            small_run(&data, &out, Recipe::Joint, threads);
             (
                 bytes(out.join("joint/denoiser/model.safetensors")),
                 bytes(out.join("joint/descriptor/model.safetensors")),
@@ -134,12 +166,20 @@ fn joint_training_reaches_the_denoiser_and_is_reproducible() {
     // Resuming a finished run redoes nothing and reports the same scores.
     let a = d.join("a");
     let before = std::fs::read(a.join("joint/descriptor/model.safetensors")).unwrap();
-    small_run(&data, &a, "joint", "2", &["--resume"]);
+    let mut resume = small_config(&data, &a, Recipe::Joint, 2);
+    resume.resume = true;
+    run_lib(&resume).unwrap();
     assert_eq!(std::fs::read(a.join("joint/descriptor/model.safetensors")).unwrap(), before);
     // Joint checkpoints of different epochs (a run stopped between writing them) are refused.
     std::fs::remove_file(a.join("joint/descriptor/checkpoint.safetensors")).unwrap();
-    let e = common::cli::fails(&[&small_args(&data, &a, "joint", "2")[..], &["--resume"]].concat());
+    let e = run_lib(&resume).expect_err("mismatched joint checkpoints were accepted").to_string();
     assert!(e.contains("different epochs") && e.contains("joint"), "{e}");
+    // The command line runs what the library runs: same flags, same bytes.
+    let cli = d.join("cli");
+    ok(&small_args(&data, &cli, "joint", "2"));
+    let same = |p: &str| bytes(cli.join(p)) == bytes(a.join(p));
+    assert!(same("denoiser/model.safetensors") && same("descriptor/model.safetensors"), "CLI and library differ");
+    assert!(same("joint/denoiser/model.safetensors"), "CLI and library differ in the joint stage");
 }
 
 /// The weights of every model a finished run wrote, and its `results.json`
@@ -157,7 +197,14 @@ fn outcome(out: &Path) -> Vec<Vec<u8>> {
     files
 }
 
-/// `small_args` with 4 descriptor epochs of 128 tuples, the joint recipe's last 3 trained end to end.
+/// `small_config` with 4 descriptor epochs of 128 tuples, the joint recipe's last 3 trained end to end.
+fn long_config(data: &Path, out: &Path, recipe: Recipe) -> RunConfig {
+    let mut c = small_config(data, out, recipe, 2);
+    (c.descriptor_overrides.epochs, c.descriptor_overrides.items, c.joint_epochs) = (Some(4), Some(128), 3);
+    c
+}
+
+/// The same run through the command line (a process the test can kill).
 fn long_args<'a>(data: &'a Path, out: &'a Path, recipe: &'a str) -> Vec<&'a str> {
     let mut a = small_args(data, out, recipe, "2");
     for (flag, value) in [("--descriptor-epochs", "4"), ("--triplets", "128")] {
@@ -174,13 +221,16 @@ fn a_run_killed_in_its_descriptor_or_joint_stage_resumes_to_the_same_results() {
     let data = dataset(&d);
     // (recipe, the stage folder the kill lands in, that stage's epochs): 4
     // descriptor epochs in all, of which the joint recipe trains the last 3 end to end.
-    for (recipe, stage, epochs) in [("hardnet", "descriptor", 4), ("joint", "joint/descriptor", 3)] {
+    for (r, stage, epochs) in [(Recipe::Hardnet, "descriptor", 4), (Recipe::Joint, "joint/descriptor", 3)] {
+        let recipe = r.name();
         let (full, cut) = (d.join(format!("{recipe}-full")), d.join(format!("{recipe}-cut")));
-        ok(&long_args(&data, &full, recipe));
+        run_lib(&long_config(&data, &full, r)).unwrap();
         let done = kill_in_second_epoch(&long_args(&data, &cut, recipe), &cut.join(stage));
         assert!(done < epochs, "{recipe}: the {stage} stage finished before the kill");
         assert!(!cut.join("results.json").exists(), "{recipe}: the killed run wrote results");
-        ok(&[&long_args(&data, &cut, recipe)[..], &["--resume"]].concat());
+        let mut resume = long_config(&data, &cut, r);
+        resume.resume = true;
+        run_lib(&resume).unwrap();
         assert!(outcome(&full) == outcome(&cut), "{recipe}: the resumed run differs from the uninterrupted one");
     }
 }
@@ -190,15 +240,37 @@ fn bad_recipe_combinations_fail_cleanly() {
     let d = dir("recipes-bad");
     let data = dataset(&d);
     let out = d.join("run");
-    let e = fails(&["run", "--dataset", s(&data), "--out", s(&out), "--recipe", "joint", "--denoiser", "none"]);
+    let lib_err = |f: &dyn Fn(&mut RunConfig)| {
+        let mut c = RunConfig::new(Recipe::Hardnet, out.clone());
+        c.dataset = Some(data.clone());
+        f(&mut c);
+        run_lib(&c).expect_err("a bad run configuration was accepted").to_string()
+    };
+    let e = lib_err(&|c| (c.recipe, c.denoiser) = (Recipe::Joint, Some(None)));
     assert!(e.contains("--denoiser none"), "{e}");
+    let e = lib_err(&|c| c.denoiser = Some(Some(nhpatch::models::Arch::HardNetBaseline)));
+    assert!(e.contains("unet, dncnn or none"), "{e}");
+    let e = lib_err(&|c| c.descriptor = Some(nhpatch::models::Arch::Unet));
+    assert!(e.contains("HardNet variant"), "{e}");
+    // HardNet batches need as many distinct classes as the batch: the tiny set has fewer than 128.
+    let e = lib_err(&|c| c.recipe = Recipe::HardnetNoisy);
+    assert!(e.contains("a batch of 128"), "{e}");
+    let cmp = nhpatch::train::compare::CompareConfig {
+        dataset: Some(data.clone()),
+        out: out.clone(),
+        recipes: vec![Recipe::Seed],
+        seeds: vec![],
+        threads: 1,
+    };
+    let e = nhpatch::train::compare::compare(&cmp, nhpatch::train::progress::quiet()).err().unwrap().to_string();
+    assert!(e.contains("--seeds"), "{e}");
+    // The command line's own refusals: names it cannot parse, the same errors as the library.
     let e = fails(&["run", "--dataset", s(&data), "--out", s(&out), "--recipe", "frobnicate"]);
     assert!(e.contains("frobnicate"), "{e}");
+    let e = fails(&["run", "--dataset", s(&data), "--out", s(&out), "--recipe", "joint", "--denoiser", "none"]);
+    assert!(e.contains("--denoiser none"), "{e}");
     let e = fails(&["run", "--dataset", s(&data), "--out", s(&out), "--denoiser", "hardnet"]);
     assert!(e.contains("unet, dncnn or none"), "{e}");
-    // HardNet batches need as many distinct classes as the batch: the tiny set has fewer than 128.
-    let e = fails(&["run", "--dataset", s(&data), "--out", s(&out), "--recipe", "hardnet-noisy"]);
-    assert!(e.contains("a batch of 128"), "{e}");
     let e = fails(&["compare", "--dataset", s(&data), "--out", s(&out), "--seeds", ""]);
     assert!(!e.is_empty());
     // Distributed training needs the mpi feature; a zero timeout is refused either way.

@@ -9,8 +9,7 @@ mod common;
 use common::rand_vec;
 use nhpatch::error::Result;
 use nhpatch::layers::conv2d::Epilogue;
-use nhpatch::layers::winograd::{Winograd, WinogradWorkspace};
-use nhpatch::layers::winograd4::{Winograd4, Winograd4Workspace};
+use nhpatch::layers::winograd::{Winograd, Winograd4, Winograd4Workspace, WinogradWorkspace};
 use nhpatch::rng::Rng;
 use proptest::prelude::*;
 

@@ -10,7 +10,7 @@ mod common;
 
 use libfuzzer_sys::fuzz_target;
 use nhpatch::train::checkpoint::Checkpoint;
-use nhpatch::train::config::OptimizerState;
+use nhpatch::optim::OptimizerState;
 
 fuzz_target!(|data: &[u8]| {
     let path = common::write_input("checkpoint", "checkpoint.safetensors", data);

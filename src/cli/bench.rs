@@ -9,12 +9,13 @@
 
 use clap::{Args, ValueEnum};
 use nhpatch::error::{Error, Result};
-use nhpatch::gpu::{Accel, Device, PointLoss, TupleLoss};
+use nhpatch::gpu::{Accel, Device};
 use nhpatch::loss::l1::l1_loss;
 use nhpatch::loss::triplet::TripletLoss;
+use nhpatch::loss::{PointLoss, TupleLoss};
 use nhpatch::models::{Arch, DESC_LEN, Model, PATCH_LEN};
+use nhpatch::optim::{Optimizer, OptimizerConfig};
 use nhpatch::rng::Rng;
-use nhpatch::train::config::{Optimizer, OptimizerConfig};
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

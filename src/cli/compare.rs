@@ -1,21 +1,11 @@
-//! `nhpatch compare`: trains each recipe with several seeds at the demo
-//! budget (`nhpatch run --recipe R --seed S`, one run folder each), then
-//! writes the table of mean +- standard deviation of the three mAPs, their
-//! mean and the training time (`compare.md`, `compare.json`), and says
-//! whether `joint` beats the best separate recipe on every task by more than
-//! the seed-to-seed spread.
-//!
-//! Finished runs are kept (`summary.json` beside each run's report), so an
-//! interrupted comparison continues where it stopped.
+//! `nhpatch compare`: flags into a [`CompareConfig`]; the comparison is
+//! [`nhpatch::train::compare`].
 
-use super::recipe::Recipe;
-use super::run::{RunArgs, RunSummary, run};
 use clap::Args;
-use nhpatch::error::{Error, Result};
-use nhpatch::io::{io_err, write_atomic};
-use nhpatch::train::metrics::MapScores;
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use nhpatch::error::Result;
+use nhpatch::train::compare::{self, CompareConfig};
+use nhpatch::train::recipe::Recipe;
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -26,7 +16,7 @@ pub struct CompareArgs {
     #[arg(long, default_value = "runs/compare")]
     out: PathBuf,
     /// Recipes to compare (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Recipe::ALL)]
+    #[arg(long, value_parser = super::recipe_parser(), value_delimiter = ',', default_values = Recipe::ALL.map(Recipe::name))]
     recipes: Vec<Recipe>,
     /// Seeds of each recipe (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [1u64, 2, 3])]
@@ -35,178 +25,7 @@ pub struct CompareArgs {
     threads: usize,
 }
 
-/// One finished run, as stored in its `summary.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Finished {
-    recipe: String,
-    seed: u64,
-    map: MapScores,
-    training_seconds: f64,
-}
-
-/// Mean and sample standard deviation.
-fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let mean = xs.iter().sum::<f64>() / n;
-    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-    (mean, var.sqrt())
-}
-
-/// Per recipe: (mean, std) of verification, matching, retrieval, their mean, training seconds.
-#[derive(Clone, Debug, Serialize)]
-struct Row {
-    recipe: String,
-    seeds: Vec<u64>,
-    stats: [(f64, f64); 5],
-}
-
-const COLUMNS: [&str; 5] = ["verification", "matching", "retrieval", "mean mAP", "training (s)"];
-
-fn row(recipe: Recipe, runs: &[Finished]) -> Row {
-    let col = |f: &dyn Fn(&Finished) -> f64| mean_std(&runs.iter().map(f).collect::<Vec<_>>());
-    let mean3 = |r: &Finished| (r.map.verification + r.map.matching + r.map.retrieval) / 3.0;
-    Row {
-        recipe: recipe.name().into(),
-        seeds: runs.iter().map(|r| r.seed).collect(),
-        stats: [
-            col(&|r| r.map.verification),
-            col(&|r| r.map.matching),
-            col(&|r| r.map.retrieval),
-            col(&mean3),
-            col(&|r| r.training_seconds),
-        ],
-    }
-}
-
-/// Markdown table of the rows.
-fn table(rows: &[Row]) -> String {
-    let mut s = format!("| recipe | {} |\n|---|{}\n", COLUMNS.join(" | "), "---|".repeat(COLUMNS.len()));
-    for r in rows {
-        s += &format!("| {} |", r.recipe);
-        for (i, (m, sd)) in r.stats.iter().enumerate() {
-            s += &if i == 4 { format!(" {m:.0} +- {sd:.0} |") } else { format!(" {m:.3} +- {sd:.3} |") };
-        }
-        s.push('\n');
-    }
-    s
-}
-
-/// Whether `joint` beats the best separate recipe (highest mean mAP) on each
-/// task by more than the larger of the two standard deviations.
-fn verdict(rows: &[Row]) -> Option<String> {
-    let joint = rows.iter().find(|r| r.recipe == Recipe::Joint.name())?;
-    let best = rows
-        .iter()
-        .filter(|r| r.recipe != Recipe::Joint.name())
-        .max_by(|a, b| a.stats[3].0.total_cmp(&b.stats[3].0))?;
-    let mut lines = Vec::new();
-    let mut all = true;
-    for (i, task) in COLUMNS[..3].iter().enumerate() {
-        let (j, b) = (joint.stats[i], best.stats[i]);
-        let spread = j.1.max(b.1);
-        let diff = j.0 - b.0;
-        let beats = diff > spread;
-        all &= beats;
-        lines.push(format!(
-            "- {task}: joint {:.3} vs {} {:.3}: difference {diff:+.3}, spread {spread:.3} -> {}",
-            j.0,
-            best.recipe,
-            b.0,
-            if beats { "beats it" } else { "does not beat it" }
-        ));
-    }
-    let head = if all {
-        format!(
-            "joint beats the best separate recipe ({}) on all three tasks by more than the seed-to-seed spread:",
-            best.recipe
-        )
-    } else {
-        format!(
-            "joint does NOT beat the best separate recipe ({}) on all three tasks by more than the seed-to-seed spread:",
-            best.recipe
-        )
-    };
-    Some(format!("{head}\n{}\n", lines.join("\n")))
-}
-
-fn read_finished(path: &Path) -> Option<Finished> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-}
-
 pub fn compare(a: CompareArgs) -> Result<()> {
-    if a.recipes.is_empty() || a.seeds.is_empty() {
-        return Err(Error::InvalidArgument("--recipes and --seeds need at least one value each".into()));
-    }
-    let mut rows = Vec::new();
-    for &recipe in &a.recipes {
-        let mut runs = Vec::new();
-        for &seed in &a.seeds {
-            let dir = a.out.join(recipe.name()).join(format!("seed-{seed}"));
-            let summary_path = dir.join("summary.json");
-            if let Some(f) = read_finished(&summary_path) {
-                println!("{} seed {seed}: finished earlier ({})", recipe.name(), summary_path.display());
-                runs.push(f);
-                continue;
-            }
-            println!("== {} seed {seed} -> {}", recipe.name(), dir.display());
-            let RunSummary { map, training_seconds } =
-                run(RunArgs::recipe_run(recipe, a.dataset.clone(), dir, seed, a.threads))?;
-            let f = Finished { recipe: recipe.name().into(), seed, map, training_seconds };
-            let text = serde_json::to_string_pretty(&f).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            write_atomic(&summary_path, |w| w.write_all(text.as_bytes()).map_err(|e| io_err(&summary_path, e)))?;
-            runs.push(f);
-        }
-        rows.push(row(recipe, &runs));
-    }
-    let mut md = format!(
-        "Mean +- standard deviation over seeds {:?} (demo budget; training time includes per-epoch evaluation).\n\n{}",
-        a.seeds,
-        table(&rows)
-    );
-    if let Some(v) = verdict(&rows) {
-        md += "\n";
-        md += &v;
-    }
-    let md_path = a.out.join("compare.md");
-    write_atomic(&md_path, |w| w.write_all(md.as_bytes()).map_err(|e| io_err(&md_path, e)))?;
-    let json = serde_json::to_string_pretty(&rows).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let json_path = a.out.join("compare.json");
-    write_atomic(&json_path, |w| w.write_all(json.as_bytes()).map_err(|e| io_err(&json_path, e)))?;
-    print!("\n{md}");
-    println!("table: {}", md_path.display());
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fin(recipe: &str, seed: u64, v: f64, m: f64, r: f64) -> Finished {
-        let map = MapScores { verification: v, matching: m, retrieval: r };
-        Finished { recipe: recipe.into(), seed, map, training_seconds: 10.0 * seed as f64 }
-    }
-
-    #[test]
-    fn statistics_and_verdict() {
-        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
-        assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
-        assert_eq!(mean_std(&[4.0]), (4.0, 0.0));
-        let sep = row(Recipe::Hardnet, &[fin("hardnet", 1, 0.70, 0.30, 0.60), fin("hardnet", 2, 0.72, 0.32, 0.62)]);
-        let joint = row(Recipe::Joint, &[fin("joint", 1, 0.80, 0.31, 0.70), fin("joint", 2, 0.82, 0.33, 0.72)]);
-        assert!((sep.stats[3].0 - (0.70 + 0.30 + 0.60 + 0.72 + 0.32 + 0.62) / 6.0).abs() < 1e-12);
-        assert_eq!(sep.stats[4], (15.0, 50f64.sqrt()));
-        let v = verdict(&[sep.clone(), joint]).unwrap();
-        // Matching differs by 0.01, inside the spread (0.014): not all three.
-        assert!(v.starts_with("joint does NOT beat the best separate recipe (hardnet)"), "{v}");
-        assert!(
-            v.contains("- verification: joint 0.810 vs hardnet 0.710: difference +0.100, spread 0.014 -> beats it")
-        );
-        assert!(v.contains("- matching:") && v.contains("does not beat it"));
-        assert!(verdict(&[sep]).is_none());
-        let t = table(&[row(Recipe::Seed, &[fin("seed", 1, 0.5, 0.2, 0.4)])]);
-        assert!(
-            t.contains("| seed | 0.500 +- 0.000 | 0.200 +- 0.000 | 0.400 +- 0.000 | 0.367 +- 0.000 | 10 +- 0 |"),
-            "{t}"
-        );
-    }
+    let cfg = CompareConfig { dataset: a.dataset, out: a.out, recipes: a.recipes, seeds: a.seeds, threads: a.threads };
+    compare::compare(&cfg, super::progress::terminal()).map(|_| ())
 }

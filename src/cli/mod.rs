@@ -6,7 +6,7 @@ mod eval;
 mod infer;
 mod info;
 mod pack;
-mod recipe;
+mod progress;
 mod run;
 mod synth;
 mod train;
@@ -59,6 +59,20 @@ enum Command {
     Kernels(KernelsArgs),
 }
 
+/// `--recipe`: the library's recipe names, listed in `--help`.
+fn recipe_parser() -> impl clap::builder::TypedValueParser<Value = nhpatch::train::Recipe> {
+    use clap::builder::TypedValueParser;
+    let values = nhpatch::train::Recipe::ALL.map(|r| clap::builder::PossibleValue::new(r.name()).help(r.description()));
+    clap::builder::PossibleValuesParser::new(values).try_map(|s| s.parse::<nhpatch::train::Recipe>())
+}
+
+/// `--preset`: the library's preset names, listed in `--help`.
+fn preset_parser() -> impl clap::builder::TypedValueParser<Value = nhpatch::train::Preset> {
+    use clap::builder::TypedValueParser;
+    let values = nhpatch::train::Preset::ALL.map(|p| clap::builder::PossibleValue::new(p.name()).help(p.description()));
+    clap::builder::PossibleValuesParser::new(values).try_map(|s| s.parse::<nhpatch::train::Preset>())
+}
+
 /// `--device`, shared by every command that runs a model.
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct DeviceArgs {
@@ -85,22 +99,22 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::eval(a),
         Command::Tasks(a) => eval::tasks(a),
         Command::Export(a) => eval::export(a),
-        Command::Run(a) => run::run(a).map(|_| ()),
+        Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::bench(a),
         Command::Compare(a) => compare::compare(a),
         Command::TrainDenoiser(a) => train::train_denoiser(a),
         Command::TrainDescriptor(a) => train::train_descriptor(a),
         Command::Kernels(a) => {
-            let best = nhpatch::gemm::best_kernel();
-            for k in nhpatch::gemm::Kernel::ALL {
+            let best = nhpatch::cpu::best_kernel();
+            for k in nhpatch::cpu::Kernel::ALL {
                 let mark = if *k == best { " (used)" } else { "" };
                 let avail = if k.is_available() { "available" } else { "not available on this CPU" };
                 println!("{:<16} {avail}{mark}", k.name());
             }
             if a.peak {
-                for k in [nhpatch::gemm::Kernel::Avx512, nhpatch::gemm::Kernel::Avx2Fma] {
+                for k in [nhpatch::cpu::Kernel::Avx512, nhpatch::cpu::Kernel::Avx2Fma] {
                     if k.is_available() {
-                        let g = nhpatch::gemm::peak::fma_peak_gflops(k, 1.0)?;
+                        let g = nhpatch::cpu::fma_peak_gflops(k, 1.0)?;
                         println!("FP32 FMA peak, one thread, {} vectors: {g:.1} GFLOP/s", k.name());
                     }
                 }

@@ -1,36 +1,25 @@
-//! `nhpatch train-denoiser` and `nhpatch train-descriptor`, and the presets
-//! they share with `nhpatch run`.
+//! `nhpatch train-denoiser` and `nhpatch train-descriptor`: flags into a
+//! stage configuration ([`nhpatch::train::preset`]), then
+//! [`nhpatch::train::stage`] runs it.
 
-use clap::{Args, ValueEnum};
-use nhpatch::data::hpatches::Version;
-use nhpatch::data::pack::{PackedDataset, open_dataset};
-use nhpatch::data::splits::Splits;
+use super::progress::terminal;
+use clap::Args;
+use nhpatch::data::split::DatasetSplit;
 use nhpatch::error::{Error, Result};
-use nhpatch::eval::bench::Benchmark;
-use nhpatch::gpu::Device;
+use nhpatch::loss::LossKind;
 use nhpatch::models::Arch;
 use nhpatch::net::{LoadOptions, Network};
-use nhpatch::train::config::{InputKind, LrSchedule, OptimizerConfig, TrainConfig};
-use nhpatch::train::descriptor::{self, Source};
-use nhpatch::train::metrics::{EpochMetrics, MapScores};
+use nhpatch::optim::OptimizerKind;
+use nhpatch::train::config::{InputKind, LrSchedule};
+use nhpatch::train::metrics::EpochMetrics;
 use nhpatch::train::parallel::Parallel;
-use nhpatch::train::session::RunDir;
-use nhpatch::train::{denoiser, metrics};
+use nhpatch::train::preset::{Overrides, Preset, denoiser_preset, descriptor_preset};
+use nhpatch::train::stage::{self, StageOptions};
 use std::path::{Path, PathBuf};
-
-/// Named bundles of settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Preset {
-    /// The seed report's settings (U-Net: SGD lr 1e-5 Nesterov 0.9, batch 50, MAE; DnCNN: Adam 1e-3;
-    /// descriptor: SGD lr 0.1, triplet margin 1, batch 50, 100,000 triplets per epoch).
-    Seed,
-    /// Sized so that `nhpatch run` finishes in minutes on two cores.
-    Demo,
-}
 
 /// Flags that override any preset value.
 #[derive(Args, Clone, Debug, Default)]
-pub struct Overrides {
+pub struct OverrideArgs {
     #[arg(long)]
     pub epochs: Option<u64>,
     #[arg(long)]
@@ -65,136 +54,34 @@ pub struct Overrides {
     pub augment: Option<bool>,
 }
 
-impl Overrides {
-    pub fn apply(&self, cfg: &mut TrainConfig) -> Result<()> {
-        if let Some(name) = &self.optimizer {
-            cfg.optimizer = OptimizerConfig::named(name, cfg.optimizer.lr())?;
-        }
-        if let Some(v) = self.lr {
-            cfg.optimizer.set_lr(v);
-        }
-        match &mut cfg.optimizer {
-            OptimizerConfig::Sgd { momentum, nesterov, weight_decay, .. } => {
-                *momentum = self.momentum.unwrap_or(*momentum);
-                *nesterov = self.nesterov.unwrap_or(*nesterov);
-                *weight_decay = self.weight_decay.unwrap_or(*weight_decay);
-            }
-            OptimizerConfig::Adam { weight_decay, .. } => {
-                if self.momentum.is_some() || self.nesterov.is_some() {
-                    return Err(Error::InvalidArgument("--momentum and --nesterov apply to sgd only".into()));
-                }
-                *weight_decay = self.weight_decay.unwrap_or(*weight_decay);
-            }
-        }
-        cfg.epochs = self.epochs.unwrap_or(cfg.epochs);
-        cfg.batch = self.batch.unwrap_or(cfg.batch);
-        cfg.epoch_items = self.items.unwrap_or(cfg.epoch_items);
-        cfg.val_items = self.val_items.unwrap_or(cfg.val_items);
-        cfg.seed = self.seed.unwrap_or(cfg.seed);
-        if let Some(v) = &self.lr_schedule {
-            cfg.lr_schedule = v.parse()?;
-        }
-        cfg.augment = self.augment.unwrap_or(cfg.augment);
-        cfg.validate()
+impl OverrideArgs {
+    /// The library's overrides; names of optimizers and schedules are checked here.
+    pub fn overrides(&self) -> Result<Overrides> {
+        Ok(Overrides {
+            epochs: self.epochs,
+            batch: self.batch,
+            lr: self.lr,
+            optimizer: optimizer_kind(&self.optimizer)?,
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay,
+            items: self.items,
+            val_items: self.val_items,
+            seed: self.seed,
+            lr_schedule: schedule(&self.lr_schedule)?,
+            augment: self.augment,
+        })
     }
 }
 
-/// Denoiser settings of a preset; `train_patches` is the size of one pass over the training set.
-pub fn denoiser_preset(preset: Preset, arch: Arch, split: &str, train_patches: u64) -> TrainConfig {
-    let optimizer = match (preset, arch) {
-        (Preset::Seed, Arch::Unet) => {
-            OptimizerConfig::Sgd { lr: 1e-5, momentum: 0.9, nesterov: true, weight_decay: 0.0 }
-        }
-        // The demo trains a few thousand patches: Adam gets a visibly better U-Net there.
-        _ => OptimizerConfig::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
-    };
-    let (epochs, items) = match preset {
-        Preset::Seed => (1, train_patches),
-        Preset::Demo => (3, 2000),
-    };
-    TrainConfig {
-        arch: arch.name().into(),
-        epochs,
-        batch: 50,
-        epoch_items: items.max(1),
-        optimizer,
-        loss: "l1".into(),
-        margin: 1.0,
-        input: InputKind::Noisy,
-        val_items: if preset == Preset::Demo { 500 } else { 2000 },
-        eval_every_epoch: false,
-        seed: 1,
-        split: split.into(),
-        noise_seed: 0,
-        lr_schedule: LrSchedule::Constant,
-        augment: false,
-        lr_span: None,
-        denoise_weight: None,
-    }
+/// `sgd` or `adam`, when given.
+pub fn optimizer_kind(name: &Option<String>) -> Result<Option<OptimizerKind>> {
+    name.as_deref().map(str::parse).transpose()
 }
 
-/// Descriptor settings of a preset.
-pub fn descriptor_preset(preset: Preset, arch: Arch, split: &str, input: InputKind) -> TrainConfig {
-    let (epochs, items) = match preset {
-        Preset::Seed => (1, 100_000),
-        Preset::Demo => (4, 2500),
-    };
-    TrainConfig {
-        arch: arch.name().into(),
-        epochs,
-        batch: 50,
-        epoch_items: items,
-        optimizer: OptimizerConfig::Sgd { lr: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0 },
-        loss: "triplet".into(),
-        margin: 1.0,
-        input,
-        val_items: if preset == Preset::Demo { 300 } else { 2000 },
-        eval_every_epoch: true,
-        seed: 2,
-        split: split.into(),
-        noise_seed: 0,
-        lr_schedule: LrSchedule::Constant,
-        augment: false,
-        lr_span: None,
-        denoise_weight: None,
-    }
-}
-
-/// An opened dataset with its split resolved to pack indices.
-pub struct DatasetSplit {
-    pub root: PathBuf,
-    pub data: PackedDataset,
-    pub train: Vec<usize>,
-    pub test: Vec<usize>,
-}
-
-impl DatasetSplit {
-    pub fn open(root: &Path, split: &str, noise_seed: u64) -> Result<DatasetSplit> {
-        if !root.is_dir() {
-            return Err(Error::InvalidArgument(format!(
-                "{}: no such dataset folder (it needs splits.json and one folder per sequence)",
-                root.display()
-            )));
-        }
-        let splits_path = root.join("splits.json");
-        let splits = Splits::load(&splits_path)?;
-        let s = splits.get(split, &splits_path)?.clone();
-        if s.train.is_empty() {
-            return Err(Error::Format { path: splits_path, msg: format!("split '{split}' has no training sequences") });
-        }
-        if s.test.is_empty() {
-            return Err(Error::Format { path: splits_path, msg: format!("split '{split}' has no test sequences") });
-        }
-        let data = open_dataset(root, noise_seed)?;
-        let train = data.select(&s.train)?;
-        let test = data.select(&s.test)?;
-        Ok(DatasetSplit { root: root.to_path_buf(), data, train, test })
-    }
-
-    /// Patches (all 16 images) of the training sequences.
-    pub fn train_patches(&self) -> u64 {
-        self.train.iter().map(|&s| 16 * self.data.sequences()[s].count as u64).sum()
-    }
+/// `constant` or `linear`, when given.
+pub fn schedule(name: &Option<String>) -> Result<Option<LrSchedule>> {
+    name.as_deref().map(str::parse).transpose()
 }
 
 #[derive(Args)]
@@ -210,13 +97,13 @@ pub struct TrainDenoiserArgs {
     /// Run folder: config.json, checkpoint.safetensors, metrics.jsonl, model.safetensors.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, value_enum, default_value_t = Preset::Seed)]
+    #[arg(long, value_parser = super::preset_parser(), default_value = "seed")]
     preset: Preset,
     /// l1 (the seed's MAE) or mse.
     #[arg(long)]
     loss: Option<String>,
     #[command(flatten)]
-    overrides: Overrides,
+    overrides: OverrideArgs,
     /// Continue from the run folder's checkpoint.
     #[arg(long)]
     resume: bool,
@@ -291,10 +178,10 @@ pub struct TrainDescriptorArgs {
     margin: Option<f32>,
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, value_enum, default_value_t = Preset::Seed)]
+    #[arg(long, value_parser = super::preset_parser(), default_value = "seed")]
     preset: Preset,
     #[command(flatten)]
-    overrides: Overrides,
+    overrides: OverrideArgs,
     /// Skip the HPatches evaluation after each epoch (it still runs after the last).
     #[arg(long)]
     no_epoch_eval: bool,
@@ -318,33 +205,24 @@ pub fn train_denoiser(a: TrainDenoiserArgs) -> Result<()> {
         return Err(Error::InvalidArgument(format!("--model {}: a denoiser is unet or dncnn", a.model)));
     }
     a.dev.device.check_available()?;
+    let loss: Option<LossKind> = a.loss.as_deref().map(str::parse).transpose()?;
+    let overrides = a.overrides.overrides()?;
     let par = a.dist.parallel()?;
     nhpatch::threads::pool(a.threads)?.install(|| {
         let ds = DatasetSplit::open(&a.dataset, &a.split, 0)?;
         let mut cfg = denoiser_preset(a.preset, arch, &a.split, ds.train_patches());
-        if let Some(l) = &a.loss {
-            cfg.loss = l.clone();
+        if let Some(l) = loss {
+            cfg.loss = l;
         }
-        a.overrides.apply(&mut cfg)?;
+        overrides.apply(&mut cfg)?;
         let root = par.as_ref().is_none_or(|p| p.rank() == 0);
-        let (_, m) = run_denoiser(&cfg, &ds, &a.out, a.resume, (par, a.dev.device))?;
+        let opts = StageOptions { resume: a.resume, parallel: par, device: a.dev.device, observer: terminal() };
+        let trained = stage::train_denoiser(&cfg, &ds, &a.out, &opts)?;
         if root {
-            summary("denoiser", &m, &a.out);
+            summary("denoiser", &trained.metrics, &a.out);
         }
         Ok(())
     })
-}
-
-/// Trains (or resumes) a denoiser stage into `out`.
-pub fn run_denoiser(
-    cfg: &TrainConfig,
-    ds: &DatasetSplit,
-    out: &Path,
-    resume: bool,
-    (par, device): (Option<Parallel>, Device),
-) -> Result<(Network, Vec<EpochMetrics>)> {
-    let run = RunDir::create(out, stage_info("denoiser", ds, &par))?.with_parallel(par).with_device(device);
-    denoiser::train(cfg, &ds.data, &ds.train, &ds.test, &run, resume)
 }
 
 pub fn train_descriptor(a: TrainDescriptorArgs) -> Result<()> {
@@ -363,100 +241,28 @@ pub fn train_descriptor(a: TrainDescriptorArgs) -> Result<()> {
         (_, Some(_)) => return Err(Error::InvalidArgument("--denoiser is only used with --input denoised".into())),
         (_, None) => None,
     };
+    let loss: Option<LossKind> = a.loss.as_deref().map(str::parse).transpose()?;
+    let overrides = a.overrides.overrides()?;
     let par = a.dist.parallel()?;
     nhpatch::threads::pool(a.threads)?.install(|| {
         let ds = DatasetSplit::open(&a.dataset, &a.split, 0)?;
         let mut cfg = descriptor_preset(a.preset, arch, &a.split, input);
-        if let Some(l) = &a.loss {
-            cfg.loss = l.clone();
+        if let Some(l) = loss {
+            cfg.loss = l;
         }
         if let Some(m) = a.margin {
             cfg.margin = m;
         }
         cfg.eval_every_epoch = !a.no_epoch_eval;
-        a.overrides.apply(&mut cfg)?;
+        overrides.apply(&mut cfg)?;
         let root = par.as_ref().is_none_or(|p| p.rank() == 0);
-        let (_, m) = run_descriptor(&cfg, &ds, denoiser.as_ref(), &a.out, a.resume, (par, a.dev.device))?;
+        let opts = StageOptions { resume: a.resume, parallel: par, device: a.dev.device, observer: terminal() };
+        let trained = stage::train_descriptor(&cfg, &ds, denoiser.as_ref(), &a.out, &opts)?;
         if root {
-            summary("descriptor", &m, &a.out);
+            summary("descriptor", &trained.metrics, &a.out);
         }
         Ok(())
     })
-}
-
-/// Trains (or resumes) a descriptor stage into `out`, evaluating on the split's
-/// test sequences (noisy input, through `denoiser` when given).
-pub fn run_descriptor(
-    cfg: &TrainConfig,
-    ds: &DatasetSplit,
-    denoiser: Option<&Network>,
-    out: &Path,
-    resume: bool,
-    (par, device): (Option<Parallel>, Device),
-) -> Result<(Network, Vec<EpochMetrics>)> {
-    let run = RunDir::create(out, stage_info("descriptor", ds, &par))?.with_parallel(par).with_device(device);
-    // With a denoiser, every patch is denoised once into a cached pack: the
-    // training sequences feed the sampler, the test sequences the evaluation.
-    // Data-parallel, rank 0 writes it while the others wait, then they open it.
-    let denoised = match denoiser {
-        Some(d) => {
-            let path = out.join("denoised.pack");
-            let seqs: Vec<usize> = ds.train.iter().chain(&ds.test).copied().collect();
-            if run.is_root() {
-                eprintln!("denoising the dataset's patches once (cached in {})", path.display());
-                descriptor::denoised_pack(&ds.data, &seqs, d, &path)?;
-            }
-            if let Some(p) = &run.parallel {
-                p.barrier()?;
-            }
-            Some(descriptor::denoised_pack(&ds.data, &seqs, d, &path)?)
-        }
-        None => None,
-    };
-    let source = match (cfg.input, &denoised) {
-        (InputKind::Noisy, _) => Source { data: &ds.data, train: ds.train.clone(), version: Version::Noisy },
-        (InputKind::Clean, _) => Source { data: &ds.data, train: ds.train.clone(), version: Version::Clean },
-        (InputKind::Denoised, Some(p)) => {
-            Source { data: p, train: (0..ds.train.len()).collect(), version: Version::Clean }
-        }
-        (InputKind::Denoised, None) => return Err(Error::InvalidArgument("--input denoised needs a denoiser".into())),
-    };
-    let bench = Benchmark::prepare(&ds.root, &cfg.split, None, 42)?;
-    // Evaluation input: noisy patches, through the denoiser when there is one (its cached output).
-    let (eval_data, eval_version) = match &denoised {
-        Some(p) => (p, Version::Clean),
-        None => (&ds.data, Version::Noisy),
-    };
-    let map = |net: &Network| -> Result<MapScores> {
-        let bar =
-            nhpatch::train::session::spinner(&format!("evaluating {} test patches", 16 * bench.catalog.patches()));
-        let r = bench.evaluate_network(eval_data, net, None, eval_version);
-        bar.finish_and_clear();
-        let r = r?;
-        Ok(metrics::MapScores {
-            verification: r.verification_map,
-            matching: r.matching_map,
-            retrieval: r.retrieval_map,
-        })
-    };
-    // Validation tuples come from the test sequences as the network sees them in evaluation.
-    let test_in_eval: Vec<usize> = match &denoised {
-        Some(_) => (ds.train.len()..ds.train.len() + ds.test.len()).collect(),
-        None => ds.test.clone(),
-    };
-    let val_version = if cfg.input == InputKind::Clean { Version::Clean } else { eval_version };
-    let val_data = if cfg.input == InputKind::Clean { &ds.data } else { eval_data };
-    let val_seqs = if cfg.input == InputKind::Clean { ds.test.clone() } else { test_in_eval };
-    descriptor::train(cfg, &source, (val_data, &val_seqs, val_version), &run, resume, Some(&map))
-}
-
-/// What a stage's `config.json` records beside its settings.
-fn stage_info(stage: &str, ds: &DatasetSplit, par: &Option<Parallel>) -> serde_json::Value {
-    let mut v = serde_json::json!({ "stage": stage, "dataset": ds.root.display().to_string() });
-    if let Some(p) = par {
-        v["ranks"] = serde_json::json!(p.size());
-    }
-    v
 }
 
 fn summary(stage: &str, m: &[EpochMetrics], out: &Path) {

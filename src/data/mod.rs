@@ -12,6 +12,7 @@ pub mod hpatches;
 pub mod noise;
 pub mod pack;
 pub mod sampler;
+pub mod split;
 pub mod splits;
 pub mod synth;
 

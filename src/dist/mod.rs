@@ -16,7 +16,7 @@
 //!   share (the generator is skipped ahead, not re-seeded).
 //!
 //! Rank 0 writes checkpoints, metrics, logs and reports; every rank reads the
-//! same memory-mapped dataset. Implementations: MPI ([`mpi`], the optional
+//! same memory-mapped dataset. Implementations: MPI (`mpi`, the optional
 //! `mpi` feature) and [`local::LocalGroup`], ranks as threads of one process
 //! (tests of the distributed semantics without an MPI installation).
 

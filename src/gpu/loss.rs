@@ -6,9 +6,9 @@
 //! `d` values laid out `[K][b][d]` (anchors, positives, negatives), `terms`
 //! one per item.
 
-use super::PointLoss;
 use super::backend::{Backend, Buf, Kernel, ka};
 use crate::error::Result;
+use crate::loss::PointLoss;
 use crate::loss::hardnet::HardNetLoss;
 use crate::loss::triplet::TripletLoss;
 

@@ -14,20 +14,20 @@
 
 #[cfg(feature = "cuda")]
 mod accel;
-#[cfg(feature = "cuda")]
-pub mod backend;
-#[cfg(feature = "cuda")]
-pub mod loss;
-#[cfg(feature = "cuda")]
-pub mod model;
-#[cfg(feature = "cuda")]
-pub mod ops;
+internal_mod! {
+    #[cfg(feature = "cuda")]
+    mod backend;
+    #[cfg(feature = "cuda")]
+    mod loss;
+    #[cfg(feature = "cuda")]
+    mod model;
+    #[cfg(feature = "cuda")]
+    mod ops;
+}
 #[cfg(feature = "cuda")]
 mod train;
 
 use crate::error::{Error, Result};
-use crate::loss::hardnet::HardNetLoss;
-use crate::loss::triplet::TripletLoss;
 
 /// Where models run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -111,49 +111,6 @@ impl Device {
     }
 }
 
-/// A denoiser's pointwise loss.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PointLoss {
-    L1,
-    Mse,
-}
-
-impl PointLoss {
-    /// The loss a stage's `loss` setting names, on either device.
-    pub fn parse(name: &str) -> Result<PointLoss> {
-        match name {
-            "l1" => Ok(PointLoss::L1),
-            "mse" => Ok(PointLoss::Mse),
-            other => Err(Error::InvalidArgument(format!("unknown denoiser loss '{other}' (expected l1 or mse)"))),
-        }
-    }
-
-    /// The loss on the CPU: returns it, adds its gradient w.r.t. `pred` into `grad`.
-    pub fn cpu(self, grad: &mut [f32], pred: &[f32], target: &[f32]) -> Result<f32> {
-        match self {
-            PointLoss::L1 => crate::loss::l1::l1_loss(grad, pred, target),
-            PointLoss::Mse => crate::loss::mse::mse_loss(grad, pred, target),
-        }
-    }
-}
-
-/// A descriptor loss over `[K][n][128]` descriptors.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum TupleLoss {
-    Triplet(TripletLoss),
-    HardNet(HardNetLoss),
-}
-
-impl TupleLoss {
-    /// Patches per item: 3 for triplets, 2 for HardNet pairs.
-    pub fn k(&self) -> usize {
-        match self {
-            TupleLoss::Triplet(_) => 3,
-            TupleLoss::HardNet(_) => 2,
-        }
-    }
-}
-
 #[cfg(feature = "cuda")]
 pub use train::GpuTrainer as Trainer;
 
@@ -167,21 +124,21 @@ impl Trainer {
         &mut self,
         _: &[f32],
         _: &[f32],
-        _: PointLoss,
-        _: &mut crate::train::config::Optimizer,
+        _: crate::loss::PointLoss,
+        _: &mut crate::optim::Optimizer,
     ) -> Result<f64> {
         match self.0 {}
     }
     pub fn step_descriptor(
         &mut self,
         _: &[f32],
-        _: TupleLoss,
+        _: crate::loss::TupleLoss,
         _: &mut crate::rng::Rng,
-        _: &mut crate::train::config::Optimizer,
+        _: &mut crate::optim::Optimizer,
     ) -> Result<f64> {
         match self.0 {}
     }
-    pub fn download(&self, _: &mut [f32], _: &mut crate::train::config::Optimizer) -> Result<()> {
+    pub fn download(&self, _: &mut [f32], _: &mut crate::optim::Optimizer) -> Result<()> {
         match self.0 {}
     }
 }
@@ -192,7 +149,7 @@ pub fn trainer(
     device: Device,
     model: &crate::models::Model,
     params: &[f32],
-    opt: &crate::train::config::Optimizer,
+    opt: &crate::optim::Optimizer,
     max_batch: usize,
 ) -> Result<Option<Trainer>> {
     device.check_compiled()?;

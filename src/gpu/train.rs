@@ -13,11 +13,11 @@ use super::backend::{Backend, Buf, Kernel, ka};
 use super::loss::{self as device_loss, HardNetScratch};
 use super::model::{GpuModel, GpuWs};
 use super::ops;
-use super::{PointLoss, TupleLoss};
 use crate::error::{Error, Result};
+use crate::loss::{PointLoss, TupleLoss};
 use crate::models::{DESC_LEN, Model, PATCH_LEN};
+use crate::optim::{Optimizer, OptimizerConfig, OptimizerState};
 use crate::rng::Rng;
-use crate::train::config::{Optimizer, OptimizerConfig, OptimizerState};
 
 /// Optimizer state buffers: SGD's momentum, or Adam's two moments.
 enum OptBufs {

@@ -1,14 +1,17 @@
 //! Conv2d as im2col + GEMM, with hand-written backward.
 //!
-//! Shapes (NCHW, row-major):
+//! Shapes (NCHW, row-major), with `K = cin*kh*kw`, `P = ho*wo` and
+//! `col = im2col(x_i)` of shape `[K, P]`:
+//!
+//! ```text
 //!   x      [n, cin, h, w]          weight [cout, cin, kh, kw]  (PyTorch layout)
 //!   out    [n, cout, ho, wo]       bias   [cout] (optional)
-//! with `K = cin*kh*kw`, `P = ho*wo` and `col = im2col(x_i)` of shape `[K, P]`:
 //!
 //!   forward   out_i[cout, P] = W[cout, K] * col_i[K, P] + b
 //!   backward  dW[cout, K]   += sum_i dout_i[cout, P] * col_i^T[P, K]
 //!             db[cout]      += sum_i sum_p dout_i[cout, p]
 //!             dcol_i[K, P]   = W^T[K, cout] * dout_i[cout, P];  dx_i += col2im(dcol_i)
+//! ```
 //!
 //! Strategies, picked from the geometry:
 //! - *tiled im2col*: images are grouped into tiles of at least 256 GEMM columns
@@ -24,7 +27,7 @@
 //! - *Winograd*: 3x3 stride-1 'same' layers with 16 or more channels in and
 //!   out run forward and the input gradient through Winograd F(2x2, 3x3)
 //!   (`winograd`, 2.25x fewer multiplies, error ~4e-7 of the output's scale).
-//!   Inference (`forward_fused`) takes F(4x4, 3x3) (`winograd4`, 4x fewer
+//!   Inference (`forward_fused`) takes F(4x4, 3x3) (`winograd::Winograd4`, 4x fewer
 //!   multiplies) on images of 16 pixels or more: its error, ~1e-5 of the
 //!   output's scale, is harmless in a forward pass but BatchNorm backward
 //!   amplifies it (HardNet's golden gradients moved from 8e-6 to 9e-3), so
@@ -44,8 +47,7 @@
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
 use crate::layers::conv2d_direct;
-use crate::layers::winograd::{Winograd, WinogradWorkspace};
-use crate::layers::winograd4::{Winograd4, Winograd4Workspace};
+use crate::layers::winograd::{Winograd, Winograd4, Winograd4Workspace, WinogradWorkspace};
 use crate::ops::im2col::{Padding, Window, col2im_add, im2col};
 use crate::shape::Shape4;
 use rayon::prelude::*;
@@ -154,7 +156,7 @@ pub struct ConvGrads<'a> {
     pub dx: Option<&'a mut [f32]>,
     /// [cout, cin, kh, kw]
     pub dweight: &'a mut [f32],
-    /// [cout]; must be `Some` exactly when the layer has a bias.
+    /// `[cout]`; must be `Some` exactly when the layer has a bias.
     pub dbias: Option<&'a mut [f32]>,
 }
 

@@ -23,7 +23,6 @@ pub mod reshape;
 pub mod residual;
 pub mod upsample;
 pub mod winograd;
-pub mod winograd4;
 
 /// The NCHW shape every layer takes (its home is `crate::shape`).
 pub use crate::shape::Shape4;

@@ -11,7 +11,120 @@ pub mod l1;
 pub mod mse;
 pub mod triplet;
 
-use crate::error::{Result, check_len_of};
+use crate::error::{Error, Result, check_len_of};
+use hardnet::HardNetLoss;
+use serde::{Deserialize, Serialize};
+use triplet::TripletLoss;
+
+/// The loss a training stage uses, as its configuration names it
+/// (`l1`, `mse`, `triplet`, `hardnet` in `config.json` and on the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Mean absolute error (the seed's denoiser loss).
+    L1,
+    /// Mean squared error.
+    Mse,
+    /// Triplet margin loss over (anchor, positive, negative).
+    Triplet,
+    /// HardNet's hardest-in-batch loss over (anchor, positive) pairs.
+    #[serde(rename = "hardnet")]
+    HardNet,
+}
+
+impl LossKind {
+    pub const ALL: [LossKind; 4] = [LossKind::L1, LossKind::Mse, LossKind::Triplet, LossKind::HardNet];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LossKind::L1 => "l1",
+            LossKind::Mse => "mse",
+            LossKind::Triplet => "triplet",
+            LossKind::HardNet => "hardnet",
+        }
+    }
+
+    /// A denoiser's loss (`l1`, `mse`), or the error naming the ones that are.
+    pub fn point(self) -> Result<PointLoss> {
+        match self {
+            LossKind::L1 => Ok(PointLoss::L1),
+            LossKind::Mse => Ok(PointLoss::Mse),
+            other => Err(Error::InvalidArgument(format!("unknown denoiser loss '{other}' (expected l1 or mse)"))),
+        }
+    }
+
+    /// A descriptor's loss (`triplet`, `hardnet`) with `margin`, or the error naming the ones that are.
+    pub fn tuple(self, margin: f32) -> Result<TupleLoss> {
+        match self {
+            LossKind::Triplet => Ok(TupleLoss::Triplet(TripletLoss::new(margin)?)),
+            // Anchor swap on, as HardNet trains.
+            LossKind::HardNet => Ok(TupleLoss::HardNet(HardNetLoss::new(margin, true)?)),
+            other => {
+                Err(Error::InvalidArgument(format!("unknown descriptor loss '{other}' (expected triplet or hardnet)")))
+            }
+        }
+    }
+
+    /// What one item of the loss is, for throughput figures: patches, triplets or pairs.
+    pub fn unit(self) -> &'static str {
+        match self {
+            LossKind::L1 | LossKind::Mse => "patches",
+            LossKind::Triplet => "triplets",
+            LossKind::HardNet => "pairs",
+        }
+    }
+}
+
+impl std::fmt::Display for LossKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for LossKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<LossKind> {
+        LossKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "unknown loss '{s}' (expected l1 or mse for a denoiser, triplet or hardnet for a descriptor)"
+            ))
+        })
+    }
+}
+
+/// A denoiser's pointwise loss, on either backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointLoss {
+    L1,
+    Mse,
+}
+
+impl PointLoss {
+    /// The loss on the CPU: returns it, adds its gradient w.r.t. `pred` into `grad`.
+    pub fn cpu(self, grad: &mut [f32], pred: &[f32], target: &[f32]) -> Result<f32> {
+        match self {
+            PointLoss::L1 => l1::l1_loss(grad, pred, target),
+            PointLoss::Mse => mse::mse_loss(grad, pred, target),
+        }
+    }
+}
+
+/// A descriptor loss over `[K][n][128]` descriptors, on either backend.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TupleLoss {
+    Triplet(TripletLoss),
+    HardNet(HardNetLoss),
+}
+
+impl TupleLoss {
+    /// Patches per item: 3 for triplets, 2 for HardNet pairs.
+    pub fn k(&self) -> usize {
+        match self {
+            TupleLoss::Triplet(_) => 3,
+            TupleLoss::HardNet(_) => 2,
+        }
+    }
+}
 
 /// Shared body of the elementwise regression losses: checks the three
 /// lengths, then `loss = (1/n) sum_i f(d_i)` with `d_i = pred_i - target_i`

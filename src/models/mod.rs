@@ -37,8 +37,9 @@ pub const DESC_LEN: usize = 128;
 /// HardNet's dropout rate before the last convolution.
 pub const HARDNET_DROPOUT: f32 = 0.3;
 
-/// Which network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Which network. Serialized as its [`name`](Arch::name) (`config.json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Arch {
     Unet,
     Dncnn,
@@ -89,6 +90,19 @@ impl std::str::FromStr for Arch {
             Some((m, v)) => Arch::parse(m, Some(v)),
             None => Arch::parse(s, None),
         }
+    }
+}
+
+impl From<Arch> for String {
+    fn from(a: Arch) -> String {
+        a.name().to_string()
+    }
+}
+
+impl TryFrom<String> for Arch {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Arch> {
+        s.parse()
     }
 }
 

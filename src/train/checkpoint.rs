@@ -9,10 +9,11 @@
 //! atomically after every epoch (temporary file, sync, rename), so a crash at
 //! any moment leaves the previous checkpoint intact.
 
-use super::config::{OptimizerState, TrainConfig};
+use super::config::TrainConfig;
 use super::metrics::EpochMetrics;
 use crate::data::sampler::SamplerState;
 use crate::error::{Error, Result};
+use crate::optim::OptimizerState;
 use crate::optim::adam::AdamState;
 use crate::optim::sgd::SgdState;
 use crate::weights::{self, Tensor, WeightsFile};
@@ -83,10 +84,10 @@ impl Checkpoint {
         };
         let params = take("params")?;
         let optimizer = match meta.config.optimizer {
-            super::config::OptimizerConfig::Sgd { .. } => {
+            crate::optim::OptimizerConfig::Sgd { .. } => {
                 OptimizerState::Sgd(SgdState { momentum_buffer: take("sgd.momentum_buffer")?, step: meta.opt_step })
             }
-            super::config::OptimizerConfig::Adam { .. } => OptimizerState::Adam(AdamState {
+            crate::optim::OptimizerConfig::Adam { .. } => OptimizerState::Adam(AdamState {
                 exp_avg: take("adam.exp_avg")?,
                 exp_avg_sq: take("adam.exp_avg_sq")?,
                 step: meta.opt_step,

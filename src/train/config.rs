@@ -3,88 +3,10 @@
 //! run can be reproduced and resumed.
 
 use crate::error::{Error, Result};
-use crate::optim::adam::{Adam, AdamState};
-use crate::optim::sgd::{Sgd, SgdState};
+use crate::loss::LossKind;
+use crate::models::Arch;
+use crate::optim::OptimizerConfig;
 use serde::{Deserialize, Serialize};
-use std::ops::Range;
-
-/// Which optimizer, with PyTorch's hyperparameter names.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum OptimizerConfig {
-    Sgd { lr: f64, momentum: f64, nesterov: bool, weight_decay: f64 },
-    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
-}
-
-impl OptimizerConfig {
-    pub fn lr(&self) -> f64 {
-        match self {
-            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => *lr,
-        }
-    }
-    pub fn set_lr(&mut self, v: f64) {
-        match self {
-            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => *lr = v,
-        }
-    }
-    /// PyTorch's defaults for an optimizer named `sgd` or `adam`.
-    pub fn named(name: &str, lr: f64) -> Result<Self> {
-        match name {
-            "sgd" => Ok(OptimizerConfig::Sgd { lr, momentum: 0.0, nesterov: false, weight_decay: 0.0 }),
-            "adam" => Ok(OptimizerConfig::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }),
-            other => Err(Error::InvalidArgument(format!("unknown optimizer '{other}' (expected sgd or adam)"))),
-        }
-    }
-}
-
-/// Optimizer state, plain data for checkpoints.
-#[derive(Clone, Debug, PartialEq)]
-pub enum OptimizerState {
-    Sgd(SgdState),
-    Adam(AdamState),
-}
-
-/// An optimizer and its state over one parameter arena.
-pub struct Optimizer {
-    pub config: OptimizerConfig,
-    pub state: OptimizerState,
-}
-
-impl Optimizer {
-    pub fn new(config: OptimizerConfig, len: usize) -> Result<Self> {
-        let state = match &config {
-            OptimizerConfig::Sgd { .. } => OptimizerState::Sgd(SgdState::new(len)),
-            OptimizerConfig::Adam { .. } => OptimizerState::Adam(AdamState::new(len)),
-        };
-        let opt = Optimizer { config, state };
-        opt.validate()?;
-        Ok(opt)
-    }
-
-    fn validate(&self) -> Result<()> {
-        match self.config {
-            OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay } => {
-                Sgd { lr, momentum, dampening: 0.0, nesterov, weight_decay }.validate()
-            }
-            OptimizerConfig::Adam { lr, beta1, beta2, eps, weight_decay } => {
-                Adam { lr, beta1, beta2, eps, weight_decay }.validate()
-            }
-        }
-    }
-
-    /// One update of the trainable `ranges` of `params` from `grads`.
-    pub fn step(&mut self, params: &mut [f32], grads: &[f32], ranges: &[Range<usize>]) -> Result<()> {
-        match (&self.config, &mut self.state) {
-            (&OptimizerConfig::Sgd { lr, momentum, nesterov, weight_decay }, OptimizerState::Sgd(s)) => {
-                Sgd { lr, momentum, dampening: 0.0, nesterov, weight_decay }.step(s, params, grads, ranges)
-            }
-            (&OptimizerConfig::Adam { lr, beta1, beta2, eps, weight_decay }, OptimizerState::Adam(s)) => {
-                Adam { lr, beta1, beta2, eps, weight_decay }.step(s, params, grads, ranges)
-            }
-            _ => Err(Error::InvalidArgument("optimizer state of another kind".into())),
-        }
-    }
-}
 
 /// Which patches a descriptor trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,14 +58,14 @@ impl std::str::FromStr for LrSchedule {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// `unet`, `dncnn`, `hardnet-baseline` or `hardnet-original`.
-    pub arch: String,
+    pub arch: Arch,
     pub epochs: u64,
     pub batch: usize,
     /// Items per epoch: patches (denoiser), triplets or pairs (descriptor).
     pub epoch_items: u64,
     pub optimizer: OptimizerConfig,
     /// `l1` or `mse` (denoiser); `triplet` or `hardnet` (descriptor).
-    pub loss: String,
+    pub loss: LossKind,
     /// Margin of the triplet and HardNet losses.
     pub margin: f32,
     /// Descriptor input; ignored by the denoiser.
@@ -221,12 +143,12 @@ mod tests {
 
     fn cfg(schedule: LrSchedule) -> TrainConfig {
         TrainConfig {
-            arch: "hardnet-original".into(),
+            arch: Arch::HardNetOriginal,
             epochs: 2,
             batch: 10,
             epoch_items: 25,
             optimizer: OptimizerConfig::named("sgd", 0.5).unwrap(),
-            loss: "hardnet".into(),
+            loss: LossKind::HardNet,
             margin: 1.0,
             input: InputKind::Noisy,
             val_items: 0,

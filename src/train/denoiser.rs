@@ -6,13 +6,14 @@
 use super::config::TrainConfig;
 use super::metrics::EpochMetrics;
 use super::parallel::Parallel;
+use super::progress::Event;
 use super::session::{self, RunDir, State, tail_ws};
 use crate::data::pack::PackedDataset;
 use crate::data::sampler::Sampler;
 use crate::error::{Error, Result};
-use crate::gpu::PointLoss;
 use crate::io::PATCH_LEN;
-use crate::models::{Arch, Model, Workspace};
+use crate::loss::LossKind;
+use crate::models::{Model, Workspace};
 use crate::net::Network;
 use crate::ops::elementwise::scale;
 use std::time::Instant;
@@ -32,13 +33,13 @@ pub fn validation_pairs(data: &PackedDataset, test: &[usize], items: usize, seed
 }
 
 /// Mean loss of `net` on the validation pairs (eval mode).
-pub fn validation_loss(net: &Network, loss: &str, noisy: &[f32], clean: &[f32]) -> Result<Option<f64>> {
+pub fn validation_loss(net: &Network, loss: LossKind, noisy: &[f32], clean: &[f32]) -> Result<Option<f64>> {
     if noisy.is_empty() {
         return Ok(None);
     }
     let out = net.forward(noisy)?;
     let mut scratch = vec![0.0; out.len()];
-    Ok(Some(PointLoss::parse(loss)?.cpu(&mut scratch, &out, clean)? as f64))
+    Ok(Some(loss.point()?.cpu(&mut scratch, &out, clean)? as f64))
 }
 
 /// Trains a denoiser on the sequences `train`, validating on `test`; returns the trained network.
@@ -51,11 +52,11 @@ pub fn train(
     resume: bool,
 ) -> Result<(Network, Vec<EpochMetrics>)> {
     cfg.validate()?;
-    let arch: Arch = cfg.arch.parse()?;
+    let arch = cfg.arch;
     if !arch.is_denoiser() {
         return Err(Error::InvalidArgument(format!("{arch} is not a denoiser (expected unet or dncnn)")));
     }
-    let point_loss = PointLoss::parse(&cfg.loss)?;
+    let point_loss = cfg.loss.point()?;
     let model = Model::new(arch)?;
     let mut st: State = session::start(&model, cfg, run, resume, None)?;
     let mut sampler = Sampler::denoise(data, train, cfg.batch, cfg.epoch_items, cfg.seed)?;
@@ -88,7 +89,8 @@ pub fn train(
     let first_epoch = st.epochs_done;
     while st.epochs_done < cfg.epochs {
         let epoch = st.epochs_done + 1;
-        let bar = session::progress("denoiser", epoch, cfg.epochs, steps, "patches");
+        let obs = run.observer();
+        obs.event(&Event::EpochStarted { stage: "denoiser", epoch, epochs: cfg.epochs, steps, unit: "patches" });
         let t0 = Instant::now();
         let (mut loss_sum, mut items, mut step) = (0.0f64, 0u64, 0u64);
         loop {
@@ -139,8 +141,8 @@ pub fn train(
             };
             loss_sum += loss * n as f64;
             items += n as u64;
-            bar.inc(1);
-            bar.set_message(format!("loss {:.3}  {:.0} patches/s", loss, items as f64 / t0.elapsed().as_secs_f64()));
+            let items_per_second = items as f64 / t0.elapsed().as_secs_f64();
+            obs.event(&Event::Step { loss, items_per_second, unit: "patches" });
             if info.last {
                 break;
             }
@@ -151,12 +153,11 @@ pub fn train(
         if let Some(g) = &gpu {
             g.download(&mut st.params, &mut st.optimizer)?;
         }
-        bar.finish_and_clear();
         let seconds = t0.elapsed().as_secs_f64();
         let val_loss = if run.is_root() {
             let mut net = Network::from_params(Model::new(arch)?, st.params.clone())?;
             net.set_device(run.device)?;
-            validation_loss(&net, &cfg.loss, &val_noisy, &val_clean)?
+            validation_loss(&net, cfg.loss, &val_noisy, &val_clean)?
         } else {
             None
         };
@@ -173,8 +174,10 @@ pub fn train(
     }
     let net = Network::from_params(model, st.params)?;
     run.save_model(&net)?;
-    if let Some(p) = &par {
-        p.report_traffic("denoiser", (st.epochs_done - first_epoch) * steps, run.is_root());
+    if let Some(p) = &par
+        && run.is_root()
+    {
+        run.observer().event(&Event::Info(&p.traffic("denoiser", (st.epochs_done - first_epoch) * steps)));
     }
     Ok((net, st.metrics))
 }

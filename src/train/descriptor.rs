@@ -11,15 +11,17 @@
 use super::config::TrainConfig;
 use super::metrics::{EpochMetrics, MapScores};
 use super::parallel::Parallel;
+use super::progress::Event;
 use super::session::{self, RunDir, State, tail_ws};
 use crate::data::hpatches::Version;
 use crate::data::pack::{PackWriter, PackedDataset};
 use crate::data::sampler::{Sampler, compact_views};
 use crate::error::{Error, Result};
 use crate::io::PATCH_LEN;
+use crate::loss::TupleLoss;
 use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use crate::loss::triplet::TripletLoss;
-use crate::models::{Arch, DESC_LEN, Model, Workspace};
+use crate::models::{DESC_LEN, Model, Workspace};
 use crate::net::{Network, to_pixels};
 use crate::ops::elementwise::scale;
 use std::path::Path;
@@ -72,20 +74,22 @@ enum Loss {
 
 impl Loss {
     fn new(cfg: &TrainConfig) -> Result<(Loss, usize)> {
-        match cfg.loss.as_str() {
-            "triplet" => Ok((Loss::Triplet(TripletLoss::new(cfg.margin)?), 3)),
-            "hardnet" => Ok((Loss::HardNet(HardNetLoss::new(cfg.margin, true)?, HardNetWorkspace::new(cfg.batch)), 2)),
-            other => {
-                Err(Error::InvalidArgument(format!("unknown descriptor loss '{other}' (expected triplet or hardnet)")))
-            }
-        }
+        let loss = cfg.loss.tuple(cfg.margin)?;
+        let k = loss.k();
+        Ok((
+            match loss {
+                TupleLoss::Triplet(t) => Loss::Triplet(t),
+                TupleLoss::HardNet(h) => Loss::HardNet(h, HardNetWorkspace::new(cfg.batch)),
+            },
+            k,
+        ))
     }
 
     /// The same loss for the device trainer.
-    fn on_device(&self) -> crate::gpu::TupleLoss {
+    fn on_device(&self) -> TupleLoss {
         match self {
-            Loss::Triplet(t) => crate::gpu::TupleLoss::Triplet(*t),
-            Loss::HardNet(h, _) => crate::gpu::TupleLoss::HardNet(*h),
+            Loss::Triplet(t) => TupleLoss::Triplet(*t),
+            Loss::HardNet(h, _) => TupleLoss::HardNet(*h),
         }
     }
 
@@ -193,7 +197,7 @@ pub fn train(
     map: Option<&MapFn<'_>>,
 ) -> Result<(Network, Vec<EpochMetrics>)> {
     cfg.validate()?;
-    let arch: Arch = cfg.arch.parse()?;
+    let arch = cfg.arch;
     if arch.is_denoiser() {
         return Err(Error::InvalidArgument(format!("{arch} is a denoiser, not a HardNet variant")));
     }
@@ -244,7 +248,8 @@ pub fn train(
     let first_epoch = st.epochs_done;
     while st.epochs_done < cfg.epochs {
         let epoch = st.epochs_done + 1;
-        let bar = session::progress("descriptor", epoch, cfg.epochs, steps, unit);
+        let obs = run.observer();
+        obs.event(&Event::EpochStarted { stage: "descriptor", epoch, epochs: cfg.epochs, steps, unit });
         let t0 = Instant::now();
         let (mut loss_sum, mut items, mut step) = (0.0f64, 0u64, 0u64);
         loop {
@@ -307,8 +312,8 @@ pub fn train(
             };
             loss_sum += l * n as f64;
             items += n as u64;
-            bar.inc(1);
-            bar.set_message(format!("loss {:.3}  {:.0} {unit}/s", l, items as f64 / t0.elapsed().as_secs_f64()));
+            let items_per_second = items as f64 / t0.elapsed().as_secs_f64();
+            obs.event(&Event::Step { loss: l, items_per_second, unit });
             if last {
                 break;
             }
@@ -319,7 +324,6 @@ pub fn train(
         if let Some(g) = &gpu {
             g.download(&mut st.params, &mut st.optimizer)?;
         }
-        bar.finish_and_clear();
         let seconds = t0.elapsed().as_secs_f64();
         let mut net = Network::from_params(Model::new(arch)?, st.params.clone())?;
         // Validation and evaluation describe on the training device.
@@ -349,8 +353,10 @@ pub fn train(
     }
     let net = Network::from_params(model, st.params)?;
     run.save_model(&net)?;
-    if let Some(p) = &par {
-        p.report_traffic("descriptor", (st.epochs_done - first_epoch) * steps, run.is_root());
+    if let Some(p) = &par
+        && run.is_root()
+    {
+        run.observer().event(&Event::Info(&p.traffic("descriptor", (st.epochs_done - first_epoch) * steps)));
     }
     Ok((net, st.metrics))
 }

@@ -22,11 +22,13 @@
 
 use super::config::TrainConfig;
 use super::metrics::EpochMetrics;
+use super::progress::Event;
 use super::session::{self, RunDir, State};
 use crate::data::pack::PackedDataset;
 use crate::data::sampler::{Sampler, TwinsSampler, compact_views};
 use crate::error::{Error, Result};
 use crate::io::PATCH_LEN;
+use crate::loss::LossKind;
 use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use crate::loss::l1::l1_loss;
 use crate::models::{Arch, DESC_LEN, Model, Workspace};
@@ -56,7 +58,7 @@ impl JointConfig<'_> {
                 n.epochs, n.batch, n.epoch_items, d.epochs, d.batch, d.epoch_items
             )));
         }
-        if d.loss != "hardnet" {
+        if d.loss != LossKind::HardNet {
             return Err(Error::InvalidArgument(format!(
                 "joint training uses the HardNet loss, not '{}' (it trains on pairs)",
                 d.loss
@@ -163,7 +165,7 @@ pub fn train(
 ) -> Result<JointResult> {
     let w = cfg.validate()?;
     let (dcfg, ncfg) = (cfg.descriptor, cfg.denoiser);
-    let (den_arch, desc_arch): (Arch, Arch) = (ncfg.arch.parse()?, dcfg.arch.parse()?);
+    let (den_arch, desc_arch): (Arch, Arch) = (ncfg.arch, dcfg.arch);
     if !den_arch.is_denoiser() || desc_arch.is_denoiser() {
         return Err(Error::InvalidArgument(format!(
             "joint training needs a denoiser and a HardNet, not {den_arch} and {desc_arch}"
@@ -211,7 +213,8 @@ pub fn train(
 
     while desc.epochs_done < dcfg.epochs {
         let epoch = desc.epochs_done + 1;
-        let bar = session::progress("joint", epoch, dcfg.epochs, steps, "pairs");
+        let obs = desc_run.observer();
+        obs.event(&Event::EpochStarted { stage: "joint", epoch, epochs: dcfg.epochs, steps, unit: "pairs" });
         let t0 = Instant::now();
         let (mut loss_sum, mut l1_sum, mut items, mut step) = (0.0f64, 0.0f64, 0u64, 0u64);
         loop {
@@ -267,13 +270,12 @@ pub fn train(
             loss_sum += loss * n as f64;
             l1_sum += l_den * n as f64;
             items += n as u64;
-            bar.inc(1);
-            bar.set_message(format!("loss {loss:.3}  {:.0} pairs/s", items as f64 / t0.elapsed().as_secs_f64()));
+            let items_per_second = items as f64 / t0.elapsed().as_secs_f64();
+            obs.event(&Event::Step { loss, items_per_second, unit: "pairs" });
             if info.last {
                 break;
             }
         }
-        bar.finish_and_clear();
         let seconds = t0.elapsed().as_secs_f64();
         let den_net = Network::from_params(Model::new(den_arch)?, den.params.clone())?;
         let desc_net = Network::from_params(Model::new(desc_arch)?, desc.params.clone())?;

@@ -80,17 +80,16 @@ impl Parallel {
         self.comm.broadcast_f32(params)
     }
 
-    /// Prints (on rank 0) what this rank sent through collectives, per optimizer step.
-    pub fn report_traffic(&self, stage: &str, steps: u64, root: bool) {
-        if root {
-            let bytes = self.comm.bytes() as f64;
-            println!(
-                "{stage}: {} ranks; rank 0 sent {:.1} MB through collectives, {:.3} MB per step over {steps} steps",
-                self.size(),
-                bytes / 1e6,
-                bytes / 1e6 / steps.max(1) as f64
-            );
-        }
+    /// What this rank sent through collectives, in all and per optimizer step, as a log line.
+    pub fn traffic(&self, stage: &str, steps: u64) -> String {
+        let bytes = self.comm.bytes() as f64;
+        format!(
+            "{stage}: {} ranks; rank {} sent {:.1} MB through collectives, {:.3} MB per step over {steps} steps",
+            self.size(),
+            self.rank(),
+            bytes / 1e6,
+            bytes / 1e6 / steps.max(1) as f64
+        )
     }
 
     /// Waits until every rank gets here.

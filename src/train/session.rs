@@ -8,16 +8,16 @@
 //! denoise/describe` load).
 
 use super::checkpoint::{Checkpoint, CheckpointMeta};
-use super::config::{Optimizer, TrainConfig};
+use super::config::TrainConfig;
 use super::metrics::EpochMetrics;
 use super::parallel::Parallel;
+use super::progress::{Event, Observer, SharedObserver, quiet};
 use crate::data::sampler::SamplerState;
 use crate::error::{Error, Result};
 use crate::io::{io_err, write_atomic};
 use crate::models::{Model, Workspace};
+use crate::optim::Optimizer;
 use crate::rng::Rng;
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 /// The files of one training stage.
@@ -29,6 +29,8 @@ pub struct RunDir {
     pub parallel: Option<Parallel>,
     /// Where the stage trains (`--device`).
     pub device: crate::gpu::Device,
+    /// Where progress goes.
+    pub observer: SharedObserver,
 }
 
 impl RunDir {
@@ -36,7 +38,18 @@ impl RunDir {
     /// only once a run has really started (after any checkpoint was accepted).
     pub fn create(dir: &Path, extra: serde_json::Value) -> Result<RunDir> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        Ok(RunDir { dir: dir.to_path_buf(), extra, parallel: None, device: crate::gpu::Device::Cpu })
+        Ok(RunDir { dir: dir.to_path_buf(), extra, parallel: None, device: crate::gpu::Device::Cpu, observer: quiet() })
+    }
+
+    /// Progress goes to `observer` (default: nowhere).
+    pub fn with_observer(mut self, observer: SharedObserver) -> RunDir {
+        self.observer = observer;
+        self
+    }
+
+    /// The stage's observer.
+    pub fn observer(&self) -> &dyn Observer {
+        &*self.observer
     }
 
     /// The stage runs data-parallel over `p`'s ranks.
@@ -174,7 +187,7 @@ pub fn start(model: &Model, cfg: &TrainConfig, run: &RunDir, resume: bool, init:
     })
 }
 
-/// After an epoch: checkpoint, metrics file, one log line.
+/// After an epoch: checkpoint, metrics file, the epoch reported to the observer.
 pub fn end_epoch(run: &RunDir, cfg: &TrainConfig, state: &State, sampler: SamplerState, stage: &str) -> Result<()> {
     if !run.is_root() {
         return Ok(());
@@ -194,12 +207,7 @@ pub fn end_epoch(run: &RunDir, cfg: &TrainConfig, state: &State, sampler: Sample
     ck.save(&run.checkpoint())?;
     run.write_metrics(&state.metrics)?;
     if let Some(m) = state.metrics.last() {
-        let unit = match cfg.loss.as_str() {
-            "triplet" => "triplets",
-            "hardnet" => "pairs",
-            _ => "patches",
-        };
-        println!("{}", super::report::print_epoch_line(stage, unit, m, cfg.epochs));
+        run.observer().event(&Event::EpochFinished { stage, unit: cfg.loss.unit(), metrics: m, epochs: cfg.epochs });
     }
     Ok(())
 }
@@ -217,21 +225,6 @@ pub fn check_loss(loss: f64, epoch: u64, step: u64, run: &RunDir, epochs_done: u
     Err(Error::Training(format!("the loss became {loss} at epoch {epoch}, step {step}; {kept}")))
 }
 
-/// A progress bar over one epoch's steps on a terminal; nothing otherwise
-/// (logs then get one line per epoch).
-pub fn progress(stage: &str, epoch: u64, epochs: u64, steps: u64, unit: &str) -> ProgressBar {
-    if !std::io::stdout().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(steps);
-    let style = format!("{stage} {epoch}/{epochs} [{{bar:30}}] {{pos}}/{{len}} steps  {{msg}}  ETA {{eta}}");
-    if let Ok(st) = ProgressStyle::with_template(&style) {
-        bar.set_style(st.progress_chars("=> "));
-    }
-    bar.set_message(format!("0 {unit}/s"));
-    bar
-}
-
 /// The workspace of an epoch's shorter last batch, created the first time
 /// it is needed and reused by every later epoch.
 pub fn tail_ws<'w>(tail: &'w mut Option<Workspace>, model: &Model, n: usize) -> Result<&'w mut Workspace> {
@@ -239,19 +232,4 @@ pub fn tail_ws<'w>(tail: &'w mut Option<Workspace>, model: &Model, n: usize) -> 
         *tail = Some(model.workspace(n)?);
     }
     Ok(tail.as_mut().expect("set just above"))
-}
-
-/// A spinner with elapsed time for a stage without steps (evaluation,
-/// denoising the dataset) on a terminal; nothing otherwise.
-pub fn spinner(what: &str) -> ProgressBar {
-    if !std::io::stdout().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new_spinner();
-    if let Ok(st) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
-        bar.set_style(st);
-    }
-    bar.set_message(what.to_string());
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    bar
 }

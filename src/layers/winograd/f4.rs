@@ -1,4 +1,4 @@
-//! Winograd F(4x4, 3x3) convolution: the same layer as `winograd` (3x3 kernel,
+//! Winograd F(4x4, 3x3) convolution: the same layer as `f2` (3x3 kernel,
 //! stride 1, zero padding 1, forward with a fused epilogue and backward-data)
 //! with 4x4 output tiles, so 36 GEMMs for 16 outputs (2.25 per output instead
 //! of 4) and about half the transform traffic.
@@ -14,7 +14,7 @@
 //!         | 0  2 -1 -2  1  0 |       | 1/24 -1/12  1/6  |
 //!         | 0  4  0 -5  0  1 |       | 0     0     1    |
 //! with xi = 6i + j indexing the 36 GEMMs, V [36][c][T], U [36][cd][cs] (in f64),
-//! M [36][cd][T], exactly as in `winograd` (see there for backward_data,
+//! M [36][cd][T], exactly as in `f2` (see there and the parent module for backward_data,
 //! threading, lanes and the workspace, which are shared: this file holds the
 //! `Tiling` of F(4x4, 3x3) only).
 //!
@@ -24,7 +24,7 @@
 //! tile row are six contiguous slices, and B^T, A^T are linear combinations of
 //! slices.
 
-use crate::layers::winograd::{Tiling, group_imgs_for, transform_weights, winograd_layer};
+use super::{Tiling, group_imgs_for, transform_weights, winograd_layer};
 
 winograd_layer! {
     /// Winograd F(4x4, 3x3) convolution.

@@ -1,4 +1,4 @@
-//! Training recipes of `nhpatch run`: which networks are trained, on what,
+//! Training recipes: which networks are trained, on what,
 //! and how. A recipe is orthogonal to the preset (`seed` or `demo`), which
 //! sizes the stages; every value a recipe sets lands in the run's
 //! `config.json`, and the run flags still override it.
@@ -11,12 +11,15 @@
 //! | `hardnet-noisy` | none     | as `hardnet`, on the noisy patches                              |
 //! | `joint`         | U-Net    | as `hardnet` for all but the last descriptor epochs, which fine-tune both networks end to end |
 
-use super::train::Preset;
-use clap::ValueEnum;
-use nhpatch::models::Arch;
-use nhpatch::train::config::{LrSchedule, OptimizerConfig, TrainConfig};
+use super::config::{LrSchedule, TrainConfig};
+use super::preset::Preset;
+use crate::error::{Error, Result};
+use crate::loss::LossKind;
+use crate::models::Arch;
+use crate::optim::OptimizerConfig;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// A training recipe ([`super::pipeline::run`] runs one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Recipe {
     /// The seed report's pipeline: U-Net, then the baseline HardNet on triplets.
     Seed,
@@ -30,7 +33,7 @@ pub enum Recipe {
     Joint,
 }
 
-/// The recipe `nhpatch run` uses when none is given: the winner of the
+/// The recipe a run uses when none is given: the winner of the
 /// recipe comparison (README, "Training recipes").
 pub const DEFAULT_RECIPE: Recipe = Recipe::Hardnet;
 
@@ -51,6 +54,17 @@ impl Recipe {
             Recipe::HardnetDncnn => "hardnet-dncnn",
             Recipe::HardnetNoisy => "hardnet-noisy",
             Recipe::Joint => "joint",
+        }
+    }
+
+    /// One line on what it trains.
+    pub fn description(self) -> &'static str {
+        match self {
+            Recipe::Seed => "The seed report's pipeline: U-Net, then the baseline HardNet on triplets",
+            Recipe::Hardnet => "U-Net, then HardNet's published training recipe",
+            Recipe::HardnetDncnn => "DnCNN, then HardNet's recipe",
+            Recipe::HardnetNoisy => "No denoiser: HardNet's recipe on the noisy patches",
+            Recipe::Joint => "As `hardnet`, then denoiser and descriptor fine-tuned end to end",
         }
     }
 
@@ -76,8 +90,8 @@ impl Recipe {
         if self == Recipe::Seed {
             return;
         }
-        cfg.arch = self.descriptor().name().into();
-        cfg.loss = "hardnet".into();
+        cfg.arch = self.descriptor();
+        cfg.loss = LossKind::HardNet;
         cfg.batch = HARDNET_BATCH;
         // The same number of patches per epoch as the preset's triplets (3 per triplet, 2 per pair),
         // rounded to whole batches: the recipes compare at equal descriptor work.
@@ -98,6 +112,24 @@ impl Recipe {
         }
         let joint = joint_epochs.clamp(1, epochs.saturating_sub(1).max(1));
         (epochs.saturating_sub(joint).max(1), joint)
+    }
+}
+
+impl std::fmt::Display for Recipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Recipe {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Recipe> {
+        Recipe::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "unknown recipe '{s}' (expected {})",
+                Recipe::ALL.map(Recipe::name).join(", ")
+            ))
+        })
     }
 }
 

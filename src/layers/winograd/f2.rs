@@ -1,0 +1,202 @@
+//! Winograd F(2x2, 3x3) convolution: 3x3 kernel, stride 1, zero padding 1 on
+//! every side (output size = input size), forward and backward-data.
+//!
+//! Shapes (NCHW, row-major):
+//!   x [n, cin, h, w]   weight [cout, cin, 3, 3] (PyTorch layout)   bias [cout]
+//!   out [n, cout, h, w]
+//!
+//! Math (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks").
+//! The output is cut into `th x tw = ceil(h/2) x ceil(w/2)` tiles of 2x2; tile
+//! (ty, tx) depends on the 4x4 input tile d at rows 2ty-1 .. 2ty+2 and columns
+//! 2tx-1 .. 2tx+2 (zero outside the image), and
+//!   Y = A^T [ sum_ci (G g_{co,ci} G^T) . (B^T d_ci B) ] A    (. = elementwise)
+//! with
+//!   B^T = | 1  0 -1  0 |    G = | 1    0    0   |    A^T = | 1  1  1  0 |
+//!         | 0  1  1  0 |        | 1/2  1/2  1/2 |          | 0  1 -1 -1 |
+//!         | 0 -1  1  0 |        | 1/2 -1/2  1/2 |
+//!         | 0  1  0 -1 |        | 0    0    1   |
+//! Per tile and channel pair that is 16 multiplies instead of 36 (2.25x fewer),
+//! and B^T, A^T hold only 0 and +-1, so the transforms are additions. Indexing
+//! the 4x4 transformed tiles by xi = 4i + j turns the channel sum into 16 GEMMs:
+//!   V[xi][ci][t]  = (B^T d_{ci,t} B)[i][j]          input transform
+//!   U[xi][co][ci] = (G g_{co,ci} G^T)[i][j]         weight transform (per call, in f64)
+//!   M[xi][co][t]  = sum_ci U[xi][co][ci] V[xi][ci][t]
+//!   out tile t    = A^T M_t A + bias, clipped to h x w
+//! Tiles t run along the last axis, so every transform and GEMM is unit stride.
+//!
+//! backward_data: the adjoint of a stride-1, pad-1 3x3 convolution is again one,
+//! with the kernel rotated by 180 degrees and the channels swapped:
+//!   dx[ci] += sum_co conv3x3_pad1(dout[co], rot180(w[co][ci]))
+//! so it runs the same pipeline on dout with U'[xi][ci][co] = G rot180(w[co][ci]) G^T
+//! and an output transform that adds into dx.
+//!
+//!
+//! The shared machinery (threads, lanes, workspace, driver) is in the parent module.
+
+use super::{Tiling, group_imgs, transform_weights, winograd_layer};
+
+winograd_layer! {
+    /// Winograd F(2x2, 3x3) convolution.
+    pub struct Winograd;
+    /// Scratch of one Winograd layer for one batch size.
+    pub struct WinogradWorkspace;
+}
+
+impl Tiling for Winograd {
+    const M: usize = 2;
+    const NAME: &'static str = "winograd";
+
+    fn sizes(&self) -> [usize; 4] {
+        [self.cin, self.cout, self.h, self.w]
+    }
+
+    /// [2][4][th][tw + 1] (input), [12][th][tw] (output).
+    fn rows_len(&self) -> usize {
+        let (th, tw) = self.tiles();
+        12 * th * (tw + 1)
+    }
+
+    fn group_imgs(&self, n: usize) -> usize {
+        let (th, tw) = self.tiles();
+        group_imgs(th * tw, n)
+    }
+
+    fn transform_weights(&self, u: &mut [f32], weight: &[f32], rotated: bool) {
+        // G x for a 3-vector x: [x0, (x0 + x1 + x2) / 2, (x0 - x1 + x2) / 2, x2].
+        let gx = |x0: f64, x1: f64, x2: f64| [x0, 0.5 * (x0 + x1 + x2), 0.5 * (x0 - x1 + x2), x2];
+        transform_weights(u, weight, self.cout, self.cin, rotated, gx);
+    }
+
+    /// V[xi][base + ty*tw + tx] = (B^T d B)[xi] for every tile of one plane
+    /// (`xi_stride` elements between consecutive xi).
+    fn input_transform(
+        &self,
+        v: &mut [f32],
+        base: usize,
+        xi_stride: usize,
+        x: &[f32],
+        pad: &mut [f32],
+        rows: &mut [f32],
+    ) {
+        let (th, tw) = self.tiles();
+        let (w, hw) = (self.w, tw + 1);
+        let (q, len) = ((th + 1) * hw, th * hw);
+        // Padded pixel (r, c) = x pixel (r - 1, c - 1) lives in quarter (r % 2, c % 2) at [r / 2][c / 2].
+        for (r, xr) in x.chunks_exact(w).enumerate() {
+            let pr = r + 1;
+            let quarters = &mut pad[pr % 2 * 2 * q..(pr % 2 + 1) * 2 * q];
+            let (even, odd) = quarters.split_at_mut(q);
+            let at = pr / 2 * hw;
+            let (er, or) = (&mut even[at..at + hw], &mut odd[at..at + hw]);
+            for ((pair, o), e) in xr.chunks_exact(2).zip(or.iter_mut()).zip(&mut er[1..]) {
+                *o = pair[0];
+                *e = pair[1];
+            }
+            if w % 2 == 1 {
+                or[tw - 1] = xr[w - 1];
+            }
+        }
+        // B^T d on the rows (2ty, 2ty+1, 2ty+2, 2ty+3) = (R0[ty], R1[ty], R0[ty+1], R1[ty+1]),
+        // R_p the quarters of row parity p, for every tile row at once:
+        // rows[c % 2][i][ty][c / 2] = [r0 - r2, r1 + r2, r2 - r1, r1 - r3][i].
+        for cp in 0..2 {
+            let (r0, r1) = (&pad[cp * q..(cp + 1) * q], &pad[(2 + cp) * q..(3 + cp) * q]);
+            let (r0, r2, r1, r3) = (&r0[..len], &r0[hw..], &r1[..len], &r1[hw..]);
+            let mut d = rows[cp * 4 * len..(cp + 1) * 4 * len].chunks_exact_mut(len);
+            let mut next = || d.next().expect("4 rows");
+            map2(next(), r0, r2, |a, b| a - b);
+            map2(next(), r1, r2, |a, b| a + b);
+            map2(next(), r2, r1, |a, b| a - b);
+            map2(next(), r1, r3, |a, b| a - b);
+        }
+        // (.) B on the columns (2tx, 2tx+1, 2tx+2, 2tx+3) = (e[tx], o[tx], e[tx+1], o[tx+1]).
+        for i in 0..4 {
+            let (e, o) = (&rows[i * len..(i + 1) * len], &rows[(4 + i) * len..(5 + i) * len]);
+            for ty in 0..th {
+                let (e, o) = (&e[ty * hw..(ty + 1) * hw], &o[ty * hw..(ty + 1) * hw]);
+                let at = |j: usize| (4 * i + j) * xi_stride + base + ty * tw;
+                map2(&mut v[at(0)..at(0) + tw], e, &e[1..], |a, b| a - b);
+                map2(&mut v[at(1)..at(1) + tw], o, &e[1..], |a, b| a + b);
+                map2(&mut v[at(2)..at(2) + tw], &e[1..], o, |a, b| a - b);
+                map2(&mut v[at(3)..at(3) + tw], o, &o[1..], |a, b| a - b);
+            }
+        }
+    }
+
+    /// One plane of the output: tile (ty, tx) = A^T m A from m[xi * xi_stride + base + ty*tw + tx],
+    /// written to `y` (overwrite) or added to it (accumulate), clipped to h x w.
+    fn output_transform(
+        &self,
+        y: &mut [f32],
+        m: &[f32],
+        base: usize,
+        xi_stride: usize,
+        accumulate: bool,
+        rows: &mut [f32],
+    ) {
+        let (th, tw) = self.tiles();
+        let (h, w, p) = (self.h, self.w, th * tw);
+        let mr = |xi: usize| &m[xi * xi_stride + base..xi * xi_stride + base + p];
+        let (a, yt) = rows[..12 * p].split_at_mut(8 * p);
+        // A^T on the rows of every tile at once: a[i][j] = [m0j + m1j + m2j, m1j - m2j - m3j][i].
+        for (k, d) in a.chunks_exact_mut(p).enumerate() {
+            let j = k % 4;
+            if k < 4 {
+                map3(d, mr(j), mr(4 + j), mr(8 + j), |x, y, z| x + y + z);
+            } else {
+                map3(d, mr(4 + j), mr(8 + j), mr(12 + j), |x, y, z| x - y - z);
+            }
+        }
+        // A on the columns: yt[2i] = a[i][0] + a[i][1] + a[i][2], yt[2i + 1] = a[i][1] - a[i][2] - a[i][3].
+        for (k, d) in yt.chunks_exact_mut(p).enumerate() {
+            let ar = |j: usize| &a[(k / 2 * 4 + j) * p..(k / 2 * 4 + j + 1) * p];
+            if k % 2 == 0 {
+                map3(d, ar(0), ar(1), ar(2), |x, y, z| x + y + z);
+            } else {
+                map3(d, ar(1), ar(2), ar(3), |x, y, z| x - y - z);
+            }
+        }
+        let yr = |k: usize, ty: usize| &yt[k * p + ty * tw..k * p + (ty + 1) * tw];
+        for ty in 0..th {
+            store_row(&mut y[2 * ty * w..(2 * ty + 1) * w], yr(0, ty), yr(1, ty), accumulate);
+            if 2 * ty + 1 < h {
+                store_row(&mut y[(2 * ty + 1) * w..(2 * ty + 2) * w], yr(2, ty), yr(3, ty), accumulate);
+            }
+        }
+    }
+}
+
+/// d[k] = f(a[k], b[k]) over the shortest of the three.
+#[inline(always)]
+fn map2(d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    d.iter_mut().zip(a.iter().zip(b)).for_each(|(d, (&a, &b))| *d = f(a, b));
+}
+
+/// d[k] = f(a[k], b[k], c[k]) over the shortest of the four.
+#[inline(always)]
+fn map3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+    d.iter_mut().zip(a.iter().zip(b).zip(c)).for_each(|(d, ((&a, &b), &c))| *d = f(a, b, c));
+}
+
+/// dst[2k] (=|+=) even[k], dst[2k + 1] (=|+=) odd[k], for the `dst.len()` columns that exist.
+fn store_row(dst: &mut [f32], even: &[f32], odd: &[f32], accumulate: bool) {
+    let w = dst.len();
+    let pairs = dst.chunks_exact_mut(2).zip(even.iter().zip(odd));
+    if accumulate {
+        pairs.for_each(|(d, (e, o))| {
+            d[0] += e;
+            d[1] += o;
+        });
+        if w % 2 == 1 {
+            dst[w - 1] += even[w / 2];
+        }
+    } else {
+        pairs.for_each(|(d, (e, o))| {
+            d[0] = *e;
+            d[1] = *o;
+        });
+        if w % 2 == 1 {
+            dst[w - 1] = even[w / 2];
+        }
+    }
+}
