@@ -71,15 +71,15 @@ fn measure(seconds: f64, items: usize, mut step: impl FnMut() -> Result<()>) -> 
     Ok(reps)
 }
 
-/// The optimizer of a model's training workload and the unit of its throughput.
+/// The optimizer of a model's training workload (its seed preset's) and the unit of its throughput.
 fn train_workload(arch: Arch) -> Result<(OptimizerConfig, &'static str)> {
-    Ok(match arch {
-        Arch::Unet => {
-            (OptimizerConfig::Sgd { lr: 1e-5, momentum: 0.9, nesterov: true, weight_decay: 0.0 }, "patches/s")
-        }
-        Arch::Dncnn => (OptimizerConfig::named("adam", 1e-3)?, "patches/s"),
-        Arch::HardNetBaseline | Arch::HardNetOriginal => (OptimizerConfig::named("sgd", 0.1)?, "triplets/s"),
-    })
+    use nhpatch::train::preset::{Preset, denoiser_preset, descriptor_preset};
+    let cfg = if arch.is_denoiser() {
+        denoiser_preset(Preset::Seed, arch, "a", 1)
+    } else {
+        descriptor_preset(Preset::Seed, arch, "a", nhpatch::train::InputKind::Noisy)
+    };
+    Ok((cfg.optimizer, if arch.is_denoiser() { "patches/s" } else { "triplets/s" }))
 }
 
 /// A denoiser's training target for the benchmark's random input: a little darker.

@@ -10,20 +10,16 @@
 
 use super::config::TrainConfig;
 use super::metrics::{EpochMetrics, MapScores};
-use super::parallel::Parallel;
 use super::progress::Event;
-use super::session::{self, RunDir, State, tail_ws};
+use super::session::{self, RunDir, State};
+use super::step::{Head, Stepper, TupleHead};
 use crate::data::hpatches::Version;
 use crate::data::pack::{PackWriter, PackedDataset};
 use crate::data::sampler::{Sampler, compact_views};
 use crate::error::{Error, Result};
 use crate::io::PATCH_LEN;
-use crate::loss::TupleLoss;
-use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
-use crate::loss::triplet::TripletLoss;
-use crate::models::{DESC_LEN, Model, Workspace};
+use crate::models::Model;
 use crate::net::{Network, to_pixels};
-use crate::ops::elementwise::scale;
 use std::path::Path;
 use std::time::Instant;
 
@@ -64,58 +60,6 @@ pub fn denoised_pack(data: &PackedDataset, seqs: &[usize], denoiser: &Network, p
     }
     w.finish()?;
     PackedDataset::open(path)
-}
-
-/// The loss of one stage: triplets or HardNet pairs.
-enum Loss {
-    Triplet(TripletLoss),
-    HardNet(HardNetLoss, HardNetWorkspace),
-}
-
-impl Loss {
-    fn new(cfg: &TrainConfig) -> Result<(Loss, usize)> {
-        let loss = cfg.loss.tuple(cfg.margin)?;
-        let k = loss.k();
-        Ok((
-            match loss {
-                TupleLoss::Triplet(t) => Loss::Triplet(t),
-                TupleLoss::HardNet(h) => Loss::HardNet(h, HardNetWorkspace::new(cfg.batch)),
-            },
-            k,
-        ))
-    }
-
-    /// The same loss for the device trainer.
-    fn on_device(&self) -> TupleLoss {
-        match self {
-            Loss::Triplet(t) => TupleLoss::Triplet(*t),
-            Loss::HardNet(h, _) => TupleLoss::HardNet(*h),
-        }
-    }
-
-    /// Whether the loss of an item depends on the other items of its batch (hardest-in-batch negatives).
-    fn needs_whole_batch(&self) -> bool {
-        matches!(self, Loss::HardNet(..))
-    }
-
-    /// Loss of `n` tuples whose descriptors are `out` = [K][n][128]; adds d loss / d out into `dout`.
-    fn eval(&mut self, dout: &mut [f32], out: &[f32], n: usize) -> Result<f64> {
-        let d = n * DESC_LEN;
-        match self {
-            Loss::Triplet(t) => {
-                let (ga, rest) = dout.split_at_mut(d);
-                let (gp, gn) = rest.split_at_mut(d);
-                t.loss(ga, gp, &mut gn[..d], &out[..d], &out[d..2 * d], &out[2 * d..3 * d], n, DESC_LEN).map(f64::from)
-            }
-            Loss::HardNet(h, ws) => {
-                if ws.batch() != n {
-                    *ws = HardNetWorkspace::new(n);
-                }
-                let (ga, gp) = dout.split_at_mut(d);
-                h.loss(ga, &mut gp[..d], ws, &out[..d], &out[d..2 * d], n, DESC_LEN).map(f64::from)
-            }
-        }
-    }
 }
 
 /// Draws one batch of K-tuples into `x` laid out [K][n][1024]; returns (items, last).
@@ -201,7 +145,8 @@ pub fn train(
     if arch.is_denoiser() {
         return Err(Error::InvalidArgument(format!("{arch} is a denoiser, not a HardNet variant")));
     }
-    let (mut loss, k) = Loss::new(cfg)?;
+    let mut loss = TupleHead::new(cfg.loss.tuple(cfg.margin)?, cfg.batch);
+    let k = loss.k();
     let model = Model::new(arch)?;
     let mut st: State = session::start(&model, cfg, run, resume, None)?;
     let b = cfg.batch;
@@ -219,31 +164,11 @@ pub fn train(
         let mut vs = sampling(val.0, val.1, val.2, k, val_n, val_n as u64, cfg.seed ^ VAL_STREAM, false)?;
         draw(&mut vs, &mut val_x, val_n)?;
     }
-    let ranges = model.layout().trainable_ranges();
-    let par = run.parallel.clone();
-    if let Some(p) = &par {
-        p.check_batches(b, cfg.epoch_items)?;
-    }
-    // This rank's share of a full batch (all of it in one process).
-    let own = par.as_ref().map_or(b, |p| p.share(b).1);
     let mut x = vec![0.0f32; k * b * PATCH_LEN];
-    let mut x_own = vec![0.0f32; if par.is_some() { k * own * PATCH_LEN } else { 0 }];
-    let mut dout = vec![0.0f32; k * b * DESC_LEN];
-    // Data-parallel HardNet loss: the whole batch's descriptors and their gradient.
-    let mut desc_all = vec![0.0f32; if par.is_some() { k * b * DESC_LEN } else { 0 }];
-    let mut grad_all = desc_all.clone();
-    let mut grads = model.zero_grads();
-    // On a device the CPU workspace is a one-patch placeholder.
-    let mut ws = model.workspace(if run.device.is_cpu() { k * own } else { 1 })?;
-    let mut tail: Option<Workspace> = None;
     let steps = cfg.steps_per_epoch();
-    let unit = if k == 3 { "triplets" } else { "pairs" };
-    // On a device, parameters and optimizer state live there until the epoch ends.
-    if par.is_some() && !run.device.is_cpu() {
-        return Err(Error::InvalidArgument("--distributed trains on CPUs; it cannot be combined with --device".into()));
-    }
-    let device_loss = loss.on_device();
-    let mut gpu = crate::gpu::trainer(run.device, &model, &st.params, &st.optimizer, k * b)?;
+    let unit = cfg.loss.unit();
+    let mut stepper = Stepper::new(run, &model, &st, (b, k), cfg.epoch_items)?;
+    let par = run.parallel.clone();
 
     let first_epoch = st.epochs_done;
     while st.epochs_done < cfg.epochs {
@@ -256,60 +181,10 @@ pub fn train(
             let (n, last) = draw(&mut sampler, &mut x, b)?;
             // This step's learning rate (the optimizer reads it only in its update).
             st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step));
-            let l = match gpu.as_mut() {
-                Some(g) => {
-                    // The whole step on the device: the batch goes in, the loss comes out.
-                    let l =
-                        g.step_descriptor(&x[..k * n * PATCH_LEN], device_loss, &mut st.dropout, &mut st.optimizer)?;
-                    step += 1;
-                    session::check_loss(l, epoch, step, run, st.epochs_done)?;
-                    l
-                }
-                None => {
-                    let (start, len) = par.as_ref().map_or((0, n), |p| p.share(n));
-                    let w = if len == own { &mut ws } else { tail_ws(&mut tail, &model, k * len)? };
-                    grads.iter_mut().for_each(|g| *g = 0.0);
-                    let input = match &par {
-                        Some(p) => {
-                            Parallel::take(&mut x_own, &x, k, n, (start, len), PATCH_LEN);
-                            p.bind(w, start, n, k)?;
-                            &x_own[..k * len * PATCH_LEN]
-                        }
-                        None => &x[..k * n * PATCH_LEN],
-                    };
-                    let out = model.forward_train(w, &mut st.params, input, &mut st.dropout)?;
-                    let d = &mut dout[..k * len * DESC_LEN];
-                    d.iter_mut().for_each(|v| *v = 0.0);
-                    let l = match &par {
-                        None => loss.eval(d, out, n)?,
-                        Some(p) if loss.needs_whole_batch() => {
-                            // Hardest-in-batch: every rank scores the whole batch, keeps its rows' gradient.
-                            let (all, g_all) = (&mut desc_all[..k * n * DESC_LEN], &mut grad_all[..k * n * DESC_LEN]);
-                            all.iter_mut().for_each(|v| *v = 0.0);
-                            Parallel::put(all, out, k, n, (start, len), DESC_LEN);
-                            p.comm.sum_f32(all)?;
-                            g_all.iter_mut().for_each(|v| *v = 0.0);
-                            let l = loss.eval(g_all, all, n)?;
-                            Parallel::take(d, g_all, k, n, (start, len), DESC_LEN);
-                            l
-                        }
-                        Some(p) => {
-                            // A mean over items: this share weighs len / n of the global batch's.
-                            let l = loss.eval(d, out, len)?;
-                            scale(d, len as f32 / n as f32);
-                            p.mean_loss(l, len, n)?
-                        }
-                    };
-                    step += 1;
-                    session::check_loss(l, epoch, step, run, st.epochs_done)?;
-                    model.backward(w, &st.params, &mut grads, d)?;
-                    if let Some(p) = &par {
-                        p.sum_grads(&mut grads)?;
-                    }
-                    st.optimizer.step(&mut st.params, &grads, &ranges)?;
-                    l
-                }
-            };
+            step += 1;
+            let done = st.epochs_done;
+            let head = Head::Tuple(&mut loss);
+            let l = stepper.step(&mut st, &x, n, head, |l| session::check_loss(l, epoch, step, run, done))?;
             loss_sum += l * n as f64;
             items += n as u64;
             let items_per_second = items as f64 / t0.elapsed().as_secs_f64();
@@ -318,12 +193,7 @@ pub fn train(
                 break;
             }
         }
-        if let Some(p) = &par {
-            p.sync_params(&mut st.params)?;
-        }
-        if let Some(g) = &gpu {
-            g.download(&mut st.params, &mut st.optimizer)?;
-        }
+        stepper.end_epoch(&mut st)?;
         let seconds = t0.elapsed().as_secs_f64();
         let mut net = Network::from_params(Model::new(arch)?, st.params.clone())?;
         // Validation and evaluation describe on the training device.
@@ -351,6 +221,7 @@ pub fn train(
         });
         session::end_epoch(run, cfg, &st, sampler.state(), "descriptor")?;
     }
+    drop(stepper);
     let net = Network::from_params(model, st.params)?;
     run.save_model(&net)?;
     if let Some(p) = &par

@@ -26,6 +26,7 @@ pub mod recipe;
 pub mod report;
 pub mod session;
 pub mod stage;
+mod step;
 
 pub use config::{InputKind, LrSchedule, TrainConfig};
 pub use pipeline::{RunConfig, RunSummary};
