@@ -14,8 +14,8 @@ use nhpatch::eval::tasks::{Pair, PatchRef, RefPatch, Tasks, file_names};
 use nhpatch::io::png::{GrayImage, write_gray, write_strip};
 use nhpatch::optim::adam::AdamState;
 use nhpatch::optim::sgd::SgdState;
-use nhpatch::train::checkpoint::{Checkpoint, CheckpointMeta};
 use nhpatch::optim::{OptimizerConfig, OptimizerState};
+use nhpatch::train::checkpoint::{Checkpoint, CheckpointMeta};
 use nhpatch::train::config::{InputKind, LrSchedule, TrainConfig};
 use nhpatch::train::metrics::{EpochMetrics, MapScores};
 use nhpatch::weights::{Tensor, WeightsFile};
@@ -201,12 +201,12 @@ fn descriptors(root: &Path, scratch: &Path) -> Res {
 fn checkpoint(root: &Path, scratch: &Path) -> Res {
     seed_dir(root, "checkpoint")?;
     let config = |optimizer| TrainConfig {
-        arch: "dncnn".into(),
+        arch: nhpatch::models::Arch::Dncnn,
         epochs: 3,
         batch: 8,
         epoch_items: 64,
         optimizer,
-        loss: "l1".into(),
+        loss: nhpatch::loss::LossKind::L1,
         margin: 1.0,
         input: InputKind::Noisy,
         val_items: 16,

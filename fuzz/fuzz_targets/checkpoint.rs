@@ -9,8 +9,8 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use nhpatch::train::checkpoint::Checkpoint;
 use nhpatch::optim::OptimizerState;
+use nhpatch::train::checkpoint::Checkpoint;
 
 fuzz_target!(|data: &[u8]| {
     let path = common::write_input("checkpoint", "checkpoint.safetensors", data);
