@@ -443,6 +443,46 @@ fn models_forward_backward_and_eval() {
     }
 }
 
+/// The input gradient through a HardNet (what joint training sends into the
+/// denoiser), original variant (through the input normalisation) and baseline,
+/// accumulated into a non-zero buffer as on the CPU; denoisers refuse it.
+#[test]
+fn hardnet_input_gradient_matches() {
+    for be in backends() {
+        for arch in [Arch::HardNetOriginal, Arch::HardNetBaseline] {
+            let model = Model::new(arch).unwrap();
+            let n = batch_of(arch);
+            let params = init(&model, 1);
+            let x = rand(n * PATCH_LEN, 2, 0.0, 255.0);
+            let mut ws = model.workspace(n).unwrap();
+            let mut p_cpu = params.clone();
+            let out_len = model.forward_train(&mut ws, &mut p_cpu, &x, &mut Rng::new(3)).unwrap().len();
+            let dout = rand(out_len, 4, -1.0, 1.0);
+            let (mut g, mut dx) = (model.zero_grads(), rand(x.len(), 9, -1.0, 1.0));
+            let dx0 = dx.clone();
+            model.backward_with_input(&mut ws, &p_cpu, &mut g, &dout, &mut dx).unwrap();
+
+            let gm = GpuModel::new(&model);
+            let mut gws = gm.workspace(&be, n).unwrap();
+            let gp = up(&be, &params);
+            be.upload(gws.input, &x).unwrap();
+            gm.forward(&be, &mut gws, gp, Some(&mut Rng::new(3))).unwrap();
+            let (gg, gd, gdx) = (up(&be, &vec![0.0; g.len()]), up(&be, &dout), up(&be, &dx0));
+            gm.backward_with_input(&be, &mut gws, (gp, gg), gd, gdx).unwrap();
+            close(&format!("{arch} parameter gradients"), &be, &down(&be, gg), &g);
+            close(&format!("{arch} input gradient"), &be, &down(&be, gdx), &dx);
+        }
+        let unet = Model::new(Arch::Unet).unwrap();
+        let gm = GpuModel::new(&unet);
+        let mut gws = gm.workspace(&be, 1).unwrap();
+        let gp = up(&be, &init(&unet, 1));
+        gm.forward(&be, &mut gws, gp, Some(&mut Rng::new(1))).unwrap();
+        let (gg, gd, gdx) =
+            (up(&be, &vec![0.0; unet.param_count()]), up(&be, &[0.0; PATCH_LEN]), up(&be, &[0.0; PATCH_LEN]));
+        assert!(gm.backward_with_input(&be, &mut gws, (gp, gg), gd, gdx).is_err());
+    }
+}
+
 /// One CPU training step as the training loops run it; returns the loss.
 fn cpu_step(
     model: &Model,

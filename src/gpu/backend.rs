@@ -85,6 +85,8 @@ kernels!(
     nh_dropout,
     nh_dropout_bwd,
     nh_input_norm,
+    nh_input_norm_bwd,
+    nh_centered_mul,
     nh_mul,
     nh_l2norm,
     nh_l2norm_bwd,

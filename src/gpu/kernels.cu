@@ -243,6 +243,20 @@ NH_KERNEL(nh_input_norm) {
   if (idx % D == 0) PF(4)[r] = (float)den;
 }
 
+// Its backward (the input gradient), from the row means p5 gbar of g and
+// p6 S = sum_j g_j (x_j - mean): p0 dx (+=) = (g - gbar) / d - (x - mean) * S / (d^2 (D-1) s)
+// with s = d - 1e-7 (the second term dropped for a constant patch, s = 0);
+// p1 g, p2 x, p3 mean, p4 d = std_eps; i0 D.
+NH_KERNEL(nh_input_norm_bwd) {
+  long long D = a.i[0], r = idx / D;
+  double mu = PC(3)[r], d = PC(4)[r], s = d - (double)1e-7f;
+  double k = s > 0.0 ? (double)PC(6)[r] / (d * d * (double)(D - 1) * s) : 0.0;
+  PF(0)[idx] += (float)(((double)PC(1)[idx] - (double)PC(5)[r]) / d - ((double)PC(2)[idx] - mu) * k);
+}
+
+// Product with a centred factor, per row of D = i0 values: p0 = p1 * (p2 - p3[row]).
+NH_KERNEL(nh_centered_mul) { PF(0)[idx] = PC(1)[idx] * (PC(2)[idx] - PC(3)[idx / a.i[0]]); }
+
 // Elementwise product p0 = p1 * p2 (squares when p1 == p2, dot terms otherwise).
 NH_KERNEL(nh_mul) { PF(0)[idx] = PC(1)[idx] * PC(2)[idx]; }
 

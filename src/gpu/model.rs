@@ -48,6 +48,8 @@ pub struct GpuWs {
     g_b: Buf,
     g_relu: Buf,
     g_bn: Buf,
+    /// The gradient w.r.t. the normalised input (HardNet original, input gradient only).
+    g_in: Buf,
     /// U-Net: pooled, argmax, upsampled, concatenated, skip gradient.
     unet: Option<[Buf; 5]>,
     /// DnCNN: the residual output.
@@ -146,6 +148,7 @@ impl GpuModel {
             g_b: be.alloc(act)?,
             g_relu: be.alloc(act)?,
             g_bn: be.alloc(act)?,
+            g_in: be.alloc(n * PATCH_LEN)?,
             st,
             unet,
             residual,
@@ -233,7 +236,8 @@ impl GpuModel {
     }
 
     /// Backward through blocks `range` (run from `x`) with the last output's
-    /// gradient in `ws.g_a`; the first block's input gradient is not computed.
+    /// gradient in `ws.g_a`; the first block's input gradient goes to `first_dx`
+    /// (`(buffer, accumulate)`), or is not computed.
     fn chain_backward(
         &self,
         be: &Backend,
@@ -241,11 +245,12 @@ impl GpuModel {
         range: std::ops::Range<usize>,
         x: Buf,
         pg: (Buf, Buf),
+        first_dx: Option<(Buf, bool)>,
     ) -> Result<()> {
         let first = range.start;
         for i in range.rev() {
             let input = if i == first { x } else { ws.st[i - 1].out };
-            let dx = if i == first { None } else { Some((ws.g_b, false)) };
+            let dx = if i == first { first_dx } else { Some((ws.g_b, false)) };
             self.block_backward(be, i, ws, input, pg, ws.g_a, dx)?;
             std::mem::swap(&mut ws.g_a, &mut ws.g_b);
         }
@@ -321,6 +326,28 @@ impl GpuModel {
     /// Accumulates into `grads` the gradient for `dout` (`N x out_len`, not
     /// one of `ws`'s buffers) after a training forward on `ws`.
     pub fn backward(&self, be: &Backend, ws: &mut GpuWs, params: Buf, grads: Buf, dout: Buf) -> Result<()> {
+        self.backward_impl(be, ws, (params, grads), dout, None)
+    }
+
+    /// As `backward`, and also accumulates the gradient w.r.t. the input
+    /// (`N x 1 x 32 x 32`) into `dx` (HardNet only): how the descriptor's loss
+    /// reaches the denoiser in joint training.
+    pub fn backward_with_input(
+        &self,
+        be: &Backend,
+        ws: &mut GpuWs,
+        (params, grads): (Buf, Buf),
+        dout: Buf,
+        dx: Buf,
+    ) -> Result<()> {
+        if self.arch.is_denoiser() {
+            return Err(Error::InvalidArgument(format!("the input gradient of a {} on a device", self.arch)));
+        }
+        crate::error::check_len("device input gradient", dx.len(), ws.n * PATCH_LEN)?;
+        self.backward_impl(be, ws, (params, grads), dout, Some(dx))
+    }
+
+    fn backward_impl(&self, be: &Backend, ws: &mut GpuWs, (params, grads): (Buf, Buf), dout: Buf, dx: Option<Buf>) -> Result<()> {
         self.check(ws, params)?;
         crate::error::check_len("device gradients", grads.len(), self.params)?;
         if !ws.trained {
@@ -349,7 +376,7 @@ impl GpuModel {
                 let len = n * PATCH_LEN;
                 ops::fill(be, ws.g_a, len, 0.0)?;
                 ops::axpy(be, ws.g_a, -1.0, dout, len)?;
-                self.chain_backward(be, ws, 0..self.blocks.len(), x, pg)
+                self.chain_backward(be, ws, 0..self.blocks.len(), x, pg, None)
             }
             Arch::HardNetBaseline | Arch::HardNetOriginal => {
                 let [normed, _, _, _, dropped, mask, _, norms, _] = ws.hardnet.expect("HardNet buffers");
@@ -369,7 +396,20 @@ impl GpuModel {
                 ops::dropout_backward(be, dropped.len(), ws.g_a, mask, ws.g_b, self.dropout.keep_scale())?;
                 std::mem::swap(&mut ws.g_a, &mut ws.g_b);
                 let input = if original { normed } else { x };
-                self.chain_backward(be, ws, 0..last, input, pg)
+                // The original variant's input gradient passes the input normalisation: first into d_normed.
+                let (first_dx, d_normed) = match (dx, original) {
+                    (None, _) => (None, None),
+                    (Some(dx), false) => (Some((dx, true)), None),
+                    (Some(_), true) => (Some((ws.g_in, false)), Some(ws.g_in)),
+                };
+                self.chain_backward(be, ws, 0..last, input, pg, first_dx)?;
+                if let (Some(dx), Some(dn)) = (dx, d_normed) {
+                    // m2 and ss are forward scratch (row-sized): free here.
+                    let [_, gbar, mean, std, _, _, dot, _, _] = ws.hardnet.expect("HardNet buffers");
+                    let rows = (n, PATCH_LEN);
+                    ops::input_norm_backward(be, rows, dn, x, (mean, std), dx, (gbar, dot, ws.s.sq))?;
+                }
+                Ok(())
             }
         }
     }

@@ -230,6 +230,25 @@ pub fn input_norm(
     be.launch(Kernel::nh_input_norm, rows * d, ka(&ptrs, &[d as i64], &[]))
 }
 
+/// `dx += ` the input gradient of `input_norm` for `g` (`rows x d`), from the
+/// saved `mean` and `std` (std_eps); `gbar`, `dot` (`rows`) and `tmp` (`rows * d`) are scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn input_norm_backward(
+    be: &Backend,
+    (rows, d): (usize, usize),
+    g: Buf,
+    x: Buf,
+    (mean, std): (Buf, Buf),
+    dx: Buf,
+    (gbar, dot, tmp): (Buf, Buf, Buf),
+) -> Result<()> {
+    be.sum_rows(gbar, g, rows, d, 1.0 / d as f32, 0.0)?;
+    be.launch(Kernel::nh_centered_mul, rows * d, ka(&[tmp.at(0), g.at(0), x.at(0), mean.at(0)], &[d as i64], &[]))?;
+    be.sum_rows(dot, tmp, rows, d, 1.0, 0.0)?;
+    let ptrs = [dx.at(0), g.at(0), x.at(0), mean.at(0), std.at(0), gbar.at(0), dot.at(0)];
+    be.launch(Kernel::nh_input_norm_bwd, rows * d, ka(&ptrs, &[d as i64], &[]))
+}
+
 /// Row-wise L2 normalisation of `x` (`rows x d`): saved `norms`, `out = x / max(norm, 1e-12)`.
 /// `ss` (`rows`) and `sq` (`rows * d`) are scratch.
 pub fn l2norm_forward(
