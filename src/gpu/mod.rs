@@ -168,6 +168,57 @@ pub fn trainer(
 }
 
 #[cfg(feature = "cuda")]
+pub use train::GpuJoint as JointTrainer;
+
+/// Joint training on a device (a build without the `cuda` feature cannot make one).
+#[cfg(not(feature = "cuda"))]
+pub struct JointTrainer(std::convert::Infallible);
+
+#[cfg(not(feature = "cuda"))]
+impl JointTrainer {
+    pub fn step(
+        &mut self,
+        _: (&[f32], &[f32]),
+        _: (&crate::loss::hardnet::HardNetLoss, f32),
+        _: (&mut crate::rng::Rng, &mut crate::rng::Rng),
+        _: (&mut crate::optim::Optimizer, &mut crate::optim::Optimizer),
+        _: impl Fn(f64) -> Result<()>,
+    ) -> Result<(f64, f64)> {
+        match self.0 {}
+    }
+    pub fn download(
+        &self,
+        _: (&mut [f32], &mut crate::optim::Optimizer),
+        _: (&mut [f32], &mut crate::optim::Optimizer),
+    ) -> Result<()> {
+        match self.0 {}
+    }
+}
+
+/// A joint (denoiser + descriptor) trainer on `device` from each network's
+/// (model, parameters, optimizer), or `None` on the CPU; `max_pairs` pairs per step at most.
+pub fn joint_trainer(
+    device: Device,
+    den: (&crate::models::Model, &[f32], &crate::optim::Optimizer),
+    desc: (&crate::models::Model, &[f32], &crate::optim::Optimizer),
+    max_pairs: usize,
+) -> Result<Option<JointTrainer>> {
+    device.check_compiled()?;
+    if device.is_cpu() {
+        return Ok(None);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        Ok(Some(JointTrainer::new((device.open()?, device.open()?), den, desc, max_pairs)?))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (den, desc, max_pairs);
+        unreachable!("check_compiled refuses devices without the feature")
+    }
+}
+
+#[cfg(feature = "cuda")]
 pub use accel::Accel;
 
 /// Eval forward on a device (a build without the `cuda` feature cannot make one).

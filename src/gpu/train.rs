@@ -14,6 +14,7 @@ use super::loss::{self as device_loss, HardNetScratch};
 use super::model::{GpuModel, GpuWs};
 use super::ops;
 use crate::error::{Error, Result};
+use crate::loss::hardnet::HardNetLoss;
 use crate::loss::{PointLoss, TupleLoss};
 use crate::models::{DESC_LEN, Model, PATCH_LEN};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerState};
@@ -233,5 +234,97 @@ impl GpuTrainer {
     /// The gradient arena of the last step (tests compare it with the CPU's).
     pub fn download_grads(&self, grads: &mut [f32]) -> Result<()> {
         self.be.download(self.grads, grads)
+    }
+}
+
+/// Joint training on a device: a denoiser and a HardNet, each with its own
+/// trainer. A step: denoise the noisy pairs, describe the result, the HardNet
+/// loss and its gradient back through the descriptor to its input, plus
+/// `w` times the denoiser's L1 gradient, back through the denoiser; then both
+/// optimizer updates. The denoised batch and the input gradient cross between
+/// the two trainers through the host (`2n x 1024` values each way).
+pub struct GpuJoint {
+    den: GpuTrainer,
+    desc: GpuTrainer,
+    /// The descriptor's input gradient on its device.
+    dy: Buf,
+    y_host: Vec<f32>,
+    dy_host: Vec<f32>,
+}
+
+impl GpuJoint {
+    /// Trainers for `den` and `desc` from their parameters and optimizer
+    /// states, on batches of up to `max_pairs` pairs.
+    pub fn new(
+        (den_be, desc_be): (Backend, Backend),
+        den: (&Model, &[f32], &Optimizer),
+        desc: (&Model, &[f32], &Optimizer),
+        max_pairs: usize,
+    ) -> Result<GpuJoint> {
+        let m = 2 * max_pairs * PATCH_LEN;
+        let den = GpuTrainer::new(den_be, den.0, den.1, den.2, 2 * max_pairs)?;
+        let desc = GpuTrainer::new(desc_be, desc.0, desc.1, desc.2, 2 * max_pairs)?;
+        let dy = desc.be.alloc(m)?;
+        Ok(GpuJoint { den, desc, dy, y_host: vec![0.0; m], dy_host: vec![0.0; m] })
+    }
+
+    /// One joint step on `noisy` and `clean` (`[2][n][1024]` each: anchors,
+    /// then positives). `check` sees the joint loss before the updates and
+    /// stops the step with its error. Returns (joint loss, denoiser L1).
+    pub fn step(
+        &mut self,
+        (noisy, clean): (&[f32], &[f32]),
+        (hardnet, w): (&HardNetLoss, f32),
+        (den_rng, desc_rng): (&mut Rng, &mut Rng),
+        (den_opt, desc_opt): (&mut Optimizer, &mut Optimizer),
+        check: impl Fn(f64) -> Result<()>,
+    ) -> Result<(f64, f64)> {
+        crate::error::check_len("joint clean batch", clean.len(), noisy.len())?;
+        let m = noisy.len();
+        let n = m / PATCH_LEN / 2;
+        if n == 0 || 2 * n * PATCH_LEN != m || m > self.y_host.len() {
+            return Err(Error::Shape(format!("a joint batch of {m} values is not 2 x n patches within the trainer's")));
+        }
+        // y = denoiser(noisy), brought over to the descriptor.
+        let (di, y) = self.den.forward(noisy, den_rng)?;
+        self.den.be.download(y, &mut self.y_host[..m])?;
+        let (ei, d) = self.desc.forward(&self.y_host[..m], desc_rng)?;
+        // HardNet loss on (d_a, d_p), its gradient in desc.dout.
+        let dl = DESC_LEN;
+        if !self.desc.hn.iter().any(|s| s.b == n) {
+            self.desc.hn.push(HardNetScratch::new(&self.desc.be, n)?);
+        }
+        let s = self.desc.hn.iter().find(|s| s.b == n).expect("made above");
+        let pairs = (d, d.slice(n * dl, n * dl));
+        let grads = (self.desc.dout, self.desc.dout.slice(n * dl, n * dl));
+        device_loss::hardnet(&self.desc.be, hardnet, dl, pairs, grads, self.desc.terms, s)?;
+        let l_desc = self.desc.read_loss(n, 1.0 / n as f64)?;
+        // dL/dy through the descriptor.
+        let dy = self.dy.slice(0, m);
+        ops::fill(&self.desc.be, dy, m, 0.0)?;
+        let desc_pg = (self.desc.params, self.desc.grads);
+        self.desc.model.backward_with_input(&self.desc.be, &mut self.desc.wss[ei], desc_pg, self.desc.dout, dy)?;
+        self.desc.be.download(dy, &mut self.dy_host[..m])?;
+        // The denoiser's L1 against the clean pairs (its gradient in den.dout),
+        // then its output gradient dy + w * dL1/dy, formed in den.target.
+        let be = &self.den.be;
+        be.upload(self.den.target.slice(0, m), clean)?;
+        device_loss::point(be, PointLoss::L1, m, (y, self.den.target), self.den.dout, self.den.terms)?;
+        let l_den = self.den.read_loss(m, 1.0 / m as f64)?;
+        let g = self.den.target.slice(0, m);
+        be.upload(g, &self.dy_host[..m])?;
+        ops::axpy(be, g, w, self.den.dout, m)?;
+        self.den.model.backward(be, &mut self.den.wss[di], self.den.params, self.den.grads, g)?;
+        let loss = l_desc + w as f64 * l_den;
+        check(loss)?;
+        self.desc.update(desc_opt)?;
+        self.den.update(den_opt)?;
+        Ok((loss, l_den))
+    }
+
+    /// Copies both networks' parameters and optimizer states back to the host.
+    pub fn download(&self, den: (&mut [f32], &mut Optimizer), desc: (&mut [f32], &mut Optimizer)) -> Result<()> {
+        self.den.download(den.0, den.1)?;
+        self.desc.download(desc.0, desc.1)
     }
 }

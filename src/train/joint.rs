@@ -207,7 +207,15 @@ pub fn train(
     let mut d_l1 = vec![0.0f32; 2 * b * PATCH_LEN];
     let mut d_desc = vec![0.0f32; 2 * b * DESC_LEN];
     let (mut den_grads, mut desc_grads) = (den_model.zero_grads(), desc_model.zero_grads());
-    let mut full = StepBuffers::new(&den_model, &desc_model, b)?;
+    // On a device, parameters and optimizer states live there until the epoch ends.
+    let mut gpu = crate::gpu::joint_trainer(
+        desc_run.device,
+        (&den_model, &den.params, &den.optimizer),
+        (&desc_model, &desc.params, &desc.optimizer),
+        b,
+    )?;
+    // On a device the CPU buffers are one-pair placeholders.
+    let mut full = StepBuffers::new(&den_model, &desc_model, if gpu.is_some() { 1 } else { b })?;
     let mut tail: Option<StepBuffers> = None;
     let steps = dcfg.steps_per_epoch();
 
@@ -228,45 +236,61 @@ pub fn train(
             if n < b {
                 compact_views(&mut x, 4, b, n);
             }
-            let bufs = if n == b {
-                &mut full
-            } else {
-                if tail.as_ref().is_none_or(|t| t.hn_ws.batch() != n) {
-                    tail = Some(StepBuffers::new(&den_model, &desc_model, n)?);
-                }
-                tail.as_mut().expect("set just above")
-            };
-            let m = 2 * n * PATCH_LEN;
-            let (noisy, clean) = (&x[..m], &x[m..2 * m]);
-            den_grads.iter_mut().for_each(|g| *g = 0.0);
-            desc_grads.iter_mut().for_each(|g| *g = 0.0);
-            // y = denoiser(noisy): [2n, 1, 32, 32].
-            let out = den_model.forward_train(&mut bufs.den_ws, &mut den.params, noisy, &mut den.dropout)?;
-            y[..m].copy_from_slice(out);
-            // d = descriptor(y): [2n, 128]; hardnet loss on (d_a, d_p).
-            let d = desc_model.forward_train(&mut bufs.desc_ws, &mut desc.params, &y[..m], &mut desc.dropout)?;
-            let dd = &mut d_desc[..2 * n * DESC_LEN];
-            dd.iter_mut().for_each(|v| *v = 0.0);
-            let (ga, gp) = dd.split_at_mut(n * DESC_LEN);
-            let (a, p) = d.split_at(n * DESC_LEN);
-            let l_desc = hardnet.loss(ga, gp, &mut bufs.hn_ws, a, p, n, DESC_LEN)? as f64;
-            // dL/dy = descriptor^T dL/dd + w * dL1/dy.
-            let g = &mut dy[..m];
-            g.iter_mut().for_each(|v| *v = 0.0);
-            desc_model.backward_with_input(&mut bufs.desc_ws, &desc.params, &mut desc_grads, dd, g)?;
-            let gl = &mut d_l1[..m];
-            gl.iter_mut().for_each(|v| *v = 0.0);
-            let l_den = l1_loss(gl, &y[..m], clean)? as f64;
-            axpy(g, w, gl)?;
-            den_model.backward(&mut bufs.den_ws, &den.params, &mut den_grads, g)?;
-            let loss = l_desc + w as f64 * l_den;
-            step += 1;
-            session::check_loss(loss, epoch, step, desc_run, desc.epochs_done)?;
-            let t = desc.epochs_done * steps + step - 1;
+            // This step's learning rates (the optimizers read them only in their updates).
+            let t = desc.epochs_done * steps + step;
             desc.optimizer.config.set_lr(dcfg.lr_at(t));
-            desc.optimizer.step(&mut desc.params, &desc_grads, &desc_ranges)?;
             den.optimizer.config.set_lr(ncfg.lr_at(t));
-            den.optimizer.step(&mut den.params, &den_grads, &den_ranges)?;
+            step += 1;
+            let done = desc.epochs_done;
+            let check = |l: f64| session::check_loss(l, epoch, step, desc_run, done);
+            let (loss, l_den) = match gpu.as_mut() {
+                Some(g) => {
+                    // The whole step on the device: the batch goes in, the losses come out.
+                    let m = 2 * n * PATCH_LEN;
+                    let dropout = (&mut den.dropout, &mut desc.dropout);
+                    let opts = (&mut den.optimizer, &mut desc.optimizer);
+                    g.step((&x[..m], &x[m..2 * m]), (&hardnet, w), dropout, opts, check)?
+                }
+                None => {
+                    let bufs = if n == b {
+                        &mut full
+                    } else {
+                        if tail.as_ref().is_none_or(|t| t.hn_ws.batch() != n) {
+                            tail = Some(StepBuffers::new(&den_model, &desc_model, n)?);
+                        }
+                        tail.as_mut().expect("set just above")
+                    };
+                    let m = 2 * n * PATCH_LEN;
+                    let (noisy, clean) = (&x[..m], &x[m..2 * m]);
+                    den_grads.iter_mut().for_each(|g| *g = 0.0);
+                    desc_grads.iter_mut().for_each(|g| *g = 0.0);
+                    // y = denoiser(noisy): [2n, 1, 32, 32].
+                    let out = den_model.forward_train(&mut bufs.den_ws, &mut den.params, noisy, &mut den.dropout)?;
+                    y[..m].copy_from_slice(out);
+                    // d = descriptor(y): [2n, 128]; hardnet loss on (d_a, d_p).
+                    let d =
+                        desc_model.forward_train(&mut bufs.desc_ws, &mut desc.params, &y[..m], &mut desc.dropout)?;
+                    let dd = &mut d_desc[..2 * n * DESC_LEN];
+                    dd.iter_mut().for_each(|v| *v = 0.0);
+                    let (ga, gp) = dd.split_at_mut(n * DESC_LEN);
+                    let (a, p) = d.split_at(n * DESC_LEN);
+                    let l_desc = hardnet.loss(ga, gp, &mut bufs.hn_ws, a, p, n, DESC_LEN)? as f64;
+                    // dL/dy = descriptor^T dL/dd + w * dL1/dy.
+                    let g = &mut dy[..m];
+                    g.iter_mut().for_each(|v| *v = 0.0);
+                    desc_model.backward_with_input(&mut bufs.desc_ws, &desc.params, &mut desc_grads, dd, g)?;
+                    let gl = &mut d_l1[..m];
+                    gl.iter_mut().for_each(|v| *v = 0.0);
+                    let l_den = l1_loss(gl, &y[..m], clean)? as f64;
+                    axpy(g, w, gl)?;
+                    den_model.backward(&mut bufs.den_ws, &den.params, &mut den_grads, g)?;
+                    let loss = l_desc + w as f64 * l_den;
+                    check(loss)?;
+                    desc.optimizer.step(&mut desc.params, &desc_grads, &desc_ranges)?;
+                    den.optimizer.step(&mut den.params, &den_grads, &den_ranges)?;
+                    (loss, l_den)
+                }
+            };
             loss_sum += loss * n as f64;
             l1_sum += l_den * n as f64;
             items += n as u64;
@@ -276,9 +300,15 @@ pub fn train(
                 break;
             }
         }
+        if let Some(g) = &gpu {
+            g.download((&mut den.params, &mut den.optimizer), (&mut desc.params, &mut desc.optimizer))?;
+        }
         let seconds = t0.elapsed().as_secs_f64();
-        let den_net = Network::from_params(Model::new(den_arch)?, den.params.clone())?;
-        let desc_net = Network::from_params(Model::new(desc_arch)?, desc.params.clone())?;
+        let mut den_net = Network::from_params(Model::new(den_arch)?, den.params.clone())?;
+        let mut desc_net = Network::from_params(Model::new(desc_arch)?, desc.params.clone())?;
+        // Validation runs on the training device.
+        den_net.set_device(desc_run.device)?;
+        desc_net.set_device(desc_run.device)?;
         let (val_desc, val_den) = val.losses(&den_net, &desc_net, &hardnet)?;
         let per = |sum: f64| sum / items.max(1) as f64;
         // The denoiser counts patches (two per pair), the descriptor pairs.

@@ -171,12 +171,6 @@ pub fn default_dataset(observer: &SharedObserver) -> Result<PathBuf> {
 pub fn run(cfg: &RunConfig, observer: SharedObserver) -> Result<RunSummary> {
     let t_start = Instant::now();
     cfg.device.check_available()?;
-    if cfg.recipe == Recipe::Joint && cfg.joint_epochs > 0 && !cfg.device.is_cpu() {
-        return Err(Error::InvalidArgument(format!(
-            "--recipe joint: joint training runs on the CPU only; use --device cpu or another recipe (not {})",
-            cfg.device
-        )));
-    }
     let den_arch = match cfg.denoiser {
         None => cfg.recipe.denoiser(),
         Some(None) => None,
@@ -293,10 +287,13 @@ fn pipeline(
             let (jd, jn) = joint_configs(&desc_cfg, ncfg, joint_epochs, cfg.denoise_weight);
             let jdir = out.join("joint");
             let extra = |stage: &str| serde_json::json!({ "stage": stage, "dataset": root.display().to_string() });
-            let den_run =
-                RunDir::create(&jdir.join("denoiser"), extra("joint denoiser"))?.with_observer(observer.clone());
-            let desc_run =
-                RunDir::create(&jdir.join("descriptor"), extra("joint descriptor"))?.with_observer(observer.clone());
+            let run_dir = |dir: &str, stage: &str| -> Result<RunDir> {
+                Ok(RunDir::create(&jdir.join(dir), extra(stage))?
+                    .with_device(cfg.device)
+                    .with_observer(observer.clone()))
+            };
+            let (den_run, desc_run) =
+                (run_dir("denoiser", "joint denoiser")?, run_dir("descriptor", "joint descriptor")?);
             let src = JointData { data: &ds.data, train: &ds.train, test: &ds.test };
             let jcfg = JointConfig { descriptor: &jd, denoiser: &jn };
             let r = joint::train(&jcfg, &src, (den, &descriptor), &den_run, &desc_run, cfg.resume)?;
@@ -306,6 +303,7 @@ fn pipeline(
                 m
             }));
             (*den, descriptor) = (r.denoiser, r.descriptor);
+            den.set_device(cfg.device)?;
             timings.push(("joint training", t.elapsed().as_secs_f64()));
             let t = Instant::now();
             let pack = denoised_pack(&ds.data, &ds.test, den, &jdir.join("denoised.pack"))?;

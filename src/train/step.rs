@@ -112,7 +112,7 @@ struct Host {
 
 enum Where {
     Host(Box<Host>),
-    Device(Trainer),
+    Device(Box<Trainer>),
 }
 
 /// Runs the steps of one stage for `model`.
@@ -145,7 +145,7 @@ impl<'m> Stepper<'m> {
         }
         // On a device, parameters and optimizer state live there until the epoch ends.
         if let Some(g) = crate::gpu::trainer(run.device, model, &st.params, &st.optimizer, k * batch)? {
-            return Ok(Stepper { model, k, at: Where::Device(g) });
+            return Ok(Stepper { model, k, at: Where::Device(Box::new(g)) });
         }
         let own = par.as_ref().map_or(batch, |p| p.share(batch).1);
         let out_row = model.out_len();
