@@ -159,18 +159,23 @@ impl GpuTrainer {
                 device_loss::triplet(&self.be, &t, (n, d), out, self.dout, self.terms)?;
                 self.read_loss(n, 1.0 / n as f64)?
             }
-            TupleLoss::HardNet(h) => {
-                if !self.hn.iter().any(|s| s.b == n) {
-                    self.hn.push(HardNetScratch::new(&self.be, n)?);
-                }
-                let s = self.hn.iter().find(|s| s.b == n).expect("made above");
-                let (pairs, grads) = ((out, out.slice(n * d, n * d)), (self.dout, self.dout.slice(n * d, n * d)));
-                device_loss::hardnet(&self.be, &h, d, pairs, grads, self.terms, s)?;
-                self.read_loss(n, 1.0 / n as f64)?
-            }
+            TupleLoss::HardNet(h) => self.hardnet_loss(&h, out, n)?,
         };
         self.finish(i, opt)?;
         Ok(l)
+    }
+
+    /// HardNet loss of `n` pairs whose descriptors are `out` = [2][n][128]:
+    /// its gradient into `dout`, the mean loss read back.
+    fn hardnet_loss(&mut self, h: &HardNetLoss, out: Buf, n: usize) -> Result<f64> {
+        let d = DESC_LEN;
+        if !self.hn.iter().any(|s| s.b == n) {
+            self.hn.push(HardNetScratch::new(&self.be, n)?);
+        }
+        let s = self.hn.iter().find(|s| s.b == n).expect("made above");
+        let (pairs, grads) = ((out, out.slice(n * d, n * d)), (self.dout, self.dout.slice(n * d, n * d)));
+        device_loss::hardnet(&self.be, h, d, pairs, grads, self.terms, s)?;
+        self.read_loss(n, 1.0 / n as f64)
     }
 
     /// The optimizer kernel, with the host's step counter and scalars as the CPU optimizers derive them.
@@ -290,15 +295,7 @@ impl GpuJoint {
         self.den.be.download(y, &mut self.y_host[..m])?;
         let (ei, d) = self.desc.forward(&self.y_host[..m], desc_rng)?;
         // HardNet loss on (d_a, d_p), its gradient in desc.dout.
-        let dl = DESC_LEN;
-        if !self.desc.hn.iter().any(|s| s.b == n) {
-            self.desc.hn.push(HardNetScratch::new(&self.desc.be, n)?);
-        }
-        let s = self.desc.hn.iter().find(|s| s.b == n).expect("made above");
-        let pairs = (d, d.slice(n * dl, n * dl));
-        let grads = (self.desc.dout, self.desc.dout.slice(n * dl, n * dl));
-        device_loss::hardnet(&self.desc.be, hardnet, dl, pairs, grads, self.desc.terms, s)?;
-        let l_desc = self.desc.read_loss(n, 1.0 / n as f64)?;
+        let l_desc = self.desc.hardnet_loss(hardnet, d, n)?;
         // dL/dy through the descriptor.
         let dy = self.dy.slice(0, m);
         ops::fill(&self.desc.be, dy, m, 0.0)?;

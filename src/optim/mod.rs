@@ -82,13 +82,6 @@ impl OptimizerConfig {
     pub fn named(name: &str, lr: f64) -> Result<Self> {
         Ok(name.parse::<OptimizerKind>()?.config(lr))
     }
-
-    pub fn kind(&self) -> OptimizerKind {
-        match self {
-            OptimizerConfig::Sgd { .. } => OptimizerKind::Sgd,
-            OptimizerConfig::Adam { .. } => OptimizerKind::Adam,
-        }
-    }
 }
 
 /// Which optimizer, without its hyperparameters.

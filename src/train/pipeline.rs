@@ -29,7 +29,7 @@ use super::joint::{self, JointConfig, JointData};
 use super::metrics::MapScores;
 use super::preset::{Overrides, Preset, denoiser_preset, descriptor_preset};
 use super::progress::{BusyGuard, Event, SharedObserver};
-use super::recipe::{DEFAULT_RECIPE, DENOISE_WEIGHT, JOINT_EPOCHS, Recipe, joint_configs};
+use super::recipe::{DENOISE_WEIGHT, JOINT_EPOCHS, Recipe, joint_configs};
 use super::report::{ResultsDoc, write_curves_svg, write_montage, write_results_md};
 use super::session::RunDir;
 use super::stage::{StageOptions, TASKS_SEED, train_denoiser, train_descriptor};
@@ -111,11 +111,6 @@ impl RunConfig {
             threads: 0,
             device: Device::Cpu,
         }
-    }
-
-    /// The default recipe's run into `out`.
-    pub fn default_recipe(out: PathBuf) -> RunConfig {
-        RunConfig::new(DEFAULT_RECIPE, out)
     }
 }
 

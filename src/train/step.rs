@@ -158,7 +158,8 @@ impl<'m> Stepper<'m> {
             ranges: model.layout().trainable_ranges(),
             dout: vec![0.0; k * own * out_row],
             x_own: vec![0.0; whole(k * own * PATCH_LEN)],
-            t_own: vec![0.0; whole(own * PATCH_LEN)],
+            // Targets: denoiser steps only (one patch per item).
+            t_own: vec![0.0; if k == 1 { whole(own * PATCH_LEN) } else { 0 }],
             all: vec![0.0; whole(k * batch * out_row)],
             g_all: vec![0.0; whole(k * batch * out_row)],
             par,
