@@ -242,12 +242,9 @@ pub struct Network {
 
 /// The metadata nhpatch writes for an architecture.
 pub fn metadata_for(arch: Arch) -> BTreeMap<String, String> {
-    let (model, variant, eps, padding, scaling) = match arch {
-        Arch::Unet => ("unet", None, "none", "keras_same", "raw_0_255"),
-        Arch::Dncnn => ("dncnn", None, "1e-05", "symmetric", "raw_0_255"),
-        Arch::HardNetBaseline => ("hardnet", Some("baseline"), "0.001", "keras_same", "raw_0_255"),
-        Arch::HardNetOriginal => ("hardnet", Some("original"), "1e-05", "symmetric", "per_patch_norm"),
-    };
+    let info = arch.info();
+    let (model, variant, eps, padding, scaling) =
+        (info.model, info.variant, info.bn_eps, info.padding, info.input_scaling);
     let mut m = BTreeMap::new();
     m.insert("format_version".into(), FORMAT_VERSION.into());
     m.insert("model".into(), model.into());
@@ -588,6 +585,21 @@ impl Network {
     pub fn describe(&self, patches: &[f32]) -> Result<Vec<f32>> {
         self.check_describes()?;
         self.forward(patches)
+    }
+
+    /// The pipeline's inference: `denoiser`, when given, on `patches`, its
+    /// output clipped and rounded to grey levels 0..255 (as the seed's
+    /// pipeline stores denoised patches), then this descriptor.
+    pub fn describe_denoised(&self, denoiser: Option<&Network>, patches: &[f32]) -> Result<Vec<f32>> {
+        self.check_describes()?;
+        match denoiser {
+            Some(d) => {
+                let mut clean = d.denoise(patches)?;
+                to_pixels(&mut clean);
+                self.forward(&clean)
+            }
+            None => self.forward(patches),
+        }
     }
 
     /// `denoise` into the caller's buffer (`forward_into`).

@@ -284,16 +284,8 @@ pub unsafe extern "C" fn nhp_output_len(net: *const NhpNetwork) -> usize {
 /// `net` is NULL or a live handle.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nhp_arch_name(net: *const NhpNetwork) -> *const c_char {
-    use crate::models::Arch;
     // SAFETY: forwarded from this function's contract.
-    let name = guard(|| {
-        Ok(match unsafe { net_arg(net) }?.net.arch() {
-            Arch::Unet => c"unet",
-            Arch::Dncnn => c"dncnn",
-            Arch::HardNetBaseline => c"hardnet-baseline",
-            Arch::HardNetOriginal => c"hardnet-original",
-        })
-    });
+    let name = guard(|| Ok(unsafe { net_arg(net) }?.net.arch().info().c_name));
     name.unwrap_or(c"").as_ptr()
 }
 

@@ -5,13 +5,12 @@
 use clap::Args;
 use nhpatch::data::hpatches::Version;
 use nhpatch::error::{Error, Result};
-use nhpatch::eval::bench::{Benchmark, describe_dataset, load_catalog};
+use nhpatch::eval::bench::{Benchmark, describe_dataset, load_catalog, load_networks, timing_workload};
 use nhpatch::eval::descriptors::Descriptors;
 use nhpatch::eval::tasks::{GenOptions, generate};
-use nhpatch::eval::{descriptors, evaluate, synth};
+use nhpatch::eval::{descriptors, evaluate};
 use nhpatch::gpu::Device;
 use nhpatch::io::{io_err, write_atomic};
-use nhpatch::net::{LoadOptions, Network};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -126,11 +125,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 /// The split-a-sized workload on synthetic descriptors.
 fn bench(seed: u64, json: Option<&Path>) -> Result<()> {
     let t = Instant::now();
-    let catalog = synth::catalog(40, 59_494, 2, seed)?;
-    let textured = synth::textured(&catalog, seed);
-    let opts = GenOptions { pairs: 1_000_000, queries: 10_000, distractors: 20_000, seed };
-    let tasks = generate(&catalog, &textured, &opts)?;
-    let descs = synth::descriptors(&catalog, 128, 0, seed);
+    let (catalog, tasks, descs) = timing_workload(seed)?;
     eprintln!(
         "bench: {} sequences, {} patches per image, {} pairs, {} queries, {} distractors (made in {:.2} s)",
         catalog.names.len(),
@@ -215,17 +210,6 @@ pub fn input_version(input: &str) -> Result<Version> {
         "clean" => Ok(Version::Clean),
         other => Err(Error::InvalidArgument(format!("--input must be noisy or clean, not '{other}'"))),
     }
-}
-
-/// Loads a descriptor (and optionally a denoiser), checking each is the right kind, onto `device`.
-pub fn load_networks(weights: &Path, denoiser: Option<&Path>, device: Device) -> Result<(Network, Option<Network>)> {
-    let mut desc = Network::load_descriptor(weights, LoadOptions::default())?;
-    desc.set_device(device)?;
-    let mut den = denoiser.map(|p| Network::load_denoiser(p, LoadOptions::default())).transpose()?;
-    if let Some(d) = &mut den {
-        d.set_device(device)?;
-    }
-    Ok((desc, den))
 }
 
 fn network_descriptors(

@@ -103,16 +103,8 @@ pub fn describe(a: DescribeArgs) -> Result<()> {
         d.set_device(a.dev.device)?;
     }
     let patches = io::load_patches(&a.input)?;
-    let desc = nhpatch::threads::pool(a.threads)?.install(|| -> Result<Vec<f32>> {
-        match &denoiser {
-            Some(d) => {
-                let mut clean = d.denoise(&patches.data)?;
-                to_pixels(&mut clean);
-                net.describe(&clean)
-            }
-            None => net.describe(&patches.data),
-        }
-    })?;
+    let desc =
+        nhpatch::threads::pool(a.threads)?.install(|| net.describe_denoised(denoiser.as_ref(), &patches.data))?;
     debug_assert_eq!(desc.len(), patches.n * DESC_LEN);
     match kind.as_str() {
         "npy" => npy::write_f32(&a.output, &[patches.n, DESC_LEN], &desc)?,

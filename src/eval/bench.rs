@@ -9,8 +9,9 @@ use super::{Catalog, Results, Tasks, evaluate};
 use crate::data::hpatches::Version;
 use crate::data::pack::PackedDataset;
 use crate::error::{Error, Result};
+use crate::gpu::Device;
 use crate::models::DESC_LEN;
-use crate::net::{Network, to_pixels};
+use crate::net::{LoadOptions, Network};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -96,6 +97,30 @@ impl Benchmark {
     }
 }
 
+/// Loads a descriptor and optionally a denoiser, each checked to be the right
+/// kind of network, onto `device`.
+pub fn load_networks(weights: &Path, denoiser: Option<&Path>, device: Device) -> Result<(Network, Option<Network>)> {
+    let mut desc = Network::load_descriptor(weights, LoadOptions::default())?;
+    desc.set_device(device)?;
+    let mut den = denoiser.map(|p| Network::load_denoiser(p, LoadOptions::default())).transpose()?;
+    if let Some(d) = &mut den {
+        d.set_device(device)?;
+    }
+    Ok((desc, den))
+}
+
+/// The evaluation's timing workload, the size of the real split a (40
+/// sequences, 59,494 patches per image, a million pairs, 10,000 queries,
+/// 20,000 distractors), on synthetic descriptors: `(catalog, tasks, descriptors)`.
+pub fn timing_workload(seed: u64) -> Result<(Catalog, Tasks, Descriptors)> {
+    let catalog = super::synth::catalog(40, 59_494, 2, seed)?;
+    let textured = super::synth::textured(&catalog, seed);
+    let opts = GenOptions { pairs: 1_000_000, queries: 10_000, distractors: 20_000, seed };
+    let tasks = generate(&catalog, &textured, &opts)?;
+    let descs = super::synth::descriptors(&catalog, 128, 0, seed);
+    Ok((catalog, tasks, descs))
+}
+
 /// Descriptors of every image of the catalog's sequences, read from a packed
 /// dataset (`input` version), denoised first when a denoiser is given (then
 /// clipped and rounded to 0..255, as the seed's pipeline does).
@@ -123,11 +148,7 @@ pub fn describe_dataset(
         for image in 0..16 {
             x.extend(data.image(s, image, input).iter().map(|&v| v as f32));
         }
-        if let Some(d) = denoiser {
-            x = d.denoise(&x)?;
-            to_pixels(&mut x);
-        }
-        seqs.push(SeqDescs { name: name.clone(), count, data: descriptor.describe(&x)? });
+        seqs.push(SeqDescs { name: name.clone(), count, data: descriptor.describe_denoised(denoiser, &x)? });
     }
     Ok(Descriptors { dim: DESC_LEN, seqs })
 }

@@ -1,62 +1,79 @@
-//! The three networks on a device: the CPU `Model`'s blocks (same parameter
-//! layout, same geometry) run with the passes of `ops`, wired as the CPU
-//! U-Net, DnCNN and HardNet wire them. Parameters and gradients are device
-//! arenas in the CPU layout; a `GpuWs` holds every buffer one batch size
-//! needs, allocated once.
+//! The networks on a device: the CPU `Model`'s graph (`models::graph`: the
+//! same blocks, ops, parameter layout and gradient plan) run node by node
+//! with the passes of `ops`. Nothing here knows a network's wiring: a model
+//! described once in `src/models/<m>.rs` runs on both backends. Parameters and
+//! gradients are device arenas in the CPU layout; a `GpuWs` holds every
+//! buffer one batch size needs, allocated once.
 //!
 //! Train forward keeps what backward needs (BatchNorm input, mean and
-//! inverse std, max-pool argmax, dropout mask); backward accumulates into the
-//! gradient arena. The input gradient of the whole model is not computed.
-//! Dropout masks are drawn on the host from the caller's `Rng`, in the CPU
-//! order, and uploaded: the same generator state gives the same masks on
-//! both devices.
+//! inverse std, max-pool argmax, input-normalisation statistics, dropout
+//! mask, L2 norms); backward accumulates into the gradient arena and, when
+//! asked, into the input gradient. Dropout masks are drawn on the host from
+//! the caller's `Rng`, in the CPU order, and uploaded: the same generator
+//! state gives the same masks on both devices.
 
 use super::backend::{Backend, Buf, Kernel, ka};
 use super::ops::{self, BnState, Scratch};
 use crate::error::{Error, Result};
 use crate::layers::dropout::{self, DropoutConfig};
 use crate::models::block::Block;
-use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN};
+use crate::models::graph::{Graph, INPUT, Op};
+use crate::models::{Arch, Model, PATCH_LEN};
 use crate::rng::Rng;
 
-/// Per-block device buffers (see `models::block`).
-struct BlockBufs {
-    /// Convolution output, kept for BatchNorm backward (BN blocks only).
-    pre: Option<Buf>,
-    out: Buf,
-    bn: Option<BnState>,
-    /// Eval BatchNorm folded with the bias.
-    fold: Option<(Buf, Buf)>,
+/// What one node keeps on the device between its forward and its backward.
+enum NodeBufs {
+    Block {
+        /// Convolution output, kept for BatchNorm backward (BN blocks only).
+        pre: Option<Buf>,
+        bn: Option<BnState>,
+        /// Eval BatchNorm folded with the bias.
+        fold: Option<(Buf, Buf)>,
+    },
+    Pool {
+        argmax: Buf,
+    },
+    /// Per-patch mean, sum of squared deviations, std; backward's row scratch.
+    InputNorm {
+        mean: Buf,
+        m2: Buf,
+        std: Buf,
+        gbar: Buf,
+        dot: Buf,
+    },
+    Dropout {
+        mask: Buf,
+    },
+    /// Row sums of squares and norms.
+    L2 {
+        ss: Buf,
+        norms: Buf,
+    },
+    Stateless,
 }
 
-/// A network's structure, ready to run on a device.
+/// A network's graph, ready to run on a device.
 pub struct GpuModel {
     arch: Arch,
-    blocks: Vec<Block>,
+    graph: Graph,
     dropout: DropoutConfig,
     params: usize,
+    out_len: usize,
 }
 
 /// Buffers for batches of exactly `n` patches.
 pub struct GpuWs {
     n: usize,
-    /// The input batch, `N x 1 x 32 x 32`, uploaded by the caller.
+    /// The input batch, `N x 1 x 32 x 32`, uploaded by the caller (tensor 0).
     pub input: Buf,
-    st: Vec<BlockBufs>,
+    /// Every tensor of the graph (`acts[0]` is `input`).
+    acts: Vec<Buf>,
+    nodes: Vec<NodeBufs>,
+    /// The graph's gradient slots.
+    slots: Vec<Buf>,
     s: Scratch,
-    g_a: Buf,
-    g_b: Buf,
     g_relu: Buf,
     g_bn: Buf,
-    /// The gradient w.r.t. the normalised input (HardNet original, input gradient only).
-    g_in: Buf,
-    /// U-Net: pooled, argmax, upsampled, concatenated, skip gradient.
-    unet: Option<[Buf; 5]>,
-    /// DnCNN: the residual output.
-    residual: Option<Buf>,
-    /// HardNet: normalised input, row m2, row mean, row std, dropped, mask,
-    /// row sums of squares, norms, descriptors.
-    hardnet: Option<[Buf; 9]>,
     mask_host: Vec<f32>,
     trained: bool,
 }
@@ -75,10 +92,11 @@ impl GpuModel {
     pub fn new(model: &Model) -> GpuModel {
         GpuModel {
             arch: model.arch(),
-            blocks: model.blocks().to_vec(),
+            graph: model.graph().clone(),
             // The model's rate, already validated.
             dropout: DropoutConfig { p: model.dropout() },
             params: model.param_count(),
+            out_len: model.out_len(),
         }
     }
 
@@ -87,129 +105,127 @@ impl GpuModel {
     }
 
     pub fn out_len(&self) -> usize {
-        if self.arch.is_denoiser() { PATCH_LEN } else { DESC_LEN }
+        self.out_len
     }
 
     pub fn workspace(&self, be: &Backend, n: usize) -> Result<GpuWs> {
         if n == 0 {
             return Err(Error::Shape("a device workspace needs a batch of at least one patch".into()));
         }
-        let (mut col, mut cn, mut act, mut nc, mut c) = (0, 0, n * PATCH_LEN, n, 1);
-        let mut st = Vec::with_capacity(self.blocks.len());
-        for b in &self.blocks {
+        let g = &self.graph;
+        let act = g.largest_tensor(n);
+        let (mut col, mut cn, mut nc, mut c, mut hidden) = (0, 0, n, 1, 0);
+        for b in &g.blocks {
             let out = b.out_shape(n);
             col = col.max(b.conv.win.k() * n * b.conv.win.p());
             cn = cn.max(out.len());
-            act = act.max(out.len()).max(b.conv.in_shape(n).len());
             nc = nc.max(n * out.c);
             c = c.max(out.c);
-            let bn = b.bn.is_some();
-            st.push(BlockBufs {
-                pre: if bn { Some(be.alloc(out.len())?) } else { None },
-                out: be.alloc(out.len())?,
-                bn: if bn { Some(BnState { mean: be.alloc(out.c)?, inv_std: be.alloc(out.c)? }) } else { None },
-                fold: if bn { Some((be.alloc(out.c)?, be.alloc(out.c)?)) } else { None },
+        }
+        let input = be.alloc(n * PATCH_LEN)?;
+        let mut acts = vec![input];
+        for t in 1..g.tensors() {
+            acts.push(be.alloc(g.shape(t, n).len())?);
+        }
+        let mut nodes = Vec::with_capacity(g.nodes.len());
+        for node in &g.nodes {
+            let out = g.shape(node.output, n);
+            nodes.push(match node.op {
+                Op::Block(b) => {
+                    let bn = g.blocks[b].bn.is_some();
+                    let per_channel = |be: &Backend| be.alloc(out.c);
+                    NodeBufs::Block {
+                        pre: if bn { Some(be.alloc(out.len())?) } else { None },
+                        bn: if bn { Some(BnState { mean: per_channel(be)?, inv_std: per_channel(be)? }) } else { None },
+                        fold: if bn { Some((per_channel(be)?, per_channel(be)?)) } else { None },
+                    }
+                }
+                Op::MaxPool => NodeBufs::Pool { argmax: be.alloc(out.len())? },
+                Op::InputNorm => NodeBufs::InputNorm {
+                    mean: be.alloc(n)?,
+                    m2: be.alloc(n)?,
+                    std: be.alloc(n)?,
+                    gbar: be.alloc(n)?,
+                    dot: be.alloc(n)?,
+                },
+                Op::Dropout => {
+                    hidden = hidden.max(out.len());
+                    NodeBufs::Dropout { mask: be.alloc(out.len())? }
+                }
+                Op::L2Norm => NodeBufs::L2 { ss: be.alloc(n)?, norms: be.alloc(n)? },
+                Op::Residual | Op::Concat | Op::Upsample | Op::Flatten => NodeBufs::Stateless,
             });
         }
-        let unet = match self.arch {
-            Arch::Unet => {
-                let s1 = self.blocks[0].out_shape(n);
-                let pooled = s1.len() / 4;
-                let up = self.blocks[2].conv.in_shape(n).len();
-                let cat = self.blocks[3].conv.in_shape(n).len();
-                act = act.max(cat);
-                Some([be.alloc(pooled)?, be.alloc(pooled)?, be.alloc(up)?, be.alloc(cat)?, be.alloc(s1.len())?])
-            }
-            _ => None,
-        };
-        let residual = if self.arch == Arch::Dncnn { Some(be.alloc(n * PATCH_LEN)?) } else { None };
-        let hidden = if self.arch.is_denoiser() { 0 } else { self.blocks[5].out_shape(n).len() };
-        let hardnet = if self.arch.is_denoiser() {
-            None
-        } else {
-            let d = n * DESC_LEN;
-            Some([
-                be.alloc(n * PATCH_LEN)?,
-                be.alloc(n)?,
-                be.alloc(n)?,
-                be.alloc(n)?,
-                be.alloc(hidden)?,
-                be.alloc(hidden)?,
-                be.alloc(n)?,
-                be.alloc(n)?,
-                be.alloc(d)?,
-            ])
-        };
+        let slots = g.slot_lens(n).map(|l| be.alloc(l)).collect::<Result<Vec<_>>>()?;
         Ok(GpuWs {
             n,
-            input: be.alloc(n * PATCH_LEN)?,
+            input,
+            acts,
+            nodes,
+            slots,
             s: Scratch::new(be, col, cn, act, nc, c)?,
-            g_a: be.alloc(act)?,
-            g_b: be.alloc(act)?,
             g_relu: be.alloc(act)?,
             g_bn: be.alloc(act)?,
-            g_in: be.alloc(n * PATCH_LEN)?,
-            st,
-            unet,
-            residual,
-            hardnet,
             mask_host: vec![0.0; hidden],
             trained: false,
         })
     }
 
     fn check(&self, ws: &GpuWs, params: Buf) -> Result<()> {
-        if ws.st.len() != self.blocks.len() || ws.unet.is_some() != (self.arch == Arch::Unet) {
+        if ws.acts.len() != self.graph.tensors() || ws.nodes.len() != self.graph.nodes.len() {
             return Err(Error::Shape(format!("a device workspace of another architecture used with {}", self.arch)));
         }
         crate::error::check_len("device parameters", params.len(), self.params)
     }
 
-    fn block_forward(&self, be: &Backend, i: usize, ws: &GpuWs, x: Buf, params: Buf, train: bool) -> Result<()> {
-        let (b, st, n) = (&self.blocks[i], &ws.st[i], ws.n);
+    #[allow(clippy::too_many_arguments)]
+    fn block_forward(&self, be: &Backend, b: &Block, st: &NodeBufs, s: &Scratch, x: Buf, out: Buf, params: Buf, n: usize, train: bool) -> Result<()> {
+        let NodeBufs::Block { pre, bn, fold } = st else { return Err(mismatch()) };
         let w = param(params, &b.weight);
         let bias = b.bias.as_ref().map(|r| param(params, r));
         let Some((cfg, r)) = &b.bn else {
-            return ops::conv_forward(be, &b.conv, n, x, w, st.out, (None, bias, b.relu), &ws.s);
+            return ops::conv_forward(be, &b.conv, n, x, w, out, (None, bias, b.relu), s);
         };
         let [g, bt, m, v] = Block::bn_ranges(cfg, r);
         let aff = |r: std::ops::Range<usize>| if cfg.affine { Some(param(params, &r)) } else { None };
         let stats = (aff(g), aff(bt), param(params, &m), param(params, &v));
+        let (Some(pre), Some(bn), Some((scale, shift))) = (pre, bn, fold) else { return Err(mismatch()) };
         if train {
-            let (pre, bn) = (st.pre.expect("BN block keeps its input"), st.bn.expect("BN block state"));
-            ops::conv_forward(be, &b.conv, n, x, w, pre, (None, bias, false), &ws.s)?;
-            ops::bn_forward_train(be, cfg, (n, b.conv.win.p()), pre, st.out, bn, stats, b.relu, &ws.s)
+            ops::conv_forward(be, &b.conv, n, x, w, *pre, (None, bias, false), s)?;
+            ops::bn_forward_train(be, cfg, (n, b.conv.win.p()), *pre, out, *bn, stats, b.relu, s)
         } else {
-            let (scale, shift) = st.fold.expect("BN block fold buffers");
-            ops::bn_fold(be, cfg, (scale, shift), stats, bias)?;
-            ops::conv_forward(be, &b.conv, n, x, w, st.out, (Some(scale), Some(shift), b.relu), &ws.s)
+            ops::bn_fold(be, cfg, (*scale, *shift), stats, bias)?;
+            ops::conv_forward(be, &b.conv, n, x, w, out, (Some(*scale), Some(*shift), b.relu), s)
         }
     }
 
+    /// Block backward for `dout` (w.r.t. `out`); `dx` is `(buffer, accumulate)`.
     #[allow(clippy::too_many_arguments)]
     fn block_backward(
         &self,
         be: &Backend,
-        i: usize,
+        b: &Block,
         ws: &GpuWs,
-        x: Buf,
+        st: &NodeBufs,
+        (x, out): (Buf, Buf),
         (params, grads): (Buf, Buf),
         dout: Buf,
         dx: Option<(Buf, bool)>,
     ) -> Result<()> {
-        let (b, st, n) = (&self.blocks[i], &ws.st[i], ws.n);
+        let NodeBufs::Block { pre, bn, .. } = st else { return Err(mismatch()) };
+        let n = ws.n;
         let len = b.out_shape(n).len();
         let mut cur = dout;
         if b.relu {
-            be.launch(Kernel::nh_relu_bwd, len, ka(&[ws.g_relu.at(0), cur.at(0), st.out.at(0)], &[], &[]))?;
+            be.launch(Kernel::nh_relu_bwd, len, ka(&[ws.g_relu.at(0), cur.at(0), out.at(0)], &[], &[]))?;
             cur = ws.g_relu;
         }
         if let Some((cfg, r)) = &b.bn {
             let [g, bt, _, _] = Block::bn_ranges(cfg, r);
             let gamma = if cfg.affine { Some(param(params, &g)) } else { None };
             let dparams = if cfg.affine { Some((param(grads, &g), param(grads, &bt))) } else { None };
-            let (pre, bn) = (st.pre.expect("BN block keeps its input"), st.bn.expect("BN block state"));
-            ops::bn_backward(be, cfg, (n, b.conv.win.p()), cur, pre, bn, gamma, dparams, ws.g_bn, &ws.s)?;
+            let (Some(pre), Some(bn)) = (pre, bn) else { return Err(mismatch()) };
+            ops::bn_backward(be, cfg, (n, b.conv.win.p()), cur, *pre, *bn, gamma, dparams, ws.g_bn, &ws.s)?;
             cur = ws.g_bn;
         }
         let dw = param(grads, &b.weight);
@@ -217,110 +233,53 @@ impl GpuModel {
         ops::conv_backward(be, &b.conv, n, x, param(params, &b.weight), cur, (dw, db), dx, &ws.s)
     }
 
-    /// Runs blocks `range` in sequence from `x`; returns the last output.
-    fn chain_forward(
-        &self,
-        be: &Backend,
-        ws: &GpuWs,
-        range: std::ops::Range<usize>,
-        x: Buf,
-        params: Buf,
-        train: bool,
-    ) -> Result<Buf> {
-        let mut input = x;
-        for i in range {
-            self.block_forward(be, i, ws, input, params, train)?;
-            input = ws.st[i].out;
-        }
-        Ok(input)
-    }
-
-    /// Backward through blocks `range` (run from `x`) with the last output's
-    /// gradient in `ws.g_a`; the first block's input gradient goes to `first_dx`
-    /// (`(buffer, accumulate)`), or is not computed.
-    fn chain_backward(
-        &self,
-        be: &Backend,
-        ws: &mut GpuWs,
-        range: std::ops::Range<usize>,
-        x: Buf,
-        pg: (Buf, Buf),
-        first_dx: Option<(Buf, bool)>,
-    ) -> Result<()> {
-        let first = range.start;
-        for i in range.rev() {
-            let input = if i == first { x } else { ws.st[i - 1].out };
-            let dx = if i == first { first_dx } else { Some((ws.g_b, false)) };
-            self.block_backward(be, i, ws, input, pg, ws.g_a, dx)?;
-            std::mem::swap(&mut ws.g_a, &mut ws.g_b);
-        }
-        Ok(())
-    }
-
     /// Forward of `ws.input`: training (batch statistics, running statistics
     /// updated in `params`, dropout from `rng`) when `rng` is given, else eval.
     /// Returns the output buffer (`N x out_len`), valid until the next call on `ws`.
-    pub fn forward(&self, be: &Backend, ws: &mut GpuWs, params: Buf, rng: Option<&mut Rng>) -> Result<Buf> {
+    pub fn forward(&self, be: &Backend, ws: &mut GpuWs, params: Buf, mut rng: Option<&mut Rng>) -> Result<Buf> {
         self.check(ws, params)?;
-        let (n, train, x) = (ws.n, rng.is_some(), ws.input);
+        let (g, n, train) = (&self.graph, ws.n, rng.is_some());
         ws.trained = false;
-        let out = match self.arch {
-            Arch::Unet => {
-                let [pooled, argmax, up, cat, _] = ws.unet.expect("U-Net buffers");
-                let s1 = self.blocks[0].out_shape(n);
-                let s2 = self.blocks[1].out_shape(n);
-                self.block_forward(be, 0, ws, x, params, train)?;
-                ops::maxpool(be, s1, ws.st[0].out, pooled, argmax)?;
-                self.block_forward(be, 1, ws, pooled, params, train)?;
-                ops::upsample(be, s2, ws.st[1].out, up)?;
-                self.block_forward(be, 2, ws, up, params, train)?;
-                let s3 = self.blocks[2].out_shape(n);
-                ops::concat(be, (s1, s3), ws.st[0].out, ws.st[2].out, cat)?;
-                self.chain_forward(be, ws, 3..5, cat, params, train)?
+        for (node, st) in g.nodes.iter().zip(&ws.nodes) {
+            if !g.runs(node, train) {
+                continue;
             }
-            Arch::Dncnn => {
-                let noise = self.chain_forward(be, ws, 0..self.blocks.len(), x, params, train)?;
-                let out = ws.residual.expect("DnCNN buffer");
-                be.launch(Kernel::nh_sub, out.len(), ka(&[out.at(0), x.at(0), noise.at(0)], &[], &[]))?;
-                out
-            }
-            Arch::HardNetBaseline | Arch::HardNetOriginal => self.hardnet_forward(be, ws, params, rng)?,
-        };
-        ws.trained = train;
-        Ok(out)
-    }
-
-    fn hardnet_forward(&self, be: &Backend, ws: &mut GpuWs, params: Buf, rng: Option<&mut Rng>) -> Result<Buf> {
-        let (n, x, train) = (ws.n, ws.input, rng.is_some());
-        let [normed, m2, mean, std, dropped, mask, ss, norms, desc] = ws.hardnet.expect("HardNet buffers");
-        let original = self.arch == Arch::HardNetOriginal;
-        let input = if original {
-            ops::input_norm(be, (n, PATCH_LEN), x, normed, (mean, m2, std), ws.s.sq)?;
-            normed
-        } else {
-            x
-        };
-        let last = self.blocks.len() - 1;
-        let h = self.chain_forward(be, ws, 0..last, input, params, train)?;
-        let conv7_in = match rng {
-            Some(rng) => {
-                // The CPU's draws, in its order.
-                for m in ws.mask_host.iter_mut() {
-                    *m = if dropout::keep(rng, &self.dropout) { 1.0 } else { 0.0 };
+            let get = |t| ws.acts[g.src(t, train)];
+            let (a, sa, out) = (get(node.inputs[0]), g.shape(node.inputs[0], n), ws.acts[node.output]);
+            let rows = (n, sa.image_len());
+            match (node.op, st) {
+                (Op::Block(b), _) => self.block_forward(be, &g.blocks[b], st, &ws.s, a, out, params, n, train)?,
+                (Op::MaxPool, NodeBufs::Pool { argmax }) => ops::maxpool(be, sa, a, out, *argmax)?,
+                (Op::Upsample, _) => ops::upsample(be, sa, a, out)?,
+                (Op::Concat, _) => {
+                    let b = node.inputs[1];
+                    ops::concat(be, (sa, g.shape(b, n)), a, get(b), out)?
                 }
-                be.upload(mask, &ws.mask_host)?;
-                ops::dropout(be, dropped.len(), h, mask, dropped, self.dropout.keep_scale())?;
-                dropped
+                (Op::Residual, _) => {
+                    let ptrs = [out.at(0), a.at(0), get(node.inputs[1]).at(0)];
+                    be.launch(Kernel::nh_sub, sa.len(), ka(&ptrs, &[], &[]))?
+                }
+                (Op::InputNorm, NodeBufs::InputNorm { mean, m2, std, .. }) => {
+                    ops::input_norm(be, rows, a, out, (*mean, *m2, *std), ws.s.sq)?
+                }
+                (Op::Dropout, NodeBufs::Dropout { mask }) => {
+                    let rng = rng.as_deref_mut().ok_or_else(|| crate::arg_err!("a training pass needs a generator"))?;
+                    // The CPU's draws, in its order.
+                    let host = &mut ws.mask_host[..sa.len()];
+                    for m in host.iter_mut() {
+                        *m = if dropout::keep(rng, &self.dropout) { 1.0 } else { 0.0 };
+                    }
+                    be.upload(*mask, host)?;
+                    ops::dropout(be, sa.len(), a, *mask, out, self.dropout.keep_scale())?
+                }
+                (Op::L2Norm, NodeBufs::L2 { ss, norms }) => {
+                    ops::l2norm_forward(be, rows, a, out, *norms, (*ss, ws.s.sq))?
+                }
+                _ => return Err(mismatch()),
             }
-            None => h,
-        };
-        self.block_forward(be, last, ws, conv7_in, params, train)?;
-        let raw = ws.st[last].out;
-        if !original {
-            return Ok(raw);
         }
-        ops::l2norm_forward(be, (n, DESC_LEN), raw, desc, norms, (ss, ws.s.sq))?;
-        Ok(desc)
+        ws.trained = train;
+        Ok(ws.acts[g.src(g.output, train)])
     }
 
     /// Accumulates into `grads` the gradient for `dout` (`N x out_len`, not
@@ -330,8 +289,8 @@ impl GpuModel {
     }
 
     /// As `backward`, and also accumulates the gradient w.r.t. the input
-    /// (`N x 1 x 32 x 32`) into `dx` (HardNet only): how the descriptor's loss
-    /// reaches the denoiser in joint training.
+    /// (`N x 1 x 32 x 32`) into `dx`: how the descriptor's loss reaches the
+    /// denoiser in joint training.
     pub fn backward_with_input(
         &self,
         be: &Backend,
@@ -340,77 +299,84 @@ impl GpuModel {
         dout: Buf,
         dx: Buf,
     ) -> Result<()> {
-        if self.arch.is_denoiser() {
-            return Err(Error::InvalidArgument(format!("the input gradient of a {} on a device", self.arch)));
-        }
         crate::error::check_len("device input gradient", dx.len(), ws.n * PATCH_LEN)?;
         self.backward_impl(be, ws, (params, grads), dout, Some(dx))
     }
 
-    fn backward_impl(&self, be: &Backend, ws: &mut GpuWs, (params, grads): (Buf, Buf), dout: Buf, dx: Option<Buf>) -> Result<()> {
-        self.check(ws, params)?;
-        crate::error::check_len("device gradients", grads.len(), self.params)?;
+    fn backward_impl(&self, be: &Backend, ws: &mut GpuWs, pg: (Buf, Buf), dout: Buf, dx: Option<Buf>) -> Result<()> {
+        self.check(ws, pg.0)?;
+        crate::error::check_len("device gradients", pg.1.len(), self.params)?;
         if !ws.trained {
             return Err(Error::InvalidArgument("backward needs a training forward on the same workspace".into()));
         }
-        let (n, x, pg) = (ws.n, ws.input, (params, grads));
-        match self.arch {
-            Arch::Unet => {
-                let [pooled, argmax, up, cat, d_skip] = ws.unet.expect("U-Net buffers");
-                let (s1, s2, s3) =
-                    (self.blocks[0].out_shape(n), self.blocks[1].out_shape(n), self.blocks[2].out_shape(n));
-                self.block_backward(be, 4, ws, ws.st[3].out, pg, dout, Some((ws.g_a, false)))?;
-                self.block_backward(be, 3, ws, cat, pg, ws.g_a, Some((ws.g_b, false)))?;
-                ops::fill(be, d_skip, s1.len(), 0.0)?;
-                ops::fill(be, ws.g_a, s3.len(), 0.0)?;
-                ops::concat_backward(be, (s1, s3), ws.g_b, d_skip, ws.g_a)?;
-                self.block_backward(be, 2, ws, up, pg, ws.g_a, Some((ws.g_b, false)))?;
-                ops::fill(be, ws.g_a, s2.len(), 0.0)?;
-                ops::upsample_backward(be, s2, ws.g_b, ws.g_a)?;
-                self.block_backward(be, 1, ws, pooled, pg, ws.g_a, Some((ws.g_b, false)))?;
-                ops::maxpool_backward(be, s1, ws.g_b, argmax, d_skip)?;
-                self.block_backward(be, 0, ws, x, pg, d_skip, None)
+        let (g, n, with_input) = (&self.graph, ws.n, dx.is_some());
+        for (i, node) in g.nodes.iter().enumerate().rev() {
+            if !g.runs(node, true) || !g.needs_grad(node.output, with_input) {
+                continue;
             }
-            Arch::Dncnn => {
-                // out = x - noise: the noise branch's gradient is -dout.
-                let len = n * PATCH_LEN;
-                ops::fill(be, ws.g_a, len, 0.0)?;
-                ops::axpy(be, ws.g_a, -1.0, dout, len)?;
-                self.chain_backward(be, ws, 0..self.blocks.len(), x, pg, None)
-            }
-            Arch::HardNetBaseline | Arch::HardNetOriginal => {
-                let [normed, _, _, _, dropped, mask, _, norms, _] = ws.hardnet.expect("HardNet buffers");
-                let original = self.arch == Arch::HardNetOriginal;
-                let last = self.blocks.len() - 1;
-                let len = n * DESC_LEN;
-                let d_desc = if original {
-                    ops::fill(be, ws.g_b, len, 0.0)?;
-                    let raw = ws.st[last].out;
-                    ops::l2norm_backward(be, (n, DESC_LEN), dout, raw, norms, ws.g_b, (ws.s.tmp, ws.s.sq))?;
-                    ws.g_b
-                } else {
-                    dout
-                };
-                self.block_backward(be, last, ws, dropped, pg, d_desc, Some((ws.g_a, false)))?;
-                ops::fill(be, ws.g_b, dropped.len(), 0.0)?;
-                ops::dropout_backward(be, dropped.len(), ws.g_a, mask, ws.g_b, self.dropout.keep_scale())?;
-                std::mem::swap(&mut ws.g_a, &mut ws.g_b);
-                let input = if original { normed } else { x };
-                // The original variant's input gradient passes the input normalisation: first into d_normed.
-                let (first_dx, d_normed) = match (dx, original) {
-                    (None, _) => (None, None),
-                    (Some(dx), false) => (Some((dx, true)), None),
-                    (Some(_), true) => (Some((ws.g_in, false)), Some(ws.g_in)),
-                };
-                self.chain_backward(be, ws, 0..last, input, pg, first_dx)?;
-                if let (Some(dx), Some(dn)) = (dx, d_normed) {
-                    // m2 and ss are forward scratch (row-sized): free here.
-                    let [_, gbar, mean, std, _, _, dot, _, _] = ws.hardnet.expect("HardNet buffers");
-                    let rows = (n, PATCH_LEN);
-                    ops::input_norm_backward(be, rows, dn, x, (mean, std), dx, (gbar, dot, ws.s.sq))?;
+            let o = node.output;
+            let dy = match g.slot(o) {
+                Some(s) => ws.slots[s],
+                None => dout,
+            };
+            // Each input's gradient target: `(buffer, accumulate)`; a first writer overwrites.
+            let target = |pos: usize| -> Option<(Buf, bool)> {
+                let t = *node.inputs.get(pos)?;
+                if t == INPUT {
+                    return dx.map(|d| (d, true));
                 }
-                Ok(())
+                let s = g.slot(t).filter(|_| g.needs_grad(t, with_input))?;
+                Some((ws.slots[s], !g.first_write(i, pos)))
+            };
+            let (a, sa, st) = (ws.acts[node.inputs[0]], g.shape(node.inputs[0], n), &ws.nodes[i]);
+            if let Op::Block(b) = node.op {
+                self.block_backward(be, &g.blocks[b], ws, st, (a, ws.acts[o]), pg, dy, target(0))?;
+                continue;
+            }
+            // The other passes accumulate: a first writer zeroes its target.
+            let mut d = [None, None];
+            for (pos, slot) in d.iter_mut().enumerate() {
+                if let Some((buf, accumulate)) = target(pos) {
+                    if !accumulate {
+                        ops::fill(be, buf, g.shape(node.inputs[pos], n).len(), 0.0)?;
+                    }
+                    *slot = Some(buf);
+                }
+            }
+            let rows = (n, sa.image_len());
+            match (node.op, st, d[0]) {
+                (Op::Residual, _, da) => {
+                    if let Some(da) = da {
+                        ops::axpy(be, da, 1.0, dy, sa.len())?;
+                    }
+                    if let Some(db) = d[1] {
+                        ops::axpy(be, db, -1.0, dy, sa.len())?;
+                    }
+                }
+                (Op::Concat, _, da) => {
+                    // A side without a gradient writes into scratch.
+                    let (da, db) = (da.unwrap_or(ws.s.sq), d[1].unwrap_or(ws.s.sq));
+                    ops::concat_backward(be, (sa, g.shape(node.inputs[1], n)), dy, da, db)?
+                }
+                (_, _, None) => {}
+                (Op::MaxPool, NodeBufs::Pool { argmax }, Some(da)) => ops::maxpool_backward(be, sa, dy, *argmax, da)?,
+                (Op::Upsample, _, Some(da)) => ops::upsample_backward(be, sa, dy, da)?,
+                (Op::InputNorm, NodeBufs::InputNorm { mean, std, gbar, dot, .. }, Some(da)) => {
+                    ops::input_norm_backward(be, rows, dy, a, (*mean, *std), da, (*gbar, *dot, ws.s.sq))?
+                }
+                (Op::Dropout, NodeBufs::Dropout { mask }, Some(da)) => {
+                    ops::dropout_backward(be, sa.len(), dy, *mask, da, self.dropout.keep_scale())?
+                }
+                (Op::L2Norm, NodeBufs::L2 { norms, .. }, Some(da)) => {
+                    ops::l2norm_backward(be, rows, dy, a, *norms, da, (ws.s.tmp, ws.s.sq))?
+                }
+                _ => return Err(mismatch()),
             }
         }
+        Ok(())
     }
+}
+
+fn mismatch() -> Error {
+    Error::Shape("a device workspace built for another graph".into())
 }

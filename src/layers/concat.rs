@@ -40,16 +40,29 @@ pub fn forward(out: &mut [f32], a: &[f32], b: &[f32], sa: Shape4, sb: Shape4) ->
 
 /// `da += dout[:, :Ca]`, `db += dout[:, Ca:]`.
 pub fn backward(da: &mut [f32], db: &mut [f32], dout: &[f32], sa: Shape4, sb: Shape4) -> Result<()> {
+    backward_parts(Some(da), Some(db), dout, sa, sb)
+}
+
+/// As [`backward`], for the sides that want a gradient (`None` skips one).
+pub fn backward_parts(
+    da: Option<&mut [f32]>,
+    db: Option<&mut [f32]>,
+    dout: &[f32],
+    sa: Shape4,
+    sb: Shape4,
+) -> Result<()> {
     let so = concat_shape(sa, sb)?;
     check_len("concat backward: dout", dout.len(), so.len())?;
-    check_len("concat backward: da", da.len(), sa.len())?;
-    check_len("concat backward: db", db.len(), sb.len())?;
+    if let Some(da) = &da {
+        check_len("concat backward: da", da.len(), sa.len())?;
+    }
+    if let Some(db) = &db {
+        check_len("concat backward: db", db.len(), sb.len())?;
+    }
     // Each gradient is one pass over its own images, so a 0-channel side is skipped.
     for (d, s, off) in [(da, sa, 0), (db, sb, sa.image_len())] {
         let img = s.image_len();
-        if img == 0 {
-            continue;
-        }
+        let Some(d) = d.filter(|_| img > 0) else { continue };
         d.par_chunks_mut(img).enumerate().with_min_len(par_min_items(img)).for_each(|(n, d)| {
             let src = &dout[n * so.image_len() + off..][..img];
             for (d, &g) in d.iter_mut().zip(src) {

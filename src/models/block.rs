@@ -11,7 +11,8 @@
 //! Per-batch buffers (`BlockState`, all `N x cout x ho x wo` unless noted):
 //! - `pre`: the convolution output, kept when BN or ReLU follows (BN backward
 //!   needs its input); empty otherwise, the convolution then writes `out`;
-//! - `out`: the block output (after ReLU, or after BN, or the convolution);
+//! - the block output (after ReLU, or after BN, or the convolution) is the
+//!   caller's tensor (`models::exec`), passed to forward and backward;
 //! - `mean`, `inv_std` `[cout]`: BN batch statistics saved by training forward;
 //! - `conv`: the convolution's im2col workspace.
 //!
@@ -61,7 +62,6 @@ impl Pass<'_> {
 /// Per-batch buffers of one block (see the file header).
 pub(crate) struct BlockState {
     pre: Vec<f32>,
-    pub out: Vec<f32>,
     mean: Vec<f32>,
     inv_std: Vec<f32>,
     /// `[cout]` BatchNorm folded into a per-channel affine map (eval forward).
@@ -211,7 +211,6 @@ impl Block {
         let stats = if self.bn.is_some() { c } else { 0 };
         BlockState {
             pre: vec![0.0; if keep_pre { len } else { 0 }],
-            out: vec![0.0; len],
             mean: vec![0.0; stats],
             inv_std: vec![0.0; stats],
             eval_scale: vec![0.0; stats],
@@ -221,8 +220,8 @@ impl Block {
         }
     }
 
-    /// Runs the block on `x` (`N x cin x h x w`) into `st.out`.
-    pub fn forward(&self, st: &mut BlockState, x: &[f32], pass: &mut Pass, n: usize) -> Result<()> {
+    /// Runs the block on `x` (`N x cin x h x w`) into `out` (`N x cout x ho x wo`).
+    pub fn forward(&self, st: &mut BlockState, out: &mut [f32], x: &[f32], pass: &mut Pass, n: usize) -> Result<()> {
         let params = pass.params();
         let bias = self.bias.as_ref().map(|b| &params[b.clone()]);
         if let Pass::Eval(p) = &*pass {
@@ -242,13 +241,13 @@ impl Block {
                 epi = Epilogue { scale: Some(&st.eval_scale), shift: Some(&st.eval_shift), relu: self.relu };
             }
             let w = &p[self.weight.clone()];
-            return self.conv.forward_fused(&mut st.out, x, w, epi, n, &mut st.conv);
+            return self.conv.forward_fused(out, x, w, epi, n, &mut st.conv);
         }
-        let conv_out = if st.pre.is_empty() { &mut st.out } else { &mut st.pre };
+        let conv_out = if st.pre.is_empty() { &mut *out } else { &mut st.pre };
         self.conv.forward(conv_out, x, &params[self.weight.clone()], bias, n, &mut st.conv)?;
         let shape = self.out_shape(n);
         let Some((cfg, r)) = &self.bn else {
-            return if self.relu { relu::forward(&mut st.out, &st.pre) } else { Ok(()) };
+            return if self.relu { relu::forward(out, &st.pre) } else { Ok(()) };
         };
         // ReLU runs inside the normalising pass; its backward masks with `out`.
         let act = if self.relu { Activation::Relu } else { Activation::Identity };
@@ -258,7 +257,7 @@ impl Block {
                 let (lo, hi) = p.split_at_mut(m.start);
                 let (rm, rv) = hi[..2 * cfg.channels].split_at_mut(cfg.channels);
                 let (mean, is) = (&mut st.mean, &mut st.inv_std);
-                let (out, pre, gamma, beta) = (&mut st.out, &st.pre, &lo[g], &lo[b]);
+                let (pre, gamma, beta) = (&st.pre, &lo[g], &lo[b]);
                 match shard {
                     Some(sh) => batchnorm::forward_train_synced(
                         out,
@@ -278,17 +277,18 @@ impl Block {
                     None => batchnorm::forward_train(out, mean, is, rm, rv, pre, gamma, beta, shape, cfg, act),
                 }
             }
-            Pass::Eval(p) => batchnorm::forward_eval(&mut st.out, &st.pre, &p[g], &p[b], &p[m], &p[v], shape, cfg, act),
+            Pass::Eval(p) => batchnorm::forward_eval(out, &st.pre, &p[g], &p[b], &p[m], &p[v], shape, cfg, act),
         }
     }
 
     /// Accumulates the parameter gradients into `grads` and, when given, the
-    /// input gradient into `dx`, for `dout` (the gradient w.r.t. `st.out`)
-    /// after a training forward on the same input `x`.
+    /// input gradient into `dx`, for `dout` (the gradient w.r.t. `out`, the
+    /// forward's output) after a training forward on the same input `x`.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         st: &mut BlockState,
+        out: &[f32],
         x: &[f32],
         params: &[f32],
         grads: &mut [f32],
@@ -302,7 +302,7 @@ impl Block {
         let mut cur: &[f32] = dout;
         if self.relu {
             let g = zeroed(&mut scratch.g_relu, len);
-            relu::backward(g, cur, &st.out)?;
+            relu::backward(g, cur, out)?;
             cur = g;
         }
         if let Some((cfg, r)) = &self.bn {
@@ -346,50 +346,4 @@ impl Block {
         let grads = ConvGrads { dx, dweight, dbias };
         self.conv.backward(grads, cur, x, &params[self.weight.clone()], n, &mut st.conv)
     }
-}
-
-/// Runs a chain of blocks, each on the previous one's output; returns the last output.
-pub(crate) fn chain_forward<'s>(
-    blocks: &[Block],
-    states: &'s mut [BlockState],
-    x: &'s [f32],
-    pass: &mut Pass,
-    n: usize,
-) -> Result<&'s [f32]> {
-    let mut input = x;
-    for (b, st) in blocks.iter().zip(states.iter_mut()) {
-        b.forward(st, input, pass, n)?;
-        input = &st.out;
-    }
-    Ok(input)
-}
-
-/// Backward through a chain run by `chain_forward` on `x`. The gradient
-/// w.r.t. the last output is read from `g_a`; the two buffers ping-pong,
-/// each holding the largest activation. The chain's input gradient is not computed.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn chain_backward(
-    blocks: &[Block],
-    states: &mut [BlockState],
-    x: &[f32],
-    params: &[f32],
-    grads: &mut [f32],
-    g_a: &mut Vec<f32>,
-    g_b: &mut Vec<f32>,
-    scratch: &mut Scratch,
-    n: usize,
-    mut d_input: Option<&mut [f32]>,
-) -> Result<()> {
-    for i in (0..blocks.len().min(states.len())).rev() {
-        let (done, rest) = states.split_at_mut(i);
-        let st = &mut rest[0];
-        let dout_len = st.out.len();
-        let (input, dx) = match done.last() {
-            Some(prev) => (&prev.out[..], Some(zeroed(g_b, prev.out.len()))),
-            None => (x, d_input.take()),
-        };
-        blocks[i].backward(st, input, params, grads, &g_a[..dout_len], dx, scratch, n)?;
-        std::mem::swap(g_a, g_b);
-    }
-    Ok(())
 }

@@ -3,6 +3,11 @@
 //! descriptor (Keras baseline and kornia's original). Inputs are always
 //! `N x 1 x 32 x 32` patches; denoisers return `N x 1 x 32 x 32`, HardNet `N x 128`.
 //!
+//! Each network is described once, in its own file (`unet.rs`, `dncnn.rs`,
+//! `hardnet.rs`): its [`ArchInfo`] and a function that builds its graph of
+//! blocks and ops (`graph.rs`). The CPU executor (`exec.rs`) and the CUDA
+//! backend (`gpu::model`) run that graph; neither knows any network's wiring.
+//!
 //! Buffers: parameters live in one `Vec<f32>` laid out by the model's
 //! `ParamLayout` (PyTorch names, layer by layer); gradients in a second arena
 //! with the same layout (running-statistic slots stay 0). Everything a batch
@@ -17,6 +22,8 @@
 
 pub(crate) mod block;
 mod dncnn;
+mod exec;
+pub(crate) mod graph;
 mod hardnet;
 mod unet;
 
@@ -27,6 +34,8 @@ use crate::layers::dropout::DropoutConfig;
 use crate::params::ParamLayout;
 use crate::rng::Rng;
 use block::Block;
+use graph::{Graph, GraphBuilder};
+use std::ffi::CStr;
 
 /// Side of the square input patches.
 pub const PATCH: usize = 32;
@@ -49,36 +58,82 @@ pub enum Arch {
     HardNetOriginal,
 }
 
+/// What the rest of the crate knows of an architecture besides its graph:
+/// names and the metadata its weights files carry. Each model file defines its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchInfo {
+    /// The architecture's name ("hardnet-original"), as `config.json` and the C ABI spell it.
+    pub name: &'static str,
+    /// `name` for the C ABI.
+    pub c_name: &'static CStr,
+    /// The model name of the CLI and of weights metadata ("hardnet").
+    pub model: &'static str,
+    /// The variant, for a model with several (the first listed in `Arch::ALL` is the default).
+    pub variant: Option<&'static str>,
+    /// A denoiser (`N x 1 x 32 x 32` out) or a descriptor (`N x 128` out).
+    pub denoiser: bool,
+    /// Weights metadata: BatchNorm epsilon, padding convention, input scaling.
+    pub bn_eps: &'static str,
+    pub padding: &'static str,
+    pub input_scaling: &'static str,
+}
+
 impl Arch {
     pub const ALL: [Arch; 4] = [Arch::Unet, Arch::Dncnn, Arch::HardNetBaseline, Arch::HardNetOriginal];
 
-    pub fn name(&self) -> &'static str {
+    /// The architecture's names and metadata, from its model file.
+    pub fn info(&self) -> &'static ArchInfo {
         match self {
-            Arch::Unet => "unet",
-            Arch::Dncnn => "dncnn",
-            Arch::HardNetBaseline => "hardnet-baseline",
-            Arch::HardNetOriginal => "hardnet-original",
+            Arch::Unet => &unet::INFO,
+            Arch::Dncnn => &dncnn::INFO,
+            Arch::HardNetBaseline => &hardnet::BASELINE,
+            Arch::HardNetOriginal => &hardnet::ORIGINAL,
         }
     }
 
-    /// From a model name ("unet", "dncnn", "hardnet") and, for HardNet only, a
-    /// variant ("baseline", the default, or "original").
-    pub fn parse(model: &str, variant: Option<&str>) -> Result<Arch> {
-        match (model, variant) {
-            ("unet", None) => Ok(Arch::Unet),
-            ("dncnn", None) => Ok(Arch::Dncnn),
-            ("hardnet", None | Some("baseline")) => Ok(Arch::HardNetBaseline),
-            ("hardnet", Some("original")) => Ok(Arch::HardNetOriginal),
-            ("hardnet", Some(v)) => Err(Error::InvalidArgument(format!(
-                "unknown HardNet variant '{v}' (expected 'baseline' or 'original')"
-            ))),
-            ("unet" | "dncnn", Some(v)) => Err(Error::InvalidArgument(format!("model '{model}' has no variant '{v}'"))),
-            _ => Err(Error::InvalidArgument(format!("unknown model '{model}' (expected unet, dncnn or hardnet)"))),
+    /// Builds the architecture's graph from its model file.
+    fn describe(&self, b: &mut GraphBuilder) -> Result<graph::TensorId> {
+        match self {
+            Arch::Unet => unet::describe(b),
+            Arch::Dncnn => dncnn::describe(b),
+            Arch::HardNetBaseline => hardnet::describe(b, false),
+            Arch::HardNetOriginal => hardnet::describe(b, true),
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.info().name
+    }
+
+    /// From a model name ("unet", "dncnn", "hardnet") and, for a model with
+    /// variants, a variant (default: the first; HardNet's "baseline" or "original").
+    pub fn parse(model: &str, variant: Option<&str>) -> Result<Arch> {
+        let of_model = || Arch::ALL.into_iter().filter(|a| a.info().model == model);
+        if of_model().next().is_none() {
+            let mut models: Vec<&str> = Arch::ALL.iter().map(|a| a.info().model).collect();
+            models.dedup();
+            let (last, rest) = models.split_last().unwrap_or((&"", &[]));
+            return Err(Error::InvalidArgument(format!(
+                "unknown model '{model}' (expected {} or {last})",
+                rest.join(", ")
+            )));
+        }
+        let Some(v) = variant else {
+            return of_model().next().ok_or_else(|| Error::InvalidArgument(format!("unknown model '{model}'")));
+        };
+        if let Some(a) = of_model().find(|a| a.info().variant == Some(v)) {
+            return Ok(a);
+        }
+        let variants: Vec<String> = of_model().filter_map(|a| a.info().variant).map(|v| format!("'{v}'")).collect();
+        if variants.is_empty() {
+            return Err(Error::InvalidArgument(format!("model '{model}' has no variant '{v}'")));
+        }
+        let display = if model == "hardnet" { "HardNet".to_string() } else { model.to_string() };
+        Err(Error::InvalidArgument(format!("unknown {display} variant '{v}' (expected {})", variants.join(" or "))))
     }
 
     pub fn is_denoiser(&self) -> bool {
-        matches!(self, Arch::Unet | Arch::Dncnn)
+        self.info().denoiser
     }
 }
 
@@ -135,31 +190,18 @@ impl LayerRow {
     }
 }
 
-enum Inner {
-    Unet(Box<unet::Unet>),
-    Dncnn(Box<dncnn::Dncnn>),
-    HardNet(Box<hardnet::HardNet>),
-}
-
-/// A network: its parameter layout and geometry (the parameters themselves are the caller's arena).
+/// A network: its graph, parameter layout and geometry (the parameters themselves are the caller's arena).
 pub struct Model {
     arch: Arch,
-    net: Inner,
-    layout: ParamLayout,
+    graph: Graph,
     dropout: DropoutConfig,
-}
-
-enum InnerWs {
-    Unet(Box<unet::UnetWs>),
-    Dncnn(Box<dncnn::DncnnWs>),
-    HardNet(Box<hardnet::HardNetWs>),
 }
 
 /// Buffers for running one model on batches of exactly `batch()` patches.
 pub struct Workspace {
     arch: Arch,
     n: usize,
-    net: InnerWs,
+    bufs: exec::Buffers,
     /// The input of the last training forward: the first convolution's weight gradient needs it.
     input: Vec<f32>,
     /// Whether the buffers hold a training forward, which `backward` needs.
@@ -188,12 +230,7 @@ impl Workspace {
                 self.n, s.groups, s.offset, s.total
             )));
         }
-        let comm = shard.as_ref().map(|s| s.comm.clone());
-        match &mut self.net {
-            InnerWs::Unet(w) => w.scratch.comm = comm,
-            InnerWs::Dncnn(w) => w.scratch.comm = comm,
-            InnerWs::HardNet(w) => w.scratch.comm = comm,
-        }
+        self.bufs.scratch.comm = shard.as_ref().map(|s| s.comm.clone());
         self.shard = shard;
         Ok(())
     }
@@ -201,28 +238,31 @@ impl Workspace {
 
 impl Model {
     pub fn new(arch: Arch) -> Result<Model> {
-        let mut layout = ParamLayout::new();
-        let net = match arch {
-            Arch::Unet => Inner::Unet(Box::new(unet::Unet::new(&mut layout)?)),
-            Arch::Dncnn => Inner::Dncnn(Box::new(dncnn::Dncnn::new(&mut layout)?)),
-            Arch::HardNetBaseline => Inner::HardNet(Box::new(hardnet::HardNet::new(&mut layout, false)?)),
-            Arch::HardNetOriginal => Inner::HardNet(Box::new(hardnet::HardNet::new(&mut layout, true)?)),
-        };
-        Ok(Model { arch, net, layout, dropout: DropoutConfig::new(HARDNET_DROPOUT)? })
+        let mut b = GraphBuilder::new(PATCH);
+        let out = arch.describe(&mut b)?;
+        let graph = b.finish(out)?;
+        let want = if arch.is_denoiser() { PATCH_LEN } else { DESC_LEN };
+        if graph.shape(out, 1).len() != want {
+            return Err(Error::Shape(format!(
+                "{arch}: the graph's output has {} elements, not {want}",
+                graph.shape(out, 1)
+            )));
+        }
+        Ok(Model { arch, graph, dropout: DropoutConfig::new(HARDNET_DROPOUT)? })
     }
 
     pub fn arch(&self) -> Arch {
         self.arch
     }
     pub fn layout(&self) -> &ParamLayout {
-        &self.layout
+        &self.graph.layout
     }
     /// All elements of the arena, running statistics included.
     pub fn param_count(&self) -> usize {
-        self.layout.len()
+        self.graph.layout.len()
     }
     pub fn trainable_count(&self) -> usize {
-        self.layout.trainable_len()
+        self.graph.layout.trainable_len()
     }
     /// Elements of one output: 1x32x32 for denoisers, 128 for HardNet.
     pub fn out_len(&self) -> usize {
@@ -238,17 +278,19 @@ impl Model {
         Ok(())
     }
 
-    pub(crate) fn blocks(&self) -> &[Block] {
-        match &self.net {
-            Inner::Unet(m) => m.blocks(),
-            Inner::Dncnn(m) => m.blocks(),
-            Inner::HardNet(m) => m.blocks(),
-        }
+    /// The network's description, which every backend executes.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    fn blocks(&self) -> &[Block] {
+        &self.graph.blocks
     }
 
     /// A fresh arena with PyTorch's default initialisation, deterministic for `rng`'s state.
     pub fn init_params(&self, rng: &mut Rng) -> Vec<f32> {
-        let mut params = vec![0.0; self.layout.len()];
+        let mut params = vec![0.0; self.param_count()];
         for b in self.blocks() {
             b.init(&mut params, rng);
         }
@@ -257,15 +299,11 @@ impl Model {
 
     /// A zeroed gradient arena.
     pub fn zero_grads(&self) -> Vec<f32> {
-        vec![0.0; self.layout.len()]
+        vec![0.0; self.param_count()]
     }
 
     pub fn layer_table(&self) -> Vec<LayerRow> {
-        match &self.net {
-            Inner::Unet(m) => m.rows(),
-            Inner::Dncnn(m) => m.rows(),
-            Inner::HardNet(m) => m.rows(),
-        }
+        self.graph.rows()
     }
 
     /// Buffers for training and inference on batches of `batch` patches;
@@ -286,16 +324,11 @@ impl Model {
         if batch == 0 {
             return Err(Error::Shape("a model workspace needs a batch of at least one patch".into()));
         }
-        let net = match &self.net {
-            Inner::Unet(m) => InnerWs::Unet(Box::new(m.workspace(batch, pass))),
-            Inner::Dncnn(m) => InnerWs::Dncnn(Box::new(m.workspace(batch, pass))),
-            Inner::HardNet(m) => InnerWs::HardNet(Box::new(m.workspace(batch, pass))),
-        };
         let train = pass == ConvPass::Train;
         Ok(Workspace {
             arch: self.arch,
             n: batch,
-            net,
+            bufs: exec::Buffers::new(&self.graph, batch, pass),
             input: vec![0.0; if train { batch * PATCH_LEN } else { 0 }],
             trained: false,
             train,
@@ -307,7 +340,7 @@ impl Model {
         if ws.arch != self.arch {
             return Err(Error::Shape(format!("a {} workspace used with a {} model", ws.arch, self.arch)));
         }
-        check_len("model parameters", params, self.layout.len())?;
+        check_len("model parameters", params, self.param_count())?;
         check_len("model input", x, ws.n * PATCH_LEN)
     }
 
@@ -328,28 +361,17 @@ impl Model {
         }
         ws.trained = false;
         ws.input.copy_from_slice(x);
-        let (x, pass) = (&ws.input, block::Pass::Train(params, ws.shard.as_ref()));
-        let out = match (&self.net, &mut ws.net) {
-            (Inner::Unet(m), InnerWs::Unet(w)) => m.forward(w, pass, x)?,
-            (Inner::Dncnn(m), InnerWs::Dncnn(w)) => m.forward(w, pass, x)?,
-            (Inner::HardNet(m), InnerWs::HardNet(w)) => m.forward(w, pass, x, Some((rng, &self.dropout)))?,
-            _ => return Err(Error::Shape("workspace of another architecture".into())),
-        };
+        let pass = block::Pass::Train(params, ws.shard.as_ref());
+        exec::forward(&self.graph, &mut ws.bufs, pass, &ws.input, Some((rng, &self.dropout)))?;
         ws.trained = true;
-        Ok(out)
+        exec::output(&self.graph, &ws.bufs, true)
     }
 
     /// Inference forward: running statistics, no dropout. Returns the output held in `ws`.
     pub fn forward_eval<'w>(&self, ws: &'w mut Workspace, params: &[f32], x: &[f32]) -> Result<&'w [f32]> {
         self.check(ws, params.len(), x.len())?;
         ws.trained = false;
-        let pass = block::Pass::Eval(params);
-        match (&self.net, &mut ws.net) {
-            (Inner::Unet(m), InnerWs::Unet(w)) => m.forward(w, pass, x),
-            (Inner::Dncnn(m), InnerWs::Dncnn(w)) => m.forward(w, pass, x),
-            (Inner::HardNet(m), InnerWs::HardNet(w)) => m.forward(w, pass, x, None),
-            _ => Err(Error::Shape("workspace of another architecture".into())),
-        }
+        exec::forward(&self.graph, &mut ws.bufs, block::Pass::Eval(params), x, None)
     }
 
     /// Accumulates into `grads` the gradient of a loss whose gradient w.r.t.
@@ -383,17 +405,11 @@ impl Model {
         dx: Option<&mut [f32]>,
     ) -> Result<()> {
         self.check(ws, params.len(), ws.input.len())?;
-        check_len("model gradients", grads.len(), self.layout.len())?;
+        check_len("model gradients", grads.len(), self.param_count())?;
         check_len("model output gradient", dout.len(), ws.n * self.out_len())?;
         if !ws.trained {
             return Err(Error::InvalidArgument("backward needs a training forward on the same workspace".into()));
         }
-        let x = &ws.input;
-        match (&self.net, &mut ws.net) {
-            (Inner::Unet(m), InnerWs::Unet(w)) => m.backward(w, params, grads, x, dout, dx),
-            (Inner::Dncnn(m), InnerWs::Dncnn(w)) => m.backward(w, params, grads, x, dout, dx),
-            (Inner::HardNet(m), InnerWs::HardNet(w)) => m.backward(w, params, grads, x, dout, &self.dropout, dx),
-            _ => Err(Error::Shape("workspace of another architecture".into())),
-        }
+        exec::backward(&self.graph, &mut ws.bufs, params, grads, &ws.input, dout, dx, &self.dropout)
     }
 }

@@ -7,7 +7,8 @@
 //! - [`pipeline::run`]: a recipe from dataset to report ([`RunConfig`] in, run folder and [`RunSummary`] out);
 //! - [`compare::compare`]: several recipes and seeds, and the table of their mAPs;
 //! - [`stage::train_denoiser`], [`stage::train_descriptor`]: one stage on a [`DatasetSplit`](crate::data::split::DatasetSplit);
-//! - [`denoiser::train`], [`descriptor::train`], [`joint::train`]: the training loops over explicit inputs.
+//! - [`denoiser::train`], [`descriptor::train`], [`joint::train`]: the training loops over explicit inputs;
+//! - [`throughput::measure_model`]: a model's training or inference throughput (`nhpatch bench`).
 //!
 //! Progress goes to a [`progress::Observer`] the caller supplies.
 
@@ -27,6 +28,7 @@ pub mod report;
 pub mod session;
 pub mod stage;
 mod step;
+pub mod throughput;
 
 pub use config::{InputKind, LrSchedule, TrainConfig};
 pub use pipeline::{RunConfig, RunSummary};

@@ -1,0 +1,249 @@
+//! The CPU executor of a model's [`Graph`]: forward runs the nodes in order,
+//! backward in reverse, each node's pass a plain function of `layers`.
+//!
+//! Buffers (`Buffers`, one set per batch size, sized from the graph):
+//! - `acts[t]`: tensor `t`, `N x C x H x W`, for every tensor with a buffer
+//!   of its own (not the input, which is the caller's or the training copy;
+//!   not dropout's output in an inference workspace, which is its input);
+//! - `states[i]`: what node `i`'s backward needs (the block's BatchNorm
+//!   statistics and pre-activation, the pool argmax, the input normalisation's
+//!   per-patch mean and std, the dropout mask, the L2 norms);
+//! - `slots`: the gradient buffers of the graph's plan (`Graph::slot`);
+//! - `scratch`: the blocks' shared ReLU/BN gradient scratch.
+//!
+//! Every buffer is taken out of its vector for the duration of one node
+//! (`std::mem::take`, which moves a pointer) so that a node writes its output
+//! while reading its inputs; nothing allocates in a pass.
+
+use super::block::{BlockState, Pass, Scratch};
+use super::graph::{Graph, INPUT, Op, TensorId};
+use crate::error::{Error, Result};
+use crate::layers::conv2d::ConvPass;
+use crate::layers::dropout::{self, DropoutConfig};
+use crate::layers::{concat, input_norm, l2norm, maxpool, residual, upsample};
+use crate::ops::elementwise;
+use crate::rng::Rng;
+use std::mem::take;
+
+/// What one node keeps between its forward and its backward.
+enum NodeState {
+    Block(Box<BlockState>),
+    Pool { argmax: Vec<u32> },
+    InputNorm { mean: Vec<f32>, std: Vec<f32> },
+    Dropout { mask: Vec<u8> },
+    L2 { norms: Vec<f32> },
+    Stateless,
+}
+
+/// Every buffer one batch size needs (see the file header).
+pub(crate) struct Buffers {
+    n: usize,
+    acts: Vec<Vec<f32>>,
+    states: Vec<NodeState>,
+    slots: Vec<Vec<f32>>,
+    pub scratch: Scratch,
+}
+
+impl Buffers {
+    /// Buffers for `n` patches; an `Infer` set has no gradient slots, dropout masks or pre-activations.
+    pub fn new(g: &Graph, n: usize, pass: ConvPass) -> Buffers {
+        let train = pass == ConvPass::Train;
+        let acts = (0..g.tensors())
+            .map(|t| vec![0.0; if g.owns_buffer(t, train) { g.shape(t, n).len() } else { 0 }])
+            .collect();
+        let states = g
+            .nodes
+            .iter()
+            .map(|node| {
+                let rows = |len: usize| vec![0.0; len];
+                match node.op {
+                    Op::Block(b) => NodeState::Block(Box::new(g.blocks[b].state(n, pass))),
+                    Op::MaxPool => NodeState::Pool { argmax: vec![0; g.shape(node.output, n).len()] },
+                    Op::InputNorm => NodeState::InputNorm { mean: rows(n), std: rows(n) },
+                    Op::Dropout => {
+                        NodeState::Dropout { mask: vec![0; if train { g.shape(node.output, n).len() } else { 0 }] }
+                    }
+                    Op::L2Norm => NodeState::L2 { norms: rows(n) },
+                    _ => NodeState::Stateless,
+                }
+            })
+            .collect();
+        let slots = if train { g.slot_lens(n).map(|l| vec![0.0; l]).collect() } else { Vec::new() };
+        Buffers { n, acts, states, slots, scratch: Scratch::new(&g.blocks, n, pass) }
+    }
+}
+
+fn mismatch() -> Error {
+    Error::Shape("a workspace built for another graph".into())
+}
+
+/// Tensor `t` in a pass whose input is `x`.
+fn tensor<'a>(acts: &'a [Vec<f32>], x: &'a [f32], t: TensorId) -> &'a [f32] {
+    if t == INPUT { x } else { &acts[t] }
+}
+
+/// Runs `g` on `x` (`N x 1 x 32 x 32`); training when `pass` is `Train`
+/// (then `drop` carries the dropout generator and rate). Returns the output.
+pub(crate) fn forward<'b>(
+    g: &Graph,
+    bufs: &'b mut Buffers,
+    mut pass: Pass,
+    x: &[f32],
+    mut drop: Option<(&mut Rng, &DropoutConfig)>,
+) -> Result<&'b [f32]> {
+    let n = bufs.n;
+    let train = matches!(pass, Pass::Train(..));
+    // A shard of a global batch draws the whole batch's mask stream and keeps
+    // its rows: in each group, skip the items before and after its share.
+    let shard = match &pass {
+        Pass::Train(_, Some(s)) => Some((s.offset, s.total, s.groups)),
+        _ => None,
+    };
+    let Buffers { acts, states, .. } = bufs;
+    for (node, state) in g.nodes.iter().zip(states.iter_mut()) {
+        if !g.runs(node, train) {
+            continue;
+        }
+        let o = node.output;
+        let mut out = take(&mut acts[o]);
+        let get = |t: TensorId| tensor(acts, x, g.src(t, train));
+        let (a, sa) = (get(node.inputs[0]), g.shape(node.inputs[0], n));
+        let r = match (node.op, state) {
+            (Op::Block(b), NodeState::Block(st)) => g.blocks[b].forward(st, &mut out, a, &mut pass, n),
+            (Op::MaxPool, NodeState::Pool { argmax }) => maxpool::forward(&mut out, argmax, a, sa),
+            (Op::Upsample, _) => upsample::forward(&mut out, a, sa),
+            (Op::Concat, _) => concat::forward(&mut out, a, get(node.inputs[1]), sa, g.shape(node.inputs[1], n)),
+            (Op::Residual, _) => residual::forward(&mut out, a, get(node.inputs[1])),
+            (Op::InputNorm, NodeState::InputNorm { mean, std }) => input_norm::forward(&mut out, mean, std, a, sa),
+            (Op::L2Norm, NodeState::L2 { norms }) => l2norm::forward(&mut out, norms, a, sa),
+            (Op::Dropout, NodeState::Dropout { mask }) => match drop.as_mut() {
+                Some((rng, cfg)) => {
+                    let per_patch = sa.image_len();
+                    let (offset, total, groups) = shard.unwrap_or((0, n, 1));
+                    let len = n / groups;
+                    let group = len * per_patch;
+                    let mut r = Ok(());
+                    for gi in 0..groups {
+                        let span = gi * group..(gi + 1) * group;
+                        rng.skip((offset * per_patch) as u64);
+                        r = r.and_then(|()| {
+                            dropout::forward_train(&mut out[span.clone()], &mut mask[span.clone()], &a[span], rng, cfg)
+                        });
+                        rng.skip(((total - offset - len) * per_patch) as u64);
+                    }
+                    r
+                }
+                None => Err(Error::InvalidArgument("a training pass needs the dropout generator".into())),
+            },
+            _ => Err(mismatch()),
+        };
+        acts[o] = out;
+        r?;
+    }
+    output(g, bufs, train)
+}
+
+/// The output of the last pass of this kind on `bufs`.
+pub(crate) fn output<'b>(g: &Graph, bufs: &'b Buffers, train: bool) -> Result<&'b [f32]> {
+    match g.src(g.output, train) {
+        INPUT => Err(Error::Shape("a graph whose output is its input".into())),
+        t => Ok(&bufs.acts[t]),
+    }
+}
+
+/// A gradient buffer taken out of its slot for one node: `(slot, buffer)`.
+type Taken = Option<(usize, Vec<f32>)>;
+
+/// Accumulates into `grads` the gradient for `dout` (w.r.t. the output) after
+/// a training forward of `g` on `x` with these `bufs`; with `dx`, also the
+/// input gradient (`dx +=`). `params` are the forward's.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    g: &Graph,
+    bufs: &mut Buffers,
+    params: &[f32],
+    grads: &mut [f32],
+    x: &[f32],
+    dout: &[f32],
+    mut dx: Option<&mut [f32]>,
+    drop: &DropoutConfig,
+) -> Result<()> {
+    let n = bufs.n;
+    let with_input = dx.is_some();
+    let Buffers { acts, states, slots, scratch, .. } = bufs;
+    for (i, node) in g.nodes.iter().enumerate().rev() {
+        if !g.runs(node, true) || !g.needs_grad(node.output, with_input) {
+            continue;
+        }
+        let o = node.output;
+        let len_of = |t: TensorId| g.shape(t, n).len();
+        let d_out: Taken = g.slot(o).map(|s| (s, take(&mut slots[s])));
+        // The inputs' gradient buffers, zeroed by their first writer.
+        let mut d_in: [Taken; 2] = [None, None];
+        for (pos, &t) in node.inputs.iter().enumerate() {
+            if t != INPUT
+                && g.needs_grad(t, with_input)
+                && let Some(s) = g.slot(t)
+            {
+                let mut buf = take(&mut slots[s]);
+                if g.first_write(i, pos) {
+                    buf[..len_of(t)].fill(0.0);
+                }
+                d_in[pos] = Some((s, buf));
+            }
+        }
+        let r = {
+            let dy: &[f32] = match &d_out {
+                Some((_, b)) => &b[..len_of(o)],
+                None => dout,
+            };
+            let [d0, d1] = &mut d_in;
+            let mut da = part(d0, len_of(node.inputs[0]));
+            let mut db = node.inputs.get(1).and_then(|&t| part(d1, len_of(t)));
+            // The input's gradient is the caller's `dx`.
+            if node.inputs[0] == INPUT {
+                da = dx.as_deref_mut();
+            } else if node.inputs.get(1) == Some(&INPUT) {
+                db = dx.as_deref_mut();
+            }
+            let (a, sa) = (tensor(acts, x, node.inputs[0]), g.shape(node.inputs[0], n));
+            match (node.op, &mut states[i]) {
+                (Op::Block(b), NodeState::Block(st)) => {
+                    g.blocks[b].backward(st, &acts[o], a, params, grads, dy, da, scratch, n)
+                }
+                (Op::MaxPool, NodeState::Pool { argmax }) => needed(da, |d| maxpool::backward(d, dy, argmax, sa)),
+                (Op::Upsample, _) => needed(da, |d| upsample::backward(d, dy, sa)),
+                (Op::Concat, _) => concat::backward_parts(da, db, dy, sa, g.shape(node.inputs[1], n)),
+                (Op::Residual, _) => match (da, db) {
+                    (Some(da), Some(db)) => residual::backward(da, db, dy),
+                    (Some(da), None) => elementwise::add_assign(da, dy),
+                    (None, Some(db)) => elementwise::axpy(db, -1.0, dy),
+                    (None, None) => Ok(()),
+                },
+                (Op::InputNorm, NodeState::InputNorm { mean, std }) => {
+                    needed(da, |d| input_norm::backward(d, dy, a, mean, std, sa))
+                }
+                (Op::Dropout, NodeState::Dropout { mask }) => {
+                    needed(da, |d| dropout::backward_train(d, dy, mask, drop))
+                }
+                (Op::L2Norm, NodeState::L2 { norms }) => needed(da, |d| l2norm::backward(d, dy, a, norms, sa)),
+                _ => Err(mismatch()),
+            }
+        };
+        for (s, b) in d_in.into_iter().chain([d_out]).flatten() {
+            slots[s] = b;
+        }
+        r?;
+    }
+    Ok(())
+}
+
+/// Runs a parameter-free node's backward when its input wants a gradient.
+fn needed(d: Option<&mut [f32]>, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+    d.map_or(Ok(()), f)
+}
+
+/// The first `len` elements of a taken gradient buffer.
+fn part(d: &mut Taken, len: usize) -> Option<&mut [f32]> {
+    d.as_mut().map(|(_, b)| &mut b[..len])
+}
