@@ -37,6 +37,8 @@
 //! to_pixels(&mut clean); // clip and round, as the seed pipeline does
 //! let desc = descriptor.describe(&clean)?;
 //! assert_eq!(desc.len(), 4 * 128);
+//! // The same pipeline in one call.
+//! assert_eq!(descriptor.describe_denoised(Some(&denoiser), &patches)?, desc);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
