@@ -21,6 +21,7 @@ pub(super) const INFO: ArchInfo = ArchInfo {
     name: "dncnn",
     c_name: c"dncnn",
     model: "dncnn",
+    display: "DnCNN",
     variant: None,
     denoiser: true,
     bn_eps: "1e-05",

@@ -21,7 +21,6 @@ use crate::error::{Error, Result};
 use crate::layers::conv2d::ConvPass;
 use crate::layers::dropout::{self, DropoutConfig};
 use crate::layers::{concat, input_norm, l2norm, maxpool, residual, upsample};
-use crate::ops::elementwise;
 use crate::rng::Rng;
 use std::mem::take;
 
@@ -214,12 +213,7 @@ pub(crate) fn backward(
                 (Op::MaxPool, NodeState::Pool { argmax }) => needed(da, |d| maxpool::backward(d, dy, argmax, sa)),
                 (Op::Upsample, _) => needed(da, |d| upsample::backward(d, dy, sa)),
                 (Op::Concat, _) => concat::backward_parts(da, db, dy, sa, g.shape(node.inputs[1], n)),
-                (Op::Residual, _) => match (da, db) {
-                    (Some(da), Some(db)) => residual::backward(da, db, dy),
-                    (Some(da), None) => elementwise::add_assign(da, dy),
-                    (None, Some(db)) => elementwise::axpy(db, -1.0, dy),
-                    (None, None) => Ok(()),
-                },
+                (Op::Residual, _) => residual::backward_parts(da, db, dy),
                 (Op::InputNorm, NodeState::InputNorm { mean, std }) => {
                     needed(da, |d| input_norm::backward(d, dy, a, mean, std, sa))
                 }

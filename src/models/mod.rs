@@ -68,6 +68,8 @@ pub struct ArchInfo {
     pub c_name: &'static CStr,
     /// The model name of the CLI and of weights metadata ("hardnet").
     pub model: &'static str,
+    /// The model's name in prose ("HardNet").
+    pub display: &'static str,
     /// The variant, for a model with several (the first listed in `Arch::ALL` is the default).
     pub variant: Option<&'static str>,
     /// A denoiser (`N x 1 x 32 x 32` out) or a descriptor (`N x 128` out).
@@ -128,7 +130,7 @@ impl Arch {
         if variants.is_empty() {
             return Err(Error::InvalidArgument(format!("model '{model}' has no variant '{v}'")));
         }
-        let display = if model == "hardnet" { "HardNet".to_string() } else { model.to_string() };
+        let display = of_model().next().map_or(model, |a| a.info().display);
         Err(Error::InvalidArgument(format!("unknown {display} variant '{v}' (expected {})", variants.join(" or "))))
     }
 

@@ -25,6 +25,7 @@ pub(super) const INFO: ArchInfo = ArchInfo {
     name: "unet",
     c_name: c"unet",
     model: "unet",
+    display: "U-Net",
     variant: None,
     denoiser: true,
     bn_eps: "none",

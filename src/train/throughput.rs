@@ -67,8 +67,8 @@ pub struct Throughput {
     pub device_name: Option<String>,
 }
 
-/// Runs `step` (which processes `items` items) for about `seconds`, after one warm-up call.
-fn measure(seconds: f64, items: usize, mut step: impl FnMut() -> Result<()>) -> Result<Throughput> {
+/// Runs `step` (which processes `items` items, counted in `unit`) for about `seconds`, after one warm-up call.
+fn measure(seconds: f64, items: usize, unit: &'static str, mut step: impl FnMut() -> Result<()>) -> Result<Throughput> {
     step()?;
     let per_rep = (seconds / 5.0).max(0.05);
     let mut reps = Vec::new();
@@ -82,7 +82,7 @@ fn measure(seconds: f64, items: usize, mut step: impl FnMut() -> Result<()>) -> 
         reps.push(n as f64 / t.elapsed().as_secs_f64());
     }
     reps.sort_by(|a, b| a.total_cmp(b));
-    Ok(Throughput { unit: "patches/s", median: reps[2], reps, device_name: None })
+    Ok(Throughput { unit, median: reps[2], reps, device_name: None })
 }
 
 /// The optimizer of a model's training workload (its seed preset's) and the unit of its throughput.
@@ -126,7 +126,7 @@ fn on_device(cfg: &BenchConfig) -> Result<Throughput> {
         Mode::Infer => {
             let mut accel = Accel::open(cfg.device, &model, &params)?;
             let mut out = vec![0.0f32; batch * model.out_len()];
-            let t = measure(cfg.seconds, batch, || accel.forward(&x, &mut out))?;
+            let t = measure(cfg.seconds, batch, "patches/s", || accel.forward(&x, &mut out))?;
             Ok(Throughput { device_name: Some(accel.name().to_string()), ..t })
         }
         Mode::Train => {
@@ -134,14 +134,13 @@ fn on_device(cfg: &BenchConfig) -> Result<Throughput> {
             let mut opt = Optimizer::new(opt_cfg, params.len())?;
             let mut tr = crate::gpu::trainer(cfg.device, &model, &params, &opt, patches)?
                 .ok_or_else(|| Error::InvalidArgument("a device benchmark needs a device".into()))?;
-            let t = if arch.is_denoiser() {
+            if arch.is_denoiser() {
                 let target = denoise_target(&x);
-                measure(cfg.seconds, batch, || tr.step_denoise(&x, &target, PointLoss::L1, &mut opt).map(|_| ()))
+                measure(cfg.seconds, batch, unit, || tr.step_denoise(&x, &target, PointLoss::L1, &mut opt).map(|_| ()))
             } else {
                 let loss = TupleLoss::Triplet(TripletLoss::new(1.0)?);
-                measure(cfg.seconds, batch, || tr.step_descriptor(&x, loss, &mut rng, &mut opt).map(|_| ()))
-            };
-            Ok(Throughput { unit, ..t? })
+                measure(cfg.seconds, batch, unit, || tr.step_descriptor(&x, loss, &mut rng, &mut opt).map(|_| ()))
+            }
         }
     }
 }
@@ -155,17 +154,18 @@ fn on_cpu(cfg: &BenchConfig) -> Result<Throughput> {
         Mode::Infer => {
             let x: Vec<f32> = (0..batch * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
             let mut ws = model.workspace(batch)?;
-            measure(cfg.seconds, batch, || model.forward_eval(&mut ws, &params, &x).map(|_| ()))
+            measure(cfg.seconds, batch, "patches/s", || model.forward_eval(&mut ws, &params, &x).map(|_| ()))
         }
         Mode::Train if arch.is_denoiser() => {
             let x: Vec<f32> = (0..batch * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
             let target = denoise_target(&x);
-            let mut opt = Optimizer::new(train_workload(arch).0, params.len())?;
+            let (opt_cfg, unit) = train_workload(arch);
+            let mut opt = Optimizer::new(opt_cfg, params.len())?;
             let ranges = model.layout().trainable_ranges();
             let mut grads = model.zero_grads();
             let mut dout = vec![0.0f32; x.len()];
             let mut ws = model.workspace(batch)?;
-            measure(cfg.seconds, batch, || {
+            measure(cfg.seconds, batch, unit, || {
                 grads.iter_mut().for_each(|g| *g = 0.0);
                 dout.iter_mut().for_each(|g| *g = 0.0);
                 let out = model.forward_train(&mut ws, &mut params, &x, &mut rng)?;
@@ -179,14 +179,15 @@ fn on_cpu(cfg: &BenchConfig) -> Result<Throughput> {
             let n = 3 * batch;
             let x: Vec<f32> = (0..n * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
             model.set_dropout(0.3)?;
-            let mut opt = Optimizer::new(train_workload(arch).0, params.len())?;
+            let (opt_cfg, unit) = train_workload(arch);
+            let mut opt = Optimizer::new(opt_cfg, params.len())?;
             let ranges = model.layout().trainable_ranges();
             let mut grads = model.zero_grads();
             let mut dout = vec![0.0f32; n * DESC_LEN];
             let mut ws = model.workspace(n)?;
             let loss = TripletLoss::new(1.0)?;
             let d = batch * DESC_LEN;
-            let t = measure(cfg.seconds, batch, || {
+            measure(cfg.seconds, batch, unit, || {
                 grads.iter_mut().for_each(|g| *g = 0.0);
                 dout.iter_mut().for_each(|g| *g = 0.0);
                 let out = model.forward_train(&mut ws, &mut params, &x, &mut rng)?;
@@ -195,8 +196,7 @@ fn on_cpu(cfg: &BenchConfig) -> Result<Throughput> {
                 loss.loss(ga, gp, gn, &out[..d], &out[d..2 * d], &out[2 * d..], batch, DESC_LEN)?;
                 model.backward(&mut ws, &params, &mut grads, &dout)?;
                 opt.step(&mut params, &grads, &ranges)
-            })?;
-            Ok(Throughput { unit: "triplets/s", ..t })
+            })
         }
     }
 }
