@@ -176,7 +176,7 @@ mod emulated {
         (den.epochs, den.batch, den.epoch_items, den.val_items) = (2, 6, 6, 6);
         den.optimizer = sgd(1e-3);
         let start = (Network::init(Arch::Unet, 3).unwrap(), Network::init(Arch::HardNetOriginal, 4).unwrap());
-        let src = JointData { data: &ds.data, train: &ds.train, test: &ds.test };
+        let src = JointData { data: &ds.data, train: &ds.train, val: &ds.test };
         for weight in [0.0, 0.1] {
             desc.denoise_weight = Some(weight);
             let train = |device: Device| {

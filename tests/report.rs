@@ -210,6 +210,7 @@ fn doc_fixture<'a>(den: &'a [EpochMetrics], desc: &'a [EpochMetrics]) -> Results
         title: "N-HPatches baseline",
         config_json: "{\n  \"epochs\": 2,\n  \"denoiser\": \"unet\"\n}",
         final_map: Some(MapScores { verification: 0.8149, matching: 0.2151, retrieval: 0.506 }),
+        validation: "2 of the split's training sequences held out (v_a, i_b)",
         eval_tables: "task  mAP\nverification 0.8149",
         denoiser: den,
         descriptor: desc,

@@ -4,6 +4,7 @@
 
 use super::train::optimizer_kind;
 use clap::Args;
+use nhpatch::data::split::Validation;
 use nhpatch::error::{Error, Result};
 use nhpatch::models::Arch;
 use nhpatch::train::pipeline::{self, RunConfig};
@@ -27,6 +28,11 @@ pub struct RunArgs {
     pub preset: Preset,
     #[arg(long, default_value = "a")]
     pub split: String,
+    /// Validation sequences held out of the split's training sequences
+    /// (default: 15% of them, at least one); 0 turns validation off. The
+    /// test sequences are only scored at the end.
+    #[arg(long)]
+    pub val_sequences: Option<usize>,
     /// Denoiser: unet, dncnn or none (default: the recipe's).
     #[arg(long)]
     pub denoiser: Option<String>,
@@ -101,6 +107,7 @@ impl RunArgs {
             recipe: self.recipe,
             preset: self.preset,
             split: self.split.clone(),
+            validation: self.val_sequences.map_or_else(Validation::default, Validation::Sequences),
             denoiser,
             descriptor,
             loss,

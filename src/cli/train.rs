@@ -4,7 +4,7 @@
 
 use super::progress::terminal;
 use clap::Args;
-use nhpatch::data::split::DatasetSplit;
+use nhpatch::data::split::{DatasetSplit, Validation};
 use nhpatch::error::{Error, Result};
 use nhpatch::loss::LossKind;
 use nhpatch::models::Arch;
@@ -41,9 +41,13 @@ pub struct OverrideArgs {
     /// Items per epoch: patches (denoiser), triplets or pairs (descriptor).
     #[arg(long, alias = "triplets")]
     pub items: Option<u64>,
-    /// Validation items drawn from the test sequences.
+    /// Validation items drawn from the validation sequences.
     #[arg(long)]
     pub val_items: Option<usize>,
+    /// Validation sequences held out of the split's training sequences
+    /// (default: 15% of them, at least one); 0 turns validation off.
+    #[arg(long)]
+    pub val_sequences: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Learning-rate schedule: constant or linear (to 0 at the end of the last epoch).
@@ -55,6 +59,11 @@ pub struct OverrideArgs {
 }
 
 impl OverrideArgs {
+    /// How validation sequences are carved from the training sequences.
+    pub fn validation(&self) -> Validation {
+        self.val_sequences.map_or_else(Validation::default, Validation::Sequences)
+    }
+
     /// The library's overrides; names of optimizers and schedules are checked here.
     pub fn overrides(&self) -> Result<Overrides> {
         Ok(Overrides {
@@ -209,7 +218,7 @@ pub fn train_denoiser(a: TrainDenoiserArgs) -> Result<()> {
     let overrides = a.overrides.overrides()?;
     let par = a.dist.parallel()?;
     nhpatch::threads::pool(a.threads)?.install(|| {
-        let ds = DatasetSplit::open(&a.dataset, &a.split, 0)?;
+        let ds = DatasetSplit::open_with(&a.dataset, &a.split, 0, a.overrides.validation())?;
         let mut cfg = denoiser_preset(a.preset, arch, &a.split, ds.train_patches());
         if let Some(l) = loss {
             cfg.loss = l;
@@ -245,7 +254,7 @@ pub fn train_descriptor(a: TrainDescriptorArgs) -> Result<()> {
     let overrides = a.overrides.overrides()?;
     let par = a.dist.parallel()?;
     nhpatch::threads::pool(a.threads)?.install(|| {
-        let ds = DatasetSplit::open(&a.dataset, &a.split, 0)?;
+        let ds = DatasetSplit::open_with(&a.dataset, &a.split, 0, a.overrides.validation())?;
         let mut cfg = descriptor_preset(a.preset, arch, &a.split, input);
         if let Some(l) = loss {
             cfg.loss = l;

@@ -24,6 +24,11 @@ pub fn load_catalog(dir: &Path, split: &str) -> Result<(Catalog, Vec<Vec<bool>>)
     if names.is_empty() {
         return Err(Error::Format { path: splits_path, msg: format!("split '{split}' has no test sequences") });
     }
+    catalog_of(dir, names)
+}
+
+/// The catalog and texture flags of the named sequences of the dataset at `dir`.
+pub fn catalog_of(dir: &Path, names: Vec<String>) -> Result<(Catalog, Vec<Vec<bool>>)> {
     let per_seq: Vec<(usize, Vec<bool>)> = names
         .par_iter()
         .map(|name| {
@@ -78,6 +83,26 @@ impl Benchmark {
             }
         };
         Ok(Benchmark { split: split.to_string(), catalog, tasks, source })
+    }
+
+    /// A benchmark of the named sequences (e.g. validation sequences carved
+    /// from the training ones), its tasks generated in memory with `seed`
+    /// (defaults scaled to those sequences). `label` names it in the results.
+    pub fn of_sequences(dir: &Path, names: Vec<String>, label: &str, seed: u64) -> Result<Benchmark> {
+        if names.is_empty() {
+            return Err(Error::InvalidArgument(format!("the {label} benchmark needs at least one sequence")));
+        }
+        let (catalog, textured) = catalog_of(dir, names)?;
+        let opts = GenOptions { seed, ..GenOptions::defaults(&catalog) };
+        let tasks = generate(&catalog, &textured, &opts)?;
+        let source = format!(
+            "{label}: {} sequences, generated {} pairs, {} queries, {} distractors (seed {seed})",
+            catalog.names.len(),
+            opts.pairs,
+            opts.queries,
+            opts.distractors
+        );
+        Ok(Benchmark { split: label.to_string(), catalog, tasks, source })
     }
 
     /// Evaluates descriptors of the catalog's sequences.

@@ -70,9 +70,9 @@ pub struct TrainConfig {
     pub margin: f32,
     /// Descriptor input; ignored by the denoiser.
     pub input: InputKind,
-    /// Validation items (patches or triplets) from the split's test sequences.
+    /// Validation items (patches or triplets) from the validation sequences (held out of the training ones).
     pub val_items: usize,
-    /// Compute HPatches mAP on the test sequences after every epoch (descriptor).
+    /// Compute HPatches mAP on the validation sequences after every epoch (descriptor).
     pub eval_every_epoch: bool,
     pub seed: u64,
     pub split: String,

@@ -75,11 +75,11 @@ impl JointConfig<'_> {
 }
 
 /// Where the patches come from: the dataset, its training sequences, and the
-/// test sequences that give the fixed validation pairs.
+/// validation sequences that give the fixed validation pairs.
 pub struct JointData<'a> {
     pub data: &'a PackedDataset,
     pub train: &'a [usize],
-    pub test: &'a [usize],
+    pub val: &'a [usize],
 }
 
 /// The networks after joint training and each one's per-epoch metrics
@@ -103,12 +103,12 @@ struct Validation {
 
 impl Validation {
     fn new(src: &JointData<'_>, cfg: &TrainConfig) -> Result<Validation> {
-        let classes: usize = src.test.iter().map(|&s| src.data.sequences()[s].count).sum();
+        let classes: usize = src.val.iter().map(|&s| src.data.sequences()[s].count).sum();
         let n = cfg.val_items.min(4096).min(classes);
-        if n == 0 || src.test.is_empty() {
+        if n == 0 || src.val.is_empty() {
             return Ok(Validation { noisy: Vec::new(), clean: Vec::new(), n: 0 });
         }
-        let mut s = Sampler::twins(src.data, src.test, n, n as u64, cfg.seed ^ VAL_STREAM)?;
+        let mut s = Sampler::twins(src.data, src.val, n, n as u64, cfg.seed ^ VAL_STREAM)?;
         let mut x = vec![0.0f32; 4 * n * PATCH_LEN];
         let (na, rest) = x.split_at_mut(n * PATCH_LEN);
         let (np, rest) = rest.split_at_mut(n * PATCH_LEN);

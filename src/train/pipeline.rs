@@ -36,7 +36,7 @@ use super::stage::{StageOptions, TASKS_SEED, train_denoiser, train_descriptor};
 use crate::data::hpatches::Version;
 use crate::data::pack::PackedDataset;
 use crate::data::sampler::Sampler;
-use crate::data::split::DatasetSplit;
+use crate::data::split::{DatasetSplit, Validation};
 use crate::data::synth::{SynthConfig, generate};
 use crate::error::{Error, Result};
 use crate::eval::bench::Benchmark;
@@ -63,6 +63,10 @@ pub struct RunConfig {
     /// Stage sizes.
     pub preset: Preset,
     pub split: String,
+    /// Validation sequences held out of the split's training sequences
+    /// (default: `VAL_FRACTION` of them); per-epoch validation uses them, the
+    /// test sequences are scored once, at the end.
+    pub validation: Validation,
     /// The denoiser: `None` the recipe's, `Some(None)` none, `Some(Some(arch))` that one.
     pub denoiser: Option<Option<Arch>>,
     /// The HardNet variant (default: the recipe's).
@@ -98,6 +102,7 @@ impl RunConfig {
             recipe,
             preset: Preset::Demo,
             split: "a".into(),
+            validation: Validation::default(),
             denoiser: None,
             descriptor: None,
             loss: None,
@@ -233,12 +238,13 @@ fn pipeline(
         Some(d) => d.clone(),
         None => default_dataset(observer)?,
     };
-    let ds = DatasetSplit::open(&root, &cfg.split, 0)?;
+    let ds = DatasetSplit::open_with(&root, &cfg.split, 0, cfg.validation)?;
     timings.push(("dataset", t.elapsed().as_secs_f64()));
     info(&format!(
-        "dataset {}: {} training and {} test sequences, {} training patches; recipe {}; run folder {}",
+        "dataset {}: {} training, {} validation and {} test sequences, {} training patches; recipe {}; run folder {}",
         root.display(),
         ds.train.len(),
+        ds.val.len(),
         ds.test.len(),
         ds.train_patches(),
         cfg.recipe.name(),
@@ -289,7 +295,7 @@ fn pipeline(
             };
             let (den_run, desc_run) =
                 (run_dir("denoiser", "joint denoiser")?, run_dir("descriptor", "joint descriptor")?);
-            let src = JointData { data: &ds.data, train: &ds.train, test: &ds.test };
+            let src = JointData { data: &ds.data, train: &ds.train, val: &ds.val };
             let jcfg = JointConfig { descriptor: &jd, denoiser: &jn };
             let r = joint::train(&jcfg, &src, (den, &descriptor), &den_run, &desc_run, cfg.resume)?;
             let offset = desc_metrics.len() as u64;
@@ -306,9 +312,11 @@ fn pipeline(
             joint_cfgs = Some((jd, jn));
             (Some(pack), (0..ds.test.len()).collect())
         }
-        (Some(_), _) => {
-            let pack = PackedDataset::open(&desc_dir.join("denoised.pack"))?;
-            (Some(pack), (ds.train.len()..ds.train.len() + ds.test.len()).collect())
+        (Some(den), _) => {
+            let t = Instant::now();
+            let pack = denoised_pack(&ds.data, &ds.test, den, &desc_dir.join("denoised-test.pack"))?;
+            timings.push(("denoising the test sequences", t.elapsed().as_secs_f64()));
+            (Some(pack), (0..ds.test.len()).collect())
         }
         (None, _) => (None, ds.test.clone()),
     };
@@ -348,6 +356,10 @@ fn pipeline(
         "denoiser": den_cfg,
         "descriptor": desc_cfg,
         "joint": joint_cfgs.as_ref().map(|(d, n)| serde_json::json!({ "descriptor": d, "denoiser": n })),
+        "validation": {
+            "held_out": cfg.validation,
+            "sequences": ds.val.iter().map(|&i| ds.data.sequences()[i].name.clone()).collect::<Vec<_>>(),
+        },
         "evaluation": {
             "split": cfg.split,
             "input": if den.is_some() { "noisy, denoised" } else { "noisy" },
@@ -362,10 +374,21 @@ fn pipeline(
     };
     timings.push(("total", t_start.elapsed().as_secs_f64()));
     let text = results.text();
+    let val_names: Vec<&str> = ds.val.iter().map(|&i| ds.data.sequences()[i].name.as_str()).collect();
+    let validation = if val_names.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "{} of the split's training sequences held out ({}): per-epoch validation losses and mAPs below are on them; training never saw them and the test sequences were not used before the final evaluation.",
+            val_names.len(),
+            val_names.join(", ")
+        )
+    };
     let doc = ResultsDoc {
         title: "nhpatch run",
         config_json: &config_json,
         final_map: Some(map),
+        validation: &validation,
         eval_tables: &text,
         denoiser: &den_metrics,
         descriptor: &desc_metrics,

@@ -67,7 +67,7 @@ pub struct Overrides {
     pub weight_decay: Option<f64>,
     /// Items per epoch: patches (denoiser), triplets or pairs (descriptor).
     pub items: Option<u64>,
-    /// Validation items drawn from the test sequences.
+    /// Validation items drawn from the validation sequences.
     pub val_items: Option<usize>,
     pub seed: Option<u64>,
     pub lr_schedule: Option<LrSchedule>,

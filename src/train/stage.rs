@@ -58,20 +58,23 @@ fn run_dir(stage: &str, ds: &DatasetSplit, out: &Path, opts: &StageOptions) -> R
 }
 
 /// Trains (or resumes) a denoiser on `ds`'s training sequences into `out`,
-/// validating on its test sequences.
+/// validating on its validation sequences (none: no validation loss); the
+/// test sequences are not touched.
 pub fn train_denoiser(cfg: &TrainConfig, ds: &DatasetSplit, out: &Path, opts: &StageOptions) -> Result<Trained> {
     let run = run_dir("denoiser", ds, out, opts)?;
-    let (network, metrics) = super::denoiser::train(cfg, &ds.data, &ds.train, &ds.test, &run, opts.resume)?;
+    let (network, metrics) = super::denoiser::train(cfg, &ds.data, &ds.train, &ds.val, &run, opts.resume)?;
     Ok(Trained { network, metrics })
 }
 
 /// Trains (or resumes) a descriptor into `out`, on the patches `cfg.input`
-/// names (`Denoised` needs `denoiser`), evaluating on the split's test
-/// sequences with noisy input, through `denoiser` when given.
+/// names (`Denoised` needs `denoiser`), validating each epoch (loss and the
+/// benchmark's mAPs) on the split's validation sequences with noisy input,
+/// through `denoiser` when given. The test sequences are not touched: the
+/// pipeline scores them once, at the end.
 ///
-/// With a denoiser, every patch is denoised once into a cached pack
-/// (`out/denoised.pack`): the training sequences feed the sampler, the test
-/// sequences the validation and the evaluation. Data-parallel, rank 0 writes
+/// With a denoiser, the training and validation patches are denoised once
+/// into a cached pack (`out/denoised.pack`): the training sequences feed the
+/// sampler, the validation sequences the per-epoch validation. Data-parallel, rank 0 writes
 /// it while the others wait, then they open it.
 pub fn train_descriptor(
     cfg: &TrainConfig,
@@ -84,7 +87,7 @@ pub fn train_descriptor(
     let denoised = match denoiser {
         Some(d) => {
             let path = out.join("denoised.pack");
-            let seqs: Vec<usize> = ds.train.iter().chain(&ds.test).copied().collect();
+            let seqs: Vec<usize> = ds.train.iter().chain(&ds.val).copied().collect();
             if run.is_root() {
                 let note = format!("denoising the dataset's patches once (cached in {})", path.display());
                 run.observer().event(&Event::Notice(&note));
@@ -105,29 +108,38 @@ pub fn train_descriptor(
         }
         (InputKind::Denoised, None) => return Err(Error::InvalidArgument("--input denoised needs a denoiser".into())),
     };
-    let bench = Benchmark::prepare(&ds.root, &cfg.split, None, TASKS_SEED)?;
-    // Evaluation input: noisy patches, through the denoiser when there is one (its cached output).
+    let val_names: Vec<String> = ds.val.iter().map(|&i| ds.data.sequences()[i].name.clone()).collect();
+    let bench = if val_names.is_empty() {
+        None
+    } else {
+        Some(Benchmark::of_sequences(&ds.root, val_names, "validation", TASKS_SEED)?)
+    };
+    // Validation input: noisy patches, through the denoiser when there is one (its cached output).
     let (eval_data, eval_version) = match &denoised {
         Some(p) => (p, Version::Clean),
         None => (&ds.data, Version::Noisy),
     };
     let map = |net: &Network| -> Result<MapScores> {
-        let what = format!("evaluating {} test patches", 16 * bench.catalog.patches());
+        let Some(bench) = &bench else {
+            return Err(Error::InvalidArgument("no validation sequences to score".into()));
+        };
+        let what = format!("validating on {} patches", 16 * bench.catalog.patches());
         let busy = BusyGuard::new(run.observer(), &what);
         let r = bench.evaluate_network(eval_data, net, None, eval_version);
         drop(busy);
         let r = r?;
         Ok(MapScores { verification: r.verification_map, matching: r.matching_map, retrieval: r.retrieval_map })
     };
-    // Validation tuples come from the test sequences as the network sees them in evaluation.
-    let test_in_eval: Vec<usize> = match &denoised {
-        Some(_) => (ds.train.len()..ds.train.len() + ds.test.len()).collect(),
-        None => ds.test.clone(),
+    // Validation tuples come from the validation sequences as the network sees them at test time.
+    let val_in_eval: Vec<usize> = match &denoised {
+        Some(_) => (ds.train.len()..ds.train.len() + ds.val.len()).collect(),
+        None => ds.val.clone(),
     };
     let val_version = if cfg.input == InputKind::Clean { Version::Clean } else { eval_version };
     let val_data = if cfg.input == InputKind::Clean { &ds.data } else { eval_data };
-    let val_seqs = if cfg.input == InputKind::Clean { ds.test.clone() } else { test_in_eval };
+    let val_seqs = if cfg.input == InputKind::Clean { ds.val.clone() } else { val_in_eval };
+    let map_fn: Option<&descriptor::MapFn<'_>> = if bench.is_some() { Some(&map) } else { None };
     let (network, metrics) =
-        descriptor::train(cfg, &source, (val_data, &val_seqs, val_version), &run, opts.resume, Some(&map))?;
+        descriptor::train(cfg, &source, (val_data, &val_seqs, val_version), &run, opts.resume, map_fn)?;
     Ok(Trained { network, metrics })
 }

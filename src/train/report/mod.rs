@@ -28,6 +28,9 @@ pub struct ResultsDoc<'a> {
     pub config_json: &'a str,
     /// mAP of the final evaluation, if one ran.
     pub final_map: Option<MapScores>,
+    /// Which sequences validated each epoch (held out of the training
+    /// sequences); empty when the run had none.
+    pub validation: &'a str,
     /// Preformatted text from the evaluator (per-task tables).
     pub eval_tables: &'a str,
     pub denoiser: &'a [EpochMetrics],
@@ -55,9 +58,19 @@ pub fn results_md(doc: &ResultsDoc) -> String {
             s.push_str("| Verification | Matching | Retrieval | Mean |\n|---:|---:|---:|---:|\n");
             let cells = [m.verification, m.matching, m.retrieval, m.mean()].map(fixed2);
             let _ = writeln!(s, "| {} |\n", cells.join(" | "));
-            s.push_str("mAP on the test sequences.\n\n");
+            s.push_str("mAP on the test sequences, scored once after training.\n\n");
         }
         None => s.push_str("No final evaluation was run.\n\n"),
+    }
+    if !doc.validation.trim().is_empty() {
+        s.push_str("### Validation\n\n");
+        let _ = writeln!(s, "{}\n", one_line(doc.validation));
+        if let Some(m) = doc.descriptor.iter().rev().find_map(|e| e.map) {
+            s.push_str("| Verification | Matching | Retrieval | Mean |\n|---:|---:|---:|---:|\n");
+            let cells = [m.verification, m.matching, m.retrieval, m.mean()].map(fixed2);
+            let _ = writeln!(s, "| {} |\n", cells.join(" | "));
+            s.push_str("mAP on the validation sequences after the last descriptor epoch that scored them.\n\n");
+        }
     }
     if !doc.eval_tables.trim().is_empty() {
         s.push_str("### Evaluation details\n\n");
