@@ -122,7 +122,11 @@ impl RunConfig {
 /// What a finished run reports.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RunSummary {
+    /// mAP on the test sequences (the final evaluation).
     pub map: MapScores,
+    /// mAP on the validation sequences after the last descriptor epoch that
+    /// scored them (`None` without validation sequences): what to choose on.
+    pub validation: Option<MapScores>,
     /// Seconds spent training (all stages, evaluation during training included).
     pub training_seconds: f64,
 }
@@ -399,7 +403,8 @@ fn pipeline(
     info(&format!("\n{}", text.strip_suffix('\n').unwrap_or(&text)));
     info(&format!("report: {}", out.join("results.md").display()));
     info(&format!("total {:.0} s", t_start.elapsed().as_secs_f64()));
-    Ok(RunSummary { map, training_seconds })
+    let validation = desc_metrics.iter().rev().find_map(|e| e.map);
+    Ok(RunSummary { map, validation, training_seconds })
 }
 
 /// Rows of noisy | denoised | clean for eight test patches spread over the test sequences.
