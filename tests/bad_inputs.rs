@@ -40,7 +40,7 @@ fn resume_args(stage: &str, data: &Path, out: &Path) -> Vec<String> {
     let mut a = strs(&[stage, "--dataset", s(data), "--out", s(out), "--preset", "demo", "--epochs", "1"]);
     a.extend(strs(&["--items", "64", "--threads", "1", "--seed", "4", "--resume"]));
     if stage == "train-descriptor" {
-        a.extend(strs(&["--input", "noisy", "--no-epoch-eval", "--batch", "16"]));
+        a.extend(strs(&["--input", "noisy", "--no-epoch-eval", "--val-sequences", "0", "--batch", "16"]));
     }
     a
 }

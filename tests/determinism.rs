@@ -34,6 +34,8 @@ fn stage_args<'a>(stage: &'a str, data: &'a Path, out: &'a Path, threads: &'a st
             "--input",
             "noisy",
             "--no-epoch-eval",
+            "--val-sequences",
+            "0",
         ],
         "hardnet" => &[
             "train-descriptor",
@@ -52,6 +54,8 @@ fn stage_args<'a>(stage: &'a str, data: &'a Path, out: &'a Path, threads: &'a st
             "--input",
             "noisy",
             "--no-epoch-eval",
+            "--val-sequences",
+            "0",
         ],
         // The hardnet recipe's stages, then one epoch of the joint stage, all at 128 pairs.
         "joint" => &[
@@ -66,6 +70,8 @@ fn stage_args<'a>(stage: &'a str, data: &'a Path, out: &'a Path, threads: &'a st
             "2",
             "--joint-epochs",
             "1",
+            "--val-sequences",
+            "0",
             "--triplets",
             "256",
             "--batch",
