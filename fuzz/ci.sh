@@ -21,13 +21,13 @@
 # with any build of the target: `fuzz/target/debug/<target> crash-file`.
 #
 # Other settings: FUZZ_TIMEOUT (seconds one input may take, default 10),
-# FUZZ_TARGETS (a space-separated subset, default all ten), FUZZ_TARGET_DIR
+# FUZZ_TARGETS (a space-separated subset, default all eleven), FUZZ_TARGET_DIR
 # (default fuzz/target-ci), FUZZ_KEEP=1 (keep the work directory, which holds
 # the logs and the new corpus, even on success; it is always kept on failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-readers=(png npy safetensors pack splits tasks descriptors checkpoint)
+readers=(png photo npy safetensors pack splits tasks descriptors checkpoint)
 kernels=(gemm conv)
 read -r -a targets <<<"${FUZZ_TARGETS:-${readers[*]} ${kernels[*]}}"
 fuzz_seconds=${FUZZ_SECONDS:-20}

@@ -14,7 +14,7 @@ use nhpatch::rng::Rng;
 use std::path::{Path, PathBuf};
 
 fn small(seed: u64) -> SynthConfig {
-    SynthConfig { sequences: 4, patches: 24, seed, width: 320, height: 240 }
+    SynthConfig { sequences: 4, patches: 24, seed, width: 320, height: 240, ..SynthConfig::default() }
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -114,7 +114,7 @@ fn patch(strip: &[u8], i: usize) -> &[u8] {
 
 #[test]
 fn corresponding_patches_are_alike_and_easier_families_more_so() {
-    let cfg = SynthConfig { sequences: 4, patches: 60, seed: 11, width: 320, height: 240 };
+    let cfg = SynthConfig { sequences: 4, patches: 60, seed: 11, width: 320, height: 240, ..SynthConfig::default() };
     // Mean correlation with the reference: [family][positive or random other patch].
     let mut sums = [[0f64; 2]; 4];
     let mut counts = [0usize; 4];

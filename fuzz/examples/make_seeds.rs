@@ -98,6 +98,25 @@ fn png(root: &Path, scratch: &Path) -> Res {
     Ok(())
 }
 
+fn photo(root: &Path, scratch: &Path) -> Res {
+    seed_dir(root, "photo")?;
+    // A gray and a colour JPEG (baseline, 4:2:0 for colour) and a gray PNG.
+    let (w, h) = (24usize, 16usize);
+    let gray: Vec<u8> = (0..w * h).map(|i| ((i % w) * 10 + (i / w) * 3) as u8).collect();
+    let rgb: Vec<u8> = gray.iter().flat_map(|&v| [v, 255 - v, v / 2]).collect();
+    for (name, px, color) in
+        [("gray-jpeg", &gray, jpeg_encoder::ColorType::Luma), ("rgb-jpeg", &rgb, jpeg_encoder::ColorType::Rgb)]
+    {
+        let p = scratch.join(format!("{name}.jpg"));
+        jpeg_encoder::Encoder::new_file(&p, 80)?.encode(px, w as u16, h as u16, color)?;
+        put(root, "photo", name, &std::fs::read(&p)?)?;
+    }
+    let p = scratch.join("g.png");
+    write_gray(&p, &GrayImage { width: w, height: h, pixels: gray })?;
+    put(root, "photo", "gray-png", &std::fs::read(&p)?)?;
+    Ok(())
+}
+
 fn npy(root: &Path) -> Res {
     use nhpatch::io::npy::to_bytes_f32;
     seed_dir(root, "npy")?;
@@ -260,6 +279,7 @@ fn main() -> Res {
     gemm(&root)?;
     conv(&root)?;
     png(&root, &scratch)?;
+    photo(&root, &scratch)?;
     npy(&root)?;
     safetensors(&root)?;
     pack(&root, &scratch)?;

@@ -1,4 +1,5 @@
-//! `nhpatch synth`: write a synthetic N-HPatches dataset.
+//! `nhpatch synth`: write a synthetic N-HPatches dataset, from procedural
+//! scenes or from a folder of photographs.
 
 use clap::Args;
 use nhpatch::Result;
@@ -11,9 +12,15 @@ pub struct SynthArgs {
     /// Output folder (created if missing): one folder per sequence and splits.json.
     #[arg(long)]
     out: PathBuf,
-    /// Number of sequences (half i_, half v_; at least 4).
-    #[arg(long, default_value_t = 12)]
-    sequences: usize,
+    /// Number of sequences (half i_, half v_; at least 4). Default: 12, or
+    /// with --images one per photograph (at least 4).
+    #[arg(long)]
+    sequences: Option<usize>,
+    /// Make the scenes from the PNG and JPEG photographs in this folder
+    /// (any size; sorted by file name; sequences named after the files)
+    /// instead of procedurally.
+    #[arg(long, value_name = "DIR")]
+    images: Option<PathBuf>,
     /// Patches per sequence.
     #[arg(long, default_value_t = 200)]
     patches: usize,
@@ -29,13 +36,31 @@ pub struct SynthArgs {
 
 pub fn synth(a: SynthArgs) -> Result<()> {
     let start = Instant::now();
-    let cfg = SynthConfig { sequences: a.sequences, patches: a.patches, seed: a.seed, ..SynthConfig::default() };
+    let base = match &a.images {
+        None => SynthConfig::default(),
+        Some(dir) => {
+            let photos = nhpatch::io::photo::list(dir)?;
+            if photos.is_empty() {
+                return Err(nhpatch::Error::InvalidArgument(format!(
+                    "--images {}: no .png, .jpg or .jpeg files in this folder",
+                    dir.display()
+                )));
+            }
+            SynthConfig::photos(photos)
+        }
+    };
+    let cfg =
+        SynthConfig { sequences: a.sequences.unwrap_or(base.sequences), patches: a.patches, seed: a.seed, ..base };
     let pool = nhpatch::threads::pool(a.threads)?;
     let summary = pool.install(|| generate(&cfg, &a.out))?;
+    let (least, most) = (summary.patches.iter().min(), summary.patches.iter().max());
+    let per = match (least, most) {
+        (Some(l), Some(m)) if l != m => format!("{l}-{m}"),
+        _ => a.patches.to_string(),
+    };
     println!(
-        "wrote {} sequences x {} patches ({} files, {}x{} scenes) to {} in {:.2} s",
+        "wrote {} sequences x {per} patches ({} files, {}x{} scenes) to {} in {:.2} s",
         summary.sequences.len(),
-        summary.patches,
         summary.files,
         summary.scene.0,
         summary.scene.1,

@@ -1,12 +1,13 @@
-//! File input and output: patch strips (PNG), NumPy arrays (.npy), atomic
-//! writes, and `load_patches`, which turns either file kind into a batch of
-//! 32x32 patches.
+//! File input and output: patch strips (PNG), NumPy arrays (.npy),
+//! photographs (PNG, JPEG), atomic writes, and `load_patches`, which turns
+//! either patch file kind into a batch of 32x32 patches.
 //!
 //! Every reader validates before it allocates: a declared size is checked
 //! against the bytes actually present, so a lying header cannot make the
 //! program allocate without bound. Every error names the file.
 
 pub mod npy;
+pub mod photo;
 pub mod png;
 pub mod resize;
 

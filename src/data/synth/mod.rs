@@ -7,6 +7,10 @@
 //! documented noise model, and `splits.json` (split `a` about 2/3 train with
 //! both kinds on each side; `full`, `illum` and `view` test only).
 //!
+//! The reference scenes are procedural (`scene`) or cut from the user's own
+//! photographs (`photo`, `Source::Photos`); everything after the scene is
+//! the same for both.
+//!
 //! Per sequence: render a scene (`scene`), photograph it six times
 //! (`sample::render_view`: reference, five targets of growing change), detect
 //! DoG keypoints on the reference (`detect`), keep the strongest N that are
@@ -19,6 +23,7 @@
 pub mod detect;
 pub mod geometry;
 pub mod image;
+pub mod photo;
 pub mod preview;
 pub mod sample;
 pub mod scene;
@@ -42,29 +47,52 @@ pub const REGION_MAGNIFICATION: f32 = 5.0;
 const PIXELS_PER_PATCH: usize = 1200;
 /// Sensor noise of every rendered image, grey levels.
 const SENSOR_NOISE: f32 = 1.0;
+/// Crops of a photograph tried for one sequence before settling for fewer patches.
+const PHOTO_CROPS: u64 = 4;
 /// Largest number of patches per sequence (keeps a scene under ~12 Mpx).
 pub const MAX_PATCHES: usize = 10_000;
+
+/// Where the reference scenes come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// Procedural scenes (`scene::render`); sequences `i_synth_NNN`, `v_synth_NNN`.
+    #[default]
+    Procedural,
+    /// Crops of these photographs (`photo`), used in this order, each by
+    /// sequences `j`, `j + n`, `j + 2n`, ...; names from the file names.
+    Photos(Vec<PathBuf>),
+}
 
 /// What to generate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SynthConfig {
     /// Number of sequences; half (rounded down) are i_, the rest v_.
     pub sequences: usize,
-    /// Patches per sequence.
+    /// Patches per sequence; from photographs the most per sequence (a crop
+    /// with fewer usable keypoints gives fewer, at least a quarter of this).
     pub patches: usize,
     pub seed: u64,
     /// Smallest scene size; it grows with `patches` (beyond 256 patches at 640x480).
     pub width: usize,
     pub height: usize,
+    pub source: Source,
 }
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        SynthConfig { sequences: 12, patches: 200, seed: 0, width: 640, height: 480 }
+        SynthConfig { sequences: 12, patches: 200, seed: 0, width: 640, height: 480, source: Source::Procedural }
     }
 }
 
 impl SynthConfig {
+    /// A dataset from `photos` (one sequence each, at least 4) at the
+    /// photographs' scene size `photo::SCENE`, other settings as `default`.
+    pub fn photos(photos: Vec<PathBuf>) -> SynthConfig {
+        let (width, height) = photo::SCENE;
+        let sequences = photos.len().max(4);
+        SynthConfig { sequences, width, height, source: Source::Photos(photos), ..SynthConfig::default() }
+    }
+
     fn validate(&self) -> Result<()> {
         if self.sequences < 4 {
             return Err(Error::InvalidArgument(format!(
@@ -81,6 +109,12 @@ impl SynthConfig {
                 self.width, self.height
             )));
         }
+        if let Source::Photos(photos) = &self.source {
+            if photos.is_empty() {
+                return Err(Error::InvalidArgument("no photographs given (PNG or JPEG files)".into()));
+            }
+            photo::plan(photos, self.sequences)?;
+        }
         Ok(())
     }
 
@@ -91,13 +125,22 @@ impl SynthConfig {
         ((self.width as f64 * f).round() as usize, (self.height as f64 * f).round() as usize)
     }
 
-    /// Sequence names in order: the i_ ones, then the v_ ones.
+    /// Sequence names in order: procedurally the i_ ones, then the v_ ones;
+    /// from photographs, as `photo::plan` orders them. Empty when the
+    /// photographs' names collide (`validate` reports it).
     pub fn names(&self) -> Vec<String> {
-        let ni = self.sequences / 2;
-        (0..ni)
-            .map(|i| format!("i_synth_{i:03}"))
-            .chain((0..self.sequences - ni).map(|i| format!("v_synth_{i:03}")))
-            .collect()
+        match &self.source {
+            Source::Procedural => {
+                let ni = self.sequences / 2;
+                (0..ni)
+                    .map(|i| format!("i_synth_{i:03}"))
+                    .chain((0..self.sequences - ni).map(|i| format!("v_synth_{i:03}")))
+                    .collect()
+            }
+            Source::Photos(photos) => {
+                photo::plan(photos, self.sequences).map(|p| p.into_iter().map(|(n, _)| n).collect()).unwrap_or_default()
+            }
+        }
     }
 }
 
@@ -119,7 +162,8 @@ pub struct Sequence {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SynthSummary {
     pub sequences: Vec<String>,
-    pub patches: usize,
+    /// Patches of each sequence, in `sequences` order.
+    pub patches: Vec<usize>,
     pub scene: (usize, usize),
     pub files: usize,
     pub splits: PathBuf,
@@ -130,15 +174,15 @@ fn target_of(image: usize) -> usize {
     if image == 0 { 0 } else { (image - 1) % 5 + 1 }
 }
 
-/// Picks `n` keypoints, strongest first, spread apart and with every
-/// jittered region inside every image; `None` when the scene has too few.
+/// Picks up to `n` keypoints, strongest first, spread apart and with every
+/// jittered region inside every image; fewer when the scene has too few.
 fn select(
     kps: &[Keypoint],
     n: usize,
     homs: &[Homography; 6],
     size: (usize, usize),
     seed: u64,
-) -> Option<Vec<(Region, Vec<Affine>)>> {
+) -> Vec<(Region, Vec<Affine>)> {
     let mut chosen: Vec<(usize, Region, Vec<Affine>)> = Vec::with_capacity(n);
     let mut taken = vec![false; kps.len()];
     // Spacing in multiples of the larger half side, relaxed until N are found.
@@ -168,19 +212,17 @@ fn select(
             }
         }
     }
-    (chosen.len() == n).then(|| chosen.into_iter().map(|(_, r, j)| (r, j)).collect())
+    chosen.into_iter().map(|(_, r, j)| (r, j)).collect()
 }
 
-/// Generates sequence `index` of `cfg` (see `SynthConfig::names`) in memory.
-pub fn make_sequence(cfg: &SynthConfig, index: usize) -> Result<Sequence> {
-    cfg.validate()?;
-    let name = cfg.names().get(index).cloned().ok_or_else(|| {
-        Error::InvalidArgument(format!("sequence {index} does not exist ({} sequences)", cfg.sequences))
-    })?;
-    let seed = cfg.seed ^ name_hash(&name);
-    let (w, h) = cfg.scene_size();
-    let scene = scene::render(&mut Rng::stream(seed, 1), w, h);
-    let viewpoint = name.starts_with("v_");
+/// The six images of a sequence and its picked regions.
+type Cut = (Vec<image::Image>, [Homography; 6], Vec<(Region, Vec<Affine>)>);
+
+/// Photographs `scene` six times (the reference, five targets of growing
+/// viewpoint or illumination change) and picks up to `patches` regions
+/// (fewer when the scene has too few usable keypoints).
+fn cut_views(scene: &image::Image, viewpoint: bool, seed: u64, patches: usize, thresholds: &[f32]) -> Cut {
+    let (w, h) = (scene.w, scene.h);
     let mut geo = Rng::stream(seed, 2);
     let mut photo = Rng::stream(seed, 3);
     let motion = ViewMotion::draw(&mut geo);
@@ -197,21 +239,64 @@ pub fn make_sequence(cfg: &SynthConfig, index: usize) -> Result<Sequence> {
         }
     }
     let views: Vec<image::Image> = (0..6)
-        .map(|k| render_view(&scene, &homs[k], &illums[k], SENSOR_NOISE, &mut Rng::stream(seed, 10 + k as u64)))
+        .map(|k| render_view(scene, &homs[k], &illums[k], SENSOR_NOISE, &mut Rng::stream(seed, 10 + k as u64)))
         .collect();
     // Weak extrema are used only when the strong ones do not suffice.
-    let picked = [1.0, 0.3, 0.1]
-        .iter()
-        .find_map(|&threshold| {
-            let kps = detect(&views[0], &DetectParams { threshold, ..DetectParams::default() });
-            select(&kps, cfg.patches, &homs, (w, h), seed)
-        })
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{name}: the {w}x{h} scene has too few usable keypoints for {} patches",
-                cfg.patches
-            ))
-        })?;
+    let mut picked = Vec::new();
+    for &threshold in thresholds {
+        let kps = detect(&views[0], &DetectParams { threshold, ..DetectParams::default() });
+        let got = select(&kps, patches, &homs, (w, h), seed);
+        if got.len() > picked.len() {
+            picked = got;
+        }
+        if picked.len() == patches {
+            break;
+        }
+    }
+    (views, homs, picked)
+}
+
+/// Generates sequence `index` of `cfg` (see `SynthConfig::names`) in memory.
+pub fn make_sequence(cfg: &SynthConfig, index: usize) -> Result<Sequence> {
+    cfg.validate()?;
+    let name = cfg.names().get(index).cloned().ok_or_else(|| {
+        Error::InvalidArgument(format!("sequence {index} does not exist ({} sequences)", cfg.sequences))
+    })?;
+    let seed = cfg.seed ^ name_hash(&name);
+    let (w, h) = cfg.scene_size();
+    let photo = match &cfg.source {
+        Source::Procedural => None,
+        Source::Photos(photos) => Some(photo::load(&photos[index % photos.len()])?),
+    };
+    let viewpoint = name.starts_with("v_");
+    // A crop of a photograph can be too plain (sky, a wall): try other crops
+    // and keep the one with the most patches; a procedural scene must give all.
+    let (attempts, least) = if photo.is_some() { (PHOTO_CROPS, cfg.patches.div_ceil(4)) } else { (1, cfg.patches) };
+    let mut best: Option<Cut> = None;
+    for attempt in 0..attempts {
+        let mut scene_rng = Rng::stream(seed, 1 + 1000 * attempt);
+        let scene = match &photo {
+            None => scene::render(&mut scene_rng, w, h),
+            Some(p) => photo::scene(p, w, h, &mut scene_rng),
+        };
+        let thresholds: &[f32] = if photo.is_some() { &photo::THRESHOLDS } else { &[1.0, 0.3, 0.1] };
+        let cut = cut_views(&scene, viewpoint, seed, cfg.patches, thresholds);
+        if best.as_ref().is_none_or(|b| cut.2.len() > b.2.len()) {
+            best = Some(cut);
+        }
+        if best.as_ref().is_some_and(|b| b.2.len() == cfg.patches) {
+            break;
+        }
+    }
+    let (views, homs, picked) = best.filter(|b| b.2.len() >= least).ok_or_else(|| {
+        let what = match &cfg.source {
+            Source::Procedural => format!("the {w}x{h} scene has"),
+            Source::Photos(photos) => {
+                format!("{attempts} {w}x{h} crops of {} have", photos[index % photos.len()].display())
+            }
+        };
+        Error::InvalidArgument(format!("{name}: {what} too few usable keypoints for {least} patches"))
+    })?;
     let n = picked.len();
     let mut clean = vec![vec![0u8; n * PATCH_LEN]; IMAGES.len()];
     for (i, strip) in clean.iter_mut().enumerate() {
@@ -271,14 +356,21 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary> {
     cfg.validate()?;
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
     let names = cfg.names();
-    (0..names.len()).into_par_iter().try_for_each(|i| write_sequence(&make_sequence(cfg, i)?, out))?;
+    let patches = (0..names.len())
+        .into_par_iter()
+        .map(|i| {
+            let seq = make_sequence(cfg, i)?;
+            write_sequence(&seq, out)?;
+            Ok(seq.regions.len())
+        })
+        .collect::<Result<Vec<usize>>>()?;
     let splits_path = out.join("splits.json");
     let text = make_splits(&names, cfg.seed).to_json();
     write_atomic(&splits_path, |w| w.write_all(text.as_bytes()).map_err(|e| io_err(&splits_path, e)))?;
     Ok(SynthSummary {
         files: names.len() * 2 * IMAGES.len() + 1,
         sequences: names,
-        patches: cfg.patches,
+        patches,
         scene: cfg.scene_size(),
         splits: splits_path,
     })
