@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 
 /// Valid files every case starts from.
 struct Fx {
-    root: PathBuf,
+    /// Lives as long as the process (a static): a later test run sweeps it (`cli::dir`).
+    root: common::cli::TempDir,
     unet: PathBuf,
     hardnet: PathBuf,
     /// A synthetic dataset (its pack cache already built).

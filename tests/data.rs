@@ -143,7 +143,8 @@ fn reader_errors_name_the_file() {
 #[test]
 fn pack_round_trip_equals_the_reader() {
     let root = fixture("pack");
-    let out = dir("pack-out").join("all.pack");
+    let out_dir = dir("pack-out");
+    let out = out_dir.join("all.pack");
     let s = pack::pack(&root, &out, 7).unwrap();
     assert_eq!((s.sequences, s.patches), (3, 16 * (3 + 5 + 4)));
     assert_eq!(s.bytes, fs::metadata(&out).unwrap().len());

@@ -25,7 +25,7 @@ fn write_jpeg(path: &Path, px: &[u8], w: usize, h: usize, color: jpeg_encoder::C
 
 /// Five photographs: two gray PNGs, a gray JPEG, a colour JPEG (a gray
 /// scene in the green channel, tinted), and a colour-free file that must be ignored.
-fn photo_folder(name: &str) -> PathBuf {
+fn photo_folder(name: &str) -> cli::TempDir {
     let d = cli::dir(name);
     let (w, h) = (480, 360);
     for (i, stem) in ["harbour", "market"].iter().enumerate() {
@@ -75,7 +75,6 @@ fn jpeg_decodes_to_the_luma_it_was_encoded_from() {
     // The extension does not decide the kind: a PNG named .jpg still reads.
     write_gray(&d.join("png.jpg"), &GrayImage { width: w, height: h, pixels: px.clone() }).unwrap();
     assert_eq!(photo::read_gray(&d.join("png.jpg")).unwrap().pixels, px);
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
@@ -112,9 +111,6 @@ fn photographs_give_a_deterministic_dataset_named_after_them() {
     // The dataset reads as any N-HPatches copy, with a validation sequence carved from training.
     let ds = DatasetSplit::open_with(&a, "a", 0, Validation::Sequences(1)).unwrap();
     assert_eq!(ds.val.len(), 1);
-    for d in [&src, &a, &b] {
-        std::fs::remove_dir_all(d).unwrap();
-    }
 }
 
 fn ncc(a: &[u8], b: &[u8]) -> f64 {
@@ -181,7 +177,4 @@ fn the_cli_builds_from_a_folder_and_refuses_bad_photographs() {
     assert!(err.contains(".png") && err.contains("too few usable keypoints"), "{err}");
     assert!(matches!(config(vec![]).source, Source::Photos(ref p) if p.is_empty()));
     assert!(generate(&config(vec![]), &out2).is_err());
-    for d in [&src, &empty, &flat] {
-        std::fs::remove_dir_all(d).unwrap();
-    }
 }

@@ -8,12 +8,59 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_nhpatch"))
 }
 
+/// A temporary folder that is removed when it goes out of scope, unless the
+/// test is failing (then it stays for inspection; its path is in the message).
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Removes the folders of earlier test processes that are no longer running
+/// (a failed test keeps its folder, and statics are never dropped). Linux
+/// only, where `/proc/<pid>` tells whether a process lives.
+fn sweep() {
+    let proc = Path::new("/proc");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    if !proc.is_dir() {
+        return;
+    }
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix("nhpatch-test-").and_then(|r| r.split('-').next());
+        if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok()) {
+            if !proc.join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// A fresh, empty temporary folder unique to this test process and `name`.
-pub fn dir(name: &str) -> PathBuf {
+pub fn dir(name: &str) -> TempDir {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep);
     let d = std::env::temp_dir().join(format!("nhpatch-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 pub fn run(args: &[&str]) -> Output {
