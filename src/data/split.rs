@@ -27,14 +27,10 @@ impl Default for Validation {
     }
 }
 
-/// FNV-1a of a sequence name: its rank for the hold-out, independent of
-/// the order of `splits.json` and stable when sequences are added.
-fn name_rank(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
-}
-
 /// Splits `train` into `(train, validation)`: the validation sequences are
-/// those with the smallest name ranks; both keep `train`'s order. Refuses a
+/// those with the smallest FNV-1a hashes of their names (`name_hash`), so the
+/// choice is independent of the order of `splits.json` and stable when
+/// sequences are added; both keep `train`'s order. Refuses a
 /// hold-out that leaves nothing to train on.
 pub fn carve_validation(train: &[String], v: Validation) -> Result<(Vec<String>, Vec<String>)> {
     let k = match v {
@@ -52,7 +48,7 @@ pub fn carve_validation(train: &[String], v: Validation) -> Result<(Vec<String>,
         Validation::Sequences(k) => k,
     };
     let mut ranked: Vec<&String> = train.iter().collect();
-    ranked.sort_by_key(|n| (name_rank(n), n.as_str()));
+    ranked.sort_by_key(|n| (super::name_hash(n), n.as_str()));
     let held: std::collections::HashSet<&String> = ranked.into_iter().take(k).collect();
     let (val, kept): (Vec<String>, Vec<String>) = train.iter().cloned().partition(|n| held.contains(n));
     Ok((kept, val))

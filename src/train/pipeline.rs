@@ -208,9 +208,10 @@ fn stage_overrides(own: &Overrides, batch: Option<usize>, seed: Option<u64>) -> 
     Overrides { batch: own.batch.or(batch), seed: own.seed.or(seed), ..own.clone() }
 }
 
-/// The denoiser stage's settings: the preset's, then the overrides.
+/// The denoiser stage's settings: the preset's, the recipe's, then the overrides.
 pub fn denoiser_config(cfg: &RunConfig, arch: Arch, train_patches: u64) -> Result<TrainConfig> {
     let mut c = denoiser_preset(cfg.preset, arch, &cfg.split, train_patches);
+    cfg.recipe.apply_denoiser(&mut c);
     stage_overrides(&cfg.denoiser_overrides, cfg.batch, cfg.seed).apply(&mut c)?;
     Ok(c)
 }
@@ -445,4 +446,35 @@ fn triplet_figure(path: &Path, data: &PackedDataset, seqs: &[usize], version: Ve
         })
         .collect();
     write_montage(path, &rows, 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::OptimizerConfig;
+
+    #[test]
+    fn the_denoiser_optimizer_is_the_recipes_then_the_flags() {
+        let at = |recipe: Recipe, preset: Preset, arch: Arch| {
+            let cfg = RunConfig { preset, ..RunConfig::new(recipe, "runs/x".into()) };
+            denoiser_config(&cfg, arch, 1000).unwrap().optimizer
+        };
+        // The report's pipeline keeps the report's SGD at 1e-5 for the U-Net.
+        assert!(matches!(at(Recipe::Seed, Preset::Seed, Arch::Unet), OptimizerConfig::Sgd { lr, .. } if lr == 1e-5));
+        // Every HardNet-based recipe trains its denoiser with Adam at 1e-3, at every preset.
+        for recipe in [Recipe::Hardnet, Recipe::HardnetDncnn, Recipe::Joint] {
+            for preset in Preset::ALL {
+                for arch in [Arch::Unet, Arch::Dncnn] {
+                    let o = at(recipe, preset, arch);
+                    assert!(matches!(o, OptimizerConfig::Adam { lr, .. } if lr == 1e-3), "{recipe} {preset:?}: {o:?}");
+                }
+            }
+        }
+        // A flag still wins.
+        let mut cfg = RunConfig { preset: Preset::Seed, ..RunConfig::new(Recipe::Hardnet, "runs/x".into()) };
+        cfg.denoiser_overrides.optimizer = Some(crate::optim::OptimizerKind::Sgd);
+        cfg.denoiser_overrides.lr = Some(1e-5);
+        let o = denoiser_config(&cfg, Arch::Unet, 1000).unwrap().optimizer;
+        assert!(matches!(o, OptimizerConfig::Sgd { lr, .. } if lr == 1e-5), "{o:?}");
+    }
 }

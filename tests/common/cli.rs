@@ -45,10 +45,10 @@ fn sweep() {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let pid = name.strip_prefix("nhpatch-test-").and_then(|r| r.split('-').next());
-        if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok()) {
-            if !proc.join(pid).exists() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+        if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok())
+            && !proc.join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
