@@ -48,6 +48,14 @@ impl Image {
         let var = self.px.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
         (mean as f32, var.sqrt() as f32)
     }
+
+    /// The image mapped linearly to this `mean` and standard deviation
+    /// `contrast` (an exposure), clipped to 0..255.
+    pub fn exposed(&self, mean: f32, contrast: f32) -> Image {
+        let (m, s) = self.mean_std();
+        let px = self.px.iter().map(|&v| (mean + contrast * (v - m) / s.max(1e-6)).clamp(0.0, 255.0)).collect();
+        Image { w: self.w, h: self.h, px }
+    }
 }
 
 /// Normalised Gaussian taps for `sigma`, radius `ceil(3 sigma)`.

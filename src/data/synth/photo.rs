@@ -82,10 +82,9 @@ pub fn scene(photo: &Image, w: usize, h: usize, rng: &mut Rng) -> Image {
             px.push(part.bilinear(sx, sy));
         }
     }
-    let (m, sd) = Image { w, h, px: px.clone() }.mean_std();
-    let (mean, contrast) = (rng.uniform(90.0, 160.0), sd.clamp(25.0, 55.0));
-    let px = px.iter().map(|&v| (mean + contrast * (v - m) / sd.max(1e-6)).clamp(0.0, 255.0)).collect();
-    Image { w, h, px }
+    let crop = Image { w, h, px };
+    let (mean, contrast) = (rng.uniform(90.0, 160.0), crop.mean_std().1.clamp(25.0, 55.0));
+    crop.exposed(mean, contrast)
 }
 
 /// The sequence name stem of a photograph: its file stem with every

@@ -307,8 +307,6 @@ pub fn render(rng: &mut Rng, w: usize, h: usize) -> Image {
         *p += 0.12 * t;
     }
     let img = blur(&Image { w, h, px }, rng.uniform(0.5, 0.9));
-    let (m, s) = img.mean_std();
     let (mean, contrast) = (rng.uniform(90.0, 160.0), rng.uniform(30.0, 55.0));
-    let px = img.px.iter().map(|&v| (mean + contrast * (v - m) / s.max(1e-6)).clamp(0.0, 255.0)).collect();
-    Image { w, h, px }
+    img.exposed(mean, contrast)
 }
