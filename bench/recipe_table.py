@@ -2,9 +2,9 @@
 """The table of a recipe screening (bench/recipe_screen.sh): per run folder
 under OUT, the validation mAPs of the last descriptor epoch that scored
 them (descriptor/metrics.jsonl) and the test mAPs (results.json), then per
-candidate the differences to `base` on each benchmark.
+candidate the differences to the reference candidate REF on each benchmark.
 
-    python3 bench/recipe_table.py OUT
+    python3 bench/recipe_table.py OUT [REF]
 """
 import glob
 import json
@@ -25,7 +25,7 @@ def scores(run):
     return v, t
 
 
-def main(out):
+def main(out, ref):
     rows = {}
     for res in sorted(glob.glob(os.path.join(out, "*", "results.json"))):
         run = os.path.dirname(res)
@@ -39,13 +39,13 @@ def main(out):
         print(f"| {bench} | {cand} | {vs} | {vm} | {' / '.join(f'{x:.3f}' for x in t)} | {sum(t) / 3:.3f} |")
     print()
     for (bench, cand), (v, t) in sorted(rows.items()):
-        base = rows.get((bench, "base"))
-        if cand == "base" or base is None or v is None or base[0] is None:
+        base = rows.get((bench, ref))
+        if cand == ref or base is None or v is None or base[0] is None:
             continue
         dv = sum(v) / 3 - sum(base[0]) / 3
         dt = sum(t) / 3 - sum(base[1]) / 3
-        print(f"{bench}: {cand} - base: validation mean {dv:+.3f}, test mean {dt:+.3f}")
+        print(f"{bench}: {cand} - {ref}: validation mean {dv:+.3f}, test mean {dt:+.3f}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/screen")
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/screen", sys.argv[2] if len(sys.argv) > 2 else "base")

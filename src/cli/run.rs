@@ -2,7 +2,7 @@
 //! ([`nhpatch::train::pipeline`]); this file only turns the flags into a
 //! [`RunConfig`] and hands progress to the terminal.
 
-use super::train::optimizer_kind;
+use super::train::{optimizer_kind, schedule};
 use clap::Args;
 use nhpatch::data::split::Validation;
 use nhpatch::error::{Error, Result};
@@ -52,6 +52,9 @@ pub struct RunArgs {
     /// sgd or adam.
     #[arg(long)]
     pub denoiser_optimizer: Option<String>,
+    /// constant or linear (decayed to 0 over the stage's steps; default: the recipe's).
+    #[arg(long)]
+    pub denoiser_lr_schedule: Option<String>,
     /// Descriptor epochs in all (the joint recipe spends the last --joint-epochs of them end to end).
     #[arg(long)]
     pub descriptor_epochs: Option<u64>,
@@ -62,6 +65,9 @@ pub struct RunArgs {
     pub descriptor_lr: Option<f64>,
     #[arg(long)]
     pub descriptor_optimizer: Option<String>,
+    /// constant or linear (decayed to 0 over the stage's steps; default: the recipe's).
+    #[arg(long)]
+    pub descriptor_lr_schedule: Option<String>,
     /// Batch size of both stages.
     #[arg(long)]
     pub batch: Option<usize>,
@@ -115,6 +121,7 @@ impl RunArgs {
                 epochs: self.denoiser_epochs,
                 lr: self.denoiser_lr,
                 optimizer: optimizer_kind(&self.denoiser_optimizer)?,
+                lr_schedule: schedule(&self.denoiser_lr_schedule)?,
                 items: self.denoiser_items,
                 ..Overrides::default()
             },
@@ -122,6 +129,7 @@ impl RunArgs {
                 epochs: self.descriptor_epochs,
                 lr: self.descriptor_lr,
                 optimizer: optimizer_kind(&self.descriptor_optimizer)?,
+                lr_schedule: schedule(&self.descriptor_lr_schedule)?,
                 items: self.triplets,
                 ..Overrides::default()
             },

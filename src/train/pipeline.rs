@@ -477,4 +477,17 @@ mod tests {
         let o = denoiser_config(&cfg, Arch::Unet, 1000).unwrap().optimizer;
         assert!(matches!(o, OptimizerConfig::Sgd { lr, .. } if lr == 1e-5), "{o:?}");
     }
+
+    #[test]
+    fn learning_rate_schedules_are_the_recipes_then_the_flags() {
+        use crate::train::config::LrSchedule;
+        let mut cfg = RunConfig { preset: Preset::Seed, ..RunConfig::new(Recipe::Hardnet, "runs/x".into()) };
+        let original = Arch::HardNetOriginal;
+        assert_eq!(denoiser_config(&cfg, Arch::Unet, 1000).unwrap().lr_schedule, LrSchedule::Constant);
+        assert_eq!(descriptor_config(&cfg, original, InputKind::Denoised).unwrap().lr_schedule, LrSchedule::Linear);
+        cfg.denoiser_overrides.lr_schedule = Some(LrSchedule::Linear);
+        cfg.descriptor_overrides.lr_schedule = Some(LrSchedule::Constant);
+        assert_eq!(denoiser_config(&cfg, Arch::Unet, 1000).unwrap().lr_schedule, LrSchedule::Linear);
+        assert_eq!(descriptor_config(&cfg, original, InputKind::Denoised).unwrap().lr_schedule, LrSchedule::Constant);
+    }
 }
