@@ -1,9 +1,9 @@
 //! Same seed, same bytes, whatever the thread count: each training stage at
 //! its real batch size (the denoiser and the triplet loss at 50, the HardNet
-//! loss at 128 pairs, the joint stage of `run --recipe joint` at 128 pairs)
-//! trained with 1, 2, 3, 5 and 8 threads (oversubscribing the cores on
-//! purpose) writes byte-identical weights, and so does a second run with the
-//! same thread count; `describe` output is identical across runs and thread
+//! loss at 128 pairs with and without SOSNet's regulariser, the joint stage
+//! of `run --recipe joint` at 128 pairs) trained with 1, 2, 3, 5 and 8
+//! threads (oversubscribing the cores on purpose) writes byte-identical
+//! weights, and so does a second run with the same thread count; `describe` output is identical across runs and thread
 //! counts. Splits that change a sum's order follow the data's sizes only
 //! (`src/threads.rs`).
 
@@ -37,7 +37,8 @@ fn stage_args<'a>(stage: &'a str, data: &'a Path, out: &'a Path, threads: &'a st
             "--val-sequences",
             "0",
         ],
-        "hardnet" => &[
+        // hardnet-sos: with SOSNet's regulariser (its neighbour sets and the serial scatter of its gradient).
+        "hardnet" | "hardnet-sos" => &[
             "train-descriptor",
             "--preset",
             "demo",
@@ -79,7 +80,8 @@ fn stage_args<'a>(stage: &'a str, data: &'a Path, out: &'a Path, threads: &'a st
         ],
         _ => unreachable!("unknown stage {stage}"),
     };
-    [own, &common[..]].concat()
+    let sos: &[&str] = if stage == "hardnet-sos" { &["--sos-weight", "1"] } else { &[] };
+    [own, sos, &common[..]].concat()
 }
 
 /// The weights a finished run of `stage` wrote (both models for the joint stage).
@@ -103,7 +105,7 @@ fn dataset(d: &Path) -> PathBuf {
 fn every_stage_trains_to_the_same_bytes_with_1_2_3_5_and_8_threads() {
     let d = dir("determinism");
     let data = dataset(&d);
-    for stage in ["denoiser", "triplet", "hardnet", "joint"] {
+    for stage in ["denoiser", "triplet", "hardnet", "hardnet-sos", "joint"] {
         let run = |name: &str, threads: &str| {
             let out = d.join(format!("{stage}-{name}"));
             ok(&stage_args(stage, &data, &out, threads));

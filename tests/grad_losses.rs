@@ -12,6 +12,7 @@ use nhpatch::Error;
 use nhpatch::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use nhpatch::loss::l1::l1_loss;
 use nhpatch::loss::mse::mse_loss;
+use nhpatch::loss::sos::{SosRegularizer, SosWorkspace};
 use nhpatch::loss::triplet::TripletLoss;
 use nhpatch::rng::Rng;
 use proptest::prelude::*;
@@ -74,6 +75,36 @@ fn hardnet_ref(a: &[f32], p: &[f32], dim: usize, margin: f64, swap: bool) -> (f6
         total += h.max(0.0);
     }
     (total / b as f64, kink)
+}
+
+/// f64 reference of SOSNet's regulariser, written from the paper's formulas
+/// (neighbours by a full sort), with the smallest distance of the forward to
+/// a kink: a tie at the edge of a neighbour set, a distance near 0.
+fn sos_ref(a: &[f32], p: &[f32], dim: usize, k: usize, w: f64) -> (f64, f64) {
+    let b = a.len() / dim;
+    let dist =
+        |x: &[f32], i: usize, j: usize| (sq_dist(&x[i * dim..(i + 1) * dim], &x[j * dim..(j + 1) * dim]) + 1e-6).sqrt();
+    let mut kink = f64::INFINITY;
+    let mut total = 0.0;
+    for i in 0..b {
+        let mut member = vec![false; b];
+        for x in [a, p] {
+            let mut others: Vec<(f64, usize)> = (0..b).filter(|&j| j != i).map(|j| (dist(x, i, j), j)).collect();
+            others.sort_by(|u, v| u.0.total_cmp(&v.0));
+            for (r, &(d, j)) in others.iter().enumerate() {
+                kink = kink.min(d - 0.05);
+                if r < k {
+                    member[j] = true;
+                }
+            }
+            if k < others.len() {
+                kink = kink.min(others[k].0 - others[k - 1].0);
+            }
+        }
+        let sq: f64 = (0..b).filter(|&j| member[j]).map(|j| (dist(a, i, j) - dist(p, i, j)).powi(2)).sum();
+        total += (sq + 1e-8).sqrt();
+    }
+    (w * total / b as f64, kink)
 }
 
 fn resample_away(rng: &mut Rng, len: usize, min_kink: f64, mut kink: impl FnMut(&[f32]) -> f64) -> Vec<f32> {
@@ -186,6 +217,79 @@ proptest! {
         check_grad("hardnet p", &p, &gp, 1e-3, SMOOTH, 64, |x| hardnet_ref(&a, x, dim, margin as f64, swap).0)
             .map_err(TestCaseError::fail)?;
     }
+
+    #[test]
+    fn sos_gradients_match_finite_differences(
+        seed in any::<u64>(),
+        batch in 2usize..9,
+        dim in 1usize..8,
+        knn in 1usize..4,
+        weight in 0.1f32..2.0,
+    ) {
+        let mut rng = Rng::new(seed);
+        let len = batch * dim;
+        // A step of 1e-3 moves any distance by at most 1e-3: neighbour sets stay put 1e-2 from a tie.
+        let a = resample_away(&mut rng, len, 1e-2, |a| sos_ref(a, a, dim, knn, 1.0).1);
+        let p = resample_away(&mut rng, len, 1e-2, |p| sos_ref(&a, p, dim, knn, 1.0).1);
+        let sos = SosRegularizer::new(weight, knn).unwrap();
+        let mut ws = SosWorkspace::new(batch);
+        let (mut ga, mut gp) = (vec![0.0; len], vec![0.0; len]);
+        let loss = sos.loss(&mut ga, &mut gp, &mut ws, &a, &p, batch, dim).unwrap();
+        let w = weight as f64;
+        let want = sos_ref(&a, &p, dim, knn, w).0;
+        prop_assert!((loss as f64 - want).abs() <= 1e-5 * (1.0 + want), "loss {loss} vs {want}");
+        check_grad("sos a", &a, &ga, 1e-3, SMOOTH, 64, |x| sos_ref(x, &p, dim, knn, w).0)
+            .map_err(TestCaseError::fail)?;
+        check_grad("sos p", &p, &gp, 1e-3, SMOOTH, 64, |x| sos_ref(&a, x, dim, knn, w).0)
+            .map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn sos_matches_pytorch() {
+    // tools/sos_reference.py: PyTorch autograd in float64 on the same values (k = 1, weight 1).
+    let a = [0.1, 0.5, -0.3, 0.7, -0.2, 0.4, -0.6, 0.3, 0.9, 0.2, -0.8, -0.1];
+    let p = [0.3, 0.4, -0.2, 0.5, 0.1, 0.6, -0.4, -0.5, 0.8, 0.9, -0.7, 0.0];
+    let want_ga: [f64; 12] = [
+        -0.279418852,
+        0.274352817,
+        -0.223563463,
+        0.256045373,
+        -0.603452829,
+        0.005232163,
+        -0.174944603,
+        0.091118313,
+        0.020013218,
+        0.198318082,
+        0.237981698,
+        0.198318082,
+    ];
+    let want_gp: [f64; 12] = [
+        0.140138559,
+        -0.118548544,
+        0.381936124,
+        -0.439895642,
+        0.303364254,
+        -0.180463108,
+        0.163150196,
+        0.088398065,
+        0.003437315,
+        0.136606888,
+        -0.273213775,
+        -0.204910331,
+    ];
+    let mut ws = SosWorkspace::new(4);
+    let (mut ga, mut gp) = ([0.0f32; 12], [0.0f32; 12]);
+    let loss = SosRegularizer::new(1.0, 1).unwrap().loss(&mut ga, &mut gp, &mut ws, &a, &p, 4, 3).unwrap();
+    assert!((loss as f64 - 0.28591139870712035).abs() < 1e-6, "loss {loss}");
+    // Row 0: {1}; row 1: {0, 3} (a's nearest is 0, p's is 3); row 2: {0, 1}; row 3: {1}.
+    for (i, row) in [&[1][..], &[0, 3], &[0, 1], &[1]].iter().enumerate() {
+        for j in 0..4 {
+            assert_eq!(ws.is_neighbour(i, j), row.contains(&j), "neighbour ({i}, {j})");
+        }
+    }
+    assert_close("sos grad a", &ga, &want_ga.map(|v| v as f32), 1e-6, 1e-5);
+    assert_close("sos grad p", &gp, &want_gp.map(|v| v as f32), 1e-6, 1e-5);
 }
 
 #[test]
@@ -310,6 +414,14 @@ fn every_loss_accumulates_into_its_gradients() {
                 HardNetLoss::default().loss(ga, gp, &mut HardNetWorkspace::new(batch), &x, &y, batch, dim).unwrap()
             }),
         ),
+        (
+            "sos",
+            Box::new(|g| {
+                let [ga, gp, _] = g else { unreachable!() };
+                let sos = SosRegularizer::new(0.7, 2).unwrap();
+                sos.loss(ga, gp, &mut SosWorkspace::new(batch), &x, &y, batch, dim).unwrap()
+            }),
+        ),
     ];
     for (what, run) in runs {
         let mut fresh = vec![vec![0.0; len]; 3];
@@ -364,6 +476,16 @@ fn losses_reject_bad_lengths_and_arguments() {
     assert!(is_arg(h.loss(&mut ga, &mut gp, &mut ws, &v4, &v4, 2, 0)));
     assert!(is_arg(HardNetLoss::new(-0.5, true)));
     assert!(is_arg(HardNetLoss::new(f32::NAN, false)));
+
+    let s = SosRegularizer::new(1.0, 8).unwrap();
+    let mut ws = SosWorkspace::new(2);
+    assert!(is_shape(s.loss(&mut ga, &mut gp, &mut ws, &v4, &v3, 2, 2)));
+    assert!(is_shape(s.loss(&mut g3, &mut gp, &mut ws, &v4, &v4, 2, 2)));
+    assert!(is_shape(s.loss(&mut ga, &mut gp, &mut SosWorkspace::new(3), &v4, &v4, 2, 2)));
+    assert!(is_arg(s.loss(&mut ga, &mut gp, &mut ws, &v4, &v4, 0, 2)));
+    assert!(is_arg(SosRegularizer::new(-1.0, 8)));
+    assert!(is_arg(SosRegularizer::new(f32::INFINITY, 8)));
+    assert!(is_arg(SosRegularizer::new(1.0, 0)));
 }
 
 #[test]

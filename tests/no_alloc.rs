@@ -5,6 +5,7 @@
 
 use nhpatch::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use nhpatch::loss::l1::l1_loss;
+use nhpatch::loss::sos::{SOS_KNN, SosRegularizer, SosWorkspace};
 use nhpatch::loss::triplet::TripletLoss;
 use nhpatch::models::{Arch, DESC_LEN, Model, PATCH_LEN};
 use nhpatch::optim::adam::{Adam, AdamState};
@@ -153,14 +154,21 @@ fn triplet_train_allocations(batch: usize) -> usize {
     })
 }
 
-fn hardnet_loss_train_allocations(pairs: usize) -> usize {
+/// HardNet loss, with SOSNet's regulariser added when `sos` is set.
+fn hardnet_loss_train_allocations(pairs: usize, sos: bool) -> usize {
     let mut net = Descriptor::new(Arch::HardNetOriginal, 2 * pairs, 4);
     let (loss, d) = (HardNetLoss::new(1.0, true).unwrap(), pairs * DESC_LEN);
     let mut lws = HardNetWorkspace::new(pairs);
+    let reg = SosRegularizer::new(1.0, SOS_KNN).unwrap();
+    let mut sws = SosWorkspace::new(pairs);
     allocations(|| {
         net.step(|out, dout| {
             let (ga, gp) = dout.split_at_mut(d);
-            loss.loss(ga, gp, &mut lws, &out[..d], &out[d..], pairs, DESC_LEN).unwrap();
+            let (a, p) = (&out[..d], &out[d..]);
+            loss.loss(ga, gp, &mut lws, a, p, pairs, DESC_LEN).unwrap();
+            if sos {
+                reg.loss(ga, gp, &mut sws, a, p, pairs, DESC_LEN).unwrap();
+            }
         })
     })
 }
@@ -215,7 +223,8 @@ fn steps_after_warm_up_allocate_nothing() {
             ("unet train", denoiser_train_allocations(Arch::Unet, 10)),
             ("dncnn train", denoiser_train_allocations(Arch::Dncnn, 4)),
             ("hardnet triplet train", triplet_train_allocations(6)),
-            ("hardnet loss train", hardnet_loss_train_allocations(8)),
+            ("hardnet loss train", hardnet_loss_train_allocations(8, false)),
+            ("hardnet loss + SOS train", hardnet_loss_train_allocations(12, true)),
         ]
     });
     let counts = [

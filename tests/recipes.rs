@@ -273,6 +273,15 @@ fn bad_recipe_combinations_fail_cleanly() {
     assert!(e.contains("unet, dncnn or none"), "{e}");
     let e = fails(&["compare", "--dataset", s(&data), "--out", s(&out), "--seeds", ""]);
     assert!(!e.is_empty());
+    // SOSNet's regulariser: with the hardnet loss only, not in the joint stage, a weight >= 0.
+    let e = fails(&["run", "--dataset", s(&data), "--out", s(&out), "--recipe", "seed", "--sos-weight", "1"]);
+    assert!(e.contains("SOS regulariser applies to the hardnet loss only"), "{e}");
+    let e = fails(&["run", "--dataset", s(&data), "--out", s(&out), "--recipe", "joint", "--sos-weight", "1"]);
+    assert!(e.contains("--sos-weight"), "{e}");
+    let e = fails(&["run", "--dataset", s(&data), "--out", s(&out), "--sos-weight=-1"]);
+    assert!(e.contains("SOS regulariser weight"), "{e}");
+    let e = fails(&["train-denoiser", "--dataset", s(&data), "--out", s(&out), "--sos-weight", "1"]);
+    assert!(e.contains("hardnet loss only"), "{e}");
     // Distributed training needs the mpi feature; a zero timeout is refused either way.
     let train = ["train-descriptor", "--dataset", s(&data), "--out", s(&out), "--distributed"];
     let e = fails(&[&train[..], &["--comm-timeout", "0"]].concat());

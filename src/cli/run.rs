@@ -71,6 +71,12 @@ pub struct RunArgs {
     /// Batch size of both stages.
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Batch size of the descriptor stage (pairs with the hardnet loss; wins over --batch).
+    #[arg(long)]
+    pub descriptor_batch: Option<usize>,
+    /// Weight of SOSNet's second-order similarity regulariser added to the hardnet loss.
+    #[arg(long)]
+    pub sos_weight: Option<f32>,
     /// Joint recipe: descriptor epochs trained end to end with the denoiser.
     #[arg(long, default_value_t = JOINT_EPOCHS)]
     pub joint_epochs: u64,
@@ -131,6 +137,8 @@ impl RunArgs {
                 optimizer: optimizer_kind(&self.descriptor_optimizer)?,
                 lr_schedule: schedule(&self.descriptor_lr_schedule)?,
                 items: self.triplets,
+                batch: self.descriptor_batch,
+                sos_weight: self.sos_weight,
                 ..Overrides::default()
             },
             batch: self.batch,

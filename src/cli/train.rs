@@ -56,6 +56,9 @@ pub struct OverrideArgs {
     /// Flips and 90-degree rotations of each training tuple (true/false; descriptor).
     #[arg(long)]
     pub augment: Option<bool>,
+    /// Weight of SOSNet's second-order similarity regulariser added to the hardnet loss (descriptor).
+    #[arg(long)]
+    pub sos_weight: Option<f32>,
 }
 
 impl OverrideArgs {
@@ -79,6 +82,7 @@ impl OverrideArgs {
             seed: self.seed,
             lr_schedule: schedule(&self.lr_schedule)?,
             augment: self.augment,
+            sos_weight: self.sos_weight,
         })
     }
 }

@@ -23,7 +23,7 @@
 //! the column minimum. With `g = (a_r - p_c) / sqrt(||a_r - p_c||^2 + 1e-6)`,
 //! `dD_rc/da_r = g` and `dD_rc/dp_c = -g`.
 
-use super::check_rows;
+use super::check_pairs;
 use crate::error::Result;
 use rayon::prelude::*;
 
@@ -152,20 +152,7 @@ impl HardNetLoss {
         dim: usize,
     ) -> Result<f32> {
         self.validate()?;
-        check_rows(
-            "HardNet",
-            batch,
-            dim,
-            &[
-                ("anchors", a.len()),
-                ("positives", p.len()),
-                ("anchor gradient", grad_a.len()),
-                ("positive gradient", grad_p.len()),
-            ],
-        )?;
-        if ws.batch != batch {
-            return Err(crate::shape_err!("HardNet workspace built for batch {}, called with {batch}", ws.batch));
-        }
+        check_pairs("HardNet", (batch, dim, ws.batch), (a, p), (grad_a, grad_p))?;
 
         // Rows are independent, so the result does not depend on the thread count.
         ws.dist.par_chunks_mut(batch).enumerate().for_each(|(i, row)| {

@@ -9,6 +9,7 @@
 pub mod hardnet;
 pub mod l1;
 pub mod mse;
+pub mod sos;
 pub mod triplet;
 
 use crate::error::{Error, Result, check_len_of};
@@ -157,6 +158,32 @@ pub(crate) fn mean_pointwise(
 pub(crate) fn check_margin(what: &str, margin: f32) -> Result<()> {
     if !margin.is_finite() || margin < 0.0 {
         return Err(crate::arg_err!("{what} margin must be finite and >= 0, got {margin}"));
+    }
+    Ok(())
+}
+
+/// Checks the buffers of a loss over `(anchor, positive)` pairs: `a`, `p`
+/// and their gradients `[batch, dim]` each, and a workspace built for
+/// `ws_batch` items.
+pub(crate) fn check_pairs(
+    what: &str,
+    (batch, dim, ws_batch): (usize, usize, usize),
+    (a, p): (&[f32], &[f32]),
+    (grad_a, grad_p): (&[f32], &[f32]),
+) -> Result<()> {
+    check_rows(
+        what,
+        batch,
+        dim,
+        &[
+            ("anchors", a.len()),
+            ("positives", p.len()),
+            ("anchor gradient", grad_a.len()),
+            ("positive gradient", grad_p.len()),
+        ],
+    )?;
+    if ws_batch != batch {
+        return Err(crate::shape_err!("{what} workspace built for batch {ws_batch}, called with {batch}"));
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::loss::LossKind;
+use crate::loss::sos::{SOS_KNN, SosRegularizer};
 use crate::models::Arch;
 use crate::optim::OptimizerConfig;
 use serde::{Deserialize, Serialize};
@@ -90,6 +91,10 @@ pub struct TrainConfig {
     /// Joint training only: weight of the denoising loss beside the descriptor loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub denoise_weight: Option<f64>,
+    /// HardNet loss only: weight of SOSNet's second-order similarity
+    /// regulariser added to it ([`crate::loss::sos`]); none: not added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sos_weight: Option<f32>,
 }
 
 impl TrainConfig {
@@ -108,7 +113,18 @@ impl TrainConfig {
         if !(self.optimizer.lr() > 0.0 && self.optimizer.lr().is_finite()) {
             return bad(format!("learning rate {} must be positive", self.optimizer.lr()));
         }
+        if self.sos_weight.is_some() {
+            if self.loss != LossKind::HardNet {
+                return bad(format!("the SOS regulariser applies to the hardnet loss only, not to {}", self.loss));
+            }
+            self.sos()?;
+        }
         Ok(())
+    }
+
+    /// SOSNet's regulariser as this stage adds it, if it does.
+    pub fn sos(&self) -> Result<Option<SosRegularizer>> {
+        self.sos_weight.map(|w| SosRegularizer::new(w, SOS_KNN)).transpose()
     }
 
     /// Optimizer steps in one epoch.
@@ -160,6 +176,7 @@ mod tests {
             augment: false,
             lr_span: None,
             denoise_weight: None,
+            sos_weight: None,
         }
     }
 

@@ -145,7 +145,12 @@ pub fn train(
     if arch.is_denoiser() {
         return Err(Error::InvalidArgument(format!("{arch} is a denoiser, not a HardNet variant")));
     }
-    let mut loss = TupleHead::new(cfg.loss.tuple(cfg.margin)?, cfg.batch);
+    if cfg.sos_weight.is_some() && !run.device.is_cpu() {
+        return Err(Error::InvalidArgument(
+            "the SOS regulariser runs on the CPU only: drop --sos-weight or train with --device cpu".into(),
+        ));
+    }
+    let mut loss = TupleHead::new(cfg.loss.tuple(cfg.margin)?, cfg.batch).with_sos(cfg.sos()?)?;
     let k = loss.k();
     let model = Model::new(arch)?;
     let mut st: State = session::start(&model, cfg, run, resume, None)?;

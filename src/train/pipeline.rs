@@ -183,6 +183,11 @@ pub fn run(cfg: &RunConfig, observer: SharedObserver) -> Result<RunSummary> {
         }
         Some(Some(arch)) => Some(arch),
     };
+    if cfg.recipe == Recipe::Joint && cfg.descriptor_overrides.sos_weight.is_some() {
+        return Err(Error::InvalidArgument(
+            "--recipe joint trains without the SOS regulariser: drop --sos-weight".into(),
+        ));
+    }
     if cfg.recipe == Recipe::Joint && den_arch.is_none() {
         return Err(Error::InvalidArgument("--recipe joint trains a denoiser: --denoiser none does not apply".into()));
     }
@@ -257,12 +262,16 @@ fn pipeline(
     ));
     let opts = StageOptions { resume: cfg.resume, parallel: None, device: cfg.device, observer: observer.clone() };
 
+    // Both stages' settings are checked before anything trains.
+    let input = if den_arch.is_some() { InputKind::Denoised } else { InputKind::Noisy };
+    let mut desc_cfg = descriptor_config(cfg, desc_arch, input)?;
+    let den_stage_cfg = den_arch.map(|arch| denoiser_config(cfg, arch, ds.train_patches())).transpose()?;
+
     let t = Instant::now();
     let mut den_cfg = None;
     let mut den = None;
     let mut den_metrics = Vec::new();
-    if let Some(arch) = den_arch {
-        let c = denoiser_config(cfg, arch, ds.train_patches())?;
+    if let Some(c) = den_stage_cfg {
         let trained = train_denoiser(&c, &ds, &out.join("denoiser"), &opts)?;
         let mut net = trained.network;
         // Denoising the dataset for the descriptor stage runs where training did.
@@ -272,8 +281,6 @@ fn pipeline(
     }
 
     let t = Instant::now();
-    let input = if den.is_some() { InputKind::Denoised } else { InputKind::Noisy };
-    let mut desc_cfg = descriptor_config(cfg, desc_arch, input)?;
     let (separate, joint_epochs) = cfg.recipe.split_epochs(desc_cfg.epochs, cfg.joint_epochs);
     if joint_epochs > 0 {
         // One learning-rate schedule over the separate and the joint epochs, as if they were one run.
@@ -489,5 +496,24 @@ mod tests {
         cfg.descriptor_overrides.lr_schedule = Some(LrSchedule::Constant);
         assert_eq!(denoiser_config(&cfg, Arch::Unet, 1000).unwrap().lr_schedule, LrSchedule::Linear);
         assert_eq!(descriptor_config(&cfg, original, InputKind::Denoised).unwrap().lr_schedule, LrSchedule::Constant);
+    }
+
+    #[test]
+    fn descriptor_batch_and_sos_weight_reach_the_descriptor_stage_only() {
+        let mut cfg = RunConfig { preset: Preset::Seed, ..RunConfig::new(Recipe::Hardnet, "runs/x".into()) };
+        let original = Arch::HardNetOriginal;
+        let desc = descriptor_config(&cfg, original, InputKind::Denoised).unwrap();
+        assert_eq!((desc.batch, desc.sos_weight), (128, None));
+        cfg.batch = Some(64);
+        cfg.descriptor_overrides.batch = Some(256);
+        cfg.descriptor_overrides.sos_weight = Some(0.5);
+        let desc = descriptor_config(&cfg, original, InputKind::Denoised).unwrap();
+        assert_eq!((desc.batch, desc.sos_weight), (256, Some(0.5)));
+        let den = denoiser_config(&cfg, Arch::Unet, 1000).unwrap();
+        assert_eq!((den.batch, den.sos_weight), (64, None));
+        // The seed recipe's triplet loss takes no regulariser.
+        cfg.recipe = Recipe::Seed;
+        let e = descriptor_config(&cfg, Arch::HardNetBaseline, InputKind::Denoised).unwrap_err().to_string();
+        assert!(e.contains("hardnet loss only"), "{e}");
     }
 }

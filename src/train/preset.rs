@@ -73,6 +73,8 @@ pub struct Overrides {
     pub lr_schedule: Option<LrSchedule>,
     /// Flips and 90-degree rotations of each training tuple (descriptor).
     pub augment: Option<bool>,
+    /// Weight of SOSNet's second-order similarity regulariser beside the HardNet loss (descriptor).
+    pub sos_weight: Option<f32>,
 }
 
 impl Overrides {
@@ -104,6 +106,7 @@ impl Overrides {
         cfg.seed = self.seed.unwrap_or(cfg.seed);
         cfg.lr_schedule = self.lr_schedule.unwrap_or(cfg.lr_schedule);
         cfg.augment = self.augment.unwrap_or(cfg.augment);
+        cfg.sos_weight = self.sos_weight.or(cfg.sos_weight);
         cfg.validate()
     }
 }
@@ -139,6 +142,7 @@ pub fn denoiser_preset(preset: Preset, arch: Arch, split: &str, train_patches: u
         augment: false,
         lr_span: None,
         denoise_weight: None,
+        sos_weight: None,
     }
 }
 
@@ -166,5 +170,6 @@ pub fn descriptor_preset(preset: Preset, arch: Arch, split: &str, input: InputKi
         augment: false,
         lr_span: None,
         denoise_weight: None,
+        sos_weight: None,
     }
 }

@@ -25,16 +25,18 @@ use crate::error::{Error, Result};
 use crate::gpu::Trainer;
 use crate::io::PATCH_LEN;
 use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
+use crate::loss::sos::{SosRegularizer, SosWorkspace};
 use crate::loss::triplet::TripletLoss;
 use crate::loss::{PointLoss, TupleLoss};
 use crate::models::{DESC_LEN, Model, Workspace};
 use crate::ops::elementwise::scale;
 use std::ops::Range;
 
-/// A descriptor loss with its scratch: triplets or HardNet pairs.
+/// A descriptor loss with its scratch: triplets, or HardNet pairs with an
+/// optional second-order similarity regulariser added to the loss.
 pub(crate) enum TupleHead {
     Triplet(TripletLoss),
-    HardNet(HardNetLoss, HardNetWorkspace),
+    HardNet(HardNetLoss, HardNetWorkspace, Option<Box<(SosRegularizer, SosWorkspace)>>),
 }
 
 impl TupleHead {
@@ -42,7 +44,21 @@ impl TupleHead {
     pub(crate) fn new(loss: TupleLoss, batch: usize) -> TupleHead {
         match loss {
             TupleLoss::Triplet(t) => TupleHead::Triplet(t),
-            TupleLoss::HardNet(h) => TupleHead::HardNet(h, HardNetWorkspace::new(batch)),
+            TupleLoss::HardNet(h) => TupleHead::HardNet(h, HardNetWorkspace::new(batch), None),
+        }
+    }
+
+    /// Adds SOSNet's regulariser to a HardNet loss (`None`: left as it is).
+    pub(crate) fn with_sos(self, sos: Option<SosRegularizer>) -> Result<TupleHead> {
+        match (self, sos) {
+            (head, None) => Ok(head),
+            (TupleHead::HardNet(h, ws, _), Some(s)) => {
+                let b = ws.batch();
+                Ok(TupleHead::HardNet(h, ws, Some(Box::new((s, SosWorkspace::new(b))))))
+            }
+            (TupleHead::Triplet(_), Some(_)) => {
+                Err(Error::InvalidArgument("the SOS regulariser applies to the hardnet loss only".into()))
+            }
         }
     }
 
@@ -51,12 +67,22 @@ impl TupleHead {
         self.loss().k()
     }
 
-    /// The loss without its scratch (what the device trainer takes).
+    /// The loss without its scratch.
     pub(crate) fn loss(&self) -> TupleLoss {
         match self {
             TupleHead::Triplet(t) => TupleLoss::Triplet(*t),
-            TupleHead::HardNet(h, _) => TupleLoss::HardNet(*h),
+            TupleHead::HardNet(h, ..) => TupleLoss::HardNet(*h),
         }
+    }
+
+    /// What the device trainer takes: the loss, when the device runs all of it.
+    fn device_loss(&self) -> Result<TupleLoss> {
+        if matches!(self, TupleHead::HardNet(_, _, Some(_))) {
+            return Err(Error::InvalidArgument(
+                "the SOS regulariser runs on the CPU only: drop --sos-weight or train with --device cpu".into(),
+            ));
+        }
+        Ok(self.loss())
     }
 
     /// Whether the loss of an item depends on the other items of its batch (hardest-in-batch negatives).
@@ -73,12 +99,21 @@ impl TupleHead {
                 let (gp, gn) = rest.split_at_mut(d);
                 t.loss(ga, gp, &mut gn[..d], &out[..d], &out[d..2 * d], &out[2 * d..3 * d], n, DESC_LEN).map(f64::from)
             }
-            TupleHead::HardNet(h, ws) => {
+            TupleHead::HardNet(h, ws, sos) => {
                 if ws.batch() != n {
                     *ws = HardNetWorkspace::new(n);
                 }
                 let (ga, gp) = dout.split_at_mut(d);
-                h.loss(ga, &mut gp[..d], ws, &out[..d], &out[d..2 * d], n, DESC_LEN).map(f64::from)
+                let (a, p) = (&out[..d], &out[d..2 * d]);
+                let mut l = h.loss(ga, &mut gp[..d], ws, a, p, n, DESC_LEN)? as f64;
+                if let Some(reg) = sos {
+                    let (s, sws) = &mut **reg;
+                    if sws.batch() != n {
+                        *sws = SosWorkspace::new(n);
+                    }
+                    l += s.loss(ga, &mut gp[..d], sws, a, p, n, DESC_LEN)? as f64;
+                }
+                Ok(l)
             }
         }
     }
@@ -187,7 +222,7 @@ impl<'m> Stepper<'m> {
                     Head::Point { loss, target } => {
                         g.step_denoise(x, &target[..n * PATCH_LEN], loss, &mut st.optimizer)?
                     }
-                    Head::Tuple(t) => g.step_descriptor(x, t.loss(), &mut st.dropout, &mut st.optimizer)?,
+                    Head::Tuple(t) => g.step_descriptor(x, t.device_loss()?, &mut st.dropout, &mut st.optimizer)?,
                 };
                 check(loss)?;
                 return Ok(loss);
