@@ -77,6 +77,9 @@ pub struct RunArgs {
     /// Weight of SOSNet's second-order similarity regulariser added to the hardnet loss.
     #[arg(long)]
     pub sos_weight: Option<f32>,
+    /// Flips and 90-degree rotations of each descriptor training tuple (true/false; default: the recipe's).
+    #[arg(long)]
+    pub descriptor_augment: Option<bool>,
     /// Joint recipe: descriptor epochs trained end to end with the denoiser.
     #[arg(long, default_value_t = JOINT_EPOCHS)]
     pub joint_epochs: u64,
@@ -139,6 +142,7 @@ impl RunArgs {
                 items: self.triplets,
                 batch: self.descriptor_batch,
                 sos_weight: self.sos_weight,
+                augment: self.descriptor_augment,
                 ..Overrides::default()
             },
             batch: self.batch,

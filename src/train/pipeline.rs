@@ -499,16 +499,17 @@ mod tests {
     }
 
     #[test]
-    fn descriptor_batch_and_sos_weight_reach_the_descriptor_stage_only() {
+    fn descriptor_batch_sos_weight_and_augment_reach_the_descriptor_stage_only() {
         let mut cfg = RunConfig { preset: Preset::Seed, ..RunConfig::new(Recipe::Hardnet, "runs/x".into()) };
         let original = Arch::HardNetOriginal;
         let desc = descriptor_config(&cfg, original, InputKind::Denoised).unwrap();
-        assert_eq!((desc.batch, desc.sos_weight), (128, None));
+        assert_eq!((desc.batch, desc.sos_weight, desc.augment), (128, None, true));
         cfg.batch = Some(64);
         cfg.descriptor_overrides.batch = Some(256);
         cfg.descriptor_overrides.sos_weight = Some(0.5);
+        cfg.descriptor_overrides.augment = Some(false);
         let desc = descriptor_config(&cfg, original, InputKind::Denoised).unwrap();
-        assert_eq!((desc.batch, desc.sos_weight), (256, Some(0.5)));
+        assert_eq!((desc.batch, desc.sos_weight, desc.augment), (256, Some(0.5), false));
         let den = denoiser_config(&cfg, Arch::Unet, 1000).unwrap();
         assert_eq!((den.batch, den.sos_weight), (64, None));
         // The seed recipe's triplet loss takes no regulariser.
