@@ -503,13 +503,13 @@ mod tests {
         let mut cfg = RunConfig { preset: Preset::Seed, ..RunConfig::new(Recipe::Hardnet, "runs/x".into()) };
         let original = Arch::HardNetOriginal;
         let desc = descriptor_config(&cfg, original, InputKind::Denoised).unwrap();
-        assert_eq!((desc.batch, desc.sos_weight, desc.augment), (128, None, true));
+        assert_eq!((desc.batch, desc.sos_weight, desc.augment), (128, None, false));
         cfg.batch = Some(64);
         cfg.descriptor_overrides.batch = Some(256);
         cfg.descriptor_overrides.sos_weight = Some(0.5);
-        cfg.descriptor_overrides.augment = Some(false);
+        cfg.descriptor_overrides.augment = Some(true);
         let desc = descriptor_config(&cfg, original, InputKind::Denoised).unwrap();
-        assert_eq!((desc.batch, desc.sos_weight, desc.augment), (256, Some(0.5), false));
+        assert_eq!((desc.batch, desc.sos_weight, desc.augment), (256, Some(0.5), true));
         let den = denoiser_config(&cfg, Arch::Unet, 1000).unwrap();
         assert_eq!((den.batch, den.sos_weight), (64, None));
         // The seed recipe's triplet loss takes no regulariser.
