@@ -237,6 +237,7 @@ fn checkpoint(root: &Path, scratch: &Path) -> Res {
         augment: true,
         lr_span: Some((1, 4)),
         denoise_weight: Some(0.5),
+        sos_weight: None,
     };
     let meta = |optimizer| CheckpointMeta {
         epochs_done: 1,
