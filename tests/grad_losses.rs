@@ -9,6 +9,7 @@ mod common;
 
 use common::{Tol, assert_close, check_grad, rand_vec};
 use nhpatch::Error;
+use nhpatch::loss::distill::DistillLoss;
 use nhpatch::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use nhpatch::loss::l1::l1_loss;
 use nhpatch::loss::mse::mse_loss;
@@ -243,6 +244,38 @@ proptest! {
         check_grad("sos p", &p, &gp, 1e-3, SMOOTH, 64, |x| sos_ref(&a, x, dim, knn, w).0)
             .map_err(TestCaseError::fail)?;
     }
+
+    #[test]
+    fn distill_gradients_match_finite_differences(
+        seed in any::<u64>(),
+        rows in 1usize..9,
+        dim in 1usize..8,
+        weight in 0.0f32..3.0,
+    ) {
+        let mut rng = Rng::new(seed);
+        let len = rows * dim;
+        let (d, t) = (rand_vec(&mut rng, len, -1.0, 1.0), rand_vec(&mut rng, len, -1.0, 1.0));
+        let w = weight as f64;
+        let reference = |x: &[f32]| w * sq_dist(x, &t) / rows as f64;
+        let mut g = vec![0.0; len];
+        let loss = DistillLoss::new(weight).unwrap().loss(&mut g, &d, &t, rows, dim).unwrap();
+        let want = reference(&d);
+        prop_assert!((loss as f64 - want).abs() <= 1e-5 * (1.0 + want), "loss {loss} vs {want}");
+        check_grad("distill", &d, &g, 1e-3, SMOOTH, 64, reference).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn distill_by_hand() {
+    // Two rows of 2: (1, 0) -> (0, 0) and (0, 2) -> (0, 1); L = w (1 + 1) / 2, dL/dd = 2 w (d - t) / 2.
+    let (d, t) = ([1.0f32, 0.0, 0.0, 2.0], [0.0f32, 0.0, 0.0, 1.0]);
+    let mut g = [0.5f32; 4];
+    let loss = DistillLoss::new(3.0).unwrap().loss(&mut g, &d, &t, 2, 2).unwrap();
+    assert_eq!(loss, 3.0);
+    assert_eq!(g, [3.5, 0.5, 0.5, 3.5]);
+    assert!(DistillLoss::new(-1.0).is_err() && DistillLoss::new(f32::NAN).is_err());
+    let short = DistillLoss::new(1.0).unwrap().loss(&mut g, &d, &t[..3], 2, 2);
+    assert!(short.unwrap_err().to_string().contains("targets"));
 }
 
 #[test]
@@ -422,6 +455,7 @@ fn every_loss_accumulates_into_its_gradients() {
                 sos.loss(ga, gp, &mut SosWorkspace::new(batch), &x, &y, batch, dim).unwrap()
             }),
         ),
+        ("distill", Box::new(|g| DistillLoss::new(0.7).unwrap().loss(&mut g[0], &x, &y, batch, dim).unwrap())),
     ];
     for (what, run) in runs {
         let mut fresh = vec![vec![0.0; len]; 3];

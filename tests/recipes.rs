@@ -5,6 +5,7 @@
 //! is reproducible across runs and thread counts; a run killed with SIGKILL
 //! in its descriptor or joint stage resumes to the uninterrupted run's
 //! weights and scores; the command line runs exactly what the library runs;
+//! distillation trains its clean-patch teacher first and is reproducible;
 //! bad combinations fail cleanly.
 
 mod common;
@@ -181,6 +182,55 @@ fn joint_training_reaches_the_denoiser_and_is_reproducible() {
     let same = |p: &str| bytes(cli.join(p)) == bytes(a.join(p));
     assert!(same("denoiser/model.safetensors") && same("descriptor/model.safetensors"), "CLI and library differ");
     assert!(same("joint/denoiser/model.safetensors"), "CLI and library differ in the joint stage");
+}
+
+#[test]
+fn distillation_trains_a_clean_teacher_first_and_is_reproducible() {
+    let d = dir("distill");
+    let data = dataset(&d);
+    let bytes = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let distilled = |name: &str, weight: f32, threads: usize| {
+        let out = d.join(name);
+        let mut cfg = small_config(&data, &out, Recipe::Hardnet, threads);
+        cfg.descriptor_overrides.distill_weight = Some(weight);
+        run_lib(&cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
+        out
+    };
+    let a = distilled("a", 1.0, 2);
+    // The first of the 2 descriptor epochs trains the teacher on clean patches, on the first half of one schedule.
+    let (tc, sc) = (json(&a.join("teacher/config.json")), json(&a.join("descriptor/config.json")));
+    assert_eq!((tc["input"].as_str(), tc["epochs"].as_u64(), tc.get("distill_weight")), (Some("clean"), Some(1), None));
+    assert_eq!((sc["input"].as_str(), sc["epochs"].as_u64()), (Some("denoised"), Some(1)));
+    assert_eq!(sc["distill_weight"].as_f64(), Some(1.0));
+    assert_eq!((tc["lr_span"].clone(), sc["lr_span"].clone()), (serde_json::json!([0, 2]), serde_json::json!([1, 2])));
+    assert_ne!(tc["seed"], sc["seed"], "the student would repeat the teacher's batches");
+    // Same seed, same bytes, for any thread count; the term moves the student.
+    let one = distilled("one", 1.0, 1);
+    let zero = distilled("zero", 0.0, 2);
+    let student = |out: &Path| bytes(out.join("descriptor/model.safetensors"));
+    assert_eq!(student(&a), student(&one), "distillation differs between 1 and 2 threads");
+    assert_eq!(bytes(a.join("teacher/model.safetensors")), bytes(zero.join("teacher/model.safetensors")));
+    assert_ne!(student(&a), student(&zero), "the distillation term did not change the student");
+    // Resuming a finished run redoes nothing.
+    let mut resume = small_config(&data, &a, Recipe::Hardnet, 2);
+    (resume.descriptor_overrides.distill_weight, resume.resume) = (Some(1.0), true);
+    run_lib(&resume).unwrap();
+    assert_eq!(student(&a), student(&one));
+    // The command line runs what the library runs.
+    let cli = d.join("cli");
+    ok(&[&small_args(&data, &cli, "hardnet", "2")[..], &["--distill-weight", "1"]].concat());
+    assert_eq!(student(&cli), student(&a), "CLI and library differ");
+    // Refusals: a budget of one descriptor epoch, the triplet loss, the joint recipe, a negative weight.
+    let bad = d.join("bad");
+    let base = ["run", "--dataset", s(&data), "--out", s(&bad)];
+    let e = fails(&[&base[..], &["--distill-weight", "1", "--descriptor-epochs", "1"]].concat());
+    assert!(e.contains("at least 2"), "{e}");
+    let e = fails(&[&base[..], &["--recipe", "seed", "--distill-weight", "1"]].concat());
+    assert!(e.contains("hardnet loss only"), "{e}");
+    let e = fails(&[&base[..], &["--recipe", "joint", "--distill-weight", "1"]].concat());
+    assert!(e.contains("--distill-weight"), "{e}");
+    let e = fails(&[&base[..], &["--distill-weight=-1"]].concat());
+    assert!(e.contains("distillation weight"), "{e}");
 }
 
 /// The weights of every model a finished run wrote, and its `results.json`

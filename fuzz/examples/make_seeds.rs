@@ -238,6 +238,7 @@ fn checkpoint(root: &Path, scratch: &Path) -> Res {
         lr_span: Some((1, 4)),
         denoise_weight: Some(0.5),
         sos_weight: None,
+        distill_weight: None,
     };
     let meta = |optimizer| CheckpointMeta {
         epochs_done: 1,

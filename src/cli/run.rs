@@ -9,7 +9,7 @@ use nhpatch::error::{Error, Result};
 use nhpatch::models::Arch;
 use nhpatch::train::pipeline::{self, RunConfig};
 use nhpatch::train::preset::{Overrides, Preset};
-use nhpatch::train::recipe::{DEFAULT_RECIPE, DENOISE_WEIGHT, JOINT_EPOCHS, Recipe};
+use nhpatch::train::recipe::{DEFAULT_RECIPE, DENOISE_WEIGHT, JOINT_EPOCHS, Recipe, TEACHER_EPOCHS};
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -77,6 +77,16 @@ pub struct RunArgs {
     /// Weight of SOSNet's second-order similarity regulariser added to the hardnet loss.
     #[arg(long)]
     pub sos_weight: Option<f32>,
+    /// Distillation from a clean-patch teacher: the first --teacher-epochs of
+    /// the descriptor epochs train a HardNet on the clean patches; the
+    /// descriptor starts from it and adds this weight times the mean squared
+    /// distance between its descriptors and the teacher's of the clean twins
+    /// (0: the teacher only initialises it).
+    #[arg(long)]
+    pub distill_weight: Option<f32>,
+    /// With --distill-weight: descriptor epochs spent on the teacher.
+    #[arg(long, default_value_t = TEACHER_EPOCHS)]
+    pub teacher_epochs: u64,
     /// Flips and 90-degree rotations of each descriptor training tuple (true/false; default: the recipe's).
     #[arg(long)]
     pub descriptor_augment: Option<bool>,
@@ -143,11 +153,13 @@ impl RunArgs {
                 batch: self.descriptor_batch,
                 sos_weight: self.sos_weight,
                 augment: self.descriptor_augment,
+                distill_weight: self.distill_weight,
                 ..Overrides::default()
             },
             batch: self.batch,
             joint_epochs: self.joint_epochs,
             denoise_weight: self.denoise_weight,
+            teacher_epochs: self.teacher_epochs,
             seed: self.seed,
             resume: self.resume,
             threads: self.threads,

@@ -83,6 +83,7 @@ impl OverrideArgs {
             lr_schedule: schedule(&self.lr_schedule)?,
             augment: self.augment,
             sos_weight: self.sos_weight,
+            distill_weight: None,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! loss is returned as f32. Gradients are added, never assigned, so a training
 //! step zeroes its gradient arena once and several losses may share it.
 
+pub mod distill;
 pub mod hardnet;
 pub mod l1;
 pub mod mse;

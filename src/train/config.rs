@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::loss::LossKind;
+use crate::loss::distill::DistillLoss;
 use crate::loss::sos::{SOS_KNN, SosRegularizer};
 use crate::models::Arch;
 use crate::optim::OptimizerConfig;
@@ -95,6 +96,11 @@ pub struct TrainConfig {
     /// regulariser added to it ([`crate::loss::sos`]); none: not added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sos_weight: Option<f32>,
+    /// HardNet loss only: weight of the distillation term pulling each
+    /// descriptor towards a clean-patch teacher's descriptor of its clean twin
+    /// ([`crate::loss::distill`]); none: no teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill_weight: Option<f32>,
 }
 
 impl TrainConfig {
@@ -119,12 +125,23 @@ impl TrainConfig {
             }
             self.sos()?;
         }
+        if self.distill_weight.is_some() {
+            if self.loss != LossKind::HardNet {
+                return bad(format!("distillation applies to the hardnet loss only, not to {}", self.loss));
+            }
+            self.distill()?;
+        }
         Ok(())
     }
 
     /// SOSNet's regulariser as this stage adds it, if it does.
     pub fn sos(&self) -> Result<Option<SosRegularizer>> {
         self.sos_weight.map(|w| SosRegularizer::new(w, SOS_KNN)).transpose()
+    }
+
+    /// The distillation term this stage adds, if it does.
+    pub fn distill(&self) -> Result<Option<DistillLoss>> {
+        self.distill_weight.map(DistillLoss::new).transpose()
     }
 
     /// Optimizer steps in one epoch.
@@ -177,6 +194,7 @@ mod tests {
             lr_span: None,
             denoise_weight: None,
             sos_weight: None,
+            distill_weight: None,
         }
     }
 

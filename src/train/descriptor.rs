@@ -7,19 +7,27 @@
 //! noisy patches passed once through a denoiser, clipped and rounded to
 //! 0..255 as the seed does, and cached in the run folder as a packed dataset
 //! (`denoised.pack`, rebuilt when the dataset or the denoiser changes).
+//!
+//! With a [`Teacher`] (a HardNet trained on the clean patches), the student
+//! starts from the teacher's weights, and with `distill_weight` set every
+//! step also runs the teacher on the batch's clean twins (eval mode, `[2B,
+//! 1, 32, 32]` -> `[2B, 128]`) and adds the distillation term against those
+//! descriptors ([`crate::loss::distill`]).
 
 use super::config::TrainConfig;
 use super::metrics::{EpochMetrics, MapScores};
 use super::progress::Event;
 use super::session::{self, RunDir, State};
 use super::step::{Head, Stepper, TupleHead};
+use crate::data::augment;
 use crate::data::hpatches::Version;
 use crate::data::pack::{PackWriter, PackedDataset};
-use crate::data::sampler::{Sampler, compact_views};
+use crate::data::sampler::{PatchRef, Sampler, compact_views};
 use crate::error::{Error, Result};
+use crate::io::PATCH;
 use crate::io::PATCH_LEN;
-use crate::models::Model;
-use crate::net::{Network, to_pixels};
+use crate::models::{DESC_LEN, Model};
+use crate::net::{Network, Patches, to_pixels};
 use std::path::Path;
 use std::time::Instant;
 
@@ -128,9 +136,37 @@ pub struct Source<'a> {
     pub version: Version,
 }
 
+/// A clean-patch teacher: its network, and where the clean twin of a
+/// training patch is: sequence `s` of the source is sequence `seqs[s]` of
+/// `data` (the original dataset, clean slot).
+pub struct Teacher<'a> {
+    pub net: &'a Network,
+    pub data: &'a PackedDataset,
+    pub seqs: Vec<usize>,
+}
+
+impl Teacher<'_> {
+    /// The teacher's descriptors `out` (`[2][n][128]`) of the clean twins of
+    /// the pairs `items`, each under its flip/rotation; `x` is scratch of `2n` patches.
+    fn targets(&self, items: &[[PatchRef; 2]], transforms: &[u8], x: &mut [f32], out: &mut [f32]) -> Result<()> {
+        let n = items.len();
+        for (v, view) in x[..2 * n * PATCH_LEN].chunks_mut(n * PATCH_LEN).enumerate() {
+            for ((dst, it), &t) in view.chunks_mut(PATCH_LEN).zip(items).zip(transforms) {
+                let r = it[v];
+                let seq = *self.seqs.get(r.seq).ok_or_else(|| {
+                    Error::InvalidArgument(format!("teacher: no clean twin for training sequence {}", r.seq))
+                })?;
+                augment::transform_into(dst, self.data.patch(seq, r.image, r.idx, Version::Clean), PATCH, t, f32::from);
+            }
+        }
+        self.net.describe_into(Patches::F32(&x[..2 * n * PATCH_LEN]), &mut out[..2 * n * DESC_LEN])
+    }
+}
+
 /// Trains a HardNet; `source` gives the training patches, `val` (dataset,
-/// test sequences, version) the fixed validation tuples; `map` computes mAP
-/// after each epoch when the configuration asks for it.
+/// validation sequences, version) the fixed validation tuples; `map` computes mAP
+/// after each epoch when the configuration asks for it; `teacher`, when
+/// given, is where the student starts and, with `cfg.distill_weight`, what it distills.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     cfg: &TrainConfig,
@@ -139,6 +175,7 @@ pub fn train(
     run: &RunDir,
     resume: bool,
     map: Option<&MapFn<'_>>,
+    teacher: Option<&Teacher<'_>>,
 ) -> Result<(Network, Vec<EpochMetrics>)> {
     cfg.validate()?;
     let arch = cfg.arch;
@@ -150,10 +187,29 @@ pub fn train(
             "the SOS regulariser runs on the CPU only: drop --sos-weight or train with --device cpu".into(),
         ));
     }
-    let mut loss = TupleHead::new(cfg.loss.tuple(cfg.margin)?, cfg.batch).with_sos(cfg.sos()?)?;
+    let distill = cfg.distill()?;
+    if distill.is_some() && teacher.is_none() {
+        return Err(Error::InvalidArgument(
+            "distillation needs a clean-patch teacher: `nhpatch run --distill-weight` trains one first".into(),
+        ));
+    }
+    if distill.is_some() && (!run.device.is_cpu() || run.parallel.is_some()) {
+        return Err(Error::InvalidArgument(
+            "distillation trains in one process on the CPU: drop --distill-weight, --device or --distributed".into(),
+        ));
+    }
+    if let Some(t) = teacher
+        && t.net.arch() != arch
+    {
+        return Err(Error::InvalidArgument(format!("the teacher is a {}, the student a {arch}", t.net.arch())));
+    }
+    let mut loss =
+        TupleHead::new(cfg.loss.tuple(cfg.margin)?, cfg.batch).with_sos(cfg.sos()?)?.with_distill(distill)?;
+    // Validation scores the descriptor loss alone: the teacher never sees validation patches.
+    let mut val_loss_head = TupleHead::new(cfg.loss.tuple(cfg.margin)?, cfg.batch).with_sos(cfg.sos()?)?;
     let k = loss.k();
     let model = Model::new(arch)?;
-    let mut st: State = session::start(&model, cfg, run, resume, None)?;
+    let mut st: State = session::start(&model, cfg, run, resume, teacher.map(|t| t.net.params()))?;
     let b = cfg.batch;
     let mut sampler =
         sampling(source.data, &source.train, source.version, k, b, cfg.epoch_items, cfg.seed, cfg.augment)?;
@@ -170,6 +226,7 @@ pub fn train(
         draw(&mut vs, &mut val_x, val_n)?;
     }
     let mut x = vec![0.0f32; k * b * PATCH_LEN];
+    let mut x_teacher = vec![0.0f32; if distill.is_some() { 2 * b * PATCH_LEN } else { 0 }];
     let steps = cfg.steps_per_epoch();
     let unit = cfg.loss.unit();
     let mut stepper = Stepper::new(run, &model, &st, (b, k), cfg.epoch_items)?;
@@ -184,6 +241,9 @@ pub fn train(
         let (mut loss_sum, mut items, mut step) = (0.0f64, 0u64, 0u64);
         loop {
             let (n, last) = draw(&mut sampler, &mut x, b)?;
+            if let (Some(t), Sampling::Pair(s), Some(targets)) = (teacher, &sampler, loss.distill_targets(n)) {
+                t.targets(s.last_batch(), s.last_transforms(), &mut x_teacher, targets)?;
+            }
             // This step's learning rate (the optimizer reads it only in its update).
             st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step));
             step += 1;
@@ -207,7 +267,7 @@ pub fn train(
         let val_loss = if val_n > 0 && !val.1.is_empty() && run.is_root() {
             let out = net.describe(&val_x)?;
             let mut scratch = vec![0.0f32; out.len()];
-            Some(loss.eval(&mut scratch, &out, val_n)?)
+            Some(val_loss_head.eval(&mut scratch, &out, val_n)?)
         } else {
             None
         };

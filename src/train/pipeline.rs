@@ -29,10 +29,10 @@ use super::joint::{self, JointConfig, JointData};
 use super::metrics::MapScores;
 use super::preset::{Overrides, Preset, denoiser_preset, descriptor_preset};
 use super::progress::{BusyGuard, Event, SharedObserver};
-use super::recipe::{DENOISE_WEIGHT, JOINT_EPOCHS, Recipe, joint_configs};
+use super::recipe::{DENOISE_WEIGHT, JOINT_EPOCHS, Recipe, TEACHER_EPOCHS, joint_configs, teacher_configs};
 use super::report::{ResultsDoc, write_curves_svg, write_montage, write_results_md};
 use super::session::RunDir;
-use super::stage::{StageOptions, TASKS_SEED, train_denoiser, train_descriptor};
+use super::stage::{StageOptions, TASKS_SEED, train_denoiser, train_descriptor, train_descriptor_from_teacher};
 use crate::data::hpatches::Version;
 use crate::data::pack::PackedDataset;
 use crate::data::sampler::Sampler;
@@ -83,6 +83,9 @@ pub struct RunConfig {
     pub joint_epochs: u64,
     /// Joint recipe: weight of the denoising (L1) loss beside the descriptor loss.
     pub denoise_weight: f64,
+    /// With a distillation weight in `descriptor_overrides`: descriptor epochs
+    /// spent first on the clean-patch teacher (the student gets the rest).
+    pub teacher_epochs: u64,
     /// Seed of the denoiser stage; the descriptor uses `seed + 1` (a stage's own override wins).
     pub seed: Option<u64>,
     /// Continue an interrupted run in `out`.
@@ -111,6 +114,7 @@ impl RunConfig {
             batch: None,
             joint_epochs: JOINT_EPOCHS,
             denoise_weight: DENOISE_WEIGHT,
+            teacher_epochs: TEACHER_EPOCHS,
             seed: None,
             resume: false,
             threads: 0,
@@ -186,6 +190,11 @@ pub fn run(cfg: &RunConfig, observer: SharedObserver) -> Result<RunSummary> {
     if cfg.recipe == Recipe::Joint && cfg.descriptor_overrides.sos_weight.is_some() {
         return Err(Error::InvalidArgument(
             "--recipe joint trains without the SOS regulariser: drop --sos-weight".into(),
+        ));
+    }
+    if cfg.recipe == Recipe::Joint && cfg.descriptor_overrides.distill_weight.is_some() {
+        return Err(Error::InvalidArgument(
+            "--recipe joint trains without a clean-patch teacher: drop --distill-weight".into(),
         ));
     }
     if cfg.recipe == Recipe::Joint && den_arch.is_none() {
@@ -266,6 +275,14 @@ fn pipeline(
     let input = if den_arch.is_some() { InputKind::Denoised } else { InputKind::Noisy };
     let mut desc_cfg = descriptor_config(cfg, desc_arch, input)?;
     let den_stage_cfg = den_arch.map(|arch| denoiser_config(cfg, arch, ds.train_patches())).transpose()?;
+    if desc_cfg.distill_weight.is_some() {
+        teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
+        if !cfg.device.is_cpu() {
+            return Err(Error::InvalidArgument(
+                "distillation trains on the CPU: drop --distill-weight or --device".into(),
+            ));
+        }
+    }
 
     let t = Instant::now();
     let mut den_cfg = None;
@@ -288,7 +305,17 @@ fn pipeline(
     }
     desc_cfg.epochs = separate;
     let desc_dir = out.join("descriptor");
-    let trained = train_descriptor(&desc_cfg, &ds, den.as_ref(), &desc_dir, &opts)?;
+    let trained = if desc_cfg.distill_weight.is_some() {
+        // The first epochs of the budget train a teacher on the clean patches;
+        // the student starts from it and distills it on the denoised patches.
+        let (tcfg, scfg) = teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
+        let teacher = train_descriptor(&tcfg, &ds, None, &out.join("teacher"), &opts)?;
+        timings.push(("teacher training (clean patches)", t.elapsed().as_secs_f64()));
+        desc_cfg = scfg;
+        train_descriptor_from_teacher(&desc_cfg, &ds, den.as_ref(), &teacher.network, &desc_dir, &opts)?
+    } else {
+        train_descriptor(&desc_cfg, &ds, den.as_ref(), &desc_dir, &opts)?
+    };
     let (mut descriptor, mut desc_metrics) = (trained.network, trained.metrics);
     timings.push(("descriptor training (incl. per-epoch evaluation)", t.elapsed().as_secs_f64()));
 

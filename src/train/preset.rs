@@ -75,6 +75,8 @@ pub struct Overrides {
     pub augment: Option<bool>,
     /// Weight of SOSNet's second-order similarity regulariser beside the HardNet loss (descriptor).
     pub sos_weight: Option<f32>,
+    /// Weight of the distillation term towards a clean-patch teacher (descriptor; the pipeline trains the teacher).
+    pub distill_weight: Option<f32>,
 }
 
 impl Overrides {
@@ -107,6 +109,7 @@ impl Overrides {
         cfg.lr_schedule = self.lr_schedule.unwrap_or(cfg.lr_schedule);
         cfg.augment = self.augment.unwrap_or(cfg.augment);
         cfg.sos_weight = self.sos_weight.or(cfg.sos_weight);
+        cfg.distill_weight = self.distill_weight.or(cfg.distill_weight);
         cfg.validate()
     }
 }
@@ -143,6 +146,7 @@ pub fn denoiser_preset(preset: Preset, arch: Arch, split: &str, train_patches: u
         lr_span: None,
         denoise_weight: None,
         sos_weight: None,
+        distill_weight: None,
     }
 }
 
@@ -171,5 +175,6 @@ pub fn descriptor_preset(preset: Preset, arch: Arch, split: &str, input: InputKi
         lr_span: None,
         denoise_weight: None,
         sos_weight: None,
+        distill_weight: None,
     }
 }

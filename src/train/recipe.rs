@@ -14,7 +14,7 @@
 //! Every recipe but `seed` trains its denoiser with Adam at 1e-3 at every
 //! preset (`apply_denoiser`); `seed` keeps the preset's (the report's SGD).
 
-use super::config::{LrSchedule, TrainConfig};
+use super::config::{InputKind, LrSchedule, TrainConfig};
 use super::preset::Preset;
 use crate::error::{Error, Result};
 use crate::loss::LossKind;
@@ -48,6 +48,9 @@ pub const HARDNET_LR: f64 = 0.1;
 pub const DENOISE_WEIGHT: f64 = 0.1;
 /// Epochs of the descriptor budget that the joint recipe spends on end-to-end training.
 pub const JOINT_EPOCHS: u64 = 1;
+/// Epochs of the descriptor budget spent on the clean-patch teacher when distilling.
+pub const TEACHER_EPOCHS: u64 = 1;
+const TEACHER_STREAM: u64 = 0x7EAC_4E55;
 
 impl Recipe {
     pub fn name(self) -> &'static str {
@@ -150,6 +153,33 @@ impl std::str::FromStr for Recipe {
             ))
         })
     }
+}
+
+/// Settings of the clean-patch teacher of a distilled descriptor whose
+/// settings are `desc` (epochs: all of the descriptor budget): the same
+/// network, loss and optimizer on the clean patches, for the first `epochs`
+/// of the budget (at least one, and one left to the student), on the first
+/// part of one learning-rate schedule spanning both; the student gets the
+/// rest of the epochs and of the schedule. Returns (teacher, student).
+pub fn teacher_configs(desc: &TrainConfig, epochs: u64) -> Result<(TrainConfig, TrainConfig)> {
+    let total = desc.epochs;
+    if total < 2 {
+        return Err(Error::InvalidArgument(format!(
+            "distillation spends the descriptor epochs on a clean-patch teacher and its student: needs at least 2, got {total}"
+        )));
+    }
+    let first = epochs.clamp(1, total - 1);
+    let mut t = desc.clone();
+    t.input = InputKind::Clean;
+    t.distill_weight = None;
+    t.epochs = first;
+    t.lr_span = Some((0, total));
+    // Its own stream of batches: the student's first epoch is not the teacher's again.
+    t.seed = desc.seed ^ TEACHER_STREAM;
+    let mut s = desc.clone();
+    s.epochs = total - first;
+    s.lr_span = Some((first, total));
+    Ok((t, s))
 }
 
 /// Settings of the joint stage from the separately trained descriptor's

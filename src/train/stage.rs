@@ -5,7 +5,7 @@
 //! [`super::denoiser`] or [`super::descriptor`].
 
 use super::config::{InputKind, TrainConfig};
-use super::descriptor::{self, Source};
+use super::descriptor::{self, Source, Teacher};
 use super::metrics::{EpochMetrics, MapScores};
 use super::parallel::Parallel;
 use super::progress::{BusyGuard, Event, SharedObserver, quiet};
@@ -83,6 +83,33 @@ pub fn train_descriptor(
     out: &Path,
     opts: &StageOptions,
 ) -> Result<Trained> {
+    descriptor_stage(cfg, ds, denoiser, None, out, opts)
+}
+
+/// As [`train_descriptor`], the student of `teacher` (a HardNet of the same
+/// variant trained on `ds`'s clean patches, e.g. by `train_descriptor` with
+/// `input` clean): it starts from the teacher's weights and, with
+/// `cfg.distill_weight`, adds the distillation term towards the teacher's
+/// descriptors of each training patch's clean twin ([`crate::loss::distill`]).
+pub fn train_descriptor_from_teacher(
+    cfg: &TrainConfig,
+    ds: &DatasetSplit,
+    denoiser: Option<&Network>,
+    teacher: &Network,
+    out: &Path,
+    opts: &StageOptions,
+) -> Result<Trained> {
+    descriptor_stage(cfg, ds, denoiser, Some(teacher), out, opts)
+}
+
+fn descriptor_stage(
+    cfg: &TrainConfig,
+    ds: &DatasetSplit,
+    denoiser: Option<&Network>,
+    teacher: Option<&Network>,
+    out: &Path,
+    opts: &StageOptions,
+) -> Result<Trained> {
     let run = run_dir("descriptor", ds, out, opts)?;
     let denoised = match denoiser {
         Some(d) => {
@@ -139,7 +166,16 @@ pub fn train_descriptor(
     let val_data = if cfg.input == InputKind::Clean { &ds.data } else { eval_data };
     let val_seqs = if cfg.input == InputKind::Clean { ds.val.clone() } else { val_in_eval };
     let map_fn: Option<&descriptor::MapFn<'_>> = if bench.is_some() { Some(&map) } else { None };
-    let (network, metrics) =
-        descriptor::train(cfg, &source, (val_data, &val_seqs, val_version), &run, opts.resume, map_fn)?;
+    // The clean twin of source sequence s: the denoised pack holds the training then the validation sequences.
+    let teacher = teacher.map(|net| Teacher {
+        net,
+        data: &ds.data,
+        seqs: match &denoised {
+            Some(_) => ds.train.iter().chain(&ds.val).copied().collect(),
+            None => (0..ds.data.sequences().len()).collect(),
+        },
+    });
+    let val = (val_data, val_seqs.as_slice(), val_version);
+    let (network, metrics) = descriptor::train(cfg, &source, val, &run, opts.resume, map_fn, teacher.as_ref())?;
     Ok(Trained { network, metrics })
 }

@@ -24,6 +24,7 @@ use super::session::{RunDir, State, tail_ws};
 use crate::error::{Error, Result};
 use crate::gpu::Trainer;
 use crate::io::PATCH_LEN;
+use crate::loss::distill::DistillLoss;
 use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use crate::loss::sos::{SosRegularizer, SosWorkspace};
 use crate::loss::triplet::TripletLoss;
@@ -33,10 +34,18 @@ use crate::ops::elementwise::scale;
 use std::ops::Range;
 
 /// A descriptor loss with its scratch: triplets, or HardNet pairs with an
-/// optional second-order similarity regulariser added to the loss.
+/// optional second-order similarity regulariser and an optional
+/// distillation term added to the loss.
 pub(crate) enum TupleHead {
     Triplet(TripletLoss),
-    HardNet(HardNetLoss, HardNetWorkspace, Option<Box<(SosRegularizer, SosWorkspace)>>),
+    HardNet(HardNetLoss, HardNetWorkspace, Option<Box<(SosRegularizer, SosWorkspace)>>, Option<Box<Distill>>),
+}
+
+/// The distillation term and its targets, `[2][n][128]` (the teacher's
+/// descriptors of the batch's clean twins), refilled by the caller every step.
+pub(crate) struct Distill {
+    loss: DistillLoss,
+    targets: Vec<f32>,
 }
 
 impl TupleHead {
@@ -44,7 +53,7 @@ impl TupleHead {
     pub(crate) fn new(loss: TupleLoss, batch: usize) -> TupleHead {
         match loss {
             TupleLoss::Triplet(t) => TupleHead::Triplet(t),
-            TupleLoss::HardNet(h) => TupleHead::HardNet(h, HardNetWorkspace::new(batch), None),
+            TupleLoss::HardNet(h) => TupleHead::HardNet(h, HardNetWorkspace::new(batch), None, None),
         }
     }
 
@@ -52,13 +61,43 @@ impl TupleHead {
     pub(crate) fn with_sos(self, sos: Option<SosRegularizer>) -> Result<TupleHead> {
         match (self, sos) {
             (head, None) => Ok(head),
-            (TupleHead::HardNet(h, ws, _), Some(s)) => {
+            (TupleHead::HardNet(h, ws, _, d), Some(s)) => {
                 let b = ws.batch();
-                Ok(TupleHead::HardNet(h, ws, Some(Box::new((s, SosWorkspace::new(b))))))
+                Ok(TupleHead::HardNet(h, ws, Some(Box::new((s, SosWorkspace::new(b)))), d))
             }
             (TupleHead::Triplet(_), Some(_)) => {
                 Err(Error::InvalidArgument("the SOS regulariser applies to the hardnet loss only".into()))
             }
+        }
+    }
+
+    /// Adds a distillation term to a HardNet loss (`None`: left as it is);
+    /// its targets are set with [`TupleHead::distill_targets`] before each step.
+    pub(crate) fn with_distill(self, distill: Option<DistillLoss>) -> Result<TupleHead> {
+        match (self, distill) {
+            (head, None) => Ok(head),
+            (TupleHead::HardNet(h, ws, s, _), Some(loss)) => {
+                let targets = vec![0.0; 2 * ws.batch() * DESC_LEN];
+                Ok(TupleHead::HardNet(h, ws, s, Some(Box::new(Distill { loss, targets }))))
+            }
+            (TupleHead::Triplet(_), Some(_)) => {
+                Err(Error::InvalidArgument("distillation applies to the hardnet loss only".into()))
+            }
+        }
+    }
+
+    /// The distillation targets of a batch of `n` pairs, `[2][n][128]`, when
+    /// the head distills (grown to `n` if the batch is larger than built for).
+    pub(crate) fn distill_targets(&mut self, n: usize) -> Option<&mut [f32]> {
+        match self {
+            TupleHead::HardNet(.., Some(d)) => {
+                let len = 2 * n * DESC_LEN;
+                if d.targets.len() < len {
+                    d.targets.resize(len, 0.0);
+                }
+                Some(&mut d.targets[..len])
+            }
+            _ => None,
         }
     }
 
@@ -77,7 +116,12 @@ impl TupleHead {
 
     /// What the device trainer takes: the loss, when the device runs all of it.
     fn device_loss(&self) -> Result<TupleLoss> {
-        if matches!(self, TupleHead::HardNet(_, _, Some(_))) {
+        if matches!(self, TupleHead::HardNet(_, _, _, Some(_))) {
+            return Err(Error::InvalidArgument(
+                "distillation runs on the CPU only: drop --distill-weight or train with --device cpu".into(),
+            ));
+        }
+        if matches!(self, TupleHead::HardNet(_, _, Some(_), _)) {
             return Err(Error::InvalidArgument(
                 "the SOS regulariser runs on the CPU only: drop --sos-weight or train with --device cpu".into(),
             ));
@@ -99,7 +143,7 @@ impl TupleHead {
                 let (gp, gn) = rest.split_at_mut(d);
                 t.loss(ga, gp, &mut gn[..d], &out[..d], &out[d..2 * d], &out[2 * d..3 * d], n, DESC_LEN).map(f64::from)
             }
-            TupleHead::HardNet(h, ws, sos) => {
+            TupleHead::HardNet(h, ws, sos, distill) => {
                 if ws.batch() != n {
                     *ws = HardNetWorkspace::new(n);
                 }
@@ -112,6 +156,16 @@ impl TupleHead {
                         *sws = SosWorkspace::new(n);
                     }
                     l += s.loss(ga, &mut gp[..d], sws, a, p, n, DESC_LEN)? as f64;
+                }
+                if let Some(t) = distill {
+                    // Anchors and positives alike: 2n rows, each against its clean twin's teacher descriptor.
+                    let targets = t.targets.get(..2 * d).ok_or_else(|| {
+                        crate::shape_err!(
+                            "distillation targets for {} pairs, batch has {n}",
+                            t.targets.len() / (2 * DESC_LEN)
+                        )
+                    })?;
+                    l += t.loss.loss(&mut dout[..2 * d], &out[..2 * d], targets, 2 * n, DESC_LEN)? as f64;
                 }
                 Ok(l)
             }
