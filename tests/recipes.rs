@@ -204,6 +204,10 @@ fn distillation_trains_a_clean_teacher_first_and_is_reproducible() {
     assert_eq!(sc["distill_weight"].as_f64(), Some(1.0));
     assert_eq!((tc["lr_span"].clone(), sc["lr_span"].clone()), (serde_json::json!([0, 2]), serde_json::json!([1, 2])));
     assert_ne!(tc["seed"], sc["seed"], "the student would repeat the teacher's batches");
+    // The teacher validates on the denoised validation patches, and leaves them to the student.
+    assert!(a.join("descriptor/denoised.pack").is_file() && !a.join("teacher/denoised.pack").exists());
+    let teacher_val = std::fs::read_to_string(a.join("teacher/metrics.jsonl")).unwrap();
+    assert!(teacher_val.contains("\"map\""), "{teacher_val}");
     // Same seed, same bytes, for any thread count; the term moves the student.
     let one = distilled("one", 1.0, 1);
     let zero = distilled("zero", 0.0, 2);

@@ -308,9 +308,19 @@ fn pipeline(
     let trained = if desc_cfg.distill_weight.is_some() {
         // The first epochs of the budget train a teacher on the clean patches;
         // the student starts from it and distills it on the denoised patches.
+        // The teacher trains on clean patches; its per-epoch validation, as
+        // the student's, scores the denoised validation patches.
         let (tcfg, scfg) = teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
-        let teacher = train_descriptor(&tcfg, &ds, None, &out.join("teacher"), &opts)?;
+        let teacher_dir = out.join("teacher");
+        let teacher = train_descriptor(&tcfg, &ds, den.as_ref(), &teacher_dir, &opts)?;
         timings.push(("teacher training (clean patches)", t.elapsed().as_secs_f64()));
+        // The student's stage reuses the denoised patches (the pack checks its fingerprint when opened).
+        let pack = teacher_dir.join("denoised.pack");
+        if pack.is_file() {
+            std::fs::create_dir_all(&desc_dir).map_err(|e| io_err(&desc_dir, e))?;
+            let to = desc_dir.join("denoised.pack");
+            std::fs::rename(&pack, &to).map_err(|e| io_err(&to, e))?;
+        }
         desc_cfg = scfg;
         train_descriptor_from_teacher(&desc_cfg, &ds, den.as_ref(), &teacher.network, &desc_dir, &opts)?
     } else {
