@@ -3,7 +3,9 @@
 //! writes the table of mean +- standard deviation of the three mAPs, their
 //! mean and the training time (`compare.md`, `compare.json`), and says
 //! whether `joint` beats the best separate recipe on every task by more than
-//! the seed-to-seed spread.
+//! the seed-to-seed spread. Ranking and verdict use the validation sequences
+//! (the test columns are reported only); with one seed there is no spread,
+//! so the verdict lists the differences and concludes nothing.
 //!
 //! Finished runs are kept (`summary.json` beside each run's report), so an
 //! interrupted comparison continues where it stopped.
@@ -69,6 +71,8 @@ pub struct Row {
     pub stats: [(f64, f64); 5],
     /// Mean of the three mAPs on the validation sequences, when every run has it: the ranking key.
     pub validation: Option<(f64, f64)>,
+    /// Verification, matching and retrieval on the validation sequences, when every run has them.
+    pub validation_tasks: Option<[(f64, f64); 3]>,
 }
 
 impl Row {
@@ -84,9 +88,14 @@ pub const COLUMNS: [&str; 5] = ["verification", "matching", "retrieval", "mean m
 fn row(recipe: Recipe, runs: &[Finished]) -> Row {
     let col = |f: &dyn Fn(&Finished) -> f64| mean_std(&runs.iter().map(f).collect::<Vec<_>>());
     let mean3 = |r: &Finished| (r.map.verification + r.map.matching + r.map.retrieval) / 3.0;
-    let val: Option<Vec<f64>> = runs.iter().map(|r| r.validation.map(|m| m.mean())).collect();
+    let val: Option<Vec<MapScores>> =
+        runs.iter().map(|r| r.validation).collect::<Option<_>>().filter(|v: &Vec<_>| !v.is_empty());
+    let val_col = |f: fn(&MapScores) -> f64| val.as_ref().map(|v| mean_std(&v.iter().map(f).collect::<Vec<_>>()));
     Row {
-        validation: val.filter(|v| !v.is_empty()).map(|v| mean_std(&v)),
+        validation: val_col(|m| m.mean()),
+        validation_tasks: val.as_ref().map(|_| {
+            [val_col(|m| m.verification).unwrap(), val_col(|m| m.matching).unwrap(), val_col(|m| m.retrieval).unwrap()]
+        }),
         recipe: recipe.name().into(),
         seeds: runs.iter().map(|r| r.seed).collect(),
         stats: [
@@ -99,21 +108,31 @@ fn row(recipe: Recipe, runs: &[Finished]) -> Row {
     }
 }
 
+/// `mean +- std` with `digits` decimals, or the bare mean for a single seed (no spread to show).
+fn cell((m, sd): (f64, f64), digits: usize, seeds: usize) -> String {
+    if seeds > 1 { format!("{m:.digits$} +- {sd:.digits$}") } else { format!("{m:.digits$}") }
+}
+
 /// Markdown table of the rows.
 fn table(rows: &[Row]) -> String {
     let mut s = format!(
-        "| recipe | validation mean mAP | {} |\n|---|---|{}\n",
+        "| recipe | validation v / m / r | validation mean mAP | {} |\n|---|---|---|{}\n",
         COLUMNS.map(|c| if c.contains("training") { c.to_string() } else { format!("test {c}") }).join(" | "),
         "---|".repeat(COLUMNS.len())
     );
     for r in rows {
+        let n = r.seeds.len();
         s += &format!("| {} |", r.recipe);
-        s += &match r.validation {
-            Some((m, sd)) => format!(" {m:.3} +- {sd:.3} |"),
+        s += &match r.validation_tasks {
+            Some(t) => format!(" {:.3} / {:.3} / {:.3} |", t[0].0, t[1].0, t[2].0),
             None => " - |".to_string(),
         };
-        for (i, (m, sd)) in r.stats.iter().enumerate() {
-            s += &if i == 4 { format!(" {m:.0} +- {sd:.0} |") } else { format!(" {m:.3} +- {sd:.3} |") };
+        s += &match r.validation {
+            Some(v) => format!(" {} |", cell(v, 3, n)),
+            None => " - |".to_string(),
+        };
+        for (i, &st) in r.stats.iter().enumerate() {
+            s += &format!(" {} |", cell(st, if i == 4 { 0 } else { 3 }, n));
         }
         s.push('\n');
     }
@@ -121,38 +140,53 @@ fn table(rows: &[Row]) -> String {
 }
 
 /// Whether `joint` beats the best separate recipe (chosen on the validation
-/// mean mAP, `Row::rank_key`) on each test task by more than the larger of
-/// the two standard deviations.
+/// mean mAP, `Row::rank_key`) on each task by more than the larger of the two
+/// standard deviations, on the validation sequences when both rows have them
+/// (else, for summaries older than validation sequences, on the test's).
 fn verdict(rows: &[Row]) -> Option<String> {
     let joint = rows.iter().find(|r| r.recipe == Recipe::Joint.name())?;
     let best = rows
         .iter()
         .filter(|r| r.recipe != Recipe::Joint.name())
         .max_by(|a, b| a.rank_key().total_cmp(&b.rank_key()))?;
+    let (jt, bt, on) = match (joint.validation_tasks, best.validation_tasks) {
+        (Some(j), Some(b)) => (j, b, "validation"),
+        _ => ([joint.stats[0], joint.stats[1], joint.stats[2]], [best.stats[0], best.stats[1], best.stats[2]], "test"),
+    };
+    let spread_known = joint.seeds.len() > 1 && best.seeds.len() > 1;
     let mut lines = Vec::new();
     let mut all = true;
     for (i, task) in COLUMNS[..3].iter().enumerate() {
-        let (j, b) = (joint.stats[i], best.stats[i]);
+        let (j, b) = (jt[i], bt[i]);
         let spread = j.1.max(b.1);
         let diff = j.0 - b.0;
         let beats = diff > spread;
         all &= beats;
-        lines.push(format!(
-            "- {task}: joint {:.3} vs {} {:.3}: difference {diff:+.3}, spread {spread:.3} -> {}",
-            j.0,
-            best.recipe,
-            b.0,
-            if beats { "beats it" } else { "does not beat it" }
-        ));
+        lines.push(if spread_known {
+            format!(
+                "- {task}: joint {:.3} vs {} {:.3}: difference {diff:+.3}, spread {spread:.3} -> {}",
+                j.0,
+                best.recipe,
+                b.0,
+                if beats { "beats it" } else { "does not beat it" }
+            )
+        } else {
+            format!("- {task}: joint {:.3} vs {} {:.3}: difference {diff:+.3}", j.0, best.recipe, b.0)
+        });
     }
-    let head = if all {
+    let head = if !spread_known {
         format!(
-            "joint beats the best separate recipe ({}) on all three tasks by more than the seed-to-seed spread:",
+            "joint against the best separate recipe ({}) on the {on} sequences; one seed, so no seed-to-seed spread to judge the differences by (compare with several --seeds):",
+            best.recipe
+        )
+    } else if all {
+        format!(
+            "joint beats the best separate recipe ({}) on all three tasks of the {on} sequences by more than the seed-to-seed spread:",
             best.recipe
         )
     } else {
         format!(
-            "joint does NOT beat the best separate recipe ({}) on all three tasks by more than the seed-to-seed spread:",
+            "joint does NOT beat the best separate recipe ({}) on all three tasks of the {on} sequences by more than the seed-to-seed spread:",
             best.recipe
         )
     };
@@ -191,9 +225,13 @@ pub fn compare(a: &CompareConfig, observer: SharedObserver) -> Result<Comparison
         }
         rows.push(row(recipe, &runs));
     }
+    let stat = if a.seeds.len() > 1 {
+        format!("Mean +- sample standard deviation over seeds {:?}", a.seeds)
+    } else {
+        format!("One seed ({}), so no standard deviation", a.seeds[0])
+    };
     let mut md = format!(
-        "Mean +- standard deviation over seeds {:?} (demo budget; training time includes per-epoch evaluation). Recipes are compared on the validation sequences (held out of the training sequences); the test columns are reported, not chosen on.\n\n{}",
-        a.seeds,
+        "{stat} (demo budget; training time includes per-epoch evaluation). Recipes are compared on the validation sequences (held out of the training sequences); the test columns are reported, not chosen on.\n\n{}",
         table(&rows)
     );
     if let Some(v) = verdict(&rows) {
@@ -235,12 +273,11 @@ mod tests {
             v.contains("- verification: joint 0.810 vs hardnet 0.710: difference +0.100, spread 0.014 -> beats it")
         );
         assert!(v.contains("- matching:") && v.contains("does not beat it"));
-        assert!(verdict(&[sep]).is_none());
-        let t = table(&[row(Recipe::Seed, &[fin("seed", 1, 0.5, 0.2, 0.4)])]);
-        assert!(
-            t.contains("| seed | - | 0.500 +- 0.000 | 0.200 +- 0.000 | 0.400 +- 0.000 | 0.367 +- 0.000 | 10 +- 0 |"),
-            "{t}"
-        );
+        assert!(verdict(std::slice::from_ref(&sep)).is_none());
+        // Several seeds show mean +- std; one seed shows the bare values (there is no spread).
+        let t = table(&[sep.clone(), row(Recipe::Seed, &[fin("seed", 1, 0.5, 0.2, 0.4)])]);
+        assert!(t.contains("| hardnet | - | - | 0.710 +- 0.014 | 0.310 +- 0.014 | 0.610 +- 0.014 |"), "{t}");
+        assert!(t.contains("| seed | - | - | 0.500 | 0.200 | 0.400 | 0.367 | 10 |"), "{t}");
     }
 
     #[test]
@@ -261,6 +298,48 @@ mod tests {
         let mixed =
             row(Recipe::Hardnet, &[with_val(fin("hardnet", 1, 0.9, 0.9, 0.9), 0.4), fin("hardnet", 2, 0.9, 0.9, 0.9)]);
         assert_eq!(mixed.validation, None);
-        assert!(table(&[hardnet]).contains("| hardnet | 0.400 +- 0.000 | 0.900"));
+        assert!(table(&[hardnet]).contains("| hardnet | 0.400 / 0.400 / 0.400 | 0.400 | 0.900 |"));
+    }
+
+    #[test]
+    fn the_verdict_uses_validation_tasks_and_needs_a_spread() {
+        let with_val = |mut f: Finished, v: f64, m: f64, r: f64| {
+            f.validation = Some(MapScores { verification: v, matching: m, retrieval: r });
+            f
+        };
+        // joint is far ahead on every test task, behind on validation matching.
+        let hardnet = |n: u64| {
+            row(
+                Recipe::Hardnet,
+                &(1..=n).map(|s| with_val(fin("hardnet", s, 0.5, 0.2, 0.4), 0.60, 0.30, 0.50)).collect::<Vec<_>>(),
+            )
+        };
+        let joint = |n: u64| {
+            row(
+                Recipe::Joint,
+                &(1..=n)
+                    .map(|s| with_val(fin("joint", s, 0.9, 0.9, 0.9), 0.61 + 0.01 * s as f64, 0.25, 0.60))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let v = verdict(&[hardnet(2), joint(2)]).unwrap();
+        assert!(
+            v.starts_with(
+                "joint does NOT beat the best separate recipe (hardnet) on all three tasks of the validation sequences"
+            ),
+            "{v}"
+        );
+        assert!(
+            v.contains("- verification: joint 0.625 vs hardnet 0.600: difference +0.025, spread 0.007 -> beats it"),
+            "{v}"
+        );
+        assert!(
+            v.contains("- matching: joint 0.250 vs hardnet 0.300: difference -0.050, spread 0.000 -> does not beat it"),
+            "{v}"
+        );
+        let one = verdict(&[hardnet(1), joint(1)]).unwrap();
+        assert!(one.contains("one seed, so no seed-to-seed spread"), "{one}");
+        assert!(one.contains("- retrieval: joint 0.600 vs hardnet 0.500: difference +0.100\n"), "{one}");
+        assert!(!one.contains("beat"), "{one}");
     }
 }
