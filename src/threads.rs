@@ -29,6 +29,9 @@ pub fn pool(threads: usize) -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("nhpatch-{i}"))
+        // A worker's first GEMM must not allocate mid-step: whether a thread
+        // runs a GEMM during warm-up is up to work stealing.
+        .start_handler(|_| crate::gemm::reserve_thread_buffers())
         .build()
         .map_err(|e| Error::Unsupported(format!("cannot start a pool of {threads} threads: {e}")))
 }

@@ -210,9 +210,38 @@ fn abi_allocations(arch: Arch) -> usize {
     count
 }
 
+/// The first GEMM a fresh pool worker ever runs, with each of nhpatch's own
+/// packed kernels this CPU has (the `matrixmultiply` crate, kept for
+/// comparison, packs into a fresh buffer per call), at sizes past every blocking (so each packing buffer is at its
+/// largest): work stealing decides which worker runs which GEMM, so a
+/// worker's first one may come after warm-up, and must not allocate either.
+fn fresh_worker_gemm_allocations() -> usize {
+    use nhpatch::gemm::{Kernel, MatMut, MatRef, available_kernels, gemm_with};
+    let (m, k, n) = (300, 800, 1000);
+    let mut rng = Rng::new(7);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let mut c = vec![f32::NAN; m * n];
+    let kernels: Vec<Kernel> =
+        available_kernels().into_iter().filter(|k| !matches!(k, Kernel::Naive | Kernel::MatrixMultiply)).collect();
+    assert!(kernels.contains(&Kernel::Portable));
+    let fresh = nhpatch::threads::pool(1).unwrap();
+    fresh.install(|| {
+        ALLOCS.store(0, Ordering::SeqCst);
+        COUNTING.store(true, Ordering::SeqCst);
+        for &kernel in &kernels {
+            let (a, b) = (MatRef::row_major(&a, m, k).unwrap(), MatRef::row_major(&b, k, n).unwrap());
+            gemm_with(kernel, 1.0, a, b, 0.0, MatMut::row_major(&mut c, m, n).unwrap()).unwrap();
+        }
+        COUNTING.store(false, Ordering::SeqCst);
+        ALLOCS.load(Ordering::SeqCst)
+    })
+}
+
 #[test]
 fn steps_after_warm_up_allocate_nothing() {
     // One test in this binary: the counter is global, so nothing else may run meanwhile.
+    let first = fresh_worker_gemm_allocations();
     let pool = nhpatch::threads::pool(2).unwrap();
     let counts = pool.install(|| {
         vec![
@@ -228,6 +257,7 @@ fn steps_after_warm_up_allocate_nothing() {
         ]
     });
     let counts = [
+        vec![("a fresh worker's first GEMM", first)],
         counts,
         vec![
             ("unet through the C ABI", abi_allocations(Arch::Unet)),

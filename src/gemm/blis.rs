@@ -225,14 +225,31 @@ thread_local! {
     static BUFS: RefCell<PackBufs> = const { RefCell::new(PackBufs { a: Vec::new(), b: Vec::new() }) };
 }
 
-/// A 64-byte aligned window of `len` values in `v`, growing `v` only when it
-/// is too small (so repeated calls of the same size never allocate).
-fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+/// Largest packed A block (`mc * kc`) and B panel set (`nc * kc`) of any
+/// kernel (checked at compile time in `gemm_blis`): a thread's buffers are
+/// sized to these once, so which GEMMs a thread happens to run, and in what
+/// order, never decides whether a later call allocates.
+const PACK_A_MAX: usize = 132 * 384;
+const PACK_B_MAX: usize = 480 * 384;
+
+/// A 64-byte aligned window of `len <= cap` values in `v`; a `v` too small
+/// for it grows straight to `cap` (plus the alignment slack), so each buffer
+/// allocates at most once per thread.
+fn aligned(v: &mut Vec<f32>, len: usize, cap: usize) -> &mut [f32] {
     if v.len() < len + 16 {
-        v.resize(len + 16, 0.0);
+        v.resize(cap.max(len) + 16, 0.0);
     }
     let off = v.as_ptr().align_offset(64).min(16);
     &mut v[off..off + len]
+}
+
+/// Sizes this thread's packing buffers for every kernel's largest blocks.
+pub(crate) fn reserve_pack_buffers() {
+    BUFS.with(|cell| {
+        let mut bufs = cell.borrow_mut();
+        aligned(&mut bufs.a, PACK_A_MAX, PACK_A_MAX);
+        aligned(&mut bufs.b, PACK_B_MAX, PACK_B_MAX);
+    });
 }
 
 /// `C = alpha * A * B + beta * C` with micro-kernel `K`.
@@ -242,6 +259,7 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
     const {
         let b = K::BLOCKING;
         assert!(b.mr <= 8 && b.mr * b.nr <= MAX_TILE && b.mc % b.mr == 0 && b.nc % b.nr == 0);
+        assert!(b.mc * b.kc <= PACK_A_MAX && b.nc * b.kc <= PACK_B_MAX);
     };
     #[allow(non_snake_case)]
     let Blocking { mr: MR, nr: NR, kc: KC, mc: MC, nc: NC } = K::BLOCKING;
@@ -257,8 +275,8 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
     BUFS.with(|cell| {
         let mut bufs = cell.borrow_mut();
         let PackBufs { a: abuf, b: bbuf } = &mut *bufs;
-        let abuf = aligned(abuf, MC.min(m.next_multiple_of(MR)) * kc_blk);
-        let bbuf = aligned(bbuf, NC.min(n.next_multiple_of(NR)) * kc_blk);
+        let abuf = aligned(abuf, MC.min(m.next_multiple_of(MR)) * kc_blk, PACK_A_MAX);
+        let bbuf = aligned(bbuf, NC.min(n.next_multiple_of(NR)) * kc_blk, PACK_B_MAX);
         let (cp, crs, ccs) = (c.data_mut().as_mut_ptr(), c.rs, c.cs);
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);

@@ -194,6 +194,14 @@ impl Kernel {
     }
 }
 
+/// Sizes the calling thread's packing buffers for the largest blocks of
+/// every kernel, so that no GEMM on this thread allocates afterwards (each
+/// buffer is allocated at most once per thread in any case). The pools of
+/// `nhpatch::threads::pool` call it on every worker as it starts.
+pub fn reserve_thread_buffers() {
+    blis::reserve_pack_buffers();
+}
+
 /// The kernels this CPU can run, in `Kernel::ALL` order.
 pub fn available_kernels() -> Vec<Kernel> {
     Kernel::ALL.iter().copied().filter(|k| k.is_available()).collect()
