@@ -14,9 +14,10 @@ in PyTorch (the model definitions of tools/torch_reference.py):
     mean L1 loss on 0..255 pixels;
   - the training sequences' noisy patches denoised once, clipped and rounded
     to 0..255;
-  - HardNet (kornia's "original" variant, dropout 0.3): E2 epochs of
-    ceil(1.5 T / 128) batches of 128 distinct classes (one patch position of
-    one training sequence) x 2 distinct images, hardest-in-batch loss with
+  - HardNet (kornia's "original" variant, dropout 0.3): E2 epochs of T
+    pairs (nhpatch's `--triplets` with the HardNet loss counts pairs), in
+    batches of 128 distinct classes (one patch position of one training
+    sequence) x 2 distinct images and a shorter last batch, hardest-in-batch loss with
     anchor swap (margin 1, the authors' masking of near-duplicates), SGD 0.1
     momentum 0.9 weight decay 1e-4, learning rate decayed linearly to 0 over
     all steps; with --augment, one of the 8 flips/90-degree rotations per pair
@@ -151,7 +152,10 @@ def symmetry(x, k):
 def train_descriptor(patches, epochs, triplets, augment, gen, log):
     classes = torch.cat([torch.stack([torch.full((p.shape[1],), s), torch.arange(p.shape[1])], 1)
                          for s, p in enumerate(patches)])
-    steps = math.ceil((triplets * 3 // 2) / BATCH)
+    # `--triplets T` with the HardNet loss is T pairs per epoch, in batches of
+    # 128 and a shorter last one (nhpatch's flag: "triplets (or pairs)").
+    sizes = [BATCH] * (triplets // BATCH) + ([triplets % BATCH] if triplets % BATCH else [])
+    steps = len(sizes)
     net = R.HardNetOriginal(0.3)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     total = epochs * steps
@@ -159,27 +163,27 @@ def train_descriptor(patches, epochs, triplets, augment, gen, log):
     for e in range(epochs):
         net.train()
         t0, losses = time.time(), []
-        for _ in range(steps):
+        for size in sizes:
             for g in opt.param_groups:
                 g["lr"] = 0.1 * (1.0 - t / total)
-            pick = classes[torch.randperm(classes.shape[0], generator=gen)[:BATCH]]
-            i1 = torch.randint(0, 16, (BATCH,), generator=gen)
-            i2 = (i1 + torch.randint(1, 16, (BATCH,), generator=gen)) % 16
+            pick = classes[torch.randperm(classes.shape[0], generator=gen)[:size]]
+            i1 = torch.randint(0, 16, (size,), generator=gen)
+            i2 = (i1 + torch.randint(1, 16, (size,), generator=gen)) % 16
             a = torch.stack([patches[s][i, k] for (s, k), i in zip(pick.tolist(), i1.tolist())])
             p = torch.stack([patches[s][i, k] for (s, k), i in zip(pick.tolist(), i2.tolist())])
             if augment:
-                sym = torch.randint(0, 8, (BATCH,), generator=gen).tolist()
+                sym = torch.randint(0, 8, (size,), generator=gen).tolist()
                 a = torch.stack([symmetry(x, k) for x, k in zip(a, sym)])
                 p = torch.stack([symmetry(x, k) for x, k in zip(p, sym)])
             out = net(torch.cat([a, p]).unsqueeze(1).float())
-            loss = hardnet_loss(out[:BATCH], out[BATCH:])
+            loss = hardnet_loss(out[:size], out[size:])
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(loss.item())
             t += 1
         dt = time.time() - t0
-        log(f"descriptor epoch {e + 1}/{epochs}  loss {np.mean(losses):.4f}  {steps * BATCH / dt:.0f} pairs/s  {dt:.1f} s")
+        log(f"descriptor epoch {e + 1}/{epochs}  loss {np.mean(losses):.4f}  {triplets / dt:.0f} pairs/s  {dt:.1f} s")
     return net
 
 
