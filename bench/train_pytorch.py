@@ -62,24 +62,20 @@ VAL_FRACTION = 0.15
 BATCH = 128
 
 
-def fnv1a64(name):
-    h = 0xCBF29CE484222325
-    for b in name.encode():
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
 def carve_validation(train):
     """nhpatch's data::split::carve_validation with the default fraction."""
     if len(train) < 2:
         return train, []
     k = min(max(int(math.floor(VAL_FRACTION * len(train) + 0.5)), 1), len(train) - 1)
-    held = set(sorted(train, key=lambda n: (fnv1a64(n), n))[:k])
+    held = set(sorted(train, key=lambda n: (R.fnv1a64(n), n))[:k])
     return [n for n in train if n not in held], [n for n in train if n in held]
 
 
 def read_strip(path):
-    a = np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
+    try:
+        a = np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
+    except OSError as e:
+        sys.exit(f"{path}: cannot read the strip: {e}")
     if a.shape[1] != 32 or a.shape[0] % 32:
         sys.exit(f"{path}: expected a strip 32 pixels wide and a multiple of 32 high, got {a.shape[1]}x{a.shape[0]}")
     return a.reshape(-1, 32, 32)
@@ -150,8 +146,9 @@ def symmetry(x, k):
 
 
 def train_descriptor(patches, epochs, triplets, augment, gen, log):
-    classes = torch.cat([torch.stack([torch.full((p.shape[1],), s), torch.arange(p.shape[1])], 1)
-                         for s, p in enumerate(patches)])
+    # [16, classes, 32, 32]: a class is one patch position of one training
+    # sequence, numbered in sequence order.
+    patches = torch.cat(patches, dim=1)
     # `--triplets T` with the HardNet loss is T pairs per epoch, in batches of
     # 128 and a shorter last one (nhpatch's flag: "triplets (or pairs)").
     sizes = [BATCH] * (triplets // BATCH) + ([triplets % BATCH] if triplets % BATCH else [])
@@ -166,11 +163,10 @@ def train_descriptor(patches, epochs, triplets, augment, gen, log):
         for size in sizes:
             for g in opt.param_groups:
                 g["lr"] = 0.1 * (1.0 - t / total)
-            pick = classes[torch.randperm(classes.shape[0], generator=gen)[:size]]
+            pick = torch.randperm(patches.shape[1], generator=gen)[:size]
             i1 = torch.randint(0, 16, (size,), generator=gen)
             i2 = (i1 + torch.randint(1, 16, (size,), generator=gen)) % 16
-            a = torch.stack([patches[s][i, k] for (s, k), i in zip(pick.tolist(), i1.tolist())])
-            p = torch.stack([patches[s][i, k] for (s, k), i in zip(pick.tolist(), i2.tolist())])
+            a, p = patches[i1, pick], patches[i2, pick]
             if augment:
                 sym = torch.randint(0, 8, (size,), generator=gen).tolist()
                 a = torch.stack([symmetry(x, k) for x, k in zip(a, sym)])
@@ -220,8 +216,12 @@ def main():
         logf.write(msg + "\n")
         logf.flush()
 
-    with open(os.path.join(args.dataset, "splits.json")) as f:
-        split = json.load(f)[args.split]
+    splits_path = os.path.join(args.dataset, "splits.json")
+    try:
+        with open(splits_path) as f:
+            split = json.load(f)[args.split]
+    except (OSError, ValueError, KeyError) as e:
+        sys.exit(f"{splits_path}: cannot read split '{args.split}': {e!r}")
     train, val = carve_validation(split["train"])
     seqs = read_sequences(args.dataset, train)
     count = sum(16 * c.shape[1] for c, _ in seqs)

@@ -212,9 +212,10 @@ fn abi_allocations(arch: Arch) -> usize {
 
 /// The first GEMM a fresh pool worker ever runs, with each of nhpatch's own
 /// packed kernels this CPU has (the `matrixmultiply` crate, kept for
-/// comparison, packs into a fresh buffer per call), at sizes past every blocking (so each packing buffer is at its
-/// largest): work stealing decides which worker runs which GEMM, so a
-/// worker's first one may come after warm-up, and must not allocate either.
+/// comparison, packs into a fresh buffer per call), at sizes past every
+/// blocking (so each packing buffer is at its largest): work stealing
+/// decides which worker runs which GEMM, so a worker's first one may come
+/// after warm-up, and must not allocate either.
 fn fresh_worker_gemm_allocations() -> usize {
     use nhpatch::gemm::{Kernel, MatMut, MatRef, available_kernels, gemm_with};
     let (m, k, n) = (300, 800, 1000);

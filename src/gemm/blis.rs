@@ -226,11 +226,12 @@ thread_local! {
 }
 
 /// Largest packed A block (`mc * kc`) and B panel set (`nc * kc`) of any
-/// kernel (checked at compile time in `gemm_blis`): a thread's buffers are
+/// kernel: the 6x16 kernels' (AVX-512's fit inside, checked at compile time
+/// in `gemm_blis`): a thread's buffers are
 /// sized to these once, so which GEMMs a thread happens to run, and in what
 /// order, never decides whether a later call allocates.
-const PACK_A_MAX: usize = 132 * 384;
-const PACK_B_MAX: usize = 480 * 384;
+const PACK_A_MAX: usize = BLOCKING_6X16.mc * BLOCKING_6X16.kc;
+const PACK_B_MAX: usize = BLOCKING_6X16.nc * BLOCKING_6X16.kc;
 
 /// A 64-byte aligned window of `len <= cap` values in `v`; a `v` too small
 /// for it grows straight to `cap` (plus the alignment slack), so each buffer

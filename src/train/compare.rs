@@ -80,30 +80,34 @@ impl Row {
     pub fn rank_key(&self) -> f64 {
         self.validation.map_or(self.stats[3].0, |v| v.0)
     }
+
+    /// Verification, matching and retrieval on the test sequences.
+    fn test_tasks(&self) -> [(f64, f64); 3] {
+        [self.stats[0], self.stats[1], self.stats[2]]
+    }
 }
 
 /// The columns of [`Row::stats`].
 pub const COLUMNS: [&str; 5] = ["verification", "matching", "retrieval", "mean mAP", "training (s)"];
 
 fn row(recipe: Recipe, runs: &[Finished]) -> Row {
-    let col = |f: &dyn Fn(&Finished) -> f64| mean_std(&runs.iter().map(f).collect::<Vec<_>>());
-    let mean3 = |r: &Finished| (r.map.verification + r.map.matching + r.map.retrieval) / 3.0;
+    let over = |xs: &[MapScores], f: fn(&MapScores) -> f64| mean_std(&xs.iter().map(f).collect::<Vec<_>>());
+    let tasks = |xs: &[MapScores]| [over(xs, |m| m.verification), over(xs, |m| m.matching), over(xs, |m| m.retrieval)];
+    let test: Vec<MapScores> = runs.iter().map(|r| r.map).collect();
     let val: Option<Vec<MapScores>> =
-        runs.iter().map(|r| r.validation).collect::<Option<_>>().filter(|v: &Vec<_>| !v.is_empty());
-    let val_col = |f: fn(&MapScores) -> f64| val.as_ref().map(|v| mean_std(&v.iter().map(f).collect::<Vec<_>>()));
+        runs.iter().map(|r| r.validation).collect::<Option<Vec<_>>>().filter(|v| !v.is_empty());
+    let [v, m, r] = tasks(&test);
     Row {
-        validation: val_col(|m| m.mean()),
-        validation_tasks: val.as_ref().map(|_| {
-            [val_col(|m| m.verification).unwrap(), val_col(|m| m.matching).unwrap(), val_col(|m| m.retrieval).unwrap()]
-        }),
+        validation: val.as_deref().map(|xs| over(xs, MapScores::mean)),
+        validation_tasks: val.as_deref().map(tasks),
         recipe: recipe.name().into(),
         seeds: runs.iter().map(|r| r.seed).collect(),
         stats: [
-            col(&|r| r.map.verification),
-            col(&|r| r.map.matching),
-            col(&|r| r.map.retrieval),
-            col(&mean3),
-            col(&|r| r.training_seconds),
+            v,
+            m,
+            r,
+            over(&test, MapScores::mean),
+            mean_std(&runs.iter().map(|r| r.training_seconds).collect::<Vec<_>>()),
         ],
     }
 }
@@ -151,7 +155,7 @@ fn verdict(rows: &[Row]) -> Option<String> {
         .max_by(|a, b| a.rank_key().total_cmp(&b.rank_key()))?;
     let (jt, bt, on) = match (joint.validation_tasks, best.validation_tasks) {
         (Some(j), Some(b)) => (j, b, "validation"),
-        _ => ([joint.stats[0], joint.stats[1], joint.stats[2]], [best.stats[0], best.stats[1], best.stats[2]], "test"),
+        _ => (joint.test_tasks(), best.test_tasks(), "test"),
     };
     let spread_known = joint.seeds.len() > 1 && best.seeds.len() > 1;
     let mut lines = Vec::new();
