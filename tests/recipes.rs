@@ -237,6 +237,64 @@ fn distillation_trains_a_clean_teacher_first_and_is_reproducible() {
     assert!(e.contains("distillation weight"), "{e}");
 }
 
+#[test]
+fn perceptual_term_trains_the_denoiser_through_a_clean_teacher() {
+    let d = dir("perceptual");
+    let data = dataset(&d);
+    let bytes = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let run = |name: &str, threads: usize, set: &dyn Fn(&mut RunConfig)| {
+        let out = d.join(name);
+        let mut cfg = small_config(&data, &out, Recipe::Hardnet, threads);
+        set(&mut cfg);
+        run_lib(&cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
+        out
+    };
+    let a = run("a", 2, &|c| c.denoiser_overrides.perceptual_weight = Some(2.0));
+    let (tc, nc, sc) = (
+        json(&a.join("teacher/config.json")),
+        json(&a.join("denoiser/config.json")),
+        json(&a.join("descriptor/config.json")),
+    );
+    assert_eq!((tc["input"].as_str(), tc["epochs"].as_u64()), (Some("clean"), Some(1)));
+    assert_eq!(nc["perceptual_weight"].as_f64(), Some(2.0));
+    assert_eq!(
+        (sc["input"].as_str(), sc["epochs"].as_u64(), sc.get("distill_weight")),
+        (Some("denoised"), Some(1), None)
+    );
+    // Same seed, same bytes, for any thread count.
+    let one = run("one", 1, &|c| c.denoiser_overrides.perceptual_weight = Some(2.0));
+    for m in ["teacher", "denoiser", "descriptor"] {
+        let f = format!("{m}/model.safetensors");
+        assert_eq!(bytes(a.join(&f)), bytes(one.join(&f)), "{m} differs between 1 and 2 threads");
+    }
+    // The teacher does not depend on the denoiser: distillation (weight 0) trains the same one after it.
+    // The term moves the denoiser; at weight 0 it is the plain denoiser.
+    let zero = run("zero", 2, &|c| c.descriptor_overrides.distill_weight = Some(0.0));
+    assert_eq!(bytes(a.join("teacher/model.safetensors")), bytes(zero.join("teacher/model.safetensors")));
+    assert_ne!(bytes(a.join("denoiser/model.safetensors")), bytes(zero.join("denoiser/model.safetensors")));
+    let w0 = run("w0", 2, &|c| c.denoiser_overrides.perceptual_weight = Some(0.0));
+    assert_eq!(bytes(w0.join("denoiser/model.safetensors")), bytes(zero.join("denoiser/model.safetensors")));
+    // Resuming a finished run redoes nothing; the command line runs what the library runs.
+    let mut resume = small_config(&data, &a, Recipe::Hardnet, 2);
+    (resume.denoiser_overrides.perceptual_weight, resume.resume) = (Some(2.0), true);
+    run_lib(&resume).unwrap();
+    assert_eq!(bytes(a.join("descriptor/model.safetensors")), bytes(one.join("descriptor/model.safetensors")));
+    let cli = d.join("cli");
+    ok(&[&small_args(&data, &cli, "hardnet", "2")[..], &["--perceptual-weight", "2"]].concat());
+    assert_eq!(bytes(cli.join("denoiser/model.safetensors")), bytes(a.join("denoiser/model.safetensors")));
+    // Refusals: one descriptor epoch, no denoiser, the joint recipe, a negative weight.
+    let bad = d.join("bad");
+    let base = ["run", "--dataset", s(&data), "--out", s(&bad)];
+    let e = fails(&[&base[..], &["--perceptual-weight", "1", "--descriptor-epochs", "1"]].concat());
+    assert!(e.contains("at least 2"), "{e}");
+    let e = fails(&[&base[..], &["--perceptual-weight", "1", "--denoiser", "none"]].concat());
+    assert!(e.contains("--perceptual-weight"), "{e}");
+    let e = fails(&[&base[..], &["--recipe", "joint", "--perceptual-weight", "1"]].concat());
+    assert!(e.contains("--perceptual-weight"), "{e}");
+    let e = fails(&[&base[..], &["--perceptual-weight=-1"]].concat());
+    assert!(e.contains("perceptual weight"), "{e}");
+}
+
 /// The weights of every model a finished run wrote, and its `results.json`
 /// without the timings.
 fn outcome(out: &Path) -> Vec<Vec<u8>> {

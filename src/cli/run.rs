@@ -84,7 +84,14 @@ pub struct RunArgs {
     /// (0: the teacher only initialises it).
     #[arg(long)]
     pub distill_weight: Option<f32>,
-    /// With --distill-weight: descriptor epochs spent on the teacher.
+    /// The denoiser trained for the descriptor: the first --teacher-epochs of
+    /// the descriptor epochs train a HardNet on the clean patches, before the
+    /// denoiser; the denoiser's loss adds this weight times the mean squared
+    /// distance between the teacher's descriptors of each denoised patch and
+    /// of its clean twin; the descriptor starts from the teacher, as with --distill-weight.
+    #[arg(long)]
+    pub perceptual_weight: Option<f32>,
+    /// With --distill-weight or --perceptual-weight: descriptor epochs spent on the teacher.
     #[arg(long, default_value_t = TEACHER_EPOCHS)]
     pub teacher_epochs: u64,
     /// Flips and 90-degree rotations of each descriptor training tuple (true/false; default: the recipe's).
@@ -142,6 +149,7 @@ impl RunArgs {
                 optimizer: optimizer_kind(&self.denoiser_optimizer)?,
                 lr_schedule: schedule(&self.denoiser_lr_schedule)?,
                 items: self.denoiser_items,
+                perceptual_weight: self.perceptual_weight,
                 ..Overrides::default()
             },
             descriptor_overrides: Overrides {

@@ -84,6 +84,7 @@ impl OverrideArgs {
             augment: self.augment,
             sos_weight: self.sos_weight,
             distill_weight: None,
+            perceptual_weight: None,
         })
     }
 }

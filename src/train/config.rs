@@ -101,6 +101,11 @@ pub struct TrainConfig {
     /// ([`crate::loss::distill`]); none: no teacher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distill_weight: Option<f32>,
+    /// Denoiser only: weight of the perceptual term, the mean squared distance
+    /// between a clean-patch teacher's descriptors of each denoised patch and
+    /// of its clean twin ([`super::perceptual`]), added to the pointwise loss; none: not added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perceptual_weight: Option<f32>,
 }
 
 impl TrainConfig {
@@ -130,6 +135,14 @@ impl TrainConfig {
                 return bad(format!("distillation applies to the hardnet loss only, not to {}", self.loss));
             }
             self.distill()?;
+        }
+        if let Some(w) = self.perceptual_weight {
+            if !self.arch.is_denoiser() {
+                return bad(format!("the perceptual term trains a denoiser, not {}", self.arch));
+            }
+            if !(w.is_finite() && w >= 0.0) {
+                return bad(format!("perceptual weight must be finite and >= 0, got {w}"));
+            }
         }
         Ok(())
     }
@@ -195,6 +208,7 @@ mod tests {
             denoise_weight: None,
             sos_weight: None,
             distill_weight: None,
+            perceptual_weight: None,
         }
     }
 

@@ -1,10 +1,13 @@
 //! Denoiser training: (noisy, clean) batches from the training sequences,
 //! the model's output against the clean patch with L1 (the seed's MAE) or
-//! MSE, one optimizer step per batch. After each epoch: the validation loss
-//! on fixed pairs from the test sequences, a checkpoint, a metrics line.
+//! MSE, one optimizer step per batch; with a clean-patch teacher, plus the
+//! perceptual term through it ([`super::perceptual`]). After each epoch: the
+//! validation loss (the pointwise loss alone) on fixed pairs from the
+//! validation sequences, a checkpoint, a metrics line.
 
 use super::config::TrainConfig;
 use super::metrics::EpochMetrics;
+use super::perceptual::Perceptual;
 use super::progress::Event;
 use super::session::{self, RunDir, State};
 use super::step::{Head, Stepper};
@@ -41,12 +44,15 @@ pub fn validation_loss(net: &Network, loss: LossKind, noisy: &[f32], clean: &[f3
     Ok(Some(loss.point()?.cpu(&mut scratch, &out, clean)? as f64))
 }
 
-/// Trains a denoiser on the sequences `train`, validating on `test`; returns the trained network.
+/// Trains a denoiser on the sequences `train`, validating on `test`; returns
+/// the trained network. `teacher` (a HardNet trained on clean patches) is
+/// what the perceptual term describes through, and is needed exactly when
+/// `cfg.perceptual_weight` is set.
 pub fn train(
     cfg: &TrainConfig,
     data: &PackedDataset,
-    train: &[usize],
-    test: &[usize],
+    (train, test): (&[usize], &[usize]),
+    teacher: Option<&Network>,
     run: &RunDir,
     resume: bool,
 ) -> Result<(Network, Vec<EpochMetrics>)> {
@@ -55,6 +61,18 @@ pub fn train(
     if !arch.is_denoiser() {
         return Err(Error::InvalidArgument(format!("{arch} is not a denoiser (expected unet or dncnn)")));
     }
+    let mut guide = match (cfg.perceptual_weight, teacher) {
+        (Some(w), Some(t)) => Some(Perceptual::new(t, w, cfg.batch)?),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(Error::InvalidArgument(
+                "the perceptual term needs a clean-patch teacher (nhpatch run trains one)".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::InvalidArgument("a teacher was given but no perceptual weight".into()));
+        }
+    };
     let point_loss = cfg.loss.point()?;
     let model = Model::new(arch)?;
     let mut st: State = session::start(&model, cfg, run, resume, None)?;
@@ -83,7 +101,10 @@ pub fn train(
             st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step));
             step += 1;
             let done = st.epochs_done;
-            let head = Head::Point { loss: point_loss, target: &clean };
+            let head = match guide.as_mut() {
+                Some(guide) => Head::Guided { loss: point_loss, target: &clean, guide },
+                None => Head::Point { loss: point_loss, target: &clean },
+            };
             let loss = stepper.step(&mut st, &noisy, n, head, |l| session::check_loss(l, epoch, step, run, done))?;
             loss_sum += loss * n as f64;
             items += n as u64;

@@ -20,6 +20,7 @@ pub mod descriptor;
 pub mod joint;
 pub mod metrics;
 pub mod parallel;
+pub(crate) mod perceptual;
 pub mod pipeline;
 pub mod preset;
 pub mod progress;

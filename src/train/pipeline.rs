@@ -32,7 +32,10 @@ use super::progress::{BusyGuard, Event, SharedObserver};
 use super::recipe::{DENOISE_WEIGHT, JOINT_EPOCHS, Recipe, TEACHER_EPOCHS, joint_configs, teacher_configs};
 use super::report::{ResultsDoc, write_curves_svg, write_montage, write_results_md};
 use super::session::RunDir;
-use super::stage::{StageOptions, TASKS_SEED, train_denoiser, train_descriptor, train_descriptor_from_teacher};
+use super::stage::{
+    StageOptions, TASKS_SEED, train_denoiser, train_denoiser_for_teacher, train_descriptor,
+    train_descriptor_from_teacher,
+};
 use crate::data::hpatches::Version;
 use crate::data::pack::PackedDataset;
 use crate::data::sampler::Sampler;
@@ -83,8 +86,9 @@ pub struct RunConfig {
     pub joint_epochs: u64,
     /// Joint recipe: weight of the denoising (L1) loss beside the descriptor loss.
     pub denoise_weight: f64,
-    /// With a distillation weight in `descriptor_overrides`: descriptor epochs
-    /// spent first on the clean-patch teacher (the student gets the rest).
+    /// With a distillation weight in `descriptor_overrides` or a perceptual
+    /// weight in `denoiser_overrides`: descriptor epochs spent first on the
+    /// clean-patch teacher (the student starts from it and gets the rest).
     pub teacher_epochs: u64,
     /// Seed of the denoiser stage; the descriptor uses `seed + 1` (a stage's own override wins).
     pub seed: Option<u64>,
@@ -197,6 +201,17 @@ pub fn run(cfg: &RunConfig, observer: SharedObserver) -> Result<RunSummary> {
             "--recipe joint trains without a clean-patch teacher: drop --distill-weight".into(),
         ));
     }
+    if cfg.recipe == Recipe::Joint && cfg.denoiser_overrides.perceptual_weight.is_some() {
+        return Err(Error::InvalidArgument(
+            "--recipe joint trains without a clean-patch teacher: drop --perceptual-weight".into(),
+        ));
+    }
+    if den_arch.is_none() && cfg.denoiser_overrides.perceptual_weight.is_some() {
+        return Err(Error::InvalidArgument(
+            "--perceptual-weight trains a denoiser, and this run has none (--denoiser none or --recipe hardnet-noisy)"
+                .into(),
+        ));
+    }
     if cfg.recipe == Recipe::Joint && den_arch.is_none() {
         return Err(Error::InvalidArgument("--recipe joint trains a denoiser: --denoiser none does not apply".into()));
     }
@@ -275,13 +290,27 @@ fn pipeline(
     let input = if den_arch.is_some() { InputKind::Denoised } else { InputKind::Noisy };
     let mut desc_cfg = descriptor_config(cfg, desc_arch, input)?;
     let den_stage_cfg = den_arch.map(|arch| denoiser_config(cfg, arch, ds.train_patches())).transpose()?;
-    if desc_cfg.distill_weight.is_some() {
+    let perceptual = den_stage_cfg.as_ref().is_some_and(|c| c.perceptual_weight.is_some());
+    let with_teacher = perceptual || desc_cfg.distill_weight.is_some();
+    if with_teacher {
         teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
         if !cfg.device.is_cpu() {
             return Err(Error::InvalidArgument(
-                "distillation trains on the CPU: drop --distill-weight or --device".into(),
+                "a clean-patch teacher trains on the CPU: drop --distill-weight and --perceptual-weight, or --device"
+                    .into(),
             ));
         }
+    }
+
+    // With the perceptual term the teacher trains first (on clean patches, so
+    // no denoiser is needed; its per-epoch validation scores the noisy ones):
+    // the denoiser trains through it.
+    let t = Instant::now();
+    let mut teacher = None;
+    if perceptual {
+        let (tcfg, _) = teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
+        teacher = Some(train_descriptor(&tcfg, &ds, None, &out.join("teacher"), &opts)?.network);
+        timings.push(("teacher training (clean patches)", t.elapsed().as_secs_f64()));
     }
 
     let t = Instant::now();
@@ -289,7 +318,11 @@ fn pipeline(
     let mut den = None;
     let mut den_metrics = Vec::new();
     if let Some(c) = den_stage_cfg {
-        let trained = train_denoiser(&c, &ds, &out.join("denoiser"), &opts)?;
+        let dir = out.join("denoiser");
+        let trained = match &teacher {
+            Some(teacher) => train_denoiser_for_teacher(&c, &ds, teacher, &dir, &opts)?,
+            None => train_denoiser(&c, &ds, &dir, &opts)?,
+        };
         let mut net = trained.network;
         // Denoising the dataset for the descriptor stage runs where training did.
         net.set_device(cfg.device)?;
@@ -305,24 +338,31 @@ fn pipeline(
     }
     desc_cfg.epochs = separate;
     let desc_dir = out.join("descriptor");
-    let trained = if desc_cfg.distill_weight.is_some() {
-        // The first epochs of the budget train a teacher on the clean patches;
-        // the student starts from it and distills it on the denoised patches.
-        // The teacher trains on clean patches; its per-epoch validation, as
-        // the student's, scores the denoised validation patches.
+    let trained = if with_teacher {
+        // The first epochs of the budget train a teacher on the clean patches
+        // (already done for the perceptual term); the student starts from it
+        // and, with a distillation weight, distills it on the denoised patches.
+        // Trained here, the teacher's per-epoch validation, as the student's,
+        // scores the denoised validation patches.
         let (tcfg, scfg) = teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
-        let teacher_dir = out.join("teacher");
-        let teacher = train_descriptor(&tcfg, &ds, den.as_ref(), &teacher_dir, &opts)?;
-        timings.push(("teacher training (clean patches)", t.elapsed().as_secs_f64()));
-        // The student's stage reuses the denoised patches (the pack checks its fingerprint when opened).
-        let pack = teacher_dir.join("denoised.pack");
-        if pack.is_file() {
-            std::fs::create_dir_all(&desc_dir).map_err(|e| io_err(&desc_dir, e))?;
-            let to = desc_dir.join("denoised.pack");
-            std::fs::rename(&pack, &to).map_err(|e| io_err(&to, e))?;
-        }
+        let teacher = match teacher {
+            Some(t) => t,
+            None => {
+                let teacher_dir = out.join("teacher");
+                let teacher = train_descriptor(&tcfg, &ds, den.as_ref(), &teacher_dir, &opts)?;
+                timings.push(("teacher training (clean patches)", t.elapsed().as_secs_f64()));
+                // The student's stage reuses the denoised patches (the pack checks its fingerprint when opened).
+                let pack = teacher_dir.join("denoised.pack");
+                if pack.is_file() {
+                    std::fs::create_dir_all(&desc_dir).map_err(|e| io_err(&desc_dir, e))?;
+                    let to = desc_dir.join("denoised.pack");
+                    std::fs::rename(&pack, &to).map_err(|e| io_err(&to, e))?;
+                }
+                teacher.network
+            }
+        };
         desc_cfg = scfg;
-        train_descriptor_from_teacher(&desc_cfg, &ds, den.as_ref(), &teacher.network, &desc_dir, &opts)?
+        train_descriptor_from_teacher(&desc_cfg, &ds, den.as_ref(), &teacher, &desc_dir, &opts)?
     } else {
         train_descriptor(&desc_cfg, &ds, den.as_ref(), &desc_dir, &opts)?
     };

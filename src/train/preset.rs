@@ -77,6 +77,8 @@ pub struct Overrides {
     pub sos_weight: Option<f32>,
     /// Weight of the distillation term towards a clean-patch teacher (descriptor; the pipeline trains the teacher).
     pub distill_weight: Option<f32>,
+    /// Weight of the perceptual term through a clean-patch teacher (denoiser; the pipeline trains the teacher).
+    pub perceptual_weight: Option<f32>,
 }
 
 impl Overrides {
@@ -110,6 +112,7 @@ impl Overrides {
         cfg.augment = self.augment.unwrap_or(cfg.augment);
         cfg.sos_weight = self.sos_weight.or(cfg.sos_weight);
         cfg.distill_weight = self.distill_weight.or(cfg.distill_weight);
+        cfg.perceptual_weight = self.perceptual_weight.or(cfg.perceptual_weight);
         cfg.validate()
     }
 }
@@ -147,6 +150,7 @@ pub fn denoiser_preset(preset: Preset, arch: Arch, split: &str, train_patches: u
         denoise_weight: None,
         sos_weight: None,
         distill_weight: None,
+        perceptual_weight: None,
     }
 }
 
@@ -176,5 +180,6 @@ pub fn descriptor_preset(preset: Preset, arch: Arch, split: &str, input: InputKi
         denoise_weight: None,
         sos_weight: None,
         distill_weight: None,
+        perceptual_weight: None,
     }
 }

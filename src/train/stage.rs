@@ -61,8 +61,33 @@ fn run_dir(stage: &str, ds: &DatasetSplit, out: &Path, opts: &StageOptions) -> R
 /// validating on its validation sequences (none: no validation loss); the
 /// test sequences are not touched.
 pub fn train_denoiser(cfg: &TrainConfig, ds: &DatasetSplit, out: &Path, opts: &StageOptions) -> Result<Trained> {
+    denoiser_stage(cfg, ds, None, out, opts)
+}
+
+/// As [`train_denoiser`], for the descriptor: the loss adds
+/// `cfg.perceptual_weight` times the perceptual term through `teacher` (a
+/// HardNet trained on `ds`'s clean patches, e.g. by `train_descriptor` with
+/// `input` clean; [`super::perceptual`]). On the CPU, in one process.
+pub fn train_denoiser_for_teacher(
+    cfg: &TrainConfig,
+    ds: &DatasetSplit,
+    teacher: &Network,
+    out: &Path,
+    opts: &StageOptions,
+) -> Result<Trained> {
+    denoiser_stage(cfg, ds, Some(teacher), out, opts)
+}
+
+fn denoiser_stage(
+    cfg: &TrainConfig,
+    ds: &DatasetSplit,
+    teacher: Option<&Network>,
+    out: &Path,
+    opts: &StageOptions,
+) -> Result<Trained> {
     let run = run_dir("denoiser", ds, out, opts)?;
-    let (network, metrics) = super::denoiser::train(cfg, &ds.data, &ds.train, &ds.val, &run, opts.resume)?;
+    let seqs = (ds.train.as_slice(), ds.val.as_slice());
+    let (network, metrics) = super::denoiser::train(cfg, &ds.data, seqs, teacher, &run, opts.resume)?;
     Ok(Trained { network, metrics })
 }
 

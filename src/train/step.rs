@@ -20,6 +20,7 @@
 //! Buffers are sized once, for a full batch and once for a shorter last batch.
 
 use super::parallel::Parallel;
+use super::perceptual::Perceptual;
 use super::session::{RunDir, State, tail_ws};
 use crate::error::{Error, Result};
 use crate::gpu::Trainer;
@@ -177,8 +178,18 @@ impl TupleHead {
 pub(crate) enum Head<'a> {
     /// Denoiser: the outputs `[n][1024]` against `target` (`[n][1024]`, at least) with a pointwise loss.
     Point { loss: PointLoss, target: &'a [f32] },
+    /// Denoiser trained for a descriptor: as `Point`, plus the perceptual
+    /// term of `guide` ([`super::perceptual`]) against the same targets.
+    Guided { loss: PointLoss, target: &'a [f32], guide: &'a mut Perceptual },
     /// Descriptor: a loss over the `K` descriptors of each item.
     Tuple(&'a mut TupleHead),
+}
+
+fn perceptual_on_cpu() -> Error {
+    Error::InvalidArgument(
+        "the perceptual term trains in one process on the CPU: drop --perceptual-weight, --device or --distributed"
+            .into(),
+    )
 }
 
 /// The buffers of host steps (one process or one rank of a group).
@@ -276,6 +287,7 @@ impl<'m> Stepper<'m> {
                     Head::Point { loss, target } => {
                         g.step_denoise(x, &target[..n * PATCH_LEN], loss, &mut st.optimizer)?
                     }
+                    Head::Guided { .. } => return Err(perceptual_on_cpu()),
                     Head::Tuple(t) => g.step_descriptor(x, t.device_loss()?, &mut st.dropout, &mut st.optimizer)?,
                 };
                 check(loss)?;
@@ -302,6 +314,12 @@ impl<'m> Stepper<'m> {
         let share = len as f32 / n as f32;
         let loss = match (head, &par) {
             (Head::Point { loss, target }, None) => loss.cpu(d, out, &target[..n * PATCH_LEN])? as f64,
+            (Head::Guided { loss, target, guide }, None) => {
+                let target = &target[..n * PATCH_LEN];
+                let l = loss.cpu(d, out, target)? as f64;
+                l + guide.eval(d, out, target, n)?
+            }
+            (Head::Guided { .. }, Some(_)) => return Err(perceptual_on_cpu()),
             (Head::Point { loss, target }, Some(p)) => {
                 Parallel::take(t_own, target, 1, n, (start, len), PATCH_LEN);
                 let l = loss.cpu(d, out, &t_own[..len * PATCH_LEN])? as f64;
