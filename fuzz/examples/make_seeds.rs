@@ -239,6 +239,7 @@ fn checkpoint(root: &Path, scratch: &Path) -> Res {
         denoise_weight: Some(0.5),
         sos_weight: None,
         distill_weight: None,
+        perceptual_weight: None,
     };
     let meta = |optimizer| CheckpointMeta {
         epochs_done: 1,
