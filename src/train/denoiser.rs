@@ -101,10 +101,7 @@ pub fn train(
             st.optimizer.config.set_lr(cfg.lr_at(st.epochs_done * steps + step));
             step += 1;
             let done = st.epochs_done;
-            let head = match guide.as_mut() {
-                Some(guide) => Head::Guided { loss: point_loss, target: &clean, guide },
-                None => Head::Point { loss: point_loss, target: &clean },
-            };
+            let head = Head::Point { loss: point_loss, target: &clean, guide: guide.as_mut() };
             let loss = stepper.step(&mut st, &noisy, n, head, |l| session::check_loss(l, epoch, step, run, done))?;
             loss_sum += loss * n as f64;
             items += n as u64;

@@ -176,11 +176,10 @@ impl TupleHead {
 
 /// What a step scores the model's outputs with.
 pub(crate) enum Head<'a> {
-    /// Denoiser: the outputs `[n][1024]` against `target` (`[n][1024]`, at least) with a pointwise loss.
-    Point { loss: PointLoss, target: &'a [f32] },
-    /// Denoiser trained for a descriptor: as `Point`, plus the perceptual
-    /// term of `guide` ([`super::perceptual`]) against the same targets.
-    Guided { loss: PointLoss, target: &'a [f32], guide: &'a mut Perceptual },
+    /// Denoiser: the outputs `[n][1024]` against `target` (`[n][1024]`, at
+    /// least) with a pointwise loss, plus, trained for a descriptor, the
+    /// perceptual term of `guide` against the same targets ([`super::perceptual`]).
+    Point { loss: PointLoss, target: &'a [f32], guide: Option<&'a mut Perceptual> },
     /// Descriptor: a loss over the `K` descriptors of each item.
     Tuple(&'a mut TupleHead),
 }
@@ -284,10 +283,10 @@ impl<'m> Stepper<'m> {
         let h = match &mut self.at {
             Where::Device(g) => {
                 let loss = match head {
-                    Head::Point { loss, target } => {
+                    Head::Point { guide: Some(_), .. } => return Err(perceptual_on_cpu()),
+                    Head::Point { loss, target, guide: None } => {
                         g.step_denoise(x, &target[..n * PATCH_LEN], loss, &mut st.optimizer)?
                     }
-                    Head::Guided { .. } => return Err(perceptual_on_cpu()),
                     Head::Tuple(t) => g.step_descriptor(x, t.device_loss()?, &mut st.dropout, &mut st.optimizer)?,
                 };
                 check(loss)?;
@@ -313,14 +312,16 @@ impl<'m> Stepper<'m> {
         d.iter_mut().for_each(|v| *v = 0.0);
         let share = len as f32 / n as f32;
         let loss = match (head, &par) {
-            (Head::Point { loss, target }, None) => loss.cpu(d, out, &target[..n * PATCH_LEN])? as f64,
-            (Head::Guided { loss, target, guide }, None) => {
+            (Head::Point { loss, target, guide }, None) => {
                 let target = &target[..n * PATCH_LEN];
                 let l = loss.cpu(d, out, target)? as f64;
-                l + guide.eval(d, out, target, n)?
+                match guide {
+                    Some(g) => l + g.eval(d, out, target, n)?,
+                    None => l,
+                }
             }
-            (Head::Guided { .. }, Some(_)) => return Err(perceptual_on_cpu()),
-            (Head::Point { loss, target }, Some(p)) => {
+            (Head::Point { guide: Some(_), .. }, Some(_)) => return Err(perceptual_on_cpu()),
+            (Head::Point { loss, target, guide: None }, Some(p)) => {
                 Parallel::take(t_own, target, 1, n, (start, len), PATCH_LEN);
                 let l = loss.cpu(d, out, &t_own[..len * PATCH_LEN])? as f64;
                 // The loss is a mean over the global batch: this share weighs len / n of it.
