@@ -128,3 +128,29 @@ fn kernels_lists_the_used_kernel_and_measures_the_fma_peak() {
         assert!((2.0..2000.0).contains(&peak), "implausible FMA peak {peak} GFLOP/s");
     }
 }
+
+#[test]
+fn bench_times_the_default_recipes_step_and_refuses_a_loss_the_model_cannot_train() {
+    let line = ok(&[
+        "bench",
+        "--model",
+        "hardnet",
+        "--variant",
+        "original",
+        "--mode",
+        "train",
+        "--loss",
+        "hardnet",
+        "--batch",
+        "4",
+        "--seconds",
+        "0.1",
+        "--threads",
+        "1",
+    ]);
+    assert!(line.contains("batch 4 threads 1") && line.contains("pairs/s (median of 5"), "{line}");
+    let e = fails(&["bench", "--model", "unet", "--mode", "train", "--loss", "hardnet", "--seconds", "0.1"]);
+    assert!(e.contains("unet does not train with the hardnet loss"), "{e}");
+    let e = fails(&["bench", "--model", "hardnet", "--mode", "train", "--loss", "nonsense"]);
+    assert!(e.contains("unknown loss 'nonsense'"), "{e}");
+}

@@ -225,10 +225,12 @@ mod emulated {
         }
         assert_close("denoised patches", &outs[1].0, &outs[0].0, 1e-4);
         assert_close("descriptors", &outs[1].1, &outs[0].1, 1e-4);
-        for (model, mode) in [("unet", "train"), ("hardnet", "infer")] {
+        let pairs: &[&str] = &["--variant", "original", "--loss", "hardnet"];
+        for (model, mode, extra) in [("unet", "train", &[][..]), ("hardnet", "infer", &[]), ("hardnet", "train", pairs)]
+        {
             let args =
                 ["bench", "--model", model, "--mode", mode, "--batch", "2", "--seconds", "0.2", "--device", "emu"];
-            let line = ok(&args);
+            let line = ok(&[&args[..], extra].concat());
             assert!(line.contains("device emu") && line.contains("/s (median of 5"), "{line}");
         }
     }

@@ -3,6 +3,7 @@
 //! allocator (this test binary's own) sees every heap allocation of every
 //! thread while the measured steps run in a 2-thread pool.
 
+use nhpatch::loss::LossKind;
 use nhpatch::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use nhpatch::loss::l1::l1_loss;
 use nhpatch::loss::sos::{SOS_KNN, SosRegularizer, SosWorkspace};
@@ -11,6 +12,7 @@ use nhpatch::models::{Arch, DESC_LEN, Model, PATCH_LEN};
 use nhpatch::optim::adam::{Adam, AdamState};
 use nhpatch::optim::sgd::{Sgd, SgdState};
 use nhpatch::rng::Rng;
+use nhpatch::train::throughput::{BenchConfig, Mode, Workload};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -239,11 +241,18 @@ fn fresh_worker_gemm_allocations() -> usize {
     })
 }
 
+/// What `nhpatch bench` and the criterion model benches time.
+fn workload_allocations(arch: Arch, mode: Mode, loss: Option<LossKind>, batch: usize) -> usize {
+    let mut w = Workload::new(&BenchConfig { loss, ..BenchConfig::new(arch, mode, batch) }).unwrap();
+    allocations(|| w.step().unwrap())
+}
+
 #[test]
 fn steps_after_warm_up_allocate_nothing() {
     // One test in this binary: the counter is global, so nothing else may run meanwhile.
     let first = fresh_worker_gemm_allocations();
     let pool = nhpatch::threads::pool(2).unwrap();
+    let hardnet = Some(LossKind::HardNet);
     let counts = pool.install(|| {
         vec![
             ("unet infer", infer_allocations(Arch::Unet, 20)),
@@ -255,6 +264,10 @@ fn steps_after_warm_up_allocate_nothing() {
             ("hardnet triplet train", triplet_train_allocations(6)),
             ("hardnet loss train", hardnet_loss_train_allocations(8, false)),
             ("hardnet loss + SOS train", hardnet_loss_train_allocations(12, true)),
+            ("bench workload: unet infer", workload_allocations(Arch::Unet, Mode::Infer, None, 4)),
+            ("bench workload: dncnn train", workload_allocations(Arch::Dncnn, Mode::Train, None, 2)),
+            ("bench workload: hardnet triplet", workload_allocations(Arch::HardNetBaseline, Mode::Train, None, 4)),
+            ("bench workload: hardnet pairs", workload_allocations(Arch::HardNetOriginal, Mode::Train, hardnet, 8)),
         ]
     });
     let counts = [

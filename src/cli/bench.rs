@@ -3,6 +3,7 @@
 
 use clap::{Args, ValueEnum};
 use nhpatch::error::Result;
+use nhpatch::loss::LossKind;
 use nhpatch::models::Arch;
 use nhpatch::train::throughput::{self, BenchConfig};
 
@@ -31,13 +32,17 @@ pub struct BenchArgs {
     variant: Option<String>,
     #[arg(long, value_enum)]
     mode: Mode,
-    /// Patches per batch (inference, denoiser training) or triplets per batch (HardNet training).
+    /// Patches per batch (inference, denoiser training) or triplets (pairs with --loss hardnet) per batch (HardNet training).
     #[arg(long)]
     batch: Option<usize>,
     #[arg(long, default_value_t = 0)]
     threads: usize,
     #[command(flatten)]
     pub dev: super::DeviceArgs,
+    /// Training loss: l1 or mse (denoisers; default l1), triplet or hardnet (HardNet; default triplet).
+    /// With hardnet, --batch counts pairs and the optimizer is the hardnet recipe's.
+    #[arg(long)]
+    loss: Option<LossKind>,
     /// Measured seconds (split into 5 repetitions).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -48,7 +53,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let mode = throughput::Mode::from(a.mode);
     let device = a.dev.device;
     let batch = a.batch.unwrap_or(BenchConfig::default_batch(mode));
-    let cfg = BenchConfig { arch, mode, batch, seconds: a.seconds, device };
+    let cfg = BenchConfig { arch, mode, batch, seconds: a.seconds, device, loss: a.loss };
     let pool = nhpatch::threads::pool(a.threads)?;
     let threads = pool.current_num_threads();
     let t = pool.install(|| throughput::measure_model(&cfg))?;

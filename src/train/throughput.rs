@@ -2,7 +2,10 @@
 //! prints), after a warm-up, as the median of five timed repetitions.
 //! Training steps are the ones `nhpatch run` takes with the seed preset's
 //! optimizer: denoisers on (noisy, clean) batches with L1, HardNet on
-//! triplets with the triplet loss. On a device the same steps run through
+//! triplets with the triplet loss, or (`loss: Some(LossKind::HardNet)`) on
+//! pairs with the HardNet loss and the `hardnet` recipe's SGD, as the default
+//! recipe trains. [`Workload`] is the CPU's workload, built once and stepped
+//! by whatever times it. On a device the same steps run through
 //! `nhpatch::gpu`: a training step uploads the batch and reads the loss back,
 //! an inference batch uploads the patches and reads the outputs back, so each
 //! repetition ends synchronised with the device.
@@ -11,18 +14,19 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Accel, Device};
-use crate::loss::l1::l1_loss;
+use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use crate::loss::triplet::TripletLoss;
-use crate::loss::{PointLoss, TupleLoss};
-use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN};
+use crate::loss::{LossKind, PointLoss};
+use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::Rng;
+use std::ops::Range;
 use std::time::Instant;
 
 /// What is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Optimizer steps: patches/s for denoisers, triplets/s for HardNet.
+    /// Optimizer steps: patches/s for denoisers, triplets/s (pairs/s with the HardNet loss) for HardNet.
     Train,
     /// Eval forwards: patches/s.
     Infer,
@@ -38,12 +42,16 @@ pub struct BenchConfig {
     /// Measured seconds, split into 5 repetitions.
     pub seconds: f64,
     pub device: Device,
+    /// The training loss: `None` is the model's usual one (L1 for denoisers,
+    /// triplet for HardNet); `Some(LossKind::HardNet)` trains pairs with the
+    /// `hardnet` recipe's loss and optimizer, as the default recipe does.
+    pub loss: Option<LossKind>,
 }
 
 impl BenchConfig {
     /// `batch` of `arch` in `mode` on the CPU for 5 s.
     pub fn new(arch: Arch, mode: Mode, batch: usize) -> Self {
-        BenchConfig { arch, mode, batch, seconds: 5.0, device: Device::Cpu }
+        BenchConfig { arch, mode, batch, seconds: 5.0, device: Device::Cpu, loss: None }
     }
 
     /// The default batch of a mode: 128 patches (inference), 50 (training).
@@ -85,13 +93,42 @@ fn measure(seconds: f64, items: usize, unit: &'static str, mut step: impl FnMut(
     Ok(Throughput { unit, median: reps[2], reps, device_name: None })
 }
 
-/// The optimizer of a model's training workload (its seed preset's) and the unit of its throughput.
-fn train_workload(arch: Arch) -> (OptimizerConfig, &'static str) {
+/// The loss a configuration trains with: its own, or the model's usual one
+/// (L1 for denoisers, the triplet loss for HardNet).
+fn loss_of(cfg: &BenchConfig) -> Result<LossKind> {
+    let arch = cfg.arch;
+    let loss = cfg.loss.unwrap_or(if arch.is_denoiser() { LossKind::L1 } else { LossKind::Triplet });
+    let fits = if arch.is_denoiser() { loss.point().is_ok() } else { loss.tuple(1.0).is_ok() };
+    if !fits {
+        let expected = if arch.is_denoiser() { "l1 or mse" } else { "triplet or hardnet" };
+        return Err(Error::InvalidArgument(format!(
+            "{arch} does not train with the {loss} loss (expected {expected})"
+        )));
+    }
+    Ok(loss)
+}
+
+/// The optimizer of a training workload: the seed preset's, or with the
+/// HardNet loss the `hardnet` recipe's (SGD 0.1, momentum 0.9, weight decay 1e-4).
+fn train_optimizer(arch: Arch, loss: LossKind) -> OptimizerConfig {
     use crate::train::preset::{Preset, denoiser_preset, descriptor_preset};
+    use crate::train::recipe::Recipe;
     if arch.is_denoiser() {
-        (denoiser_preset(Preset::Seed, arch, "a", 1).optimizer, "patches/s")
-    } else {
-        (descriptor_preset(Preset::Seed, arch, "a", crate::train::InputKind::Noisy).optimizer, "triplets/s")
+        return denoiser_preset(Preset::Seed, arch, "a", 1).optimizer;
+    }
+    let mut cfg = descriptor_preset(Preset::Seed, arch, "a", crate::train::InputKind::Noisy);
+    if loss == LossKind::HardNet {
+        Recipe::Hardnet.apply(&mut cfg, Preset::Seed);
+    }
+    cfg.optimizer
+}
+
+/// A throughput unit: "patches/s", "triplets/s" or "pairs/s".
+fn unit_of(mode: Mode, loss: LossKind) -> &'static str {
+    match (mode, loss) {
+        (Mode::Infer, _) | (Mode::Train, LossKind::L1 | LossKind::Mse) => "patches/s",
+        (Mode::Train, LossKind::Triplet) => "triplets/s",
+        (Mode::Train, LossKind::HardNet) => "pairs/s",
     }
 }
 
@@ -100,104 +137,177 @@ fn denoise_target(x: &[f32]) -> Vec<f32> {
     x.iter().map(|v| (v - 10.0).max(0.0)).collect()
 }
 
-/// Measures `cfg`'s workload (see the module header).
+/// Checks `cfg` and measures its workload (see the module header).
 pub fn measure_model(cfg: &BenchConfig) -> Result<Throughput> {
-    if cfg.batch == 0 {
-        return Err(Error::InvalidArgument("--batch must be at least 1".into()));
-    }
     if !(cfg.seconds > 0.0 && cfg.seconds.is_finite()) {
         return Err(Error::InvalidArgument(format!("--seconds {} must be positive", cfg.seconds)));
     }
-    cfg.device.check_available()?;
+    check(cfg)?;
     match cfg.device {
-        Device::Cpu => on_cpu(cfg),
+        Device::Cpu => {
+            let mut w = Workload::new(cfg)?;
+            measure(cfg.seconds, w.items(), w.unit(), || w.step())
+        }
         _ => on_device(cfg),
     }
 }
 
+fn check(cfg: &BenchConfig) -> Result<LossKind> {
+    if cfg.batch == 0 {
+        return Err(Error::InvalidArgument("--batch must be at least 1".into()));
+    }
+    cfg.device.check_available()?;
+    loss_of(cfg)
+}
+
+/// Patches one step reads: `batch` for inference and denoisers, `k x batch` for a descriptor loss over k-tuples.
+fn patches_per_step(cfg: &BenchConfig, loss: LossKind) -> Result<usize> {
+    Ok(match cfg.mode {
+        Mode::Train if !cfg.arch.is_denoiser() => loss.tuple(1.0)?.k() * cfg.batch,
+        _ => cfg.batch,
+    })
+}
+
 fn on_device(cfg: &BenchConfig) -> Result<Throughput> {
     let (arch, batch) = (cfg.arch, cfg.batch);
+    let loss = check(cfg)?;
     let model = Model::new(arch)?;
     let mut rng = Rng::new(1);
     let params = model.init_params(&mut rng);
-    let patches = if cfg.mode == Mode::Train && !arch.is_denoiser() { 3 * batch } else { batch };
+    let patches = patches_per_step(cfg, loss)?;
     let x: Vec<f32> = (0..patches * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
+    let unit = unit_of(cfg.mode, loss);
     match cfg.mode {
         Mode::Infer => {
             let mut accel = Accel::open(cfg.device, &model, &params)?;
             let mut out = vec![0.0f32; batch * model.out_len()];
-            let t = measure(cfg.seconds, batch, "patches/s", || accel.forward(&x, &mut out))?;
+            let t = measure(cfg.seconds, batch, unit, || accel.forward(&x, &mut out))?;
             Ok(Throughput { device_name: Some(accel.name().to_string()), ..t })
         }
         Mode::Train => {
-            let (opt_cfg, unit) = train_workload(arch);
-            let mut opt = Optimizer::new(opt_cfg, params.len())?;
+            let mut opt = Optimizer::new(train_optimizer(arch, loss), params.len())?;
             let mut tr = crate::gpu::trainer(cfg.device, &model, &params, &opt, patches)?
                 .ok_or_else(|| Error::InvalidArgument("a device benchmark needs a device".into()))?;
             if arch.is_denoiser() {
-                let target = denoise_target(&x);
-                measure(cfg.seconds, batch, unit, || tr.step_denoise(&x, &target, PointLoss::L1, &mut opt).map(|_| ()))
+                let (target, point) = (denoise_target(&x), loss.point()?);
+                measure(cfg.seconds, batch, unit, || tr.step_denoise(&x, &target, point, &mut opt).map(|_| ()))
             } else {
-                let loss = TupleLoss::Triplet(TripletLoss::new(1.0)?);
-                measure(cfg.seconds, batch, unit, || tr.step_descriptor(&x, loss, &mut rng, &mut opt).map(|_| ()))
+                let tuple = loss.tuple(1.0)?;
+                measure(cfg.seconds, batch, unit, || tr.step_descriptor(&x, tuple, &mut rng, &mut opt).map(|_| ()))
             }
         }
     }
 }
 
-fn on_cpu(cfg: &BenchConfig) -> Result<Throughput> {
-    let (arch, batch) = (cfg.arch, cfg.batch);
-    let mut model = Model::new(arch)?;
-    let mut rng = Rng::new(1);
-    let mut params = model.init_params(&mut rng);
-    match cfg.mode {
-        Mode::Infer => {
-            let x: Vec<f32> = (0..batch * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
-            let mut ws = model.workspace(batch)?;
-            measure(cfg.seconds, batch, "patches/s", || model.forward_eval(&mut ws, &params, &x).map(|_| ()))
+/// What a training step ends in.
+enum Head {
+    Point { loss: PointLoss, target: Vec<f32> },
+    Triplet(TripletLoss),
+    Pairs(HardNetLoss, HardNetWorkspace),
+}
+
+/// What a training workload owns beside the model's workspace.
+struct Training {
+    head: Head,
+    opt: Optimizer,
+    ranges: Vec<Range<usize>>,
+    grads: Vec<f32>,
+    dout: Vec<f32>,
+}
+
+/// One model's benchmark workload on the CPU, built once: the model, its
+/// parameters, a fixed random batch and every buffer a step needs, so that
+/// [`Workload::step`] allocates nothing and can be timed by any harness
+/// (`nhpatch bench`, the criterion benches in `benches/models.rs`).
+///
+/// A step is one `forward_eval` of `batch` patches (inference) or one
+/// optimizer step (training): zero_grad, `forward_train`, the loss, backward,
+/// the update. Runs on the caller's rayon pool.
+pub struct Workload {
+    model: Model,
+    params: Vec<f32>,
+    ws: Workspace,
+    x: Vec<f32>,
+    rng: Rng,
+    batch: usize,
+    unit: &'static str,
+    train: Option<Training>,
+}
+
+impl Workload {
+    /// Builds `cfg`'s workload (the CPU's; `cfg.seconds` and `cfg.device` are not used).
+    pub fn new(cfg: &BenchConfig) -> Result<Workload> {
+        if cfg.batch == 0 {
+            return Err(Error::InvalidArgument("--batch must be at least 1".into()));
         }
-        Mode::Train if arch.is_denoiser() => {
-            let x: Vec<f32> = (0..batch * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
-            let target = denoise_target(&x);
-            let (opt_cfg, unit) = train_workload(arch);
-            let mut opt = Optimizer::new(opt_cfg, params.len())?;
-            let ranges = model.layout().trainable_ranges();
-            let mut grads = model.zero_grads();
-            let mut dout = vec![0.0f32; x.len()];
-            let mut ws = model.workspace(batch)?;
-            measure(cfg.seconds, batch, unit, || {
-                grads.iter_mut().for_each(|g| *g = 0.0);
-                dout.iter_mut().for_each(|g| *g = 0.0);
-                let out = model.forward_train(&mut ws, &mut params, &x, &mut rng)?;
-                l1_loss(&mut dout, out, &target)?;
-                model.backward(&mut ws, &params, &mut grads, &dout)?;
-                opt.step(&mut params, &grads, &ranges)
-            })
+        let (arch, batch) = (cfg.arch, cfg.batch);
+        let loss = loss_of(cfg)?;
+        let mut model = Model::new(arch)?;
+        let mut rng = Rng::new(1);
+        let params = model.init_params(&mut rng);
+        let patches = patches_per_step(cfg, loss)?;
+        let x: Vec<f32> = (0..patches * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
+        let unit = unit_of(cfg.mode, loss);
+        if cfg.mode == Mode::Infer {
+            let ws = model.inference_workspace(batch)?;
+            return Ok(Workload { model, params, ws, x, rng, batch, unit, train: None });
         }
-        Mode::Train => {
-            // `batch` triplets: one forward of 3 * batch patches.
-            let n = 3 * batch;
-            let x: Vec<f32> = (0..n * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
+        let head = match loss {
+            LossKind::L1 | LossKind::Mse => Head::Point { loss: loss.point()?, target: denoise_target(&x) },
+            LossKind::Triplet => Head::Triplet(TripletLoss::new(1.0)?),
+            LossKind::HardNet => Head::Pairs(HardNetLoss::new(1.0, true)?, HardNetWorkspace::new(batch)),
+        };
+        if !arch.is_denoiser() {
             model.set_dropout(0.3)?;
-            let (opt_cfg, unit) = train_workload(arch);
-            let mut opt = Optimizer::new(opt_cfg, params.len())?;
-            let ranges = model.layout().trainable_ranges();
-            let mut grads = model.zero_grads();
-            let mut dout = vec![0.0f32; n * DESC_LEN];
-            let mut ws = model.workspace(n)?;
-            let loss = TripletLoss::new(1.0)?;
-            let d = batch * DESC_LEN;
-            measure(cfg.seconds, batch, unit, || {
-                grads.iter_mut().for_each(|g| *g = 0.0);
-                dout.iter_mut().for_each(|g| *g = 0.0);
-                let out = model.forward_train(&mut ws, &mut params, &x, &mut rng)?;
-                let (ga, rest) = dout.split_at_mut(d);
-                let (gp, gn) = rest.split_at_mut(d);
-                loss.loss(ga, gp, gn, &out[..d], &out[d..2 * d], &out[2 * d..], batch, DESC_LEN)?;
-                model.backward(&mut ws, &params, &mut grads, &dout)?;
-                opt.step(&mut params, &grads, &ranges)
-            })
         }
+        let opt = Optimizer::new(train_optimizer(arch, loss), params.len())?;
+        let train = Training {
+            head,
+            opt,
+            ranges: model.layout().trainable_ranges(),
+            grads: model.zero_grads(),
+            dout: vec![0.0f32; patches * model.out_len()],
+        };
+        let ws = model.workspace(patches)?;
+        Ok(Workload { model, params, ws, x, rng, batch, unit, train: Some(train) })
+    }
+
+    /// Items one step processes: patches, triplets or pairs (`batch`).
+    pub fn items(&self) -> usize {
+        self.batch
+    }
+
+    /// "patches/s", "triplets/s" or "pairs/s".
+    pub fn unit(&self) -> &'static str {
+        self.unit
+    }
+
+    /// One inference batch or one optimizer step.
+    pub fn step(&mut self) -> Result<()> {
+        let Workload { model, params, ws, x, rng, batch, train, .. } = self;
+        let Some(t) = train else {
+            return model.forward_eval(ws, params, x).map(|_| ());
+        };
+        t.grads.fill(0.0);
+        t.dout.fill(0.0);
+        let out = model.forward_train(ws, params, x, rng)?;
+        let d = *batch * DESC_LEN;
+        match &mut t.head {
+            Head::Point { loss, target } => {
+                loss.cpu(&mut t.dout, out, target)?;
+            }
+            Head::Triplet(loss) => {
+                let (ga, rest) = t.dout.split_at_mut(d);
+                let (gp, gn) = rest.split_at_mut(d);
+                loss.loss(ga, gp, gn, &out[..d], &out[d..2 * d], &out[2 * d..], *batch, DESC_LEN)?;
+            }
+            Head::Pairs(loss, lws) => {
+                let (ga, gp) = t.dout.split_at_mut(d);
+                loss.loss(ga, gp, lws, &out[..d], &out[d..], *batch, DESC_LEN)?;
+            }
+        }
+        model.backward(ws, params, &mut t.grads, &t.dout)?;
+        t.opt.step(params, &t.grads, &t.ranges)
     }
 }
 
@@ -207,12 +317,14 @@ mod tests {
 
     #[test]
     fn measures_every_mode_and_refuses_bad_settings() {
-        for (arch, mode, unit) in [
-            (Arch::Unet, Mode::Train, "patches/s"),
-            (Arch::HardNetBaseline, Mode::Train, "triplets/s"),
-            (Arch::Dncnn, Mode::Infer, "patches/s"),
+        for (arch, mode, loss, unit) in [
+            (Arch::Unet, Mode::Train, None, "patches/s"),
+            (Arch::Unet, Mode::Train, Some(LossKind::Mse), "patches/s"),
+            (Arch::HardNetBaseline, Mode::Train, None, "triplets/s"),
+            (Arch::HardNetOriginal, Mode::Train, Some(LossKind::HardNet), "pairs/s"),
+            (Arch::Dncnn, Mode::Infer, None, "patches/s"),
         ] {
-            let cfg = BenchConfig { seconds: 0.05, ..BenchConfig::new(arch, mode, 2) };
+            let cfg = BenchConfig { seconds: 0.05, loss, ..BenchConfig::new(arch, mode, 2) };
             let t = measure_model(&cfg).unwrap();
             assert_eq!(t.unit, unit);
             assert_eq!(t.reps.len(), 5);
@@ -221,6 +333,44 @@ mod tests {
         let base = BenchConfig::new(Arch::Unet, Mode::Infer, 1);
         assert!(measure_model(&BenchConfig { batch: 0, ..base.clone() }).is_err());
         assert!(measure_model(&BenchConfig { seconds: f64::NAN, ..base.clone() }).is_err());
-        assert!(measure_model(&BenchConfig { seconds: 0.0, ..base }).is_err());
+        assert!(measure_model(&BenchConfig { seconds: 0.0, ..base.clone() }).is_err());
+        for (arch, loss) in [(Arch::Unet, LossKind::Triplet), (Arch::HardNetOriginal, LossKind::L1)] {
+            let cfg = BenchConfig { loss: Some(loss), ..BenchConfig::new(arch, Mode::Train, 2) };
+            let e = measure_model(&cfg).unwrap_err().to_string();
+            assert!(e.contains(loss.name()), "{e}");
+        }
+    }
+
+    /// A workload's training step is the training loop's: the same loss
+    /// after the same steps, whatever the thread count, and it learns (the
+    /// loss of a fixed batch falls).
+    #[test]
+    fn workload_steps_are_deterministic_and_learn() {
+        let cfg =
+            BenchConfig { loss: Some(LossKind::HardNet), ..BenchConfig::new(Arch::HardNetOriginal, Mode::Train, 8) };
+        let run = |threads: usize| {
+            crate::threads::pool(threads).unwrap().install(|| {
+                let mut w = Workload::new(&cfg).unwrap();
+                assert_eq!((w.items(), w.unit()), (8, "pairs/s"));
+                for _ in 0..3 {
+                    w.step().unwrap();
+                }
+                w.params.clone()
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert!(one.iter().all(|v| v.is_finite()));
+        let mut w = Workload::new(&BenchConfig::new(Arch::Unet, Mode::Train, 4)).unwrap();
+        let loss = |w: &mut Workload| {
+            let out = w.model.forward_eval(&mut w.ws, &w.params, &w.x).unwrap().to_vec();
+            let target = denoise_target(&w.x);
+            out.iter().zip(&target).map(|(a, b)| (a - b).abs() as f64).sum::<f64>()
+        };
+        let before = loss(&mut w);
+        for _ in 0..5 {
+            w.step().unwrap();
+        }
+        assert!(loss(&mut w) < before);
     }
 }
