@@ -472,3 +472,47 @@ fn bad_arguments_are_errors() {
     check::<Winograd>();
     check::<Winograd4>();
 }
+
+/// A workspace reused while the weights change (as in training), and between
+/// forward and backward_data (rotated transforms), gives the bits of a fresh
+/// workspace per call: the cached weight transform is never stale (weights
+/// changed in one element, or in the sign of a zero, included).
+fn reused_workspace_is_never_stale<T: Wino>() {
+    let (cin, cout, h, w, n) = (5, 7, 9, 8, 2);
+    let l = T::make(cin, cout, h, w).unwrap();
+    let mut rng = Rng::new(9);
+    let x = rand_vec(&mut rng, n * cin * h * w, -1.0, 1.0);
+    let dout = rand_vec(&mut rng, n * cout * h * w, -1.0, 1.0);
+    let w1 = rand_vec(&mut rng, cout * cin * 9, -1.0, 1.0);
+    let mut w2 = w1.clone();
+    w2[cout * cin * 9 - 1] += 0.5;
+    let mut w3 = w1.clone();
+    w3[4] = 0.0;
+    let mut w4 = w3.clone();
+    w4[4] = -0.0;
+    let mut reused = l.ws(n);
+    for (i, wt) in [&w1, &w1, &w2, &w1, &w3, &w4, &w4].into_iter().enumerate() {
+        let (mut a, mut b) = (vec![f32::NAN; dout.len()], vec![f32::NAN; dout.len()]);
+        l.fwd(&mut a, &x, wt, None, n, &mut reused).unwrap();
+        l.fwd(&mut b, &x, wt, None, n, &mut l.ws(n)).unwrap();
+        assert_eq!(
+            a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "forward {i}"
+        );
+        let (mut da, mut db) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        l.bwd(&mut da, &dout, wt, n, &mut reused).unwrap();
+        l.bwd(&mut db, &dout, wt, n, &mut l.ws(n)).unwrap();
+        assert_eq!(da, db, "backward_data {i}");
+    }
+}
+
+#[test]
+fn f2_reused_workspace_is_never_stale() {
+    reused_workspace_is_never_stale::<Winograd>();
+}
+
+#[test]
+fn f4_reused_workspace_is_never_stale() {
+    reused_workspace_is_never_stale::<Winograd4>();
+}

@@ -18,6 +18,7 @@ pub mod dropout;
 pub mod input_norm;
 pub mod l2norm;
 pub mod maxpool;
+pub(crate) mod prepared;
 pub mod relu;
 pub mod reshape;
 pub mod residual;

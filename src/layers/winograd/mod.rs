@@ -29,6 +29,7 @@ pub use f4::{Winograd4, Winograd4Workspace};
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
+use crate::layers::prepared::Prepared;
 use crate::ops::epilogue::Epilogue;
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -151,8 +152,10 @@ pub(super) struct Workspace<T> {
     geom: T,
     shard_imgs: usize,
     group_imgs: usize,
-    /// [XI][cout][cin] (forward) or [XI][cin][cout] (backward_data), rewritten by every call.
-    u: Vec<f32>,
+    /// [cout][cin][3][3] weights -> [XI][cout][cin] (forward, tag 0) or
+    /// [XI][cin][cout] (backward_data, tag 1): their transform, redone only
+    /// when the weights change (`layers::prepared`).
+    u: Prepared,
     lanes: Vec<Mutex<Lane>>,
 }
 
@@ -167,7 +170,8 @@ impl<T: Tiling> Workspace<T> {
         let big = T::XI * cin.max(cout) * group_imgs * p;
         let pad = T::M * T::M * (th + 1) * (tw + 1);
         let lanes = Lane::lanes(n, shard_imgs, pad, geom.rows_len(), big);
-        Workspace { n, geom, shard_imgs, group_imgs, u: vec![0.0; T::XI * cin * cout], lanes }
+        let u = Prepared::new(cout * cin * 9, T::XI * cin * cout);
+        Workspace { n, geom, shard_imgs, group_imgs, u, lanes }
     }
 
     /// See the public `forward`.
@@ -205,8 +209,8 @@ impl<T: Tiling> Workspace<T> {
         if n == 0 {
             return Ok(());
         }
-        geom.transform_weights(&mut self.u, weight, false);
-        let pass = Pass { cs: cin, cd: cout, u: &self.u, epi, accumulate: false };
+        let u = self.u.get(weight, 0, |w, u| geom.transform_weights(u, w, false));
+        let pass = Pass { cs: cin, cd: cout, u, epi, accumulate: false };
         run_pass(geom, &pass, out, x, (self.shard_imgs, self.group_imgs), &self.lanes)
     }
 
@@ -231,8 +235,8 @@ impl<T: Tiling> Workspace<T> {
         if n == 0 {
             return Ok(());
         }
-        geom.transform_weights(&mut self.u, weight, true);
-        let pass = Pass { cs: cout, cd: cin, u: &self.u, epi: Epilogue::default(), accumulate: true };
+        let u = self.u.get(weight, 1, |w, u| geom.transform_weights(u, w, true));
+        let pass = Pass { cs: cout, cd: cin, u, epi: Epilogue::default(), accumulate: true };
         run_pass(geom, &pass, dx, dout, (self.shard_imgs, self.group_imgs), &self.lanes)
     }
 

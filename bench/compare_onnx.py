@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""nhpatch inference against ONNX Runtime on the same CPU, side by side in one run.
+
+ONNX Runtime is what a native application would deploy instead of nhpatch.
+Each PyTorch twin of tools/torch_reference.py (U-Net, DnCNN, HardNet baseline
+and original) is exported to ONNX (opset 17, dynamic batch) and run by
+ONNX Runtime's CPU provider with every graph optimisation
+(ORT_ENABLE_ALL), `intra_op_num_threads` = the thread count, one inter-op
+thread. For each model, thread count and batch, `nhpatch bench --mode infer`
+and ONNX Runtime run alternately; both report the median of 5 timed
+repetitions after a warm-up, in patches/s, and batch 1 is also printed as the
+latency of one patch. With --int8, ONNX Runtime's own static int8
+quantisation of the same models (QDQ, per-channel weights, activation ranges
+calibrated on 256 random patches) runs as a third contender; it is timed
+only, its accuracy is not checked here.
+
+Needs `pip install torch onnx onnxruntime numpy` and a release build
+(`cargo build --release`); not used by CI.
+
+    python3 bench/compare_onnx.py [--seconds 3] [--threads 1,2] [--batches 1,16,128,1024]
+        [--only unet,hardnet-original] [--int8]
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+try:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+except ImportError:
+    sys.exit("compare_onnx.py needs PyTorch, ONNX and ONNX Runtime: pip install torch onnx onnxruntime numpy")
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+import torch_reference as R  # noqa: E402
+
+NHPATCH = os.path.join(os.path.dirname(__file__), "..", "target", "release", "nhpatch")
+
+# name -> (twin constructor, nhpatch bench flags)
+MODELS = {
+    "unet": (lambda: R.UNet(), ["--model", "unet"]),
+    "dncnn": (lambda: R.DnCNN(), ["--model", "dncnn"]),
+    "hardnet-baseline": (lambda: R.HardNetBaseline(0.3), ["--model", "hardnet", "--variant", "baseline"]),
+    "hardnet-original": (lambda: R.HardNetOriginal(0.3), ["--model", "hardnet", "--variant", "original"]),
+}
+
+
+def export(name, path):
+    torch.manual_seed(0)
+    net = MODELS[name][0]().eval()
+    x = torch.rand(2, 1, 32, 32) * 255
+    torch.onnx.export(net, (x,), path, input_names=["patches"], output_names=["out"],
+                      dynamic_axes={"patches": {0: "batch"}, "out": {0: "batch"}}, opset_version=17, dynamo=False)
+
+
+def quantize(fp32_path, int8_path):
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Patches(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"patches": (rng.random((32, 1, 32, 32)) * 255).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    pre = fp32_path + ".pre.onnx"
+    quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
+    quantize_static(pre, int8_path, Patches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def session(path, threads):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def ort_bench(sess, batch, seconds):
+    """Median patches/s over 5 repetitions after a warm-up, like `nhpatch bench`."""
+    x = (np.random.default_rng(1).random((batch, 1, 32, 32)) * 255).astype(np.float32)
+
+    def step():
+        sess.run(None, {"patches": x})
+
+    step()
+    reps = []
+    per_rep = max(seconds / 5, 0.05)
+    for _ in range(5):
+        t, n = time.perf_counter(), 0
+        while n == 0 or time.perf_counter() - t < per_rep:
+            step()
+            n += batch
+        reps.append(n / (time.perf_counter() - t))
+    return statistics.median(reps)
+
+
+def nhpatch_bench(name, batch, threads, seconds):
+    cmd = [NHPATCH, "bench", *MODELS[name][1], "--mode", "infer", "--batch", str(batch),
+           "--threads", str(threads), "--seconds", str(seconds)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(re.search(r": ([0-9.]+) ", out).group(1))
+
+
+def main():
+    if not os.path.exists(NHPATCH):
+        sys.exit(f"{NHPATCH} is missing: run `cargo build --release` first")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--batches", default="1,16,128,1024")
+    ap.add_argument("--only", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
+    ap.add_argument("--int8", action="store_true", help="also time ONNX Runtime's static int8 quantisation")
+    args = ap.parse_args()
+    names = args.only.split(",")
+    for n in names:
+        if n not in MODELS:
+            sys.exit(f"unknown model '{n}' (expected {', '.join(MODELS)})")
+    threads_list = [int(t) for t in args.threads.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    tmp = tempfile.mkdtemp(prefix="nhpatch-onnx-")
+    paths = {}
+    for n in names:
+        paths[n] = os.path.join(tmp, f"{n}.onnx")
+        export(n, paths[n])
+        if args.int8:
+            quantize(paths[n], os.path.join(tmp, f"{n}.int8.onnx"))
+    rows = []
+    for threads in threads_list:
+        for n in names:
+            sess = session(paths[n], threads)
+            sess8 = session(os.path.join(tmp, f"{n}.int8.onnx"), threads) if args.int8 else None
+            for batch in batches:
+                ours = nhpatch_bench(n, batch, threads, args.seconds)
+                theirs = ort_bench(sess, batch, args.seconds)
+                int8 = ort_bench(sess8, batch, args.seconds) if sess8 else None
+                rows.append((n, threads, batch, ours, theirs, int8))
+                extra = f"  ort int8 {int8:9.1f}" if int8 else ""
+                print(f"{n:17s} threads {threads} batch {batch:5d}: nhpatch {ours:9.1f}  onnxruntime {theirs:9.1f}"
+                      f"{extra} patches/s  ratio {ours / theirs:.2f}", flush=True)
+    print()
+    print(f"ONNX Runtime {ort.__version__} (CPU provider, ORT_ENABLE_ALL), PyTorch {torch.__version__} for the export;"
+          f" {os.cpu_count()} CPUs")
+    int8_head = " ONNX Runtime int8 |" if args.int8 else ""
+    print(f"| model | threads | batch | nhpatch | ONNX Runtime |{int8_head} nhpatch / ONNX Runtime |")
+    print("|---|---|---|---|---|" + ("---|" if args.int8 else "") + "---|")
+    for n, threads, batch, ours, theirs, int8 in rows:
+        cell = f" {int8:.1f} |" if args.int8 else ""
+        print(f"| {n} | {threads} | {batch} | {ours:.1f} | {theirs:.1f} |{cell} {ours / theirs:.2f} |")
+    if 1 in batches:
+        print()
+        print("Latency of one patch (batch 1), milliseconds:")
+        print("| model | threads | nhpatch | ONNX Runtime |" + (" ONNX Runtime int8 |" if args.int8 else ""))
+        print("|---|---|---|---|" + ("---|" if args.int8 else ""))
+        for n, threads, batch, ours, theirs, int8 in rows:
+            if batch == 1:
+                cell = f" {1000 / int8:.3f} |" if args.int8 else ""
+                print(f"| {n} | {threads} | {1000 / ours:.3f} | {1000 / theirs:.3f} |{cell}")
+
+
+if __name__ == "__main__":
+    main()

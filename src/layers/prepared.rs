@@ -1,0 +1,84 @@
+//! Weights prepared for a layer's kernels (the Winograd weight transforms),
+//! kept in the layer's workspace and rebuilt only when the weights change.
+//!
+//! Inference calls a layer with the same weights again and again; the
+//! Winograd weight transforms on every call were a third of a one-patch
+//! U-Net forward and two fifths of a HardNet one. The cache is keyed by the
+//! weights' bits (a copy of them is kept), so it can never be stale, whoever
+//! owns the weights and however they changed; a hit costs one comparison, a
+//! miss (every training step) one copy more than preparing alone. That pays
+//! only where preparing costs more than reading the weights twice: a plain
+//! transpose (the dense layer's W^T, HardNet's conv7) does not.
+//!
+//! Shapes: `src` has the weights' length, `out` the prepared length; `tag`
+//! names the preparation (e.g. a Winograd transform rotated or not for the
+//! same weights), so two preparations of one buffer never mix.
+
+/// A prepared-weights cache of fixed sizes, allocated once.
+pub(crate) struct Prepared {
+    /// The weights `out` was prepared from.
+    src: Vec<f32>,
+    out: Vec<f32>,
+    /// The preparation `out` holds, once it holds one.
+    tag: Option<u8>,
+}
+
+impl Prepared {
+    pub(crate) fn new(src_len: usize, out_len: usize) -> Self {
+        Prepared { src: vec![0.0; src_len], out: vec![0.0; out_len], tag: None }
+    }
+
+    /// `weight` prepared by `prepare(weight, out)` under `tag`: the cached
+    /// result when `weight` has the bits and `tag` of the last preparation.
+    /// The caller checked `weight.len()` against the layer.
+    pub(crate) fn get(&mut self, weight: &[f32], tag: u8, prepare: impl FnOnce(&[f32], &mut [f32])) -> &[f32] {
+        if self.tag != Some(tag) || !same_bits(&self.src, weight) {
+            prepare(weight, &mut self.out);
+            self.src.copy_from_slice(weight);
+            self.tag = Some(tag);
+        }
+        &self.out
+    }
+}
+
+/// Whether `a` and `b` hold the same bits (so -0.0 differs from 0.0 and a
+/// NaN equals itself). Branch-free over chunks so that it vectorises.
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len()
+        && a.chunks(64)
+            .zip(b.chunks(64))
+            .all(|(x, y)| x.iter().zip(y).fold(0u32, |acc, (p, q)| acc | (p.to_bits() ^ q.to_bits())) == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepares_again_only_for_other_bits_or_another_tag() {
+        let mut c = Prepared::new(3, 3);
+        let calls = std::cell::Cell::new(0);
+        let get = |c: &mut Prepared, w: &[f32], tag: u8| {
+            c.get(w, tag, |w, out| {
+                calls.set(calls.get() + 1);
+                for (o, v) in out.iter_mut().zip(w) {
+                    *o = 2.0 * v + tag as f32;
+                }
+            })
+            .to_vec()
+        };
+        assert_eq!(get(&mut c, &[1.0, 2.0, 0.0], 0), [2.0, 4.0, 0.0]);
+        assert_eq!(get(&mut c, &[1.0, 2.0, 0.0], 0), [2.0, 4.0, 0.0]);
+        assert_eq!(get(&mut c, &[1.0, 2.0, 0.0], 1), [3.0, 5.0, 1.0]);
+        assert_eq!(get(&mut c, &[1.0, 2.0, -0.0], 1), [3.0, 5.0, 1.0]);
+        assert_eq!(get(&mut c, &[1.0, 2.5, -0.0], 1), [3.0, 6.0, 1.0]);
+        assert_eq!(get(&mut c, &[f32::NAN, 2.5, -0.0], 1)[1..], [6.0, 1.0]);
+        assert_eq!(get(&mut c, &[f32::NAN, 2.5, -0.0], 1)[1..], [6.0, 1.0]);
+        // First call, tag change, -0.0 for 0.0, a changed value, a NaN: 5 preparations of 7 calls.
+        assert_eq!(calls.get(), 5);
+        assert!(same_bits(&[0.5; 130], &[0.5; 130]) && !same_bits(&[0.5; 130], &[0.5; 129]));
+        let mut far = vec![0.5f32; 130];
+        far[129] = 0.25;
+        assert!(!same_bits(&[0.5; 130], &far));
+    }
+}
