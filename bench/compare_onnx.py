@@ -24,11 +24,9 @@ Needs `pip install torch onnx onnxruntime numpy` and a release build
 import argparse
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 try:
     import numpy as np
@@ -38,7 +36,9 @@ except ImportError:
     sys.exit("compare_onnx.py needs PyTorch, ONNX and ONNX Runtime: pip install torch onnx onnxruntime numpy")
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+sys.path.insert(0, os.path.dirname(__file__))
 import torch_reference as R  # noqa: E402
+from compare_pytorch import rate  # noqa: E402
 
 NHPATCH = os.path.join(os.path.dirname(__file__), "..", "target", "release", "nhpatch")
 
@@ -90,19 +90,7 @@ def ort_bench(sess, batch, seconds):
     """Median patches/s over 5 repetitions after a warm-up, like `nhpatch bench`."""
     x = (np.random.default_rng(1).random((batch, 1, 32, 32)) * 255).astype(np.float32)
 
-    def step():
-        sess.run(None, {"patches": x})
-
-    step()
-    reps = []
-    per_rep = max(seconds / 5, 0.05)
-    for _ in range(5):
-        t, n = time.perf_counter(), 0
-        while n == 0 or time.perf_counter() - t < per_rep:
-            step()
-            n += batch
-        reps.append(n / (time.perf_counter() - t))
-    return statistics.median(reps)
+    return rate(lambda: sess.run(None, {"patches": x}), batch, seconds)
 
 
 def nhpatch_bench(name, batch, threads, seconds):

@@ -85,6 +85,12 @@ def torch_bench(model, mode, batch, seconds):
             opt.step()
 
         items = batch
+    return rate(step, items, seconds)
+
+
+def rate(step, items, seconds):
+    """Median items/s of `step` (which processes `items`) over 5 repetitions
+    of seconds / 5 after one warm-up call, as `nhpatch bench` measures."""
     step()
     reps = []
     per_rep = max(seconds / 5, 0.05)
