@@ -6,7 +6,9 @@ and for each workload runs nhpatch's `nhpatch bench` and the PyTorch twin
 alternately, for 1 and 2 threads, then prints a table with the ratio
 nhpatch / PyTorch (above 1: nhpatch is faster). Workloads:
   - denoiser training step at batch 50: U-Net with SGD + Nesterov, DnCNN with Adam, L1 loss;
-  - descriptor training step on 50 triplets (150 patches), triplet loss, SGD;
+  - descriptor training step on 50 triplets (150 patches), triplet loss, SGD (HardNet baseline);
+  - the default recipe's step: HardNet original on 128 pairs, the HardNet loss with anchor swap,
+    SGD 0.1 momentum 0.9 weight decay 1e-4 (`nhpatch bench --loss hardnet`);
   - inference at batch 128 and 1024 for each model.
 Needs `pip install torch numpy safetensors` and a release build
 (`cargo build --release`); not used by CI.
@@ -29,7 +31,9 @@ except ImportError:
     sys.exit("compare_pytorch.py needs PyTorch: pip install torch numpy safetensors")
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+sys.path.insert(0, os.path.dirname(__file__))
 import torch_reference as R  # noqa: E402
+from train_pytorch import hardnet_loss  # noqa: E402
 
 NHPATCH = os.path.join(os.path.dirname(__file__), "..", "target", "release", "nhpatch")
 
@@ -39,6 +43,8 @@ def build(model):
         return R.UNet()
     if model == "dncnn":
         return R.DnCNN()
+    if model == "hardnet-original":
+        return R.HardNetOriginal(0.3)
     return R.HardNetBaseline(0.3)
 
 
@@ -67,6 +73,19 @@ def torch_bench(model, mode, batch, seconds):
         def step():
             opt.zero_grad(set_to_none=False)
             F.l1_loss(net(x), target).backward()
+            opt.step()
+
+        items = batch
+    elif model == "hardnet-original":
+        # The default recipe's step: `batch` pairs, the HardNet loss, the hardnet recipe's SGD.
+        net.train()
+        x = torch.rand(2 * batch, 1, 32, 32) * 255
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=False)
+            out = net(x)
+            hardnet_loss(out[:batch], out[batch:]).backward()
             opt.step()
 
         items = batch
@@ -104,10 +123,12 @@ def rate(step, items, seconds):
 
 
 def nhpatch_bench(model, mode, batch, threads, seconds):
-    cmd = [NHPATCH, "bench", "--model", model, "--mode", mode, "--batch", str(batch),
+    cmd = [NHPATCH, "bench", "--model", model.split("-")[0], "--mode", mode, "--batch", str(batch),
            "--threads", str(threads), "--seconds", str(seconds)]
     if model == "hardnet":
         cmd += ["--variant", "baseline"]
+    if model == "hardnet-original":
+        cmd += ["--variant", "original", "--loss", "hardnet"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(re.search(r": ([0-9.]+) ", out).group(1))
 
@@ -118,7 +139,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--only", default=None, help="unet, dncnn or hardnet")
+    ap.add_argument("--only", default=None, help="unet, dncnn, hardnet (baseline) or hardnet-original (its training step)")
     args = ap.parse_args()
     workloads = []
     for model in ("unet", "dncnn", "hardnet"):
@@ -128,6 +149,8 @@ def main():
         workloads.append((model, "train", 50, unit))
         workloads.append((model, "infer", 128, "patches/s"))
         workloads.append((model, "infer", 1024, "patches/s"))
+    if not args.only or args.only == "hardnet-original":
+        workloads.append(("hardnet-original", "train", 128, "pairs/s"))
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
