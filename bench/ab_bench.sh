@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Alternates two nhpatch binaries (OLD, NEW) on the same benchmarks, three
 # rounds, so drift on a shared machine hits both, then prints new/old per
-# round and the geometric mean: bash bench/ab_bench.sh OLD NEW
+# round and the geometric mean: bash bench/ab_bench.sh OLD NEW [CONFIGS]
+# (CONFIGS: a file of `nhpatch bench` flags, one workload per line; default
+# the training and large-batch inference workloads below).
 set -euo pipefail
 OLD=$1; NEW=$2
 CONFIGS=(
@@ -13,6 +15,9 @@ CONFIGS=(
   "--model unet --mode infer --batch 256"
   "--model dncnn --mode infer --batch 64"
 )
+if [ $# -ge 3 ]; then
+  mapfile -t CONFIGS < <(grep -v '^\s*$' "$3")
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for round in 1 2 3; do
@@ -32,7 +37,7 @@ import math, re, sys
 rate = {}
 for line in open(sys.argv[1]):
     rnd, who, cfg, out = [p.strip() for p in line.split("|", 3)]
-    m = re.search(r": ([0-9.]+) (patches|triplets)/s", out)
+    m = re.search(r": ([0-9.]+) (patches|triplets|pairs)/s", out)
     rate[(cfg, rnd, who)] = float(m.group(1))
 for cfg in dict.fromkeys(k[0] for k in rate):
     ratios = [rate[(cfg, r, "new")] / rate[(cfg, r, "old")] for r in ("round 1", "round 2", "round 3")]
