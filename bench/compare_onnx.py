@@ -35,12 +35,9 @@ try:
 except ImportError:
     sys.exit("compare_onnx.py needs PyTorch, ONNX and ONNX Runtime: pip install torch onnx onnxruntime numpy")
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 sys.path.insert(0, os.path.dirname(__file__))
-import torch_reference as R  # noqa: E402
-from compare_pytorch import rate  # noqa: E402
-
-NHPATCH = os.path.join(os.path.dirname(__file__), "..", "target", "release", "nhpatch")
+# The twins (tools/torch_reference.py), the binary and the timing loop of the PyTorch comparison.
+from compare_pytorch import NHPATCH, R, rate  # noqa: E402
 
 # name -> (twin constructor, nhpatch bench flags)
 MODELS = {

@@ -142,7 +142,6 @@ pub fn measure_model(cfg: &BenchConfig) -> Result<Throughput> {
     if !(cfg.seconds > 0.0 && cfg.seconds.is_finite()) {
         return Err(Error::InvalidArgument(format!("--seconds {} must be positive", cfg.seconds)));
     }
-    check(cfg)?;
     match cfg.device {
         Device::Cpu => {
             let mut w = Workload::new(cfg)?;
@@ -152,31 +151,40 @@ pub fn measure_model(cfg: &BenchConfig) -> Result<Throughput> {
     }
 }
 
-fn check(cfg: &BenchConfig) -> Result<LossKind> {
+/// What a workload starts from on either backend, after `cfg` is checked:
+/// the loss, the model and its initial parameters, one fixed random batch
+/// (`patches` patches: `batch`, or `k x batch` for a descriptor loss over
+/// k-tuples) and the RNG that drew them (dropout continues it).
+struct Setup {
+    loss: LossKind,
+    model: Model,
+    params: Vec<f32>,
+    x: Vec<f32>,
+    patches: usize,
+    rng: Rng,
+    unit: &'static str,
+}
+
+fn setup(cfg: &BenchConfig) -> Result<Setup> {
     if cfg.batch == 0 {
         return Err(Error::InvalidArgument("--batch must be at least 1".into()));
     }
     cfg.device.check_available()?;
-    loss_of(cfg)
-}
-
-/// Patches one step reads: `batch` for inference and denoisers, `k x batch` for a descriptor loss over k-tuples.
-fn patches_per_step(cfg: &BenchConfig, loss: LossKind) -> Result<usize> {
-    Ok(match cfg.mode {
+    let loss = loss_of(cfg)?;
+    let model = Model::new(cfg.arch)?;
+    let mut rng = Rng::new(1);
+    let params = model.init_params(&mut rng);
+    let patches = match cfg.mode {
         Mode::Train if !cfg.arch.is_denoiser() => loss.tuple(1.0)?.k() * cfg.batch,
         _ => cfg.batch,
-    })
+    };
+    let x: Vec<f32> = (0..patches * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
+    Ok(Setup { loss, model, params, x, patches, rng, unit: unit_of(cfg.mode, loss) })
 }
 
 fn on_device(cfg: &BenchConfig) -> Result<Throughput> {
     let (arch, batch) = (cfg.arch, cfg.batch);
-    let loss = check(cfg)?;
-    let model = Model::new(arch)?;
-    let mut rng = Rng::new(1);
-    let params = model.init_params(&mut rng);
-    let patches = patches_per_step(cfg, loss)?;
-    let x: Vec<f32> = (0..patches * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
-    let unit = unit_of(cfg.mode, loss);
+    let Setup { loss, model, params, x, patches, mut rng, unit } = setup(cfg)?;
     match cfg.mode {
         Mode::Infer => {
             let mut accel = Accel::open(cfg.device, &model, &params)?;
@@ -235,19 +243,10 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Builds `cfg`'s workload (the CPU's; `cfg.seconds` and `cfg.device` are not used).
+    /// Builds `cfg`'s workload on the CPU (`cfg.seconds` is not used; `cfg.device` is only checked).
     pub fn new(cfg: &BenchConfig) -> Result<Workload> {
-        if cfg.batch == 0 {
-            return Err(Error::InvalidArgument("--batch must be at least 1".into()));
-        }
         let (arch, batch) = (cfg.arch, cfg.batch);
-        let loss = loss_of(cfg)?;
-        let mut model = Model::new(arch)?;
-        let mut rng = Rng::new(1);
-        let params = model.init_params(&mut rng);
-        let patches = patches_per_step(cfg, loss)?;
-        let x: Vec<f32> = (0..patches * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
-        let unit = unit_of(cfg.mode, loss);
+        let Setup { loss, mut model, params, x, patches, rng, unit } = setup(cfg)?;
         if cfg.mode == Mode::Infer {
             let ws = model.inference_workspace(batch)?;
             return Ok(Workload { model, params, ws, x, rng, batch, unit, train: None });
