@@ -3,7 +3,8 @@
 # rounds, so drift on a shared machine hits both, then prints new/old per
 # round and the geometric mean: bash bench/ab_bench.sh OLD NEW [CONFIGS]
 # (CONFIGS: a file of `nhpatch bench` flags, one workload per line; default
-# the training and large-batch inference workloads below).
+# the training and large-batch inference workloads below; 2 threads unless a
+# line names --threads).
 set -euo pipefail
 OLD=$1; NEW=$2
 CONFIGS=(
@@ -24,8 +25,9 @@ for round in 1 2 3; do
   for cfg in "${CONFIGS[@]}"; do
     for who in old new; do
       bin=$OLD; [ $who = new ] && bin=$NEW
+      threads="--threads 2"; [[ "$cfg" == *--threads* ]] && threads=""
       # shellcheck disable=SC2086
-      line=$($bin bench $cfg --threads 2 --seconds 3 2>&1 | tail -1)
+      line=$($bin bench $cfg $threads --seconds 3 2>&1 | tail -1)
       echo "round $round | $who | $cfg | $line" | tee -a "$log"
     done
   done

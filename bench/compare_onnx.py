@@ -9,7 +9,9 @@ ONNX Runtime's CPU provider with every graph optimisation
 thread. For each model, thread count and batch, `nhpatch bench --mode infer`
 and ONNX Runtime run alternately; both report the median of 5 timed
 repetitions after a warm-up, in patches/s, and batch 1 is also printed as the
-latency of one patch. With --int8, ONNX Runtime's own static int8
+latency of one patch. With --rounds R (default 3) each configuration runs R
+alternating rounds and each contender's figure is the median of its R rounds:
+a shared VM's speed drifts by tens of percent within minutes. With --int8, ONNX Runtime's own static int8
 quantisation of the same models (QDQ, per-channel weights, activation ranges
 calibrated on 256 random patches) runs as a third contender; it is timed
 only, its accuracy is not checked here.
@@ -18,7 +20,7 @@ Needs `pip install torch onnx onnxruntime numpy` and a release build
 (`cargo build --release`); not used by CI.
 
     python3 bench/compare_onnx.py [--seconds 3] [--threads 1,2] [--batches 1,16,128,1024]
-        [--only unet,hardnet-original] [--int8]
+        [--only unet,hardnet-original] [--int8] [--rounds 3]
 """
 
 import argparse
@@ -27,6 +29,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from statistics import median
 
 try:
     import numpy as np
@@ -106,7 +109,10 @@ def main():
     ap.add_argument("--batches", default="1,16,128,1024")
     ap.add_argument("--only", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     ap.add_argument("--int8", action="store_true", help="also time ONNX Runtime's static int8 quantisation")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per configuration (median taken)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        sys.exit("--rounds must be at least 1")
     names = args.only.split(",")
     for n in names:
         if n not in MODELS:
@@ -126,13 +132,21 @@ def main():
             sess = session(paths[n], threads)
             sess8 = session(os.path.join(tmp, f"{n}.int8.onnx"), threads) if args.int8 else None
             for batch in batches:
-                ours = nhpatch_bench(n, batch, threads, args.seconds)
-                theirs = ort_bench(sess, batch, args.seconds)
-                int8 = ort_bench(sess8, batch, args.seconds) if sess8 else None
+                runs = {"ours": [], "theirs": [], "int8": []}
+                for r in range(args.rounds):
+                    runs["ours"].append(nhpatch_bench(n, batch, threads, args.seconds))
+                    runs["theirs"].append(ort_bench(sess, batch, args.seconds))
+                    if sess8:
+                        runs["int8"].append(ort_bench(sess8, batch, args.seconds))
+                    extra = f"  ort int8 {runs['int8'][-1]:9.1f}" if sess8 else ""
+                    print(f"  round {r + 1}: nhpatch {runs['ours'][-1]:9.1f}  onnxruntime {runs['theirs'][-1]:9.1f}"
+                          f"{extra}", flush=True)
+                ours, theirs = median(runs["ours"]), median(runs["theirs"])
+                int8 = median(runs["int8"]) if sess8 else None
                 rows.append((n, threads, batch, ours, theirs, int8))
                 extra = f"  ort int8 {int8:9.1f}" if int8 else ""
                 print(f"{n:17s} threads {threads} batch {batch:5d}: nhpatch {ours:9.1f}  onnxruntime {theirs:9.1f}"
-                      f"{extra} patches/s  ratio {ours / theirs:.2f}", flush=True)
+                      f"{extra} patches/s  ratio {ours / theirs:.2f} (medians of {args.rounds})", flush=True)
     print()
     print(f"ONNX Runtime {ort.__version__} (CPU provider, ORT_ENABLE_ALL), PyTorch {torch.__version__} for the export;"
           f" {os.cpu_count()} CPUs")

@@ -4,7 +4,7 @@
 //! of NaN, accumulation with beta = 1 and 0.5, alpha != 1, and random cases.
 
 use nhpatch::Error;
-use nhpatch::gemm::{Kernel, MatMut, MatRef, available_kernels, best_kernel, gemm, gemm_with};
+use nhpatch::gemm::{Kernel, MatMut, MatRef, available_kernels, best_kernel, gemm, gemm_dot_with, gemm_with};
 use nhpatch::rng::Rng;
 use proptest::prelude::*;
 
@@ -82,6 +82,11 @@ struct Case {
 /// that no value outside C's view changed and that beta = 0 ignores the NaN
 /// C is filled with.
 fn check(kernel: Kernel, case: Case, seed: u64) {
+    check_by(kernel.name(), case, seed, |alpha, a, b, beta, c| gemm_with(kernel, alpha, a, b, beta, c).unwrap());
+}
+
+/// `check` for any implementation `run` of the GEMM contract (`name` in messages).
+fn check_by(name: &str, case: Case, seed: u64, run: impl Fn(f32, MatRef<'_>, MatRef<'_>, f32, MatMut<'_>)) {
     let Case { m, n, k, la, lb, lc, alpha, beta } = case;
     let mut rng = Rng::new(seed);
     let a = filled(&mut rng, la, m, k, |r| r.uniform(-1.0, 1.0));
@@ -93,7 +98,7 @@ fn check(kernel: Kernel, case: Case, seed: u64) {
     };
     let (av, bv) = (view(&a, la, m, k), view(&b, lb, k, n));
     let mut got = c0.clone();
-    gemm_with(kernel, alpha, av, bv, beta, view_mut(&mut got, lc, m, n)).unwrap();
+    run(alpha, av, bv, beta, view_mut(&mut got, lc, m, n));
     let mut want = c0.clone();
     gemm_with(Kernel::Naive, alpha, av, bv, beta, view_mut(&mut want, lc, m, n)).unwrap();
 
@@ -107,15 +112,11 @@ fn check(kernel: Kernel, case: Case, seed: u64) {
             let old = if beta == 0.0 { 0.0 } else { (beta * c0[at]).abs() };
             let tol = 1e-5 * (alpha.abs() * abs + old) + 1e-6;
             let (g, w) = (got[at], want[at]);
-            assert!(
-                g.is_finite() && (g - w).abs() <= tol,
-                "{} {case:?}: C[{i},{j}] = {g}, naive {w}, tol {tol}",
-                kernel.name()
-            );
+            assert!(g.is_finite() && (g - w).abs() <= tol, "{name} {case:?}: C[{i},{j}] = {g}, naive {w}, tol {tol}");
         }
     }
     for (at, (&g, &o)) in got.iter().zip(&c0).enumerate() {
-        assert!(in_view[at] || g.to_bits() == o.to_bits(), "{} {case:?}: wrote outside C at {at}", kernel.name());
+        assert!(in_view[at] || g.to_bits() == o.to_bits(), "{name} {case:?}: wrote outside C at {at}");
     }
 }
 
@@ -323,5 +324,175 @@ fn splitting_rows_or_columns_of_c_never_changes_a_bit() {
                 }
             }
         }
+    }
+}
+
+/// `gemm_dot_with(kernel)` through `check` (alpha 1, beta 0: C full of NaN).
+fn check_dot(kernel: Kernel, (m, n, k): (usize, usize, usize), (la, lb, lc): (Layout, Layout, Layout), seed: u64) {
+    let case = Case { m, n, k, la, lb, lc, alpha: 1.0, beta: 0.0 };
+    check_by(&format!("dot {}", kernel.name()), case, seed, |_, a, b, _, c| gemm_dot_with(kernel, a, b, c).unwrap());
+}
+
+/// Every micro-block edge (m, n up to 7 around the 3 x 3 blocks), depths
+/// around the vector widths and the 512-value depth blocks, padded A and B,
+/// every layout of C.
+#[test]
+fn gemm_dot_matches_naive_on_every_edge() {
+    let mut seed = 0;
+    for kernel in available_kernels() {
+        for m in 1..=7 {
+            for n in 1..=7 {
+                for k in [1, 2, 7, 8, 9, 16, 17, 33, 511, 512, 513, 1100] {
+                    for la in [Layout::Rows { pad: 0 }, Layout::Rows { pad: 3 }] {
+                        for lb in [Layout::Cols { pad: 0 }, Layout::Cols { pad: 2 }] {
+                            let lc = LAYOUTS[seed as usize % LAYOUTS.len()];
+                            seed += 1;
+                            check_dot(kernel, (m, n, k), (la, lb, lc), seed);
+                        }
+                    }
+                }
+            }
+        }
+        check_dot(
+            kernel,
+            (37, 128, 8192),
+            (Layout::Rows { pad: 0 }, Layout::Cols { pad: 0 }, Layout::Rows { pad: 0 }),
+            7,
+        );
+    }
+}
+
+/// The dense layer's inference splits the rows of C by the thread count and
+/// pads batches: each element must be the same bits in any row or column
+/// split, and a row computed alone the same as inside a larger product.
+#[test]
+fn gemm_dot_elements_never_depend_on_the_split() {
+    let mut rng = Rng::new(43);
+    for kernel in available_kernels() {
+        for &(m, n, k) in &[(37, 29, 531), (16, 128, 8192), (5, 3, 9)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let wt = MatRef::row_major(&w, n, k).unwrap().t();
+            let mut whole = vec![f32::NAN; m * n];
+            gemm_dot_with(
+                kernel,
+                MatRef::row_major(&a, m, k).unwrap(),
+                wt,
+                MatMut::row_major(&mut whole, m, n).unwrap(),
+            )
+            .unwrap();
+            for rows in [1, 2, 4, m.div_ceil(2)] {
+                let mut split = vec![f32::NAN; m * n];
+                for (i, cs) in split.chunks_mut(rows * n).enumerate() {
+                    let r = cs.len() / n;
+                    let ai = MatRef::row_major(&a[i * rows * k..(i * rows + r) * k], r, k).unwrap();
+                    gemm_dot_with(kernel, ai, wt, MatMut::row_major(cs, r, n).unwrap()).unwrap();
+                }
+                assert!(
+                    whole.iter().zip(&split).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{kernel:?} {m}x{n}x{k}: rows split by {rows} differ"
+                );
+            }
+            for cols in [1, 2, 5] {
+                let mut split = vec![f32::NAN; m * n];
+                for j0 in (0..n).step_by(cols) {
+                    let c = cols.min(n - j0);
+                    let wj = MatRef::row_major(&w[j0 * k..(j0 + c) * k], c, k).unwrap().t();
+                    let cj = MatMut::new(&mut split[j0..], m, c, n, 1).unwrap();
+                    gemm_dot_with(kernel, MatRef::row_major(&a, m, k).unwrap(), wj, cj).unwrap();
+                }
+                assert!(
+                    whole.iter().zip(&split).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{kernel:?} {m}x{n}x{k}: columns split by {cols} differ"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_dot_refuses_operands_not_contiguous_along_k() {
+    let (a, b) = (vec![1.0f32; 12], vec![1.0f32; 12]);
+    let mut c = vec![0.0f32; 9];
+    for kernel in available_kernels() {
+        // A column-major (column stride 3): refused.
+        let at = MatRef::row_major(&a, 4, 3).unwrap().t();
+        let bt = MatRef::row_major(&b, 3, 4).unwrap().t();
+        let err = gemm_dot_with(kernel, at, bt, MatMut::row_major(&mut c, 3, 3).unwrap()).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{kernel:?}: {err}");
+        // B row-major (row stride 3): refused.
+        let a3 = MatRef::row_major(&a, 3, 4).unwrap();
+        let b3 = MatRef::row_major(&b, 4, 3).unwrap();
+        let err = gemm_dot_with(kernel, a3, b3, MatMut::row_major(&mut c, 3, 3).unwrap()).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{kernel:?}: {err}");
+        // Disagreeing dimensions.
+        let b34 = MatRef::row_major(&b, 3, 4).unwrap();
+        let err = gemm_dot_with(kernel, a3, b34, MatMut::row_major(&mut c, 3, 3).unwrap()).unwrap_err();
+        assert!(matches!(err, Error::Shape(_)), "{kernel:?}: {err}");
+        // The accepted layout: row-major A times a transposed row-major B.
+        gemm_dot_with(kernel, a3, bt, MatMut::row_major(&mut c, 3, 3).unwrap()).unwrap();
+        assert_eq!(c, [4.0; 9], "{kernel:?}");
+    }
+}
+
+/// A packed once by `pack_a` gives the same bits as `gemm_with` packing it on
+/// every call, for every kernel, shapes past the row (MC) and depth (KC)
+/// blocks of every kernel, strided A, B and C, beta 0 over NaN and beta 1;
+/// and the naive reference within `check`'s tolerance through it.
+#[test]
+fn gemm_packed_a_is_gemm_with_bit_for_bit() {
+    let mut rng = Rng::new(47);
+    for kernel in available_kernels() {
+        for &(m, n, k) in &[(1, 1, 1), (6, 16, 9), (7, 17, 385), (133, 33, 300), (300, 20, 1200), (32, 64, 32)] {
+            for (la, lb, lc) in [
+                (Layout::Rows { pad: 0 }, Layout::Rows { pad: 0 }, Layout::Rows { pad: 0 }),
+                (Layout::Cols { pad: 1 }, Layout::Spread { pad: 1 }, Layout::Cols { pad: 2 }),
+            ] {
+                let a = filled(&mut rng, la, m, k, |r| r.uniform(-1.0, 1.0));
+                let b = filled(&mut rng, lb, k, n, |r| r.uniform(-1.0, 1.0));
+                let (av, bv) = (view(&a, la, m, k), view(&b, lb, k, n));
+                let mut packed = vec![f32::NAN; nhpatch::gemm::packed_a_len(kernel, m, k)];
+                nhpatch::gemm::pack_a(kernel, av, &mut packed).unwrap();
+                for beta in [0.0, 1.0] {
+                    let c0 = filled(&mut rng, lc, m, n, |r| if beta == 0.0 { f32::NAN } else { r.uniform(-1.0, 1.0) });
+                    let mut want = c0.clone();
+                    gemm_with(kernel, 0.5, av, bv, beta, view_mut(&mut want, lc, m, n)).unwrap();
+                    let mut got = c0.clone();
+                    nhpatch::gemm::gemm_packed_a(kernel, 0.5, &packed, (m, k), bv, beta, view_mut(&mut got, lc, m, n))
+                        .unwrap();
+                    let same = want.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{kernel:?} {m}x{n}x{k} {la:?} {lb:?} {lc:?} beta {beta}: packed A differs");
+                }
+            }
+        }
+        // Wrong lengths and dimensions are errors, not panics.
+        let a = vec![1.0f32; 12];
+        let am = MatRef::row_major(&a, 3, 4).unwrap();
+        let len = nhpatch::gemm::packed_a_len(kernel, 3, 4);
+        let mut short = vec![0.0; len - 1];
+        assert!(matches!(nhpatch::gemm::pack_a(kernel, am, &mut short), Err(Error::Shape(_))));
+        let mut packed = vec![0.0; len];
+        nhpatch::gemm::pack_a(kernel, am, &mut packed).unwrap();
+        let b = vec![1.0f32; 8];
+        let mut c = vec![0.0f32; 6];
+        let run = |p: &[f32], rows, cols, c: &mut [f32]| {
+            nhpatch::gemm::gemm_packed_a(
+                kernel,
+                1.0,
+                p,
+                (rows, cols),
+                MatRef::row_major(&b, 4, 2).unwrap(),
+                0.0,
+                MatMut::row_major(c, 3, 2).unwrap(),
+            )
+        };
+        assert!(matches!(run(&packed[1..], 3, 4, &mut c), Err(Error::Shape(_))));
+        run(&packed, 3, 4, &mut c).unwrap();
+        assert_eq!(c, [4.0; 6], "{kernel:?}");
+        let len2 = nhpatch::gemm::packed_a_len(kernel, 3, 2);
+        assert!(
+            matches!(run(&vec![0.0; len2], 3, 2, &mut c), Err(Error::Shape(_))),
+            "{kernel:?}: k 2 against B's 4 rows"
+        );
     }
 }

@@ -253,22 +253,84 @@ pub(crate) fn reserve_pack_buffers() {
     });
 }
 
+/// Where the loop nest takes its packed A blocks from.
+#[derive(Clone, Copy)]
+pub(crate) enum ASrc<'a> {
+    /// Packed on the fly, block by block, into the thread's buffer.
+    View(MatRef<'a>),
+    /// Packed beforehand by `pack_a` (`cols`: A's depth).
+    Packed { data: &'a [f32], cols: usize },
+}
+
+/// Depth of one packed block for depth `k` (576 -> 3 x 192 rather than 256 + 256 + 64).
+fn depth_block<K: MicroKernel>(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(K::BLOCKING.kc))
+}
+
+/// Length of `rows x cols` packed by `pack_a::<K>`: every depth block of every row panel.
+pub(crate) fn packed_a_len<K: MicroKernel>(rows: usize, cols: usize) -> usize {
+    rows.next_multiple_of(K::BLOCKING.mr) * cols
+}
+
+/// Packs all of A the way `gemm_blis::<K>` packs it block by block: depth
+/// block `pc` (in `depth_block` steps) at `pc * m_pad`, in it row block `ic`
+/// at `ic * kc` (`m_pad` = rows rounded up to MR), so the loop nest finds
+/// each block where it would have packed it. `dst.len() == packed_a_len`.
+pub(crate) fn pack_a<K: MicroKernel>(a: MatRef<'_>, dst: &mut [f32]) {
+    let (m, k) = (a.rows, a.cols);
+    assert_eq!(dst.len(), packed_a_len::<K>(m, k), "packed A length");
+    let (mr, mc, kc_blk) = (K::BLOCKING.mr, K::BLOCKING.mc, depth_block::<K>(k));
+    let m_pad = m.next_multiple_of(mr);
+    for pc in (0..k).step_by(kc_blk) {
+        let kc = kc_blk.min(k - pc);
+        for ic in (0..m).step_by(mc) {
+            let rows = mc.min(m - ic);
+            let at = pc * m_pad + ic * kc;
+            let len = rows.next_multiple_of(mr) * kc;
+            // SAFETY: (ic, pc) is an element of A and the block's elements
+            // are inside the view A, bounds-checked at construction.
+            unsafe {
+                pack_panels(a.data.as_ptr().add(ic * a.rs + pc * a.cs), rows, kc, a.rs, a.cs, mr, &mut dst[at..at + len], K::AVX)
+            };
+        }
+    }
+}
+
 /// `C = alpha * A * B + beta * C` with micro-kernel `K`.
 ///
 /// The CPU must support `K`'s features (checked by `gemm_with`); m, n, k >= 1.
 pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
+    // The fast path stores along C's rows; a column-major C is the transpose problem.
+    let (a, b, c) = if c.cs != 1 && c.rs == 1 { (b.t(), a.t(), c.t()) } else { (a, b, c) };
+    gemm_blis_from::<K>(alpha, ASrc::View(a), b, beta, c)
+}
+
+/// `gemm_blis` with A packed by `pack_a::<K>` (the caller checked its length
+/// and the dimensions); a column-major C goes through the edge-tile path.
+pub(crate) fn gemm_blis_packed<K: MicroKernel>(
+    alpha: f32,
+    a: ASrc<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+) {
+    gemm_blis_from::<K>(alpha, a, b, beta, c)
+}
+
+fn gemm_blis_from<K: MicroKernel>(alpha: f32, a: ASrc<'_>, b: MatRef<'_>, beta: f32, mut c: MatMut<'_>) {
     const {
         let b = K::BLOCKING;
         assert!(b.mr <= 8 && b.mr * b.nr <= MAX_TILE && b.mc % b.mr == 0 && b.nc % b.nr == 0);
         assert!(b.mc * b.kc <= PACK_A_MAX && b.nc * b.kc <= PACK_B_MAX);
     };
     #[allow(non_snake_case)]
-    let Blocking { mr: MR, nr: NR, kc: KC, mc: MC, nc: NC } = K::BLOCKING;
-    // The fast path stores along C's rows; a column-major C is the transpose problem.
-    let (a, b, mut c) = if c.cs != 1 && c.rs == 1 { (b.t(), a.t(), c.t()) } else { (a, b, c) };
-    let (m, n, k) = (c.rows, c.cols, a.cols);
-    // Split the depth evenly (576 -> 3 x 192 rather than 256 + 256 + 64).
-    let kc_blk = k.div_ceil(k.div_ceil(KC));
+    let Blocking { mr: MR, nr: NR, kc: _, mc: MC, nc: NC } = K::BLOCKING;
+    let (m, n) = (c.rows, c.cols);
+    let k = match a {
+        ASrc::View(a) => a.cols,
+        ASrc::Packed { cols, .. } => cols,
+    };
+    let kc_blk = depth_block::<K>(k);
     // With a single row panel every packed B panel would be used once, so
     // packing only costs a copy: read row-major B in place instead (packing
     // just the ragged last panel, whose width is short of NR).
@@ -294,9 +356,27 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
                 }
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
-                    // SAFETY: as for B, with element (ic, pc) of A.
-                    unsafe {
-                        pack_panels(a.data.as_ptr().add(ic * a.rs + pc * a.cs), mc, kc, a.rs, a.cs, MR, abuf, K::AVX)
+                    let apack: &[f32] = match a {
+                        ASrc::View(a) => {
+                            // SAFETY: as for B, with element (ic, pc) of A.
+                            unsafe {
+                                pack_panels(
+                                    a.data.as_ptr().add(ic * a.rs + pc * a.cs),
+                                    mc,
+                                    kc,
+                                    a.rs,
+                                    a.cs,
+                                    MR,
+                                    abuf,
+                                    K::AVX,
+                                )
+                            };
+                            abuf
+                        }
+                        ASrc::Packed { data, .. } => {
+                            let at = pc * m.next_multiple_of(MR) + ic * kc;
+                            &data[at..at + mc.next_multiple_of(MR) * kc]
+                        }
                     };
                     for jr in (0..nc).step_by(NR) {
                         let nr = NR.min(nc - jr);
@@ -327,7 +407,7 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
                         };
                         for ir in (0..mc).step_by(MR) {
                             let rows = MR.min(mc - ir);
-                            let ap = abuf[ir * kc..].as_ptr();
+                            let ap = apack[ir * kc..].as_ptr();
                             let (i0, j0) = (ic + ir, jc + jr);
                             if nr == NR && ccs == 1 {
                                 // SAFETY: the packed panels hold kc*MR and kc*NR

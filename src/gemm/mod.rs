@@ -17,6 +17,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod blis;
+mod dot;
 mod naive;
 mod pack;
 pub mod peak;
@@ -25,6 +26,9 @@ mod portable;
 use crate::error::{Error, Result};
 use std::sync::OnceLock;
 
+// gemm_dot_with: for tests and benches (the `internals` feature).
+#[allow(unused_imports)]
+pub use dot::{gemm_dot, gemm_dot_with};
 pub use naive::gemm_naive;
 
 /// A read-only strided matrix view.
@@ -290,6 +294,116 @@ pub fn gemm_with(kernel: Kernel, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta:
         Kernel::Avx512 => blis::gemm_blis::<avx512::Avx512>(alpha, a, b, beta, c),
         #[cfg(not(target_arch = "x86_64"))]
         Kernel::Avx2Fma | Kernel::Avx512 => unreachable!("is_available() is false off x86-64"),
+    }
+    Ok(())
+}
+
+/// Length of the buffer `pack_a(kernel, ..)` fills for a `rows x cols` A.
+///
+/// A caller that multiplies by the same A again and again (a layer's
+/// weights) packs it once and calls `gemm_packed_a`, instead of `gemm`
+/// packing it on every call. Kernels without packing (`Naive`,
+/// `MatrixMultiply`) keep A as a row-major copy.
+pub fn packed_a_len(kernel: Kernel, rows: usize, cols: usize) -> usize {
+    match kernel {
+        Kernel::Naive | Kernel::MatrixMultiply => rows * cols,
+        Kernel::Portable => blis::packed_a_len::<portable::Portable>(rows, cols),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => blis::packed_a_len::<avx2::Avx2Fma>(rows, cols),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => blis::packed_a_len::<avx512::Avx512>(rows, cols),
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Avx2Fma | Kernel::Avx512 => rows * cols,
+    }
+}
+
+/// Packs `a` into `dst` (`packed_a_len(kernel, ..)` values) for `gemm_packed_a(kernel, ..)`.
+pub fn pack_a(kernel: Kernel, a: MatRef<'_>, dst: &mut [f32]) -> Result<()> {
+    let need = packed_a_len(kernel, a.rows, a.cols);
+    if dst.len() != need {
+        return Err(Error::Shape(format!(
+            "pack_a: a {}x{} A packs into {need} values, the buffer has {}",
+            a.rows,
+            a.cols,
+            dst.len()
+        )));
+    }
+    if a.rows == 0 || a.cols == 0 {
+        return Ok(());
+    }
+    match kernel {
+        Kernel::Naive | Kernel::MatrixMultiply => {
+            for (i, row) in dst.chunks_exact_mut(a.cols).enumerate() {
+                row.iter_mut().enumerate().for_each(|(j, v)| *v = a.at(i, j));
+            }
+        }
+        Kernel::Portable => blis::pack_a::<portable::Portable>(a, dst),
+        // Packing with AVX transposes needs the CPU to have them.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma if kernel.is_available() => blis::pack_a::<avx2::Avx2Fma>(a, dst),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 if kernel.is_available() => blis::pack_a::<avx512::Avx512>(a, dst),
+        Kernel::Avx2Fma | Kernel::Avx512 => {
+            return Err(Error::Unsupported(format!(
+                "GEMM kernel '{}' needs CPU features this machine lacks",
+                kernel.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `C = alpha * A * B + beta * C` with A packed by `pack_a(kernel, ..)`
+/// (`packed` of a `rows x cols` A): the same bits as `gemm_with(kernel, ..)`
+/// on the unpacked A. Errors on a wrong packed length, disagreeing
+/// dimensions or a kernel this CPU cannot run.
+pub fn gemm_packed_a(
+    kernel: Kernel,
+    alpha: f32,
+    packed: &[f32],
+    (rows, cols): (usize, usize),
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+) -> Result<()> {
+    let need = packed_a_len(kernel, rows, cols);
+    if packed.len() != need {
+        return Err(Error::Shape(format!(
+            "gemm_packed_a: a {rows}x{cols} A packs into {need} values, {} given",
+            packed.len()
+        )));
+    }
+    match kernel {
+        Kernel::Naive | Kernel::MatrixMultiply => {
+            return gemm_with(kernel, alpha, MatRef::row_major(packed, rows, cols)?, b, beta, c);
+        }
+        _ => {}
+    }
+    // The dimension and availability checks of `gemm_with`, on a stand-in A of the same shape.
+    let stand_in = MatRef { data: packed, rows, cols, rs: 0, cs: 0 };
+    check_dims(&stand_in, &b, &c)?;
+    if !kernel.is_available() {
+        return Err(Error::Unsupported(format!(
+            "GEMM kernel '{}' needs CPU features this machine lacks",
+            kernel.name()
+        )));
+    }
+    let (m, n, k) = (c.rows, c.cols, cols);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        scale_c(beta, c);
+        return Ok(());
+    }
+    let a = blis::ASrc::Packed { data: packed, cols };
+    match kernel {
+        Kernel::Portable => blis::gemm_blis_packed::<portable::Portable>(alpha, a, b, beta, c),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => blis::gemm_blis_packed::<avx2::Avx2Fma>(alpha, a, b, beta, c),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => blis::gemm_blis_packed::<avx512::Avx512>(alpha, a, b, beta, c),
+        _ => unreachable!("is_available() is false off x86-64; Naive and MatrixMultiply returned above"),
     }
     Ok(())
 }

@@ -45,7 +45,7 @@
 //! `threads`).
 
 use crate::error::{Error, Result, check_len};
-use crate::gemm::{MatMut, MatRef, gemm};
+use crate::gemm::{MatMut, MatRef, gemm, gemm_dot};
 use crate::layers::conv2d_direct;
 use crate::layers::winograd::{Winograd, Winograd4, Winograd4Workspace, WinogradWorkspace};
 use crate::ops::im2col::{Padding, Window, col2im_add, im2col};
@@ -350,7 +350,7 @@ impl Conv2d {
             return Ok(());
         }
         if self.is_dense() {
-            return self.forward_dense(out, x, weight, epi, n);
+            return self.forward_dense(pass, out, x, weight, epi, n);
         }
         if self.is_direct() {
             // One image per task: each output is the same sum whatever the split.
@@ -414,16 +414,34 @@ impl Conv2d {
     }
 
     /// out[n, cout] = epi(X[n, K] * W^T[K, cout]), rows of the batch split over threads.
-    fn forward_dense(&self, out: &mut [f32], x: &[f32], weight: &[f32], epi: Epilogue<'_>, n: usize) -> Result<()> {
+    ///
+    /// Inference takes `gemm_dot` (X and W both contiguous along K: nothing is
+    /// packed, where the packed GEMM transposes all of W on every call, 4 MiB
+    /// for HardNet's conv7); training keeps the packed GEMM, whose sums its
+    /// gradients were checked against.
+    fn forward_dense(
+        &self,
+        pass: ConvPass,
+        out: &mut [f32],
+        x: &[f32],
+        weight: &[f32],
+        epi: Epilogue<'_>,
+        n: usize,
+    ) -> Result<()> {
         let (cout, k) = (self.spec.cout, self.win.k());
         let w_t = MatRef::row_major(weight, cout, k)?.t();
         // Independent rows of C, one part per thread: each element is the same
-        // k-ordered sum whatever the split (threads module), and one part per
-        // thread packs W^T once per thread rather than once per fixed-size part.
+        // k-ordered sum whatever the split (threads module, and `gemm_dot`'s
+        // fixed sum order), and one part per thread packs W^T once per thread
+        // rather than once per fixed-size part.
         let rows = n.div_ceil(rayon::current_num_threads()).max(1);
         x.par_chunks(rows * k).zip(out.par_chunks_mut(rows * cout)).try_for_each(|(xs, os)| {
             let r = xs.len() / k;
-            gemm(1.0, MatRef::row_major(xs, r, k)?, w_t, 0.0, MatMut::row_major(os, r, cout)?)?;
+            let (xm, om) = (MatRef::row_major(xs, r, k)?, MatMut::row_major(os, r, cout)?);
+            match pass {
+                ConvPass::Infer => gemm_dot(xm, w_t, om)?,
+                ConvPass::Train => gemm(1.0, xm, w_t, 0.0, om)?,
+            }
             os.chunks_exact_mut(cout).for_each(|row| epi.apply_across(row));
             Ok(())
         })

@@ -14,6 +14,8 @@
 //! names the preparation (e.g. a Winograd transform rotated or not for the
 //! same weights), so two preparations of one buffer never mix.
 
+use crate::error::Result;
+
 /// A prepared-weights cache of fixed sizes, allocated once.
 pub(crate) struct Prepared {
     /// The weights `out` was prepared from.
@@ -31,13 +33,20 @@ impl Prepared {
     /// `weight` prepared by `prepare(weight, out)` under `tag`: the cached
     /// result when `weight` has the bits and `tag` of the last preparation.
     /// The caller checked `weight.len()` against the layer.
-    pub(crate) fn get(&mut self, weight: &[f32], tag: u8, prepare: impl FnOnce(&[f32], &mut [f32])) -> &[f32] {
+    /// A failed preparation leaves the cache empty.
+    pub(crate) fn get(
+        &mut self,
+        weight: &[f32],
+        tag: u8,
+        prepare: impl FnOnce(&[f32], &mut [f32]) -> Result<()>,
+    ) -> Result<&[f32]> {
         if self.tag != Some(tag) || !same_bits(&self.src, weight) {
-            prepare(weight, &mut self.out);
+            self.tag = None;
+            prepare(weight, &mut self.out)?;
             self.src.copy_from_slice(weight);
             self.tag = Some(tag);
         }
-        &self.out
+        Ok(&self.out)
     }
 }
 
@@ -64,7 +73,9 @@ mod tests {
                 for (o, v) in out.iter_mut().zip(w) {
                     *o = 2.0 * v + tag as f32;
                 }
+                Ok(())
             })
+            .unwrap()
             .to_vec()
         };
         assert_eq!(get(&mut c, &[1.0, 2.0, 0.0], 0), [2.0, 4.0, 0.0]);
@@ -80,5 +91,22 @@ mod tests {
         let mut far = vec![0.5f32; 130];
         far[129] = 0.25;
         assert!(!same_bits(&[0.5; 130], &far));
+    }
+
+    #[test]
+    fn a_failed_preparation_is_not_kept() {
+        let mut c = Prepared::new(2, 2);
+        let w = [1.0, 2.0];
+        assert!(c.get(&w, 0, |_, _| Err(crate::error::Error::Shape("refused".into()))).is_err());
+        let mut ran = false;
+        let got = c
+            .get(&w, 0, |_, out| {
+                ran = true;
+                out.fill(3.0);
+                Ok(())
+            })
+            .unwrap()
+            .to_vec();
+        assert!(ran && got == [3.0, 3.0]);
     }
 }

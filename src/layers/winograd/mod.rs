@@ -28,7 +28,7 @@ pub use f2::{Winograd, WinogradWorkspace};
 pub use f4::{Winograd4, Winograd4Workspace};
 
 use crate::error::{Error, Result, check_len};
-use crate::gemm::{MatMut, MatRef, gemm};
+use crate::gemm::{MatMut, MatRef, best_kernel, gemm_packed_a, pack_a, packed_a_len};
 use crate::layers::prepared::Prepared;
 use crate::ops::epilogue::Epilogue;
 use rayon::prelude::*;
@@ -153,9 +153,16 @@ pub(super) struct Workspace<T> {
     shard_imgs: usize,
     group_imgs: usize,
     /// [cout][cin][3][3] weights -> [XI][cout][cin] (forward, tag 0) or
-    /// [XI][cin][cout] (backward_data, tag 1): their transform, redone only
-    /// when the weights change (`layers::prepared`).
+    /// [XI][cin][cout] (backward_data, tag 1): their transform, each of the
+    /// XI matrices packed for the GEMM's A operand (`gemm::pack_a`, slots of
+    /// `packed` values), redone only when the weights change
+    /// (`layers::prepared`). Packing once per weight change rather than in
+    /// every GEMM call was a fifth of a one-patch HardNet forward.
     u: Prepared,
+    /// The transform before packing: [XI][cout][cin] or [XI][cin][cout].
+    u_raw: Vec<f32>,
+    /// Values per packed matrix: the larger of the two orientations.
+    packed: usize,
     lanes: Vec<Mutex<Lane>>,
 }
 
@@ -170,8 +177,11 @@ impl<T: Tiling> Workspace<T> {
         let big = T::XI * cin.max(cout) * group_imgs * p;
         let pad = T::M * T::M * (th + 1) * (tw + 1);
         let lanes = Lane::lanes(n, shard_imgs, pad, geom.rows_len(), big);
-        let u = Prepared::new(cout * cin * 9, T::XI * cin * cout);
-        Workspace { n, geom, shard_imgs, group_imgs, u, lanes }
+        let kernel = best_kernel();
+        let packed = packed_a_len(kernel, cout, cin).max(packed_a_len(kernel, cin, cout));
+        let u = Prepared::new(cout * cin * 9, T::XI * packed);
+        let u_raw = vec![0.0; T::XI * cin * cout];
+        Workspace { n, geom, shard_imgs, group_imgs, u, u_raw, packed, lanes }
     }
 
     /// See the public `forward`.
@@ -209,8 +219,9 @@ impl<T: Tiling> Workspace<T> {
         if n == 0 {
             return Ok(());
         }
-        let u = self.u.get(weight, 0, |w, u| geom.transform_weights(u, w, false));
-        let pass = Pass { cs: cin, cd: cout, u, epi, accumulate: false };
+        let (raw, packed) = (&mut self.u_raw, self.packed);
+        let u = self.u.get(weight, 0, |w, u| prepare(geom, raw, u, packed, w, false))?;
+        let pass = Pass { cs: cin, cd: cout, u, packed, epi, accumulate: false };
         run_pass(geom, &pass, out, x, (self.shard_imgs, self.group_imgs), &self.lanes)
     }
 
@@ -235,8 +246,9 @@ impl<T: Tiling> Workspace<T> {
         if n == 0 {
             return Ok(());
         }
-        let u = self.u.get(weight, 1, |w, u| geom.transform_weights(u, w, true));
-        let pass = Pass { cs: cout, cd: cin, u, epi: Epilogue::default(), accumulate: true };
+        let (raw, packed) = (&mut self.u_raw, self.packed);
+        let u = self.u.get(weight, 1, |w, u| prepare(geom, raw, u, packed, w, true))?;
+        let pass = Pass { cs: cout, cd: cin, u, packed, epi: Epilogue::default(), accumulate: true };
         run_pass(geom, &pass, dx, dout, (self.shard_imgs, self.group_imgs), &self.lanes)
     }
 
@@ -250,6 +262,20 @@ impl<T: Tiling> Workspace<T> {
         }
         Ok(())
     }
+}
+
+/// The weights' transform (`rotated`: for `backward_data`) into `raw`, then
+/// each of its XI `[cd][cs]` matrices packed into its `packed`-value slot of `u`.
+fn prepare<T: Tiling>(geom: &T, raw: &mut [f32], u: &mut [f32], packed: usize, w: &[f32], rotated: bool) -> Result<()> {
+    geom.transform_weights(raw, w, rotated);
+    let (cin, cout) = geom.channels();
+    let (cd, cs) = if rotated { (cin, cout) } else { (cout, cin) };
+    let kernel = best_kernel();
+    let len = packed_a_len(kernel, cd, cs);
+    for (r, slot) in raw.chunks_exact(cd * cs).zip(u.chunks_exact_mut(packed)) {
+        pack_a(kernel, MatRef::row_major(r, cd, cs)?, &mut slot[..len])?;
+    }
+    Ok(())
 }
 
 /// Errors on any zero size (`new` of a `T` layer).
@@ -283,7 +309,9 @@ fn check_call<T: Tiling>(
 struct Pass<'a> {
     cs: usize,
     cd: usize,
+    /// XI packed `[cd][cs]` matrices, one per slot of `packed` values.
     u: &'a [f32],
+    packed: usize,
     epi: Epilogue<'a>,
     accumulate: bool,
 }
@@ -357,6 +385,8 @@ fn run_pass<T: Tiling>(
     let (th, tw) = tiling.tiles();
     let (plane, p, nxi) = (tiling.plane(), th * tw, T::XI);
     let (cs, cd, u) = (pass.cs, pass.cd, pass.u);
+    let kernel = best_kernel();
+    let len = packed_a_len(kernel, cd, cs);
     let (in_len, out_len) = (cs * plane, cd * plane);
     src.par_chunks(si * in_len).zip(dst.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
         let mut guard = lock_lane(lanes);
@@ -373,10 +403,11 @@ fn run_pass<T: Tiling>(
             }
             let m = &mut lane.m[..nxi * cd * t];
             for xi in 0..nxi {
-                // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t]
-                let a = MatRef::row_major(&u[xi * cd * cs..(xi + 1) * cd * cs], cd, cs)?;
+                // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t], U[xi] packed in its slot.
+                let a = &u[xi * pass.packed..xi * pass.packed + len];
                 let b = MatRef::row_major(&v[xi * cs * t..(xi + 1) * cs * t], cs, t)?;
-                gemm(1.0, a, b, 0.0, MatMut::row_major(&mut m[xi * cd * t..(xi + 1) * cd * t], cd, t)?)?;
+                let c = MatMut::row_major(&mut m[xi * cd * t..(xi + 1) * cd * t], cd, t)?;
+                gemm_packed_a(kernel, 1.0, a, (cd, cs), b, 0.0, c)?;
             }
             for (j, img) in os[g0 * out_len..(g0 + gn) * out_len].chunks_exact_mut(out_len).enumerate() {
                 for (c, dst_plane) in img.chunks_exact_mut(plane).enumerate() {
