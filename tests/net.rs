@@ -227,3 +227,28 @@ fn forward_into_writes_the_callers_buffer_like_forward() {
         }
     }
 }
+
+#[test]
+fn small_batches_are_the_same_bits_on_any_thread_count() {
+    // A batch of one patch shares each layer's work out among the threads
+    // (conv output channels, Winograd products, the dense layer's outputs);
+    // a batch of 3 splits patches as usual. Every model, 1 to 3 threads.
+    for arch in [Arch::Unet, Arch::Dncnn, Arch::HardNetBaseline, Arch::HardNetOriginal] {
+        for n in [1, 3] {
+            let run = |threads: usize| {
+                nhpatch::threads::pool(threads).unwrap().install(|| {
+                    let net = Network::init(arch, 9).unwrap();
+                    net.forward(&patches(n)).unwrap()
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                let got = run(threads);
+                assert!(
+                    got.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()) && got.len() == one.len(),
+                    "{arch}: {n} patches differ with {threads} threads"
+                );
+            }
+        }
+    }
+}

@@ -412,6 +412,9 @@ fn results_do_not_depend_on_the_thread_count() {
             (4, 4, 32, 32, 3),
             (2, 3, 32, 32, 25),
             (3, 2, 4, 4, 90),
+            // One image: one shard, whose products are shared out among the threads.
+            (16, 16, 32, 32, 1),
+            (8, 6, 8, 8, 1),
         ] {
             let c = case::<L>(cin, cout, h, w, n, 11);
             let run = |threads: usize| {

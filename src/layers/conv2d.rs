@@ -378,6 +378,13 @@ impl Conv2d {
         let (in_len, out_len) = (self.win.in_len(), cout * p);
         let w = MatRef::row_major(weight, cout, k)?;
         let (lanes, si, g) = (&ws.lanes, ws.shard_imgs, ws.tile_imgs);
+        // One shard for several threads (a batch of one patch): the image's
+        // output channels are shared out (a GEMM's rows do not depend on the
+        // split). Only with one shard: a thread waiting on the shared-out rows
+        // may run another queued task, and another shard would lock this
+        // thread's lane again.
+        let threads = rayon::current_num_threads();
+        let split = n.div_ceil(si) == 1 && threads > 1;
         x.par_chunks(si * in_len).zip(out.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
             let mut guard = lock_lane(lanes);
             let lane = &mut *guard;
@@ -390,7 +397,15 @@ impl Conv2d {
                 }
                 let col = MatRef::row_major(&lane.col[..k * cols], k, cols)?;
                 let o_tile = &mut os[t0 * out_len..(t0 + tn) * out_len];
-                if tn == 1 {
+                if tn == 1 && split {
+                    // out_i[rows, P] = W[rows, K] * col[K, P] for each part of the rows
+                    let part = cout.div_ceil(threads);
+                    o_tile.par_chunks_mut(part * p).enumerate().try_for_each(|(i, oc)| {
+                        let r = oc.len() / p;
+                        let wr = MatRef::row_major(&weight[i * part * k..(i * part + r) * k], r, k)?;
+                        gemm(1.0, wr, col, 0.0, MatMut::row_major(oc, r, p)?)
+                    })?;
+                } else if tn == 1 {
                     // out_i[cout, P] = W[cout, K] * col[K, P]
                     gemm(1.0, w, col, 0.0, MatMut::row_major(o_tile, cout, p)?)?;
                 } else {
@@ -429,12 +444,28 @@ impl Conv2d {
         n: usize,
     ) -> Result<()> {
         let (cout, k) = (self.spec.cout, self.win.k());
+        let threads = rayon::current_num_threads();
+        if pass == ConvPass::Infer && n < threads {
+            // Fewer patches than threads (one patch: 4 MiB of conv7 weights read
+            // for 128 outputs): each row's output channels are shared out;
+            // `gemm_dot`'s elements do not depend on the split.
+            let part = cout.div_ceil(threads);
+            for (xr, or) in x.chunks_exact(k).zip(out.chunks_exact_mut(cout)) {
+                let xm = MatRef::row_major(xr, 1, k)?;
+                or.par_chunks_mut(part).enumerate().try_for_each(|(i, oc)| {
+                    let w = &weight[i * part * k..(i * part + oc.len()) * k];
+                    gemm_dot(xm, MatRef::row_major(w, oc.len(), k)?.t(), MatMut::row_major(oc, 1, oc.len())?)
+                })?;
+                epi.apply_across(or);
+            }
+            return Ok(());
+        }
         let w_t = MatRef::row_major(weight, cout, k)?.t();
         // Independent rows of C, one part per thread: each element is the same
         // k-ordered sum whatever the split (threads module, and `gemm_dot`'s
         // fixed sum order), and one part per thread packs W^T once per thread
         // rather than once per fixed-size part.
-        let rows = n.div_ceil(rayon::current_num_threads()).max(1);
+        let rows = n.div_ceil(threads).max(1);
         x.par_chunks(rows * k).zip(out.par_chunks_mut(rows * cout)).try_for_each(|(xs, os)| {
             let r = xs.len() / k;
             let (xm, om) = (MatRef::row_major(xs, r, k)?, MatMut::row_major(os, r, cout)?);

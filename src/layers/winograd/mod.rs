@@ -388,6 +388,11 @@ fn run_pass<T: Tiling>(
     let kernel = best_kernel();
     let len = packed_a_len(kernel, cd, cs);
     let (in_len, out_len) = (cs * plane, cd * plane);
+    // One shard for several threads (a batch of one patch): the XI
+    // independent products are shared out instead. Only with one shard: a
+    // thread waiting on them may run another queued task, and another shard
+    // would lock this thread's lane again.
+    let split = src.len().div_ceil(si * in_len) == 1 && rayon::current_num_threads() > 1;
     src.par_chunks(si * in_len).zip(dst.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
         let mut guard = lock_lane(lanes);
         let lane = &mut *guard;
@@ -402,12 +407,24 @@ fn run_pass<T: Tiling>(
                 }
             }
             let m = &mut lane.m[..nxi * cd * t];
-            for xi in 0..nxi {
-                // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t], U[xi] packed in its slot.
+            // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t], U[xi] packed in its slot.
+            let product = |(xi, (mx, vx)): (usize, (&mut [f32], &[f32]))| -> Result<()> {
                 let a = &u[xi * pass.packed..xi * pass.packed + len];
-                let b = MatRef::row_major(&v[xi * cs * t..(xi + 1) * cs * t], cs, t)?;
-                let c = MatMut::row_major(&mut m[xi * cd * t..(xi + 1) * cd * t], cd, t)?;
-                gemm_packed_a(kernel, 1.0, a, (cd, cs), b, 0.0, c)?;
+                gemm_packed_a(
+                    kernel,
+                    1.0,
+                    a,
+                    (cd, cs),
+                    MatRef::row_major(vx, cs, t)?,
+                    0.0,
+                    MatMut::row_major(mx, cd, t)?,
+                )
+            };
+            if split {
+                let (mp, vp) = (m.par_chunks_mut(cd * t), v.par_chunks(cs * t));
+                mp.zip(vp).enumerate().try_for_each(product)?;
+            } else {
+                m.chunks_mut(cd * t).zip(v.chunks(cs * t)).enumerate().try_for_each(product)?;
             }
             for (j, img) in os[g0 * out_len..(g0 + gn) * out_len].chunks_exact_mut(out_len).enumerate() {
                 for (c, dst_plane) in img.chunks_exact_mut(plane).enumerate() {
