@@ -1,9 +1,13 @@
 //! Every available GEMM kernel against the naive reference on fuzzer-chosen
-//! shapes, strides, transposes, alpha and beta. A mismatch or a panic is a bug.
+//! shapes, strides, transposes, alpha and beta; with A packed once
+//! (`gemm_packed_a`) against the same kernel bit for bit; the dot-product
+//! GEMM (`gemm_dot_with`) where A and B run along k. A mismatch or a panic is a bug.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nhpatch::gemm::{Kernel, MatMut, MatRef, available_kernels, gemm_with};
+use nhpatch::gemm::{
+    Kernel, MatMut, MatRef, available_kernels, gemm_dot_with, gemm_packed_a, gemm_with, pack_a, packed_a_len,
+};
 
 struct Bytes<'a>(&'a [u8]);
 
@@ -57,6 +61,28 @@ fuzz_target!(|data: &[u8]| {
                 let scale: f32 = (0..k).map(|p| (a[i * rsa + p * csa] * bm[p * rsb + j * csb]).abs()).sum();
                 let tol = 1e-5 * (alpha.abs() * scale + beta.abs() * c0[i * rsc + j * csc].abs()) + 1e-5;
                 assert!((g - w).abs() <= tol, "{kernel:?} m{m} k{k} n{n} C[{i},{j}] = {g}, naive {w}");
+            }
+        }
+        let mut packed = vec![f32::NAN; packed_a_len(kernel, m, k)];
+        pack_a(kernel, av(), &mut packed).unwrap();
+        let mut again = if beta == 0.0 { vec![f32::NAN; lc] } else { c0.clone() };
+        let c = MatMut::new(&mut again, m, n, rsc, csc).unwrap();
+        gemm_packed_a(kernel, alpha, &packed, (m, k), bv(), beta, c).unwrap();
+        let same = again.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{kernel:?} m{m} k{k} n{n}: packed A differs from gemm_with");
+    }
+    if (csa == 1 || k <= 1) && (rsb == 1 || k <= 1) {
+        let mut want = vec![f32::NAN; lc];
+        gemm_with(Kernel::Naive, 1.0, av(), bv(), 0.0, MatMut::new(&mut want, m, n, rsc, csc).unwrap()).unwrap();
+        for kernel in available_kernels() {
+            let mut got = vec![f32::NAN; lc];
+            gemm_dot_with(kernel, av(), bv(), MatMut::new(&mut got, m, n, rsc, csc).unwrap()).unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let (g, w) = (got[i * rsc + j * csc], want[i * rsc + j * csc]);
+                    let scale: f32 = (0..k).map(|p| (a[i * rsa + p * csa] * bm[p * rsb + j * csb]).abs()).sum();
+                    assert!((g - w).abs() <= 1e-5 * scale + 1e-5, "dot {kernel:?} m{m} k{k} n{n} C[{i},{j}] = {g}, naive {w}");
+                }
             }
         }
     }

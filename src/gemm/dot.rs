@@ -127,28 +127,30 @@ unsafe fn run<S: Simd>(a: MatRef<'_>, b: MatRef<'_>, c: &mut MatMut<'_>) {
     for k0 in (0..k).step_by(KB) {
         let len = KB.min(k - k0);
         for jb in (0..n).step_by(JB) {
-          for i0 in (0..m).step_by(MI) {
-            for j0 in (jb..n.min(jb + JB)).step_by(NJ) {
-                // SAFETY: rows i0 .. i0 + MI.min(m - i0) of A and columns
-                // j0 .. j0 + NJ.min(n - j0) of B hold `len` contiguous values
-                // from depth k0 (elements of the checked views); the C
-                // elements named are inside the checked view C.
-                unsafe {
-                    let t = Block {
-                        len,
-                        a: ap.add(i0 * ars + k0),
-                        ars,
-                        b: bp.add(j0 * bcs + k0),
-                        bcs,
-                        c: cp.add(i0 * crs + j0 * ccs),
-                        crs,
-                        ccs,
-                        first: k0 == 0,
+            let jend = n.min(jb + JB);
+            for i0 in (0..m).step_by(MI) {
+                for j0 in (jb..jend).step_by(NJ) {
+                    // SAFETY: rows i0 .. i0 + MI.min(m - i0) of A and columns
+                    // j0 .. j0 + NJ.min(jend - j0) of B hold `len` contiguous
+                    // values from depth k0 (elements of the checked views);
+                    // the C elements named are inside the checked view C.
+                    let t = unsafe {
+                        Block {
+                            len,
+                            a: ap.add(i0 * ars + k0),
+                            ars,
+                            b: bp.add(j0 * bcs + k0),
+                            bcs,
+                            c: cp.add(i0 * crs + j0 * ccs),
+                            crs,
+                            ccs,
+                            first: k0 == 0,
+                        }
                     };
-                    dispatch::<S>(MI.min(m - i0), NJ.min(n.min(jb + JB) - j0), t);
+                    // SAFETY: as above.
+                    unsafe { dispatch::<S>(MI.min(m - i0), NJ.min(jend - j0), t) };
                 }
             }
-          }
         }
     }
 }
