@@ -305,19 +305,10 @@ pub(crate) fn gemm_blis<K: MicroKernel>(alpha: f32, a: MatRef<'_>, b: MatRef<'_>
     gemm_blis_from::<K>(alpha, ASrc::View(a), b, beta, c)
 }
 
-/// `gemm_blis` with A packed by `pack_a::<K>` (the caller checked its length
-/// and the dimensions); a column-major C goes through the edge-tile path.
-pub(crate) fn gemm_blis_packed<K: MicroKernel>(
-    alpha: f32,
-    a: ASrc<'_>,
-    b: MatRef<'_>,
-    beta: f32,
-    c: MatMut<'_>,
-) {
-    gemm_blis_from::<K>(alpha, a, b, beta, c)
-}
-
-fn gemm_blis_from<K: MicroKernel>(alpha: f32, a: ASrc<'_>, b: MatRef<'_>, beta: f32, mut c: MatMut<'_>) {
+/// The loop nest, A from `a`: `gemm_blis` with a view, `gemm_packed_a`
+/// with A packed by `pack_a::<K>` (the caller checked its length and the
+/// dimensions; a column-major C then goes through the edge-tile path).
+pub(crate) fn gemm_blis_from<K: MicroKernel>(alpha: f32, a: ASrc<'_>, b: MatRef<'_>, beta: f32, mut c: MatMut<'_>) {
     const {
         let b = K::BLOCKING;
         assert!(b.mr <= 8 && b.mr * b.nr <= MAX_TILE && b.mc % b.mr == 0 && b.nc % b.nr == 0);

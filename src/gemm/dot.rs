@@ -30,7 +30,7 @@ use super::blis::Simd;
 use super::{Kernel, MatMut, MatRef};
 use crate::error::{Error, Result};
 
-/// Depth values per block (1 KiB of a row).
+/// Depth values per block (2 KiB of a row).
 const KB: usize = 512;
 /// Columns of B per L1-resident piece (a multiple of `NJ`).
 const JB: usize = 9;
@@ -52,12 +52,7 @@ const MAX_LANES: usize = 16;
 /// B without unit row stride, and on a kernel this CPU cannot run.
 pub fn gemm_dot_with(kernel: Kernel, a: MatRef<'_>, b: MatRef<'_>, mut c: MatMut<'_>) -> Result<()> {
     super::check_dims(&a, &b, &c)?;
-    if !kernel.is_available() {
-        return Err(Error::Unsupported(format!(
-            "GEMM kernel '{}' needs CPU features this machine lacks",
-            kernel.name()
-        )));
-    }
+    super::check_available(kernel)?;
     let (m, n, k) = (c.rows(), c.cols(), a.cols());
     if (k > 1 && m > 0 && a.col_stride() != 1) || (k > 1 && n > 0 && b.row_stride() != 1) {
         return Err(Error::InvalidArgument(format!(

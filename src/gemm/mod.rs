@@ -240,6 +240,14 @@ fn check_dims(a: &MatRef<'_>, b: &MatRef<'_>, c: &MatMut<'_>) -> Result<()> {
     Ok(())
 }
 
+/// `Ok` when this CPU can run `kernel`, else the error every entry point gives.
+fn check_available(kernel: Kernel) -> Result<()> {
+    if kernel.is_available() {
+        return Ok(());
+    }
+    Err(Error::Unsupported(format!("GEMM kernel '{}' needs CPU features this machine lacks", kernel.name())))
+}
+
 /// `C = alpha * A * B + beta * C` with the best kernel for this CPU.
 pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) -> Result<()> {
     gemm_with(best_kernel(), alpha, a, b, beta, c)
@@ -248,12 +256,7 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) 
 /// `C = alpha * A * B + beta * C` with a named kernel; errors if this CPU cannot run it.
 pub fn gemm_with(kernel: Kernel, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) -> Result<()> {
     check_dims(&a, &b, &c)?;
-    if !kernel.is_available() {
-        return Err(Error::Unsupported(format!(
-            "GEMM kernel '{}' needs CPU features this machine lacks",
-            kernel.name()
-        )));
-    }
+    check_available(kernel)?;
     let (m, n, k) = (c.rows, c.cols, a.cols);
     if m == 0 || n == 0 {
         return Ok(());
@@ -340,15 +343,17 @@ pub fn pack_a(kernel: Kernel, a: MatRef<'_>, dst: &mut [f32]) -> Result<()> {
         Kernel::Portable => blis::pack_a::<portable::Portable>(a, dst),
         // Packing with AVX transposes needs the CPU to have them.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma if kernel.is_available() => blis::pack_a::<avx2::Avx2Fma>(a, dst),
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 if kernel.is_available() => blis::pack_a::<avx512::Avx512>(a, dst),
-        Kernel::Avx2Fma | Kernel::Avx512 => {
-            return Err(Error::Unsupported(format!(
-                "GEMM kernel '{}' needs CPU features this machine lacks",
-                kernel.name()
-            )));
+        Kernel::Avx2Fma => {
+            check_available(kernel)?;
+            blis::pack_a::<avx2::Avx2Fma>(a, dst)
         }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => {
+            check_available(kernel)?;
+            blis::pack_a::<avx512::Avx512>(a, dst)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Avx2Fma | Kernel::Avx512 => check_available(kernel)?,
     }
     Ok(())
 }
@@ -382,12 +387,7 @@ pub fn gemm_packed_a(
     // The dimension and availability checks of `gemm_with`, on a stand-in A of the same shape.
     let stand_in = MatRef { data: packed, rows, cols, rs: 0, cs: 0 };
     check_dims(&stand_in, &b, &c)?;
-    if !kernel.is_available() {
-        return Err(Error::Unsupported(format!(
-            "GEMM kernel '{}' needs CPU features this machine lacks",
-            kernel.name()
-        )));
-    }
+    check_available(kernel)?;
     let (m, n, k) = (c.rows, c.cols, cols);
     if m == 0 || n == 0 {
         return Ok(());
@@ -398,11 +398,11 @@ pub fn gemm_packed_a(
     }
     let a = blis::ASrc::Packed { data: packed, cols };
     match kernel {
-        Kernel::Portable => blis::gemm_blis_packed::<portable::Portable>(alpha, a, b, beta, c),
+        Kernel::Portable => blis::gemm_blis_from::<portable::Portable>(alpha, a, b, beta, c),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma => blis::gemm_blis_packed::<avx2::Avx2Fma>(alpha, a, b, beta, c),
+        Kernel::Avx2Fma => blis::gemm_blis_from::<avx2::Avx2Fma>(alpha, a, b, beta, c),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => blis::gemm_blis_packed::<avx512::Avx512>(alpha, a, b, beta, c),
+        Kernel::Avx512 => blis::gemm_blis_from::<avx512::Avx512>(alpha, a, b, beta, c),
         _ => unreachable!("is_available() is false off x86-64; Naive and MatrixMultiply returned above"),
     }
     Ok(())
