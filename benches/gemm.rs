@@ -9,6 +9,8 @@
 //! The last rows are the other GEMMs a training step runs: Winograd's
 //! transform-domain products and the weight gradient (B a transposed view).
 //!
+//! The `gemm_q8/*` groups time the int8 GEMM beside the best f32 kernel.
+//!
 //! `cargo bench --bench gemm`; add `--features compare-gemm-crate` to also run
 //! the `gemm` crate (`Parallelism::None`) on the same shapes.
 
@@ -122,5 +124,53 @@ fn bench_gemm(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_gemm);
+/// The int8 GEMM (`gemm::q8`) on the forward conv shapes, each int8 kernel
+/// beside the best f32 kernel in one group: `C = out(A * B)` with A
+/// quantized once and B quantized and packed once (what a layer does outside
+/// the product is not timed here).
+fn bench_q8(c: &mut Criterion) {
+    use nhpatch::gemm::best_kernel;
+    use nhpatch::gemm::q8::{Q8Act, Q8Kernel, Q8Out, Q8Weights, gemm_q8_with, pack_b, packed_b_len};
+    for &(name, m, k, n, b_transposed) in SHAPES.iter().filter(|s| !s.0.ends_with("_dw") && !s.0.ends_with("_wino")) {
+        let flop = 2 * m * n * k;
+        let a = values(m * k, 1);
+        let b = values(k * n, 2);
+        let av = MatRef::row_major(&a, m, k).unwrap();
+        let bv =
+            if b_transposed { MatRef::row_major(&b, n, k).unwrap().t() } else { MatRef::row_major(&b, k, n).unwrap() };
+        let w = Q8Weights::quantize(av).unwrap();
+        let act = Q8Act::from_range(-0.5, 0.5).unwrap();
+        let mut packed = vec![0u8; packed_b_len(k, n)];
+        pack_b(bv, act, &mut packed).unwrap();
+        let scale: Vec<f32> = w.scales().iter().map(|s| s * act.scale).collect();
+        let mut out = vec![0.0f32; m * n];
+
+        let mut g = c.benchmark_group(format!("gemm_q8/{name}"));
+        g.throughput(Throughput::Elements(flop as u64));
+        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+        g.sampling_mode(SamplingMode::Flat);
+        let f32_kernel = best_kernel();
+        g.bench_function(BenchmarkId::from_parameter(format!("f32-{}", f32_kernel.name())), |bench| {
+            bench.iter(|| {
+                let cv = MatMut::row_major(&mut out, m, n).unwrap();
+                gemm_with(f32_kernel, 1.0, black_box(av), black_box(bv), 0.0, cv).unwrap();
+            })
+        });
+        for kernel in Q8Kernel::ALL.iter().copied().filter(|k| k.is_available()) {
+            if kernel == Q8Kernel::Naive && flop > NAIVE_MAX_FLOP {
+                continue;
+            }
+            g.bench_function(BenchmarkId::from_parameter(format!("int8-{}", kernel.name())), |bench| {
+                bench.iter(|| {
+                    let cv = MatMut::row_major(&mut out, m, n).unwrap();
+                    let o = Q8Out { scale: &scale, shift: None, relu: true };
+                    gemm_q8_with(kernel, &w, black_box(&packed), n, act.zero, o, cv).unwrap();
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_gemm, bench_q8);
 criterion_main!(benches);

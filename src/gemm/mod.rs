@@ -22,6 +22,9 @@ mod naive;
 mod pack;
 pub mod peak;
 mod portable;
+pub mod q8;
+#[cfg(target_arch = "x86_64")]
+mod q8_x86;
 
 use crate::error::{Error, Result};
 use std::sync::OnceLock;
@@ -164,7 +167,7 @@ pub enum Kernel {
     /// nhpatch's packed GEMM with an AVX2+FMA 6x16 micro-kernel (x86-64 with avx2 and fma).
     Avx2Fma,
     /// nhpatch's packed GEMM with an AVX-512F 8x48 micro-kernel (x86-64 with
-    /// avx512f, and the default cargo feature `avx512`, which needs Rust 1.89).
+    /// avx512f; AVX-512 intrinsics need Rust 1.89, the crate's minimum).
     Avx512,
 }
 

@@ -1,0 +1,423 @@
+//! int8 GEMM for quantized inference: i8 weights times u8 activations,
+//! exact i32 accumulation, dequantized into f32 with a per-row affine map.
+//!
+//! Contract, for `A` an `m x k` weight matrix quantized per row (output
+//! channel) and `B` a `k x n` activation matrix quantized per tensor:
+//!
+//! ```text
+//!   A[i, p] ~ sa[i] * qa[i, p],          qa in [-127, 127] (symmetric)
+//!   B[p, j] ~ sb * (qb[p, j] - zb),      qb in [0, 127], zero point zb
+//!   acc[i, j] = sum_p qa[i, p] * qb[p, j]                  (exact, i32)
+//!   C[i, j]   = act(scale[i] * (acc[i, j] - zb * rowsum_a[i]) + shift[i])
+//! ```
+//!
+//! where the caller's `scale[i]` is `sa[i] * sb` times whatever per-channel
+//! factor follows (a folded BatchNorm), `shift` the bias, `act` ReLU or
+//! identity (`Q8Out`). So `C = A * B` up to the quantization of A and B.
+//!
+//! Why 7-bit activations: AVX2's `vpmaddubsw` adds two u8 x i8 products in a
+//! saturating i16. With `qb <= 127` and `|qa| <= 127` a pair stays within
+//! 2 * 127 * 127 = 32258 < 32767, so every kernel (naive, portable, AVX2,
+//! AVX-512 VNNI) computes the same exact integer sums and therefore the same
+//! output bits, whatever the CPU, the tile shapes or the split of C among
+//! threads. `MAX_K` keeps the i32 sums from overflowing.
+//!
+//! Layouts: `Q8Weights` keeps A row-major with each row zero-padded to a
+//! multiple of 4 (`kp`); packed B (`pack_b`) is a sequence of panels of
+//! `PANEL` = 16 columns, each `kp / 4` steps of 16 columns x 4 consecutive
+//! k values (64 bytes, one AVX-512 register or two AVX2 ones): byte
+//! `panel * kp * 16 + (p / 4) * 64 + 4 * (j % 16) + p % 4` holds qb[p, j].
+//! Padding rows of B are 0; padding columns of the last panel are 0 and
+//! never stored. A caller splitting C among threads gives each part whole
+//! panels (column offsets that are multiples of 16).
+
+use super::{MatMut, MatRef};
+use crate::error::{Error, Result};
+use std::sync::OnceLock;
+
+/// Columns of C per packed-B panel.
+pub const PANEL: usize = 16;
+/// Largest activation code: 7 bits (see the file header).
+pub const B_MAX: u8 = 127;
+/// Largest weight magnitude: symmetric 8 bits without -128.
+pub const A_MAX: i8 = 127;
+/// Largest depth: `MAX_K * 127 * 127 < 2^31`, so no i32 sum overflows.
+pub const MAX_K: usize = 131_072;
+/// Rows of C one tile call computes at most.
+const TILE_ROWS: usize = 8;
+
+/// The int8 GEMM implementations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Q8Kernel {
+    /// Three loops over the unpacked matrices: the reference.
+    Naive,
+    /// Plain Rust tiles over the packed layout (any target).
+    Portable,
+    /// `vpmaddubsw` + `vpmaddwd` tiles (x86-64 with avx2).
+    Avx2,
+    /// `vpdpbusd` tiles (x86-64 with avx512f, avx512bw and avx512vnni).
+    Avx512Vnni,
+}
+
+impl Q8Kernel {
+    /// Every int8 kernel this build knows, available on this CPU or not.
+    pub const ALL: &'static [Q8Kernel] = &[Q8Kernel::Naive, Q8Kernel::Portable, Q8Kernel::Avx2, Q8Kernel::Avx512Vnni];
+
+    /// A short stable name (benches, the CLI's `info`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Q8Kernel::Naive => "naive",
+            Q8Kernel::Portable => "portable",
+            Q8Kernel::Avx2 => "avx2",
+            Q8Kernel::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            Q8Kernel::Naive | Q8Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Avx2 => is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Q8Kernel::Avx2 | Q8Kernel::Avx512Vnni => false,
+        }
+    }
+}
+
+/// The fastest int8 kernel this CPU has, detected once.
+pub fn best_q8_kernel() -> Q8Kernel {
+    static BEST: OnceLock<Q8Kernel> = OnceLock::new();
+    *BEST.get_or_init(|| {
+        [Q8Kernel::Avx512Vnni, Q8Kernel::Avx2].into_iter().find(|k| k.is_available()).unwrap_or(Q8Kernel::Portable)
+    })
+}
+
+/// `kp`: the depth rounded up to a whole number of 4-value steps.
+pub fn padded_depth(k: usize) -> usize {
+    k.div_ceil(4) * 4
+}
+
+/// A weight matrix quantized per row (see the file header).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Q8Weights {
+    rows: usize,
+    cols: usize,
+    /// `rows x kp`, row-major, zero-padded.
+    q: Vec<i8>,
+    /// `sa[i]`: a row's value per code (0 for an all-zero row).
+    scale: Vec<f32>,
+    /// `rowsum_a[i] = sum_p qa[i, p]`, for the zero point's correction.
+    sums: Vec<i32>,
+}
+
+impl Q8Weights {
+    /// Quantizes `w` per row: `sa[i] = max_p |w[i, p]| / 127`,
+    /// `qa[i, p] = round(w[i, p] / sa[i])` (halves away from zero).
+    /// Refuses non-finite weights and depths over `MAX_K`.
+    pub fn quantize(w: MatRef<'_>) -> Result<Q8Weights> {
+        let (rows, cols) = (w.rows(), w.cols());
+        if cols > MAX_K {
+            return Err(Error::Unsupported(format!("int8 GEMM: depth {cols} exceeds {MAX_K}")));
+        }
+        let kp = padded_depth(cols);
+        let mut q = vec![0i8; rows * kp];
+        let mut scale = vec![0.0f32; rows];
+        let mut sums = vec![0i32; rows];
+        for i in 0..rows {
+            let mut max = 0.0f32;
+            for p in 0..cols {
+                let v = w.at(i, p);
+                if !v.is_finite() {
+                    return Err(Error::InvalidArgument(format!("int8 GEMM: weight ({i}, {p}) is {v}")));
+                }
+                max = max.max(v.abs());
+            }
+            if max == 0.0 {
+                continue;
+            }
+            let s = max / A_MAX as f32;
+            scale[i] = s;
+            let row = &mut q[i * kp..i * kp + cols];
+            for (p, code) in row.iter_mut().enumerate() {
+                *code = (w.at(i, p) / s).round().clamp(-(A_MAX as f32), A_MAX as f32) as i8;
+            }
+            sums[i] = row.iter().map(|&c| c as i32).sum();
+        }
+        Ok(Q8Weights { rows, cols, q, scale, sums })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// `sa`, one value per row.
+    pub fn scales(&self) -> &[f32] {
+        &self.scale
+    }
+    /// `qa[i, p]`; panics out of range (tests and references).
+    pub fn code(&self, i: usize, p: usize) -> i8 {
+        assert!(i < self.rows && p < self.cols);
+        self.q[i * padded_depth(self.cols) + p]
+    }
+    /// The weight `qa[i, p]` stands for: `sa[i] * qa[i, p]`.
+    pub fn value(&self, i: usize, p: usize) -> f32 {
+        self.scale[i] * self.code(i, p) as f32
+    }
+}
+
+/// How one tensor's values map to 7-bit codes: `x ~ scale * (q - zero)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Q8Act {
+    pub scale: f32,
+    pub zero: u8,
+}
+
+impl Q8Act {
+    /// The map covering `[lo, hi]` (widened to hold 0, so that zero padding
+    /// is exact): `scale = (hi - lo) / 127`, `zero = round(-lo / scale)`.
+    /// A range of one point maps everything to code `zero` with scale 1.
+    pub fn from_range(lo: f32, hi: f32) -> Result<Q8Act> {
+        if !lo.is_finite() || !hi.is_finite() || lo > hi {
+            return Err(Error::InvalidArgument(format!("int8 activation range [{lo}, {hi}] is not a finite interval")));
+        }
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        if hi == lo {
+            return Ok(Q8Act { scale: 1.0, zero: 0 });
+        }
+        let scale = (hi - lo) / B_MAX as f32;
+        let zero = (-lo / scale).round().clamp(0.0, B_MAX as f32) as u8;
+        Ok(Q8Act { scale, zero })
+    }
+
+    /// The code of `x`: `clamp(round(x / scale) + zero, 0, 127)`; NaN maps to `zero`.
+    #[inline]
+    pub fn quantize(&self, x: f32) -> u8 {
+        let q = (x / self.scale).round() + self.zero as f32;
+        // NaN (a NaN input) gets the code of 0 rather than a cast's 0.
+        if q.is_nan() { self.zero } else { q.clamp(0.0, B_MAX as f32) as u8 }
+    }
+
+    /// The value code `q` stands for.
+    #[inline]
+    pub fn dequantize(&self, q: u8) -> f32 {
+        self.scale * (q as f32 - self.zero as f32)
+    }
+}
+
+/// Bytes `pack_b` fills for a `k x n` B.
+pub fn packed_b_len(k: usize, n: usize) -> usize {
+    n.div_ceil(PANEL) * padded_depth(k) * PANEL
+}
+
+/// Quantizes `b` (`k x n`, any strides) with `act` into the packed layout
+/// of the file header; `dst` has `packed_b_len(k, n)` bytes.
+pub fn pack_b(b: MatRef<'_>, act: Q8Act, dst: &mut [u8]) -> Result<()> {
+    let (k, n) = (b.rows(), b.cols());
+    pack_b_from(k, n, dst, |p, j| act.quantize(b.at(p, j)))
+}
+
+/// Packs a `k x n` matrix of codes already quantized, `codes[p * ld + j]`
+/// (values above 127 are refused, they would break the exact sums).
+pub fn pack_b_codes(codes: &[u8], ld: usize, k: usize, n: usize, dst: &mut [u8]) -> Result<()> {
+    if k > 0 && n > 0 && (ld < n || (k - 1) * ld + n > codes.len()) {
+        return Err(Error::Shape(format!(
+            "int8 pack: a {k}x{n} matrix with row stride {ld} does not fit in {} codes",
+            codes.len()
+        )));
+    }
+    if let Some(bad) = (0..k).find(|&p| codes[p * ld..p * ld + n].iter().any(|&c| c > B_MAX)) {
+        return Err(Error::InvalidArgument(format!("int8 pack: row {bad} holds a code above {B_MAX}")));
+    }
+    pack_b_from(k, n, dst, |p, j| codes[p * ld + j])
+}
+
+fn pack_b_from(k: usize, n: usize, dst: &mut [u8], code: impl Fn(usize, usize) -> u8) -> Result<()> {
+    let need = packed_b_len(k, n);
+    if dst.len() != need {
+        return Err(Error::Shape(format!("int8 pack: a {k}x{n} B packs into {need} bytes, the buffer has {}", dst.len())));
+    }
+    let kp = padded_depth(k);
+    for (panel, chunk) in dst.chunks_exact_mut(kp * PANEL).enumerate() {
+        let j0 = panel * PANEL;
+        let cols = PANEL.min(n - j0);
+        for (s, step) in chunk.chunks_exact_mut(4 * PANEL).enumerate() {
+            step.fill(0);
+            for jj in 0..cols {
+                for t in 0..4 {
+                    let p = 4 * s + t;
+                    if p < k {
+                        step[4 * jj + t] = code(p, j0 + jj);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The per-row map from exact sums to outputs (see the file header).
+#[derive(Clone, Copy, Debug)]
+pub struct Q8Out<'a> {
+    /// `scale[i]`: usually `sa[i] * sb` (times a folded per-channel factor).
+    pub scale: &'a [f32],
+    /// `shift[i]`, 0 when absent.
+    pub shift: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+impl Q8Out<'_> {
+    /// `C[i, j]` from the exact sum: the one formula every kernel stores.
+    #[inline]
+    fn map(&self, i: usize, corrected: i32) -> f32 {
+        let y = self.scale[i] * corrected as f32 + self.shift.map_or(0.0, |s| s[i]);
+        if !self.relu || y > 0.0 { y } else { 0.0 }
+    }
+}
+
+fn check_out(a: &Q8Weights, n: usize, out: &Q8Out<'_>, c: &MatMut<'_>) -> Result<()> {
+    if c.rows() != a.rows || c.cols() != n {
+        return Err(Error::Shape(format!(
+            "int8 GEMM: A is {}x{}, B has {n} columns, C is {}x{}",
+            a.rows,
+            a.cols,
+            c.rows(),
+            c.cols()
+        )));
+    }
+    if out.scale.len() != a.rows || out.shift.is_some_and(|s| s.len() != a.rows) {
+        return Err(Error::Shape(format!("int8 GEMM: the output map needs {} scales and shifts", a.rows)));
+    }
+    Ok(())
+}
+
+/// `C = out(A * B)` with the best kernel for this CPU; `b` packed by `pack_b`
+/// for `n` columns with zero point `zero`.
+pub fn gemm_q8(a: &Q8Weights, b: &[u8], n: usize, zero: u8, out: Q8Out<'_>, c: MatMut<'_>) -> Result<()> {
+    gemm_q8_with(best_q8_kernel(), a, b, n, zero, out, c)
+}
+
+/// `gemm_q8` with a named kernel; errors if this CPU cannot run it.
+/// `Naive` reads `b` through the packed layout's index map, not its tiles.
+pub fn gemm_q8_with(
+    kernel: Q8Kernel,
+    a: &Q8Weights,
+    b: &[u8],
+    n: usize,
+    zero: u8,
+    out: Q8Out<'_>,
+    mut c: MatMut<'_>,
+) -> Result<()> {
+    check_out(a, n, &out, &c)?;
+    let need = packed_b_len(a.cols, n);
+    if b.len() != need {
+        return Err(Error::Shape(format!(
+            "int8 GEMM: a {}x{n} B packs into {need} bytes, {} given",
+            a.cols,
+            b.len()
+        )));
+    }
+    if zero > B_MAX {
+        return Err(Error::InvalidArgument(format!("int8 GEMM: zero point {zero} exceeds {B_MAX}")));
+    }
+    if !kernel.is_available() {
+        return Err(Error::Unsupported(format!("int8 GEMM kernel '{}' needs CPU features this machine lacks", kernel.name())));
+    }
+    if a.rows == 0 || n == 0 {
+        return Ok(());
+    }
+    if kernel == Q8Kernel::Naive {
+        naive(a, b, n, zero, &out, &mut c);
+        return Ok(());
+    }
+    let kp = padded_depth(a.cols);
+    let tile: TileFn = match kernel {
+        Q8Kernel::Naive => unreachable!("handled above"),
+        Q8Kernel::Portable => tile_portable,
+        #[cfg(target_arch = "x86_64")]
+        Q8Kernel::Avx2 => super::q8_x86::tile_avx2,
+        #[cfg(target_arch = "x86_64")]
+        Q8Kernel::Avx512Vnni => super::q8_x86::tile_vnni,
+        #[cfg(not(target_arch = "x86_64"))]
+        Q8Kernel::Avx2 | Q8Kernel::Avx512Vnni => unreachable!("is_available() is false off x86-64"),
+    };
+    let mut acc = [[0i32; PANEL]; TILE_ROWS];
+    for (panel, bp) in b.chunks_exact(kp * PANEL).enumerate() {
+        let j0 = panel * PANEL;
+        let cols = PANEL.min(n - j0);
+        for i0 in (0..a.rows).step_by(TILE_ROWS) {
+            let rows = TILE_ROWS.min(a.rows - i0);
+            // SAFETY: `a.q` holds rows i0 .. i0 + rows of kp codes each and
+            // `bp` one whole panel (kp * 16 bytes), both checked above; the
+            // kernel is available (checked above).
+            unsafe { tile(a.q[i0 * kp..].as_ptr(), kp, rows, bp.as_ptr(), kp / 4, &mut acc) };
+            for (r, acc_row) in acc.iter().enumerate().take(rows) {
+                let i = i0 + r;
+                let corr = zero as i32 * a.sums[i];
+                for (jj, &v) in acc_row.iter().enumerate().take(cols) {
+                    *c.at_mut(i, j0 + jj) = out.map(i, v - corr);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A tile kernel: `acc[r][j] = sum_p qa[r, p] * qb[p, j]` for `rows <= 8`
+/// rows of A from `a` (row stride `lda` codes) and one packed-B panel of
+/// `k4` steps at `b`. Rows of `acc` at or past `rows` are left as they are.
+///
+/// # Safety
+/// `a` points at `rows` rows of `lda >= 4 * k4` readable codes, `b` at
+/// `64 * k4` readable bytes, and the CPU has the kernel's features.
+pub(crate) type TileFn = unsafe fn(*const i8, usize, usize, *const u8, usize, &mut [[i32; PANEL]; TILE_ROWS]);
+
+/// The portable tile: integer loops the compiler vectorises for its target.
+/// Each packed-B step is widened once to 4 depth rows of 16 columns, then
+/// every row of A adds its 4 weights times those rows (i16 products are
+/// exact: |qa| * qb <= 127 * 127).
+unsafe fn tile_portable(a: *const i8, lda: usize, rows: usize, b: *const u8, k4: usize, acc: &mut [[i32; PANEL]; 8]) {
+    // SAFETY: the `TileFn` contract: these ranges are readable.
+    let (a, b) = unsafe { (std::slice::from_raw_parts(a, (rows - 1) * lda + 4 * k4), std::slice::from_raw_parts(b, 64 * k4)) };
+    let mut sum = [[0i32; PANEL]; 8];
+    for (s, step) in b.chunks_exact(4 * PANEL).enumerate() {
+        let mut depth = [[0i16; PANEL]; 4];
+        for (j, col) in step.chunks_exact(4).enumerate() {
+            for t in 0..4 {
+                depth[t][j] = col[t] as i16;
+            }
+        }
+        for (r, sum_row) in sum.iter_mut().enumerate().take(rows) {
+            let w = &a[r * lda + 4 * s..r * lda + 4 * s + 4];
+            for (t, d) in depth.iter().enumerate() {
+                let wt = w[t] as i16;
+                for (acc, &x) in sum_row.iter_mut().zip(d) {
+                    *acc += (wt * x) as i32;
+                }
+            }
+        }
+    }
+    acc[..rows].copy_from_slice(&sum[..rows]);
+}
+
+/// The reference: every sum in i64 straight from the codes, then the one
+/// output formula; panics if a sum leaves i32 (it cannot within `MAX_K`).
+fn naive(a: &Q8Weights, b: &[u8], n: usize, zero: u8, out: &Q8Out<'_>, c: &mut MatMut<'_>) {
+    let kp = padded_depth(a.cols);
+    let qb = |p: usize, j: usize| b[(j / PANEL) * kp * PANEL + (p / 4) * 4 * PANEL + 4 * (j % PANEL) + p % 4];
+    for i in 0..a.rows {
+        for j in 0..n {
+            let sum: i64 = (0..a.cols).map(|p| a.code(i, p) as i64 * qb(p, j) as i64).sum();
+            let corrected = sum - zero as i64 * a.sums[i] as i64;
+            *c.at_mut(i, j) = out.map(i, i32::try_from(corrected).expect("within MAX_K the sums fit in i32"));
+        }
+    }
+}

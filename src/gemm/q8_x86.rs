@@ -1,0 +1,89 @@
+//! x86-64 tiles of the int8 GEMM (`q8`): AVX2 and AVX-512 VNNI.
+//!
+//! Contract: as `q8::TileFn`. One packed-B step is 16 columns x 4 depths
+//! (64 bytes): column j's 4 codes at bytes 4j .. 4j + 4. A row's 4 codes of
+//! the same step, read as one i32 and broadcast, meet every column's 4 codes
+//! in one lane:
+//! - AVX2: `vpmaddubsw(B, A)` adds pairs into i16 (exact: qb <= 127, see
+//!   `q8`), `vpmaddwd(., 1)` adds the two pairs into the i32 lane; two ymm
+//!   per step, tiles of 4 rows (8 accumulators, 2 B, the broadcast, the ones
+//!   and the products: 13 of 16 registers).
+//! - AVX-512 VNNI: `vpdpbusd(acc, B, A)` adds the 4 products into the i32
+//!   lane in one instruction; one zmm per step, tiles of 8 rows.
+
+use super::q8::PANEL;
+use std::arch::x86_64::*;
+
+/// Reads the 4 codes at `p` as one i32 (little-endian, as the lanes expect).
+#[inline(always)]
+unsafe fn quad(p: *const i8) -> i32 {
+    // SAFETY: the caller guarantees 4 readable bytes at `p`.
+    unsafe { p.cast::<i32>().read_unaligned() }
+}
+
+/// AVX2 tile; `acc` rows past `rows` are left as they are.
+///
+/// # Safety
+/// As `q8::TileFn`, with avx2.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn tile_avx2(a: *const i8, lda: usize, rows: usize, b: *const u8, k4: usize, acc: &mut [[i32; PANEL]; 8]) {
+    let ones = _mm256_set1_epi16(1);
+    let mut r0 = 0;
+    while r0 < rows {
+        let live = (rows - r0).min(4);
+        // Rows past the live ones re-read the last live row (stores skip them).
+        // SAFETY: r0 + min(r, live - 1) < rows, a row of A the caller made readable.
+        let row = |r: usize| unsafe { a.add((r0 + r.min(live - 1)) * lda) };
+        let pa = [row(0), row(1), row(2), row(3)];
+        let mut c = [[_mm256_setzero_si256(); 2]; 4];
+        for s in 0..k4 {
+            // SAFETY: step s of the panel, 64 bytes inside the 64 * k4 given.
+            let (b0, b1) = unsafe {
+                let p = b.add(64 * s);
+                (_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(32).cast()))
+            };
+            for r in 0..4 {
+                // SAFETY: 4 * s + 4 <= 4 * k4 <= lda codes of a readable row.
+                let w = _mm256_set1_epi32(unsafe { quad(pa[r].add(4 * s)) });
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(b0, w), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(b1, w), ones);
+                c[r][0] = _mm256_add_epi32(c[r][0], p0);
+                c[r][1] = _mm256_add_epi32(c[r][1], p1);
+            }
+        }
+        for r in 0..live {
+            let dst = acc[r0 + r].as_mut_ptr();
+            // SAFETY: acc rows hold 16 i32, two unaligned 8-lane stores.
+            unsafe {
+                _mm256_storeu_si256(dst.cast(), c[r][0]);
+                _mm256_storeu_si256(dst.add(8).cast(), c[r][1]);
+            }
+        }
+        r0 += 4;
+    }
+}
+
+/// AVX-512 VNNI tile; `acc` rows past `rows` are left as they are.
+///
+/// # Safety
+/// As `q8::TileFn`, with avx512f, avx512bw and avx512vnni.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(crate) unsafe fn tile_vnni(a: *const i8, lda: usize, rows: usize, b: *const u8, k4: usize, acc: &mut [[i32; PANEL]; 8]) {
+    // SAFETY (closure): min(r, rows - 1) < rows, a row the caller made readable.
+    let row = |r: usize| unsafe { a.add(r.min(rows - 1) * lda) };
+    let pa = [row(0), row(1), row(2), row(3), row(4), row(5), row(6), row(7)];
+    let mut c = [_mm512_setzero_si512(); 8];
+    for s in 0..k4 {
+        // SAFETY: step s of the panel, 64 bytes inside the 64 * k4 given.
+        let bv = unsafe { _mm512_loadu_si512(b.add(64 * s).cast()) };
+        for r in 0..8 {
+            // SAFETY: 4 * s + 4 <= lda codes of a readable row.
+            let w = _mm512_set1_epi32(unsafe { quad(pa[r].add(4 * s)) });
+            c[r] = _mm512_dpbusd_epi32(c[r], bv, w);
+        }
+    }
+    for r in 0..rows.min(8) {
+        // SAFETY: acc rows hold 16 i32, one unaligned 16-lane store.
+        unsafe { _mm512_storeu_si512(acc[r].as_mut_ptr().cast(), c[r]) };
+    }
+}

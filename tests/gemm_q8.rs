@@ -1,0 +1,266 @@
+//! The int8 GEMM (`gemm::q8`) against its naive reference and against f32:
+//! every kernel this CPU has gives the naive kernel's bits on ragged shapes
+//! (every m up to 17, n around the 16-column panel, k around the 4-value
+//! step), over C full of NaN, for any column split; packing follows the
+//! documented layout; the result is within the quantization error bound of
+//! the f32 product; refusals are errors, never panics.
+
+use nhpatch::Error;
+use nhpatch::gemm::q8::{
+    B_MAX, MAX_K, PANEL, Q8Act, Q8Kernel, Q8Out, Q8Weights, best_q8_kernel, gemm_q8_with, pack_b, pack_b_codes,
+    packed_b_len, padded_depth,
+};
+use nhpatch::gemm::{MatMut, MatRef};
+use nhpatch::rng::Rng;
+
+fn rand(rng: &mut Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.uniform(lo, hi)).collect()
+}
+
+fn kernels() -> Vec<Q8Kernel> {
+    let k: Vec<_> = Q8Kernel::ALL.iter().copied().filter(|k| k.is_available()).collect();
+    for missing in Q8Kernel::ALL.iter().filter(|k| !k.is_available()) {
+        eprintln!("int8 kernel '{}' not on this CPU: not tested here", missing.name());
+    }
+    k
+}
+
+/// One case: weights `m x k`, activations `k x n` in `[lo, hi]`, an output
+/// map with shift and ReLU; returns C (row-major `m x n`) from `kernel`.
+struct Case {
+    w: Q8Weights,
+    act: Q8Act,
+    packed: Vec<u8>,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    n: usize,
+}
+
+impl Case {
+    fn new(rng: &mut Rng, m: usize, k: usize, n: usize, lo: f32, hi: f32) -> (Case, Vec<f32>, Vec<f32>) {
+        let wf = rand(rng, m * k, -1.0, 1.0);
+        let bf = rand(rng, k * n, lo, hi);
+        let w = Q8Weights::quantize(MatRef::row_major(&wf, m, k).unwrap()).unwrap();
+        let act = Q8Act::from_range(lo, hi).unwrap();
+        let mut packed = vec![0xAA; packed_b_len(k, n)];
+        pack_b(MatRef::row_major(&bf, k, n).unwrap(), act, &mut packed).unwrap();
+        let scale = w.scales().iter().map(|s| s * act.scale).collect();
+        let shift = rand(rng, m, -0.5, 0.5);
+        (Case { w, act, packed, scale, shift, n }, wf, bf)
+    }
+
+    fn out(&self, relu: bool) -> Q8Out<'_> {
+        Q8Out { scale: &self.scale, shift: Some(&self.shift), relu }
+    }
+
+    fn run(&self, kernel: Q8Kernel, relu: bool) -> Vec<f32> {
+        let m = self.w.rows();
+        let mut c = vec![f32::NAN; m * self.n];
+        gemm_q8_with(
+            kernel,
+            &self.w,
+            &self.packed,
+            self.n,
+            self.act.zero,
+            self.out(relu),
+            MatMut::row_major(&mut c, m, self.n).unwrap(),
+        )
+        .unwrap();
+        c
+    }
+}
+
+fn same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.to_bits() == w.to_bits(), "{what}: element {i} is {g}, the reference {w}");
+    }
+}
+
+#[test]
+fn every_kernel_matches_naive_bit_for_bit_on_ragged_shapes() {
+    let mut rng = Rng::new(7);
+    let ks = kernels();
+    for m in (1..=17).chain([32]) {
+        for &k in &[1, 3, 4, 5, 9, 64, 147, 577] {
+            for &n in &[1, 15, 16, 17, 33] {
+                // Signed and non-negative inputs: zero points 64-ish and 0.
+                let (lo, hi) = if (m + k + n) % 2 == 0 { (-1.5, 2.0) } else { (0.0, 3.0) };
+                let (case, _, _) = Case::new(&mut rng, m, k, n, lo, hi);
+                for relu in [false, true] {
+                    let want = case.run(Q8Kernel::Naive, relu);
+                    assert!(want.iter().all(|v| v.is_finite()), "naive wrote every element");
+                    for &kernel in &ks {
+                        same_bits(
+                            &format!("{} m={m} k={k} n={n} relu={relu}", kernel.name()),
+                            &case.run(kernel, relu),
+                            &want,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn strided_c_and_extreme_codes_match_naive() {
+    // Every code at its extreme (|qa| = 127, qb in {0, 127}) over a deep K:
+    // the sums a saturating i16 or an overflowing i32 would get wrong.
+    let (m, k, n) = (9, 8192, 20);
+    // Even rows all +1, odd rows alternating in groups of 3.
+    let wf: Vec<f32> = (0..m * k).map(|i| if (i / k) % 2 == 0 || (i / 3) % 2 == 0 { 1.0 } else { -1.0 }).collect();
+    let w = Q8Weights::quantize(MatRef::row_major(&wf, m, k).unwrap()).unwrap();
+    let codes: Vec<u8> = (0..k * n).map(|i| if i % 5 == 0 { 0 } else { B_MAX }).collect();
+    let mut packed = vec![0; packed_b_len(k, n)];
+    pack_b_codes(&codes, n, k, n, &mut packed).unwrap();
+    let scale = vec![1.0f32; m];
+    let out = Q8Out { scale: &scale, shift: None, relu: false };
+    // C column-major with a gap (a transposed view), pre-filled with NaN.
+    let ld = m + 2;
+    let run = |kernel| {
+        let mut c = vec![f32::NAN; n * ld];
+        gemm_q8_with(kernel, &w, &packed, n, 3, out, MatMut::new(&mut c, n, m, ld, 1).unwrap().t()).unwrap();
+        c
+    };
+    let want = run(Q8Kernel::Naive);
+    // The gaps stay NaN, the elements are exact integers.
+    for (i, v) in want.iter().enumerate() {
+        assert_eq!(v.is_nan(), i % ld >= m, "element {i}");
+    }
+    let exact =
+        |i: usize, j: usize| -> f64 { (0..k).map(|p| w.code(i, p) as f64 * (codes[p * n + j] as f64 - 3.0)).sum() };
+    assert_eq!(want[2 * ld + 4] as f64, exact(4, 2));
+    assert_eq!(want[2 * ld + 5] as f64, exact(5, 2));
+    assert!(exact(4, 2).abs() > 1e8, "the case reaches sums far beyond i16");
+    for kernel in kernels() {
+        let got = run(kernel);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{}: element {i}", kernel.name());
+        }
+    }
+}
+
+#[test]
+fn a_split_into_whole_panels_gives_the_same_bits() {
+    let mut rng = Rng::new(11);
+    let (m, k, n) = (12, 100, 70);
+    let (case, _, _) = Case::new(&mut rng, m, k, n, -1.0, 1.0);
+    let kernel = best_q8_kernel();
+    let whole = case.run(kernel, true);
+    let panel_bytes = padded_depth(k) * PANEL;
+    // Columns [0, 32) and [32, 70): two calls on slices of packed B and C^T rows.
+    let mut parts = vec![f32::NAN; m * n];
+    for (j0, j1) in [(0, 32), (32, n)] {
+        let b = &case.packed[j0 / PANEL * panel_bytes..j1.div_ceil(PANEL) * panel_bytes];
+        let c = MatMut::new(&mut parts[j0..], m, j1 - j0, n, 1).unwrap();
+        gemm_q8_with(kernel, &case.w, b, j1 - j0, case.act.zero, case.out(true), c).unwrap();
+    }
+    same_bits("split", &parts, &whole);
+}
+
+#[test]
+fn the_result_is_within_the_quantization_bound_of_f32() {
+    let mut rng = Rng::new(5);
+    for &(m, k, n, lo, hi) in &[(16, 9, 40, 0.0, 1.0), (32, 288, 64, -2.0, 2.0), (64, 1152, 17, 0.0, 6.0)] {
+        let (case, wf, bf) = Case::new(&mut rng, m, k, n, lo, hi);
+        let none = vec![0.0; m];
+        let out = Q8Out { scale: &case.scale, shift: Some(&none), relu: false };
+        let mut c = vec![f32::NAN; m * n];
+        let cm = MatMut::row_major(&mut c, m, n).unwrap();
+        gemm_q8_with(best_q8_kernel(), &case.w, &case.packed, n, case.act.zero, out, cm).unwrap();
+        let sb = case.act.scale as f64;
+        for i in 0..m {
+            let sa = case.w.scales()[i] as f64;
+            for j in 0..n {
+                let mut exact = 0.0f64;
+                let mut bound = 0.0f64;
+                for p in 0..k {
+                    let (a, b) = (wf[i * k + p] as f64, bf[p * n + j] as f64);
+                    exact += a * b;
+                    // |a b - a' b'| <= |a - a'| |b| + |a'| |b - b'| with
+                    // |a - a'| <= sa / 2, |b - b'| <= sb / 2.
+                    bound += sa / 2.0 * b.abs() + (a.abs() + sa / 2.0) * sb / 2.0;
+                }
+                let got = c[i * n + j] as f64;
+                assert!(
+                    (got - exact).abs() <= bound * 1.001 + 1e-5 * exact.abs(),
+                    "m={m} k={k} ({i}, {j}): {got} vs {exact}, bound {bound}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn packing_follows_the_documented_layout() {
+    let mut rng = Rng::new(3);
+    let (k, n) = (10, 37);
+    let bf = rand(&mut rng, k * n, -1.0, 1.0);
+    let act = Q8Act::from_range(-1.0, 1.0).unwrap();
+    let mut packed = vec![0xAA; packed_b_len(k, n)];
+    // B given column-major: the strides, not the memory order, decide.
+    let bt: Vec<f32> = (0..n * k).map(|i| bf[(i % k) * n + i / k]).collect();
+    pack_b(MatRef::row_major(&bt, n, k).unwrap().t(), act, &mut packed).unwrap();
+    let kp = padded_depth(k);
+    assert_eq!(packed.len(), 3 * kp * PANEL);
+    for (byte, &code) in packed.iter().enumerate() {
+        let (panel, rest) = (byte / (kp * PANEL), byte % (kp * PANEL));
+        let (p, j) = (rest / (4 * PANEL) * 4 + rest % 4, panel * PANEL + (rest % (4 * PANEL)) / 4);
+        let want = if p < k && j < n { act.quantize(bf[p * n + j]) } else { 0 };
+        assert_eq!(code, want, "byte {byte} (p {p}, j {j})");
+    }
+}
+
+#[test]
+fn activation_and_weight_quantizers_are_exact_where_they_must_be() {
+    let a = Q8Act::from_range(-0.3, 2.0).unwrap();
+    assert_eq!(a.dequantize(a.quantize(0.0)), 0.0, "zero is exact (padding)");
+    assert_eq!(a.quantize(-10.0), 0);
+    assert_eq!(a.quantize(10.0), B_MAX);
+    assert_eq!(a.quantize(f32::NAN), a.zero);
+    assert!((a.dequantize(a.quantize(1.234)) - 1.234).abs() <= a.scale / 2.0 + 1e-6);
+    // A range missing 0 is widened to hold it.
+    let pos = Q8Act::from_range(1.0, 3.0).unwrap();
+    assert_eq!((pos.zero, pos.quantize(0.0)), (0, 0));
+    assert_eq!(Q8Act::from_range(0.0, 0.0).unwrap(), Q8Act { scale: 1.0, zero: 0 });
+    assert!(Q8Act::from_range(2.0, 1.0).is_err() && Q8Act::from_range(0.0, f32::INFINITY).is_err());
+
+    let wf = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0];
+    let w = Q8Weights::quantize(MatRef::row_major(&wf, 2, 3).unwrap()).unwrap();
+    assert_eq!((w.code(0, 1), w.code(0, 0), w.code(0, 2)), (-127, 64, 32));
+    assert_eq!((w.scales()[1], w.code(1, 0)), (0.0, 0), "an all-zero row");
+    assert_eq!(w.value(0, 1), -1.0);
+    let bad = [1.0, f32::NAN];
+    assert!(matches!(Q8Weights::quantize(MatRef::row_major(&bad, 1, 2).unwrap()), Err(Error::InvalidArgument(_))));
+    let deep = vec![0.0f32; MAX_K + 1];
+    assert!(matches!(Q8Weights::quantize(MatRef::row_major(&deep, 1, MAX_K + 1).unwrap()), Err(Error::Unsupported(_))));
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let mut rng = Rng::new(9);
+    let (case, _, _) = Case::new(&mut rng, 4, 8, 20, 0.0, 1.0);
+    let mut c = vec![0.0; 4 * 20];
+    let call = |b: &[u8], n: usize, zero: u8, scale: &[f32], c: &mut [f32], kernel| {
+        let out = Q8Out { scale, shift: None, relu: false };
+        let rows = c.len() / 20;
+        gemm_q8_with(kernel, &case.w, b, n, zero, out, MatMut::new(c, rows, n, 20, 1).unwrap())
+    };
+    let k = best_q8_kernel();
+    assert!(matches!(call(&case.packed[1..], 20, 0, &case.scale, &mut c, k), Err(Error::Shape(_))), "short B");
+    assert!(matches!(call(&case.packed, 20, 0, &case.scale, &mut c[..60], k), Err(Error::Shape(_))), "rows of C");
+    let mut wide = vec![0.0; 4 * 40];
+    let out = Q8Out { scale: &case.scale, shift: None, relu: false };
+    let cw = MatMut::row_major(&mut wide, 4, 40).unwrap();
+    assert!(matches!(gemm_q8_with(k, &case.w, &case.packed, 40, 0, out, cw), Err(Error::Shape(_))), "B for 20 columns");
+    assert!(matches!(call(&case.packed, 20, 0, &case.scale[1..], &mut c, k), Err(Error::Shape(_))), "scales");
+    assert!(matches!(call(&case.packed, 20, 128, &case.scale, &mut c, k), Err(Error::InvalidArgument(_))), "zero");
+    for missing in Q8Kernel::ALL.iter().filter(|k| !k.is_available()) {
+        assert!(matches!(call(&case.packed, 20, 0, &case.scale, &mut c, *missing), Err(Error::Unsupported(_))));
+    }
+    let mut dst = vec![0; packed_b_len(2, 3)];
+    assert!(matches!(pack_b_codes(&[1, 2, 3, 4, 5, 200], 3, 2, 3, &mut dst), Err(Error::InvalidArgument(_))));
+    assert!(matches!(pack_b_codes(&[1, 2, 3, 4, 5], 3, 2, 3, &mut dst), Err(Error::Shape(_))));
+    assert!(matches!(pack_b_codes(&[1; 6], 3, 2, 3, &mut dst[1..]), Err(Error::Shape(_))));
+}
