@@ -240,6 +240,33 @@ pub fn pack_b_codes(codes: &[u8], ld: usize, k: usize, n: usize, dst: &mut [u8])
     pack_b_from(k, n, dst, |p, j| codes[p * ld + j])
 }
 
+/// Quantizes and packs a B given as its transpose: `bt` holds `n` rows of
+/// `k` values (B^T row-major, e.g. a batch of flattened images, one per
+/// column of B), so each 4-value step of a column is 4 consecutive values.
+pub fn pack_bt(bt: &[f32], k: usize, n: usize, act: Q8Act, dst: &mut [u8]) -> Result<()> {
+    let need = packed_b_len(k, n);
+    if bt.len() != k * n || dst.len() != need {
+        return Err(Error::Shape(format!(
+            "int8 pack: a {k}x{n} B^T needs {} values and {need} bytes, got {} and {}",
+            k * n,
+            bt.len(),
+            dst.len()
+        )));
+    }
+    let kp = padded_depth(k);
+    for (j, col) in bt.chunks_exact(k.max(1)).take(n).enumerate() {
+        let base = (j / PANEL) * kp * PANEL + 4 * (j % PANEL);
+        for s in 0..kp / 4 {
+            let at = base + s * 4 * PANEL;
+            for t in 0..4 {
+                let p = 4 * s + t;
+                dst[at + t] = if p < k { act.quantize(col[p]) } else { 0 };
+            }
+        }
+    }
+    Ok(())
+}
+
 fn pack_b_from(k: usize, n: usize, dst: &mut [u8], code: impl Fn(usize, usize) -> u8) -> Result<()> {
     let need = packed_b_len(k, n);
     if dst.len() != need {

@@ -14,6 +14,7 @@ pub mod batchnorm;
 pub mod concat;
 pub mod conv2d;
 pub(crate) mod conv2d_direct;
+pub mod conv2d_q8;
 pub mod dropout;
 pub mod input_norm;
 pub mod l2norm;

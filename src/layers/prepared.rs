@@ -52,7 +52,7 @@ impl Prepared {
 
 /// Whether `a` and `b` hold the same bits (so -0.0 differs from 0.0 and a
 /// NaN equals itself). Branch-free over chunks so that it vectorises.
-fn same_bits(a: &[f32], b: &[f32]) -> bool {
+pub(crate) fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len()
         && a.chunks(64)
             .zip(b.chunks(64))

@@ -10,4 +10,5 @@
 pub mod elementwise;
 pub mod epilogue;
 pub mod im2col;
+pub mod im2col_q8;
 pub mod reduce;

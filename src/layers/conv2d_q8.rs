@@ -1,0 +1,197 @@
+//! Conv2d inference in int8: the input quantized per tensor to 7-bit codes
+//! (`gemm::q8::Q8Act`, from calibration), the weights per output channel
+//! (`Q8Weights`, quantized once per weight change), exact integer sums by
+//! the int8 GEMM, the epilogue (bias, folded BatchNorm, ReLU) applied in
+//! the GEMM's store.
+//!
+//! Shapes as `conv2d`: x `[n, cin, h, w]`, weight `[cout, cin, kh, kw]`,
+//! out `[n, cout, ho, wo]`, `K = cin*kh*kw`, `P = ho*wo`:
+//!
+//! ```text
+//!   codes_i = q(x_i)                          (7 bits, zero point z)
+//!   col_i   = im2col_q8(codes_i)  [K, P]      (padding = z, so exactly 0.0)
+//!   out_i[c, P] = act(scale[c] * (Wq[c, K] * col_i[K, P] - z * rowsum(Wq)[c]) + shift[c])
+//!   with scale[c] = sa[c] * sb * epi.scale[c], shift = epi.shift
+//! ```
+//!
+//! The dense layer (kernel = whole input, HardNet's conv7) is
+//! `out^T[cout, n] = Wq[cout, K] * q(X)^T[K, n]`: the batch is the columns.
+//!
+//! Every output is an exact integer sum mapped by one formula, so the result
+//! has the same bits for any thread count, batch split or int8 kernel.
+//! Threads: as `conv2d` (contiguous batch shards, one scratch lane per pool
+//! thread, tiles of at least 256 columns); the dense layer splits the batch
+//! into parts of whole 16-column panels.
+
+use crate::error::{Error, Result, check_len};
+use crate::gemm::MatMut;
+use crate::gemm::MatRef;
+use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Weights, gemm_q8, pack_bt, packed_b_len};
+use crate::layers::conv2d::{Conv2d, Epilogue};
+use crate::ops::im2col_q8::im2col_q8;
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// GEMM columns a tile aims for (as `conv2d`).
+const TILE_COLS: usize = 256;
+/// Upper bound on the number of batch shards (as `conv2d`).
+const MAX_SHARDS: usize = 32;
+
+struct Lane {
+    /// One image's codes, `[cin, h, w]`.
+    codes: Vec<u8>,
+    /// The packed patch matrix of a tile, `K x tile columns`.
+    packed: Vec<u8>,
+    /// `[cout, tile columns]` output of multi-image tiles.
+    tmp: Vec<f32>,
+}
+
+/// Scratch of one int8 convolution for one batch size, with its quantized weights.
+pub struct Q8ConvWorkspace {
+    n: usize,
+    layer: Conv2d,
+    shard_imgs: usize,
+    tile_imgs: usize,
+    lanes: Vec<Mutex<Lane>>,
+    /// The f32 weights `weights` holds quantized (compared bit for bit per call).
+    src: Vec<f32>,
+    weights: Option<Q8Weights>,
+    /// `[cout]` output scale of the current call.
+    scale: Vec<f32>,
+    /// Dense layer: the packed `K x n` batch.
+    dense: Vec<u8>,
+}
+
+impl Conv2d {
+    /// Whether the int8 path runs this layer (the direct single-output
+    /// layers stay in f32: they are the denoisers' last layers, whose output
+    /// is the image, and cost a sliver of the model).
+    pub fn supports_q8(&self) -> bool {
+        !self.is_direct()
+    }
+
+    /// Scratch for `forward_q8` on batches of `n` images, one lane per thread
+    /// of the current rayon pool. The quantized weights are made by the first call.
+    pub fn workspace_q8(&self, n: usize) -> Q8ConvWorkspace {
+        let (k, p, cout) = (self.win.k(), self.win.p(), self.spec.cout);
+        let tile_imgs = TILE_COLS.div_ceil(p).clamp(1, n.max(1));
+        let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, tile_imgs);
+        let dense = self.is_dense();
+        let lanes = if dense || n == 0 || !self.supports_q8() {
+            Vec::new()
+        } else {
+            let cols = tile_imgs * p;
+            (0..rayon::current_num_threads().min(n.div_ceil(shard_imgs)))
+                .map(|_| {
+                    Mutex::new(Lane {
+                        codes: vec![0; self.win.in_len()],
+                        packed: vec![0; packed_b_len(k, cols)],
+                        tmp: vec![0.0; if tile_imgs > 1 { cout * cols } else { 0 }],
+                    })
+                })
+                .collect()
+        };
+        Q8ConvWorkspace {
+            n,
+            layer: *self,
+            shard_imgs,
+            tile_imgs,
+            lanes,
+            src: vec![0.0; self.weight_len()],
+            weights: None,
+            scale: vec![0.0; cout],
+            dense: vec![0; if dense { packed_b_len(k, n) } else { 0 }],
+        }
+    }
+
+    /// `out = epi(conv(x, weight))` in int8 with input quantization `act`
+    /// (see the file header); errors on the direct layers (`supports_q8`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_q8(
+        &self,
+        out: &mut [f32],
+        x: &[f32],
+        weight: &[f32],
+        act: Q8Act,
+        epi: Epilogue<'_>,
+        n: usize,
+        ws: &mut Q8ConvWorkspace,
+    ) -> Result<()> {
+        check_len("conv2d int8 input", x.len(), self.in_shape(n).len())?;
+        check_len("conv2d int8 output", out.len(), self.out_shape(n).len())?;
+        check_len("conv2d int8 weight", weight.len(), self.weight_len())?;
+        epi.check(self.spec.cout)?;
+        if ws.n != n || ws.layer != *self {
+            return Err(Error::Shape(format!(
+                "conv2d int8 workspace was sized for {} images of another geometry; this call has {n}",
+                ws.n
+            )));
+        }
+        if !self.supports_q8() {
+            return Err(Error::Unsupported("int8 convolution of a single-output direct layer".into()));
+        }
+        let (cout, k, p) = (self.spec.cout, self.win.k(), self.win.p());
+        // Quantized weights, made again only when the weights' bits change.
+        if ws.weights.is_none() || !crate::layers::prepared::same_bits(&ws.src, weight) {
+            ws.weights = None;
+            ws.weights = Some(Q8Weights::quantize(MatRef::row_major(weight, cout, k)?)?);
+            ws.src.copy_from_slice(weight);
+        }
+        let Some(wq) = ws.weights.as_ref() else { unreachable!("set above") };
+        for (c, s) in ws.scale.iter_mut().enumerate() {
+            *s = wq.scales()[c] * act.scale * epi.scale.map_or(1.0, |e| e[c]);
+        }
+        let q8out = Q8Out { scale: &ws.scale, shift: epi.shift, relu: epi.relu };
+        if n == 0 {
+            return Ok(());
+        }
+        if self.is_dense() {
+            // out^T[cout, n] = Wq[cout, K] * q(X)^T[K, n], whole panels of images per thread.
+            pack_bt(x, k, n, act, &mut ws.dense)?;
+            let threads = rayon::current_num_threads();
+            let part = n.div_ceil(threads).div_ceil(PANEL) * PANEL;
+            let panel_bytes = packed_b_len(k, PANEL);
+            return ws.dense.par_chunks(part / PANEL * panel_bytes).zip(out.par_chunks_mut(part * cout)).try_for_each(
+                |(b, o)| {
+                    let imgs = o.len() / cout;
+                    let c = MatMut::row_major(o, imgs, cout)?.t();
+                    gemm_q8(wq, b, imgs, act.zero, q8out, c)
+                },
+            );
+        }
+        let (in_len, out_len) = (self.win.in_len(), cout * p);
+        let (lanes, si, g) = (&ws.lanes, ws.shard_imgs, ws.tile_imgs);
+        x.par_chunks(si * in_len).zip(out.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
+            let i = rayon::current_thread_index().unwrap_or(0) % lanes.len();
+            // A poisoned lane only means another thread panicked mid-tile; its contents are scratch.
+            let mut guard = lanes[i].lock().unwrap_or_else(|e| e.into_inner());
+            let lane = &mut *guard;
+            let imgs = xs.len() / in_len;
+            for t0 in (0..imgs).step_by(g) {
+                let tn = g.min(imgs - t0);
+                let cols = tn * p;
+                let packed = &mut lane.packed[..packed_b_len(k, cols)];
+                for j in 0..tn {
+                    let xi = &xs[(t0 + j) * in_len..(t0 + j + 1) * in_len];
+                    lane.codes.iter_mut().zip(xi).for_each(|(q, &v)| *q = act.quantize(v));
+                    im2col_q8(packed, cols, j * p, &lane.codes, &self.win, act.zero)?;
+                }
+                let o_tile = &mut os[t0 * out_len..(t0 + tn) * out_len];
+                if tn == 1 {
+                    // out_i[cout, P] = map(Wq[cout, K] * col[K, P])
+                    gemm_q8(wq, packed, cols, act.zero, q8out, MatMut::row_major(o_tile, cout, p)?)?;
+                } else {
+                    // tmp[cout, tn*P] = map(Wq * col), then un-interleave per image.
+                    let tmp = &mut lane.tmp[..cout * cols];
+                    gemm_q8(wq, packed, cols, act.zero, q8out, MatMut::row_major(tmp, cout, cols)?)?;
+                    for (j, o_img) in o_tile.chunks_exact_mut(out_len).enumerate() {
+                        for (co, o_row) in o_img.chunks_exact_mut(p).enumerate() {
+                            o_row.copy_from_slice(&tmp[co * cols + j * p..co * cols + (j + 1) * p]);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}

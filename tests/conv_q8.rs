@@ -1,0 +1,154 @@
+//! The int8 convolution (`Conv2d::forward_q8`) against the f32 one: within
+//! the quantization error bound on every geometry the models use (3x3 'same'
+//! stride 1 and 2, Keras 'same' 2x2, the dense 8x8, tiles of several images,
+//! signed and non-negative inputs), with bias, folded BatchNorm and ReLU;
+//! the same bits for any thread count and batch split; refusals are errors.
+
+use nhpatch::gemm::q8::Q8Act;
+use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvPass, Epilogue};
+use nhpatch::ops::im2col::Padding;
+use nhpatch::rng::Rng;
+
+fn rand(rng: &mut Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.uniform(lo, hi)).collect()
+}
+
+struct Case {
+    l: Conv2d,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    act: Q8Act,
+    n: usize,
+}
+
+impl Case {
+    fn new(rng: &mut Rng, spec: Conv2dSpec, hw: usize, n: usize, signed: bool) -> Case {
+        let l = Conv2d::new(spec, hw, hw).unwrap();
+        let lo = if signed { -2.0 } else { 0.0 };
+        let x = rand(rng, l.in_shape(n).len(), lo, 3.0);
+        let w = rand(rng, l.weight_len(), -0.3, 0.3);
+        let scale = rand(rng, spec.cout, 0.5, 1.5);
+        let shift = rand(rng, spec.cout, -0.5, 0.5);
+        Case { l, x, w, scale, shift, act: Q8Act::from_range(lo, 3.0).unwrap(), n }
+    }
+
+    fn epi(&self, relu: bool) -> Epilogue<'_> {
+        Epilogue { scale: Some(&self.scale), shift: Some(&self.shift), relu }
+    }
+
+    fn q8(&self, relu: bool) -> Vec<f32> {
+        let mut out = vec![f32::NAN; self.l.out_shape(self.n).len()];
+        let mut ws = self.l.workspace_q8(self.n);
+        self.l.forward_q8(&mut out, &self.x, &self.w, self.act, self.epi(relu), self.n, &mut ws).unwrap();
+        out
+    }
+
+    fn f32(&self, relu: bool) -> Vec<f32> {
+        let mut out = vec![f32::NAN; self.l.out_shape(self.n).len()];
+        let mut ws = self.l.workspace_for(self.n, ConvPass::Infer);
+        self.l.forward_fused(&mut out, &self.x, &self.w, self.epi(relu), self.n, &mut ws).unwrap();
+        out
+    }
+
+    /// Per output channel, the bound on |int8 - f32| before the epilogue:
+    /// sum over the window of (sa/2) |x| + (|w| + sa/2) sb/2, at most
+    /// K * ((sa/2) max|x| + (max|w| + sa/2) sb/2), times the channel's scale.
+    fn bound(&self, c: usize) -> f32 {
+        let k = self.l.win.k();
+        let wrow = &self.w[c * k..(c + 1) * k];
+        let wmax = wrow.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let sa = wmax / 127.0;
+        let xmax = self.x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let sb = self.act.scale;
+        self.scale[c] * k as f32 * (sa / 2.0 * xmax + (wmax + sa / 2.0) * sb / 2.0)
+    }
+}
+
+fn specs() -> Vec<(Conv2dSpec, usize, &'static str)> {
+    let c = |cin, cout, k, stride, pad| Conv2dSpec { cin, cout, kh: k, kw: k, stride, pad, bias: false };
+    vec![
+        (c(1, 32, 3, 1, Padding::symmetric(1)), 32, "hardnet conv1"),
+        (c(32, 32, 3, 1, Padding::symmetric(1)), 16, "3x3 stride 1 (Winograd in f32)"),
+        (c(32, 64, 3, 2, Padding::symmetric(1)), 16, "3x3 stride 2"),
+        (c(16, 16, 2, 1, Padding::same(8, 8, 2, 2, 1).unwrap()), 8, "Keras 'same' 2x2"),
+        (c(24, 20, 3, 1, Padding::symmetric(1)), 5, "odd sizes, tiles of several images"),
+        (c(128, 128, 8, 1, Padding::valid()), 8, "dense 8x8"),
+    ]
+}
+
+#[test]
+fn int8_is_within_the_quantization_bound_of_f32() {
+    let mut rng = Rng::new(21);
+    for (spec, hw, what) in specs() {
+        for (n, signed) in [(3, true), (20, false)] {
+            let case = Case::new(&mut rng, spec, hw, n, signed);
+            for relu in [false, true] {
+                let (q, f) = (case.q8(relu), case.f32(relu));
+                let plane = case.l.win.p();
+                let bounds: Vec<f32> = (0..spec.cout).map(|c| case.bound(c)).collect();
+                let mut worst = 0.0f32;
+                for (i, (a, b)) in q.iter().zip(&f).enumerate() {
+                    let c = (i / plane) % spec.cout;
+                    let err = (a - b).abs();
+                    assert!(err <= bounds[c] * 1.01 + 1e-4, "{what} n={n}: element {i} {a} vs {b}");
+                    worst = worst.max(err / bounds[c]);
+                }
+                // A real test of closeness, not only of the bound: typical errors sit far below it.
+                let mean = q.iter().zip(&f).map(|(a, b)| (a - b).abs()).sum::<f32>() / q.len() as f32;
+                let spread = f.iter().map(|v| v.abs()).sum::<f32>() / f.len() as f32;
+                assert!(mean < 0.02 * spread, "{what} n={n}: mean error {mean} against mean |out| {spread}");
+                assert!(worst <= 1.01);
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_has_the_same_bits_for_any_thread_count_and_batch() {
+    let mut rng = Rng::new(4);
+    for (spec, hw, what) in specs() {
+        let case = Case::new(&mut rng, spec, hw, 37, true);
+        let want = case.q8(true);
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let got = pool.install(|| case.q8(true));
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: {threads} threads");
+        }
+        // The first 5 images alone: the same outputs as inside the batch of 37.
+        let per_in = case.l.in_shape(1).len();
+        let few = Case { x: case.x[..5 * per_in].to_vec(), n: 5, ..case };
+        let got = few.q8(true);
+        let per_out = few.l.out_shape(1).len();
+        assert!(got.iter().zip(&want[..5 * per_out]).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: batch of 5");
+    }
+}
+
+#[test]
+fn changed_weights_are_quantized_again_and_bad_calls_are_errors() {
+    let mut rng = Rng::new(8);
+    let (spec, hw, _) = specs()[2];
+    let mut case = Case::new(&mut rng, spec, hw, 2, false);
+    let mut ws = case.l.workspace_q8(2);
+    let mut out = vec![0.0; case.l.out_shape(2).len()];
+    case.l.forward_q8(&mut out, &case.x, &case.w, case.act, case.epi(false), 2, &mut ws).unwrap();
+    case.w.iter_mut().for_each(|v| *v *= -1.0);
+    let mut again = vec![0.0; out.len()];
+    case.l.forward_q8(&mut again, &case.x, &case.w, case.act, case.epi(false), 2, &mut ws).unwrap();
+    let fresh = case.q8(false);
+    assert!(again.iter().zip(&fresh).all(|(a, b)| a.to_bits() == b.to_bits()), "the workspace's weights followed");
+    assert!(again != out);
+    // Wrong batch for the workspace, wrong lengths, a direct layer, NaN weights.
+    assert!(case.l.forward_q8(&mut out, &case.x, &case.w, case.act, case.epi(false), 1, &mut ws).is_err());
+    assert!(case.l.forward_q8(&mut out[1..], &case.x, &case.w, case.act, case.epi(false), 2, &mut ws).is_err());
+    assert!(case.l.forward_q8(&mut out, &case.x, &case.w[1..], case.act, case.epi(false), 2, &mut ws).is_err());
+    case.w[3] = f32::NAN;
+    assert!(case.l.forward_q8(&mut out, &case.x, &case.w, case.act, case.epi(false), 2, &mut ws).is_err());
+    let direct = Conv2d::new(Conv2dSpec { cin: 4, cout: 1, stride: 1, ..spec }, 8, 8).unwrap();
+    assert!(!direct.supports_q8());
+    let mut dws = direct.workspace_q8(1);
+    let (x, w) = (vec![0.0; direct.in_shape(1).len()], vec![0.0; direct.weight_len()]);
+    let mut o = vec![0.0; direct.out_shape(1).len()];
+    assert!(direct.forward_q8(&mut o, &x, &w, case.act, Epilogue::default(), 1, &mut dws).is_err());
+}
