@@ -1,5 +1,6 @@
 //! Whole models, on all cores: inference (`forward_eval`) of each model at
-//! batch 1, 16 and 128, and one training step of each (zero_grad, forward,
+//! batch 1, 16 and 128 in every precision (`infer/...` f32, `infer_int8/...`
+//! int8 calibrated on the batch), and one training step of each (zero_grad, forward,
 //! loss, backward, optimizer) as `nhpatch bench --mode train` takes it:
 //! denoisers on 50 patches with L1, HardNet baseline on 50 triplets with the
 //! triplet loss, HardNet original on 128 pairs with the HardNet loss (the
@@ -10,6 +11,7 @@
 //! change, then `cargo bench --bench models -- --baseline before`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use nhpatch::Precision;
 use nhpatch::loss::LossKind;
 use nhpatch::models::Arch;
 use nhpatch::train::throughput::{BenchConfig, Mode, Workload};
@@ -30,7 +32,14 @@ fn bench(c: &mut Criterion, group: &str, label: String, cfg: BenchConfig) {
 fn models(c: &mut Criterion) {
     for arch in [Arch::Unet, Arch::Dncnn, Arch::HardNetBaseline, Arch::HardNetOriginal] {
         for batch in [1, 16, 128] {
-            bench(c, "infer", format!("{arch}/{batch}"), BenchConfig::new(arch, Mode::Infer, batch));
+            for precision in Precision::ALL {
+                let group = match precision {
+                    Precision::F32 => "infer".to_string(),
+                    p => format!("infer_{p}"),
+                };
+                let cfg = BenchConfig { precision, ..BenchConfig::new(arch, Mode::Infer, batch) };
+                bench(c, &group, format!("{arch}/{batch}"), cfg);
+            }
         }
     }
     for (arch, loss, batch) in [

@@ -44,6 +44,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Accel, Device};
+use crate::models::quant::{Calibration, METADATA_KEY, Precision};
 use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};
 use crate::weights::{self, Tensor, WeightsFile};
 use std::collections::BTreeMap;
@@ -240,6 +241,10 @@ pub struct Network {
     /// `stale` when `params_mut` may have changed the parameters since the upload.
     accel: Option<Mutex<Accel>>,
     stale: AtomicBool,
+    /// The arithmetic of CPU inference (`set_precision`).
+    precision: Precision,
+    /// int8 input quantizations (`calibrate`, or read from the weights file).
+    calibration: Option<Calibration>,
 }
 
 /// The metadata nhpatch writes for an architecture.
@@ -329,6 +334,8 @@ impl Network {
             pool: RwLock::new(None),
             accel: None,
             stale: AtomicBool::new(false),
+            precision: Precision::F32,
+            calibration: None,
         }
     }
 
@@ -387,7 +394,17 @@ impl Network {
             return Err(format_err(path, format!("tensors a {arch} network does not have: {}", unknown.join(", "))));
         }
         model.layout().check_values(&params).map_err(|msg| format_err(path, msg))?;
-        Ok(Self::wrap(model, params))
+        let calibration = match file.metadata.get(METADATA_KEY) {
+            Some(text) => {
+                let c = Calibration::from_metadata(text).map_err(|e| format_err(path, e.to_string()))?;
+                model.check_calibration(&c).map_err(|e| format_err(path, e.to_string()))?;
+                Some(c)
+            }
+            None => None,
+        };
+        let mut net = Self::wrap(model, params);
+        net.calibration = calibration;
+        Ok(net)
     }
 
     /// The weights file for this network: every tensor plus nhpatch's metadata.
@@ -399,7 +416,11 @@ impl Network {
             .iter()
             .map(|s| (s.name.clone(), Tensor { shape: s.shape.clone(), data: self.params[s.range()].to_vec() }))
             .collect();
-        WeightsFile { metadata: metadata_for(self.model.arch()), tensors }
+        let mut metadata = metadata_for(self.model.arch());
+        if let Some(c) = &self.calibration {
+            metadata.insert(METADATA_KEY.into(), c.to_metadata());
+        }
+        WeightsFile { metadata, tensors }
     }
 
     /// Saves atomically (temporary file, sync, rename).
@@ -426,12 +447,63 @@ impl Network {
     /// back. `Device::Cpu` returns to the CPU. Errors when the device cannot
     /// be opened (no GPU, no driver, a build without the `cuda` feature).
     pub fn set_device(&mut self, device: Device) -> Result<()> {
+        if !device.is_cpu() && self.precision != Precision::F32 {
+            return Err(Error::Unsupported(format!("{} inference runs on the CPU only", self.precision)));
+        }
         self.accel = None;
         if !device.is_cpu() {
             self.accel = Some(Mutex::new(Accel::open(device, &self.model, &self.params)?));
             self.stale.store(false, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Runs CPU inference in `precision` from now on. int8 needs a
+    /// calibration (`calibrate`, or one stored in the weights file) and the
+    /// CPU; f32 always works. The calibration is not redone when
+    /// `params_mut` changes the weights (the int8 weights are: they are
+    /// compared bit for bit on every call); calibrate again after training.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Int8 {
+            if self.accel.is_some() {
+                return Err(Error::Unsupported(
+                    "int8 inference runs on the CPU only; the network is on a device".into(),
+                ));
+            }
+            if self.calibration.is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "int8 inference of this {} needs a calibration: Network::calibrate (nhpatch calibrate), or weights saved with one",
+                    self.arch()
+                )));
+            }
+        }
+        self.precision = precision;
+        self.release_workspaces();
+        Ok(())
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Calibrates int8 inference on `patches` (`[n, 32, 32]`, 0..255, the
+    /// kind of patches the network will see) with f32 passes of this
+    /// network (`Model::calibrate`); `save` stores the result.
+    pub fn calibrate(&mut self, patches: &[f32]) -> Result<()> {
+        let pool = self.pool.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let run = || self.model.calibrate(&self.params, patches);
+        let c = match &pool {
+            Some(p) => p.install(run),
+            None => run(),
+        }?;
+        self.calibration = Some(c);
+        self.release_workspaces();
+        Ok(())
+    }
+
+    /// The int8 calibration, when there is one.
+    pub fn calibration(&self) -> Option<&Calibration> {
+        self.calibration.as_ref()
     }
 
     /// The device `forward` runs on, in words ("cpu" without one).
@@ -515,7 +587,7 @@ impl Network {
         let new = || -> Result<Kept> {
             Ok(Kept {
                 threads: rayon::current_num_threads(),
-                ws: self.model.inference_workspace(size)?,
+                ws: self.model.inference_workspace_in(size, self.precision, self.calibration.as_ref())?,
                 pad: vec![0.0; size * PATCH_LEN],
             })
         };
@@ -630,6 +702,41 @@ impl Network {
         debug_assert_eq!(self.model.out_len(), DESC_LEN);
         Ok(())
     }
+}
+
+/// Patches `use_precision` calibrates int8 on when a weights file holds no
+/// calibration: the first [`DEFAULT_CALIBRATION_PER_IMAGE`] noisy patches of
+/// each of the 16 images of sequence 0 of the default synthetic dataset
+/// (`data::synth::SynthConfig::default()`, the data `nhpatch run` trains on;
+/// a training sequence of its split a), the same patches every time. A
+/// caller with its own data calibrates on it instead (`Network::calibrate`,
+/// `nhpatch calibrate`).
+pub fn default_calibration_patches() -> Result<Vec<f32>> {
+    let seq = crate::data::synth::make_sequence(&crate::data::synth::SynthConfig::default(), 0)?;
+    let per = DEFAULT_CALIBRATION_PER_IMAGE * PATCH_LEN;
+    Ok(seq.noisy.iter().flat_map(|img| &img[..per.min(img.len())]).map(|&v| v as f32).collect())
+}
+
+/// Patches per image of the default calibration sample (16 images: 2048 patches).
+pub const DEFAULT_CALIBRATION_PER_IMAGE: usize = 128;
+
+/// Sets `net` to `precision`, first calibrating int8 on
+/// `default_calibration_patches` when the network has no calibration yet;
+/// `front` is a network the patches go through before `net` in the
+/// pipeline (a denoiser in front of a descriptor), run as it is set now,
+/// its output clipped and rounded to grey levels. Returns whether it calibrated.
+pub fn use_precision(net: &mut Network, precision: Precision, front: Option<&Network>) -> Result<bool> {
+    let calibrate = precision == Precision::Int8 && net.calibration().is_none();
+    if calibrate {
+        let mut sample = default_calibration_patches()?;
+        if let Some(f) = front {
+            sample = f.denoise(&sample)?;
+            to_pixels(&mut sample);
+        }
+        net.calibrate(&sample)?;
+    }
+    net.set_precision(precision)?;
+    Ok(calibrate)
 }
 
 /// Clips to 0..255 and rounds to whole grey levels: how the seed's pipeline

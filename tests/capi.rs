@@ -568,3 +568,40 @@ fn set_device_picks_where_inference_runs() {
     }
     unsafe { nhp_free(net) };
 }
+
+/// `nhp_set_precision`: int8 with the weights file's calibration gives the
+/// library's int8 descriptors bit for bit; f32 returns to f32; unknown and
+/// unimplemented names and NULLs are refused with their reason.
+#[test]
+fn set_precision_switches_the_arithmetic() {
+    let d = dir("capi-precision");
+    let weights = d.join("hardnet.safetensors");
+    let x: Vec<f32> = (0..7 * PATCH_LEN).map(|i| ((i * 29) % 256) as f32).collect();
+    let mut lib = Network::init(Arch::HardNetOriginal, 6).unwrap();
+    lib.calibrate(&x).unwrap();
+    lib.save(&weights).unwrap();
+    let want_f32 = lib.describe(&x).unwrap();
+    lib.set_precision(nhpatch::Precision::Int8).unwrap();
+    let want_int8 = lib.describe(&x).unwrap();
+    let net = load(nhp_load_descriptor, &weights);
+    let set = |name: &str| unsafe { nhp_set_precision(net, c(Path::new(name)).as_ptr()) };
+    let describe = || {
+        let mut out = vec![f32::NAN; 7 * 128];
+        // SAFETY: the live handle and buffers of the lengths passed.
+        assert_eq!(unsafe { nhp_describe_f32(net, x.as_ptr(), 7, out.as_mut_ptr(), out.len()) }, NhpStatus::Ok);
+        out
+    };
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(set("int8"), NhpStatus::Ok, "{}", last_error());
+    assert_eq!(bits(&describe()), bits(&want_int8));
+    assert_eq!(set("f32"), NhpStatus::Ok);
+    assert_eq!(bits(&describe()), bits(&want_f32));
+    assert_eq!(set("bf16"), NhpStatus::ErrUnsupported);
+    assert!(last_error().contains("bf16"), "{}", last_error());
+    assert_eq!(set("int4"), NhpStatus::ErrInvalidArgument);
+    unsafe {
+        assert_eq!(nhp_set_precision(null_mut(), c(Path::new("f32")).as_ptr()), NhpStatus::ErrNull);
+        assert_eq!(nhp_set_precision(net, null()), NhpStatus::ErrNull);
+        nhp_free(net);
+    }
+}

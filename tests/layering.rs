@@ -38,6 +38,7 @@ const REEXPORTS: &[(&str, &str)] = &[
     ("Result", "error"),
     ("Device", "gpu"),
     ("Arch", "models"),
+    ("Precision", "models"),
     ("Model", "models"),
     ("Network", "net"),
     ("RunConfig", "train"),

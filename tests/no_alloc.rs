@@ -3,6 +3,7 @@
 //! allocator (this test binary's own) sees every heap allocation of every
 //! thread while the measured steps run in a 2-thread pool.
 
+use nhpatch::Precision;
 use nhpatch::loss::LossKind;
 use nhpatch::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use nhpatch::loss::l1::l1_loss;
@@ -76,6 +77,19 @@ fn infer_allocations(arch: Arch, batch: usize) -> usize {
     let params = model.init_params(&mut rng);
     let x = inputs(&mut rng, batch);
     let mut ws = model.workspace(batch).unwrap();
+    allocations(|| {
+        model.forward_eval(&mut ws, &params, &x).unwrap();
+    })
+}
+
+/// Inference in `precision` (int8 calibrated on the batch itself).
+fn infer_allocations_in(arch: Arch, batch: usize, precision: Precision) -> usize {
+    let model = Model::new(arch).unwrap();
+    let mut rng = Rng::new(2);
+    let params = model.init_params(&mut rng);
+    let x = inputs(&mut rng, batch);
+    let calib = model.calibrate(&params, &x).unwrap();
+    let mut ws = model.inference_workspace_in(batch, precision, Some(&calib)).unwrap();
     allocations(|| {
         model.forward_eval(&mut ws, &params, &x).unwrap();
     })
@@ -179,7 +193,7 @@ fn hardnet_loss_train_allocations(pairs: usize, sos: bool) -> usize {
 /// out) on 300 patches (batches of 256 and 44 padded to 64), from this
 /// thread, on the network's own 2-thread pool: the network runs straight
 /// into the caller's buffer and keeps its workspaces between calls.
-fn abi_allocations(arch: Arch) -> usize {
+fn abi_allocations(arch: Arch, precision: &str) -> usize {
     use nhpatch::capi::*;
     let path = std::env::temp_dir().join(format!("nhpatch-no-alloc-{}-{arch}.safetensors", std::process::id()));
     nhpatch::net::Network::init(arch, 5).unwrap().save(&path).unwrap();
@@ -189,6 +203,9 @@ fn abi_allocations(arch: Arch) -> usize {
     assert_eq!(unsafe { nhp_load(c.as_ptr(), &mut net) }, NhpStatus::Ok);
     // SAFETY: `net` is the live handle just loaded.
     assert_eq!(unsafe { nhp_set_threads(net, 2) }, NhpStatus::Ok);
+    let p = std::ffi::CString::new(precision).unwrap();
+    // SAFETY: the live handle and a valid C string.
+    assert_eq!(unsafe { nhp_set_precision(net, p.as_ptr()) }, NhpStatus::Ok);
     let n = 300;
     let x = inputs(&mut Rng::new(6), n);
     let x8: Vec<u8> = x.iter().map(|&v| v as u8).collect();
@@ -259,6 +276,14 @@ fn steps_after_warm_up_allocate_nothing() {
             ("dncnn infer", infer_allocations(Arch::Dncnn, 6)),
             ("hardnet baseline infer", infer_allocations(Arch::HardNetBaseline, 20)),
             ("hardnet original infer", infer_allocations(Arch::HardNetOriginal, 20)),
+            ("unet infer int8", infer_allocations_in(Arch::Unet, 20, Precision::Int8)),
+            ("dncnn infer int8", infer_allocations_in(Arch::Dncnn, 6, Precision::Int8)),
+            ("hardnet baseline infer int8", infer_allocations_in(Arch::HardNetBaseline, 20, Precision::Int8)),
+            ("hardnet original infer int8", infer_allocations_in(Arch::HardNetOriginal, 20, Precision::Int8)),
+            (
+                "hardnet original infer f32 (inference workspace)",
+                infer_allocations_in(Arch::HardNetOriginal, 20, Precision::F32),
+            ),
             ("unet train", denoiser_train_allocations(Arch::Unet, 10)),
             ("dncnn train", denoiser_train_allocations(Arch::Dncnn, 4)),
             ("hardnet triplet train", triplet_train_allocations(6)),
@@ -274,8 +299,10 @@ fn steps_after_warm_up_allocate_nothing() {
         vec![("a fresh worker's first GEMM", first)],
         counts,
         vec![
-            ("unet through the C ABI", abi_allocations(Arch::Unet)),
-            ("hardnet through the C ABI", abi_allocations(Arch::HardNetOriginal)),
+            ("unet through the C ABI", abi_allocations(Arch::Unet, "f32")),
+            ("hardnet through the C ABI", abi_allocations(Arch::HardNetOriginal, "f32")),
+            ("unet int8 through the C ABI", abi_allocations(Arch::Unet, "int8")),
+            ("hardnet int8 through the C ABI", abi_allocations(Arch::HardNetOriginal, "int8")),
         ],
     ]
     .concat();

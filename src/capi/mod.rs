@@ -341,6 +341,32 @@ pub unsafe extern "C" fn nhp_set_device(net: *mut NhpNetwork, device: *const c_c
     })
 }
 
+/// Runs the network's CPU inference in `precision` ("f32" or "int8") from
+/// now on (`net::use_precision`): int8 uses the calibration stored in the
+/// weights file, or calibrates on the default sample when it has none (a
+/// descriptor used after a denoiser is best calibrated with `nhpatch
+/// calibrate --denoiser`). NHP_ERR_UNSUPPORTED for "bf16" and on a device.
+///
+/// # Safety
+/// `net` is NULL or a live handle that no other thread uses during the call;
+/// `precision` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nhp_set_precision(net: *mut NhpNetwork, precision: *const c_char) -> NhpStatus {
+    status(|| {
+        // SAFETY: forwarded from this function's contract (exclusive use during the call).
+        let handle = unsafe { net.as_mut() }.ok_or_else(|| null_arg("net"))?;
+        if precision.is_null() {
+            return Err(null_arg("precision"));
+        }
+        // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string.
+        let name = unsafe { CStr::from_ptr(precision) }
+            .to_str()
+            .map_err(|_| fail(NhpStatus::ErrInvalidArgument, "'precision' is not UTF-8".into()))?;
+        crate::net::use_precision(&mut handle.net, name.parse()?, None)?;
+        Ok(())
+    })
+}
+
 /// The message of the last failing `nhp_*` call on this thread ("" if none
 /// has failed). Owned by the library; valid until the next `nhp_*` call on
 /// this thread. Never NULL.

@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// With hardnet, --batch counts pairs and the optimizer is the hardnet recipe's.
     #[arg(long)]
     loss: Option<LossKind>,
+    /// Arithmetic of an inference benchmark: f32 or int8 (calibrated on the benchmark's batch).
+    #[arg(long, default_value = "f32")]
+    precision: nhpatch::Precision,
     /// Measured seconds (split into 5 repetitions).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -53,7 +56,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let mode = throughput::Mode::from(a.mode);
     let device = a.dev.device;
     let batch = a.batch.unwrap_or(BenchConfig::default_batch(mode));
-    let cfg = BenchConfig { arch, mode, batch, seconds: a.seconds, device, loss: a.loss };
+    let cfg = BenchConfig { arch, mode, batch, seconds: a.seconds, device, loss: a.loss, precision: a.precision };
     let pool = nhpatch::threads::pool(a.threads)?;
     let threads = pool.current_num_threads();
     let t = pool.install(|| throughput::measure_model(&cfg))?;
@@ -63,8 +66,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let reps: Vec<String> = t.reps.iter().map(|r| format!("{r:.1}")).collect();
     let on = if device.is_cpu() { format!("threads {threads}") } else { format!("device {device}") };
     println!(
-        "{arch} {:?} batch {batch} {on}: {:.1} {} (median of 5; reps {})",
+        "{arch} {:?}{} batch {batch} {on}: {:.1} {} (median of 5; reps {})",
         a.mode,
+        if a.precision == nhpatch::Precision::F32 { String::new() } else { format!(" {}", a.precision) },
         t.median,
         t.unit,
         reps.join(" ")

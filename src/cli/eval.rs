@@ -3,6 +3,7 @@
 //! task files of a dataset).
 
 use clap::Args;
+use nhpatch::Precision;
 use nhpatch::data::hpatches::Version;
 use nhpatch::error::{Error, Result};
 use nhpatch::eval::bench::{Benchmark, describe_dataset, load_catalog, load_networks, timing_workload};
@@ -51,6 +52,9 @@ pub struct EvalArgs {
     bench: bool,
     #[command(flatten)]
     pub dev: super::DeviceArgs,
+    /// Arithmetic of the networks with --weights: f32 or int8 (see `nhpatch calibrate`).
+    #[arg(long, default_value = "f32", requires = "weights")]
+    precision: Precision,
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -113,7 +117,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             eprintln!("{}", bench.source);
         }
         let descs = match (&a.weights, a.descriptors.as_deref()) {
-            (Some(w), _) => network_descriptors(dataset, &bench, w, a.denoiser.as_deref(), &a.input, a.dev.device)?,
+            (Some(w), _) => {
+                network_descriptors(dataset, &bench, w, a.denoiser.as_deref(), &a.input, a.dev.device, a.precision)?
+            }
             (None, Some(dir)) => descriptors::read_dir(dir, &bench.catalog, delimiter)?,
             (None, None) => return Err(Error::InvalidArgument("give --descriptors DIR or --weights FILE".into())),
         };
@@ -199,6 +205,9 @@ pub struct ExportArgs {
     delimiter: char,
     #[command(flatten)]
     pub dev: super::DeviceArgs,
+    /// Arithmetic of the networks: f32 or int8 (see `nhpatch calibrate`).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
@@ -219,9 +228,10 @@ fn network_descriptors(
     denoiser: Option<&Path>,
     input: &str,
     device: Device,
+    precision: Precision,
 ) -> Result<Descriptors> {
     let version = input_version(input)?;
-    let (desc, den) = load_networks(weights, denoiser, device)?;
+    let (desc, den) = load_networks(weights, denoiser, device, precision)?;
     let data = nhpatch::data::pack::open_dataset(dataset, 0)?;
     let t = Instant::now();
     let d = describe_dataset(&data, &bench.catalog, &desc, den.as_ref(), version)?;
@@ -241,7 +251,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
     nhpatch::threads::pool(a.threads)?.install(|| {
         let (catalog, _) = load_catalog(&a.dataset, &a.split)?;
         let version = input_version(&a.input)?;
-        let (desc, den) = load_networks(&a.weights, a.denoiser.as_deref(), a.dev.device)?;
+        let (desc, den) = load_networks(&a.weights, a.denoiser.as_deref(), a.dev.device, a.precision)?;
         let data = nhpatch::data::pack::open_dataset(&a.dataset, 0)?;
         let d = describe_dataset(&data, &catalog, &desc, den.as_ref(), version)?;
         descriptors::write_dir(&a.out, &d, delimiter)?;

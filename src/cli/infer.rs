@@ -2,9 +2,10 @@
 
 use super::info::arch_arg;
 use clap::Args;
+use nhpatch::Precision;
 use nhpatch::io::{self, PATCH, extension, io_err, npy, write_atomic};
 use nhpatch::models::DESC_LEN;
-use nhpatch::net::{LoadOptions, Network, to_pixels};
+use nhpatch::net::{LoadOptions, Network, to_pixels, use_precision};
 use nhpatch::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,9 @@ pub struct DenoiseArgs {
     output: PathBuf,
     #[command(flatten)]
     pub dev: super::DeviceArgs,
+    /// Arithmetic: f32 or int8 (the calibration stored in the weights, else the default sample's; see `nhpatch calibrate`).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -48,6 +52,9 @@ pub struct DescribeArgs {
     output: PathBuf,
     #[command(flatten)]
     pub dev: super::DeviceArgs,
+    /// Arithmetic: f32 or int8 (the calibration stored in the weights, else the default sample's; see `nhpatch calibrate`).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -72,6 +79,7 @@ pub fn denoise(a: DenoiseArgs) -> Result<()> {
     let kind = check_output(&a.output, &["npy", "png"])?;
     let mut net = load_denoiser(&a.weights, a.model.as_deref())?;
     net.set_device(a.dev.device)?;
+    use_precision(&mut net, a.precision, None)?;
     let patches = io::load_patches(&a.input)?;
     let mut out = nhpatch::threads::pool(a.threads)?.install(|| net.denoise(&patches.data))?;
     match kind.as_str() {
@@ -102,6 +110,11 @@ pub fn describe(a: DescribeArgs) -> Result<()> {
     if let Some(d) = &mut denoiser {
         d.set_device(a.dev.device)?;
     }
+    // The descriptor calibrates on the f32 denoiser's output, before the denoiser turns int8.
+    use_precision(&mut net, a.precision, denoiser.as_ref())?;
+    if let Some(d) = &mut denoiser {
+        use_precision(d, a.precision, None)?;
+    }
     let patches = io::load_patches(&a.input)?;
     let desc =
         nhpatch::threads::pool(a.threads)?.install(|| net.describe_denoised(denoiser.as_ref(), &patches.data))?;
@@ -117,5 +130,55 @@ pub fn describe(a: DescribeArgs) -> Result<()> {
         })?,
     }
     eprintln!("described {} patches with {} -> {}", patches.n, net.arch(), a.output.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct CalibrateArgs {
+    /// Weights of the network to calibrate (any model, with metadata).
+    #[arg(long)]
+    weights: PathBuf,
+    /// For a descriptor used after a denoiser: these denoiser weights, run in f32
+    /// on the patches first (then clipped and rounded to 0..255).
+    #[arg(long)]
+    denoiser: Option<PathBuf>,
+    /// Patches to calibrate on (a PNG strip or .npy, values 0..255, the kind the
+    /// network will see); default: the default sample (`net::default_calibration_patches`).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Output weights (safetensors): the same tensors plus the calibration in the metadata.
+    #[arg(long)]
+    output: PathBuf,
+    /// Worker threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+pub fn calibrate(a: CalibrateArgs) -> Result<()> {
+    check_output(&a.output, &["safetensors"])?;
+    let mut net = Network::load(&a.weights, LoadOptions::default())?;
+    let denoiser = a.denoiser.as_deref().map(|p| load_denoiser(p, None)).transpose()?;
+    if denoiser.is_some() && net.arch().is_denoiser() {
+        return Err(Error::InvalidArgument("--denoiser goes with a descriptor's weights, not a denoiser's".into()));
+    }
+    let mut patches = match &a.input {
+        Some(p) => io::load_patches(p)?.data,
+        None => nhpatch::net::default_calibration_patches()?,
+    };
+    let n = patches.len() / (PATCH * PATCH);
+    nhpatch::threads::pool(a.threads)?.install(|| -> Result<()> {
+        if let Some(d) = &denoiser {
+            patches = d.denoise(&patches)?;
+            to_pixels(&mut patches);
+        }
+        net.calibrate(&patches)
+    })?;
+    net.save(&a.output)?;
+    let blocks = net.calibration().map_or(0, |c| c.len());
+    eprintln!(
+        "calibrated int8 inputs of {blocks} convolutions of {} on {n} patches -> {}",
+        net.arch(),
+        a.output.display()
+    );
     Ok(())
 }

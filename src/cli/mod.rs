@@ -35,6 +35,8 @@ enum Command {
     Denoise(infer::DenoiseArgs),
     /// Compute 128-d HardNet descriptors of patches, optionally denoising first.
     Describe(infer::DescribeArgs),
+    /// Calibrate int8 inference of a network on patches and save the weights with the calibration.
+    Calibrate(infer::CalibrateArgs),
     /// Pack a dataset root (PNG strips) into one memory-mapped file.
     Pack(pack::PackArgs),
     /// Write a synthetic N-HPatches dataset (strips, noisy twins, splits.json).
@@ -94,6 +96,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => info::init(a),
         Command::Denoise(a) => infer::denoise(a),
         Command::Describe(a) => infer::describe(a),
+        Command::Calibrate(a) => infer::calibrate(a),
         Command::Pack(a) => pack::pack(a),
         Command::Synth(a) => synth::synth(a),
         Command::Eval(a) => eval::eval(a),

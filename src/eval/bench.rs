@@ -11,7 +11,8 @@ use crate::data::pack::PackedDataset;
 use crate::error::{Error, Result};
 use crate::gpu::Device;
 use crate::models::DESC_LEN;
-use crate::net::{LoadOptions, Network};
+use crate::models::quant::Precision;
+use crate::net::{LoadOptions, Network, use_precision};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -123,13 +124,24 @@ impl Benchmark {
 }
 
 /// Loads a descriptor and optionally a denoiser, each checked to be the right
-/// kind of network, onto `device`.
-pub fn load_networks(weights: &Path, denoiser: Option<&Path>, device: Device) -> Result<(Network, Option<Network>)> {
+/// kind of network, onto `device`, in `precision` (`net::use_precision`:
+/// int8 without a stored calibration calibrates on the default sample, the
+/// descriptor on the f32 denoiser's output).
+pub fn load_networks(
+    weights: &Path,
+    denoiser: Option<&Path>,
+    device: Device,
+    precision: Precision,
+) -> Result<(Network, Option<Network>)> {
     let mut desc = Network::load_descriptor(weights, LoadOptions::default())?;
     desc.set_device(device)?;
     let mut den = denoiser.map(|p| Network::load_denoiser(p, LoadOptions::default())).transpose()?;
     if let Some(d) = &mut den {
         d.set_device(device)?;
+    }
+    use_precision(&mut desc, precision, den.as_ref())?;
+    if let Some(d) = &mut den {
+        use_precision(d, precision, None)?;
     }
     Ok((desc, den))
 }

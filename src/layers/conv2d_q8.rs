@@ -9,7 +9,7 @@
 //!
 //! ```text
 //!   codes_i = q(x_i)                          (7 bits, zero point z)
-//!   col_i   = im2col_q8(codes_i)  [K, P]      (padding = z, so exactly 0.0)
+//!   col_i   = im2col_u8(codes_i)  [K, P]      (padding = z, so exactly 0.0), packed
 //!   out_i[c, P] = act(scale[c] * (Wq[c, K] * col_i[K, P] - z * rowsum(Wq)[c]) + shift[c])
 //!   with scale[c] = sa[c] * sb * epi.scale[c], shift = epi.shift
 //! ```
@@ -26,9 +26,9 @@
 use crate::error::{Error, Result, check_len};
 use crate::gemm::MatMut;
 use crate::gemm::MatRef;
-use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Weights, gemm_q8, pack_bt, packed_b_len};
-use crate::layers::conv2d::{Conv2d, Epilogue};
-use crate::ops::im2col_q8::im2col_q8;
+use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Weights, gemm_q8, pack_b_codes, pack_bt, packed_b_len};
+use crate::layers::conv2d::{Conv2d, ConvPass, Epilogue};
+use crate::ops::im2col_q8::im2col_u8;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -40,7 +40,9 @@ const MAX_SHARDS: usize = 32;
 struct Lane {
     /// One image's codes, `[cin, h, w]`.
     codes: Vec<u8>,
-    /// The packed patch matrix of a tile, `K x tile columns`.
+    /// The patch matrix of a tile, `[K, tile columns]` codes.
+    col: Vec<u8>,
+    /// The same, packed for the int8 GEMM.
     packed: Vec<u8>,
     /// `[cout, tile columns]` output of multi-image tiles.
     tmp: Vec<f32>,
@@ -63,11 +65,26 @@ pub struct Q8ConvWorkspace {
 }
 
 impl Conv2d {
-    /// Whether the int8 path runs this layer (the direct single-output
-    /// layers stay in f32: they are the denoisers' last layers, whose output
-    /// is the image, and cost a sliver of the model).
+    /// Whether `forward_q8` can run this layer: all but the direct
+    /// single-output layers (the denoisers' last layers, whose output is
+    /// the image; a sliver of the cost).
     pub fn supports_q8(&self) -> bool {
         !self.is_direct()
+    }
+
+    /// Whether a model in int8 runs this layer in int8: where `forward_q8`
+    /// can, except
+    /// - the Winograd layers, whose f32 F(4x4, 3x3) / F(2x2, 3x3) do 4x /
+    ///   2.25x fewer multiplies than im2col + GEMM, while the int8 GEMM runs
+    ///   at 2.3-2.8x the f32 one's rate with AVX2 (`cargo bench --bench gemm
+    ///   -- gemm_q8`): they lost to f32 there (README, Reduced precision);
+    /// - a model's first and output layers, the usual exceptions of int8
+    ///   CNNs (the most sensitive to rounding, a sliver of the cost): in
+    ///   these models the layers reading the one-channel patch (`cin == 1`)
+    ///   and the dense layer that makes HardNet's descriptor (the denoisers'
+    ///   output layers are direct).
+    pub fn runs_q8_in_models(&self) -> bool {
+        self.supports_q8() && self.winograd(ConvPass::Infer).is_none() && self.spec.cin > 1 && !self.is_dense()
     }
 
     /// Scratch for `forward_q8` on batches of `n` images, one lane per thread
@@ -85,6 +102,7 @@ impl Conv2d {
                 .map(|_| {
                     Mutex::new(Lane {
                         codes: vec![0; self.win.in_len()],
+                        col: vec![0; k * cols],
                         packed: vec![0; packed_b_len(k, cols)],
                         tmp: vec![0.0; if tile_imgs > 1 { cout * cols } else { 0 }],
                     })
@@ -173,9 +191,10 @@ impl Conv2d {
                 let packed = &mut lane.packed[..packed_b_len(k, cols)];
                 for j in 0..tn {
                     let xi = &xs[(t0 + j) * in_len..(t0 + j + 1) * in_len];
-                    lane.codes.iter_mut().zip(xi).for_each(|(q, &v)| *q = act.quantize(v));
-                    im2col_q8(packed, cols, j * p, &lane.codes, &self.win, act.zero)?;
+                    act.quantize_slice(xi, &mut lane.codes);
+                    im2col_u8(&mut lane.col, cols, j * p, &lane.codes, &self.win, act.zero)?;
                 }
+                pack_b_codes(&lane.col[..k * cols], cols, k, cols, packed)?;
                 let o_tile = &mut os[t0 * out_len..(t0 + tn) * out_len];
                 if tn == 1 {
                     // out_i[cout, P] = map(Wq[cout, K] * col[K, P])

@@ -22,8 +22,10 @@
 use super::LayerRow;
 use crate::dist::{Comm, Shard};
 use crate::error::Result;
+use crate::gemm::q8::Q8Act;
 use crate::layers::batchnorm::{self, Activation, BatchNormConfig};
 use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvPass, ConvWorkspace, Epilogue};
+use crate::layers::conv2d_q8::Q8ConvWorkspace;
 use crate::layers::relu;
 use crate::params::ParamLayout;
 use crate::rng::Rng;
@@ -70,6 +72,8 @@ pub(crate) struct BlockState {
     /// Synchronised BatchNorm's all-reduce buffer (`2 * C + 1`).
     bn_sync: Vec<f64>,
     conv: ConvWorkspace,
+    /// int8 inference (`set_q8`): the input's quantization and the int8 scratch.
+    q8: Option<(Q8Act, Q8ConvWorkspace)>,
 }
 
 /// Model-wide scratch shared by the blocks of one workspace; each block uses a prefix.
@@ -217,7 +221,15 @@ impl Block {
             eval_shift: vec![0.0; stats],
             bn_sync: vec![0.0; self.bn.as_ref().map_or(0, |(cfg, _)| batchnorm::sync_len(cfg))],
             conv: self.conv.workspace_for(n, pass),
+            q8: None,
         }
+    }
+
+    /// Makes the eval forward of `st` (for `n` patches) run in int8 with
+    /// input quantization `act`, or in f32 with `None`. A block whose
+    /// convolution is not run in int8 in models (`runs_q8_in_models`) stays f32.
+    pub fn set_q8(&self, st: &mut BlockState, act: Option<Q8Act>, n: usize) {
+        st.q8 = act.filter(|_| self.conv.runs_q8_in_models()).map(|a| (a, self.conv.workspace_q8(n)));
     }
 
     /// Runs the block on `x` (`N x cin x h x w`) into `out` (`N x cout x ho x wo`).
@@ -241,6 +253,9 @@ impl Block {
                 epi = Epilogue { scale: Some(&st.eval_scale), shift: Some(&st.eval_shift), relu: self.relu };
             }
             let w = &p[self.weight.clone()];
+            if let Some((act, qws)) = st.q8.as_mut() {
+                return self.conv.forward_q8(out, x, w, *act, epi, n, qws);
+            }
             return self.conv.forward_fused(out, x, w, epi, n, &mut st.conv);
         }
         let conv_out = if st.pre.is_empty() { &mut *out } else { &mut st.pre };

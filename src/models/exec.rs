@@ -17,6 +17,7 @@
 
 use super::block::{BlockState, Pass, Scratch};
 use super::graph::{Graph, INPUT, Op, TensorId};
+use super::quant::Calibration;
 use crate::error::{Error, Result};
 use crate::layers::conv2d::ConvPass;
 use crate::layers::dropout::{self, DropoutConfig};
@@ -69,6 +70,34 @@ impl Buffers {
             .collect();
         let slots = if train { g.slot_lens(n).map(|l| vec![0.0; l]).collect() } else { Vec::new() };
         Buffers { n, acts, states, slots, scratch: Scratch::new(&g.blocks, n, pass) }
+    }
+}
+
+impl Buffers {
+    /// Sets every block's eval forward to int8 with its input quantization
+    /// from `calib` (`Calibration::get(block index)`), or back to f32 with `None`.
+    pub fn set_q8(&mut self, g: &Graph, calib: Option<&Calibration>) {
+        for (node, state) in g.nodes.iter().zip(self.states.iter_mut()) {
+            if let (Op::Block(b), NodeState::Block(st)) = (node.op, state) {
+                let block = &g.blocks[b];
+                block.set_q8(st, calib.and_then(|c| c.get(block.index)), self.n);
+            }
+        }
+    }
+
+    /// `(block index, the block's input)` for each block node, in node
+    /// order, as the last eval pass on these buffers with input `x` left them.
+    pub fn block_inputs<'a>(&'a self, g: &Graph, x: &'a [f32]) -> Vec<(usize, &'a [f32])> {
+        g.nodes
+            .iter()
+            .filter_map(|node| match node.op {
+                Op::Block(b) => {
+                    let t = g.src(node.inputs[0], false);
+                    Some((g.blocks[b].index, tensor(&self.acts, x, t)))
+                }
+                _ => None,
+            })
+            .collect()
     }
 }
 

@@ -25,6 +25,7 @@ mod dncnn;
 mod exec;
 pub(crate) mod graph;
 mod hardnet;
+pub mod quant;
 mod unet;
 
 use crate::dist::Shard;
@@ -35,6 +36,7 @@ use crate::params::ParamLayout;
 use crate::rng::Rng;
 use block::Block;
 use graph::{Graph, GraphBuilder};
+use quant::{Calibration, Precision};
 use std::ffi::CStr;
 
 /// Side of the square input patches.
@@ -336,6 +338,75 @@ impl Model {
             train,
             shard: None,
         })
+    }
+
+    /// As `inference_workspace`, running in `precision`: int8 takes each
+    /// block's input quantization from `calib`, which must cover every block
+    /// with an int8 path (`quant`).
+    pub fn inference_workspace_in(
+        &self,
+        batch: usize,
+        precision: Precision,
+        calib: Option<&Calibration>,
+    ) -> Result<Workspace> {
+        let mut ws = self.inference_workspace(batch)?;
+        if precision == Precision::Int8 {
+            let calib = calib.ok_or_else(|| {
+                Error::InvalidArgument(format!("int8 inference of this {} needs a calibration", self.arch))
+            })?;
+            self.check_calibration(calib)?;
+            ws.bufs.set_q8(&self.graph, Some(calib));
+        }
+        Ok(ws)
+    }
+
+    /// Errors unless `calib` has exactly the blocks with an int8 path.
+    pub fn check_calibration(&self, calib: &Calibration) -> Result<()> {
+        let want: Vec<usize> = self.q8_blocks().map(|b| b.index).collect();
+        let have: Vec<usize> = calib.iter().map(|(b, _)| b).collect();
+        if want != have {
+            let names = |v: &[usize]| v.iter().map(|i| format!("conv{i}")).collect::<Vec<_>>().join(", ");
+            return Err(Error::InvalidArgument(format!(
+                "the int8 calibration covers [{}], a {} needs [{}]",
+                names(&have),
+                self.arch,
+                names(&want)
+            )));
+        }
+        Ok(())
+    }
+
+    fn q8_blocks(&self) -> impl Iterator<Item = &Block> {
+        self.blocks().iter().filter(|b| b.conv.runs_q8_in_models())
+    }
+
+    /// Calibrates int8 inference on `patches` (`n x 1 x 32 x 32`, n >= 1)
+    /// with f32 eval passes over `params` (see `quant`): deterministic for
+    /// the same patches, whatever the thread count.
+    pub fn calibrate(&self, params: &[f32], patches: &[f32]) -> Result<Calibration> {
+        let n = patches.len() / PATCH_LEN;
+        if n == 0 || !patches.len().is_multiple_of(PATCH_LEN) {
+            return Err(Error::Shape(format!("calibration needs whole 32x32 patches, got {} values", patches.len())));
+        }
+        const BATCH: usize = 128;
+        let totals = self.q8_blocks().map(|b| (b.index, n * b.conv.in_shape(1).len())).collect();
+        let mut col = quant::Collector::new(totals);
+        let mut seen = std::collections::BTreeMap::<usize, usize>::new();
+        let mut ws = self.inference_workspace(BATCH.min(n))?;
+        for chunk in patches.chunks(BATCH * PATCH_LEN) {
+            if chunk.len() / PATCH_LEN != ws.batch() {
+                ws = self.inference_workspace(chunk.len() / PATCH_LEN)?;
+            }
+            self.forward_eval(&mut ws, params, chunk)?;
+            for (block, input) in ws.bufs.block_inputs(&self.graph, chunk) {
+                if self.q8_blocks().any(|b| b.index == block) {
+                    let s = seen.entry(block).or_insert(0);
+                    col.add(block, input, *s)?;
+                    *s += input.len();
+                }
+            }
+        }
+        col.finish()
     }
 
     fn check(&self, ws: &Workspace, params: usize, x: usize) -> Result<()> {

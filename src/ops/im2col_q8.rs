@@ -1,47 +1,46 @@
-//! im2col over 7-bit activation codes, straight into the packed-B layout of
-//! the int8 GEMM (`gemm::q8`): the patch matrix `col[K, P]` of `im2col`
-//! (rows `(ci, ki, kj)`, columns `(oy, ox)`), each element written at the
-//! byte `gemm::q8` documents for element `(p, col0 + j)` of a `K x cols`
-//! matrix. Positions outside the image get `zero`, the code of 0.0, so
-//! padding is exact. Image `j` of a tile occupies columns `col0 .. col0 + P`.
+//! im2col over 7-bit activation codes (`gemm::q8`): the patch matrix
+//! `col[K, P]` of `im2col` (rows `(ci, ki, kj)`, columns `(oy, ox)`) as
+//! bytes, row-major with row stride `ld`, image `j` of a tile at columns
+//! `col0 .. col0 + P`. Positions outside the image get `zero`, the code of
+//! 0.0, so padding is exact. `gemm::q8::pack_b_codes` then packs it.
 
 use crate::error::{Error, Result};
-use crate::gemm::q8::{PANEL, packed_b_len, padded_depth};
 use crate::ops::im2col::Window;
 
 /// Writes the patch matrix of one image's codes (`g.in_len()` of them) into
-/// the packed buffer `dst` of a `g.k() x cols` matrix, at column `col0`.
-pub fn im2col_q8(dst: &mut [u8], cols: usize, col0: usize, codes: &[u8], g: &Window, zero: u8) -> Result<()> {
+/// `col` (`g.k()` rows of stride `ld`) at column `col0`.
+pub fn im2col_u8(col: &mut [u8], ld: usize, col0: usize, codes: &[u8], g: &Window, zero: u8) -> Result<()> {
     let (k, p) = (g.k(), g.p());
-    if codes.len() != g.in_len() || dst.len() != packed_b_len(k, cols) || col0 + p > cols {
+    if codes.len() != g.in_len() || col0 + p > ld || (k > 0 && (k - 1) * ld + col0 + p > col.len()) {
         return Err(Error::Shape(format!(
-            "im2col_q8: image of {} codes (needs {}), columns {col0}..{} of {cols}, buffer {} (needs {})",
+            "im2col_u8: image of {} codes (needs {}), columns {col0}..{} of a row stride {ld}, buffer {} for {k} rows",
             codes.len(),
             g.in_len(),
             col0 + p,
-            dst.len(),
-            packed_b_len(k, cols)
+            col.len()
         )));
     }
-    let kp = padded_depth(k);
     let (hw, s) = (g.h * g.w, g.stride);
     for ci in 0..g.cin {
         let plane = &codes[ci * hw..(ci + 1) * hw];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
                 let row = (ci * g.kh + ki) * g.kw + kj;
-                // Byte of (row, column J): panel(J) * kp * 16 + step(row) + 4 * (J % 16) + row % 4.
-                let base = (row / 4) * 4 * PANEL + row % 4;
+                let dst = &mut col[row * ld + col0..row * ld + col0 + p];
                 let (lo, hi) = g.valid_cols(kj);
-                for oy in 0..g.ho {
-                    let iy = g.in_row(oy, ki);
-                    for ox in 0..g.wo {
-                        let v = match iy {
-                            Some(iy) if ox >= lo && ox < hi => plane[iy * g.w + ox * s + kj - g.pad.left],
-                            _ => zero,
-                        };
-                        let jj = col0 + oy * g.wo + ox;
-                        dst[(jj / PANEL) * kp * PANEL + base + 4 * (jj % PANEL)] = v;
+                for (oy, out) in dst.chunks_exact_mut(g.wo).enumerate() {
+                    let Some(iy) = g.in_row(oy, ki) else {
+                        out.fill(zero);
+                        continue;
+                    };
+                    out[..lo].fill(zero);
+                    out[hi..].fill(zero);
+                    // Input column of output column ox: ox * s + kj - left (inside for lo <= ox < hi).
+                    let start = iy * g.w + lo * s + kj - g.pad.left;
+                    if s == 1 {
+                        out[lo..hi].copy_from_slice(&plane[start..start + (hi - lo)]);
+                    } else {
+                        out[lo..hi].iter_mut().zip(plane[start..].iter().step_by(s)).for_each(|(o, &v)| *o = v);
                     }
                 }
             }

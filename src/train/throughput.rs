@@ -17,6 +17,7 @@ use crate::gpu::{Accel, Device};
 use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use crate::loss::triplet::TripletLoss;
 use crate::loss::{LossKind, PointLoss};
+use crate::models::quant::Precision;
 use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::Rng;
@@ -46,12 +47,15 @@ pub struct BenchConfig {
     /// triplet for HardNet); `Some(LossKind::HardNet)` trains pairs with the
     /// `hardnet` recipe's loss and optimizer, as the default recipe does.
     pub loss: Option<LossKind>,
+    /// The arithmetic of an inference benchmark (CPU only); int8 is
+    /// calibrated on the benchmark's own batch first.
+    pub precision: Precision,
 }
 
 impl BenchConfig {
     /// `batch` of `arch` in `mode` on the CPU for 5 s.
     pub fn new(arch: Arch, mode: Mode, batch: usize) -> Self {
-        BenchConfig { arch, mode, batch, seconds: 5.0, device: Device::Cpu, loss: None }
+        BenchConfig { arch, mode, batch, seconds: 5.0, device: Device::Cpu, loss: None, precision: Precision::F32 }
     }
 
     /// The default batch of a mode: 128 patches (inference), 50 (training).
@@ -141,6 +145,9 @@ fn denoise_target(x: &[f32]) -> Vec<f32> {
 pub fn measure_model(cfg: &BenchConfig) -> Result<Throughput> {
     if !(cfg.seconds > 0.0 && cfg.seconds.is_finite()) {
         return Err(Error::InvalidArgument(format!("--seconds {} must be positive", cfg.seconds)));
+    }
+    if cfg.precision != Precision::F32 && (cfg.mode == Mode::Train || !cfg.device.is_cpu()) {
+        return Err(Error::Unsupported(format!("{} runs CPU inference only", cfg.precision)));
     }
     match cfg.device {
         Device::Cpu => {
@@ -248,7 +255,11 @@ impl Workload {
         let (arch, batch) = (cfg.arch, cfg.batch);
         let Setup { loss, mut model, params, x, patches, rng, unit } = setup(cfg)?;
         if cfg.mode == Mode::Infer {
-            let ws = model.inference_workspace(batch)?;
+            let calib = match cfg.precision {
+                Precision::Int8 => Some(model.calibrate(&params, &x)?),
+                Precision::F32 => None,
+            };
+            let ws = model.inference_workspace_in(batch, cfg.precision, calib.as_ref())?;
             return Ok(Workload { model, params, ws, x, rng, batch, unit, train: None });
         }
         let head = match loss {

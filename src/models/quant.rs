@@ -1,0 +1,228 @@
+//! Reduced-precision inference of a model: the precision modes and the int8
+//! calibration (one input quantization per convolution block).
+//!
+//! int8 runs every block whose convolution `runs_q8_in_models` (all but the
+//! denoisers' single-output last layers and the Winograd layers, which are
+//! faster in f32) through `Conv2d::forward_q8`:
+//! weights per output channel, the block's input per tensor with the
+//! `Q8Act` calibrated here. Everything else (pooling, concatenation, input
+//! normalisation, L2 normalisation, those layers) stays f32.
+//!
+//! Calibration runs the f32 model over sample patches and takes, for each
+//! block's input, the [`LOW_QUANTILE`] and [`HIGH_QUANTILE`] of its values
+//! (widened to hold 0): the outermost 1e-4 of values on each side clip, so
+//! that one outlier does not coarsen the 127 steps for all the rest. The
+//! values of a block are subsampled evenly to at most [`MAX_SAMPLES`], so
+//! calibration is deterministic for given patches and costs one f32 pass.
+//!
+//! Stored form (`Calibration::to_metadata`, the weights file's metadata key
+//! [`METADATA_KEY`]): `conv1=<scale>:<zero>,conv2=...`, scales in Rust's
+//! shortest round-trip notation, so a file reproduces the same bits.
+
+use crate::error::{Error, Result};
+use crate::gemm::q8::Q8Act;
+use std::collections::BTreeMap;
+
+/// Metadata key of the int8 calibration in a weights file.
+pub const METADATA_KEY: &str = "int8_inputs";
+/// Quantile of a block's input values mapped to the lowest code.
+pub const LOW_QUANTILE: f64 = 1e-4;
+/// Quantile of a block's input values mapped to the highest code.
+pub const HIGH_QUANTILE: f64 = 1.0 - 1e-4;
+/// Most values per block the quantiles are taken over.
+pub const MAX_SAMPLES: usize = 1 << 21;
+
+/// The arithmetic inference runs in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Single precision everywhere (the default).
+    #[default]
+    F32,
+    /// int8 convolutions with calibrated input scales (see the file header).
+    Int8,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Int8];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "int8" => Ok(Precision::Int8),
+            "bf16" => {
+                Err(Error::Unsupported("precision bf16 is not implemented in this build (f32 and int8 are)".into()))
+            }
+            other => Err(Error::InvalidArgument(format!("unknown precision '{other}' (f32 or int8)"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Per convolution block (by its 1-based index, the `i` of `conv{i}`), the
+/// quantization of its input.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Calibration {
+    inputs: BTreeMap<usize, Q8Act>,
+}
+
+impl Calibration {
+    pub fn get(&self, block: usize) -> Option<Q8Act> {
+        self.inputs.get(&block).copied()
+    }
+
+    pub fn insert(&mut self, block: usize, act: Q8Act) {
+        self.inputs.insert(block, act);
+    }
+
+    /// `(block index, quantization)` in block order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, Q8Act)> + '_ {
+        self.inputs.iter().map(|(&b, &a)| (b, a))
+    }
+
+    pub fn len(&self) -> usize {
+        self.inputs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty()
+    }
+
+    /// The metadata value (see the file header).
+    pub fn to_metadata(&self) -> String {
+        self.inputs.iter().map(|(b, a)| format!("conv{b}={:?}:{}", a.scale, a.zero)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Parses `to_metadata`'s form; every entry is validated (a positive
+    /// finite scale, a zero point of at most 127, no block twice).
+    pub fn from_metadata(text: &str) -> Result<Calibration> {
+        let bad = |what: &str| Error::InvalidArgument(format!("{METADATA_KEY}: {what}"));
+        let mut c = Calibration::default();
+        for entry in text.split(',').filter(|e| !e.is_empty()) {
+            let (name, value) =
+                entry.split_once('=').ok_or_else(|| bad(&format!("'{entry}' is not conv<i>=<scale>:<zero>")))?;
+            let block: usize = name
+                .strip_prefix("conv")
+                .and_then(|i| i.parse().ok())
+                .ok_or_else(|| bad(&format!("'{name}' is not conv<i>")))?;
+            let (scale, zero) =
+                value.split_once(':').ok_or_else(|| bad(&format!("'{value}' is not <scale>:<zero>")))?;
+            let scale: f32 = scale.parse().map_err(|_| bad(&format!("scale '{scale}' is not a number")))?;
+            let zero: u8 = zero.parse().map_err(|_| bad(&format!("zero point '{zero}' is not 0..127")))?;
+            if !(scale.is_finite() && scale > 0.0) || zero > crate::gemm::q8::B_MAX {
+                return Err(bad(&format!("conv{block}: scale {scale} or zero point {zero} out of range")));
+            }
+            if c.inputs.insert(block, Q8Act { scale, zero }).is_some() {
+                return Err(bad(&format!("conv{block} appears twice")));
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Collects each block's input values over calibration batches and turns
+/// them into quantizations (see the file header).
+pub(crate) struct Collector {
+    /// Per block index: the kept values and the stride they are kept at.
+    samples: BTreeMap<usize, (Vec<f32>, usize)>,
+    /// Values each block will see in all, to fix the stride up front.
+    totals: BTreeMap<usize, usize>,
+}
+
+impl Collector {
+    /// A collector for blocks that will each see `totals[block]` values.
+    pub fn new(totals: BTreeMap<usize, usize>) -> Collector {
+        let samples = totals.iter().map(|(&b, &t)| (b, (Vec::new(), t.div_ceil(MAX_SAMPLES).max(1)))).collect();
+        Collector { samples, totals }
+    }
+
+    /// Adds the input values of `block` from one batch; `seen` is how many
+    /// of its values earlier batches gave (so the stride runs across batches).
+    pub fn add(&mut self, block: usize, values: &[f32], seen: usize) -> Result<()> {
+        let Some((kept, stride)) = self.samples.get_mut(&block) else {
+            return Err(Error::InvalidArgument(format!("calibration: no block conv{block}")));
+        };
+        let first = (*stride - seen % *stride) % *stride;
+        for &v in values.iter().skip(first).step_by(*stride) {
+            if !v.is_finite() {
+                return Err(Error::InvalidArgument(format!(
+                    "calibration: conv{block}'s input holds {v} (are the weights or patches broken?)"
+                )));
+            }
+            kept.push(v);
+        }
+        Ok(())
+    }
+
+    /// The quantizations; errors when a block saw no values.
+    pub fn finish(self) -> Result<Calibration> {
+        let mut c = Calibration::default();
+        for (block, (mut kept, _)) in self.samples {
+            if kept.is_empty() {
+                let total = self.totals.get(&block).copied().unwrap_or(0);
+                return Err(Error::InvalidArgument(format!("calibration: conv{block} saw {total} values")));
+            }
+            let last = kept.len() - 1;
+            let at = |q: f64| ((q * last as f64).round() as usize).min(last);
+            let (lo_i, hi_i) = (at(LOW_QUANTILE), at(HIGH_QUANTILE));
+            let lo = *kept.select_nth_unstable_by(lo_i, f32::total_cmp).1;
+            let hi = *kept.select_nth_unstable_by(hi_i, f32::total_cmp).1;
+            c.insert(block, Q8Act::from_range(lo, hi)?);
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips_and_bad_text_is_refused() {
+        let mut c = Calibration::default();
+        c.insert(1, Q8Act { scale: 0.123_456_79, zero: 64 });
+        c.insert(12, Q8Act { scale: 3.0e-5, zero: 0 });
+        let text = c.to_metadata();
+        assert_eq!(Calibration::from_metadata(&text).unwrap(), c);
+        assert_eq!(Calibration::from_metadata("").unwrap(), Calibration::default());
+        for bad in ["conv1", "convx=1:2", "conv1=0:2", "conv1=1:128", "conv1=nan:1", "conv1=1:2,conv1=1:2", "c1=1:2"] {
+            assert!(Calibration::from_metadata(bad).is_err(), "{bad}");
+        }
+        assert!("bf16".parse::<Precision>().is_err() && "int4".parse::<Precision>().is_err());
+        assert_eq!("int8".parse::<Precision>().unwrap(), Precision::Int8);
+    }
+
+    #[test]
+    fn quantiles_clip_outliers_and_the_stride_spans_batches() {
+        let mut col = Collector::new([(1, 200_000)].into_iter().collect());
+        // 0..=99_999 / 1000 in two batches, plus one far outlier.
+        let a: Vec<f32> = (0..100_000).map(|i| i as f32 / 1000.0).collect();
+        let mut b = a.clone();
+        b[5] = 1e6;
+        col.add(1, &a, 0).unwrap();
+        col.add(1, &b, 100_000).unwrap();
+        let c = col.finish().unwrap();
+        let act = c.get(1).unwrap();
+        assert_eq!(act.zero, 0);
+        // The 1 - 1e-4 quantile of 0..100: just under 100, not the outlier.
+        assert!((act.scale * 127.0 - 100.0).abs() < 0.1, "{act:?}");
+        let mut bad = Collector::new([(2, 4)].into_iter().collect());
+        assert!(bad.add(2, &[1.0, f32::NAN], 0).is_err());
+        assert!(bad.add(3, &[1.0], 0).is_err());
+        assert!(Collector::new([(2, 0)].into_iter().collect()).finish().is_err());
+    }
+}

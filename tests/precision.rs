@@ -1,0 +1,148 @@
+//! Reduced-precision inference through the public API (`Network::calibrate`,
+//! `set_precision`, `net::use_precision`, the weights file, the CLI and the
+//! C ABI): int8 tracks f32 on every model, gives the same bits for any
+//! thread count and batch, survives a save and load, and every misuse is a
+//! clear error.
+
+mod common;
+
+use common::cli::{dir, fails, ok, s};
+use nhpatch::models::PATCH_LEN;
+use nhpatch::net::{LoadOptions, Network, default_calibration_patches, use_precision};
+use nhpatch::rng::Rng;
+use nhpatch::{Arch, Error, Precision};
+
+const ARCHS: [Arch; 4] = [Arch::Unet, Arch::Dncnn, Arch::HardNetBaseline, Arch::HardNetOriginal];
+
+/// Patches with structure (smooth gradients plus noise), values 0..255.
+fn patches(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let mut x = Vec::with_capacity(n * PATCH_LEN);
+    for _ in 0..n {
+        let (a, b, c) = (rng.uniform(-3.0, 3.0), rng.uniform(-3.0, 3.0), rng.uniform(60.0, 190.0));
+        for i in 0..PATCH_LEN {
+            let (y, xx) = ((i / 32) as f32, (i % 32) as f32);
+            x.push((c + a * y + b * xx + rng.uniform(-20.0, 20.0)).clamp(0.0, 255.0));
+        }
+    }
+    x
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[test]
+fn int8_tracks_f32_and_has_the_same_bits_for_any_threads_and_batch() {
+    let calib = patches(96, 1);
+    let x = patches(40, 2);
+    for arch in ARCHS {
+        let mut net = Network::init(arch, 3).unwrap();
+        let f32_out = net.forward(&x).unwrap();
+        assert!(matches!(net.set_precision(Precision::Int8), Err(Error::InvalidArgument(_))), "{arch}: no calibration");
+        net.calibrate(&calib).unwrap();
+        net.set_precision(Precision::Int8).unwrap();
+        let q = net.forward(&x).unwrap();
+        if arch.is_denoiser() {
+            let mae = q.iter().zip(&f32_out).map(|(a, b)| (a - b).abs()).sum::<f32>() / q.len() as f32;
+            let spread = f32_out.iter().map(|v| v.abs()).sum::<f32>() / q.len() as f32;
+            // The bound (0.5 grey levels), and well under the output's own scale.
+            assert!(mae < 0.5 && mae < 0.05 * spread, "{arch}: int8 MAE {mae} against mean |output| {spread}");
+        } else {
+            // The baseline's descriptors are not normalised: the cosine, not the dot product.
+            for (i, (a, b)) in q.chunks(128).zip(f32_out.chunks(128)).enumerate() {
+                let dot = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(p, q)| p * q).sum::<f32>();
+                let cos = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt();
+                assert!(cos > 0.97, "{arch}: patch {i} cosine {cos}");
+            }
+        }
+        for threads in [1, 3] {
+            let pool = nhpatch::threads::pool(threads).unwrap();
+            assert!(same_bits(&pool.install(|| net.forward(&x)).unwrap(), &q), "{arch}: {threads} threads");
+        }
+        // One patch alone, and a batch that pads to another workspace size.
+        assert!(same_bits(&net.forward(&x[..PATCH_LEN]).unwrap(), &q[..net.model().out_len()]), "{arch}: one patch");
+        assert!(same_bits(&net.forward(&x[..5 * PATCH_LEN]).unwrap(), &q[..5 * net.model().out_len()]), "{arch}");
+        // Back to f32: the f32 bits again.
+        net.set_precision(Precision::F32).unwrap();
+        assert!(same_bits(&net.forward(&x).unwrap(), &f32_out), "{arch}: f32 after int8");
+    }
+}
+
+#[test]
+fn the_calibration_is_stored_and_reloaded_bit_for_bit() {
+    let d = dir("precision-store");
+    let mut net = Network::init(Arch::HardNetOriginal, 4).unwrap();
+    net.calibrate(&patches(64, 5)).unwrap();
+    net.set_precision(Precision::Int8).unwrap();
+    let x = patches(9, 6);
+    let want = net.forward(&x).unwrap();
+    let path = d.join("hn.safetensors");
+    net.save(&path).unwrap();
+    let mut back = Network::load(&path, LoadOptions::default()).unwrap();
+    assert_eq!(back.calibration(), net.calibration());
+    assert_eq!(back.precision(), Precision::F32, "a file's calibration does not switch precision by itself");
+    // A stored calibration is used as it is: use_precision does not calibrate again.
+    assert!(!use_precision(&mut back, Precision::Int8, None).unwrap());
+    assert!(same_bits(&back.forward(&x).unwrap(), &want));
+
+    // A broken calibration in the metadata is an error naming the file.
+    let mut file = net.to_file();
+    file.metadata.insert("int8_inputs".into(), "conv1=abc:3".into());
+    let bad = d.join("bad.safetensors");
+    nhpatch::weights::save(&bad, &file).unwrap();
+    let e = Network::load(&bad, LoadOptions::default()).err().unwrap();
+    assert!(matches!(&e, Error::Format { path, .. } if path == &bad), "{e}");
+    // One that misses a convolution, too.
+    file.metadata.insert("int8_inputs".into(), "conv1=0.1:3".into());
+    nhpatch::weights::save(&bad, &file).unwrap();
+    let e = Network::load(&bad, LoadOptions::default()).err().unwrap();
+    assert!(e.to_string().contains("conv3"), "{e}");
+}
+
+#[test]
+fn use_precision_calibrates_on_the_default_sample_once() {
+    let sample = default_calibration_patches().unwrap();
+    assert!(sample.len() >= 256 * PATCH_LEN && sample.len().is_multiple_of(PATCH_LEN));
+    assert_eq!(sample, default_calibration_patches().unwrap(), "the same patches every time");
+    let den = Network::init(Arch::Unet, 7).unwrap();
+    let mut a = Network::init(Arch::HardNetBaseline, 8).unwrap();
+    assert!(use_precision(&mut a, Precision::Int8, Some(&den)).unwrap());
+    assert!(!use_precision(&mut a, Precision::Int8, Some(&den)).unwrap());
+    let mut b = Network::init(Arch::HardNetBaseline, 8).unwrap();
+    b.calibrate(&{
+        let mut s = den.denoise(&sample).unwrap();
+        nhpatch::net::to_pixels(&mut s);
+        s
+    })
+    .unwrap();
+    assert_eq!(a.calibration(), b.calibration(), "the descriptor saw the denoiser's output");
+    assert!(use_precision(&mut b, Precision::F32, None).is_ok_and(|calibrated| !calibrated));
+    assert!(matches!("bf16".parse::<Precision>(), Err(Error::Unsupported(_))));
+}
+
+#[test]
+fn the_cli_calibrates_and_runs_int8() {
+    let d = dir("precision-cli");
+    let (w, cal, strip) = (d.join("hn.safetensors"), d.join("hn8.safetensors"), d.join("p.npy"));
+    ok(&["init", "--model", "hardnet", "--variant", "original", "--seed", "3", "--out", s(&w)]);
+    let x = patches(12, 9);
+    nhpatch::io::npy::write_f32(&strip, &[12, 32, 32], &x).unwrap();
+    ok(&["calibrate", "--weights", s(&w), "--input", s(&strip), "--output", s(&cal)]);
+    let (o8, o32) = (d.join("d8.npy"), d.join("d32.npy"));
+    ok(&["describe", "--weights", s(&cal), "--input", s(&strip), "--output", s(&o8), "--precision", "int8"]);
+    ok(&["describe", "--weights", s(&cal), "--input", s(&strip), "--output", s(&o32)]);
+    // The CLI's int8 is the library's with the stored calibration.
+    let mut net = Network::load(&cal, LoadOptions::default()).unwrap();
+    net.set_precision(Precision::Int8).unwrap();
+    let want = net.forward(&x).unwrap();
+    let got = nhpatch::io::npy::read(&o8).unwrap().data;
+    assert!(same_bits(&got, &want));
+    assert!(!same_bits(&got, &nhpatch::io::npy::read(&o32).unwrap().data));
+    let e = fails(&["describe", "--weights", s(&w), "--input", s(&strip), "--output", s(&o8), "--precision", "bf16"]);
+    assert!(e.contains("bf16"), "{e}");
+    let e = fails(&["bench", "--model", "unet", "--mode", "train", "--precision", "int8", "--seconds", "0.1"]);
+    assert!(e.contains("int8"), "{e}");
+    let e = fails(&["calibrate", "--weights", s(&w), "--output", s(&d.join("x.bin"))]);
+    assert!(e.contains("x.bin"), "{e}");
+}
