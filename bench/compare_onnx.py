@@ -13,8 +13,10 @@ latency of one patch. With --rounds R (default 3) each configuration runs R
 alternating rounds and each contender's figure is the median of its R rounds:
 a shared VM's speed drifts by tens of percent within minutes. With --int8, ONNX Runtime's own static int8
 quantisation of the same models (QDQ, per-channel weights, activation ranges
-calibrated on 256 random patches) runs as a third contender; it is timed
-only, its accuracy is not checked here.
+calibrated on 256 random patches) runs as a third contender and nhpatch's
+int8 (`nhpatch bench --precision int8`, calibrated on its own batch) as a
+fourth; they are timed only (nhpatch's int8 accuracy: README, Reduced
+precision).
 
 Needs `pip install torch onnx onnxruntime numpy` and a release build
 (`cargo build --release`); not used by CI.
@@ -72,9 +74,15 @@ def quantize(fp32_path, int8_path):
             return next(self.batches, None)
 
     pre = fp32_path + ".pre.onnx"
-    quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
-    quantize_static(pre, int8_path, Patches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    # The quantiser writes scratch files into the working directory: keep them in the temporary one.
+    here = os.getcwd()
+    os.chdir(os.path.dirname(fp32_path))
+    try:
+        quant_pre_process(fp32_path, pre, skip_symbolic_shape=True)
+        quantize_static(pre, int8_path, Patches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        os.chdir(here)
 
 
 def session(path, threads):
@@ -93,9 +101,9 @@ def ort_bench(sess, batch, seconds):
     return rate(lambda: sess.run(None, {"patches": x}), batch, seconds)
 
 
-def nhpatch_bench(name, batch, threads, seconds):
+def nhpatch_bench(name, batch, threads, seconds, precision="f32"):
     cmd = [NHPATCH, "bench", *MODELS[name][1], "--mode", "infer", "--batch", str(batch),
-           "--threads", str(threads), "--seconds", str(seconds)]
+           "--threads", str(threads), "--seconds", str(seconds), "--precision", precision]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(re.search(r": ([0-9.]+) ", out).group(1))
 
@@ -132,38 +140,41 @@ def main():
             sess = session(paths[n], threads)
             sess8 = session(os.path.join(tmp, f"{n}.int8.onnx"), threads) if args.int8 else None
             for batch in batches:
-                runs = {"ours": [], "theirs": [], "int8": []}
+                runs = {"ours": [], "theirs": [], "int8": [], "ours8": []}
                 for r in range(args.rounds):
                     runs["ours"].append(nhpatch_bench(n, batch, threads, args.seconds))
                     runs["theirs"].append(ort_bench(sess, batch, args.seconds))
                     if sess8:
                         runs["int8"].append(ort_bench(sess8, batch, args.seconds))
-                    extra = f"  ort int8 {runs['int8'][-1]:9.1f}" if sess8 else ""
+                        runs["ours8"].append(nhpatch_bench(n, batch, threads, args.seconds, "int8"))
+                    extra = (f"  ort int8 {runs['int8'][-1]:9.1f}  nhpatch int8 {runs['ours8'][-1]:9.1f}"
+                             if sess8 else "")
                     print(f"  round {r + 1}: nhpatch {runs['ours'][-1]:9.1f}  onnxruntime {runs['theirs'][-1]:9.1f}"
                           f"{extra}", flush=True)
                 ours, theirs = median(runs["ours"]), median(runs["theirs"])
                 int8 = median(runs["int8"]) if sess8 else None
-                rows.append((n, threads, batch, ours, theirs, int8))
-                extra = f"  ort int8 {int8:9.1f}" if int8 else ""
+                ours8 = median(runs["ours8"]) if sess8 else None
+                rows.append((n, threads, batch, ours, theirs, int8, ours8))
+                extra = f"  ort int8 {int8:9.1f}  nhpatch int8 {ours8:9.1f}" if int8 else ""
                 print(f"{n:17s} threads {threads} batch {batch:5d}: nhpatch {ours:9.1f}  onnxruntime {theirs:9.1f}"
                       f"{extra} patches/s  ratio {ours / theirs:.2f} (medians of {args.rounds})", flush=True)
     print()
     print(f"ONNX Runtime {ort.__version__} (CPU provider, ORT_ENABLE_ALL), PyTorch {torch.__version__} for the export;"
           f" {os.cpu_count()} CPUs")
-    int8_head = " ONNX Runtime int8 |" if args.int8 else ""
-    print(f"| model | threads | batch | nhpatch | ONNX Runtime |{int8_head} nhpatch / ONNX Runtime |")
-    print("|---|---|---|---|---|" + ("---|" if args.int8 else "") + "---|")
-    for n, threads, batch, ours, theirs, int8 in rows:
-        cell = f" {int8:.1f} |" if args.int8 else ""
-        print(f"| {n} | {threads} | {batch} | {ours:.1f} | {theirs:.1f} |{cell} {ours / theirs:.2f} |")
+    int8_head = " ONNX Runtime int8 | nhpatch int8 | nhpatch int8 / ONNX Runtime f32 |" if args.int8 else ""
+    print(f"| model | threads | batch | nhpatch | ONNX Runtime | nhpatch / ONNX Runtime |{int8_head}")
+    print("|---|---|---|---|---|---|" + ("---|---|---|" if args.int8 else ""))
+    for n, threads, batch, ours, theirs, int8, ours8 in rows:
+        cell = f" {int8:.1f} | {ours8:.1f} | {ours8 / theirs:.2f} |" if args.int8 else ""
+        print(f"| {n} | {threads} | {batch} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} |{cell}")
     if 1 in batches:
         print()
         print("Latency of one patch (batch 1), milliseconds:")
-        print("| model | threads | nhpatch | ONNX Runtime |" + (" ONNX Runtime int8 |" if args.int8 else ""))
-        print("|---|---|---|---|" + ("---|" if args.int8 else ""))
-        for n, threads, batch, ours, theirs, int8 in rows:
+        print("| model | threads | nhpatch | ONNX Runtime |" + (" ONNX Runtime int8 | nhpatch int8 |" if args.int8 else ""))
+        print("|---|---|---|---|" + ("---|---|" if args.int8 else ""))
+        for n, threads, batch, ours, theirs, int8, ours8 in rows:
             if batch == 1:
-                cell = f" {1000 / int8:.3f} |" if args.int8 else ""
+                cell = f" {1000 / int8:.3f} | {1000 / ours8:.3f} |" if args.int8 else ""
                 print(f"| {n} | {threads} | {1000 / ours:.3f} | {1000 / theirs:.3f} |{cell}")
 
 

@@ -59,7 +59,7 @@ impl Case {
         let k = self.l.win.k();
         let wrow = &self.w[c * k..(c + 1) * k];
         let wmax = wrow.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let sa = wmax / 127.0;
+        let sa = wmax / 63.0;
         let xmax = self.x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let sb = self.act.scale;
         self.scale[c] * k as f32 * (sa / 2.0 * xmax + (wmax + sa / 2.0) * sb / 2.0)

@@ -105,7 +105,7 @@ fn every_kernel_matches_naive_bit_for_bit_on_ragged_shapes() {
 
 #[test]
 fn strided_c_and_extreme_codes_match_naive() {
-    // Every code at its extreme (|qa| = 127, qb in {0, 127}) over a deep K:
+    // Every code at its extreme (|qa| = 63, qb in {0, 255}) over a deep K:
     // the sums a saturating i16 or an overflowing i32 would get wrong.
     let (m, k, n) = (9, 8192, 20);
     // Even rows all +1, odd rows alternating in groups of 3.
@@ -132,7 +132,7 @@ fn strided_c_and_extreme_codes_match_naive() {
         |i: usize, j: usize| -> f64 { (0..k).map(|p| w.code(i, p) as f64 * (codes[p * n + j] as f64 - 3.0)).sum() };
     assert_eq!(want[2 * ld + 4] as f64, exact(4, 2));
     assert_eq!(want[2 * ld + 5] as f64, exact(5, 2));
-    assert!(exact(4, 2).abs() > 1e8, "the case reaches sums far beyond i16");
+    assert!(exact(4, 2).abs() > 5e7, "the case reaches sums far beyond i16");
     for kernel in kernels() {
         let got = run(kernel);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -228,7 +228,8 @@ fn activation_and_weight_quantizers_are_exact_where_they_must_be() {
 
     let wf = [0.5, -1.0, 0.25, 0.0, 0.0, 0.0];
     let w = Q8Weights::quantize(MatRef::row_major(&wf, 2, 3).unwrap()).unwrap();
-    assert_eq!((w.code(0, 1), w.code(0, 0), w.code(0, 2)), (-127, 64, 32));
+    // 0.5 / (1 / 63) is 31.499998 in f32: rounding follows the division as computed.
+    assert_eq!((w.code(0, 1), w.code(0, 0), w.code(0, 2)), (-63, 31, 16));
     assert_eq!((w.scales()[1], w.code(1, 0)), (0.0, 0), "an all-zero row");
     assert_eq!(w.value(0, 1), -1.0);
     let bad = [1.0, f32::NAN];
@@ -255,12 +256,10 @@ fn bad_arguments_are_errors() {
     let cw = MatMut::row_major(&mut wide, 4, 40).unwrap();
     assert!(matches!(gemm_q8_with(k, &case.w, &case.packed, 40, 0, out, cw), Err(Error::Shape(_))), "B for 20 columns");
     assert!(matches!(call(&case.packed, 20, 0, &case.scale[1..], &mut c, k), Err(Error::Shape(_))), "scales");
-    assert!(matches!(call(&case.packed, 20, 128, &case.scale, &mut c, k), Err(Error::InvalidArgument(_))), "zero");
     for missing in Q8Kernel::ALL.iter().filter(|k| !k.is_available()) {
         assert!(matches!(call(&case.packed, 20, 0, &case.scale, &mut c, *missing), Err(Error::Unsupported(_))));
     }
     let mut dst = vec![0; packed_b_len(2, 3)];
-    assert!(matches!(pack_b_codes(&[1, 2, 3, 4, 5, 200], 3, 2, 3, &mut dst), Err(Error::InvalidArgument(_))));
     assert!(matches!(pack_b_codes(&[1, 2, 3, 4, 5], 3, 2, 3, &mut dst), Err(Error::Shape(_))));
     assert!(matches!(pack_b_codes(&[1; 6], 3, 2, 3, &mut dst[1..]), Err(Error::Shape(_))));
 }

@@ -5,8 +5,8 @@
 //! channel) and `B` a `k x n` activation matrix quantized per tensor:
 //!
 //! ```text
-//!   A[i, p] ~ sa[i] * qa[i, p],          qa in [-127, 127] (symmetric)
-//!   B[p, j] ~ sb * (qb[p, j] - zb),      qb in [0, 127], zero point zb
+//!   A[i, p] ~ sa[i] * qa[i, p],          qa in [-63, 63] (symmetric, 7 bits)
+//!   B[p, j] ~ sb * (qb[p, j] - zb),      qb in [0, 255], zero point zb
 //!   acc[i, j] = sum_p qa[i, p] * qb[p, j]                  (exact, i32)
 //!   C[i, j]   = act(scale[i] * (acc[i, j] - zb * rowsum_a[i]) + shift[i])
 //! ```
@@ -15,12 +15,15 @@
 //! factor follows (a folded BatchNorm), `shift` the bias, `act` ReLU or
 //! identity (`Q8Out`). So `C = A * B` up to the quantization of A and B.
 //!
-//! Why 7-bit activations: AVX2's `vpmaddubsw` adds two u8 x i8 products in a
-//! saturating i16. With `qb <= 127` and `|qa| <= 127` a pair stays within
-//! 2 * 127 * 127 = 32258 < 32767, so every kernel (naive, portable, AVX2,
+//! Why 7-bit weights: AVX2's `vpmaddubsw` adds two u8 x i8 products in a
+//! saturating i16. With `qb <= 255` and `|qa| <= 63` a pair stays within
+//! 2 * 255 * 63 = 32130 < 32767, so every kernel (naive, portable, AVX2,
 //! AVX-512 VNNI) computes the same exact integer sums and therefore the same
 //! output bits, whatever the CPU, the tile shapes or the split of C among
-//! threads. `MAX_K` keeps the i32 sums from overflowing.
+//! threads. The bit goes to the weights rather than the activations because
+//! weights have a scale per output channel and activations one per tensor
+//! (ONNX Runtime's `reduce_range` makes the same trade on CPUs without
+//! VNNI). `MAX_K` keeps the i32 sums from overflowing.
 //!
 //! Layouts: `Q8Weights` keeps A row-major with each row zero-padded to a
 //! multiple of 4 (`kp`); packed B (`pack_b`) is a sequence of panels of
@@ -37,11 +40,11 @@ use std::sync::OnceLock;
 
 /// Columns of C per packed-B panel.
 pub const PANEL: usize = 16;
-/// Largest activation code: 7 bits (see the file header).
-pub const B_MAX: u8 = 127;
-/// Largest weight magnitude: symmetric 8 bits without -128.
-pub const A_MAX: i8 = 127;
-/// Largest depth: `MAX_K * 127 * 127 < 2^31`, so no i32 sum overflows.
+/// Largest activation code: all 8 bits.
+pub const B_MAX: u8 = 255;
+/// Largest weight magnitude: 7 bits, symmetric (see the file header).
+pub const A_MAX: i8 = 63;
+/// Largest depth: `MAX_K * 255 * 63 < 2^31`, so no i32 sum overflows.
 pub const MAX_K: usize = 131_072;
 /// Rows of C one tile call computes at most.
 const TILE_ROWS: usize = 8;
@@ -118,7 +121,7 @@ pub struct Q8Weights {
 }
 
 impl Q8Weights {
-    /// Quantizes `w` per row: `sa[i] = max_p |w[i, p]| / 127`,
+    /// Quantizes `w` per row: `sa[i] = max_p |w[i, p]| / 63`,
     /// `qa[i, p] = round(w[i, p] / sa[i])` (halves away from zero).
     /// Refuses non-finite weights and depths over `MAX_K`.
     pub fn quantize(w: MatRef<'_>) -> Result<Q8Weights> {
@@ -183,7 +186,7 @@ pub struct Q8Act {
 
 impl Q8Act {
     /// The map covering `[lo, hi]` (widened to hold 0, so that zero padding
-    /// is exact): `scale = (hi - lo) / 127`, `zero = round(-lo / scale)`.
+    /// is exact): `scale = (hi - lo) / 255`, `zero = round(-lo / scale)`.
     /// A range of one point maps everything to code `zero` with scale 1.
     pub fn from_range(lo: f32, hi: f32) -> Result<Q8Act> {
         if !lo.is_finite() || !hi.is_finite() || lo > hi {
@@ -198,7 +201,7 @@ impl Q8Act {
         Ok(Q8Act { scale, zero })
     }
 
-    /// The code of `x`: `x * (1 / scale) + zero`, clamped to [0, 127] and
+    /// The code of `x`: `x * (1 / scale) + zero`, clamped to [0, 255] and
     /// rounded half up; NaN maps to 0. (A multiply by the reciprocal and a
     /// truncating cast, so that whole slices vectorise: `quantize_slice`.)
     #[inline]
@@ -241,17 +244,13 @@ pub fn pack_b(b: MatRef<'_>, act: Q8Act, dst: &mut [u8]) -> Result<()> {
     pack_b_from(k, n, dst, |p, j| act.quantize(b.at(p, j)))
 }
 
-/// Packs a `k x n` matrix of codes already quantized, `codes[p * ld + j]`
-/// (values above 127 are refused, they would break the exact sums).
+/// Packs a `k x n` matrix of codes already quantized, `codes[p * ld + j]`.
 pub fn pack_b_codes(codes: &[u8], ld: usize, k: usize, n: usize, dst: &mut [u8]) -> Result<()> {
     if k > 0 && n > 0 && (ld < n || (k - 1) * ld + n > codes.len()) {
         return Err(Error::Shape(format!(
             "int8 pack: a {k}x{n} matrix with row stride {ld} does not fit in {} codes",
             codes.len()
         )));
-    }
-    if let Some(bad) = (0..k).find(|&p| codes[p * ld..p * ld + n].iter().fold(0, |m, &c| m.max(c)) > B_MAX) {
-        return Err(Error::InvalidArgument(format!("int8 pack: row {bad} holds a code above {B_MAX}")));
     }
     let need = packed_b_len(k, n);
     if dst.len() != need {
@@ -396,9 +395,6 @@ pub fn gemm_q8_with(
             b.len()
         )));
     }
-    if zero > B_MAX {
-        return Err(Error::InvalidArgument(format!("int8 GEMM: zero point {zero} exceeds {B_MAX}")));
-    }
     if !kernel.is_available() {
         return Err(Error::Unsupported(format!("int8 GEMM kernel '{}' needs CPU features this machine lacks", kernel.name())));
     }
@@ -459,7 +455,7 @@ pub(crate) type TileFn = unsafe fn(*const i8, usize, usize, *const u8, usize, &m
 /// The portable tile: integer loops the compiler vectorises for its target.
 /// Each packed-B step is widened once to 4 depth rows of 16 columns, then
 /// every row of A adds its 4 weights times those rows (i16 products are
-/// exact: |qa| * qb <= 127 * 127).
+/// exact: |qa| * qb <= 63 * 255).
 unsafe fn tile_portable(a: *const i8, lda: usize, rows: usize, b: *const u8, k4: usize, acc: &mut [[i32; PANEL]; 8]) {
     // SAFETY: the `TileFn` contract: these ranges are readable.
     let (a, b) = unsafe { (std::slice::from_raw_parts(a, (rows - 1) * lda + 4 * k4), std::slice::from_raw_parts(b, 64 * k4)) };

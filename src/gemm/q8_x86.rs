@@ -4,7 +4,7 @@
 //! (64 bytes): column j's 4 codes at bytes 4j .. 4j + 4. A row's 4 codes of
 //! the same step, read as one i32 and broadcast, meet every column's 4 codes
 //! in one lane:
-//! - AVX2: `vpmaddubsw(B, A)` adds pairs into i16 (exact: qb <= 127, see
+//! - AVX2: `vpmaddubsw(B, A)` adds pairs into i16 (exact: |qa| <= 63, see
 //!   `q8`), `vpmaddwd(., 1)` adds the two pairs into the i32 lane; two ymm
 //!   per step, tiles of 4 rows (8 accumulators, 2 B, the broadcast, the ones
 //!   and the products: 13 of 16 registers).

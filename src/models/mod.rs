@@ -389,9 +389,7 @@ impl Model {
             return Err(Error::Shape(format!("calibration needs whole 32x32 patches, got {} values", patches.len())));
         }
         const BATCH: usize = 128;
-        let totals = self.q8_blocks().map(|b| (b.index, n * b.conv.in_shape(1).len())).collect();
-        let mut col = quant::Collector::new(totals);
-        let mut seen = std::collections::BTreeMap::<usize, usize>::new();
+        let mut col = quant::Collector::new(self.q8_blocks().map(|b| b.index));
         let mut ws = self.inference_workspace(BATCH.min(n))?;
         for chunk in patches.chunks(BATCH * PATCH_LEN) {
             if chunk.len() / PATCH_LEN != ws.batch() {
@@ -400,9 +398,7 @@ impl Model {
             self.forward_eval(&mut ws, params, chunk)?;
             for (block, input) in ws.bufs.block_inputs(&self.graph, chunk) {
                 if self.q8_blocks().any(|b| b.index == block) {
-                    let s = seen.entry(block).or_insert(0);
-                    col.add(block, input, *s)?;
-                    *s += input.len();
+                    col.add(block, input)?;
                 }
             }
         }
