@@ -1,10 +1,13 @@
 //! Every available GEMM kernel against the naive reference on fuzzer-chosen
 //! shapes, strides, transposes, alpha and beta; with A packed once
 //! (`gemm_packed_a`) against the same kernel bit for bit; the dot-product
-//! GEMM (`gemm_dot_with`) where A and B run along k. A mismatch or a panic is a bug.
+//! GEMM (`gemm_dot_with`) where A and B run along k; the int8 GEMM
+//! (`gemm::q8`) of every available int8 kernel against its naive reference,
+//! bit for bit. A mismatch or a panic is a bug.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use nhpatch::gemm::q8::{Q8Act, Q8Kernel, Q8Out, Q8Weights, gemm_q8_with, pack_b, packed_b_len};
 use nhpatch::gemm::{
     Kernel, MatMut, MatRef, available_kernels, gemm_dot_with, gemm_packed_a, gemm_with, pack_a, packed_a_len,
 };
@@ -85,5 +88,25 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
+    }
+    // int8: A quantized per row, B per tensor with a fuzzed range, C in the same strided layout.
+    let w = Q8Weights::quantize(av()).unwrap();
+    let (lo, hi) = (-(b.byte() as f32) / 32.0, b.byte() as f32 / 32.0);
+    let act = Q8Act::from_range(lo, hi).unwrap();
+    let mut packed = vec![0xA5u8; packed_b_len(k, n)];
+    pack_b(bv(), act, &mut packed).unwrap();
+    let scale: Vec<f32> = w.scales().iter().map(|s| s * act.scale).collect();
+    let shift: Vec<f32> = (0..m).map(|_| val(&mut b)).collect();
+    let out = Q8Out { scale: &scale, shift: Some(&shift), relu: b.byte() & 1 == 1 };
+    let run = |kernel| {
+        let mut c = vec![f32::NAN; lc];
+        gemm_q8_with(kernel, &w, &packed, n, act.zero, out, MatMut::new(&mut c, m, n, rsc, csc).unwrap()).unwrap();
+        c
+    };
+    let want = run(Q8Kernel::Naive);
+    for kernel in Q8Kernel::ALL.iter().copied().filter(|k| k.is_available()) {
+        let got = run(kernel);
+        let same = got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()));
+        assert!(same, "int8 {kernel:?} m{m} k{k} n{n} differs from the naive int8 GEMM");
     }
 });

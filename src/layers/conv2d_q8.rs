@@ -76,8 +76,8 @@ impl Conv2d {
     /// can, except
     /// - the Winograd layers, whose f32 F(4x4, 3x3) / F(2x2, 3x3) do 4x /
     ///   2.25x fewer multiplies than im2col + GEMM, while the int8 GEMM runs
-    ///   at 2.3-2.8x the f32 one's rate with AVX2 (`cargo bench --bench gemm
-    ///   -- gemm_q8`): they lost to f32 there (README, Reduced precision);
+    ///   at 2.0-2.9x the f32 one's rate with AVX2 (`cargo bench --bench gemm
+    ///   -- gemm_q8/`): they lost to f32 there (README, Reduced precision);
     /// - a model's first and output layers, the usual exceptions of int8
     ///   CNNs (the most sensitive to rounding, a sliver of the cost): in
     ///   these models the layers reading the one-channel patch (`cin == 1`)
