@@ -390,6 +390,10 @@ impl Model {
         }
         const BATCH: usize = 128;
         let mut col = quant::Collector::new(self.q8_blocks().map(|b| b.index));
+        if self.q8_blocks().next().is_none() {
+            // No int8 layer (DnCNN): nothing to measure.
+            return col.finish();
+        }
         let mut ws = self.inference_workspace(BATCH.min(n))?;
         for chunk in patches.chunks(BATCH * PATCH_LEN) {
             if chunk.len() / PATCH_LEN != ws.batch() {
