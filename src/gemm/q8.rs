@@ -257,6 +257,9 @@ pub fn pack_b_codes(codes: &[u8], ld: usize, k: usize, n: usize, dst: &mut [u8])
         return Err(Error::Shape(format!("int8 pack: a {k}x{n} B packs into {need} bytes, the buffer has {}", dst.len())));
     }
     let kp = padded_depth(k);
+    if kp == 0 {
+        return Ok(());
+    }
     for (panel, chunk) in dst.chunks_exact_mut(kp * PANEL).enumerate() {
         let j0 = panel * PANEL;
         let w = PANEL.min(n - j0);
@@ -311,6 +314,9 @@ fn pack_b_from(k: usize, n: usize, dst: &mut [u8], code: impl Fn(usize, usize) -
         return Err(Error::Shape(format!("int8 pack: a {k}x{n} B packs into {need} bytes, the buffer has {}", dst.len())));
     }
     let kp = padded_depth(k);
+    if kp == 0 {
+        return Ok(());
+    }
     for (panel, chunk) in dst.chunks_exact_mut(kp * PANEL).enumerate() {
         let j0 = panel * PANEL;
         let cols = PANEL.min(n - j0);
@@ -401,7 +407,8 @@ pub fn gemm_q8_with(
     if a.rows == 0 || n == 0 {
         return Ok(());
     }
-    if kernel == Q8Kernel::Naive {
+    // No depth: every sum is 0 (and packed B holds no panels to walk).
+    if kernel == Q8Kernel::Naive || a.cols == 0 {
         naive(a, b, n, zero, &out, &mut c);
         return Ok(());
     }
