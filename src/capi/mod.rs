@@ -179,6 +179,20 @@ unsafe fn path_arg(ptr: *const c_char, name: &str) -> Result<PathBuf, Fail> {
     }
 }
 
+/// A string argument: NULL is `NHP_ERR_NULL`, non-UTF-8 `NHP_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `ptr` is NULL or a NUL-terminated string that outlives the returned slice.
+unsafe fn str_arg<'a>(ptr: *const c_char, name: &str) -> Result<&'a str, Fail> {
+    if ptr.is_null() {
+        return Err(null_arg(name));
+    }
+    // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string.
+    unsafe { CStr::from_ptr(ptr) }
+        .to_str()
+        .map_err(|_| fail(NhpStatus::ErrInvalidArgument, format!("'{name}' is not UTF-8")))
+}
+
 /// The network behind a handle.
 ///
 /// # Safety
@@ -329,13 +343,8 @@ pub unsafe extern "C" fn nhp_set_device(net: *mut NhpNetwork, device: *const c_c
     status(|| {
         // SAFETY: forwarded from this function's contract (exclusive use during the call).
         let handle = unsafe { net.as_mut() }.ok_or_else(|| null_arg("net"))?;
-        if device.is_null() {
-            return Err(null_arg("device"));
-        }
-        // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string.
-        let name = unsafe { CStr::from_ptr(device) }
-            .to_str()
-            .map_err(|_| fail(NhpStatus::ErrInvalidArgument, "'device' is not UTF-8".into()))?;
+        // SAFETY: forwarded from this function's contract.
+        let name = unsafe { str_arg(device, "device") }?;
         handle.net.set_device(name.parse()?)?;
         Ok(())
     })
@@ -355,13 +364,8 @@ pub unsafe extern "C" fn nhp_set_precision(net: *mut NhpNetwork, precision: *con
     status(|| {
         // SAFETY: forwarded from this function's contract (exclusive use during the call).
         let handle = unsafe { net.as_mut() }.ok_or_else(|| null_arg("net"))?;
-        if precision.is_null() {
-            return Err(null_arg("precision"));
-        }
-        // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string.
-        let name = unsafe { CStr::from_ptr(precision) }
-            .to_str()
-            .map_err(|_| fail(NhpStatus::ErrInvalidArgument, "'precision' is not UTF-8".into()))?;
+        // SAFETY: forwarded from this function's contract.
+        let name = unsafe { str_arg(precision, "precision") }?;
         crate::net::use_precision(&mut handle.net, name.parse()?, None)?;
         Ok(())
     })

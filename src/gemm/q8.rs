@@ -241,7 +241,7 @@ pub fn packed_b_len(k: usize, n: usize) -> usize {
 /// of the file header; `dst` has `packed_b_len(k, n)` bytes.
 pub fn pack_b(b: MatRef<'_>, act: Q8Act, dst: &mut [u8]) -> Result<()> {
     let (k, n) = (b.rows(), b.cols());
-    pack_b_from(k, n, dst, |p, j| act.quantize(b.at(p, j)))
+    pack_rows(k, n, dst, |p, j0, row| row.iter_mut().enumerate().for_each(|(jj, c)| *c = act.quantize(b.at(p, j0 + jj))))
 }
 
 /// Packs a `k x n` matrix of codes already quantized, `codes[p * ld + j]`.
@@ -252,6 +252,14 @@ pub fn pack_b_codes(codes: &[u8], ld: usize, k: usize, n: usize, dst: &mut [u8])
             codes.len()
         )));
     }
+    pack_rows(k, n, dst, |p, j0, row| row.copy_from_slice(&codes[p * ld + j0..p * ld + j0 + row.len()]))
+}
+
+/// The packing loop of `pack_b` and `pack_b_codes`: `fill(p, j0, row)`
+/// writes the codes of row `p`, columns `j0 .. j0 + row.len()` (at most one
+/// panel); each 4-row step is then interleaved column by column, zero past
+/// `k` and `n`.
+fn pack_rows(k: usize, n: usize, dst: &mut [u8], mut fill: impl FnMut(usize, usize, &mut [u8])) -> Result<()> {
     let need = packed_b_len(k, n);
     if dst.len() != need {
         return Err(Error::Shape(format!("int8 pack: a {k}x{n} B packs into {need} bytes, the buffer has {}", dst.len())));
@@ -264,12 +272,10 @@ pub fn pack_b_codes(codes: &[u8], ld: usize, k: usize, n: usize, dst: &mut [u8])
         let j0 = panel * PANEL;
         let w = PANEL.min(n - j0);
         for (s, step) in chunk.chunks_exact_mut(4 * PANEL).enumerate() {
-            // 4 rows of 16 columns (zero past k and n), interleaved column by column.
             let mut rows = [[0u8; PANEL]; 4];
             for (t, row) in rows.iter_mut().enumerate() {
-                let p = 4 * s + t;
-                if p < k {
-                    row[..w].copy_from_slice(&codes[p * ld + j0..p * ld + j0 + w]);
+                if 4 * s + t < k {
+                    fill(4 * s + t, j0, &mut row[..w]);
                 }
             }
             for (jj, quad) in step.chunks_exact_mut(4).enumerate() {
@@ -302,33 +308,6 @@ pub fn pack_bt(bt: &[f32], k: usize, n: usize, act: Q8Act, dst: &mut [u8]) -> Re
             for t in 0..4 {
                 let p = 4 * s + t;
                 dst[at + t] = if p < k { code(col[p], inv, zero) } else { 0 };
-            }
-        }
-    }
-    Ok(())
-}
-
-fn pack_b_from(k: usize, n: usize, dst: &mut [u8], code: impl Fn(usize, usize) -> u8) -> Result<()> {
-    let need = packed_b_len(k, n);
-    if dst.len() != need {
-        return Err(Error::Shape(format!("int8 pack: a {k}x{n} B packs into {need} bytes, the buffer has {}", dst.len())));
-    }
-    let kp = padded_depth(k);
-    if kp == 0 {
-        return Ok(());
-    }
-    for (panel, chunk) in dst.chunks_exact_mut(kp * PANEL).enumerate() {
-        let j0 = panel * PANEL;
-        let cols = PANEL.min(n - j0);
-        for (s, step) in chunk.chunks_exact_mut(4 * PANEL).enumerate() {
-            step.fill(0);
-            for jj in 0..cols {
-                for t in 0..4 {
-                    let p = 4 * s + t;
-                    if p < k {
-                        step[4 * jj + t] = code(p, j0 + jj);
-                    }
-                }
             }
         }
     }

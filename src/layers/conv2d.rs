@@ -127,9 +127,9 @@ impl WinogradPlan {
     }
 }
 /// GEMM columns a tile aims for: below this, small layers starve the kernel.
-const TILE_COLS: usize = 256;
+pub(crate) const TILE_COLS: usize = 256;
 /// Upper bound on the number of batch shards (and so on dW partial buffers).
-const MAX_SHARDS: usize = 32;
+pub(crate) const MAX_SHARDS: usize = 32;
 
 /// What a convolution computes, independent of the input size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -658,7 +658,7 @@ impl ShardCtx<'_> {
 /// The calling thread's scratch lane. Lanes are indexed by the rayon worker
 /// index, so in the pool the workspace was sized for a lock is never contended;
 /// elsewhere (a bigger pool) threads share lanes and merely wait.
-fn lock_lane(lanes: &[Mutex<Lane>]) -> std::sync::MutexGuard<'_, Lane> {
+pub(crate) fn lock_lane<L>(lanes: &[Mutex<L>]) -> std::sync::MutexGuard<'_, L> {
     let i = rayon::current_thread_index().unwrap_or(0) % lanes.len();
     // A poisoned lane only means another thread panicked mid-tile; its contents are scratch.
     lanes[i].lock().unwrap_or_else(|e| e.into_inner())

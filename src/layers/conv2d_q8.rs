@@ -27,15 +27,10 @@ use crate::error::{Error, Result, check_len};
 use crate::gemm::MatMut;
 use crate::gemm::MatRef;
 use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Weights, gemm_q8, pack_b_codes, pack_bt, packed_b_len};
-use crate::layers::conv2d::{Conv2d, ConvPass, Epilogue};
+use crate::layers::conv2d::{Conv2d, ConvPass, Epilogue, MAX_SHARDS, TILE_COLS, lock_lane};
 use crate::ops::im2col_q8::im2col_u8;
 use rayon::prelude::*;
 use std::sync::Mutex;
-
-/// GEMM columns a tile aims for (as `conv2d`).
-const TILE_COLS: usize = 256;
-/// Upper bound on the number of batch shards (as `conv2d`).
-const MAX_SHARDS: usize = 32;
 
 struct Lane {
     /// One image's codes, `[cin, h, w]`.
@@ -180,9 +175,7 @@ impl Conv2d {
         let (in_len, out_len) = (self.win.in_len(), cout * p);
         let (lanes, si, g) = (&ws.lanes, ws.shard_imgs, ws.tile_imgs);
         x.par_chunks(si * in_len).zip(out.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
-            let i = rayon::current_thread_index().unwrap_or(0) % lanes.len();
-            // A poisoned lane only means another thread panicked mid-tile; its contents are scratch.
-            let mut guard = lanes[i].lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = lock_lane(lanes);
             let lane = &mut *guard;
             let imgs = xs.len() / in_len;
             for t0 in (0..imgs).step_by(g) {
