@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::cli::{dir, fails, kill_in_second_epoch, ok, s};
+use common::cli::{dir, fails, kill_in_second_epoch, maps, ok, s};
 use std::path::{Path, PathBuf};
 
 /// A small synthetic dataset shared by the tests of this file.
@@ -21,12 +21,6 @@ fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
-}
-
-fn maps(json: &Path) -> [f64; 3] {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
-    let get = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("no {k} in {json:?}"));
-    [get("verification_map"), get("matching_map"), get("retrieval_map")]
 }
 
 #[test]

@@ -121,6 +121,13 @@ pub fn synth_dataset(d: &Path, seed: u64) -> PathBuf {
     root
 }
 
+/// Verification, matching and retrieval mAP from an `eval --json` report.
+pub fn maps(json: &Path) -> [f64; 3] {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let get = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("no {k} in {json:?}"));
+    [get("verification_map"), get("matching_map"), get("retrieval_map")]
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
