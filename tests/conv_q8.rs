@@ -3,10 +3,14 @@
 //! stride 1 and 2, Keras 'same' 2x2, the dense 8x8, tiles of several images,
 //! signed and non-negative inputs), with bias, folded BatchNorm and ReLU;
 //! the same bits for any thread count and batch split; refusals are errors.
+//! The fused gather into packed panels (`im2col_packed_u8`) writes the bytes
+//! of its slow twin, `pack_b_codes(im2col_u8(..))`.
 
-use nhpatch::gemm::q8::Q8Act;
+use nhpatch::gemm::q8::{PANEL, Q8Act, pack_b_codes, packed_b_len, padded_depth};
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvPass, Epilogue};
 use nhpatch::ops::im2col::Padding;
+use nhpatch::ops::im2col::Window;
+use nhpatch::ops::im2col_q8::{im2col_packed_u8, im2col_u8, padded_dims, quantize_padded};
 use nhpatch::rng::Rng;
 
 fn rand(rng: &mut Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
@@ -151,4 +155,61 @@ fn changed_weights_are_quantized_again_and_bad_calls_are_errors() {
     let (x, w) = (vec![0.0; direct.in_shape(1).len()], vec![0.0; direct.weight_len()]);
     let mut o = vec![0.0; direct.out_shape(1).len()];
     assert!(direct.forward_q8(&mut o, &x, &w, case.act, Epilogue::default(), 1, &mut dws).is_err());
+}
+
+#[test]
+fn the_fused_packed_gather_writes_the_bytes_of_im2col_then_pack() {
+    let mut rng = Rng::new(77);
+    let mut geoms: Vec<(Window, &str)> = specs()
+        .into_iter()
+        .map(|(s, hw, name)| (Window::new(s.cin, hw, hw, s.kh, s.kw, s.stride, s.pad).unwrap(), name))
+        .collect();
+    let extra = [
+        (
+            Window::new(3, 32, 32, 3, 3, 2, Padding::same(32, 32, 3, 3, 2).unwrap()).unwrap(),
+            "Keras 'same' stride 2 (0, 1)",
+        ),
+        (Window::new(5, 7, 9, 3, 3, 1, Padding::symmetric(1)).unwrap(), "7x9, K = 45 (depth padding)"),
+        (Window::new(2, 6, 5, 2, 3, 3, Padding { top: 1, left: 0, bottom: 0, right: 2 }).unwrap(), "uneven"),
+    ];
+    geoms.extend(extra);
+    for (g, name) in geoms {
+        let (k, p) = (g.k(), g.p());
+        for imgs in [1, 3] {
+            let cols = imgs * p;
+            let act = Q8Act { scale: 0.05, zero: 17 };
+            let x: Vec<f32> = (0..imgs * g.in_len()).map(|_| rng.uniform(-2.0, 9.0)).collect();
+            // Slow twin: codes, the patch matrix with zero-point padding, then the pack.
+            let mut col = vec![0u8; k * cols];
+            let mut codes = vec![0u8; g.in_len()];
+            for (j, xi) in x.chunks_exact(g.in_len()).enumerate() {
+                act.quantize_slice(xi, &mut codes);
+                im2col_u8(&mut col, cols, j * p, &codes, &g, act.zero).unwrap();
+            }
+            let mut want = vec![0u8; packed_b_len(k, cols)];
+            pack_b_codes(&col, cols, k, cols, &mut want).unwrap();
+            // Fast path, over a buffer of junk: every live byte must be written.
+            let (ph, pw) = padded_dims(&g);
+            let mut padded = vec![0xA5u8; g.cin * ph * pw];
+            let mut got = vec![0xC3u8; want.len()];
+            for (j, xi) in x.chunks_exact(g.in_len()).enumerate() {
+                quantize_padded(xi, act, &g, &mut padded).unwrap();
+                im2col_packed_u8(&mut got, cols, j * p, &padded, &g).unwrap();
+            }
+            let kp = padded_depth(k);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                // Columns past `cols` in the last panel are never stored by a kernel.
+                let column = (i / (kp * PANEL)) * PANEL + (i % (4 * PANEL)) / 4;
+                if column < cols {
+                    assert_eq!(a, b, "{name}, {imgs} images: byte {i} (column {column})");
+                }
+            }
+        }
+    }
+    // Wrong sizes are errors, not panics.
+    let g = Window::new(2, 4, 4, 3, 3, 1, Padding::symmetric(1)).unwrap();
+    let mut packed = vec![0u8; packed_b_len(g.k(), g.p())];
+    assert!(im2col_packed_u8(&mut packed, g.p(), 0, &[0; 5], &g).is_err());
+    assert!(im2col_packed_u8(&mut packed, g.p(), 1, &[0; 2 * 36], &g).is_err());
+    assert!(quantize_padded(&[0.0; 3], Q8Act { scale: 1.0, zero: 0 }, &g, &mut [0; 72]).is_err());
 }

@@ -8,8 +8,8 @@
 //! out `[n, cout, ho, wo]`, `K = cin*kh*kw`, `P = ho*wo`:
 //!
 //! ```text
-//!   codes_i = q(x_i)                          (7 bits, zero point z)
-//!   col_i   = im2col_u8(codes_i)  [K, P]      (padding = z, so exactly 0.0), packed
+//!   codes_i = q(x_i)                          (8 bits, zero point z, in a border of z)
+//!   col_i   = im2col(codes_i)  [K, P]         (padding = z, so exactly 0.0), written packed
 //!   out_i[c, P] = act(scale[c] * (Wq[c, K] * col_i[K, P] - z * rowsum(Wq)[c]) + shift[c])
 //!   with scale[c] = sa[c] * sb * epi.scale[c], shift = epi.shift
 //! ```
@@ -26,18 +26,16 @@
 use crate::error::{Error, Result, check_len};
 use crate::gemm::MatMut;
 use crate::gemm::MatRef;
-use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Weights, gemm_q8, pack_b_codes, pack_bt, packed_b_len};
+use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Weights, gemm_q8, pack_bt, packed_b_len};
 use crate::layers::conv2d::{Conv2d, ConvPass, Epilogue, MAX_SHARDS, TILE_COLS, lock_lane};
-use crate::ops::im2col_q8::im2col_u8;
+use crate::ops::im2col_q8::{im2col_packed_u8, padded_dims, quantize_padded};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
 struct Lane {
-    /// One image's codes, `[cin, h, w]`.
+    /// One image's codes in a zero-point border, `[cin, ph, pw]`.
     codes: Vec<u8>,
-    /// The patch matrix of a tile, `[K, tile columns]` codes.
-    col: Vec<u8>,
-    /// The same, packed for the int8 GEMM.
+    /// The patch matrix of a tile, `[K, tile columns]` codes, packed for the int8 GEMM.
     packed: Vec<u8>,
     /// `[cout, tile columns]` output of multi-image tiles.
     tmp: Vec<f32>,
@@ -93,11 +91,11 @@ impl Conv2d {
             Vec::new()
         } else {
             let cols = tile_imgs * p;
+            let (ph, pw) = padded_dims(&self.win);
             (0..rayon::current_num_threads().min(n.div_ceil(shard_imgs)))
                 .map(|_| {
                     Mutex::new(Lane {
-                        codes: vec![0; self.win.in_len()],
-                        col: vec![0; k * cols],
+                        codes: vec![0; self.win.cin * ph * pw],
                         packed: vec![0; packed_b_len(k, cols)],
                         tmp: vec![0.0; if tile_imgs > 1 { cout * cols } else { 0 }],
                     })
@@ -184,10 +182,9 @@ impl Conv2d {
                 let packed = &mut lane.packed[..packed_b_len(k, cols)];
                 for j in 0..tn {
                     let xi = &xs[(t0 + j) * in_len..(t0 + j + 1) * in_len];
-                    act.quantize_slice(xi, &mut lane.codes);
-                    im2col_u8(&mut lane.col, cols, j * p, &lane.codes, &self.win, act.zero)?;
+                    quantize_padded(xi, act, &self.win, &mut lane.codes)?;
+                    im2col_packed_u8(packed, cols, j * p, &lane.codes, &self.win)?;
                 }
-                pack_b_codes(&lane.col[..k * cols], cols, k, cols, packed)?;
                 let o_tile = &mut os[t0 * out_len..(t0 + tn) * out_len];
                 if tn == 1 {
                     // out_i[cout, P] = map(Wq[cout, K] * col[K, P])
