@@ -7,8 +7,8 @@
 
 use nhpatch::Error;
 use nhpatch::gemm::q8::{
-    B_MAX, MAX_K, PANEL, Q8Act, Q8Kernel, Q8Out, Q8Weights, best_q8_kernel, gemm_q8_with, pack_b, pack_b_codes,
-    packed_b_len, padded_depth,
+    B_MAX, MAX_K, PANEL, Q8Act, Q8Kernel, Q8Out, Q8Weights, best_q8_kernel, gemm_q8_with, interleave_step, pack_b,
+    pack_b_codes, packed_b_len, padded_depth,
 };
 use nhpatch::gemm::{MatMut, MatRef};
 use nhpatch::rng::Rng;
@@ -213,12 +213,39 @@ fn packing_follows_the_documented_layout() {
 }
 
 #[test]
+fn the_vector_step_interleave_matches_its_definition() {
+    let mut rng = Rng::new(8);
+    for _ in 0..20 {
+        let rows: Vec<[u8; PANEL]> = (0..4).map(|_| std::array::from_fn(|_| rng.uniform(0.0, 256.0) as u8)).collect();
+        let mut dst = [0xAAu8; 4 * PANEL];
+        interleave_step(&mut dst, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+        for (i, &b) in dst.iter().enumerate() {
+            assert_eq!(b, rows[i % 4][i / 4], "byte {i}");
+        }
+    }
+}
+
+#[test]
 fn activation_and_weight_quantizers_are_exact_where_they_must_be() {
     let a = Q8Act::from_range(-0.3, 2.0).unwrap();
     assert_eq!(a.dequantize(a.quantize(0.0)), 0.0, "zero is exact (padding)");
     assert_eq!(a.quantize(-10.0), 0);
     assert_eq!(a.quantize(10.0), B_MAX);
     assert_eq!(a.quantize(f32::NAN), 0, "NaN takes the lowest code");
+    assert_eq!((a.quantize(f32::NEG_INFINITY), a.quantize(f32::INFINITY)), (0, B_MAX));
+    // The vectorised slice gives the scalar codes, extremes and halfway points included.
+    let xs: Vec<f32> = (-300..900)
+        .map(|i| i as f32 * a.scale / 2.0 - 0.3)
+        .chain([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN, -0.0])
+        .collect();
+    let mut codes = vec![0xAA; xs.len()];
+    a.quantize_slice(&xs, &mut codes);
+    for (x, c) in xs.iter().zip(&codes) {
+        assert_eq!(*c, a.quantize(*x), "{x}");
+        // Round half up of x / scale + zero, clamped (the reference formula).
+        let want = (x * (1.0 / a.scale) + a.zero as f32 + 0.5).floor().clamp(0.0, B_MAX as f32);
+        assert_eq!(*c as f32, if x.is_nan() { 0.0 } else { want }, "{x}");
+    }
     assert!((a.dequantize(a.quantize(1.234)) - 1.234).abs() <= a.scale / 2.0 + 1e-6);
     // A range missing 0 is widened to hold it.
     let pos = Q8Act::from_range(1.0, 3.0).unwrap();

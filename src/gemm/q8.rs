@@ -177,7 +177,7 @@ impl Q8Weights {
     }
 }
 
-/// How one tensor's values map to 7-bit codes: `x ~ scale * (q - zero)`.
+/// How one tensor's values map to 8-bit codes: `x ~ scale * (q - zero)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Q8Act {
     pub scale: f32,
@@ -229,7 +229,10 @@ fn code(x: f32, inv: f32, zero: f32) -> u8 {
     let y = x * inv + zero;
     let y = if y > 0.0 { y } else { 0.0 };
     let y = if y < B_MAX as f32 { y } else { B_MAX as f32 };
-    (y + 0.5) as u8
+    // SAFETY: y + 0.5 is in [0.5, 255.5] (NaN went to 0 above), so the
+    // truncation fits an i32: one vector conversion, where the saturating
+    // `as` casts stay scalar; the same code.
+    unsafe { (y + 0.5).to_int_unchecked::<i32>() as u8 }
 }
 
 /// Bytes `pack_b` fills for a `k x n` B.
@@ -242,6 +245,18 @@ pub fn packed_b_len(k: usize, n: usize) -> usize {
 pub fn pack_b(b: MatRef<'_>, act: Q8Act, dst: &mut [u8]) -> Result<()> {
     let (k, n) = (b.rows(), b.cols());
     pack_rows(k, n, dst, |p, j0, row| row.iter_mut().enumerate().for_each(|(jj, c)| *c = act.quantize(b.at(p, j0 + jj))))
+}
+
+/// One packed-B step from 4 rows of 16 codes: `dst[4j + t] = rows[t][j]`
+/// (the quads of the file header's layout).
+#[inline]
+pub fn interleave_step(dst: &mut [u8; 4 * PANEL], rows: [&[u8; PANEL]; 4]) {
+    #[cfg(target_arch = "x86_64")]
+    super::q8_x86::interleave_step_sse2(dst, rows);
+    #[cfg(not(target_arch = "x86_64"))]
+    for (j, q) in dst.chunks_exact_mut(4).enumerate() {
+        q.copy_from_slice(&[rows[0][j], rows[1][j], rows[2][j], rows[3][j]]);
+    }
 }
 
 /// Packs a `k x n` matrix of codes already quantized, `codes[p * ld + j]`.
@@ -420,8 +435,14 @@ pub fn gemm_q8_with(
                 let shift = out.shift.map_or(0.0, |s| s[i]);
                 // Element (i, j) of the view, which was bounds-checked when built.
                 let base = i * rs + j0 * cs;
-                for (jj, &v) in acc_row.iter().enumerate().take(cols) {
-                    data[base + jj * cs] = out.store(scale, shift, v - corr);
+                if cs == 1 {
+                    // Contiguous row (the convolutions' case): one slice, vectorised.
+                    let dst = &mut data[base..base + cols];
+                    dst.iter_mut().zip(acc_row).for_each(|(d, &v)| *d = out.store(scale, shift, v - corr));
+                } else {
+                    for (jj, &v) in acc_row.iter().enumerate().take(cols) {
+                        data[base + jj * cs] = out.store(scale, shift, v - corr);
+                    }
                 }
             }
         }

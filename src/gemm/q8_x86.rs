@@ -14,6 +14,28 @@
 use super::q8::PANEL;
 use std::arch::x86_64::*;
 
+/// `q8::interleave_step` with SSE2 (part of x86-64 itself): bytes of rows
+/// 0/1 and 2/3 paired, then the pairs paired into quads.
+#[inline]
+pub(crate) fn interleave_step_sse2(dst: &mut [u8; 4 * PANEL], rows: [&[u8; PANEL]; 4]) {
+    // SAFETY: SSE2 is in every x86-64 CPU; 16-byte unaligned loads from the
+    // 16-byte rows and stores into the 64-byte destination.
+    unsafe {
+        let [a, b, c, d] = rows.map(|r| _mm_loadu_si128(r.as_ptr().cast()));
+        let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+        let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+        let quads = [
+            _mm_unpacklo_epi16(ab_lo, cd_lo),
+            _mm_unpackhi_epi16(ab_lo, cd_lo),
+            _mm_unpacklo_epi16(ab_hi, cd_hi),
+            _mm_unpackhi_epi16(ab_hi, cd_hi),
+        ];
+        for (i, q) in quads.into_iter().enumerate() {
+            _mm_storeu_si128(dst.as_mut_ptr().add(16 * i).cast(), q);
+        }
+    }
+}
+
 /// Reads the 4 codes at `p` as one i32 (little-endian, as the lanes expect).
 #[inline(always)]
 unsafe fn quad(p: *const i8) -> i32 {

@@ -13,7 +13,7 @@
 //! one pass over the codes instead of three (im2col, its zero fills, the pack).
 
 use crate::error::{Error, Result};
-use crate::gemm::q8::{PANEL, Q8Act, packed_b_len, padded_depth};
+use crate::gemm::q8::{PANEL, Q8Act, interleave_step, packed_b_len, padded_depth};
 use crate::ops::im2col::Window;
 
 /// `(ph, pw)`: the input's extent with the window's padding around it.
@@ -84,11 +84,10 @@ pub fn im2col_packed_u8(packed: &mut [u8], cols: usize, col0: usize, padded: &[u
                 let at = (j / PANEL) * kp * PANEL + step * 4 * PANEL + 4 * (j % PANEL);
                 let dst = &mut packed[at..at + 4 * n];
                 match r {
-                    [Some(r0), Some(r1), Some(r2), Some(r3)] if s == 1 => {
-                        let (r0, r1, r2, r3) = (&r0[ox..ox + n], &r1[ox..ox + n], &r2[ox..ox + n], &r3[ox..ox + n]);
-                        for (i, q) in dst.chunks_exact_mut(4).enumerate() {
-                            q.copy_from_slice(&[r0[i], r1[i], r2[i], r3[i]]);
-                        }
+                    [Some(r0), Some(r1), Some(r2), Some(r3)] if s == 1 && n == PANEL => {
+                        // A whole panel row of 4 contiguous runs: one vector interleave.
+                        let rows = [r0, r1, r2, r3].map(|r| <&[u8; PANEL]>::try_from(&r[ox..ox + PANEL]).expect("16 codes"));
+                        interleave_step(dst.try_into().expect("64 bytes"), rows);
                     }
                     _ => {
                         for (i, q) in dst.chunks_exact_mut(4).enumerate() {
