@@ -57,6 +57,10 @@ pub struct Q8ConvWorkspace {
     dense: Vec<u8>,
 }
 
+/// Largest input plane (pixels) on which a Winograd layer runs in int8 in
+/// models (`Conv2d::runs_q8_in_models`): 8x8.
+pub const Q8_WINOGRAD_MAX_PLANE: usize = 64;
+
 impl Conv2d {
     /// Whether `forward_q8` can run this layer: all but the direct
     /// single-output layers (the denoisers' last layers, whose output is
@@ -67,17 +71,22 @@ impl Conv2d {
 
     /// Whether a model in int8 runs this layer in int8: where `forward_q8`
     /// can, except
-    /// - the Winograd layers, whose f32 F(4x4, 3x3) / F(2x2, 3x3) do 4x /
-    ///   2.25x fewer multiplies than im2col + GEMM, while the int8 GEMM runs
-    ///   at 2.0-2.9x the f32 one's rate with AVX2 (`cargo bench --bench gemm
-    ///   -- gemm_q8/`): they lost to f32 there (README, Reduced precision);
+    /// - the Winograd layers on planes larger than `Q8_WINOGRAD_MAX_PLANE`,
+    ///   whose f32 F(4x4, 3x3) / F(2x2, 3x3) do 4x / 2.25x fewer multiplies
+    ///   than im2col + GEMM, while the int8 GEMM runs at 2.0-2.9x the f32
+    ///   one's rate with AVX2 (`cargo bench --bench gemm -- gemm_q8/`): they
+    ///   lost to f32 there. On 8x8 planes (HardNet's conv6) F(4x4) has 4
+    ///   tiles per channel, its transforms dominate and it is no faster than
+    ///   f32 im2col, so int8 wins (README, Reduced precision);
     /// - a model's first and output layers, the usual exceptions of int8
     ///   CNNs (the most sensitive to rounding, a sliver of the cost): in
     ///   these models the layers reading the one-channel patch (`cin == 1`)
     ///   and the dense layer that makes HardNet's descriptor (the denoisers'
     ///   output layers are direct).
     pub fn runs_q8_in_models(&self) -> bool {
-        self.supports_q8() && self.winograd(ConvPass::Infer).is_none() && self.spec.cin > 1 && !self.is_dense()
+        let small_plane = self.win.h * self.win.w <= Q8_WINOGRAD_MAX_PLANE;
+        let faster = self.winograd(ConvPass::Infer).is_none() || small_plane;
+        self.supports_q8() && faster && self.spec.cin > 1 && !self.is_dense()
     }
 
     /// Scratch for `forward_q8` on batches of `n` images, one lane per thread

@@ -2,8 +2,8 @@
 //! calibration (one input quantization per convolution block).
 //!
 //! int8 runs every block whose convolution `runs_q8_in_models` (all but the
-//! denoisers' single-output last layers and the Winograd layers, which are
-//! faster in f32) through `Conv2d::forward_q8`:
+//! first and output layers and the Winograd layers on planes above 8x8,
+//! which are faster in f32) through `Conv2d::forward_q8`:
 //! weights per output channel, the block's input per tensor with the
 //! `Q8Act` calibrated here. Everything else (pooling, concatenation, input
 //! normalisation, L2 normalisation, those layers) stays f32.
