@@ -293,9 +293,7 @@ fn pack_rows(k: usize, n: usize, dst: &mut [u8], mut fill: impl FnMut(usize, usi
                     fill(4 * s + t, j0, &mut row[..w]);
                 }
             }
-            for (jj, quad) in step.chunks_exact_mut(4).enumerate() {
-                quad.copy_from_slice(&[rows[0][jj], rows[1][jj], rows[2][jj], rows[3][jj]]);
-            }
+            interleave_step(step.try_into().expect("64 bytes"), [&rows[0], &rows[1], &rows[2], &rows[3]]);
         }
     }
     Ok(())
