@@ -9,7 +9,8 @@
 //! The last rows are the other GEMMs a training step runs: Winograd's
 //! transform-domain products and the weight gradient (B a transposed view).
 //!
-//! The `gemm_q8/*` groups time the int8 GEMM beside the best f32 kernel.
+//! The `gemm_q8/*` and `gemm_bf16/*` groups time the int8 and bf16 GEMMs
+//! beside the best f32 kernel.
 //!
 //! `cargo bench --bench gemm`; add `--features compare-gemm-crate` to also run
 //! the `gemm` crate (`Parallelism::None`) on the same shapes.
@@ -124,13 +125,19 @@ fn bench_gemm(c: &mut Criterion) {
     }
 }
 
-/// The int8 GEMM (`gemm::q8`) on the forward conv shapes, each int8 kernel
-/// beside the best f32 kernel in one group: `C = out(A * B)` with A
-/// quantized once and B quantized and packed once (what a layer does outside
-/// the product is not timed here).
-fn bench_q8(c: &mut Criterion) {
+/// A GEMM in reduced precision, prepared for one shape: a label and the
+/// call that writes C.
+type LowGemm = (String, Box<dyn FnMut(MatMut<'_>)>);
+
+/// One group per forward conv shape, `{group}/{shape}`: the best f32 kernel,
+/// then each GEMM `prepare(A, B, flop)` returns (A and B converted and
+/// packed once: what a layer does outside the product is not timed here).
+fn low_precision_groups(
+    c: &mut Criterion,
+    group: &str,
+    prepare: impl Fn(MatRef<'_>, MatRef<'_>, usize) -> Vec<LowGemm>,
+) {
     use nhpatch::gemm::best_kernel;
-    use nhpatch::gemm::q8::{Q8Act, Q8Kernel, Q8Out, Q8Weights, gemm_q8_with, pack_b, packed_b_len};
     for &(name, m, k, n, b_transposed) in SHAPES.iter().filter(|s| !s.0.ends_with("_dw") && !s.0.ends_with("_wino")) {
         let flop = 2 * m * n * k;
         let a = values(m * k, 1);
@@ -138,14 +145,8 @@ fn bench_q8(c: &mut Criterion) {
         let av = MatRef::row_major(&a, m, k).unwrap();
         let bv =
             if b_transposed { MatRef::row_major(&b, n, k).unwrap().t() } else { MatRef::row_major(&b, k, n).unwrap() };
-        let w = Q8Weights::quantize(av).unwrap();
-        let act = Q8Act::from_range(-0.5, 0.5).unwrap();
-        let mut packed = vec![0u8; packed_b_len(k, n)];
-        pack_b(bv, act, &mut packed).unwrap();
-        let scale: Vec<f32> = w.scales().iter().map(|s| s * act.scale).collect();
         let mut out = vec![0.0f32; m * n];
-
-        let mut g = c.benchmark_group(format!("gemm_q8/{name}"));
+        let mut g = c.benchmark_group(format!("{group}/{name}"));
         g.throughput(Throughput::Elements(flop as u64));
         g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
         g.sampling_mode(SamplingMode::Flat);
@@ -156,21 +157,61 @@ fn bench_q8(c: &mut Criterion) {
                 gemm_with(f32_kernel, 1.0, black_box(av), black_box(bv), 0.0, cv).unwrap();
             })
         });
-        for kernel in Q8Kernel::ALL.iter().copied().filter(|k| k.is_available()) {
-            if kernel == Q8Kernel::Naive && flop > NAIVE_MAX_FLOP {
-                continue;
-            }
-            g.bench_function(BenchmarkId::from_parameter(format!("int8-{}", kernel.name())), |bench| {
-                bench.iter(|| {
-                    let cv = MatMut::row_major(&mut out, m, n).unwrap();
-                    let o = Q8Out { scale: &scale, shift: None, relu: true };
-                    gemm_q8_with(kernel, &w, black_box(&packed), n, act.zero, o, cv).unwrap();
-                })
+        for (label, mut run) in prepare(av, bv, flop) {
+            g.bench_function(BenchmarkId::from_parameter(label), |bench| {
+                bench.iter(|| run(MatMut::row_major(&mut out, m, n).unwrap()))
             });
         }
         g.finish();
     }
 }
 
-criterion_group!(benches, bench_gemm, bench_q8);
+/// The int8 GEMM (`gemm::q8`): `C = out(A * B)`, each int8 kernel.
+fn bench_q8(c: &mut Criterion) {
+    use nhpatch::gemm::q8::{Q8Act, Q8Kernel, Q8Out, Q8Weights, gemm_q8_with, pack_b, packed_b_len};
+    low_precision_groups(c, "gemm_q8", |av, bv, flop| {
+        let (k, n) = (bv.rows(), bv.cols());
+        let w = std::rc::Rc::new(Q8Weights::quantize(av).unwrap());
+        let act = Q8Act::from_range(-0.5, 0.5).unwrap();
+        let mut packed = vec![0u8; packed_b_len(k, n)];
+        pack_b(bv, act, &mut packed).unwrap();
+        let packed = std::rc::Rc::new(packed);
+        let scale: std::rc::Rc<Vec<f32>> = std::rc::Rc::new(w.scales().iter().map(|s| s * act.scale).collect());
+        let kernels = Q8Kernel::ALL.iter().copied().filter(|k| k.is_available());
+        kernels
+            .filter(|&k| k != Q8Kernel::Naive || flop <= NAIVE_MAX_FLOP)
+            .map(|kernel| {
+                let (w, packed, scale) = (w.clone(), packed.clone(), scale.clone());
+                let run = move |cv: MatMut<'_>| {
+                    let o = Q8Out { scale: &scale, shift: None, relu: true };
+                    gemm_q8_with(kernel, &w, black_box(&packed), n, act.zero, o, cv).unwrap();
+                };
+                (format!("int8-{}", kernel.name()), Box::new(run) as Box<dyn FnMut(MatMut<'_>)>)
+            })
+            .collect()
+    });
+}
+
+/// The bf16 GEMM (`gemm::bf16`): `C = A * B`, each bf16 kernel.
+fn bench_bf16(c: &mut Criterion) {
+    use nhpatch::gemm::bf16::{Bf16Kernel, Bf16Weights, gemm_bf16_with, pack_b, packed_b_len};
+    low_precision_groups(c, "gemm_bf16", |av, bv, flop| {
+        let (k, n) = (bv.rows(), bv.cols());
+        let w = std::rc::Rc::new(Bf16Weights::convert(av));
+        let mut packed = vec![0u16; packed_b_len(k, n)];
+        pack_b(bv, &mut packed).unwrap();
+        let packed = std::rc::Rc::new(packed);
+        let kernels = Bf16Kernel::ALL.iter().copied().filter(|k| k.is_available());
+        kernels
+            .filter(|&k| k != Bf16Kernel::Naive || flop <= NAIVE_MAX_FLOP)
+            .map(|kernel| {
+                let (w, packed) = (w.clone(), packed.clone());
+                let run = move |cv: MatMut<'_>| gemm_bf16_with(kernel, &w, black_box(&packed), n, cv).unwrap();
+                (format!("bf16-{}", kernel.name()), Box::new(run) as Box<dyn FnMut(MatMut<'_>)>)
+            })
+            .collect()
+    });
+}
+
+criterion_group!(benches, bench_gemm, bench_q8, bench_bf16);
 criterion_main!(benches);

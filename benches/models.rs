@@ -1,6 +1,6 @@
 //! Whole models, on all cores: inference (`forward_eval`) of each model at
 //! batch 1, 16 and 128 in every precision (`infer/...` f32, `infer_int8/...`
-//! int8 calibrated on the batch), and one training step of each (zero_grad, forward,
+//! int8 calibrated on the batch, `infer_bf16/...`), and one training step of each (zero_grad, forward,
 //! loss, backward, optimizer) as `nhpatch bench --mode train` takes it:
 //! denoisers on 50 patches with L1, HardNet baseline on 50 triplets with the
 //! triplet loss, HardNet original on 128 pairs with the HardNet loss (the

@@ -460,22 +460,22 @@ impl Network {
 
     /// Runs CPU inference in `precision` from now on. int8 needs a
     /// calibration (`calibrate`, or one stored in the weights file) and the
-    /// CPU; f32 always works. The calibration is not redone when
-    /// `params_mut` changes the weights (the int8 weights are: they are
-    /// compared bit for bit on every call); calibrate again after training.
+    /// CPU; bf16 needs the CPU only (`vdpbf16ps` where it has AVX512_BF16,
+    /// the same arithmetic in f32 elsewhere); f32 always works. The
+    /// calibration is not redone when `params_mut` changes the weights (the
+    /// int8 and bf16 weights are: they are compared bit for bit on every
+    /// call); calibrate again after training.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
-        if precision == Precision::Int8 {
-            if self.accel.is_some() {
-                return Err(Error::Unsupported(
-                    "int8 inference runs on the CPU only; the network is on a device".into(),
-                ));
-            }
-            if self.calibration.is_none() {
-                return Err(Error::InvalidArgument(format!(
-                    "int8 inference of this {} needs a calibration: Network::calibrate (nhpatch calibrate), or weights saved with one",
-                    self.arch()
-                )));
-            }
+        if precision != Precision::F32 && self.accel.is_some() {
+            return Err(Error::Unsupported(format!(
+                "{precision} inference runs on the CPU only; the network is on a device"
+            )));
+        }
+        if precision == Precision::Int8 && self.calibration.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "int8 inference of this {} needs a calibration: Network::calibrate (nhpatch calibrate), or weights saved with one",
+                self.arch()
+            )));
         }
         self.precision = precision;
         self.release_workspaces();

@@ -583,6 +583,8 @@ fn set_precision_switches_the_arithmetic() {
     let want_f32 = lib.describe(&x).unwrap();
     lib.set_precision(nhpatch::Precision::Int8).unwrap();
     let want_int8 = lib.describe(&x).unwrap();
+    lib.set_precision(nhpatch::Precision::Bf16).unwrap();
+    let want_bf16 = lib.describe(&x).unwrap();
     let net = load(nhp_load_descriptor, &weights);
     let set = |name: &str| unsafe { nhp_set_precision(net, c(Path::new(name)).as_ptr()) };
     let describe = || {
@@ -596,9 +598,11 @@ fn set_precision_switches_the_arithmetic() {
     assert_eq!(bits(&describe()), bits(&want_int8));
     assert_eq!(set("f32"), NhpStatus::Ok);
     assert_eq!(bits(&describe()), bits(&want_f32));
-    assert_eq!(set("bf16"), NhpStatus::ErrUnsupported);
-    assert!(last_error().contains("bf16"), "{}", last_error());
+    assert_eq!(set("bf16"), NhpStatus::Ok, "{}", last_error());
+    assert_eq!(bits(&describe()), bits(&want_bf16));
+    assert_ne!(bits(&want_bf16), bits(&want_f32));
     assert_eq!(set("int4"), NhpStatus::ErrInvalidArgument);
+    assert!(last_error().contains("int4"), "{}", last_error());
     unsafe {
         assert_eq!(nhp_set_precision(null_mut(), c(Path::new("f32")).as_ptr()), NhpStatus::ErrNull);
         assert_eq!(nhp_set_precision(net, null()), NhpStatus::ErrNull);

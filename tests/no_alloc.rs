@@ -280,6 +280,10 @@ fn steps_after_warm_up_allocate_nothing() {
             ("dncnn infer int8", infer_allocations_in(Arch::Dncnn, 6, Precision::Int8)),
             ("hardnet baseline infer int8", infer_allocations_in(Arch::HardNetBaseline, 20, Precision::Int8)),
             ("hardnet original infer int8", infer_allocations_in(Arch::HardNetOriginal, 20, Precision::Int8)),
+            ("unet infer bf16", infer_allocations_in(Arch::Unet, 20, Precision::Bf16)),
+            ("dncnn infer bf16", infer_allocations_in(Arch::Dncnn, 6, Precision::Bf16)),
+            ("hardnet baseline infer bf16", infer_allocations_in(Arch::HardNetBaseline, 20, Precision::Bf16)),
+            ("hardnet original infer bf16", infer_allocations_in(Arch::HardNetOriginal, 20, Precision::Bf16)),
             (
                 "hardnet original infer f32 (inference workspace)",
                 infer_allocations_in(Arch::HardNetOriginal, 20, Precision::F32),
@@ -303,6 +307,7 @@ fn steps_after_warm_up_allocate_nothing() {
             ("hardnet through the C ABI", abi_allocations(Arch::HardNetOriginal, "f32")),
             ("unet int8 through the C ABI", abi_allocations(Arch::Unet, "int8")),
             ("hardnet int8 through the C ABI", abi_allocations(Arch::HardNetOriginal, "int8")),
+            ("hardnet bf16 through the C ABI", abi_allocations(Arch::HardNetOriginal, "bf16")),
         ],
     ]
     .concat();

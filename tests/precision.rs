@@ -1,9 +1,9 @@
 //! Reduced-precision inference through the public API (`Network::calibrate`,
 //! `set_precision`, `net::use_precision`, the weights file, the CLI and the
-//! C ABI): int8 tracks f32 on every model, gives the same bits for any
-//! thread count and batch, survives a save and load, keeps every task's mAP
-//! within 0.005 of f32 with trained weights on a small fixed dataset, and
-//! every misuse is a clear error.
+//! C ABI): int8 and bf16 track f32 on every model, give the same bits for
+//! any thread count and batch, int8's calibration survives a save and load,
+//! both keep every task's mAP within 0.005 of f32 with trained weights on a
+//! small fixed dataset, and every misuse is a clear error.
 
 mod common;
 
@@ -71,6 +71,43 @@ fn int8_tracks_f32_and_has_the_same_bits_for_any_threads_and_batch() {
 }
 
 #[test]
+fn bf16_tracks_f32_needs_no_calibration_and_has_the_same_bits_for_any_threads_and_batch() {
+    let x = patches(40, 12);
+    for arch in ARCHS {
+        let mut net = Network::init(arch, 5).unwrap();
+        let f32_out = net.forward(&x).unwrap();
+        net.set_precision(Precision::Bf16).unwrap();
+        assert!(net.calibration().is_none());
+        let h = net.forward(&x).unwrap();
+        assert!(!same_bits(&h, &f32_out), "{arch}: bf16 ran as f32");
+        if arch.is_denoiser() {
+            let mae = h.iter().zip(&f32_out).map(|(a, b)| (a - b).abs()).sum::<f32>() / h.len() as f32;
+            // The bound is 0.5 grey levels; bf16 keeps 8 bits of each operand.
+            assert!(mae < 0.1, "{arch}: bf16 MAE {mae}");
+        } else {
+            for (i, (a, b)) in h.chunks(128).zip(f32_out.chunks(128)).enumerate() {
+                let dot = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(p, q)| p * q).sum::<f32>();
+                let cos = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt();
+                assert!(cos > 0.999, "{arch}: patch {i} cosine {cos}");
+            }
+        }
+        for threads in [1, 3] {
+            let pool = nhpatch::threads::pool(threads).unwrap();
+            assert!(same_bits(&pool.install(|| net.forward(&x)).unwrap(), &h), "{arch}: {threads} threads");
+        }
+        assert!(same_bits(&net.forward(&x[..PATCH_LEN]).unwrap(), &h[..net.model().out_len()]), "{arch}: one patch");
+        assert!(same_bits(&net.forward(&x[..5 * PATCH_LEN]).unwrap(), &h[..5 * net.model().out_len()]), "{arch}");
+        // Weights changed in place are rounded again on the next call.
+        let (before, saved) = (net.forward(&x[..2 * PATCH_LEN]).unwrap(), net.params().to_vec());
+        net.params_mut().iter_mut().for_each(|w| *w *= 1.5);
+        assert!(!same_bits(&net.forward(&x[..2 * PATCH_LEN]).unwrap(), &before), "{arch}: stale bf16 weights");
+        net.params_mut().copy_from_slice(&saved);
+        net.set_precision(Precision::F32).unwrap();
+        assert!(same_bits(&net.forward(&x).unwrap(), &f32_out), "{arch}: f32 after bf16");
+    }
+}
+
+#[test]
 fn the_calibration_is_stored_and_reloaded_bit_for_bit() {
     let d = dir("precision-store");
     let mut net = Network::init(Arch::HardNetOriginal, 4).unwrap();
@@ -119,7 +156,11 @@ fn use_precision_calibrates_on_the_default_sample_once() {
     .unwrap();
     assert_eq!(a.calibration(), b.calibration(), "the descriptor saw the denoiser's output");
     assert!(use_precision(&mut b, Precision::F32, None).is_ok_and(|calibrated| !calibrated));
-    assert!(matches!("bf16".parse::<Precision>(), Err(Error::Unsupported(_))));
+    // bf16 has nothing to calibrate.
+    let mut c = Network::init(Arch::HardNetBaseline, 8).unwrap();
+    assert!(use_precision(&mut c, Precision::Bf16, None).is_ok_and(|calibrated| !calibrated));
+    assert!(c.calibration().is_none());
+    assert!(matches!("fp8".parse::<Precision>(), Err(Error::InvalidArgument(_))));
 }
 
 #[test]
@@ -140,20 +181,28 @@ fn the_cli_calibrates_and_runs_int8() {
     let got = nhpatch::io::npy::read(&o8).unwrap().data;
     assert!(same_bits(&got, &want));
     assert!(!same_bits(&got, &nhpatch::io::npy::read(&o32).unwrap().data));
-    let e = fails(&["describe", "--weights", s(&w), "--input", s(&strip), "--output", s(&o8), "--precision", "bf16"]);
-    assert!(e.contains("bf16"), "{e}");
-    let e = fails(&["bench", "--model", "unet", "--mode", "train", "--precision", "int8", "--seconds", "0.1"]);
-    assert!(e.contains("int8"), "{e}");
+    // bf16 from the CLI is the library's, with no calibration needed.
+    let o16 = d.join("d16.npy");
+    ok(&["describe", "--weights", s(&w), "--input", s(&strip), "--output", s(&o16), "--precision", "bf16"]);
+    let mut net = Network::load(&w, LoadOptions::default()).unwrap();
+    net.set_precision(Precision::Bf16).unwrap();
+    assert!(same_bits(&nhpatch::io::npy::read(&o16).unwrap().data, &net.forward(&x).unwrap()));
+    let e = fails(&["describe", "--weights", s(&w), "--input", s(&strip), "--output", s(&o8), "--precision", "fp8"]);
+    assert!(e.contains("fp8"), "{e}");
+    for precision in ["int8", "bf16"] {
+        let e = fails(&["bench", "--model", "unet", "--mode", "train", "--precision", precision, "--seconds", "0.1"]);
+        assert!(e.contains(precision), "{e}");
+    }
     let e = fails(&["calibrate", "--weights", s(&w), "--output", s(&d.join("x.bin"))]);
     assert!(e.contains("x.bin"), "{e}");
 }
 
 /// The accuracy bound, held in a test: trained weights (a U-Net and
 /// both HardNet variants, trained briefly on a small fixed synthetic dataset),
-/// scored through `nhpatch eval` in f32 and in int8 with the documented
-/// calibration at load; every task's mAP stays within 0.005 of f32.
+/// scored through `nhpatch eval` in f32, in int8 with the documented
+/// calibration at load and in bf16; every task's mAP stays within 0.005 of f32.
 #[test]
-fn int8_keeps_every_task_map_within_0_005_of_f32_with_trained_weights() {
+fn int8_and_bf16_keep_every_task_map_within_0_005_of_f32_with_trained_weights() {
     let d = dir("precision-map");
     let data = d.join("data");
     ok(&["synth", "--out", s(&data), "--sequences", "6", "--patches", "64", "--seed", "11"]);
@@ -173,13 +222,18 @@ fn int8_keeps_every_task_map_within_0_005_of_f32_with_trained_weights() {
             ok(&eval);
             maps(&json)
         };
-        let (f, q) = (score("f32"), score("int8"));
-        eprintln!("{variant}: f32 {f:?} int8 {q:?}");
-        assert_ne!(f, q, "{variant}: int8 ran as f32");
-        for (task, (a, b)) in ["verification", "matching", "retrieval"].iter().zip(f.iter().zip(&q)) {
+        let f = score("f32");
+        for task in ["verification", "matching", "retrieval"].iter().zip(&f) {
             // A trained descriptor, not a chance-level one, so that the bound says something.
-            assert!(*a > 0.2, "{variant} {task}: f32 mAP {a}");
-            assert!((a - b).abs() <= 0.005, "{variant} {task}: f32 {a} int8 {b}");
+            assert!(*task.1 > 0.2, "{variant} {}: f32 mAP {}", task.0, task.1);
+        }
+        for precision in ["int8", "bf16"] {
+            let q = score(precision);
+            eprintln!("{variant}: f32 {f:?} {precision} {q:?}");
+            assert_ne!(f, q, "{variant}: {precision} ran as f32");
+            for (task, (a, b)) in ["verification", "matching", "retrieval"].iter().zip(f.iter().zip(&q)) {
+                assert!((a - b).abs() <= 0.005, "{variant} {task}: f32 {a} {precision} {b}");
+            }
         }
     }
 }

@@ -350,11 +350,12 @@ pub unsafe extern "C" fn nhp_set_device(net: *mut NhpNetwork, device: *const c_c
     })
 }
 
-/// Runs the network's CPU inference in `precision` ("f32" or "int8") from
-/// now on (`net::use_precision`): int8 uses the calibration stored in the
-/// weights file, or calibrates on the default sample when it has none (a
-/// descriptor used after a denoiser is best calibrated with `nhpatch
-/// calibrate --denoiser`). NHP_ERR_UNSUPPORTED for "bf16" and on a device.
+/// Runs the network's CPU inference in `precision` ("f32", "int8" or
+/// "bf16") from now on (`net::use_precision`): int8 uses the calibration
+/// stored in the weights file, or calibrates on the default sample when it
+/// has none (a descriptor used after a denoiser is best calibrated with
+/// `nhpatch calibrate --denoiser`); bf16 needs no calibration.
+/// NHP_ERR_UNSUPPORTED on a device, NHP_ERR_INVALID_ARGUMENT for an unknown name.
 ///
 /// # Safety
 /// `net` is NULL or a live handle that no other thread uses during the call;

@@ -43,7 +43,7 @@ pub struct BenchArgs {
     /// With hardnet, --batch counts pairs and the optimizer is the hardnet recipe's.
     #[arg(long)]
     loss: Option<LossKind>,
-    /// Arithmetic of an inference benchmark: f32 or int8 (calibrated on the benchmark's batch).
+    /// Arithmetic of an inference benchmark: f32, bf16 or int8 (int8 calibrated on the benchmark's batch).
     #[arg(long, default_value = "f32")]
     precision: nhpatch::Precision,
     /// Measured seconds (split into 5 repetitions).

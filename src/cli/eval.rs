@@ -52,7 +52,7 @@ pub struct EvalArgs {
     bench: bool,
     #[command(flatten)]
     pub dev: super::DeviceArgs,
-    /// Arithmetic of the networks with --weights: f32 or int8 (see `nhpatch calibrate`).
+    /// Arithmetic of the networks with --weights: f32, int8 (see `nhpatch calibrate`) or bf16.
     #[arg(long, default_value = "f32", requires = "weights")]
     precision: Precision,
     /// Worker threads (0: all cores).
@@ -205,7 +205,7 @@ pub struct ExportArgs {
     delimiter: char,
     #[command(flatten)]
     pub dev: super::DeviceArgs,
-    /// Arithmetic of the networks: f32 or int8 (see `nhpatch calibrate`).
+    /// Arithmetic of the networks: f32, int8 (see `nhpatch calibrate`) or bf16.
     #[arg(long, default_value = "f32")]
     precision: Precision,
     #[arg(long, default_value_t = 0)]

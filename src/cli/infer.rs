@@ -25,7 +25,7 @@ pub struct DenoiseArgs {
     output: PathBuf,
     #[command(flatten)]
     pub dev: super::DeviceArgs,
-    /// Arithmetic: f32 or int8 (the calibration stored in the weights, else the default sample's; see `nhpatch calibrate`).
+    /// Arithmetic: f32, bf16 or int8 (int8: the calibration stored in the weights, else the default sample's; see `nhpatch calibrate`).
     #[arg(long, default_value = "f32")]
     precision: Precision,
     /// Worker threads (0: all cores).
@@ -52,7 +52,7 @@ pub struct DescribeArgs {
     output: PathBuf,
     #[command(flatten)]
     pub dev: super::DeviceArgs,
-    /// Arithmetic: f32 or int8 (the calibration stored in the weights, else the default sample's; see `nhpatch calibrate`).
+    /// Arithmetic: f32, bf16 or int8 (int8: the calibration stored in the weights, else the default sample's; see `nhpatch calibrate`).
     #[arg(long, default_value = "f32")]
     precision: Precision,
     /// Worker threads (0: all cores).

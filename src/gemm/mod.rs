@@ -16,6 +16,9 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod bf16;
+#[cfg(target_arch = "x86_64")]
+mod bf16_x86;
 mod blis;
 mod dot;
 mod naive;

@@ -44,7 +44,7 @@
 //! and each element of C is the same k-ordered sum for any split (the rule in
 //! `threads`).
 
-use crate::error::{Error, Result, check_len};
+use crate::error::{Error, Result, check_len, check_len_of};
 use crate::gemm::{MatMut, MatRef, gemm, gemm_dot};
 use crate::layers::conv2d_direct;
 use crate::layers::winograd::{Winograd, Winograd4, Winograd4Workspace, WinogradWorkspace};
@@ -260,17 +260,13 @@ impl Conv2d {
     /// Winograd scratch unless inference runs F(2x2) on it too, so the
     /// inference path is the same with either workspace.
     pub fn workspace_for(&self, n: usize, pass: ConvPass) -> ConvWorkspace {
-        let p = self.win.p();
-        let tile_imgs = TILE_COLS.div_ceil(p).clamp(1, n.max(1));
-        let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, tile_imgs);
-        let lanes = if self.is_dense() || self.is_direct() || n == 0 {
+        let (tile_imgs, shard_imgs) = tiling(&self.win, n);
+        let lanes = if self.is_dense() || self.is_direct() {
             Vec::new()
         } else {
-            let cols = tile_imgs * p;
+            let cols = tile_imgs * self.win.p();
             let tmp = if tile_imgs > 1 { self.spec.cout * cols } else { 0 };
-            (0..rayon::current_num_threads().min(n.div_ceil(shard_imgs)))
-                .map(|_| Mutex::new(Lane { col: vec![0.0; self.win.k() * cols], tmp: vec![0.0; tmp] }))
-                .collect()
+            lanes(n, shard_imgs, || Lane { col: vec![0.0; self.win.k() * cols], tmp: vec![0.0; tmp] })
         };
         let wino_train = match (pass, self.winograd(ConvPass::Infer)) {
             (ConvPass::Infer, Some(WinogradPlan::F4(_)) | None) => None,
@@ -281,13 +277,25 @@ impl Conv2d {
     }
 
     fn check_call(&self, n: usize, x: usize, out: usize, weight: usize, ws: &ConvWorkspace) -> Result<()> {
-        check_len("conv2d input", x, self.in_shape(n).len())?;
-        check_len("conv2d output", out, self.out_shape(n).len())?;
-        check_len("conv2d weight", weight, self.weight_len())?;
-        if ws.n != n || ws.layer != *self {
+        self.check_lens("conv2d", n, [x, out, weight], (ws.n, &ws.layer))
+    }
+
+    /// The checks of every forward: `[x, out, weight]` lengths for `n`
+    /// images, and a workspace `(images, layer)` made for this call.
+    pub(crate) fn check_lens(
+        &self,
+        what: &str,
+        n: usize,
+        [x, out, weight]: [usize; 3],
+        ws: (usize, &Conv2d),
+    ) -> Result<()> {
+        check_len_of(what, "input", x, self.in_shape(n).len())?;
+        check_len_of(what, "output", out, self.out_shape(n).len())?;
+        check_len_of(what, "weight", weight, self.weight_len())?;
+        if ws.0 != n || ws.1 != self {
             return Err(Error::Shape(format!(
-                "conv2d workspace was sized for {} images of another geometry; this call has {n}",
-                ws.n
+                "{what} workspace was sized for {} images of another geometry; this call has {n}",
+                ws.0
             )));
         }
         Ok(())
@@ -412,11 +420,7 @@ impl Conv2d {
                     // tmp[cout, tn*P] = W[cout, K] * col[K, tn*P], then un-interleave per image.
                     let tmp = &mut lane.tmp[..cout * cols];
                     gemm(1.0, w, col, 0.0, MatMut::row_major(tmp, cout, cols)?)?;
-                    for (j, o_img) in o_tile.chunks_exact_mut(out_len).enumerate() {
-                        for (co, o_row) in o_img.chunks_exact_mut(p).enumerate() {
-                            o_row.copy_from_slice(&tmp[co * cols + j * p..co * cols + (j + 1) * p]);
-                        }
-                    }
+                    scatter_images(o_tile, tmp, tn, p);
                 }
                 for o_img in o_tile.chunks_exact_mut(out_len) {
                     for (c, o_plane) in o_img.chunks_exact_mut(p).enumerate() {
@@ -653,6 +657,53 @@ impl ShardCtx<'_> {
         }
         Ok(())
     }
+}
+
+/// How the im2col paths cut a batch of `n` images: `(tile_imgs, shard_imgs)`,
+/// images per GEMM tile (at least `TILE_COLS` columns) and per thread's shard.
+pub(crate) fn tiling(win: &Window, n: usize) -> (usize, usize) {
+    let tile_imgs = TILE_COLS.div_ceil(win.p()).clamp(1, n.max(1));
+    (tile_imgs, crate::threads::part_size(n, MAX_SHARDS, tile_imgs))
+}
+
+/// One scratch lane per thread of the current rayon pool for a batch cut
+/// into shards of `shard_imgs` (none for an empty batch).
+pub(crate) fn lanes<L>(n: usize, shard_imgs: usize, lane: impl Fn() -> L) -> Vec<Mutex<L>> {
+    let count = if n == 0 { 0 } else { rayon::current_num_threads().min(n.div_ceil(shard_imgs)) };
+    (0..count).map(|_| Mutex::new(lane())).collect()
+}
+
+/// Copies a tile's output `tmp[cout, tn * P]` (image j in columns
+/// `j*P .. (j+1)*P`) into `o_tile[tn, cout, P]`.
+pub(crate) fn scatter_images(o_tile: &mut [f32], tmp: &[f32], tn: usize, p: usize) {
+    let cols = tn * p;
+    for (j, o_img) in o_tile.chunks_exact_mut(o_tile.len() / tn).enumerate() {
+        for (co, o_row) in o_img.chunks_exact_mut(p).enumerate() {
+            o_row.copy_from_slice(&tmp[co * cols + j * p..co * cols + (j + 1) * p]);
+        }
+    }
+}
+
+/// The batch loop of the reduced-precision im2col paths: contiguous shards
+/// of `shard_imgs` images of `x` (`in_len` values each) in parallel, each
+/// on its thread's lane, cut into tiles of up to `tile_imgs` images;
+/// `tile(lane, images, out)` gets a tile's inputs and its outputs (`out_len`
+/// values per image).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn for_each_tile<L: Send>(
+    lanes: &[Mutex<L>],
+    x: &[f32],
+    out: &mut [f32],
+    (in_len, out_len): (usize, usize),
+    (tile_imgs, shard_imgs): (usize, usize),
+    tile: impl Fn(&mut L, &[f32], &mut [f32]) -> Result<()> + Sync,
+) -> Result<()> {
+    x.par_chunks(shard_imgs * in_len).zip(out.par_chunks_mut(shard_imgs * out_len)).try_for_each(|(xs, os)| {
+        let mut guard = lock_lane(lanes);
+        xs.chunks(tile_imgs * in_len)
+            .zip(os.chunks_mut(tile_imgs * out_len))
+            .try_for_each(|(xt, ot)| tile(&mut guard, xt, ot))
+    })
 }
 
 /// The calling thread's scratch lane. Lanes are indexed by the rayon worker

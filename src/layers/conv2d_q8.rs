@@ -23,11 +23,11 @@
 //! thread, tiles of at least 256 columns); the dense layer splits the batch
 //! into parts of whole 16-column panels.
 
-use crate::error::{Error, Result, check_len};
+use crate::error::{Error, Result};
 use crate::gemm::MatMut;
 use crate::gemm::MatRef;
 use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Weights, gemm_q8, pack_bt, packed_b_len};
-use crate::layers::conv2d::{Conv2d, ConvPass, Epilogue, MAX_SHARDS, TILE_COLS, lock_lane};
+use crate::layers::conv2d::{Conv2d, ConvPass, Epilogue, for_each_tile, lanes, scatter_images, tiling};
 use crate::ops::im2col_q8::{im2col_packed_u8, padded_dims, quantize_padded};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -57,9 +57,9 @@ pub struct Q8ConvWorkspace {
     dense: Vec<u8>,
 }
 
-/// Largest input plane (pixels) on which a Winograd layer runs in int8 in
-/// models (`Conv2d::runs_q8_in_models`): 8x8.
-pub const Q8_WINOGRAD_MAX_PLANE: usize = 64;
+/// Largest input plane (pixels) on which a Winograd layer runs in int8 or
+/// bf16 in models (`Conv2d::runs_q8_in_models`, `runs_bf16_in_models`): 8x8.
+pub const LOW_PRECISION_WINOGRAD_MAX_PLANE: usize = 64;
 
 impl Conv2d {
     /// Whether `forward_q8` can run this layer: all but the direct
@@ -71,7 +71,7 @@ impl Conv2d {
 
     /// Whether a model in int8 runs this layer in int8: where `forward_q8`
     /// can, except
-    /// - the Winograd layers on planes larger than `Q8_WINOGRAD_MAX_PLANE`,
+    /// - the Winograd layers on planes larger than `LOW_PRECISION_WINOGRAD_MAX_PLANE`,
     ///   whose f32 F(4x4, 3x3) / F(2x2, 3x3) do 4x / 2.25x fewer multiplies
     ///   than im2col + GEMM, while the int8 GEMM runs at 2.0-2.9x the f32
     ///   one's rate with AVX2 (`cargo bench --bench gemm -- gemm_q8/`): they
@@ -84,32 +84,32 @@ impl Conv2d {
     ///   and the dense layer that makes HardNet's descriptor (the denoisers'
     ///   output layers are direct).
     pub fn runs_q8_in_models(&self) -> bool {
-        let small_plane = self.win.h * self.win.w <= Q8_WINOGRAD_MAX_PLANE;
-        let faster = self.winograd(ConvPass::Infer).is_none() || small_plane;
-        self.supports_q8() && faster && self.spec.cin > 1 && !self.is_dense()
+        self.supports_q8() && self.gemm_beats_winograd() && self.spec.cin > 1 && !self.is_dense()
+    }
+
+    /// Whether f32 inference does not run this layer through Winograd, or
+    /// runs it on a plane of at most `LOW_PRECISION_WINOGRAD_MAX_PLANE`
+    /// pixels: where a reduced-precision im2col + GEMM can be faster.
+    pub fn gemm_beats_winograd(&self) -> bool {
+        self.winograd(ConvPass::Infer).is_none() || self.win.h * self.win.w <= LOW_PRECISION_WINOGRAD_MAX_PLANE
     }
 
     /// Scratch for `forward_q8` on batches of `n` images, one lane per thread
     /// of the current rayon pool. The quantized weights are made by the first call.
     pub fn workspace_q8(&self, n: usize) -> Q8ConvWorkspace {
         let (k, p, cout) = (self.win.k(), self.win.p(), self.spec.cout);
-        let tile_imgs = TILE_COLS.div_ceil(p).clamp(1, n.max(1));
-        let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, tile_imgs);
+        let (tile_imgs, shard_imgs) = tiling(&self.win, n);
         let dense = self.is_dense();
-        let lanes = if dense || n == 0 || !self.supports_q8() {
+        let lanes = if dense || !self.supports_q8() {
             Vec::new()
         } else {
             let cols = tile_imgs * p;
             let (ph, pw) = padded_dims(&self.win);
-            (0..rayon::current_num_threads().min(n.div_ceil(shard_imgs)))
-                .map(|_| {
-                    Mutex::new(Lane {
-                        codes: vec![0; self.win.cin * ph * pw],
-                        packed: vec![0; packed_b_len(k, cols)],
-                        tmp: vec![0.0; if tile_imgs > 1 { cout * cols } else { 0 }],
-                    })
-                })
-                .collect()
+            lanes(n, shard_imgs, || Lane {
+                codes: vec![0; self.win.cin * ph * pw],
+                packed: vec![0; packed_b_len(k, cols)],
+                tmp: vec![0.0; if tile_imgs > 1 { cout * cols } else { 0 }],
+            })
         };
         Q8ConvWorkspace {
             n,
@@ -137,16 +137,8 @@ impl Conv2d {
         n: usize,
         ws: &mut Q8ConvWorkspace,
     ) -> Result<()> {
-        check_len("conv2d int8 input", x.len(), self.in_shape(n).len())?;
-        check_len("conv2d int8 output", out.len(), self.out_shape(n).len())?;
-        check_len("conv2d int8 weight", weight.len(), self.weight_len())?;
+        self.check_lens("conv2d int8", n, [x.len(), out.len(), weight.len()], (ws.n, &ws.layer))?;
         epi.check(self.spec.cout)?;
-        if ws.n != n || ws.layer != *self {
-            return Err(Error::Shape(format!(
-                "conv2d int8 workspace was sized for {} images of another geometry; this call has {n}",
-                ws.n
-            )));
-        }
         if !self.supports_q8() {
             return Err(Error::Unsupported("int8 convolution of a single-output direct layer".into()));
         }
@@ -180,36 +172,25 @@ impl Conv2d {
             );
         }
         let (in_len, out_len) = (self.win.in_len(), cout * p);
-        let (lanes, si, g) = (&ws.lanes, ws.shard_imgs, ws.tile_imgs);
-        x.par_chunks(si * in_len).zip(out.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
-            let mut guard = lock_lane(lanes);
-            let lane = &mut *guard;
-            let imgs = xs.len() / in_len;
-            for t0 in (0..imgs).step_by(g) {
-                let tn = g.min(imgs - t0);
-                let cols = tn * p;
-                let packed = &mut lane.packed[..packed_b_len(k, cols)];
-                for j in 0..tn {
-                    let xi = &xs[(t0 + j) * in_len..(t0 + j + 1) * in_len];
-                    quantize_padded(xi, act, &self.win, &mut lane.codes)?;
-                    im2col_packed_u8(packed, cols, j * p, &lane.codes, &self.win)?;
-                }
-                let o_tile = &mut os[t0 * out_len..(t0 + tn) * out_len];
-                if tn == 1 {
-                    // out_i[cout, P] = map(Wq[cout, K] * col[K, P])
-                    gemm_q8(wq, packed, cols, act.zero, q8out, MatMut::row_major(o_tile, cout, p)?)?;
-                } else {
-                    // tmp[cout, tn*P] = map(Wq * col), then un-interleave per image.
-                    let tmp = &mut lane.tmp[..cout * cols];
-                    gemm_q8(wq, packed, cols, act.zero, q8out, MatMut::row_major(tmp, cout, cols)?)?;
-                    for (j, o_img) in o_tile.chunks_exact_mut(out_len).enumerate() {
-                        for (co, o_row) in o_img.chunks_exact_mut(p).enumerate() {
-                            o_row.copy_from_slice(&tmp[co * cols + j * p..co * cols + (j + 1) * p]);
-                        }
-                    }
-                }
+        let cut = (ws.tile_imgs, ws.shard_imgs);
+        for_each_tile(&ws.lanes, x, out, (in_len, out_len), cut, |lane: &mut Lane, xt, o_tile| {
+            let tn = xt.len() / in_len;
+            let cols = tn * p;
+            let packed = &mut lane.packed[..packed_b_len(k, cols)];
+            for (j, xi) in xt.chunks_exact(in_len).enumerate() {
+                quantize_padded(xi, act, &self.win, &mut lane.codes)?;
+                im2col_packed_u8(packed, cols, j * p, &lane.codes, &self.win)?;
             }
-            Ok(())
+            if tn == 1 {
+                // out_i[cout, P] = map(Wq[cout, K] * col[K, P])
+                gemm_q8(wq, packed, cols, act.zero, q8out, MatMut::row_major(o_tile, cout, p)?)
+            } else {
+                // tmp[cout, tn*P] = map(Wq * col), then un-interleave per image.
+                let tmp = &mut lane.tmp[..cout * cols];
+                gemm_q8(wq, packed, cols, act.zero, q8out, MatMut::row_major(tmp, cout, cols)?)?;
+                scatter_images(o_tile, tmp, tn, p);
+                Ok(())
+            }
         })
     }
 }

@@ -13,6 +13,7 @@
 pub mod batchnorm;
 pub mod concat;
 pub mod conv2d;
+pub mod conv2d_bf16;
 pub(crate) mod conv2d_direct;
 pub mod conv2d_q8;
 pub mod dropout;

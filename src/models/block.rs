@@ -14,17 +14,20 @@
 //! - the block output (after ReLU, or after BN, or the convolution) is the
 //!   caller's tensor (`models::exec`), passed to forward and backward;
 //! - `mean`, `inv_std` `[cout]`: BN batch statistics saved by training forward;
-//! - `conv`: the convolution's im2col workspace.
+//! - `conv`: the convolution's im2col workspace;
+//! - `low`: the reduced-precision scratch of an int8 or bf16 eval forward.
 //!
 //! With both BN and ReLU, ReLU runs inside BN's normalising pass and only its
 //! output is kept: ReLU backward uses it as the mask.
 
 use super::LayerRow;
+use super::quant::Precision;
 use crate::dist::{Comm, Shard};
 use crate::error::Result;
 use crate::gemm::q8::Q8Act;
 use crate::layers::batchnorm::{self, Activation, BatchNormConfig};
 use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvPass, ConvWorkspace, Epilogue};
+use crate::layers::conv2d_bf16::Bf16ConvWorkspace;
 use crate::layers::conv2d_q8::Q8ConvWorkspace;
 use crate::layers::relu;
 use crate::params::ParamLayout;
@@ -72,8 +75,16 @@ pub(crate) struct BlockState {
     /// Synchronised BatchNorm's all-reduce buffer (`2 * C + 1`).
     bn_sync: Vec<f64>,
     conv: ConvWorkspace,
-    /// int8 inference (`set_q8`): the input's quantization and the int8 scratch.
-    q8: Option<(Q8Act, Q8ConvWorkspace)>,
+    /// Reduced-precision inference (`set_low`); `None` runs f32.
+    low: Option<LowConv>,
+}
+
+/// How an eval forward runs a block's convolution below f32.
+pub(crate) enum LowConv {
+    /// int8: the input's quantization and the int8 scratch.
+    Q8(Q8Act, Q8ConvWorkspace),
+    /// bf16 operands, f32 sums.
+    Bf16(Bf16ConvWorkspace),
 }
 
 /// Model-wide scratch shared by the blocks of one workspace; each block uses a prefix.
@@ -221,15 +232,22 @@ impl Block {
             eval_shift: vec![0.0; stats],
             bn_sync: vec![0.0; self.bn.as_ref().map_or(0, |(cfg, _)| batchnorm::sync_len(cfg))],
             conv: self.conv.workspace_for(n, pass),
-            q8: None,
+            low: None,
         }
     }
 
-    /// Makes the eval forward of `st` (for `n` patches) run in int8 with
-    /// input quantization `act`, or in f32 with `None`. A block whose
-    /// convolution is not run in int8 in models (`runs_q8_in_models`) stays f32.
-    pub fn set_q8(&self, st: &mut BlockState, act: Option<Q8Act>, n: usize) {
-        st.q8 = act.filter(|_| self.conv.runs_q8_in_models()).map(|a| (a, self.conv.workspace_q8(n)));
+    /// Makes the eval forward of `st` (for `n` patches) run in `precision`;
+    /// int8 takes the input quantization `act`. A block whose convolution a
+    /// model does not run in that precision (`runs_q8_in_models`,
+    /// `runs_bf16_in_models`), or int8 without `act`, stays f32.
+    pub fn set_low(&self, st: &mut BlockState, precision: Precision, act: Option<Q8Act>, n: usize) {
+        st.low = match precision {
+            Precision::F32 => None,
+            Precision::Int8 => {
+                act.filter(|_| self.conv.runs_q8_in_models()).map(|a| LowConv::Q8(a, self.conv.workspace_q8(n)))
+            }
+            Precision::Bf16 => self.conv.runs_bf16_in_models().then(|| LowConv::Bf16(self.conv.workspace_bf16(n))),
+        };
     }
 
     /// Runs the block on `x` (`N x cin x h x w`) into `out` (`N x cout x ho x wo`).
@@ -253,8 +271,10 @@ impl Block {
                 epi = Epilogue { scale: Some(&st.eval_scale), shift: Some(&st.eval_shift), relu: self.relu };
             }
             let w = &p[self.weight.clone()];
-            if let Some((act, qws)) = st.q8.as_mut() {
-                return self.conv.forward_q8(out, x, w, *act, epi, n, qws);
+            match st.low.as_mut() {
+                Some(LowConv::Q8(act, qws)) => return self.conv.forward_q8(out, x, w, *act, epi, n, qws),
+                Some(LowConv::Bf16(bws)) => return self.conv.forward_bf16(out, x, w, epi, n, bws),
+                None => {}
             }
             return self.conv.forward_fused(out, x, w, epi, n, &mut st.conv);
         }

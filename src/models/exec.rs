@@ -17,7 +17,7 @@
 
 use super::block::{BlockState, Pass, Scratch};
 use super::graph::{Graph, INPUT, Op, TensorId};
-use super::quant::Calibration;
+use super::quant::{Calibration, Precision};
 use crate::error::{Error, Result};
 use crate::layers::conv2d::ConvPass;
 use crate::layers::dropout::{self, DropoutConfig};
@@ -74,13 +74,14 @@ impl Buffers {
 }
 
 impl Buffers {
-    /// Sets every block's eval forward to int8 with its input quantization
-    /// from `calib` (`Calibration::get(block index)`), or back to f32 with `None`.
-    pub fn set_q8(&mut self, g: &Graph, calib: Option<&Calibration>) {
+    /// Sets every block's eval forward to `precision` (`Block::set_low`);
+    /// int8 takes each block's input quantization from `calib`
+    /// (`Calibration::get(block index)`).
+    pub fn set_precision(&mut self, g: &Graph, precision: Precision, calib: Option<&Calibration>) {
         for (node, state) in g.nodes.iter().zip(self.states.iter_mut()) {
             if let (Op::Block(b), NodeState::Block(st)) = (node.op, state) {
                 let block = &g.blocks[b];
-                block.set_q8(st, calib.and_then(|c| c.get(block.index)), self.n);
+                block.set_low(st, precision, calib.and_then(|c| c.get(block.index)), self.n);
             }
         }
     }

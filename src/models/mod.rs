@@ -350,12 +350,16 @@ impl Model {
         calib: Option<&Calibration>,
     ) -> Result<Workspace> {
         let mut ws = self.inference_workspace(batch)?;
-        if precision == Precision::Int8 {
-            let calib = calib.ok_or_else(|| {
-                Error::InvalidArgument(format!("int8 inference of this {} needs a calibration", self.arch))
-            })?;
-            self.check_calibration(calib)?;
-            ws.bufs.set_q8(&self.graph, Some(calib));
+        match precision {
+            Precision::F32 => {}
+            Precision::Int8 => {
+                let calib = calib.ok_or_else(|| {
+                    Error::InvalidArgument(format!("int8 inference of this {} needs a calibration", self.arch))
+                })?;
+                self.check_calibration(calib)?;
+                ws.bufs.set_precision(&self.graph, precision, Some(calib));
+            }
+            Precision::Bf16 => ws.bufs.set_precision(&self.graph, precision, None),
         }
         Ok(ws)
     }

@@ -36,15 +36,21 @@ pub enum Precision {
     F32,
     /// int8 convolutions with calibrated input scales (see the file header).
     Int8,
+    /// bf16 operands with f32 sums in the convolutions that run im2col +
+    /// GEMM (`Conv2d::runs_bf16_in_models`; `layers::conv2d_bf16`): no
+    /// calibration. `vdpbf16ps` where the CPU has AVX512_BF16; elsewhere the
+    /// same products and sums widened to f32 (`gemm::bf16`), at f32 speed.
+    Bf16,
 }
 
 impl Precision {
-    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Int8];
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Int8, Precision::Bf16];
 
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Int8 => "int8",
+            Precision::Bf16 => "bf16",
         }
     }
 }
@@ -55,10 +61,8 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" => Ok(Precision::F32),
             "int8" => Ok(Precision::Int8),
-            "bf16" => {
-                Err(Error::Unsupported("precision bf16 is not implemented in this build (f32 and int8 are)".into()))
-            }
-            other => Err(Error::InvalidArgument(format!("unknown precision '{other}' (f32 or int8)"))),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(Error::InvalidArgument(format!("unknown precision '{other}' (f32, int8 or bf16)"))),
         }
     }
 }
@@ -191,8 +195,10 @@ mod tests {
         for bad in ["conv1", "convx=1:2", "conv1=0:2", "conv1=1:256", "conv1=nan:1", "conv1=1:2,conv1=1:2", "c1=1:2"] {
             assert!(Calibration::from_metadata(bad).is_err(), "{bad}");
         }
-        assert!("bf16".parse::<Precision>().is_err() && "int4".parse::<Precision>().is_err());
-        assert_eq!("int8".parse::<Precision>().unwrap(), Precision::Int8);
+        assert!("int4".parse::<Precision>().is_err() && "BF16 ".parse::<Precision>().is_err());
+        for p in Precision::ALL {
+            assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+        }
     }
 
     #[test]

@@ -257,7 +257,7 @@ impl Workload {
         if cfg.mode == Mode::Infer {
             let calib = match cfg.precision {
                 Precision::Int8 => Some(model.calibrate(&params, &x)?),
-                Precision::F32 => None,
+                Precision::F32 | Precision::Bf16 => None,
             };
             let ws = model.inference_workspace_in(batch, cfg.precision, calib.as_ref())?;
             return Ok(Workload { model, params, ws, x, rng, batch, unit, train: None });
