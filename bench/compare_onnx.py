@@ -15,14 +15,15 @@ a shared VM's speed drifts by tens of percent within minutes. With --int8, ONNX 
 quantisation of the same models (QDQ, per-channel weights, activation ranges
 calibrated on 256 random patches) runs as a third contender and nhpatch's
 int8 (`nhpatch bench --precision int8`, calibrated on its own batch) as a
-fourth; they are timed only (nhpatch's int8 accuracy: README, Reduced
+fourth; with --bf16, nhpatch's bf16 (`--precision bf16`) runs too; they
+are timed only (nhpatch's reduced-precision accuracy: README, Reduced
 precision).
 
 Needs `pip install torch onnx onnxruntime numpy` and a release build
 (`cargo build --release`); not used by CI.
 
     python3 bench/compare_onnx.py [--seconds 3] [--threads 1,2] [--batches 1,16,128,1024]
-        [--only unet,hardnet-original] [--int8] [--rounds 3]
+        [--only unet,hardnet-original] [--int8] [--bf16] [--rounds 3]
 """
 
 import argparse
@@ -117,6 +118,7 @@ def main():
     ap.add_argument("--batches", default="1,16,128,1024")
     ap.add_argument("--only", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     ap.add_argument("--int8", action="store_true", help="also time ONNX Runtime's static int8 quantisation")
+    ap.add_argument("--bf16", action="store_true", help="also time nhpatch's bf16 inference")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per configuration (median taken)")
     args = ap.parse_args()
     if args.rounds < 1:
@@ -140,41 +142,50 @@ def main():
             sess = session(paths[n], threads)
             sess8 = session(os.path.join(tmp, f"{n}.int8.onnx"), threads) if args.int8 else None
             for batch in batches:
-                runs = {"ours": [], "theirs": [], "int8": [], "ours8": []}
+                runs = {"ours": [], "theirs": [], "int8": [], "ours8": [], "ours16": []}
                 for r in range(args.rounds):
                     runs["ours"].append(nhpatch_bench(n, batch, threads, args.seconds))
                     runs["theirs"].append(ort_bench(sess, batch, args.seconds))
                     if sess8:
                         runs["int8"].append(ort_bench(sess8, batch, args.seconds))
                         runs["ours8"].append(nhpatch_bench(n, batch, threads, args.seconds, "int8"))
+                    if args.bf16:
+                        runs["ours16"].append(nhpatch_bench(n, batch, threads, args.seconds, "bf16"))
                     extra = (f"  ort int8 {runs['int8'][-1]:9.1f}  nhpatch int8 {runs['ours8'][-1]:9.1f}"
                              if sess8 else "")
+                    extra += f"  nhpatch bf16 {runs['ours16'][-1]:9.1f}" if args.bf16 else ""
                     print(f"  round {r + 1}: nhpatch {runs['ours'][-1]:9.1f}  onnxruntime {runs['theirs'][-1]:9.1f}"
                           f"{extra}", flush=True)
                 ours, theirs = median(runs["ours"]), median(runs["theirs"])
                 int8 = median(runs["int8"]) if sess8 else None
                 ours8 = median(runs["ours8"]) if sess8 else None
-                rows.append((n, threads, batch, ours, theirs, int8, ours8))
+                ours16 = median(runs["ours16"]) if args.bf16 else None
+                rows.append((n, threads, batch, ours, theirs, int8, ours8, ours16))
                 extra = f"  ort int8 {int8:9.1f}  nhpatch int8 {ours8:9.1f}" if int8 else ""
+                extra += f"  nhpatch bf16 {ours16:9.1f}" if ours16 else ""
                 print(f"{n:17s} threads {threads} batch {batch:5d}: nhpatch {ours:9.1f}  onnxruntime {theirs:9.1f}"
                       f"{extra} patches/s  ratio {ours / theirs:.2f} (medians of {args.rounds})", flush=True)
     print()
     print(f"ONNX Runtime {ort.__version__} (CPU provider, ORT_ENABLE_ALL), PyTorch {torch.__version__} for the export;"
           f" {os.cpu_count()} CPUs")
     int8_head = " ONNX Runtime int8 | nhpatch int8 | nhpatch int8 / ONNX Runtime f32 |" if args.int8 else ""
+    int8_head += " nhpatch bf16 | nhpatch bf16 / ONNX Runtime f32 |" if args.bf16 else ""
     print(f"| model | threads | batch | nhpatch | ONNX Runtime | nhpatch / ONNX Runtime |{int8_head}")
-    print("|---|---|---|---|---|---|" + ("---|---|---|" if args.int8 else ""))
-    for n, threads, batch, ours, theirs, int8, ours8 in rows:
+    print("|---|---|---|---|---|---|" + ("---|---|---|" if args.int8 else "") + ("---|---|" if args.bf16 else ""))
+    for n, threads, batch, ours, theirs, int8, ours8, ours16 in rows:
         cell = f" {int8:.1f} | {ours8:.1f} | {ours8 / theirs:.2f} |" if args.int8 else ""
+        cell += f" {ours16:.1f} | {ours16 / theirs:.2f} |" if args.bf16 else ""
         print(f"| {n} | {threads} | {batch} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} |{cell}")
     if 1 in batches:
         print()
         print("Latency of one patch (batch 1), milliseconds:")
-        print("| model | threads | nhpatch | ONNX Runtime |" + (" ONNX Runtime int8 | nhpatch int8 |" if args.int8 else ""))
-        print("|---|---|---|---|" + ("---|---|" if args.int8 else ""))
-        for n, threads, batch, ours, theirs, int8, ours8 in rows:
+        print("| model | threads | nhpatch | ONNX Runtime |" + (" ONNX Runtime int8 | nhpatch int8 |" if args.int8 else "")
+              + (" nhpatch bf16 |" if args.bf16 else ""))
+        print("|---|---|---|---|" + ("---|---|" if args.int8 else "") + ("---|" if args.bf16 else ""))
+        for n, threads, batch, ours, theirs, int8, ours8, ours16 in rows:
             if batch == 1:
                 cell = f" {1000 / int8:.3f} | {1000 / ours8:.3f} |" if args.int8 else ""
+                cell += f" {1000 / ours16:.3f} |" if args.bf16 else ""
                 print(f"| {n} | {threads} | {1000 / ours:.3f} | {1000 / theirs:.3f} |{cell}")
 
 

@@ -93,10 +93,22 @@ pub mod threads;
 pub mod train;
 pub mod weights;
 
-/// The GEMM kernels this CPU can run, the one nhpatch uses, and its FMA peak.
+/// The GEMM kernels this CPU can run (f32, int8, bf16), the one nhpatch
+/// uses of each, and the FMA peak.
 pub mod cpu {
+    pub use crate::gemm::bf16::{Bf16Kernel, best_bf16_kernel};
     pub use crate::gemm::peak::fma_peak_gflops;
+    pub use crate::gemm::q8::{Q8Kernel, best_q8_kernel};
     pub use crate::gemm::{Kernel, best_kernel};
+
+    /// One row per kernel of each precision: `(precision, kernel name,
+    /// available on this CPU, the one in use)`.
+    pub fn kernel_table() -> Vec<(&'static str, &'static str, bool, bool)> {
+        let f32s = Kernel::ALL.iter().map(|k| ("f32", k.name(), k.is_available(), *k == best_kernel()));
+        let q8s = Q8Kernel::ALL.iter().map(|k| ("int8", k.name(), k.is_available(), *k == best_q8_kernel()));
+        let bf16s = Bf16Kernel::ALL.iter().map(|k| ("bf16", k.name(), k.is_available(), *k == best_bf16_kernel()));
+        f32s.chain(q8s).chain(bf16s).collect()
+    }
 }
 
 pub use error::{Error, Result};

@@ -116,7 +116,10 @@ fn bad_invocations_fail_cleanly_and_write_nothing() {
 #[test]
 fn kernels_lists_the_used_kernel_and_measures_the_fma_peak() {
     let out = ok(&["kernels", "--peak"]);
-    assert_eq!(out.lines().filter(|l| l.ends_with("(used)")).count(), 1, "{out}");
+    for precision in ["f32 ", "int8 ", "bf16 "] {
+        let used = out.lines().filter(|l| l.starts_with(precision) && l.ends_with("(used)")).count();
+        assert_eq!(used, 1, "{precision}: {out}");
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         let peak: f64 = out

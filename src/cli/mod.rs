@@ -108,11 +108,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TrainDenoiser(a) => train::train_denoiser(a),
         Command::TrainDescriptor(a) => train::train_descriptor(a),
         Command::Kernels(a) => {
-            let best = nhpatch::cpu::best_kernel();
-            for k in nhpatch::cpu::Kernel::ALL {
-                let mark = if *k == best { " (used)" } else { "" };
-                let avail = if k.is_available() { "available" } else { "not available on this CPU" };
-                println!("{:<16} {avail}{mark}", k.name());
+            for (precision, name, available, used) in nhpatch::cpu::kernel_table() {
+                let mark = if used { " (used)" } else { "" };
+                let avail = if available { "available" } else { "not available on this CPU" };
+                println!("{precision:<5} {name:<16} {avail}{mark}");
             }
             if a.peak {
                 for k in [nhpatch::cpu::Kernel::Avx512, nhpatch::cpu::Kernel::Avx2Fma] {
