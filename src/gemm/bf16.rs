@@ -190,7 +190,10 @@ pub fn pack_b(b: MatRef<'_>, dst: &mut [u16]) -> Result<()> {
                     continue;
                 }
                 // Element (p, j0 + jj) of the view, bounds-checked when it was built.
-                if cs == 1 {
+                if cs == 1 && w == PANEL {
+                    // Fixed-size: inlined moves rather than a memmove call per row.
+                    *row = data[p * rs + j0..p * rs + j0 + PANEL].try_into().expect("16 values");
+                } else if cs == 1 {
                     row[..w].copy_from_slice(&data[p * rs + j0..p * rs + j0 + w]);
                 } else {
                     row[..w].iter_mut().enumerate().for_each(|(jj, v)| *v = data[p * rs + (j0 + jj) * cs]);
@@ -300,7 +303,12 @@ pub fn gemm_bf16_with(kernel: Bf16Kernel, a: &Bf16Weights, b: &[u16], n: usize, 
             for (r, acc_row) in acc.iter().enumerate().take(rows) {
                 // Element (i, j0) of the view, which was bounds-checked when built.
                 let base = (i0 + r) * rs + j0 * cs;
-                if cs == 1 {
+                if cs == 1 && cols == PANEL {
+                    // A whole panel: a fixed-size copy the compiler inlines (a
+                    // variable-length one calls memmove once per row and tile).
+                    let dst: &mut [f32; PANEL] = (&mut data[base..base + PANEL]).try_into().expect("16 values");
+                    *dst = *acc_row;
+                } else if cs == 1 {
                     data[base..base + cols].copy_from_slice(&acc_row[..cols]);
                 } else {
                     for (jj, &v) in acc_row.iter().enumerate().take(cols) {

@@ -59,15 +59,21 @@ impl Conv2d {
     }
 
     /// Whether a model in bf16 runs this layer in bf16: where `forward_bf16`
-    /// can, except the Winograd layers on planes larger than 8x8
-    /// (`gemm_beats_winograd`, as int8). There f32 F(4x4, 3x3) / F(2x2, 3x3) do 4x
-    /// / 2.25x fewer multiplies than im2col + GEMM, more than
-    /// `vdpbf16ps`'s 2 products per lane can make up, and a CPU without it
-    /// multiplies bf16 at f32 speed. Unlike int8, the first and output
-    /// layers run in bf16 too: its 8-bit mantissa with f32 sums keeps them
-    /// within 2^-8 of f32 per product, with no range to calibrate.
+    /// can, except
+    /// - the Winograd layers on planes larger than 8x8
+    ///   (`gemm_beats_winograd`, as int8): there f32 F(4x4, 3x3) / F(2x2, 3x3)
+    ///   do 4x / 2.25x fewer multiplies than im2col + GEMM, more than
+    ///   `vdpbf16ps`'s 2 products per lane can make up, and a CPU without it
+    ///   multiplies bf16 at f32 speed;
+    /// - the dense layer (HardNet's conv7): its 1M weights are compared bit
+    ///   for bit on every call (to follow weight changes) and its GEMM pads
+    ///   a small batch to 16 columns, which halved one-patch throughput
+    ///   (README, Reduced precision); f32 runs it as dot products.
+    ///
+    /// Unlike int8, the first layer runs in bf16 too: bf16 keeps 8
+    /// significant bits of every value, with no range to calibrate.
     pub fn runs_bf16_in_models(&self) -> bool {
-        self.supports_bf16() && self.gemm_beats_winograd()
+        self.supports_bf16() && self.gemm_beats_winograd() && !self.is_dense()
     }
 
     /// Scratch for `forward_bf16` on batches of `n` images, one lane per
