@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::gemm::bf16::{Bf16Weights, PANEL, gemm_bf16, pack_b, pack_bt, packed_b_len};
 use crate::gemm::{MatMut, MatRef};
 use crate::layers::conv2d::{Conv2d, Epilogue, for_each_tile, lanes, scatter_images, tiling};
+use crate::layers::prepared::Converted;
 use crate::ops::im2col::im2col;
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -44,9 +45,8 @@ pub struct Bf16ConvWorkspace {
     shard_imgs: usize,
     tile_imgs: usize,
     lanes: Vec<Mutex<Lane>>,
-    /// The f32 weights `weights` holds rounded (compared bit for bit per call).
-    src: Vec<f32>,
-    weights: Option<Bf16Weights>,
+    /// The rounded weights, redone when the weights' bits change.
+    weights: Converted<Bf16Weights>,
     /// Dense layer: the packed `K x n` batch.
     dense: Vec<u16>,
 }
@@ -98,8 +98,7 @@ impl Conv2d {
             shard_imgs,
             tile_imgs,
             lanes,
-            src: vec![0.0; self.weight_len()],
-            weights: None,
+            weights: Converted::new(self.weight_len()),
             dense: vec![0; if dense { packed_b_len(k, n) } else { 0 }],
         }
     }
@@ -121,12 +120,7 @@ impl Conv2d {
             return Err(Error::Unsupported("bf16 convolution of a single-output direct layer".into()));
         }
         let (cout, k, p) = (self.spec.cout, self.win.k(), self.win.p());
-        // Rounded weights, made again only when the weights' bits change.
-        if ws.weights.is_none() || !crate::layers::prepared::same_bits(&ws.src, weight) {
-            ws.weights = Some(Bf16Weights::convert(MatRef::row_major(weight, cout, k)?));
-            ws.src.copy_from_slice(weight);
-        }
-        let Some(wb) = ws.weights.as_ref() else { unreachable!("set above") };
+        let wb = ws.weights.get(weight, |w| Ok(Bf16Weights::convert(MatRef::row_major(w, cout, k)?)))?;
         if n == 0 {
             return Ok(());
         }

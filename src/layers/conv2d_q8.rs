@@ -28,6 +28,7 @@ use crate::gemm::MatMut;
 use crate::gemm::MatRef;
 use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Weights, gemm_q8, pack_bt, packed_b_len};
 use crate::layers::conv2d::{Conv2d, ConvPass, Epilogue, for_each_tile, lanes, scatter_images, tiling};
+use crate::layers::prepared::Converted;
 use crate::ops::im2col_q8::{im2col_packed_u8, padded_dims, quantize_padded};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -48,9 +49,8 @@ pub struct Q8ConvWorkspace {
     shard_imgs: usize,
     tile_imgs: usize,
     lanes: Vec<Mutex<Lane>>,
-    /// The f32 weights `weights` holds quantized (compared bit for bit per call).
-    src: Vec<f32>,
-    weights: Option<Q8Weights>,
+    /// The quantized weights, redone when the weights' bits change.
+    weights: Converted<Q8Weights>,
     /// `[cout]` output scale of the current call.
     scale: Vec<f32>,
     /// Dense layer: the packed `K x n` batch.
@@ -117,8 +117,7 @@ impl Conv2d {
             shard_imgs,
             tile_imgs,
             lanes,
-            src: vec![0.0; self.weight_len()],
-            weights: None,
+            weights: Converted::new(self.weight_len()),
             scale: vec![0.0; cout],
             dense: vec![0; if dense { packed_b_len(k, n) } else { 0 }],
         }
@@ -143,13 +142,7 @@ impl Conv2d {
             return Err(Error::Unsupported("int8 convolution of a single-output direct layer".into()));
         }
         let (cout, k, p) = (self.spec.cout, self.win.k(), self.win.p());
-        // Quantized weights, made again only when the weights' bits change.
-        if ws.weights.is_none() || !crate::layers::prepared::same_bits(&ws.src, weight) {
-            ws.weights = None;
-            ws.weights = Some(Q8Weights::quantize(MatRef::row_major(weight, cout, k)?)?);
-            ws.src.copy_from_slice(weight);
-        }
-        let Some(wq) = ws.weights.as_ref() else { unreachable!("set above") };
+        let wq = ws.weights.get(weight, |w| Q8Weights::quantize(MatRef::row_major(w, cout, k)?))?;
         for (c, s) in ws.scale.iter_mut().enumerate() {
             *s = wq.scales()[c] * act.scale * epi.scale.map_or(1.0, |e| e[c]);
         }

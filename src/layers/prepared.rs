@@ -1,5 +1,5 @@
-//! Weights prepared for a layer's kernels (the Winograd weight transforms),
-//! kept in the layer's workspace and rebuilt only when the weights change.
+//! Weights prepared for a layer's kernels (the Winograd weight transforms,
+//! the int8 and bf16 weights), kept in the layer's workspace and rebuilt only when the weights change.
 //!
 //! Inference calls a layer with the same weights again and again; the
 //! Winograd weight transforms on every call were a third of a one-patch
@@ -50,6 +50,32 @@ impl Prepared {
     }
 }
 
+/// Weights converted into another form (int8 codes, bf16 values) by a
+/// function that builds it, kept with a copy of the f32 weights it came from
+/// and rebuilt only when their bits change, like `Prepared`. The first
+/// conversion allocates; a hit costs one comparison.
+pub(crate) struct Converted<W> {
+    src: Vec<f32>,
+    value: Option<W>,
+}
+
+impl<W> Converted<W> {
+    pub(crate) fn new(src_len: usize) -> Self {
+        Converted { src: vec![0.0; src_len], value: None }
+    }
+
+    /// `convert(weight)`, or the cached result when `weight` has the bits of
+    /// the last conversion. A failed conversion leaves the cache empty.
+    pub(crate) fn get(&mut self, weight: &[f32], convert: impl FnOnce(&[f32]) -> Result<W>) -> Result<&W> {
+        if self.value.is_none() || !same_bits(&self.src, weight) {
+            self.value = None;
+            self.value = Some(convert(weight)?);
+            self.src.copy_from_slice(weight);
+        }
+        Ok(self.value.as_ref().expect("set above"))
+    }
+}
+
 /// Whether `a` and `b` hold the same bits (so -0.0 differs from 0.0 and a
 /// NaN equals itself). Branch-free over chunks so that it vectorises.
 pub(crate) fn same_bits(a: &[f32], b: &[f32]) -> bool {
@@ -91,6 +117,26 @@ mod tests {
         let mut far = vec![0.5f32; 130];
         far[129] = 0.25;
         assert!(!same_bits(&[0.5; 130], &far));
+    }
+
+    #[test]
+    fn converts_again_only_for_other_bits_and_not_after_a_failure() {
+        let mut c = Converted::new(2);
+        let calls = std::cell::Cell::new(0);
+        let mut get = |w: &[f32]| {
+            *c.get(w, |w| {
+                calls.set(calls.get() + 1);
+                Ok(w[0] + w[1])
+            })
+            .unwrap()
+        };
+        assert_eq!(get(&[1.0, 2.0]), 3.0);
+        assert_eq!(get(&[1.0, 2.0]), 3.0);
+        assert_eq!(get(&[1.0, 2.5]), 3.5);
+        assert_eq!(calls.get(), 2);
+        let mut c = Converted::<f32>::new(1);
+        assert!(c.get(&[1.0], |_| Err(crate::error::Error::Shape("refused".into()))).is_err());
+        assert_eq!(*c.get(&[1.0], |w| Ok(w[0])).unwrap(), 1.0);
     }
 
     #[test]
