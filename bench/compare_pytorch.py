@@ -10,10 +10,13 @@ nhpatch / PyTorch (above 1: nhpatch is faster). Workloads:
   - the default recipe's step: HardNet original on 128 pairs, the HardNet loss with anchor swap,
     SGD 0.1 momentum 0.9 weight decay 1e-4 (`nhpatch bench --loss hardnet`);
   - inference at batch 128 and 1024 for each model.
+With --rounds R (default 1) each row runs R alternating rounds (nhpatch, PyTorch,
+nhpatch, ...) and reports each contender's median; --workloads train|infer
+keeps one kind of row.
 Needs `pip install torch numpy safetensors` and a release build
 (`cargo build --release`); not used by CI.
 
-    python3 bench/compare_pytorch.py [--seconds 3] [--threads 1,2] [--only unet]
+    python3 bench/compare_pytorch.py [--seconds 3] [--threads 1,2] [--only unet] [--rounds 3] [--workloads train]
 """
 
 import argparse
@@ -140,7 +143,11 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--only", default=None, help="unet, dncnn, hardnet (baseline) or hardnet-original (its training step)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds per row (median taken)")
+    ap.add_argument("--workloads", choices=("all", "train", "infer"), default="all")
     args = ap.parse_args()
+    if args.rounds < 1:
+        sys.exit("--rounds must be at least 1")
     workloads = []
     for model in ("unet", "dncnn", "hardnet"):
         if args.only and model != args.only:
@@ -155,11 +162,19 @@ def main():
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
         for model, mode, batch, unit in workloads:
-            ours = nhpatch_bench(model, mode, batch, threads, args.seconds)
-            theirs = torch_bench(model, mode, batch, args.seconds)
+            if args.workloads != "all" and mode != args.workloads:
+                continue
+            ours_r, theirs_r = [], []
+            for r in range(args.rounds):
+                ours_r.append(nhpatch_bench(model, mode, batch, threads, args.seconds))
+                theirs_r.append(torch_bench(model, mode, batch, args.seconds))
+                if args.rounds > 1:
+                    print(f"  round {r + 1}: nhpatch {ours_r[-1]:9.1f}  pytorch {theirs_r[-1]:9.1f}", flush=True)
+            ours, theirs = statistics.median(ours_r), statistics.median(theirs_r)
             rows.append((model, mode, batch, threads, unit, ours, theirs))
+            rounds = f" (medians of {args.rounds})" if args.rounds > 1 else ""
             print(f"{model:8s} {mode:5s} batch {batch:5d} threads {threads}: nhpatch {ours:9.1f}  "
-                  f"pytorch {theirs:9.1f} {unit}  ratio {ours / theirs:.2f}", flush=True)
+                  f"pytorch {theirs:9.1f} {unit}  ratio {ours / theirs:.2f}{rounds}", flush=True)
     print()
     print(f"PyTorch {torch.__version__}, {torch.backends.mkldnn.is_available() and 'oneDNN' or 'no oneDNN'}; "
           f"{os.cpu_count()} CPUs")

@@ -519,3 +519,116 @@ fn f2_reused_workspace_is_never_stale() {
 fn f4_reused_workspace_is_never_stale() {
     reused_workspace_is_never_stale::<Winograd4>();
 }
+
+/// Direct weight and bias gradient of `naive_forward` in f64: (dw[cout, cin, 3, 3], db[cout]).
+fn naive_backward_weight(l: &Geom, x: &[f32], dout: &[f32], n: usize) -> (Vec<f64>, Vec<f64>) {
+    let (hh, ww) = (l.h as isize, l.w as isize);
+    let mut dw = vec![0.0f64; l.cout * l.cin * 9];
+    let mut db = vec![0.0f64; l.cout];
+    for i in 0..n {
+        for co in 0..l.cout {
+            for oy in 0..hh {
+                for ox in 0..ww {
+                    let d = dout[((i * l.cout + co) * l.h + oy as usize) * l.w + ox as usize] as f64;
+                    db[co] += d;
+                    for ci in 0..l.cin {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = (oy + ky - 1, ox + kx - 1);
+                                if iy < 0 || ix < 0 || iy >= hh || ix >= ww {
+                                    continue;
+                                }
+                                let xv = x[((i * l.cin + ci) * l.h + iy as usize) * l.w + ix as usize] as f64;
+                                dw[((co * l.cin + ci) * 3 + ky as usize) * 3 + kx as usize] += d * xv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dw, db)
+}
+
+/// F(2x2) backward_weight over `dw`, `db` pre-filled with `prefill`, called `calls` times on one workspace.
+fn backward_weight(c: &Case<Winograd>, prefill: f32, calls: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut dw = vec![prefill; c.g.cout * c.g.cin * 9];
+    let mut db = vec![prefill; c.g.cout];
+    let mut ws = c.l.workspace(c.n);
+    for _ in 0..calls {
+        c.l.backward_weight(&mut dw, Some(&mut db), &c.x, &c.d, c.n, &mut ws).unwrap();
+    }
+    (dw, db)
+}
+
+/// Relative errors of F(2x2) backward_weight (two accumulating calls over a
+/// prefill) against twice the naive gradient plus the prefill: (dw, db).
+fn check_backward_weight(dims: (usize, usize, usize, usize), n: usize, seed: u64) -> (f64, f64) {
+    let c = case::<Winograd>(dims.0, dims.1, dims.2, dims.3, n, seed);
+    let prefill = 0.5f32;
+    let (dw, db) = backward_weight(&c, prefill, 2);
+    let (want_w, want_b) = naive_backward_weight(&c.g, &c.x, &c.d, n);
+    let twice = |v: Vec<f64>| v.iter().map(|g| 2.0 * g + prefill as f64).collect::<Vec<_>>();
+    (rel_err(&dw, &twice(want_w)), rel_err(&db, &twice(want_b)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn backward_weight_matches_naive_and_accumulates(cin in 1usize..20, cout in 1usize..20, h in 1usize..=13,
+                                                     w in 1usize..=13, n in 1usize..=3, seed: u64) {
+        let (ew, eb) = check_backward_weight((cin, cout, h, w), n, seed);
+        prop_assert!(ew < TOL && eb < TOL, "relative error dw {ew:e}, db {eb:e}");
+    }
+}
+
+#[test]
+fn backward_weight_holds_on_the_models_layers() {
+    // HardNet's 32x32, 16x16 and 8x8 layers and a ragged batch; the shards' groups overwrite, then accumulate.
+    for (cin, cout, h, w, n) in [(32, 32, 32, 32, 3), (64, 64, 16, 16, 5), (128, 128, 8, 8, 37), (16, 24, 9, 7, 9)] {
+        let (ew, eb) = check_backward_weight((cin, cout, h, w), n, 5);
+        assert!(ew < TOL && eb < TOL, "{cin}->{cout} {h}x{w} n={n}: dw {ew:e}, db {eb:e}");
+    }
+}
+
+#[test]
+fn backward_weight_does_not_depend_on_the_thread_count() {
+    for (cin, cout, h, w, n) in
+        [(5, 7, 16, 16, 7), (8, 6, 8, 8, 33), (3, 4, 9, 7, 5), (2, 3, 32, 32, 25), (8, 6, 8, 8, 1)]
+    {
+        let c = case::<Winograd>(cin, cout, h, w, n, 13);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| backward_weight(&c, 0.25, 1))
+        };
+        let (dw1, db1) = run(1);
+        for threads in [2, 3] {
+            let (dw, db) = run(threads);
+            let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same(&dw, &dw1) && same(&db, &db1), "differs with {threads} threads ({cin}->{cout} {h}x{w} n={n})");
+        }
+    }
+}
+
+#[test]
+fn backward_weight_rejects_bad_arguments() {
+    let c = case::<Winograd>(3, 4, 5, 6, 2, 1);
+    let mut ws = c.l.workspace(2);
+    let mut dw = vec![0.0; 4 * 3 * 9];
+    let mut db = vec![0.0; 4];
+    let err = c.l.backward_weight(&mut dw[1..], None, &c.x, &c.d, 2, &mut ws).unwrap_err().to_string();
+    assert!(err.contains("winograd weight"), "{err}");
+    let err = c.l.backward_weight(&mut dw, Some(&mut db[1..]), &c.x, &c.d, 2, &mut ws).unwrap_err().to_string();
+    assert!(err.contains("bias gradient"), "{err}");
+    let err = c.l.backward_weight(&mut dw, None, &c.x[1..], &c.d, 2, &mut ws).unwrap_err().to_string();
+    assert!(err.contains("winograd input"), "{err}");
+    let err = c.l.backward_weight(&mut dw, None, &c.x, &c.d[2..], 2, &mut ws).unwrap_err().to_string();
+    assert!(err.contains("output gradient"), "{err}");
+    let mut ws1 = c.l.workspace(1);
+    let err = c.l.backward_weight(&mut dw, None, &c.x, &c.d, 2, &mut ws1).unwrap_err().to_string();
+    assert!(err.contains("sized for 1 images"), "{err}");
+    // No images: nothing to add.
+    c.l.backward_weight(&mut dw, Some(&mut db), &[], &[], 0, &mut c.l.workspace(0)).unwrap();
+    assert!(dw.iter().chain(&db).all(|&v| v == 0.0));
+}

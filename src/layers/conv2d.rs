@@ -49,6 +49,7 @@ use crate::gemm::{MatMut, MatRef, gemm, gemm_dot};
 use crate::layers::conv2d_direct;
 use crate::layers::winograd::{Winograd, Winograd4, Winograd4Workspace, WinogradWorkspace};
 use crate::ops::im2col::{Padding, Window, col2im_add, im2col};
+use crate::ops::reduce::add_partials;
 use crate::shape::Shape4;
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -107,6 +108,21 @@ impl WinogradPlan {
         match (self, ws) {
             (WinogradPlan::F2(w), WinogradScratch::F2(ws)) => w.forward_fused(out, x, weight, epi, n, ws),
             (WinogradPlan::F4(w), WinogradScratch::F4(ws)) => w.forward_fused(out, x, weight, epi, n, ws),
+            _ => Err(Self::mismatch()),
+        }
+    }
+
+    /// The weight gradient in the transformed domain: F(2x2) only, the tiling training runs.
+    fn backward_weight(
+        &self,
+        grads: (&mut [f32], Option<&mut [f32]>),
+        x: &[f32],
+        dout: &[f32],
+        n: usize,
+        ws: &mut WinogradScratch,
+    ) -> Result<()> {
+        match (self, ws) {
+            (WinogradPlan::F2(w), WinogradScratch::F2(ws)) => w.backward_weight(grads.0, grads.1, x, dout, n, ws),
             _ => Err(Self::mismatch()),
         }
     }
@@ -231,8 +247,8 @@ impl Conv2d {
     /// The Winograd plan of `pass` when the layer qualifies: 3x3, stride 1,
     /// padding 1 on every side, at least `WINOGRAD_MIN_CHANNELS` in and out.
     /// Training runs F(2x2, 3x3); inference F(4x4, 3x3) when both sides are
-    /// at least `WINOGRAD4_MIN_SIDE` (see the module header). The weight
-    /// gradient stays on im2col + GEMM.
+    /// at least `WINOGRAD4_MIN_SIDE` (see the module header). Training's
+    /// backward takes both the input and the weight gradient through F(2x2).
     pub fn winograd(&self, pass: ConvPass) -> Option<WinogradPlan> {
         let s = &self.spec;
         let fits = s.kh == 3 && s.kw == 3 && s.stride == 1 && s.pad == Padding::symmetric(1);
@@ -505,6 +521,13 @@ impl Conv2d {
         if self.is_dense() {
             return self.backward_dense(grads, dout, x, weight, n);
         }
+        if let (Some(wino), Some(wws)) = (self.winograd(ConvPass::Train), ws.wino_train.as_mut()) {
+            wino.backward_weight((grads.dweight, grads.dbias), x, dout, n, wws)?;
+            if let Some(dx) = grads.dx {
+                wino.backward_data(dx, dout, weight, n, wws)?;
+            }
+            return Ok(());
+        }
         let (cout, k) = (self.spec.cout, self.win.k());
         let wlen = cout * k;
         let shards = ws.shards();
@@ -514,11 +537,7 @@ impl Conv2d {
             ws.db_part = vec![0.0; shards * cout];
         }
         let ws = &mut *ws;
-        // With Winograd the shards compute dW and db only; dx follows below.
-        let (dx, dx_wino) = match (self.winograd(ConvPass::Train), ws.wino_train.as_mut()) {
-            (Some(wino), Some(wws)) => (None, grads.dx.map(|dx| (wino, wws, dx))),
-            _ => (grads.dx, None),
-        };
+        let dx = grads.dx;
         let ctx = ShardCtx { layer: self, weight, lanes: &ws.lanes, tile_imgs: ws.tile_imgs };
         let (in_len, out_len, si) = (self.win.in_len(), cout * self.win.p(), ws.shard_imgs);
         let parts = ws.dw_part.par_chunks_mut(wlen).zip(ws.db_part.par_chunks_mut(cout));
@@ -533,21 +552,9 @@ impl Conv2d {
             }
         }
         // Sum the partials in shard order: deterministic whatever ran where.
-        let dw_part = &ws.dw_part;
-        grads.dweight.par_chunks_mut(4096).enumerate().for_each(|(c, dw)| {
-            let off = c * 4096;
-            for s in 0..shards {
-                let part = &dw_part[s * wlen + off..s * wlen + off + dw.len()];
-                dw.iter_mut().zip(part).for_each(|(d, v)| *d += v);
-            }
-        });
+        add_partials(grads.dweight, &ws.dw_part);
         if let Some(db) = grads.dbias {
-            for s in 0..shards {
-                db.iter_mut().zip(&ws.db_part[s * cout..(s + 1) * cout]).for_each(|(d, v)| *d += v);
-            }
-        }
-        if let Some((wino, wws, dx)) = dx_wino {
-            wino.backward_data(dx, dout, weight, n, wws)?;
+            add_partials(db, &ws.db_part);
         }
         Ok(())
     }

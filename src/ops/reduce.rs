@@ -15,6 +15,7 @@
 //! per element, which made BatchNorm's statistics a visible share of a step).
 
 use crate::error::{Result, check_len};
+use rayon::prelude::*;
 use crate::shape::Shape4;
 use crate::shape_err;
 
@@ -42,6 +43,23 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
 }
 
 /// `sum_i x[i]`.
+/// `dst += part_0 + part_1 + ...` for the `dst.len()`-long partials of `parts`,
+/// added in order (the same bits whatever thread computed each partial);
+/// split across the pool by blocks of `dst`.
+pub fn add_partials(dst: &mut [f32], parts: &[f32]) {
+    const BLOCK: usize = 4096;
+    let len = dst.len();
+    if len == 0 {
+        return;
+    }
+    dst.par_chunks_mut(BLOCK).enumerate().for_each(|(c, d)| {
+        let (off, n) = (c * BLOCK, d.len());
+        for part in parts.chunks_exact(len) {
+            d.iter_mut().zip(&part[off..off + n]).for_each(|(d, v)| *d += v);
+        }
+    });
+}
+
 pub fn sum(x: &[f32]) -> f64 {
     lane_sum(x, x, |v, _| v as f64)
 }
@@ -116,6 +134,19 @@ pub fn channel_dot_centered(a: &[f32], b: &[f32], b_mean: f64, shape: Shape4, c:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_partials_adds_each_part_in_order() {
+        // Longer than one block; the parts' order shows in the rounding: (1 + 1e8) - 1e8 = 0 in f32.
+        let len = 5000;
+        let mut dst = vec![1.0f32; len];
+        let mut parts = vec![1e8f32; len];
+        parts.extend(vec![-1e8f32; len]);
+        parts.extend((0..len).map(|i| i as f32));
+        add_partials(&mut dst, &parts);
+        assert!(dst.iter().enumerate().all(|(i, &v)| v == i as f32), "{:?}", &dst[..4]);
+        add_partials(&mut [], &[]);
+    }
 
     #[test]
     fn channel_reductions_match_direct_loops() {

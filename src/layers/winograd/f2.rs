@@ -30,10 +30,16 @@
 //! so it runs the same pipeline on dout with U'[xi][ci][co] = G rot180(w[co][ci]) G^T
 //! and an output transform that adds into dx.
 //!
+//! backward_weight: with M_t = sum_ci U[co,ci] . V[ci,t] and Y_t = A^T M_t A,
+//!   dM_t = A dY_t A^T      dU[xi][co][ci] = sum_t dM[xi][co][t] V[xi][ci][t]
+//!   dw[co][ci] = G^T dU[co][ci] G
+//! 16 GEMMs of cout x cin x tiles: 4 multiplies per output pixel and channel
+//! pair instead of im2col's 9, and no patch matrix.
+//!
 //!
 //! The shared machinery (threads, lanes, workspace, driver) is in the parent module.
 
-use super::{Tiling, group_imgs, transform_weights, winograd_layer};
+use super::{Tiling, WeightGrad, group_imgs, transform_weights, winograd_layer};
 
 winograd_layer! {
     /// Winograd F(2x2, 3x3) convolution.
@@ -163,6 +169,91 @@ impl Tiling for Winograd {
                 store_row(&mut y[(2 * ty + 1) * w..(2 * ty + 2) * w], yr(2, ty), yr(3, ty), accumulate);
             }
         }
+    }
+}
+
+impl WeightGrad for Winograd {
+    fn output_adjoint(&self, m: &mut [f32], base: usize, xi_stride: usize, y: &[f32], rows: &mut [f32]) {
+        let (th, tw) = self.tiles();
+        let (h, w, p) = (self.h, self.w, th * tw);
+        // The 2x2 tiles [[a, b], [c, d]] of every tile at once, zero outside h x w.
+        let (q, tmp) = rows[..8 * p].split_at_mut(4 * p);
+        let (ab, cd) = q.split_at_mut(2 * p);
+        let (a, b) = ab.split_at_mut(p);
+        let (c, d) = cd.split_at_mut(p);
+        for ty in 0..th {
+            let t = ty * tw..(ty + 1) * tw;
+            load_row(&mut a[t.clone()], &mut b[t.clone()], &y[2 * ty * w..(2 * ty + 1) * w]);
+            if 2 * ty + 1 < h {
+                load_row(&mut c[t.clone()], &mut d[t], &y[(2 * ty + 1) * w..(2 * ty + 2) * w]);
+            } else {
+                c[t.clone()].fill(0.0);
+                d[t].fill(0.0);
+            }
+        }
+        // A on the rows: (u_i, v_i) = [(a, b), (a + c, b + d), (a - c, b - d), (-c, -d)][i].
+        let (s, r) = tmp.split_at_mut(2 * p);
+        let (u1, v1) = s.split_at_mut(p);
+        let (u2, v2) = r.split_at_mut(p);
+        map2(u1, a, c, |a, c| a + c);
+        map2(v1, b, d, |b, d| b + d);
+        map2(u2, a, c, |a, c| a - c);
+        map2(v2, b, d, |b, d| b - d);
+        // A^T on the columns: m[4i + j] = [u, u + v, u - v, -v][j].
+        let mut put = |xi: usize, u: &[f32], v: &[f32], neg: bool| {
+            let at = xi * xi_stride + base;
+            let row = &mut m[at..at + p];
+            match xi % 4 {
+                0 if neg => row.iter_mut().zip(u).for_each(|(o, &u)| *o = -u),
+                0 => row.copy_from_slice(u),
+                1 if neg => map2(row, u, v, |u, v| -(u + v)),
+                1 => map2(row, u, v, |u, v| u + v),
+                2 if neg => map2(row, u, v, |u, v| v - u),
+                2 => map2(row, u, v, |u, v| u - v),
+                _ if neg => row.copy_from_slice(v),
+                _ => row.iter_mut().zip(v).for_each(|(o, &v)| *o = -v),
+            }
+        };
+        for j in 0..4 {
+            put(j, a, b, false);
+            put(4 + j, u1, v1, false);
+            put(8 + j, u2, v2, false);
+            put(12 + j, c, d, true);
+        }
+    }
+
+    /// G^T x = [x0 + (x1 + x2) / 2, (x1 - x2) / 2, (x1 + x2) / 2 + x3].
+    fn gtx(x: &[f64]) -> [f64; 3] {
+        [x[0] + 0.5 * (x[1] + x[2]), 0.5 * (x[1] - x[2]), 0.5 * (x[1] + x[2]) + x[3]]
+    }
+}
+
+impl Winograd {
+    /// `dweight[cout, cin, 3, 3] +=` the gradient of `forward` for input `x[n, cin, h, w]`
+    /// and output gradient `dout[n, cout, h, w]`; `dbias[cout] +=` the sum of `dout`.
+    pub fn backward_weight(
+        &self,
+        dweight: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        x: &[f32],
+        dout: &[f32],
+        n: usize,
+        ws: &mut WinogradWorkspace,
+    ) -> crate::error::Result<()> {
+        ws.0.backward_weight(self, dweight, dbias, x, dout, n)
+    }
+}
+
+/// even[k] = src[2k], odd[k] = src[2k + 1], zero past the end of `src`.
+fn load_row(even: &mut [f32], odd: &mut [f32], src: &[f32]) {
+    let w = src.len();
+    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
+        *e = pair[0];
+        *o = pair[1];
+    }
+    if w % 2 == 1 {
+        even[w / 2] = src[w - 1];
+        odd[w / 2] = 0.0;
     }
 }
 

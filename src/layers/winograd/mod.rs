@@ -1,7 +1,8 @@
 //! Winograd convolution: 3x3 kernel, stride 1, zero padding 1 on every side
 //! (output size = input size), forward (with a fused epilogue) and
 //! backward-data, in two tilings:
-//! - [`Winograd`] (`f2.rs`): F(2x2, 3x3), 16 GEMMs per 2x2 output tile, used by training;
+//! - [`Winograd`] (`f2.rs`): F(2x2, 3x3), 16 GEMMs per 2x2 output tile, used by training,
+//!   which also takes its weight gradient in the transformed domain (`backward_weight`);
 //! - [`Winograd4`] (`f4.rs`): F(4x4, 3x3), 36 GEMMs per 4x4 output tile, used by inference.
 //!
 //! Each tiling implements the `Tiling` trait (its input and output tile
@@ -28,9 +29,10 @@ pub use f2::{Winograd, WinogradWorkspace};
 pub use f4::{Winograd4, Winograd4Workspace};
 
 use crate::error::{Error, Result, check_len};
-use crate::gemm::{MatMut, MatRef, best_kernel, gemm_packed_a, pack_a, packed_a_len};
+use crate::gemm::{MatMut, MatRef, best_kernel, gemm, gemm_packed_a, pack_a, packed_a_len};
 use crate::layers::prepared::Prepared;
 use crate::ops::epilogue::Epilogue;
+use crate::ops::reduce::add_partials;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -41,6 +43,15 @@ const TILE_COLS: usize = 256;
 const PANEL: usize = 48;
 /// Upper bound on the number of batch shards.
 const MAX_SHARDS: usize = 32;
+
+/// Per-shard partials of the weight gradient (`backward_weight`).
+#[derive(Default)]
+pub(super) struct GradParts {
+    /// [shards][cout][cin][3][3]
+    dw: Vec<f32>,
+    /// [shards][cout]
+    db: Vec<f32>,
+}
 
 /// Declares a Winograd layer: the geometry `$geom` (public `cin`, `cout`, `h`,
 /// `w`), its scratch `$ws`, and their public API, which runs the generic code of
@@ -129,6 +140,9 @@ pub(super) struct Lane {
     v: Vec<f32>,
     /// [XI][c][T]: their products with U.
     m: Vec<f32>,
+    /// [XI][cout][cin]: the weight gradient in the transformed domain of one
+    /// shard (`backward_weight`; empty until its first call).
+    du: Vec<f32>,
 }
 
 impl Lane {
@@ -139,7 +153,13 @@ impl Lane {
         }
         (0..rayon::current_num_threads().min(n.div_ceil(shard_imgs)))
             .map(|_| {
-                Mutex::new(Lane { pad: vec![0.0; pad], rows: vec![0.0; rows], v: vec![0.0; big], m: vec![0.0; big] })
+                Mutex::new(Lane {
+                    pad: vec![0.0; pad],
+                    rows: vec![0.0; rows],
+                    v: vec![0.0; big],
+                    m: vec![0.0; big],
+                    du: Vec::new(),
+                })
             })
             .collect()
     }
@@ -164,6 +184,8 @@ pub(super) struct Workspace<T> {
     /// Values per packed matrix: the larger of the two orientations.
     packed: usize,
     lanes: Vec<Mutex<Lane>>,
+    /// Sized by the first `backward_weight`, reused by every later one.
+    parts: GradParts,
 }
 
 impl<T: Tiling> Workspace<T> {
@@ -181,7 +203,7 @@ impl<T: Tiling> Workspace<T> {
         let packed = packed_a_len(kernel, cout, cin).max(packed_a_len(kernel, cin, cout));
         let u = Prepared::new(cout * cin * 9, T::XI * packed);
         let u_raw = vec![0.0; T::XI * cin * cout];
-        Workspace { n, geom, shard_imgs, group_imgs, u, u_raw, packed, lanes }
+        Workspace { n, geom, shard_imgs, group_imgs, u, u_raw, packed, lanes, parts: GradParts::default() }
     }
 
     /// See the public `forward`.
@@ -250,6 +272,48 @@ impl<T: Tiling> Workspace<T> {
         let u = self.u.get(weight, 1, |w, u| prepare(geom, raw, u, packed, w, true))?;
         let pass = Pass { cs: cout, cd: cin, u, packed, epi: Epilogue::default(), accumulate: true };
         run_pass(geom, &pass, dx, dout, (self.shard_imgs, self.group_imgs), &self.lanes)
+    }
+
+    /// See `Winograd::backward_weight`: per shard, the transformed-domain
+    /// gradient dU, then G^T dU G into the shard's partial; the partials are
+    /// summed in shard order (the same bits for any thread count).
+    pub(super) fn backward_weight(
+        &mut self,
+        geom: &T,
+        dweight: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        x: &[f32],
+        dout: &[f32],
+        n: usize,
+    ) -> Result<()>
+    where
+        T: WeightGrad,
+    {
+        let (cin, cout) = geom.channels();
+        check_call(
+            geom,
+            n,
+            ("winograd input", x.len(), cin),
+            ("winograd output gradient", dout.len(), cout),
+            dweight.len(),
+        )?;
+        if let Some(db) = &dbias {
+            check_len("winograd bias gradient", db.len(), cout)?;
+        }
+        self.check(geom, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (wlen, shards) = (cout * cin * 9, n.div_ceil(self.shard_imgs));
+        if self.parts.dw.len() != shards * wlen {
+            self.parts = GradParts { dw: vec![0.0; shards * wlen], db: vec![0.0; shards * cout] };
+        }
+        run_weight_pass(geom, &mut self.parts, x, dout, (self.shard_imgs, self.group_imgs), &self.lanes)?;
+        add_partials(dweight, &self.parts.dw);
+        if let Some(db) = dbias {
+            add_partials(db, &self.parts.db);
+        }
+        Ok(())
     }
 
     /// Errors unless this workspace was made for `n` images of `geom`.
@@ -401,11 +465,7 @@ fn run_pass<T: Tiling>(
             let gn = g.min(imgs - g0);
             let t = gn * p;
             let v = &mut lane.v[..nxi * cs * t];
-            for (j, img) in xs[g0 * in_len..(g0 + gn) * in_len].chunks_exact(in_len).enumerate() {
-                for (c, src_plane) in img.chunks_exact(plane).enumerate() {
-                    tiling.input_transform(v, c * t + j * p, cs * t, src_plane, &mut lane.pad, &mut lane.rows);
-                }
-            }
+            transform_group(tiling, v, &xs[g0 * in_len..(g0 + gn) * in_len], cs, &mut lane.pad, &mut lane.rows);
             let m = &mut lane.m[..nxi * cd * t];
             // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t], U[xi] packed in its slot.
             let product = |(xi, (mx, vx)): (usize, (&mut [f32], &[f32]))| -> Result<()> {
@@ -437,6 +497,112 @@ fn run_pass<T: Tiling>(
         }
         Ok(())
     })
+}
+
+/// V[xi][c][j * P + tile] = the input transform of plane c of image j, for
+/// the images `xs` ([imgs][cs][h][w]) of one group (T = imgs * P tiles).
+fn transform_group<T: Tiling>(tiling: &T, v: &mut [f32], xs: &[f32], cs: usize, pad: &mut [f32], rows: &mut [f32]) {
+    let (th, tw) = tiling.tiles();
+    let (plane, p) = (tiling.plane(), th * tw);
+    let t = xs.len() / (cs * plane) * p;
+    for (j, img) in xs.chunks_exact(cs * plane).enumerate() {
+        for (c, x_plane) in img.chunks_exact(plane).enumerate() {
+            tiling.input_transform(v, c * t + j * p, cs * t, x_plane, pad, rows);
+        }
+    }
+}
+
+/// The tilings whose weight gradient runs in the transformed domain (F(2x2, 3x3)).
+pub(super) trait WeightGrad: Tiling {
+    /// The adjoint of `output_transform` (the clip included):
+    /// m[xi * xi_stride + base + tile] = (A dY_t A^T)[xi] for every tile t of
+    /// plane `y`, the parts of a tile outside h x w read as zero.
+    fn output_adjoint(&self, m: &mut [f32], base: usize, xi_stride: usize, y: &[f32], rows: &mut [f32]);
+    /// G^T x for an XI-side vector x (the adjoint of the weight transform's `G g`).
+    fn gtx(x: &[f64]) -> [f64; 3];
+}
+
+/// One weight-gradient pass over a batch: for every shard of `si` images,
+/// dU[xi][cout][cin] = sum over its groups of M[xi][cout, t] * V[xi][cin, t]^T,
+/// with M the adjoint output transform of dout and V the input transform of x
+/// (the forward's U[xi] = (G g G^T)[xi] and Y = A^T M A make
+/// dg = G^T dU G), then the shard's partials dW = G^T dU G and db = sum dout.
+fn run_weight_pass<T: WeightGrad>(
+    tiling: &T,
+    parts: &mut GradParts,
+    x: &[f32],
+    dout: &[f32],
+    (si, g): (usize, usize),
+    lanes: &[Mutex<Lane>],
+) -> Result<()> {
+    let (th, tw) = tiling.tiles();
+    let (plane, p, nxi) = (tiling.plane(), th * tw, T::XI);
+    let (cin, cout) = tiling.channels();
+    let (in_len, out_len, wlen) = (cin * plane, cout * plane, cout * cin * 9);
+    let inputs = x.par_chunks(si * in_len).zip(dout.par_chunks(si * out_len));
+    let outputs = parts.dw.par_chunks_mut(wlen).zip(parts.db.par_chunks_mut(cout));
+    inputs.zip(outputs).try_for_each(|((xs, ds), (dwp, dbp))| {
+        let mut guard = lock_lane(lanes);
+        let lane = &mut *guard;
+        if lane.du.len() != nxi * cout * cin {
+            // First weight pass on this lane: sized once.
+            lane.du = vec![0.0; nxi * cout * cin];
+        }
+        let imgs = xs.len() / in_len;
+        for g0 in (0..imgs).step_by(g) {
+            let gn = g.min(imgs - g0);
+            let t = gn * p;
+            let v = &mut lane.v[..nxi * cin * t];
+            transform_group(tiling, v, &xs[g0 * in_len..(g0 + gn) * in_len], cin, &mut lane.pad, &mut lane.rows);
+            let m = &mut lane.m[..nxi * cout * t];
+            for (j, img) in ds[g0 * out_len..(g0 + gn) * out_len].chunks_exact(out_len).enumerate() {
+                for (c, d_plane) in img.chunks_exact(plane).enumerate() {
+                    tiling.output_adjoint(m, c * t + j * p, cout * t, d_plane, &mut lane.rows);
+                }
+            }
+            // dU[xi][cout, cin] (+)= M[xi][cout, t] * V[xi][cin, t]^T; the shard's first group overwrites.
+            let beta = if g0 == 0 { 0.0 } else { 1.0 };
+            for ((du, mx), vx) in lane.du.chunks_exact_mut(cout * cin).zip(m.chunks(cout * t)).zip(v.chunks(cin * t)) {
+                let (mx, vx) = (MatRef::row_major(mx, cout, t)?, MatRef::row_major(vx, cin, t)?);
+                gemm(1.0, mx, vx.t(), beta, MatMut::row_major(du, cout, cin)?)?;
+            }
+        }
+        adjoint_weights::<T>(dwp, &lane.du, cout, cin);
+        dbp.fill(0.0);
+        for img in ds.chunks_exact(out_len) {
+            for (db, d_plane) in dbp.iter_mut().zip(img.chunks_exact(plane)) {
+                *db += d_plane.iter().sum::<f32>();
+            }
+        }
+        Ok(())
+    })
+}
+
+/// dw[co][ci] = G^T dU[co][ci] G in f64 (overwrite), dU [XI][cout][cin]:
+/// the adjoint of `transform_weights` (forward orientation).
+fn adjoint_weights<T: WeightGrad>(dw: &mut [f32], du: &[f32], cout: usize, cin: usize) {
+    let (k, pairs) = (T::M + 2, cout * cin);
+    let mut col = [0.0f64; 8];
+    for (at, g) in dw.chunks_exact_mut(9).enumerate() {
+        // Columns of G^T dU (3 x K), then rows of (G^T dU) G.
+        let mut cols = [[0.0f64; 3]; 8];
+        for (j, c) in cols.iter_mut().enumerate().take(k) {
+            for (i, v) in col.iter_mut().enumerate().take(k) {
+                *v = du[(k * i + j) * pairs + at] as f64;
+            }
+            *c = T::gtx(&col[..k]);
+        }
+        for r in 0..3 {
+            let mut x = [0.0f64; 8];
+            for (j, v) in x.iter_mut().enumerate().take(k) {
+                *v = cols[j][r];
+            }
+            let out = T::gtx(&x[..k]);
+            for (c, o) in out.iter().enumerate() {
+                g[3 * r + c] = *o as f32;
+            }
+        }
+    }
 }
 
 /// Images per GEMM group for `p` tiles per image and a batch of `n`: the
