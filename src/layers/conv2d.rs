@@ -32,7 +32,8 @@
 //!   output's scale, is harmless in a forward pass but BatchNorm backward
 //!   amplifies it (HardNet's golden gradients moved from 8e-6 to 9e-3), so
 //!   training keeps F(2x2, 3x3) (2.25x fewer
-//!   multiplies); their weight gradient stays on tiled im2col.
+//!   multiplies), weight gradient included (`Winograd::backward_weight`:
+//!   dW = G^T (dM V^T) G, 16 GEMMs over the tiles, no patch matrix).
 //!
 //! Threads: the batch is cut into at most `MAX_SHARDS` contiguous shards whose
 //! size depends on n only; each shard accumulates its own dW/db partial and the
