@@ -63,13 +63,13 @@ fn worst(a: &Network, b: &Network) -> (f64, String) {
 fn two_ranks_equal_one_process_with_the_same_global_batch() {
     let d = dir("mpi-equal");
     let data = dataset(&d);
-    // Two to four steps across an epoch boundary. Longer runs drift apart however they are split:
+    // Two steps, one per epoch. Longer runs drift apart however they are split:
     // one process with the learning rate changed by 1e-7 of itself differs from itself by 2e-3
     // after three DnCNN steps. The HardNet loss splits sooner: its hardest-in-batch negative is an
     // argmin over descriptors that differ by rounding, and one flip moves the weights by ~1e-2.
     // Over seeds 2-4 at 4 steps (16 pairs a step) one process and two ranks split on 2 of 3
     // seeds with the weight gradient by im2col and on all 3 with it in the Winograd domain,
-    // whose rounding error is 1.1-1.6x im2col's; so its case runs 2 steps, one per epoch.
+    // whose rounding error is 1.1-1.6x im2col's.
     let cases: [(&str, &[&str]); 3] = [
         // HardNet loss: the ranks score the whole batch's descriptors; dropout and BatchNorm synchronised.
         (
