@@ -340,3 +340,32 @@ fn padding_wider_than_the_image_reads_only_zeros() {
         assert_close("dw", &dw, &rdw, 1e-5, 1e-5);
     }
 }
+
+/// Training's Winograd weight gradient rounds about as well as the im2col one
+/// (the path an inference workspace falls back to): against the f64 direct
+/// gradient, on post-ReLU-like inputs, within 2x im2col's largest error and
+/// 1e-6 of the gradient's scale.
+#[test]
+fn winograd_weight_gradient_rounds_like_im2col() {
+    let (c, h, n) = (32, 16, 4);
+    let spec = Conv2dSpec { cin: c, cout: c, kh: 3, kw: 3, stride: 1, pad: Padding::symmetric(1), bias: false };
+    let l = Conv2d::new(spec, h, h).unwrap();
+    // F(2x2) trains; inference takes F(4x4), so an inference workspace has no training Winograd scratch.
+    assert!(matches!(l.winograd(ConvPass::Train), Some(WinogradPlan::F2(_))));
+    assert!(matches!(l.winograd(ConvPass::Infer), Some(WinogradPlan::F4(_))));
+    let mut rng = Rng::new(7);
+    let x = rand_vec(&mut rng, n * c * h * h, 0.0, 1.0);
+    let d = rand_vec(&mut rng, n * c * h * h, -1e-3, 1e-3);
+    let w = rand_vec(&mut rng, c * c * 9, -0.05, 0.05);
+    let (_, want, _) = naive_backward(&l, &d, &x, &w, n);
+    let scale = want.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
+    let err = |pass: ConvPass| {
+        let mut ws = l.workspace_for(n, pass);
+        let mut dw = vec![0.0f32; w.len()];
+        l.backward(ConvGrads { dx: None, dweight: &mut dw, dbias: None }, &d, &x, &w, n, &mut ws).unwrap();
+        dw.iter().zip(&want).fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs())) / scale
+    };
+    let (wino, im2col) = (err(ConvPass::Train), err(ConvPass::Infer));
+    eprintln!("dW largest error / scale: Winograd {wino:.2e}, im2col {im2col:.2e}");
+    assert!(wino < 1e-6 && wino <= 2.0 * im2col, "Winograd {wino:e}, im2col {im2col:e}");
+}
