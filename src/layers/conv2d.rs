@@ -278,16 +278,18 @@ impl Conv2d {
     /// inference path is the same with either workspace.
     pub fn workspace_for(&self, n: usize, pass: ConvPass) -> ConvWorkspace {
         let (tile_imgs, shard_imgs) = tiling(&self.win, n);
-        let lanes = if self.is_dense() || self.is_direct() {
+        let wino_train = match (pass, self.winograd(ConvPass::Infer)) {
+            (ConvPass::Infer, Some(WinogradPlan::F4(_)) | None) => None,
+            _ => self.winograd(ConvPass::Train).map(|w| w.workspace(n)),
+        };
+        // With the training Winograd scratch every pass (forward, both
+        // gradients, F(2x2) inference) runs through it: no im2col lanes.
+        let lanes = if self.is_dense() || self.is_direct() || wino_train.is_some() {
             Vec::new()
         } else {
             let cols = tile_imgs * self.win.p();
             let tmp = if tile_imgs > 1 { self.spec.cout * cols } else { 0 };
             lanes(n, shard_imgs, || Lane { col: vec![0.0; self.win.k() * cols], tmp: vec![0.0; tmp] })
-        };
-        let wino_train = match (pass, self.winograd(ConvPass::Infer)) {
-            (ConvPass::Infer, Some(WinogradPlan::F4(_)) | None) => None,
-            _ => self.winograd(ConvPass::Train).map(|w| w.workspace(n)),
         };
         let (dw_part, db_part, wino_infer) = (Vec::new(), Vec::new(), None);
         ConvWorkspace { n, layer: *self, shard_imgs, tile_imgs, lanes, dw_part, db_part, wino_train, wino_infer }
@@ -538,12 +540,11 @@ impl Conv2d {
             ws.db_part = vec![0.0; shards * cout];
         }
         let ws = &mut *ws;
-        let dx = grads.dx;
         let ctx = ShardCtx { layer: self, weight, lanes: &ws.lanes, tile_imgs: ws.tile_imgs };
         let (in_len, out_len, si) = (self.win.in_len(), cout * self.win.p(), ws.shard_imgs);
         let parts = ws.dw_part.par_chunks_mut(wlen).zip(ws.db_part.par_chunks_mut(cout));
         let inputs = x.par_chunks(si * in_len).zip(dout.par_chunks(si * out_len));
-        match dx {
+        match grads.dx {
             Some(dx) => inputs
                 .zip(parts)
                 .zip(dx.par_chunks_mut(si * in_len))

@@ -1,5 +1,6 @@
 //! Reductions in f64: over a flat buffer (one patch, one row) and over one
-//! channel of an NCHW tensor.
+//! channel of an NCHW tensor; and `add_partials`, the in-order f32 sum of
+//! per-shard gradient partials.
 //!
 //! A channel `c` of an `N x C x H x W` tensor is the `N` planes
 //! `x[(n*C + c)*H*W .. (n*C + c + 1)*H*W]`; the channel kernels visit them in
@@ -42,7 +43,6 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
     acc.iter().sum()
 }
 
-/// `sum_i x[i]`.
 /// `dst += part_0 + part_1 + ...` for the `dst.len()`-long partials of `parts`,
 /// added in order (the same bits whatever thread computed each partial);
 /// split across the pool by blocks of `dst`.
@@ -60,6 +60,7 @@ pub fn add_partials(dst: &mut [f32], parts: &[f32]) {
     });
 }
 
+/// `sum_i x[i]`.
 pub fn sum(x: &[f32]) -> f64 {
     lane_sum(x, x, |v, _| v as f64)
 }

@@ -177,7 +177,8 @@ impl WeightGrad for Winograd {
         let (th, tw) = self.tiles();
         let (h, w, p) = (self.h, self.w, th * tw);
         // The 2x2 tiles [[a, b], [c, d]] of every tile at once, zero outside h x w.
-        let (q, tmp) = rows[..8 * p].split_at_mut(4 * p);
+        let (q, rest) = rows[..10 * p].split_at_mut(4 * p);
+        let (tmp, neg) = rest.split_at_mut(4 * p);
         let (ab, cd) = q.split_at_mut(2 * p);
         let (a, b) = ab.split_at_mut(p);
         let (c, d) = cd.split_at_mut(p);
@@ -195,30 +196,20 @@ impl WeightGrad for Winograd {
         let (s, r) = tmp.split_at_mut(2 * p);
         let (u1, v1) = s.split_at_mut(p);
         let (u2, v2) = r.split_at_mut(p);
+        let (u3, v3) = neg.split_at_mut(p);
         map2(u1, a, c, |a, c| a + c);
         map2(v1, b, d, |b, d| b + d);
         map2(u2, a, c, |a, c| a - c);
         map2(v2, b, d, |b, d| b - d);
+        map2(u3, c, c, |c, _| -c);
+        map2(v3, d, d, |d, _| -d);
         // A^T on the columns: m[4i + j] = [u, u + v, u - v, -v][j].
-        let mut put = |xi: usize, u: &[f32], v: &[f32], neg: bool| {
-            let at = xi * xi_stride + base;
-            let row = &mut m[at..at + p];
-            match xi % 4 {
-                0 if neg => row.iter_mut().zip(u).for_each(|(o, &u)| *o = -u),
-                0 => row.copy_from_slice(u),
-                1 if neg => map2(row, u, v, |u, v| -(u + v)),
-                1 => map2(row, u, v, |u, v| u + v),
-                2 if neg => map2(row, u, v, |u, v| v - u),
-                2 => map2(row, u, v, |u, v| u - v),
-                _ if neg => row.copy_from_slice(v),
-                _ => row.iter_mut().zip(v).for_each(|(o, &v)| *o = -v),
-            }
-        };
-        for j in 0..4 {
-            put(j, a, b, false);
-            put(4 + j, u1, v1, false);
-            put(8 + j, u2, v2, false);
-            put(12 + j, c, d, true);
+        for (i, (u, v)) in [(&*a, &*b), (&*u1, &*v1), (&*u2, &*v2), (&*u3, &*v3)].into_iter().enumerate() {
+            let at = |j: usize| (4 * i + j) * xi_stride + base;
+            m[at(0)..at(0) + p].copy_from_slice(u);
+            map2(&mut m[at(1)..at(1) + p], u, v, |u, v| u + v);
+            map2(&mut m[at(2)..at(2) + p], u, v, |u, v| u - v);
+            map2(&mut m[at(3)..at(3) + p], v, v, |v, _| -v);
         }
     }
 
