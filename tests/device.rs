@@ -105,8 +105,9 @@ mod emulated {
         let den = ["--items", "16", "--batch", "8", "--lr", "1e-6", "--val-items", "8", "--seed", "4"];
         // One step per epoch. The HardNet loss's hardest-in-batch negative is an argmin over
         // descriptors that differ by rounding, and a flip moves the weights by ~1e-4: with
-        // seed 4 one flips at the second step even when the CPU runs against itself with the
-        // learning rate changed by 1e-7 of itself, and at 4 steps seeds 5, 7 and 8 split the
+        // seed 4 one flips at the second step when the CPU (im2col weight gradient, the build
+        // before the Winograd one) runs against itself with the learning rate changed by 1e-7
+        // of itself, and against the emulator with the Winograd one; at 4 steps seeds 5, 7 and 8 split the
         // CPU (Winograd weight gradient) from the emulator (im2col) by 1.3-1.5e-4. Seed 5 at
         // 2 steps agrees to 1.2e-7.
         let desc = [
