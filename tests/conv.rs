@@ -244,20 +244,22 @@ fn model_layers_match_reference_and_are_thread_count_independent() {
 }
 
 #[test]
-fn winograd_takes_the_3x3_same_layers_with_16_or_more_channels_f4_only_in_inference() {
+fn winograd_takes_the_3x3_layers_with_16_or_more_channels_f4_and_stride_2_only_in_inference() {
     let plans = |pass| -> Vec<&'static str> {
         let name = |p: Option<WinogradPlan>| match p {
             None => "im2col",
             Some(WinogradPlan::F2(_)) => "F2",
             Some(WinogradPlan::F4(_)) => "F4",
+            Some(WinogradPlan::S2(_)) => "S2",
         };
         model_layers().iter().map(|&(spec, hw)| name(Conv2d::new(spec, hw, hw).unwrap().winograd(pass))).collect()
     };
-    // unet conv1 (1 input channel), unet conv3 (2x2), hardnet conv3 (stride 2) and conv7 (8x8) stay on im2col;
-    // training runs F(2x2, 3x3), inference F(4x4, 3x3) except on 8x8 images.
+    // unet conv1 (1 input channel), unet conv3 (2x2) and conv7 (8x8) stay on im2col;
+    // training runs F(2x2, 3x3), inference F(4x4, 3x3) except on 8x8 images;
+    // hardnet conv3 (stride 2) runs the stride-2 tiling in inference, im2col in training.
     let train = ["im2col", "F2", "im2col", "F2", "im2col", "F2", "im2col", "im2col", "im2col"];
     assert_eq!(plans(ConvPass::Train), train);
-    assert_eq!(plans(ConvPass::Infer), ["im2col", "F4", "im2col", "F4", "im2col", "F2", "im2col", "im2col", "im2col"]);
+    assert_eq!(plans(ConvPass::Infer), ["im2col", "F4", "im2col", "F4", "S2", "F2", "im2col", "im2col", "im2col"]);
     let direct: Vec<bool> =
         model_layers().iter().map(|&(spec, hw)| Conv2d::new(spec, hw, hw).unwrap().is_direct()).collect();
     assert_eq!(direct, [false, false, false, false, false, false, false, true, true]);

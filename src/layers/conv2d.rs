@@ -34,6 +34,10 @@
 //!   training keeps F(2x2, 3x3) (2.25x fewer
 //!   multiplies), weight gradient included (`Winograd::backward_weight`:
 //!   dW = G^T (dM V^T) G, 16 GEMMs over the tiles, no patch matrix).
+//!   Inference also runs the 3x3 stride-2 layers with 16 or more channels
+//!   and padding of at most 1 per side through `winograd::WinogradS2` (25
+//!   GEMMs per 2x2 output tile against im2col's 36 multiplies, error ~2e-7
+//!   of the output's scale, below im2col's); training keeps im2col there.
 //!
 //! Threads: the batch is cut into at most `MAX_SHARDS` contiguous shards whose
 //! size depends on n only; each shard accumulates its own dW/db partial and the
@@ -48,7 +52,9 @@
 use crate::error::{Error, Result, check_len, check_len_of};
 use crate::gemm::{MatMut, MatRef, gemm, gemm_dot};
 use crate::layers::conv2d_direct;
-use crate::layers::winograd::{Winograd, Winograd4, Winograd4Workspace, WinogradWorkspace};
+use crate::layers::winograd::{
+    Winograd, Winograd4, Winograd4Workspace, WinogradS2, WinogradS2Workspace, WinogradWorkspace,
+};
 use crate::ops::im2col::{Padding, Window, col2im_add, im2col};
 use crate::ops::reduce::add_partials;
 use crate::shape::Shape4;
@@ -77,12 +83,15 @@ pub enum ConvPass {
 pub enum WinogradPlan {
     F2(Winograd),
     F4(Winograd4),
+    /// Stride 2 (inference only).
+    S2(WinogradS2),
 }
 
 /// Scratch of a `WinogradPlan`.
 enum WinogradScratch {
     F2(WinogradWorkspace),
     F4(Winograd4Workspace),
+    S2(WinogradS2Workspace),
 }
 
 impl WinogradPlan {
@@ -90,6 +99,7 @@ impl WinogradPlan {
         match self {
             WinogradPlan::F2(w) => WinogradScratch::F2(w.workspace(n)),
             WinogradPlan::F4(w) => WinogradScratch::F4(w.workspace(n)),
+            WinogradPlan::S2(w) => WinogradScratch::S2(w.workspace(n)),
         }
     }
 
@@ -109,6 +119,7 @@ impl WinogradPlan {
         match (self, ws) {
             (WinogradPlan::F2(w), WinogradScratch::F2(ws)) => w.forward_fused(out, x, weight, epi, n, ws),
             (WinogradPlan::F4(w), WinogradScratch::F4(ws)) => w.forward_fused(out, x, weight, epi, n, ws),
+            (WinogradPlan::S2(w), WinogradScratch::S2(ws)) => w.forward_fused(out, x, weight, epi, n, ws),
             _ => Err(Self::mismatch()),
         }
     }
@@ -245,21 +256,35 @@ impl Conv2d {
     pub fn is_direct(&self) -> bool {
         self.spec.cout == 1 && self.spec.stride == 1 && !self.is_dense()
     }
-    /// The Winograd plan of `pass` when the layer qualifies: 3x3, stride 1,
-    /// padding 1 on every side, at least `WINOGRAD_MIN_CHANNELS` in and out.
-    /// Training runs F(2x2, 3x3); inference F(4x4, 3x3) when both sides are
-    /// at least `WINOGRAD4_MIN_SIDE` (see the module header). Training's
+    /// The Winograd plan of `pass` when the layer qualifies: 3x3, at least
+    /// `WINOGRAD_MIN_CHANNELS` in and out. At stride 1 and padding 1 on every
+    /// side, training runs F(2x2, 3x3); inference F(4x4, 3x3) when both sides
+    /// are at least `WINOGRAD4_MIN_SIDE` (see the module header). Training's
     /// backward takes both the input and the weight gradient through F(2x2).
+    /// At stride 2 and padding of at most 1 per side, inference runs
+    /// `WinogradS2` (25 multiplies per 2x2 output tile and channel pair
+    /// against im2col's 36); training keeps im2col.
     pub fn winograd(&self, pass: ConvPass) -> Option<WinogradPlan> {
         let s = &self.spec;
-        let fits = s.kh == 3 && s.kw == 3 && s.stride == 1 && s.pad == Padding::symmetric(1);
         let wide = s.cin >= WINOGRAD_MIN_CHANNELS && s.cout >= WINOGRAD_MIN_CHANNELS;
         let (h, w) = (self.win.h, self.win.w);
-        match (fits && wide, pass == ConvPass::Infer && h.min(w) >= WINOGRAD4_MIN_SIDE) {
-            (false, _) => None,
-            (true, true) => Winograd4::new(s.cin, s.cout, h, w).ok().map(WinogradPlan::F4),
-            (true, false) => Winograd::new(s.cin, s.cout, h, w).ok().map(WinogradPlan::F2),
+        if !(s.kh == 3 && s.kw == 3 && wide) {
+            return None;
         }
+        let infer = pass == ConvPass::Infer;
+        match (s.stride, s.pad == Padding::symmetric(1), infer && h.min(w) >= WINOGRAD4_MIN_SIDE) {
+            (1, true, true) => Winograd4::new(s.cin, s.cout, h, w).ok().map(WinogradPlan::F4),
+            (1, true, false) => Winograd::new(s.cin, s.cout, h, w).ok().map(WinogradPlan::F2),
+            // Any padding of at most 1 per side (`new` checks it): PyTorch's 1 and Keras' 'same'.
+            (2, _, _) if infer => WinogradS2::new(s.cin, s.cout, h, w, s.pad).ok().map(WinogradPlan::S2),
+            _ => None,
+        }
+    }
+
+    /// Whether the layer runs a stride-1 Winograd plan in inference (F(2x2)
+    /// or F(4x4)): the layers whose reduced-precision twins are chosen by plane size.
+    pub fn winograd_stride1(&self) -> bool {
+        matches!(self.winograd(ConvPass::Infer), Some(WinogradPlan::F2(_) | WinogradPlan::F4(_)))
     }
 
     /// Multiply-adds of one forward pass per image (backward costs twice that).
@@ -279,7 +304,7 @@ impl Conv2d {
     pub fn workspace_for(&self, n: usize, pass: ConvPass) -> ConvWorkspace {
         let (tile_imgs, shard_imgs) = tiling(&self.win, n);
         let wino_train = match (pass, self.winograd(ConvPass::Infer)) {
-            (ConvPass::Infer, Some(WinogradPlan::F4(_)) | None) => None,
+            (ConvPass::Infer, Some(WinogradPlan::F4(_) | WinogradPlan::S2(_)) | None) => None,
             _ => self.winograd(ConvPass::Train).map(|w| w.workspace(n)),
         };
         // With the training Winograd scratch every pass (forward, both
@@ -389,7 +414,7 @@ impl Conv2d {
             return Ok(());
         }
         match self.winograd(pass) {
-            Some(plan @ WinogradPlan::F4(_)) => {
+            Some(plan @ (WinogradPlan::F4(_) | WinogradPlan::S2(_))) => {
                 // First inference call with this workspace: sized once, reused after.
                 let wws = ws.wino_infer.get_or_insert_with(|| plan.workspace(n));
                 return plan.forward_fused(out, x, weight, epi, n, wws);

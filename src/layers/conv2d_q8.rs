@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::gemm::MatMut;
 use crate::gemm::MatRef;
 use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Weights, gemm_q8, pack_bt, packed_b_len};
-use crate::layers::conv2d::{Conv2d, ConvPass, Epilogue, for_each_tile, lanes, scatter_images, tiling};
+use crate::layers::conv2d::{Conv2d, Epilogue, for_each_tile, lanes, scatter_images, tiling};
 use crate::layers::prepared::Converted;
 use crate::ops::im2col_q8::{im2col_packed_u8, padded_dims, quantize_padded};
 use rayon::prelude::*;
@@ -87,11 +87,13 @@ impl Conv2d {
         self.supports_q8() && self.gemm_beats_winograd() && self.spec.cin > 1 && !self.is_dense()
     }
 
-    /// Whether f32 inference does not run this layer through Winograd, or
-    /// runs it on a plane of at most `LOW_PRECISION_WINOGRAD_MAX_PLANE`
-    /// pixels: where a reduced-precision im2col + GEMM can be faster.
+    /// Whether f32 inference does not run this layer through a stride-1
+    /// Winograd plan, or runs it on a plane of at most
+    /// `LOW_PRECISION_WINOGRAD_MAX_PLANE` pixels: where a reduced-precision
+    /// im2col + GEMM can be faster. (The stride-2 Winograd saves only 1.44x
+    /// of the multiplies, less than int8 or bf16 GEMM gains.)
     pub fn gemm_beats_winograd(&self) -> bool {
-        self.winograd(ConvPass::Infer).is_none() || self.win.h * self.win.w <= LOW_PRECISION_WINOGRAD_MAX_PLANE
+        !self.winograd_stride1() || self.win.h * self.win.w <= LOW_PRECISION_WINOGRAD_MAX_PLANE
     }
 
     /// Scratch for `forward_q8` on batches of `n` images, one lane per thread

@@ -250,18 +250,18 @@ fn load_row(even: &mut [f32], odd: &mut [f32], src: &[f32]) {
 
 /// d[k] = f(a[k], b[k]) over the shortest of the three.
 #[inline(always)]
-fn map2(d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+pub(super) fn map2(d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
     d.iter_mut().zip(a.iter().zip(b)).for_each(|(d, (&a, &b))| *d = f(a, b));
 }
 
 /// d[k] = f(a[k], b[k], c[k]) over the shortest of the four.
 #[inline(always)]
-fn map3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+pub(super) fn map3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
     d.iter_mut().zip(a.iter().zip(b).zip(c)).for_each(|(d, ((&a, &b), &c))| *d = f(a, b, c));
 }
 
 /// dst[2k] (=|+=) even[k], dst[2k + 1] (=|+=) odd[k], for the `dst.len()` columns that exist.
-fn store_row(dst: &mut [f32], even: &[f32], odd: &[f32], accumulate: bool) {
+pub(super) fn store_row(dst: &mut [f32], even: &[f32], odd: &[f32], accumulate: bool) {
     let w = dst.len();
     let pairs = dst.chunks_exact_mut(2).zip(even.iter().zip(odd));
     if accumulate {

@@ -37,7 +37,7 @@ winograd_layer! {
 /// larger side): V and M of a group, [36][c][T] each, stay near 1 MiB (Zen 4's L2)
 /// with about 8192 / c columns (128 at 64 channels; measured better than 256 at
 /// 64 and 128 channels), between 32 and 256.
-fn tile_cols(c: usize) -> usize {
+pub(super) fn tile_cols(c: usize) -> usize {
     (8192 / c).clamp(32, 256)
 }
 
@@ -86,31 +86,9 @@ impl Tiling for Winograd4 {
         rows: &mut [f32],
     ) {
         let (th, tw) = self.tiles();
-        let (w, hw) = (self.w, tw + 1);
+        let hw = tw + 1;
         let (q, len) = ((th + 1) * hw, th * hw);
-        // Padded pixel (r, c) = x pixel (r - 1, c - 1) lives at pad[r % 4][c % 4][r / 4][c / 4];
-        // padded rows and columns past the image are never written, so stay zero.
-        for (r, xr) in x.chunks_exact(w).enumerate() {
-            let pr = r + 1;
-            let at = pr / 4 * hw;
-            let quarters = &mut pad[pr % 4 * 4 * q..(pr % 4 + 1) * 4 * q];
-            let mut qs = quarters.chunks_exact_mut(q).map(|s| &mut s[at..at + hw]);
-            let mut next = || qs.next().expect("4 column residues");
-            let (c0, c1, c2, c3) = (next(), next(), next(), next());
-            // x column 4k + i is padded column 4k + i + 1.
-            let quads = xr.chunks_exact(4);
-            let rem = quads.remainder();
-            for (k, quad) in quads.enumerate() {
-                c1[k] = quad[0];
-                c2[k] = quad[1];
-                c3[k] = quad[2];
-                c0[k + 1] = quad[3];
-            }
-            let k = w / 4;
-            for (dst, &val) in [c1, c2, c3].into_iter().zip(rem) {
-                dst[k] = val;
-            }
-        }
+        fill_pad4(pad, x, self.w, (th, tw), (1, 1));
         // B^T on the rows (4ty .. 4ty+5) = (R0, R1, R2, R3)[ty], (R0, R1)[ty + 1], R_k the rows
         // of residue k, for every tile row at once: rows[c % 4][i][ty][c / 4].
         for cp in 0..4 {
@@ -172,6 +150,50 @@ impl Tiling for Winograd4 {
             for ty in (0..th).take_while(|ty| 4 * ty + i < h) {
                 let r = 4 * ty + i;
                 store_row4(&mut y[r * w..(r + 1) * w], [yr(0, ty), yr(1, ty), yr(2, ty), yr(3, ty)], accumulate);
+            }
+        }
+    }
+}
+
+/// Cuts plane `x` (width `w`) padded by `top` and `left` zero rows and
+/// columns (each 0 or 1) into pad[r % 4][c % 4][r / 4][c / 4] = padded
+/// pixel (r, c) = x pixel (r - top, c - left), with `th + 1` rows and `tw + 1`
+/// columns per quarter. Padded pixels outside the image are never written,
+/// so stay zero.
+pub(super) fn fill_pad4(pad: &mut [f32], x: &[f32], w: usize, (th, tw): (usize, usize), (top, left): (usize, usize)) {
+    debug_assert!(top <= 1 && left <= 1);
+    let hw = tw + 1;
+    let q = (th + 1) * hw;
+    for (r, xr) in x.chunks_exact(w).enumerate() {
+        let pr = r + top;
+        let at = pr / 4 * hw;
+        let quarters = &mut pad[pr % 4 * 4 * q..(pr % 4 + 1) * 4 * q];
+        let mut qs = quarters.chunks_exact_mut(q).map(|s| &mut s[at..at + hw]);
+        let mut next = || qs.next().expect("4 column residues");
+        let (c0, c1, c2, c3) = (next(), next(), next(), next());
+        let quads = xr.chunks_exact(4);
+        let rem = quads.remainder();
+        let k = w / 4;
+        if left == 1 {
+            // x column 4k + i is padded column 4k + i + 1.
+            for (k, quad) in quads.enumerate() {
+                c1[k] = quad[0];
+                c2[k] = quad[1];
+                c3[k] = quad[2];
+                c0[k + 1] = quad[3];
+            }
+            for (dst, &val) in [c1, c2, c3].into_iter().zip(rem) {
+                dst[k] = val;
+            }
+        } else {
+            for (k, quad) in quads.enumerate() {
+                c0[k] = quad[0];
+                c1[k] = quad[1];
+                c2[k] = quad[2];
+                c3[k] = quad[3];
+            }
+            for (dst, &val) in [c0, c1, c2].into_iter().zip(rem) {
+                dst[k] = val;
             }
         }
     }

@@ -3,10 +3,14 @@
 //! backward-data, in two tilings:
 //! - [`Winograd`] (`f2.rs`): F(2x2, 3x3), 16 GEMMs per 2x2 output tile, used by training,
 //!   which also takes its weight gradient in the transformed domain (`backward_weight`);
-//! - [`Winograd4`] (`f4.rs`): F(4x4, 3x3), 36 GEMMs per 4x4 output tile, used by inference.
+//! - [`Winograd4`] (`f4.rs`): F(4x4, 3x3), 36 GEMMs per 4x4 output tile, used by inference;
+//!
+//! and a forward-only tiling at stride 2 (padding 0 or 1 per side; its own
+//! public API in `s2.rs`, the output smaller than the input):
+//! - [`WinogradS2`] (`s2.rs`): 25 GEMMs per 2x2 output tile, used by inference.
 //!
 //! Each tiling implements the `Tiling` trait (its input and output tile
-//! transforms, `G` and its group sizes); everything else lives here, once: the
+//! transforms, `G`, its group sizes, its output size); everything else lives here, once: the
 //! public API (`winograd_layer!`: geometry, workspace, `new`, `workspace`,
 //! `forward`, `forward_fused`, `backward_data`), the checks, the workspace, the
 //! driver (`run_pass`: transforms, then the GEMMs
@@ -24,9 +28,11 @@
 
 mod f2;
 mod f4;
+mod s2;
 
 pub use f2::{Winograd, WinogradWorkspace};
 pub use f4::{Winograd4, Winograd4Workspace};
+pub use s2::{WinogradS2, WinogradS2Workspace};
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, best_kernel, gemm, gemm_packed_a, pack_a, packed_a_len};
@@ -197,8 +203,7 @@ impl<T: Tiling> Workspace<T> {
         let group_imgs = geom.group_imgs(n);
         let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs).next_multiple_of(group_imgs);
         let big = T::XI * cin.max(cout) * group_imgs * p;
-        let pad = T::M * T::M * (th + 1) * (tw + 1);
-        let lanes = Lane::lanes(n, shard_imgs, pad, geom.rows_len(), big);
+        let lanes = Lane::lanes(n, shard_imgs, geom.pad_len(), geom.rows_len(), big);
         let kernel = best_kernel();
         let packed = packed_a_len(kernel, cout, cin).max(packed_a_len(kernel, cin, cout));
         let u = Prepared::new(cout * cin * 9, T::XI * packed);
@@ -217,7 +222,8 @@ impl<T: Tiling> Workspace<T> {
         n: usize,
     ) -> Result<()> {
         let (cin, cout) = geom.channels();
-        check_call(geom, n, ("winograd input", x.len(), cin), ("winograd output", out.len(), cout), weight.len())?;
+        let (src, dst) = (("winograd input", x.len(), cin), ("winograd output", out.len(), cout));
+        check_call(geom, n, src, dst, weight.len(), (geom.plane(), geom.out_plane()))?;
         if let Some(b) = bias {
             check_len("winograd bias", b.len(), cout)?;
         }
@@ -235,7 +241,8 @@ impl<T: Tiling> Workspace<T> {
         n: usize,
     ) -> Result<()> {
         let (cin, cout) = geom.channels();
-        check_call(geom, n, ("winograd input", x.len(), cin), ("winograd output", out.len(), cout), weight.len())?;
+        let (src, dst) = (("winograd input", x.len(), cin), ("winograd output", out.len(), cout));
+        check_call(geom, n, src, dst, weight.len(), (geom.plane(), geom.out_plane()))?;
         epi.check(cout)?;
         self.check(geom, n)?;
         if n == 0 {
@@ -243,7 +250,8 @@ impl<T: Tiling> Workspace<T> {
         }
         let (raw, packed) = (&mut self.u_raw, self.packed);
         let u = self.u.get(weight, 0, |w, u| prepare(geom, raw, u, packed, w, false))?;
-        let pass = Pass { cs: cin, cd: cout, u, packed, epi, accumulate: false };
+        let planes = (geom.plane(), geom.out_plane());
+        let pass = Pass { cs: cin, cd: cout, u, packed, epi, accumulate: false, planes };
         run_pass(geom, &pass, out, x, (self.shard_imgs, self.group_imgs), &self.lanes)
     }
 
@@ -263,6 +271,7 @@ impl<T: Tiling> Workspace<T> {
             ("winograd output gradient", dout.len(), cout),
             ("winograd input gradient", dx.len(), cin),
             weight.len(),
+            (geom.out_plane(), geom.plane()),
         )?;
         self.check(geom, n)?;
         if n == 0 {
@@ -270,7 +279,8 @@ impl<T: Tiling> Workspace<T> {
         }
         let (raw, packed) = (&mut self.u_raw, self.packed);
         let u = self.u.get(weight, 1, |w, u| prepare(geom, raw, u, packed, w, true))?;
-        let pass = Pass { cs: cout, cd: cin, u, packed, epi: Epilogue::default(), accumulate: true };
+        let planes = (geom.out_plane(), geom.plane());
+        let pass = Pass { cs: cout, cd: cin, u, packed, epi: Epilogue::default(), accumulate: true, planes };
         run_pass(geom, &pass, dx, dout, (self.shard_imgs, self.group_imgs), &self.lanes)
     }
 
@@ -296,6 +306,7 @@ impl<T: Tiling> Workspace<T> {
             ("winograd input", x.len(), cin),
             ("winograd output gradient", dout.len(), cout),
             dweight.len(),
+            (geom.plane(), geom.out_plane()),
         )?;
         if let Some(db) = &dbias {
             check_len("winograd bias gradient", db.len(), cout)?;
@@ -353,18 +364,19 @@ pub(super) fn check_sizes<T: Tiling>(cin: usize, cout: usize, h: usize, w: usize
     Ok(())
 }
 
-/// Errors unless `src` and `dst` hold `n` images of their channel counts and `weight` is [cout, cin, 3, 3].
+/// Errors unless `src` and `dst` hold `n` images of their channel counts and
+/// `planes` (pixels per src, dst plane), and `weight` is [cout, cin, 3, 3].
 fn check_call<T: Tiling>(
     geom: &T,
     n: usize,
     src: (&str, usize, usize),
     dst: (&str, usize, usize),
     weight: usize,
+    planes: (usize, usize),
 ) -> Result<()> {
-    let plane = geom.plane();
     let (cin, cout) = geom.channels();
-    check_len(src.0, src.1, n * src.2 * plane)?;
-    check_len(dst.0, dst.1, n * dst.2 * plane)?;
+    check_len(src.0, src.1, n * src.2 * planes.0)?;
+    check_len(dst.0, dst.1, n * dst.2 * planes.1)?;
     check_len("winograd weight", weight, cout * cin * 9)
 }
 
@@ -378,6 +390,8 @@ struct Pass<'a> {
     packed: usize,
     epi: Epilogue<'a>,
     accumulate: bool,
+    /// Pixels of one src plane and of one dst plane.
+    planes: (usize, usize),
 }
 
 /// A Winograd tiling F(M x M, 3x3) of a layer: F(2x2, 3x3) here, F(4x4, 3x3) in
@@ -385,7 +399,7 @@ struct Pass<'a> {
 pub(super) trait Tiling: Copy + PartialEq + std::fmt::Debug + Sync {
     /// Side of an output tile.
     const M: usize;
-    /// Elements of a transformed tile, (M + 2)^2: the number of GEMMs.
+    /// Elements of a transformed tile, (M + 2)^2 at stride 1: the number of GEMMs.
     const XI: usize = (Self::M + 2) * (Self::M + 2);
     /// The layer's name in error messages.
     const NAME: &'static str;
@@ -408,6 +422,11 @@ pub(super) trait Tiling: Copy + PartialEq + std::fmt::Debug + Sync {
         pad: &mut [f32],
         rows: &mut [f32],
     );
+    /// Runs once per group on all of M (`xi_stride` = channels * tiles values
+    /// per xi) before the per-plane `output_transform`s: a tiling may apply
+    /// the first half of A^T . A there, in place, over long contiguous rows
+    /// instead of one plane's tiles at a time. Nothing by default.
+    fn output_rows(&self, _m: &mut [f32], _xi_stride: usize) {}
     /// Plane `y` (=|+=) A^T m A from m[xi * xi_stride + base + tile], clipped to h x w.
     fn output_transform(
         &self,
@@ -424,15 +443,31 @@ pub(super) trait Tiling: Copy + PartialEq + std::fmt::Debug + Sync {
         let [cin, cout, _, _] = self.sizes();
         (cin, cout)
     }
-    /// Pixels of one plane (h * w).
+    /// Pixels of one input plane (h * w).
     fn plane(&self) -> usize {
         let [_, _, h, w] = self.sizes();
         h * w
     }
-    /// Tile rows and columns: ceil(h/M) x ceil(w/M).
-    fn tiles(&self) -> (usize, usize) {
+    /// Output rows and columns (the input's at stride 1).
+    fn out_sizes(&self) -> (usize, usize) {
         let [_, _, h, w] = self.sizes();
-        (h.div_ceil(Self::M), w.div_ceil(Self::M))
+        (h, w)
+    }
+    /// Pixels of one output plane.
+    fn out_plane(&self) -> usize {
+        let (ho, wo) = self.out_sizes();
+        ho * wo
+    }
+    /// Tile rows and columns: ceil(ho/M) x ceil(wo/M).
+    fn tiles(&self) -> (usize, usize) {
+        let (ho, wo) = self.out_sizes();
+        (ho.div_ceil(Self::M), wo.div_ceil(Self::M))
+    }
+    /// Scratch `pad` of a lane: one zero-padded input plane cut by row and
+    /// column residue mod M, [M][M][th + 1][tw + 1].
+    fn pad_len(&self) -> usize {
+        let (th, tw) = self.tiles();
+        Self::M * Self::M * (th + 1) * (tw + 1)
     }
 }
 
@@ -447,11 +482,11 @@ fn run_pass<T: Tiling>(
     lanes: &[Mutex<Lane>],
 ) -> Result<()> {
     let (th, tw) = tiling.tiles();
-    let (plane, p, nxi) = (tiling.plane(), th * tw, T::XI);
+    let (p, nxi) = (th * tw, T::XI);
     let (cs, cd, u) = (pass.cs, pass.cd, pass.u);
     let kernel = best_kernel();
     let len = packed_a_len(kernel, cd, cs);
-    let (in_len, out_len) = (cs * plane, cd * plane);
+    let (in_len, out_len) = (cs * pass.planes.0, cd * pass.planes.1);
     // One shard for several threads (a batch of one patch): the XI
     // independent products are shared out instead. Only with one shard: a
     // thread waiting on them may run another queued task, and another shard
@@ -465,7 +500,8 @@ fn run_pass<T: Tiling>(
             let gn = g.min(imgs - g0);
             let t = gn * p;
             let v = &mut lane.v[..nxi * cs * t];
-            transform_group(tiling, v, &xs[g0 * in_len..(g0 + gn) * in_len], cs, &mut lane.pad, &mut lane.rows);
+            let group = (&xs[g0 * in_len..(g0 + gn) * in_len], pass.planes.0);
+            transform_group(tiling, v, group, cs, &mut lane.pad, &mut lane.rows);
             let m = &mut lane.m[..nxi * cd * t];
             // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t], U[xi] packed in its slot.
             let product = |(xi, (mx, vx)): (usize, (&mut [f32], &[f32]))| -> Result<()> {
@@ -486,8 +522,9 @@ fn run_pass<T: Tiling>(
             } else {
                 m.chunks_mut(cd * t).zip(v.chunks(cs * t)).enumerate().try_for_each(product)?;
             }
+            tiling.output_rows(m, cd * t);
             for (j, img) in os[g0 * out_len..(g0 + gn) * out_len].chunks_exact_mut(out_len).enumerate() {
-                for (c, dst_plane) in img.chunks_exact_mut(plane).enumerate() {
+                for (c, dst_plane) in img.chunks_exact_mut(pass.planes.1).enumerate() {
                     tiling.output_transform(dst_plane, m, c * t + j * p, cd * t, pass.accumulate, &mut lane.rows);
                     if !pass.accumulate {
                         pass.epi.apply(c, dst_plane);
@@ -500,10 +537,17 @@ fn run_pass<T: Tiling>(
 }
 
 /// V[xi][c][j * P + tile] = the input transform of plane c of image j, for
-/// the images `xs` ([imgs][cs][h][w]) of one group (T = imgs * P tiles).
-fn transform_group<T: Tiling>(tiling: &T, v: &mut [f32], xs: &[f32], cs: usize, pad: &mut [f32], rows: &mut [f32]) {
+/// the images `xs` ([imgs][cs][plane]) of one group (T = imgs * P tiles).
+fn transform_group<T: Tiling>(
+    tiling: &T,
+    v: &mut [f32],
+    (xs, plane): (&[f32], usize),
+    cs: usize,
+    pad: &mut [f32],
+    rows: &mut [f32],
+) {
     let (th, tw) = tiling.tiles();
-    let (plane, p) = (tiling.plane(), th * tw);
+    let p = th * tw;
     let t = xs.len() / (cs * plane) * p;
     for (j, img) in xs.chunks_exact(cs * plane).enumerate() {
         for (c, x_plane) in img.chunks_exact(plane).enumerate() {
@@ -553,7 +597,8 @@ fn run_weight_pass<T: WeightGrad>(
             let gn = g.min(imgs - g0);
             let t = gn * p;
             let v = &mut lane.v[..nxi * cin * t];
-            transform_group(tiling, v, &xs[g0 * in_len..(g0 + gn) * in_len], cin, &mut lane.pad, &mut lane.rows);
+            let group = (&xs[g0 * in_len..(g0 + gn) * in_len], plane);
+            transform_group(tiling, v, group, cin, &mut lane.pad, &mut lane.rows);
             let m = &mut lane.m[..nxi * cout * t];
             for (j, img) in ds[g0 * out_len..(g0 + gn) * out_len].chunks_exact(out_len).enumerate() {
                 for (c, d_plane) in img.chunks_exact(plane).enumerate() {
