@@ -129,8 +129,28 @@ impl Tiling for Winograd {
         }
     }
 
-    /// One plane of the output: tile (ty, tx) = A^T m A from m[xi * xi_stride + base + ty*tw + tx],
-    /// written to `y` (overwrite) or added to it (accumulate), clipped to h x w.
+    /// A^T on the rows of every tile of the group, in place: for each column
+    /// j, slot j <- m0j + m1j + m2j, slot 4 + j <- m1j - m2j - m3j; slots
+    /// 8..16 are left as they are and not read again.
+    fn output_rows(&self, m: &mut [f32], xi_stride: usize) {
+        let mut slots = m.chunks_exact_mut(xi_stride);
+        let mut next = || slots.next().expect("16 slots");
+        let rows: [[&mut [f32]; 4]; 4] = std::array::from_fn(|_| std::array::from_fn(|_| next()));
+        let [r0, r1, r2, r3] = rows;
+        for (((m0, m1), m2), m3) in r0.into_iter().zip(r1).zip(r2).zip(r3) {
+            let n = m0.len();
+            let (m0, m1, m2, m3) = (&mut m0[..n], &mut m1[..n], &m2[..n], &m3[..n]);
+            for k in 0..n {
+                let (x0, x1, x2) = (m0[k], m1[k], m2[k]);
+                m0[k] = x0 + x1 + x2;
+                m1[k] = x1 - x2 - m3[k];
+            }
+        }
+    }
+
+    /// One plane of the output from the rows `output_rows` left: tile (ty, tx) =
+    /// a A with a[i][j] = m[(4i + j) * xi_stride + base + ty*tw + tx], written to
+    /// `y` (overwrite) or added to it (accumulate), clipped to h x w.
     fn output_transform(
         &self,
         y: &mut [f32],
@@ -143,19 +163,10 @@ impl Tiling for Winograd {
         let (th, tw) = self.tiles();
         let (h, w, p) = (self.h, self.w, th * tw);
         let mr = |xi: usize| &m[xi * xi_stride + base..xi * xi_stride + base + p];
-        let (a, yt) = rows[..12 * p].split_at_mut(8 * p);
-        // A^T on the rows of every tile at once: a[i][j] = [m0j + m1j + m2j, m1j - m2j - m3j][i].
-        for (k, d) in a.chunks_exact_mut(p).enumerate() {
-            let j = k % 4;
-            if k < 4 {
-                map3(d, mr(j), mr(4 + j), mr(8 + j), |x, y, z| x + y + z);
-            } else {
-                map3(d, mr(4 + j), mr(8 + j), mr(12 + j), |x, y, z| x - y - z);
-            }
-        }
+        let yt = &mut rows[..4 * p];
         // A on the columns: yt[2i] = a[i][0] + a[i][1] + a[i][2], yt[2i + 1] = a[i][1] - a[i][2] - a[i][3].
         for (k, d) in yt.chunks_exact_mut(p).enumerate() {
-            let ar = |j: usize| &a[(k / 2 * 4 + j) * p..(k / 2 * 4 + j + 1) * p];
+            let ar = |j: usize| mr(k / 2 * 4 + j);
             if k % 2 == 0 {
                 map3(d, ar(0), ar(1), ar(2), |x, y, z| x + y + z);
             } else {

@@ -49,10 +49,10 @@ impl Tiling for Winograd4 {
         [self.cin, self.cout, self.h, self.w]
     }
 
-    /// [4][6][th][tw + 1] (input), [24][p] + [4][p] (output).
+    /// [4][6][th][tw + 1] (input), [4][p] (output).
     fn rows_len(&self) -> usize {
         let (th, tw) = self.tiles();
-        (24 * th * (tw + 1)).max(28 * th * tw)
+        24 * th * (tw + 1)
     }
 
     fn group_imgs(&self, n: usize) -> usize {
@@ -121,6 +121,21 @@ impl Tiling for Winograd4 {
         }
     }
 
+    /// A^T on the rows of every tile of the group, in place: for each column
+    /// j, slots 6i + j (i < 4) <- (A^T m[.][j])[i]; slots 24..36 are left
+    /// as they are and not read again.
+    fn output_rows(&self, m: &mut [f32], xi_stride: usize) {
+        let mut cols: [[Option<&mut [f32]>; 6]; 6] = Default::default();
+        for (xi, slot) in m.chunks_exact_mut(xi_stride).take(36).enumerate() {
+            cols[xi % 6][xi / 6] = Some(slot);
+        }
+        for col in cols {
+            at6_in_place(col.map(|s| s.expect("36 slots")));
+        }
+    }
+
+    /// One plane of the output from the rows `output_rows` left:
+    /// a[i][j] = m[(6i + j) * xi_stride + base + tile], clipped to h x w.
     fn output_transform(
         &self,
         y: &mut [f32],
@@ -133,19 +148,11 @@ impl Tiling for Winograd4 {
         let (th, tw) = self.tiles();
         let (h, w, p) = (self.h, self.w, th * tw);
         let mr = |xi: usize| &m[xi * xi_stride + base..xi * xi_stride + base + p];
-        let (a, yt) = rows[..28 * p].split_at_mut(24 * p);
-        // A^T on the rows of every tile at once: a[i][j] = (A^T m[.][j])[i].
-        for j in 0..6 {
-            let mut d = a.chunks_exact_mut(p).skip(j).step_by(6);
-            at6(std::array::from_fn(|_| d.next().expect("4 rows")), std::array::from_fn(|k| mr(6 * k + j)));
-        }
+        let yt = &mut rows[..4 * p];
         // A on the columns, one row i of the 4x4 output tiles at a time: yt[jj] = (A^T a[i][.])[jj].
         for i in 0..4 {
             let mut d = yt.chunks_exact_mut(p);
-            at6(
-                std::array::from_fn(|_| d.next().expect("4 columns")),
-                std::array::from_fn(|j| &a[(6 * i + j) * p..(6 * i + j + 1) * p]),
-            );
+            at6(std::array::from_fn(|_| d.next().expect("4 columns")), std::array::from_fn(|j| mr(6 * i + j)));
             let yr = |jj: usize, ty: usize| &yt[jj * p + ty * tw..jj * p + (ty + 1) * tw];
             for ty in (0..th).take_while(|ty| 4 * ty + i < h) {
                 let r = 4 * ty + i;
@@ -231,6 +238,22 @@ fn at6(o: [&mut [f32]; 4], m: [&[f32]; 6]) {
         o1[k] = d12 + 2.0 * d34;
         o2[k] = s12 + 4.0 * s34;
         o3[k] = d12 + 8.0 * d34 + m5[k];
+    }
+}
+
+/// `at6` in place: m[i][k] <- (A^T [m0[k] .. m5[k]])[i] for i < 4 (the
+/// same operations in the same order, so the same bits).
+fn at6_in_place(m: [&mut [f32]; 6]) {
+    let [m0, m1, m2, m3, m4, m5] = m;
+    let n = m0.len();
+    let (m0, m1, m2, m3, m4, m5) = (&mut m0[..n], &mut m1[..n], &mut m2[..n], &mut m3[..n], &m4[..n], &m5[..n]);
+    for k in 0..n {
+        let (s12, d12) = (m1[k] + m2[k], m1[k] - m2[k]);
+        let (s34, d34) = (m3[k] + m4[k], m3[k] - m4[k]);
+        m0[k] = m0[k] + s12 + s34;
+        m1[k] = d12 + 2.0 * d34;
+        m2[k] = s12 + 4.0 * s34;
+        m3[k] = d12 + 8.0 * d34 + m5[k];
     }
 }
 
