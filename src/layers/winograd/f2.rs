@@ -141,9 +141,7 @@ impl Tiling for Winograd {
             let n = m0.len();
             let (m0, m1, m2, m3) = (&mut m0[..n], &mut m1[..n], &m2[..n], &m3[..n]);
             for k in 0..n {
-                let (x0, x1, x2) = (m0[k], m1[k], m2[k]);
-                m0[k] = x0 + x1 + x2;
-                m1[k] = x1 - x2 - m3[k];
+                [m0[k], m1[k]] = at4([m0[k], m1[k], m2[k], m3[k]]);
             }
         }
     }
@@ -164,13 +162,12 @@ impl Tiling for Winograd {
         let (h, w, p) = (self.h, self.w, th * tw);
         let mr = |xi: usize| &m[xi * xi_stride + base..xi * xi_stride + base + p];
         let yt = &mut rows[..4 * p];
-        // A on the columns: yt[2i] = a[i][0] + a[i][1] + a[i][2], yt[2i + 1] = a[i][1] - a[i][2] - a[i][3].
-        for (k, d) in yt.chunks_exact_mut(p).enumerate() {
-            let ar = |j: usize| mr(k / 2 * 4 + j);
-            if k % 2 == 0 {
-                map3(d, ar(0), ar(1), ar(2), |x, y, z| x + y + z);
-            } else {
-                map3(d, ar(1), ar(2), ar(3), |x, y, z| x - y - z);
+        // A on the columns: [yt[2i], yt[2i + 1]] = at4(a[i][0..4]).
+        for (i, pair) in yt.chunks_exact_mut(2 * p).enumerate() {
+            let (y0, y1) = pair.split_at_mut(p);
+            let (a0, a1, a2, a3) = (mr(4 * i), mr(4 * i + 1), mr(4 * i + 2), mr(4 * i + 3));
+            for k in 0..p {
+                [y0[k], y1[k]] = at4([a0[k], a1[k], a2[k], a3[k]]);
             }
         }
         let yr = |k: usize, ty: usize| &yt[k * p + ty * tw..k * p + (ty + 1) * tw];
@@ -265,10 +262,11 @@ pub(super) fn map2(d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> 
     d.iter_mut().zip(a.iter().zip(b)).for_each(|(d, (&a, &b))| *d = f(a, b));
 }
 
-/// d[k] = f(a[k], b[k], c[k]) over the shortest of the four.
+/// A^T x for one 4-vector: [x0 + x1 + x2, x1 - x2 - x3]. Both stages of the
+/// output transform run it, so they round alike.
 #[inline(always)]
-pub(super) fn map3(d: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
-    d.iter_mut().zip(a.iter().zip(b).zip(c)).for_each(|(d, ((&a, &b), &c))| *d = f(a, b, c));
+fn at4(x: [f32; 4]) -> [f32; 2] {
+    [x[0] + x[1] + x[2], x[1] - x[2] - x[3]]
 }
 
 /// dst[2k] (=|+=) even[k], dst[2k + 1] (=|+=) odd[k], for the `dst.len()` columns that exist.

@@ -232,29 +232,27 @@ fn at6(o: [&mut [f32]; 4], m: [&[f32]; 6]) {
     let (o0, o1, o2, o3) = (&mut o0[..n], &mut o1[..n], &mut o2[..n], &mut o3[..n]);
     let (m0, m1, m2, m3, m4, m5) = (&m[0][..n], &m[1][..n], &m[2][..n], &m[3][..n], &m[4][..n], &m[5][..n]);
     for k in 0..n {
-        let (s12, d12) = (m1[k] + m2[k], m1[k] - m2[k]);
-        let (s34, d34) = (m3[k] + m4[k], m3[k] - m4[k]);
-        o0[k] = m0[k] + s12 + s34;
-        o1[k] = d12 + 2.0 * d34;
-        o2[k] = s12 + 4.0 * s34;
-        o3[k] = d12 + 8.0 * d34 + m5[k];
+        [o0[k], o1[k], o2[k], o3[k]] = at6_one([m0[k], m1[k], m2[k], m3[k], m4[k], m5[k]]);
     }
 }
 
-/// `at6` in place: m[i][k] <- (A^T [m0[k] .. m5[k]])[i] for i < 4 (the
-/// same operations in the same order, so the same bits).
+/// `at6` in place: m[i][k] <- (A^T [m0[k] .. m5[k]])[i] for i < 4.
 fn at6_in_place(m: [&mut [f32]; 6]) {
     let [m0, m1, m2, m3, m4, m5] = m;
     let n = m0.len();
     let (m0, m1, m2, m3, m4, m5) = (&mut m0[..n], &mut m1[..n], &mut m2[..n], &mut m3[..n], &m4[..n], &m5[..n]);
     for k in 0..n {
-        let (s12, d12) = (m1[k] + m2[k], m1[k] - m2[k]);
-        let (s34, d34) = (m3[k] + m4[k], m3[k] - m4[k]);
-        m0[k] = m0[k] + s12 + s34;
-        m1[k] = d12 + 2.0 * d34;
-        m2[k] = s12 + 4.0 * s34;
-        m3[k] = d12 + 8.0 * d34 + m5[k];
+        [m0[k], m1[k], m2[k], m3[k]] = at6_one([m0[k], m1[k], m2[k], m3[k], m4[k], m5[k]]);
     }
+}
+
+/// A^T x for one 6-vector: both stages of the output transform run it, so
+/// they round alike.
+#[inline(always)]
+fn at6_one(x: [f32; 6]) -> [f32; 4] {
+    let (s12, d12) = (x[1] + x[2], x[1] - x[2]);
+    let (s34, d34) = (x[3] + x[4], x[3] - x[4]);
+    [x[0] + s12 + s34, d12 + 2.0 * d34, s12 + 4.0 * s34, d12 + 8.0 * d34 + x[5]]
 }
 
 /// dst[4k + i] (=|+=) s[i][k], for the `dst.len()` columns that exist.

@@ -59,9 +59,10 @@ pub(super) struct GradParts {
     db: Vec<f32>,
 }
 
-/// Declares a Winograd layer: the geometry `$geom` (public `cin`, `cout`, `h`,
-/// `w`), its scratch `$ws`, and their public API, which runs the generic code of
-/// this module over `$geom`'s `Tiling` (written by the invoking module).
+/// Declares a stride-1 Winograd layer: the geometry `$geom` (public `cin`,
+/// `cout`, `h`, `w`), its scratch `$ws`, and their public API (`new`,
+/// `backward_data` and `winograd_forward_api!`), which runs the generic code
+/// of this module over `$geom`'s `Tiling` (written by the invoking module).
 macro_rules! winograd_layer {
     ($(#[$geom_attr:meta])* pub struct $geom:ident; $(#[$ws_attr:meta])* pub struct $ws:ident;) => {
         $(#[$geom_attr])*
@@ -78,44 +79,13 @@ macro_rules! winograd_layer {
         $(#[$ws_attr])*
         pub struct $ws($crate::layers::winograd::Workspace<$geom>);
 
+        $crate::layers::winograd::winograd_forward_api!($geom, $ws);
+
         impl $geom {
             /// Errors on any zero size.
             pub fn new(cin: usize, cout: usize, h: usize, w: usize) -> $crate::error::Result<Self> {
                 $crate::layers::winograd::check_sizes::<Self>(cin, cout, h, w)?;
                 Ok($geom { cin, cout, h, w })
-            }
-
-            /// Scratch for batches of `n` images, with one lane per thread of the
-            /// current rayon pool (call it inside the pool that will run the layer).
-            pub fn workspace(&self, n: usize) -> $ws {
-                $ws($crate::layers::winograd::Workspace::new(*self, n))
-            }
-
-            /// `out[n, cout, h, w] = conv3x3_pad1(x, weight) + bias`; `out` is overwritten.
-            pub fn forward(
-                &self,
-                out: &mut [f32],
-                x: &[f32],
-                weight: &[f32],
-                bias: Option<&[f32]>,
-                n: usize,
-                ws: &mut $ws,
-            ) -> $crate::error::Result<()> {
-                ws.0.forward(self, out, x, weight, bias, n)
-            }
-
-            /// `out = epi(conv3x3_pad1(x, weight))`: the epilogue runs on each output
-            /// plane right after its transform, while it is in L1.
-            pub fn forward_fused(
-                &self,
-                out: &mut [f32],
-                x: &[f32],
-                weight: &[f32],
-                epi: $crate::layers::conv2d::Epilogue<'_>,
-                n: usize,
-                ws: &mut $ws,
-            ) -> $crate::error::Result<()> {
-                ws.0.forward_fused(self, out, x, weight, epi, n)
             }
 
             /// `dx[n, cin, h, w] +=` the adjoint of `forward` (without bias) applied to `dout[n, cout, h, w]`.
@@ -133,6 +103,50 @@ macro_rules! winograd_layer {
     };
 }
 pub(super) use winograd_layer;
+
+/// The forward half of every Winograd layer's public API, for a geometry
+/// `$geom` (a `Tiling`) and its scratch `$ws` (a tuple struct around
+/// `Workspace<$geom>`): `workspace`, `forward`, `forward_fused`.
+macro_rules! winograd_forward_api {
+    ($geom:ident, $ws:ident) => {
+        impl $geom {
+            /// Scratch for batches of `n` images, with one lane per thread of the
+            /// current rayon pool (call it inside the pool that will run the layer).
+            pub fn workspace(&self, n: usize) -> $ws {
+                $ws($crate::layers::winograd::Workspace::new(*self, n))
+            }
+
+            /// `out[n, cout, ho, wo] = conv(x, weight) + bias` (this layer's 3x3
+            /// convolution); `out` is overwritten.
+            pub fn forward(
+                &self,
+                out: &mut [f32],
+                x: &[f32],
+                weight: &[f32],
+                bias: Option<&[f32]>,
+                n: usize,
+                ws: &mut $ws,
+            ) -> $crate::error::Result<()> {
+                ws.0.forward(self, out, x, weight, bias, n)
+            }
+
+            /// `out = epi(conv(x, weight))`: the epilogue runs on each output
+            /// plane right after its transform, while it is in L1.
+            pub fn forward_fused(
+                &self,
+                out: &mut [f32],
+                x: &[f32],
+                weight: &[f32],
+                epi: $crate::layers::conv2d::Epilogue<'_>,
+                n: usize,
+                ws: &mut $ws,
+            ) -> $crate::error::Result<()> {
+                ws.0.forward_fused(self, out, x, weight, epi, n)
+            }
+        }
+    };
+}
+pub(super) use winograd_forward_api;
 
 /// One thread's scratch (sizes from the `Tiling`).
 pub(super) struct Lane {
@@ -242,7 +256,8 @@ impl<T: Tiling> Workspace<T> {
     ) -> Result<()> {
         let (cin, cout) = geom.channels();
         let (src, dst) = (("winograd input", x.len(), cin), ("winograd output", out.len(), cout));
-        check_call(geom, n, src, dst, weight.len(), (geom.plane(), geom.out_plane()))?;
+        let planes = (geom.plane(), geom.out_plane());
+        check_call(geom, n, src, dst, weight.len(), planes)?;
         epi.check(cout)?;
         self.check(geom, n)?;
         if n == 0 {
@@ -250,7 +265,6 @@ impl<T: Tiling> Workspace<T> {
         }
         let (raw, packed) = (&mut self.u_raw, self.packed);
         let u = self.u.get(weight, 0, |w, u| prepare(geom, raw, u, packed, w, false))?;
-        let planes = (geom.plane(), geom.out_plane());
         let pass = Pass { cs: cin, cd: cout, u, packed, epi, accumulate: false, planes };
         run_pass(geom, &pass, out, x, (self.shard_imgs, self.group_imgs), &self.lanes)
     }
@@ -265,21 +279,15 @@ impl<T: Tiling> Workspace<T> {
         n: usize,
     ) -> Result<()> {
         let (cin, cout) = geom.channels();
-        check_call(
-            geom,
-            n,
-            ("winograd output gradient", dout.len(), cout),
-            ("winograd input gradient", dx.len(), cin),
-            weight.len(),
-            (geom.out_plane(), geom.plane()),
-        )?;
+        let (src, dst) = (("winograd output gradient", dout.len(), cout), ("winograd input gradient", dx.len(), cin));
+        let planes = (geom.out_plane(), geom.plane());
+        check_call(geom, n, src, dst, weight.len(), planes)?;
         self.check(geom, n)?;
         if n == 0 {
             return Ok(());
         }
         let (raw, packed) = (&mut self.u_raw, self.packed);
         let u = self.u.get(weight, 1, |w, u| prepare(geom, raw, u, packed, w, true))?;
-        let planes = (geom.out_plane(), geom.plane());
         let pass = Pass { cs: cout, cd: cin, u, packed, epi: Epilogue::default(), accumulate: true, planes };
         run_pass(geom, &pass, dx, dout, (self.shard_imgs, self.group_imgs), &self.lanes)
     }

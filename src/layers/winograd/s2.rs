@@ -35,7 +35,6 @@ use super::f2::map2;
 use super::f4::fill_pad4;
 use super::{Tiling, Workspace, check_sizes, group_imgs_for, transform_weights};
 use crate::error::{Error, Result};
-use crate::ops::epilogue::Epilogue;
 use crate::ops::im2col::Padding;
 
 /// GEMM columns (2x2 tiles) a group of images aims for with `c` channels (the
@@ -63,6 +62,8 @@ pub struct WinogradS2 {
 /// Scratch of one stride-2 Winograd layer for one batch size.
 pub struct WinogradS2Workspace(Workspace<WinogradS2>);
 
+super::winograd_forward_api!(WinogradS2, WinogradS2Workspace);
+
 impl WinogradS2 {
     /// Errors on any zero size, padding above 1 on a side, or a padded
     /// input smaller than the kernel.
@@ -83,39 +84,6 @@ impl WinogradS2 {
     /// Output rows and columns.
     pub fn out_size(&self) -> (usize, usize) {
         self.out_sizes()
-    }
-
-    /// Scratch for batches of `n` images, with one lane per thread of the
-    /// current rayon pool (call it inside the pool that will run the layer).
-    pub fn workspace(&self, n: usize) -> WinogradS2Workspace {
-        WinogradS2Workspace(Workspace::new(*self, n))
-    }
-
-    /// `out[n, cout, ho, wo] = conv3x3_stride2_pad1(x, weight) + bias`; `out` is overwritten.
-    pub fn forward(
-        &self,
-        out: &mut [f32],
-        x: &[f32],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        n: usize,
-        ws: &mut WinogradS2Workspace,
-    ) -> Result<()> {
-        ws.0.forward(self, out, x, weight, bias, n)
-    }
-
-    /// `out = epi(conv3x3_stride2_pad1(x, weight))`: the epilogue runs on each
-    /// output plane right after its transform, while it is in L1.
-    pub fn forward_fused(
-        &self,
-        out: &mut [f32],
-        x: &[f32],
-        weight: &[f32],
-        epi: Epilogue<'_>,
-        n: usize,
-        ws: &mut WinogradS2Workspace,
-    ) -> Result<()> {
-        ws.0.forward_fused(self, out, x, weight, epi, n)
     }
 }
 
@@ -216,9 +184,7 @@ impl Tiling for WinogradS2 {
             let n = m0.len();
             let (m0, m1, m2, m3, m4) = (&mut m0[..n], &mut m1[..n], &m2[..n], &m3[..n], &m4[..n]);
             for k in 0..n {
-                let (x0, x1) = (m0[k], m1[k]);
-                m0[k] = x0 + x1 + m3[k];
-                m1[k] = x1 + m2[k] + m4[k];
+                [m0[k], m1[k]] = at5([m0[k], m1[k], m2[k], m3[k], m4[k]]);
             }
         }
     }
@@ -247,23 +213,30 @@ impl Tiling for WinogradS2 {
             // A on the columns: y[2tx] = a0 + a1 + a3, y[2tx + 1] = a1 + a2 + a4.
             let pairs = dst.chunks_exact_mut(2).zip(a0.iter().zip(a1).zip(a3).zip(a2.iter().zip(a4)));
             if accumulate {
-                pairs.for_each(|(d, (((x0, x1), x3), (x2, x4)))| {
-                    d[0] += x0 + x1 + x3;
-                    d[1] += x1 + x2 + x4;
+                pairs.for_each(|(d, (((&x0, &x1), &x3), (&x2, &x4)))| {
+                    let [y0, y1] = at5([x0, x1, x2, x3, x4]);
+                    d[0] += y0;
+                    d[1] += y1;
                 });
             } else {
-                pairs.for_each(|(d, (((x0, x1), x3), (x2, x4)))| {
-                    d[0] = x0 + x1 + x3;
-                    d[1] = x1 + x2 + x4;
+                pairs.for_each(|(d, (((&x0, &x1), &x3), (&x2, &x4)))| {
+                    [d[0], d[1]] = at5([x0, x1, x2, x3, x4]);
                 });
             }
             if wo % 2 == 1 {
                 let k = wo / 2;
-                let v = a0[k] + a1[k] + a3[k];
+                let [v, _] = at5([a0[k], a1[k], a2[k], a3[k], a4[k]]);
                 dst[wo - 1] = if accumulate { dst[wo - 1] + v } else { v };
             }
         }
     }
+}
+
+/// A^T x for one 5-vector: [x0 + x1 + x3, x1 + x2 + x4]. Both stages of the
+/// output transform run it, so they round alike.
+#[inline(always)]
+fn at5(x: [f32; 5]) -> [f32; 2] {
+    [x[0] + x[1] + x[3], x[1] + x[2] + x[4]]
 }
 
 /// The column stage of `input_transform` for rows of `TW` tiles (see `columns`).
