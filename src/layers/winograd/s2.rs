@@ -39,9 +39,9 @@ use crate::ops::im2col::Padding;
 
 /// GEMM columns (2x2 tiles) a group of images aims for with `c` channels (the
 /// larger side): about 2048 / c, between 16 and 256 (one image of HardNet's
-/// 32x32 -> 16x16 layer, three of its 16x16 -> 8x8 one). Measured 2-4%
-/// faster per layer than F(4x4)'s larger groups (`f4::tile_cols`), whose V
-/// and M outgrow L2 at 25 GEMMs.
+/// 32x32 -> 16x16 layer, three of its 16x16 -> 8x8 one), a quarter of
+/// F(4x4)'s target (`f4::tile_cols`): with 25 GEMMs per tile, that target's
+/// V and M outgrow a core's L2, and these smaller groups timed a little faster.
 fn tile_cols(c: usize) -> usize {
     (2048 / c).clamp(16, 256)
 }
