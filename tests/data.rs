@@ -410,6 +410,121 @@ fn samplers_keep_their_invariants_and_resume_exactly() {
     fs::remove_dir_all(&root).unwrap();
 }
 
+#[test]
+fn sequence_groups_draw_each_batch_from_few_sequences() {
+    let root = fixture("groups");
+    let p = open_dataset(&root, 3).unwrap();
+    let all = [0, 1, 2]; // i_a (3 classes), v_b (5), v_c (4)
+    let c = Version::Clean;
+    let seqs_of = |items: &[[PatchRef; 2]]| {
+        let mut s: Vec<usize> = items.iter().map(|it| it[0].seq).collect();
+        s.sort();
+        s.dedup();
+        s
+    };
+    let pairs = |s: &mut Sampler<'_, 2>, batch: usize| {
+        let mut b = vec![vec![f32::NAN; batch * P]; 2];
+        let [x, y] = &mut b[..] else { unreachable!() };
+        s.next_batch([x, y]).unwrap();
+        check_buffers(&p, s.last_batch(), &b, [c; 2]);
+        let items = s.last_batch().to_vec();
+        let mut classes: Vec<_> = items.iter().map(|it| class(it[0])).collect();
+        classes.sort();
+        classes.dedup();
+        assert_eq!(classes.len(), items.len(), "distinct classes");
+        assert!(items.iter().all(|[a, b]| class(*a) == class(*b) && a.image != b.image));
+        items
+    };
+
+    // Off: the plain sampler's stream.
+    let mut plain = Sampler::hardnet(&p, &all, c, 3, 300, 4).unwrap();
+    let mut off = Sampler::hardnet(&p, &all, c, 3, 300, 4).unwrap().with_batch_sequences(None).unwrap();
+    for _ in 0..5 {
+        assert_eq!(pairs(&mut plain, 3), pairs(&mut off, 3));
+    }
+
+    // One sequence per batch when each holds a batch's classes; all of them visited.
+    let mut one = Sampler::hardnet(&p, &all, c, 3, 300, 4).unwrap().with_batch_sequences(Some(1)).unwrap();
+    let mut visited = Vec::new();
+    for _ in 0..30 {
+        let s = seqs_of(&pairs(&mut one, 3));
+        assert_eq!(s.len(), 1, "{s:?}");
+        visited.extend(s);
+    }
+    visited.sort();
+    visited.dedup();
+    assert_eq!(visited, all);
+
+    // A batch of 5: only v_b holds 5 classes alone; smaller first picks get more sequences.
+    let mut five = Sampler::hardnet(&p, &all, c, 5, 500, 8).unwrap().with_batch_sequences(Some(1)).unwrap();
+    let (mut alone, mut mixed) = (0, 0);
+    for _ in 0..40 {
+        let s = seqs_of(&pairs(&mut five, 5));
+        if s.len() == 1 {
+            assert_eq!(s, [1], "only v_b holds five classes");
+            alone += 1;
+        } else {
+            mixed += 1;
+        }
+    }
+    assert!(alone > 0 && mixed > 0, "{alone} single-sequence batches, {mixed} mixed");
+
+    // More sequences than there are: every class is in the pool.
+    let mut many = Sampler::hardnet(&p, &all, c, 12, 120, 2).unwrap().with_batch_sequences(Some(9)).unwrap();
+    assert_eq!(seqs_of(&pairs(&mut many, 12)), all);
+
+    // Triplets: the negative comes from the anchor's group, of another class.
+    let mut t = Sampler::triplet(&p, &all, c, 2, 200, 5).unwrap().with_batch_sequences(Some(1)).unwrap();
+    for _ in 0..30 {
+        let mut b = vec![vec![f32::NAN; 2 * P]; 3];
+        let [x, y, z] = &mut b[..] else { unreachable!() };
+        t.next_batch([x, y, z]).unwrap();
+        let items = t.last_batch();
+        check_buffers(&p, items, &b, [c; 3]);
+        let s = items[0][0].seq;
+        for [a, pos, neg] in items {
+            assert!(a.seq == s && pos.seq == s && neg.seq == s, "one sequence per batch");
+            assert_ne!(class(*a), class(*neg));
+        }
+    }
+
+    // Twins keep their views together within the group.
+    let mut tw = Sampler::twins(&p, &[0, 2], 3, 30, 6).unwrap().with_batch_sequences(Some(1)).unwrap();
+    for _ in 0..6 {
+        let mut b = vec![vec![f32::NAN; 3 * P]; 4];
+        let [w, x, y, z] = &mut b[..] else { unreachable!() };
+        tw.next_batch([w, x, y, z]).unwrap();
+        let items = tw.last_batch();
+        assert!(items.iter().all(|[na, np, ca, cp]| na == ca && np == cp && na.seq == items[0][0].seq));
+    }
+
+    // Same seed, same batches; a restored state continues identically.
+    let mut x = Sampler::hardnet(&p, &all, c, 3, 30, 9).unwrap().with_batch_sequences(Some(2)).unwrap();
+    let mut y = Sampler::hardnet(&p, &all, c, 3, 30, 9).unwrap().with_batch_sequences(Some(2)).unwrap();
+    for _ in 0..4 {
+        assert_eq!(pairs(&mut x, 3), pairs(&mut y, 3));
+    }
+    let saved = x.state();
+    let ahead: Vec<_> = (0..12).map(|_| pairs(&mut x, 3)).collect();
+    let mut z = Sampler::hardnet(&p, &all, c, 3, 30, 9).unwrap().with_batch_sequences(Some(2)).unwrap();
+    z.set_state(saved).unwrap();
+    assert_eq!((0..12).map(|_| pairs(&mut z, 3)).collect::<Vec<_>>(), ahead);
+
+    // Zero sequences is an error; denoiser batches ignore groups.
+    let e = Sampler::hardnet(&p, &all, c, 3, 30, 9).unwrap().with_batch_sequences(Some(0)).err().unwrap();
+    assert!(e.to_string().contains("at least one sequence"), "{e}");
+    let mut dn = Sampler::denoise(&p, &all, 16, 1000, 3).unwrap();
+    let mut dg = Sampler::denoise(&p, &all, 16, 1000, 3).unwrap().with_batch_sequences(Some(1)).unwrap();
+    let mut b1 = vec![vec![0f32; 16 * P]; 2];
+    let mut b2 = b1.clone();
+    let [a, b] = &mut b1[..] else { unreachable!() };
+    dn.next_batch([a, b]).unwrap();
+    let [a, b] = &mut b2[..] else { unreachable!() };
+    dg.next_batch([a, b]).unwrap();
+    assert_eq!(dn.last_batch(), dg.last_batch());
+    fs::remove_dir_all(&root).unwrap();
+}
+
 /// Buffer `k` holds member `k` of each item under the item's transform.
 fn check_augmented<const K: usize>(
     p: &PackedDataset,

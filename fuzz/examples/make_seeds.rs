@@ -240,6 +240,7 @@ fn checkpoint(root: &Path, scratch: &Path) -> Res {
         sos_weight: None,
         distill_weight: None,
         perceptual_weight: None,
+        batch_sequences: None,
     };
     let meta = |optimizer| CheckpointMeta {
         epochs_done: 1,

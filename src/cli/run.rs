@@ -77,6 +77,11 @@ pub struct RunArgs {
     /// Weight of SOSNet's second-order similarity regulariser added to the hardnet loss.
     #[arg(long)]
     pub sos_weight: Option<f32>,
+    /// Each descriptor batch's classes come from this many random training
+    /// sequences (more while they hold fewer than a batch), so in-batch
+    /// negatives share scenes (default: all sequences).
+    #[arg(long)]
+    pub batch_sequences: Option<usize>,
     /// Distillation from a clean-patch teacher: the first --teacher-epochs of
     /// the descriptor epochs train a HardNet on the clean patches; the
     /// descriptor starts from it and adds this weight times the mean squared
@@ -162,6 +167,7 @@ impl RunArgs {
                 sos_weight: self.sos_weight,
                 augment: self.descriptor_augment,
                 distill_weight: self.distill_weight,
+                batch_sequences: self.batch_sequences,
                 ..Overrides::default()
             },
             batch: self.batch,

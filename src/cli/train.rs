@@ -59,6 +59,11 @@ pub struct OverrideArgs {
     /// Weight of SOSNet's second-order similarity regulariser added to the hardnet loss (descriptor).
     #[arg(long)]
     pub sos_weight: Option<f32>,
+    /// Each batch's classes come from this many random training sequences
+    /// (more while they hold fewer than a batch), so in-batch negatives share
+    /// scenes (descriptor; default: all sequences).
+    #[arg(long)]
+    pub batch_sequences: Option<usize>,
 }
 
 impl OverrideArgs {
@@ -85,6 +90,7 @@ impl OverrideArgs {
             sos_weight: self.sos_weight,
             distill_weight: None,
             perceptual_weight: None,
+            batch_sequences: self.batch_sequences,
         })
     }
 }

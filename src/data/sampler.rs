@@ -15,6 +15,14 @@
 //! With augmentation on, each item also draws one of the 8 symmetries of the
 //! square ([`super::augment`]) and every view of the item is written under it.
 //!
+//! With sequence groups on ([`Sampler::with_batch_sequences`]), each
+//! triplet, HardNet or twins batch first draws S distinct training sequences
+//! (uniformly; more, one at a time, while they hold fewer classes than the
+//! batch needs) and takes its classes, triplet negatives included, from
+//! those sequences only: in-batch negatives then come from the same scenes,
+//! as the distractors of the matching task do. Off (the default), no draw is
+//! added, so the streams are those of a plain sampler.
+//!
 //! An epoch is a configured number of items (100,000 triplets in the seed);
 //! its last batch is shorter when the epoch length is not a multiple of B.
 //! All draws come from one [`Rng`] in a fixed order, so batches depend only on
@@ -130,10 +138,16 @@ pub struct Sampler<'a, const K: usize> {
     rng: Rng,
     /// Draw a symmetry of the square per item.
     augment: bool,
+    /// Training sequences each batch's classes come from (none: all of them).
+    group: Option<usize>,
     /// Reused per batch: the drawn items, their transforms and the anchor classes taken.
     items: Vec<[PatchRef; K]>,
     transforms: Vec<u8>,
     taken: HashSet<u64>,
+    /// Reused per batch with groups: the chosen sequences (indices into
+    /// `classes.seqs`) and one past the last class of each, counted over the group.
+    chosen: Vec<usize>,
+    chosen_ends: Vec<u64>,
 }
 
 /// Denoiser batches: (noisy, clean).
@@ -225,9 +239,12 @@ impl<'a, const K: usize> Sampler<'a, K> {
             position: 0,
             rng: Rng::stream(seed, 0x05A3_D1E5),
             augment: false,
+            group: None,
             items: Vec::with_capacity(batch),
             transforms: Vec::with_capacity(batch),
             taken: HashSet::with_capacity(batch * 2),
+            chosen: Vec::with_capacity(train.len()),
+            chosen_ends: Vec::with_capacity(train.len()),
         })
     }
 
@@ -235,6 +252,17 @@ impl<'a, const K: usize> Sampler<'a, K> {
     pub fn with_augment(mut self, on: bool) -> Self {
         self.augment = on;
         self
+    }
+
+    /// Draws each batch's classes from `s` random training sequences (see the
+    /// module header); `None` (the default): from all of them. Denoiser
+    /// batches ignore it. `Some(0)` is an error.
+    pub fn with_batch_sequences(mut self, s: Option<usize>) -> Result<Self> {
+        if s == Some(0) {
+            return Err(Error::InvalidArgument("a batch needs classes from at least one sequence".into()));
+        }
+        self.group = if self.kind == Kind::Denoise { None } else { s };
+        Ok(self)
     }
 
     pub fn batch_size(&self) -> usize {
@@ -279,11 +307,50 @@ impl<'a, const K: usize> Sampler<'a, K> {
         &self.transforms
     }
 
-    fn distinct_class(&mut self) -> u64 {
+    /// Classes this batch draws from: the group's, or every training class.
+    fn pool(&self) -> u64 {
+        if self.group.is_some() { *self.chosen_ends.last().unwrap_or(&0) } else { self.classes.total }
+    }
+
+    /// The training class of index `i` of the pool.
+    fn pooled(&self, i: u64) -> u64 {
+        if self.group.is_none() {
+            return i;
+        }
+        let g = self.chosen_ends.partition_point(|&e| e <= i);
+        let before = if g == 0 { 0 } else { self.chosen_ends[g - 1] };
+        let s = self.chosen[g];
+        let start = if s == 0 { 0 } else { self.classes.ends[s - 1] };
+        start + (i - before)
+    }
+
+    /// Picks the batch's sequences: `s` distinct ones, then more until they
+    /// hold `need` classes (every training sequence at most, which `build`
+    /// checked holds enough).
+    fn choose_group(&mut self, s: usize, need: u64) {
+        self.chosen.clear();
+        self.chosen_ends.clear();
+        let seqs = self.classes.seqs.len();
+        let mut held = 0u64;
+        while self.chosen.len() < seqs && (self.chosen.len() < s || held < need) {
+            let i = self.rng.below(seqs as u64) as usize;
+            if self.chosen.contains(&i) {
+                continue;
+            }
+            let start = if i == 0 { 0 } else { self.classes.ends[i - 1] };
+            held += self.classes.ends[i] - start;
+            self.chosen.push(i);
+            self.chosen_ends.push(held);
+        }
+    }
+
+    /// A class not yet taken in this batch, as (pool index, training class).
+    fn distinct_class(&mut self) -> (u64, u64) {
         loop {
-            let c = self.rng.below(self.classes.total);
+            let i = self.rng.below(self.pool());
+            let c = self.pooled(i);
             if self.taken.insert(c) {
-                return c;
+                return (i, c);
             }
         }
     }
@@ -298,19 +365,19 @@ impl<'a, const K: usize> Sampler<'a, K> {
                 out.fill(m);
             }
             Kind::Triplet | Kind::HardNet | Kind::Twins => {
-                let c = self.distinct_class();
+                let (i, c) = self.distinct_class();
                 let a = self.rng.below(images);
                 // Uniform over the 15 other images.
                 let p = (a + 1 + self.rng.below(images - 1)) % images;
                 out[0] = self.classes.member(c, a as usize);
                 out[1] = self.classes.member(c, p as usize);
                 if self.kind == Kind::Triplet {
-                    // Uniform over the other classes: skip the anchor's.
-                    let mut n = self.rng.below(self.classes.total - 1);
-                    if n >= c {
+                    // Uniform over the pool's other classes: skip the anchor's.
+                    let mut n = self.rng.below(self.pool() - 1);
+                    if n >= i {
                         n += 1;
                     }
-                    out[2] = self.classes.member(n, self.rng.below(images) as usize);
+                    out[2] = self.classes.member(self.pooled(n), self.rng.below(images) as usize);
                 }
                 if self.kind == Kind::Twins {
                     (out[2], out[3]) = (out[0], out[1]);
@@ -340,6 +407,11 @@ impl<'a, const K: usize> Sampler<'a, K> {
         self.items.clear();
         self.transforms.clear();
         self.taken.clear();
+        if let Some(g) = self.group {
+            // Distinct anchors, and a triplet's negative of another class.
+            let need = if self.kind == Kind::Triplet { (n as u64).max(2) } else { n as u64 };
+            self.choose_group(g, need);
+        }
         for _ in 0..n {
             let item = self.draw();
             self.items.push(item);

@@ -106,6 +106,10 @@ pub struct TrainConfig {
     /// of its clean twin ([`super::perceptual`]), added to the pointwise loss; none: not added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perceptual_weight: Option<f32>,
+    /// Descriptor only: each batch's classes come from this many random
+    /// training sequences ([`crate::data::sampler::Sampler::with_batch_sequences`]); none: from all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_sequences: Option<usize>,
 }
 
 impl TrainConfig {
@@ -135,6 +139,14 @@ impl TrainConfig {
                 return bad(format!("distillation applies to the hardnet loss only, not to {}", self.loss));
             }
             self.distill()?;
+        }
+        if let Some(s) = self.batch_sequences {
+            if self.arch.is_denoiser() {
+                return bad(format!("sequence groups apply to descriptor batches, not to {}", self.arch));
+            }
+            if s == 0 {
+                return bad("--batch-sequences must be at least 1".into());
+            }
         }
         if let Some(w) = self.perceptual_weight {
             if !self.arch.is_denoiser() {
@@ -209,6 +221,7 @@ mod tests {
             sos_weight: None,
             distill_weight: None,
             perceptual_weight: None,
+            batch_sequences: None,
         }
     }
 

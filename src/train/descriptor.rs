@@ -121,11 +121,14 @@ fn sampling<'a>(
     items: u64,
     seed: u64,
     augment: bool,
+    groups: Option<usize>,
 ) -> Result<Sampling<'a>> {
     Ok(if k == 3 {
-        Sampling::Triplet(Sampler::triplet(data, seqs, version, batch, items, seed)?.with_augment(augment))
+        let s = Sampler::triplet(data, seqs, version, batch, items, seed)?;
+        Sampling::Triplet(s.with_augment(augment).with_batch_sequences(groups)?)
     } else {
-        Sampling::Pair(Sampler::hardnet(data, seqs, version, batch, items, seed)?.with_augment(augment))
+        let s = Sampler::hardnet(data, seqs, version, batch, items, seed)?;
+        Sampling::Pair(s.with_augment(augment).with_batch_sequences(groups)?)
     })
 }
 
@@ -211,8 +214,17 @@ pub fn train(
     let model = Model::new(arch)?;
     let mut st: State = session::start(&model, cfg, run, resume, teacher.map(|t| t.net.params()))?;
     let b = cfg.batch;
-    let mut sampler =
-        sampling(source.data, &source.train, source.version, k, b, cfg.epoch_items, cfg.seed, cfg.augment)?;
+    let mut sampler = sampling(
+        source.data,
+        &source.train,
+        source.version,
+        k,
+        b,
+        cfg.epoch_items,
+        cfg.seed,
+        cfg.augment,
+        cfg.batch_sequences,
+    )?;
     if let Some(s) = st.sampler {
         sampler.set_state(s)?;
     }
@@ -222,7 +234,7 @@ pub fn train(
     let val_n = cfg.val_items.min(4096).min(val_classes);
     let mut val_x = vec![0.0f32; k * val_n * PATCH_LEN];
     if val_n > 0 && !val.1.is_empty() {
-        let mut vs = sampling(val.0, val.1, val.2, k, val_n, val_n as u64, cfg.seed ^ VAL_STREAM, false)?;
+        let mut vs = sampling(val.0, val.1, val.2, k, val_n, val_n as u64, cfg.seed ^ VAL_STREAM, false, None)?;
         draw(&mut vs, &mut val_x, val_n)?;
     }
     let mut x = vec![0.0f32; k * b * PATCH_LEN];

@@ -193,8 +193,9 @@ pub fn train(
     }
     let hardnet = HardNetLoss::new(dcfg.margin, true)?;
     let b = dcfg.batch;
-    let mut sampler: TwinsSampler<'_> =
-        Sampler::twins(src.data, src.train, b, dcfg.epoch_items, dcfg.seed)?.with_augment(dcfg.augment);
+    let mut sampler: TwinsSampler<'_> = Sampler::twins(src.data, src.train, b, dcfg.epoch_items, dcfg.seed)?
+        .with_augment(dcfg.augment)
+        .with_batch_sequences(dcfg.batch_sequences)?;
     if let Some(s) = desc.sampler {
         sampler.set_state(s)?;
     }

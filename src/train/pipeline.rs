@@ -594,4 +594,21 @@ mod tests {
         let e = descriptor_config(&cfg, Arch::HardNetBaseline, InputKind::Denoised).unwrap_err().to_string();
         assert!(e.contains("hardnet loss only"), "{e}");
     }
+
+    #[test]
+    fn batch_sequences_reach_the_descriptor_stage_and_zero_is_refused() {
+        let mut cfg = RunConfig { preset: Preset::Seed, ..RunConfig::new(Recipe::Hardnet, "runs/x".into()) };
+        let original = Arch::HardNetOriginal;
+        assert_eq!(descriptor_config(&cfg, original, InputKind::Denoised).unwrap().batch_sequences, None);
+        cfg.descriptor_overrides.batch_sequences = Some(4);
+        assert_eq!(descriptor_config(&cfg, original, InputKind::Denoised).unwrap().batch_sequences, Some(4));
+        assert_eq!(denoiser_config(&cfg, Arch::Unet, 1000).unwrap().batch_sequences, None);
+        cfg.descriptor_overrides.batch_sequences = Some(0);
+        let e = descriptor_config(&cfg, original, InputKind::Denoised).unwrap_err().to_string();
+        assert!(e.contains("--batch-sequences must be at least 1"), "{e}");
+        // A denoiser stage given groups directly is refused.
+        let mut den = denoiser_config(&RunConfig::new(Recipe::Hardnet, "runs/x".into()), Arch::Unet, 1000).unwrap();
+        den.batch_sequences = Some(2);
+        assert!(den.validate().unwrap_err().to_string().contains("descriptor batches"));
+    }
 }

@@ -79,6 +79,8 @@ pub struct Overrides {
     pub distill_weight: Option<f32>,
     /// Weight of the perceptual term through a clean-patch teacher (denoiser; the pipeline trains the teacher).
     pub perceptual_weight: Option<f32>,
+    /// Training sequences each batch's classes come from (descriptor).
+    pub batch_sequences: Option<usize>,
 }
 
 impl Overrides {
@@ -113,6 +115,7 @@ impl Overrides {
         cfg.sos_weight = self.sos_weight.or(cfg.sos_weight);
         cfg.distill_weight = self.distill_weight.or(cfg.distill_weight);
         cfg.perceptual_weight = self.perceptual_weight.or(cfg.perceptual_weight);
+        cfg.batch_sequences = self.batch_sequences.or(cfg.batch_sequences);
         cfg.validate()
     }
 }
@@ -151,6 +154,7 @@ pub fn denoiser_preset(preset: Preset, arch: Arch, split: &str, train_patches: u
         sos_weight: None,
         distill_weight: None,
         perceptual_weight: None,
+        batch_sequences: None,
     }
 }
 
@@ -181,5 +185,6 @@ pub fn descriptor_preset(preset: Preset, arch: Arch, split: &str, input: InputKi
         sos_weight: None,
         distill_weight: None,
         perceptual_weight: None,
+        batch_sequences: None,
     }
 }
