@@ -102,6 +102,58 @@ fn a_killed_run_resumes_to_the_same_weights() {
 }
 
 #[test]
+fn dropout_and_sequence_groups_reach_the_descriptor_trainer() {
+    let d = dir("knobs");
+    let data = dataset(&d);
+    let args = [
+        "train-descriptor",
+        "--dataset",
+        s(&data),
+        "--preset",
+        "demo",
+        "--epochs",
+        "1",
+        "--threads",
+        "2",
+        "--loss",
+        "hardnet",
+        "--variant",
+        "original",
+        "--batch",
+        "16",
+        "--items",
+        "64",
+        "--input",
+        "noisy",
+        "--no-epoch-eval",
+        "--val-sequences",
+        "0",
+        "--seed",
+        "3",
+    ];
+    let train = |name: &str, extra: &[&str]| {
+        let out = d.join(name);
+        ok(&[&args[..], extra, &["--out", s(&out)]].concat());
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        (std::fs::read(out.join("model.safetensors")).unwrap(), config)
+    };
+    let (plain, pc) = train("plain", &[]);
+    assert!(pc.get("dropout").is_none() && pc.get("batch_sequences").is_none(), "{pc}");
+    assert_eq!(train("again", &[]).0, plain, "same seed, same weights");
+    let (no_drop, nc) = train("nodrop", &["--dropout", "0"]);
+    assert_eq!(nc["dropout"], 0.0);
+    assert!(no_drop != plain, "--dropout 0 trained the same weights as the default rate");
+    let (grouped, gc) = train("grouped", &["--batch-sequences", "1"]);
+    assert_eq!(gc["batch_sequences"], 1);
+    assert!(grouped != plain, "--batch-sequences 1 trained the same weights as all sequences");
+    let e = fails(&[&args[..], &["--dropout", "1", "--out", s(&d.join("bad"))]].concat());
+    assert!(e.contains("dropout rate must lie in [0, 1)"), "{e}");
+    let e = fails(&[&args[..], &["--batch-sequences", "0", "--out", s(&d.join("bad"))]].concat());
+    assert!(e.contains("--batch-sequences must be at least 1"), "{e}");
+}
+
+#[test]
 fn a_non_finite_loss_stops_training_with_a_clear_message() {
     let d = dir("nan");
     let data = dataset(&d);

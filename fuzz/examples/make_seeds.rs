@@ -241,6 +241,7 @@ fn checkpoint(root: &Path, scratch: &Path) -> Res {
         distill_weight: None,
         perceptual_weight: None,
         batch_sequences: None,
+        dropout: None,
     };
     let meta = |optimizer| CheckpointMeta {
         epochs_done: 1,

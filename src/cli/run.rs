@@ -82,6 +82,9 @@ pub struct RunArgs {
     /// negatives share scenes (default: all sequences).
     #[arg(long)]
     pub batch_sequences: Option<usize>,
+    /// HardNet's dropout rate in training, in [0, 1) (default 0.3).
+    #[arg(long)]
+    pub descriptor_dropout: Option<f32>,
     /// Distillation from a clean-patch teacher: the first --teacher-epochs of
     /// the descriptor epochs train a HardNet on the clean patches; the
     /// descriptor starts from it and adds this weight times the mean squared
@@ -168,6 +171,7 @@ impl RunArgs {
                 augment: self.descriptor_augment,
                 distill_weight: self.distill_weight,
                 batch_sequences: self.batch_sequences,
+                dropout: self.descriptor_dropout,
                 ..Overrides::default()
             },
             batch: self.batch,

@@ -64,6 +64,9 @@ pub struct OverrideArgs {
     /// scenes (descriptor; default: all sequences).
     #[arg(long)]
     pub batch_sequences: Option<usize>,
+    /// HardNet's dropout rate in training, in [0, 1) (descriptor; default 0.3).
+    #[arg(long)]
+    pub dropout: Option<f32>,
 }
 
 impl OverrideArgs {
@@ -91,6 +94,7 @@ impl OverrideArgs {
             distill_weight: None,
             perceptual_weight: None,
             batch_sequences: self.batch_sequences,
+            dropout: self.dropout,
         })
     }
 }

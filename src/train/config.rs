@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::loss::LossKind;
 use crate::loss::distill::DistillLoss;
 use crate::loss::sos::{SOS_KNN, SosRegularizer};
-use crate::models::Arch;
+use crate::models::{Arch, Model};
 use crate::optim::OptimizerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +110,10 @@ pub struct TrainConfig {
     /// training sequences ([`crate::data::sampler::Sampler::with_batch_sequences`]); none: from all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_sequences: Option<usize>,
+    /// Descriptor only: HardNet's dropout rate in training, in [0, 1); none:
+    /// the model's own ([`crate::models::HARDNET_DROPOUT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f32>,
 }
 
 impl TrainConfig {
@@ -148,6 +152,14 @@ impl TrainConfig {
                 return bad("--batch-sequences must be at least 1".into());
             }
         }
+        if let Some(p) = self.dropout {
+            if self.arch.is_denoiser() {
+                return bad(format!("the dropout rate applies to HardNet, not to {}", self.arch));
+            }
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("dropout rate must lie in [0, 1), got {p}"));
+            }
+        }
         if let Some(w) = self.perceptual_weight {
             if !self.arch.is_denoiser() {
                 return bad(format!("the perceptual term trains a denoiser, not {}", self.arch));
@@ -167,6 +179,15 @@ impl TrainConfig {
     /// The distillation term this stage adds, if it does.
     pub fn distill(&self) -> Result<Option<DistillLoss>> {
         self.distill_weight.map(DistillLoss::new).transpose()
+    }
+
+    /// The network this stage trains: its architecture, with the dropout rate set here if one is.
+    pub fn model(&self) -> Result<Model> {
+        let mut m = Model::new(self.arch)?;
+        if let Some(p) = self.dropout {
+            m.set_dropout(p)?;
+        }
+        Ok(m)
     }
 
     /// Optimizer steps in one epoch.
@@ -222,6 +243,7 @@ mod tests {
             distill_weight: None,
             perceptual_weight: None,
             batch_sequences: None,
+            dropout: None,
         }
     }
 

@@ -211,7 +211,7 @@ pub fn train(
     // Validation scores the descriptor loss alone: the teacher never sees validation patches.
     let mut val_loss_head = TupleHead::new(cfg.loss.tuple(cfg.margin)?, cfg.batch).with_sos(cfg.sos()?)?;
     let k = loss.k();
-    let model = Model::new(arch)?;
+    let model = cfg.model()?;
     let mut st: State = session::start(&model, cfg, run, resume, teacher.map(|t| t.net.params()))?;
     let b = cfg.batch;
     let mut sampler = sampling(

@@ -178,7 +178,7 @@ pub fn train(
             start.1.arch()
         )));
     }
-    let (den_model, desc_model) = (Model::new(den_arch)?, Model::new(desc_arch)?);
+    let (den_model, desc_model) = (Model::new(den_arch)?, dcfg.model()?);
     let mut den: State = session::start(&den_model, ncfg, den_run, resume, Some(start.0.params()))?;
     let mut desc: State = session::start(&desc_model, dcfg, desc_run, resume, Some(start.1.params()))?;
     if den.epochs_done != desc.epochs_done || den.sampler != desc.sampler {

@@ -611,4 +611,23 @@ mod tests {
         den.batch_sequences = Some(2);
         assert!(den.validate().unwrap_err().to_string().contains("descriptor batches"));
     }
+
+    #[test]
+    fn descriptor_dropout_sets_the_trained_model_and_bad_rates_are_refused() {
+        let mut cfg = RunConfig { preset: Preset::Seed, ..RunConfig::new(Recipe::Hardnet, "runs/x".into()) };
+        let original = Arch::HardNetOriginal;
+        let desc = descriptor_config(&cfg, original, InputKind::Denoised).unwrap();
+        assert_eq!((desc.dropout, desc.model().unwrap().dropout()), (None, crate::models::HARDNET_DROPOUT));
+        cfg.descriptor_overrides.dropout = Some(0.1);
+        let desc = descriptor_config(&cfg, original, InputKind::Denoised).unwrap();
+        assert_eq!((desc.dropout, desc.model().unwrap().dropout()), (Some(0.1), 0.1));
+        for bad in [1.0, -0.1, f32::NAN] {
+            cfg.descriptor_overrides.dropout = Some(bad);
+            let e = descriptor_config(&cfg, original, InputKind::Denoised).unwrap_err().to_string();
+            assert!(e.contains("dropout rate must lie in [0, 1)"), "{bad}: {e}");
+        }
+        let mut den = denoiser_config(&RunConfig::new(Recipe::Hardnet, "runs/x".into()), Arch::Unet, 1000).unwrap();
+        den.dropout = Some(0.0);
+        assert!(den.validate().unwrap_err().to_string().contains("applies to HardNet"));
+    }
 }

@@ -81,6 +81,8 @@ pub struct Overrides {
     pub perceptual_weight: Option<f32>,
     /// Training sequences each batch's classes come from (descriptor).
     pub batch_sequences: Option<usize>,
+    /// HardNet's dropout rate in training (descriptor).
+    pub dropout: Option<f32>,
 }
 
 impl Overrides {
@@ -116,6 +118,7 @@ impl Overrides {
         cfg.distill_weight = self.distill_weight.or(cfg.distill_weight);
         cfg.perceptual_weight = self.perceptual_weight.or(cfg.perceptual_weight);
         cfg.batch_sequences = self.batch_sequences.or(cfg.batch_sequences);
+        cfg.dropout = self.dropout.or(cfg.dropout);
         cfg.validate()
     }
 }
@@ -155,6 +158,7 @@ pub fn denoiser_preset(preset: Preset, arch: Arch, split: &str, train_patches: u
         distill_weight: None,
         perceptual_weight: None,
         batch_sequences: None,
+        dropout: None,
     }
 }
 
@@ -186,5 +190,6 @@ pub fn descriptor_preset(preset: Preset, arch: Arch, split: &str, input: InputKi
         distill_weight: None,
         perceptual_weight: None,
         batch_sequences: None,
+        dropout: None,
     }
 }
