@@ -117,10 +117,14 @@ impl Classes {
         Ok(Classes { seqs: train.to_vec(), ends, total })
     }
 
+    /// The first class of `seqs[i]`.
+    fn start(&self, i: usize) -> u64 {
+        if i == 0 { 0 } else { self.ends[i - 1] }
+    }
+
     fn member(&self, class: u64, image: usize) -> PatchRef {
         let i = self.ends.partition_point(|&e| e <= class);
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        PatchRef { seq: self.seqs[i], image, idx: (class - start) as usize }
+        PatchRef { seq: self.seqs[i], image, idx: (class - self.start(i)) as usize }
     }
 }
 
@@ -319,9 +323,7 @@ impl<'a, const K: usize> Sampler<'a, K> {
         }
         let g = self.chosen_ends.partition_point(|&e| e <= i);
         let before = if g == 0 { 0 } else { self.chosen_ends[g - 1] };
-        let s = self.chosen[g];
-        let start = if s == 0 { 0 } else { self.classes.ends[s - 1] };
-        start + (i - before)
+        self.classes.start(self.chosen[g]) + (i - before)
     }
 
     /// Picks the batch's sequences: `s` distinct ones, then more until they
@@ -337,8 +339,7 @@ impl<'a, const K: usize> Sampler<'a, K> {
             if self.chosen.contains(&i) {
                 continue;
             }
-            let start = if i == 0 { 0 } else { self.classes.ends[i - 1] };
-            held += self.classes.ends[i] - start;
+            held += self.classes.ends[i] - self.classes.start(i);
             self.chosen.push(i);
             self.chosen_ends.push(held);
         }
