@@ -584,6 +584,32 @@ fn dropout_mask_is_deterministic_and_drops_at_rate_p() {
     assert_eq!(dropout_fwd(&x, 9, &DropoutConfig::new(0.0).unwrap()).0, x, "p = 0 is the identity");
 }
 
+/// Rate 0 skips the generator instead of drawing: its twin draws every
+/// element through `keep`, and both leave the same output, mask and generator.
+#[test]
+fn dropout_at_rate_zero_matches_drawing_every_element() {
+    let cfg = DropoutConfig::new(0.0).unwrap();
+    for len in [0usize, 1, 7, 4096] {
+        let x: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let (mut out, mut mask, mut rng) = (vec![f32::NAN; len], vec![7u8; len], Rng::new(11));
+        dropout::forward_train(&mut out, &mut mask, &x, &mut rng, &cfg).unwrap();
+        let mut twin = Rng::new(11);
+        let (tmask, tout): (Vec<u8>, Vec<f32>) = x
+            .iter()
+            .map(|&v| {
+                let k = dropout::keep(&mut twin, &cfg);
+                (k as u8, if k { v * cfg.keep_scale() } else { 0.0 })
+            })
+            .unzip();
+        assert_eq!(
+            (mask, out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()),
+            (tmask, tout.iter().map(|v| v.to_bits()).collect()),
+            "len {len}"
+        );
+        assert_eq!(rng.next_u64(), twin.next_u64(), "len {len}: generator state");
+    }
+}
+
 #[test]
 fn dropout_rejects_bad_rates_and_lengths() {
     for p in [-0.1, 1.0, 1.5, f32::NAN] {

@@ -6,7 +6,8 @@
 //! function of the generator state alone: `mask[i] = 1` kept, `0` dropped, and
 //! `out = x * mask / (1 - p)`, which keeps `E[out] = x`. Backward is the same
 //! linear map: `dx += dout * mask / (1 - p)`. Eval is the identity, as is
-//! training with `p = 0` (every draw keeps, the scale is 1).
+//! training with `p = 0` (every draw keeps, the scale is 1), which skips the
+//! generator ahead by the draws instead of making them.
 
 use crate::arg_err;
 use crate::error::{Result, check_len};
@@ -44,6 +45,14 @@ pub fn keep(rng: &mut Rng, cfg: &DropoutConfig) -> bool {
 pub fn forward_train(out: &mut [f32], mask: &mut [u8], x: &[f32], rng: &mut Rng, cfg: &DropoutConfig) -> Result<()> {
     check_len("dropout forward: mask", mask.len(), out.len())?;
     check_len("dropout forward: x", x.len(), out.len())?;
+    if cfg.p == 0.0 {
+        // Every draw keeps (`next_f32() >= 0`) and the scale is 1: the same
+        // output, mask and generator state without drawing element by element.
+        out.copy_from_slice(x);
+        mask.fill(1);
+        rng.skip(out.len() as u64);
+        return Ok(());
+    }
     let scale = cfg.keep_scale();
     // Sequential on purpose: the draws must come in element order.
     for ((o, m), &x) in out.iter_mut().zip(mask.iter_mut()).zip(x) {
