@@ -152,6 +152,11 @@ fn bench_times_the_default_recipes_step_and_refuses_a_loss_the_model_cannot_trai
         "1",
     ]);
     assert!(line.contains("batch 4 threads 1") && line.contains("pairs/s (median of 5"), "{line}");
+    let line =
+        ok(&["bench", "--model", "hardnet", "--mode", "train", "--batch", "2", "--seconds", "0.1", "--dropout", "0"]);
+    assert!(line.contains("triplets/s (median of 5"), "{line}");
+    let e = fails(&["bench", "--model", "unet", "--mode", "train", "--dropout", "0.1", "--seconds", "0.1"]);
+    assert!(e.contains("--dropout applies to HardNet training only"), "{e}");
     let e = fails(&["bench", "--model", "unet", "--mode", "train", "--loss", "hardnet", "--seconds", "0.1"]);
     assert!(e.contains("unet does not train with the hardnet loss"), "{e}");
     let e = fails(&["bench", "--model", "hardnet", "--mode", "train", "--loss", "nonsense"]);

@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// Arithmetic of an inference benchmark: f32, bf16 or int8 (int8 calibrated on the benchmark's batch).
     #[arg(long, default_value = "f32")]
     precision: nhpatch::Precision,
+    /// HardNet's dropout rate in training, in [0, 1) (default: the rate of
+    /// the recipe the step mirrors: the hardnet recipe's with --loss hardnet,
+    /// the model's 0.3 with triplets).
+    #[arg(long)]
+    dropout: Option<f32>,
     /// Measured seconds (split into 5 repetitions).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -56,7 +61,16 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let mode = throughput::Mode::from(a.mode);
     let device = a.dev.device;
     let batch = a.batch.unwrap_or(BenchConfig::default_batch(mode));
-    let cfg = BenchConfig { arch, mode, batch, seconds: a.seconds, device, loss: a.loss, precision: a.precision };
+    let cfg = BenchConfig {
+        arch,
+        mode,
+        batch,
+        seconds: a.seconds,
+        device,
+        loss: a.loss,
+        precision: a.precision,
+        dropout: a.dropout,
+    };
     let pool = nhpatch::threads::pool(a.threads)?;
     let threads = pool.current_num_threads();
     let t = pool.install(|| throughput::measure_model(&cfg))?;

@@ -19,8 +19,9 @@ use crate::loss::triplet::TripletLoss;
 use crate::loss::{LossKind, PointLoss};
 use crate::models::quant::Precision;
 use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};
-use crate::optim::{Optimizer, OptimizerConfig};
+use crate::optim::Optimizer;
 use crate::rng::Rng;
+use crate::train::config::TrainConfig;
 use std::ops::Range;
 use std::time::Instant;
 
@@ -50,12 +51,25 @@ pub struct BenchConfig {
     /// The arithmetic of an inference benchmark (CPU only); int8 is
     /// calibrated on the benchmark's own batch first.
     pub precision: Precision,
+    /// HardNet's dropout rate in a training benchmark: `None` is the rate
+    /// of the recipe the step mirrors (the `hardnet` recipe's with the
+    /// HardNet loss, the model's own with triplets).
+    pub dropout: Option<f32>,
 }
 
 impl BenchConfig {
     /// `batch` of `arch` in `mode` on the CPU for 5 s.
     pub fn new(arch: Arch, mode: Mode, batch: usize) -> Self {
-        BenchConfig { arch, mode, batch, seconds: 5.0, device: Device::Cpu, loss: None, precision: Precision::F32 }
+        BenchConfig {
+            arch,
+            mode,
+            batch,
+            seconds: 5.0,
+            device: Device::Cpu,
+            loss: None,
+            precision: Precision::F32,
+            dropout: None,
+        }
     }
 
     /// The default batch of a mode: 128 patches (inference), 50 (training).
@@ -112,19 +126,20 @@ fn loss_of(cfg: &BenchConfig) -> Result<LossKind> {
     Ok(loss)
 }
 
-/// The optimizer of a training workload: the seed preset's, or with the
-/// HardNet loss the `hardnet` recipe's (SGD 0.1, momentum 0.9, weight decay 1e-4).
-fn train_optimizer(arch: Arch, loss: LossKind) -> OptimizerConfig {
+/// The stage settings a training workload mirrors: the seed preset's, or
+/// with the HardNet loss the `hardnet` recipe's (its SGD and dropout rate).
+fn train_config(arch: Arch, loss: LossKind) -> TrainConfig {
     use crate::train::preset::{Preset, denoiser_preset, descriptor_preset};
     use crate::train::recipe::Recipe;
     if arch.is_denoiser() {
-        return denoiser_preset(Preset::Seed, arch, "a", 1).optimizer;
+        return denoiser_preset(Preset::Seed, arch, "a", 1);
     }
     let mut cfg = descriptor_preset(Preset::Seed, arch, "a", crate::train::InputKind::Noisy);
     if loss == LossKind::HardNet {
         Recipe::Hardnet.apply(&mut cfg, Preset::Seed);
     }
-    cfg.optimizer
+    cfg.arch = arch;
+    cfg
 }
 
 /// A throughput unit: "patches/s", "triplets/s" or "pairs/s".
@@ -178,7 +193,16 @@ fn setup(cfg: &BenchConfig) -> Result<Setup> {
     }
     cfg.device.check_available()?;
     let loss = loss_of(cfg)?;
-    let model = Model::new(cfg.arch)?;
+    let mut model = match cfg.mode {
+        Mode::Train => train_config(cfg.arch, loss).model()?,
+        Mode::Infer => Model::new(cfg.arch)?,
+    };
+    if let Some(p) = cfg.dropout {
+        if cfg.mode != Mode::Train || cfg.arch.is_denoiser() {
+            return Err(Error::InvalidArgument("--dropout applies to HardNet training only".into()));
+        }
+        model.set_dropout(p)?;
+    }
     let mut rng = Rng::new(1);
     let params = model.init_params(&mut rng);
     let patches = match cfg.mode {
@@ -200,7 +224,7 @@ fn on_device(cfg: &BenchConfig) -> Result<Throughput> {
             Ok(Throughput { device_name: Some(accel.name().to_string()), ..t })
         }
         Mode::Train => {
-            let mut opt = Optimizer::new(train_optimizer(arch, loss), params.len())?;
+            let mut opt = Optimizer::new(train_config(arch, loss).optimizer, params.len())?;
             let mut tr = crate::gpu::trainer(cfg.device, &model, &params, &opt, patches)?
                 .ok_or_else(|| Error::InvalidArgument("a device benchmark needs a device".into()))?;
             if arch.is_denoiser() {
@@ -253,7 +277,7 @@ impl Workload {
     /// Builds `cfg`'s workload on the CPU (`cfg.seconds` is not used; `cfg.device` is only checked).
     pub fn new(cfg: &BenchConfig) -> Result<Workload> {
         let (arch, batch) = (cfg.arch, cfg.batch);
-        let Setup { loss, mut model, params, x, patches, rng, unit } = setup(cfg)?;
+        let Setup { loss, model, params, x, patches, rng, unit } = setup(cfg)?;
         if cfg.mode == Mode::Infer {
             let calib = match cfg.precision {
                 Precision::Int8 => Some(model.calibrate(&params, &x)?),
@@ -267,10 +291,7 @@ impl Workload {
             LossKind::Triplet => Head::Triplet(TripletLoss::new(1.0)?),
             LossKind::HardNet => Head::Pairs(HardNetLoss::new(1.0, true)?, HardNetWorkspace::new(batch)),
         };
-        if !arch.is_denoiser() {
-            model.set_dropout(0.3)?;
-        }
-        let opt = Optimizer::new(train_optimizer(arch, loss), params.len())?;
+        let opt = Optimizer::new(train_config(arch, loss).optimizer, params.len())?;
         let train = Training {
             head,
             opt,
@@ -349,6 +370,40 @@ mod tests {
             let e = measure_model(&cfg).unwrap_err().to_string();
             assert!(e.contains(loss.name()), "{e}");
         }
+        let pairs = BenchConfig {
+            loss: Some(LossKind::HardNet),
+            seconds: 0.05,
+            ..BenchConfig::new(Arch::HardNetOriginal, Mode::Train, 2)
+        };
+        assert!(measure_model(&BenchConfig { dropout: Some(0.0), ..pairs.clone() }).is_ok());
+        let e = measure_model(&BenchConfig { dropout: Some(1.0), ..pairs.clone() }).unwrap_err().to_string();
+        assert!(e.contains("rate must lie in [0, 1)"), "{e}");
+        for (arch, mode) in [(Arch::Unet, Mode::Train), (Arch::HardNetOriginal, Mode::Infer)] {
+            let cfg = BenchConfig { dropout: Some(0.1), seconds: 0.05, ..BenchConfig::new(arch, mode, 2) };
+            let e = measure_model(&cfg).unwrap_err().to_string();
+            assert!(e.contains("--dropout applies to HardNet training only"), "{arch} {mode:?}: {e}");
+        }
+    }
+
+    /// The workload trains the recipe's network: its dropout rate unless one is given.
+    #[test]
+    fn workload_dropout_is_the_recipes_unless_given() {
+        let pairs =
+            BenchConfig { loss: Some(LossKind::HardNet), ..BenchConfig::new(Arch::HardNetOriginal, Mode::Train, 4) };
+        let recipe = train_config(Arch::HardNetOriginal, LossKind::HardNet).model().unwrap().dropout();
+        assert_eq!(Workload::new(&pairs).unwrap().model.dropout(), recipe);
+        let triplets = BenchConfig::new(Arch::HardNetBaseline, Mode::Train, 4);
+        assert_eq!(Workload::new(&triplets).unwrap().model.dropout(), crate::models::HARDNET_DROPOUT);
+        let params = |cfg: &BenchConfig| {
+            let mut w = Workload::new(cfg).unwrap();
+            assert_eq!(w.model.dropout(), cfg.dropout.unwrap_or(recipe));
+            for _ in 0..2 {
+                w.step().unwrap();
+            }
+            w.params
+        };
+        let other = if recipe == 0.0 { 0.3 } else { 0.0 };
+        assert_ne!(params(&pairs), params(&BenchConfig { dropout: Some(other), ..pairs.clone() }));
     }
 
     /// A workload's training step is the training loop's: the same loss
