@@ -82,7 +82,8 @@ pub struct RunArgs {
     /// negatives share scenes (default: all sequences).
     #[arg(long)]
     pub batch_sequences: Option<usize>,
-    /// HardNet's dropout rate in training, in [0, 1) (default 0.3).
+    /// HardNet's dropout rate in training, in [0, 1) (default: the recipe's; 0 for the
+    /// HardNet recipes, the network's 0.3 for seed).
     #[arg(long)]
     pub descriptor_dropout: Option<f32>,
     /// Distillation from a clean-patch teacher: the first --teacher-epochs of

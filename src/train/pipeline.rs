@@ -617,6 +617,11 @@ mod tests {
         let mut cfg = RunConfig { preset: Preset::Seed, ..RunConfig::new(Recipe::Hardnet, "runs/x".into()) };
         let original = Arch::HardNetOriginal;
         let desc = descriptor_config(&cfg, original, InputKind::Denoised).unwrap();
+        let rate = crate::train::recipe::HARDNET_RECIPE_DROPOUT;
+        assert_eq!((desc.dropout, desc.model().unwrap().dropout()), (Some(rate), rate));
+        // The report's pipeline keeps the network's own rate.
+        let seed = RunConfig { preset: Preset::Seed, ..RunConfig::new(Recipe::Seed, "runs/x".into()) };
+        let desc = descriptor_config(&seed, Arch::HardNetBaseline, InputKind::Denoised).unwrap();
         assert_eq!((desc.dropout, desc.model().unwrap().dropout()), (None, crate::models::HARDNET_DROPOUT));
         cfg.descriptor_overrides.dropout = Some(0.1);
         let desc = descriptor_config(&cfg, original, InputKind::Denoised).unwrap();
