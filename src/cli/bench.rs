@@ -62,14 +62,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let device = a.dev.device;
     let batch = a.batch.unwrap_or(BenchConfig::default_batch(mode));
     let cfg = BenchConfig {
-        arch,
-        mode,
-        batch,
         seconds: a.seconds,
         device,
         loss: a.loss,
         precision: a.precision,
         dropout: a.dropout,
+        ..BenchConfig::new(arch, mode, batch)
     };
     let pool = nhpatch::threads::pool(a.threads)?;
     let threads = pool.current_num_threads();

@@ -266,9 +266,7 @@ impl GpuModel {
                     let rng = rng.as_deref_mut().ok_or_else(|| crate::arg_err!("a training pass needs a generator"))?;
                     // The CPU's draws, in its order.
                     let host = &mut ws.mask_host[..sa.len()];
-                    for m in host.iter_mut() {
-                        *m = if dropout::keep(rng, &self.dropout) { 1.0 } else { 0.0 };
-                    }
+                    dropout::draw_mask(host, rng, &self.dropout, 1.0, 0.0);
                     be.upload(*mask, host)?;
                     ops::dropout(be, sa.len(), a, *mask, out, self.dropout.keep_scale())?
                 }

@@ -6,8 +6,8 @@
 //! function of the generator state alone: `mask[i] = 1` kept, `0` dropped, and
 //! `out = x * mask / (1 - p)`, which keeps `E[out] = x`. Backward is the same
 //! linear map: `dx += dout * mask / (1 - p)`. Eval is the identity, as is
-//! training with `p = 0` (every draw keeps, the scale is 1), which skips the
-//! generator ahead by the draws instead of making them.
+//! training with `p = 0` (every draw keeps, the scale is 1), whose mask
+//! [`draw_mask`] fills without drawing, skipping the generator ahead instead.
 
 use crate::arg_err;
 use crate::error::{Result, check_len};
@@ -41,24 +41,30 @@ pub fn keep(rng: &mut Rng, cfg: &DropoutConfig) -> bool {
     rng.next_f32() >= cfg.p
 }
 
+/// Draws one mask element per entry of `mask` in order (`kept` or
+/// `dropped`), through [`keep`]. At `p = 0` every draw keeps
+/// (`next_f32() >= 0`), so it fills `kept` and skips the generator ahead by
+/// the draws: the same mask and generator state without drawing.
+pub fn draw_mask<T: Copy>(mask: &mut [T], rng: &mut Rng, cfg: &DropoutConfig, kept: T, dropped: T) {
+    if cfg.p == 0.0 {
+        mask.fill(kept);
+        rng.skip(mask.len() as u64);
+        return;
+    }
+    // Sequential on purpose: the draws must come in element order.
+    for m in mask.iter_mut() {
+        *m = if keep(rng, cfg) { kept } else { dropped };
+    }
+}
+
 /// Draws `mask` from `rng` and writes `out = x * mask / (1 - p)`.
 pub fn forward_train(out: &mut [f32], mask: &mut [u8], x: &[f32], rng: &mut Rng, cfg: &DropoutConfig) -> Result<()> {
     check_len("dropout forward: mask", mask.len(), out.len())?;
     check_len("dropout forward: x", x.len(), out.len())?;
-    if cfg.p == 0.0 {
-        // Every draw keeps (`next_f32() >= 0`) and the scale is 1: the same
-        // output, mask and generator state without drawing element by element.
-        out.copy_from_slice(x);
-        mask.fill(1);
-        rng.skip(out.len() as u64);
-        return Ok(());
-    }
+    draw_mask(mask, rng, cfg, 1, 0);
     let scale = cfg.keep_scale();
-    // Sequential on purpose: the draws must come in element order.
-    for ((o, m), &x) in out.iter_mut().zip(mask.iter_mut()).zip(x) {
-        let keep = keep(rng, cfg);
-        *m = keep as u8;
-        *o = if keep { x * scale } else { 0.0 };
+    for ((o, &m), &x) in out.iter_mut().zip(mask.iter()).zip(x) {
+        *o = if m != 0 { x * scale } else { 0.0 };
     }
     Ok(())
 }

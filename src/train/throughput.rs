@@ -19,7 +19,7 @@ use crate::loss::triplet::TripletLoss;
 use crate::loss::{LossKind, PointLoss};
 use crate::models::quant::Precision;
 use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::Rng;
 use crate::train::config::TrainConfig;
 use std::ops::Range;
@@ -176,10 +176,12 @@ pub fn measure_model(cfg: &BenchConfig) -> Result<Throughput> {
 /// What a workload starts from on either backend, after `cfg` is checked:
 /// the loss, the model and its initial parameters, one fixed random batch
 /// (`patches` patches: `batch`, or `k x batch` for a descriptor loss over
-/// k-tuples) and the RNG that drew them (dropout continues it).
+/// k-tuples), the RNG that drew them (dropout continues it) and the
+/// optimizer a training step uses.
 struct Setup {
     loss: LossKind,
     model: Model,
+    optimizer: OptimizerConfig,
     params: Vec<f32>,
     x: Vec<f32>,
     patches: usize,
@@ -193,8 +195,9 @@ fn setup(cfg: &BenchConfig) -> Result<Setup> {
     }
     cfg.device.check_available()?;
     let loss = loss_of(cfg)?;
+    let stage = train_config(cfg.arch, loss);
     let mut model = match cfg.mode {
-        Mode::Train => train_config(cfg.arch, loss).model()?,
+        Mode::Train => stage.model()?,
         Mode::Infer => Model::new(cfg.arch)?,
     };
     if let Some(p) = cfg.dropout {
@@ -210,12 +213,12 @@ fn setup(cfg: &BenchConfig) -> Result<Setup> {
         _ => cfg.batch,
     };
     let x: Vec<f32> = (0..patches * PATCH_LEN).map(|_| rng.uniform(0.0, 255.0)).collect();
-    Ok(Setup { loss, model, params, x, patches, rng, unit: unit_of(cfg.mode, loss) })
+    Ok(Setup { loss, model, optimizer: stage.optimizer, params, x, patches, rng, unit: unit_of(cfg.mode, loss) })
 }
 
 fn on_device(cfg: &BenchConfig) -> Result<Throughput> {
     let (arch, batch) = (cfg.arch, cfg.batch);
-    let Setup { loss, model, params, x, patches, mut rng, unit } = setup(cfg)?;
+    let Setup { loss, model, optimizer, params, x, patches, mut rng, unit } = setup(cfg)?;
     match cfg.mode {
         Mode::Infer => {
             let mut accel = Accel::open(cfg.device, &model, &params)?;
@@ -224,7 +227,7 @@ fn on_device(cfg: &BenchConfig) -> Result<Throughput> {
             Ok(Throughput { device_name: Some(accel.name().to_string()), ..t })
         }
         Mode::Train => {
-            let mut opt = Optimizer::new(train_config(arch, loss).optimizer, params.len())?;
+            let mut opt = Optimizer::new(optimizer, params.len())?;
             let mut tr = crate::gpu::trainer(cfg.device, &model, &params, &opt, patches)?
                 .ok_or_else(|| Error::InvalidArgument("a device benchmark needs a device".into()))?;
             if arch.is_denoiser() {
@@ -276,8 +279,8 @@ pub struct Workload {
 impl Workload {
     /// Builds `cfg`'s workload on the CPU (`cfg.seconds` is not used; `cfg.device` is only checked).
     pub fn new(cfg: &BenchConfig) -> Result<Workload> {
-        let (arch, batch) = (cfg.arch, cfg.batch);
-        let Setup { loss, model, params, x, patches, rng, unit } = setup(cfg)?;
+        let batch = cfg.batch;
+        let Setup { loss, model, optimizer, params, x, patches, rng, unit } = setup(cfg)?;
         if cfg.mode == Mode::Infer {
             let calib = match cfg.precision {
                 Precision::Int8 => Some(model.calibrate(&params, &x)?),
@@ -291,7 +294,7 @@ impl Workload {
             LossKind::Triplet => Head::Triplet(TripletLoss::new(1.0)?),
             LossKind::HardNet => Head::Pairs(HardNetLoss::new(1.0, true)?, HardNetWorkspace::new(batch)),
         };
-        let opt = Optimizer::new(train_config(arch, loss).optimizer, params.len())?;
+        let opt = Optimizer::new(optimizer, params.len())?;
         let train = Training {
             head,
             opt,
