@@ -113,7 +113,7 @@ pub mod cpu {
 
 pub use error::{Error, Result};
 pub use gpu::Device;
-pub use models::quant::Precision;
+pub use models::quant::{Int8Layers, Precision};
 pub use models::{Arch, Model};
 pub use net::Network;
 pub use train::pipeline::{RunConfig, RunSummary};

@@ -3,14 +3,17 @@
 //! stride 1 and 2, Keras 'same' 2x2, the dense 8x8, tiles of several images,
 //! signed and non-negative inputs), with bias, folded BatchNorm and ReLU;
 //! the same bits for any thread count and batch split; refusals are errors.
-//! The fused gather into packed panels (`im2col_packed_u8`) writes the bytes
-//! of its slow twin, `pack_b_codes(im2col_u8(..))`.
+//! The gather of c4 codes into packed panels (`gather_packed_c4`) writes the
+//! bytes of its slow twin, `pack_b_codes` of `im2col_u8`'s rows in the c4
+//! order, and the weights are reordered to match.
 
-use nhpatch::gemm::q8::{PANEL, Q8Act, pack_b_codes, packed_b_len, padded_depth};
+use nhpatch::gemm::q8::{PANEL, Q8Act, pack_b_codes, packed_b_len};
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvPass, Epilogue};
 use nhpatch::ops::im2col::Padding;
 use nhpatch::ops::im2col::Window;
-use nhpatch::ops::im2col_q8::{im2col_packed_u8, im2col_u8, padded_dims, quantize_padded};
+use nhpatch::ops::im2col_q8::{
+    c4_depth, gather_packed_c4, im2col_u8, padded_c4_len, quantize_padded_c4, reorder_weights_c4,
+};
 use nhpatch::rng::Rng;
 
 fn rand(rng: &mut Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
@@ -158,7 +161,7 @@ fn changed_weights_are_quantized_again_and_bad_calls_are_errors() {
 }
 
 #[test]
-fn the_fused_packed_gather_writes_the_bytes_of_im2col_then_pack() {
+fn the_c4_gather_writes_the_bytes_of_im2col_in_c4_order_then_pack() {
     let mut rng = Rng::new(77);
     let mut geoms: Vec<(Window, &str)> = specs()
         .into_iter()
@@ -169,47 +172,70 @@ fn the_fused_packed_gather_writes_the_bytes_of_im2col_then_pack() {
             Window::new(3, 32, 32, 3, 3, 2, Padding::same(32, 32, 3, 3, 2).unwrap()).unwrap(),
             "Keras 'same' stride 2 (0, 1)",
         ),
-        (Window::new(5, 7, 9, 3, 3, 1, Padding::symmetric(1)).unwrap(), "7x9, K = 45 (depth padding)"),
+        (Window::new(5, 7, 9, 3, 3, 1, Padding::symmetric(1)).unwrap(), "7x9, 5 channels (a padded quad)"),
         (Window::new(2, 6, 5, 2, 3, 3, Padding { top: 1, left: 0, bottom: 0, right: 2 }).unwrap(), "uneven"),
+        (Window::new(6, 37, 35, 3, 3, 1, Padding::symmetric(1)).unwrap(), "rows of 35: two panels and a tail"),
     ];
     geoms.extend(extra);
     for (g, name) in geoms {
-        let (k, p) = (g.k(), g.p());
+        let (k, kc, p, taps) = (g.k(), c4_depth(&g), g.p(), g.kh * g.kw);
         for imgs in [1, 3] {
             let cols = imgs * p;
             let act = Q8Act { scale: 0.05, zero: 17 };
             let x: Vec<f32> = (0..imgs * g.in_len()).map(|_| rng.uniform(-2.0, 9.0)).collect();
-            // Slow twin: codes, the patch matrix with zero-point padding, then the pack.
+            // Slow twin: codes, the patch matrix with zero-point padding, its
+            // rows put in the c4 order (padded channels: the zero code), then the pack.
             let mut col = vec![0u8; k * cols];
             let mut codes = vec![0u8; g.in_len()];
             for (j, xi) in x.chunks_exact(g.in_len()).enumerate() {
                 act.quantize_slice(xi, &mut codes);
                 im2col_u8(&mut col, cols, j * p, &codes, &g, act.zero).unwrap();
             }
-            let mut want = vec![0u8; packed_b_len(k, cols)];
-            pack_b_codes(&col, cols, k, cols, &mut want).unwrap();
-            // Fast path, over a buffer of junk: every live byte must be written.
-            let (ph, pw) = padded_dims(&g);
-            let mut padded = vec![0xA5u8; g.cin * ph * pw];
+            let mut col4 = vec![act.zero; kc * cols];
+            for (d, row) in col4.chunks_exact_mut(cols).enumerate() {
+                let c = 4 * (d / (4 * taps)) + d % 4;
+                if c < g.cin {
+                    let r = c * taps + d / 4 % taps;
+                    row.copy_from_slice(&col[r * cols..(r + 1) * cols]);
+                }
+            }
+            let mut want = vec![0u8; packed_b_len(kc, cols)];
+            pack_b_codes(&col4, cols, kc, cols, &mut want).unwrap();
+            // Fast path, over buffers of junk: every live byte must be written.
+            let mut padded = vec![0xA5u8; padded_c4_len(&g)];
+            let mut rows = vec![0x5Au8; 4 * g.w];
             let mut got = vec![0xC3u8; want.len()];
             for (j, xi) in x.chunks_exact(g.in_len()).enumerate() {
-                quantize_padded(xi, act, &g, &mut padded).unwrap();
-                im2col_packed_u8(&mut got, cols, j * p, &padded, &g).unwrap();
+                quantize_padded_c4(xi, act, &g, &mut padded, &mut rows).unwrap();
+                gather_packed_c4(&mut got, cols, j * p, &padded, &g).unwrap();
             }
-            let kp = padded_depth(k);
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 // Columns past `cols` in the last panel are never stored by a kernel.
-                let column = (i / (kp * PANEL)) * PANEL + (i % (4 * PANEL)) / 4;
+                let column = (i / (kc * PANEL)) * PANEL + (i % (4 * PANEL)) / 4;
                 if column < cols {
                     assert_eq!(a, b, "{name}, {imgs} images: byte {i} (column {column})");
                 }
             }
         }
+        // The weights in the same order: row co's c4 depth d is weight (c, tap), 0 on padded channels.
+        let cout = 3;
+        let w: Vec<f32> = (0..cout * k).map(|i| i as f32 + 1.0).collect();
+        let mut wc = vec![f32::NAN; cout * kc];
+        reorder_weights_c4(&w, cout, &g, &mut wc).unwrap();
+        for (i, v) in wc.iter().enumerate() {
+            let (co, d) = (i / kc, i % kc);
+            let c = 4 * (d / (4 * taps)) + d % 4;
+            let want = if c < g.cin { w[co * k + c * taps + d / 4 % taps] } else { 0.0 };
+            assert_eq!(v.to_bits(), want.to_bits(), "{name}: weight {i}");
+        }
     }
     // Wrong sizes are errors, not panics.
     let g = Window::new(2, 4, 4, 3, 3, 1, Padding::symmetric(1)).unwrap();
-    let mut packed = vec![0u8; packed_b_len(g.k(), g.p())];
-    assert!(im2col_packed_u8(&mut packed, g.p(), 0, &[0; 5], &g).is_err());
-    assert!(im2col_packed_u8(&mut packed, g.p(), 1, &[0; 2 * 36], &g).is_err());
-    assert!(quantize_padded(&[0.0; 3], Q8Act { scale: 1.0, zero: 0 }, &g, &mut [0; 72]).is_err());
+    let mut packed = vec![0u8; packed_b_len(c4_depth(&g), g.p())];
+    assert!(gather_packed_c4(&mut packed, g.p(), 0, &[0; 5], &g).is_err());
+    assert!(gather_packed_c4(&mut packed, g.p(), 1, &vec![0; padded_c4_len(&g)], &g).is_err());
+    let act = Q8Act { scale: 1.0, zero: 0 };
+    assert!(quantize_padded_c4(&[0.0; 3], act, &g, &mut vec![0; padded_c4_len(&g)], &mut [0; 16]).is_err());
+    assert!(quantize_padded_c4(&[0.0; 32], act, &g, &mut vec![0; padded_c4_len(&g)], &mut [0; 15]).is_err());
+    assert!(reorder_weights_c4(&[0.0; 5], 1, &g, &mut [0.0; 36]).is_err());
 }

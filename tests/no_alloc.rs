@@ -88,7 +88,7 @@ fn infer_allocations_in(arch: Arch, batch: usize, precision: Precision) -> usize
     let mut rng = Rng::new(2);
     let params = model.init_params(&mut rng);
     let x = inputs(&mut rng, batch);
-    let calib = model.calibrate(&params, &x).unwrap();
+    let calib = model.calibrate(&params, &x, nhpatch::Int8Layers::Auto).unwrap();
     let mut ws = model.inference_workspace_in(batch, precision, Some(&calib)).unwrap();
     allocations(|| {
         model.forward_eval(&mut ws, &params, &x).unwrap();

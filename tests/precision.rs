@@ -11,7 +11,7 @@ use common::cli::{dir, fails, maps, ok, s};
 use nhpatch::models::PATCH_LEN;
 use nhpatch::net::{LoadOptions, Network, default_calibration_patches, use_precision};
 use nhpatch::rng::Rng;
-use nhpatch::{Arch, Error, Precision};
+use nhpatch::{Arch, Error, Int8Layers, Precision};
 
 const ARCHS: [Arch; 4] = [Arch::Unet, Arch::Dncnn, Arch::HardNetBaseline, Arch::HardNetOriginal];
 
@@ -41,32 +41,36 @@ fn int8_tracks_f32_and_has_the_same_bits_for_any_threads_and_batch() {
         let mut net = Network::init(arch, 3).unwrap();
         let f32_out = net.forward(&x).unwrap();
         assert!(matches!(net.set_precision(Precision::Int8), Err(Error::InvalidArgument(_))), "{arch}: no calibration");
-        net.calibrate(&calib).unwrap();
-        net.set_precision(Precision::Int8).unwrap();
-        let q = net.forward(&x).unwrap();
-        if arch.is_denoiser() {
-            let mae = q.iter().zip(&f32_out).map(|(a, b)| (a - b).abs()).sum::<f32>() / q.len() as f32;
-            let spread = f32_out.iter().map(|v| v.abs()).sum::<f32>() / q.len() as f32;
-            // The bound (0.5 grey levels), and well under the output's own scale.
-            assert!(mae < 0.5 && mae < 0.05 * spread, "{arch}: int8 MAE {mae} against mean |output| {spread}");
-        } else {
-            // The baseline's descriptors are not normalised: the cosine, not the dot product.
-            for (i, (a, b)) in q.chunks(128).zip(f32_out.chunks(128)).enumerate() {
-                let dot = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(p, q)| p * q).sum::<f32>();
-                let cos = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt();
-                assert!(cos > 0.97, "{arch}: patch {i} cosine {cos}");
+        // Both choices of layers, whatever this CPU's int8 GEMM.
+        for layers in [Int8Layers::All, Int8Layers::KeepWinograd] {
+            net.calibrate_layers(&calib, layers).unwrap();
+            net.set_precision(Precision::Int8).unwrap();
+            let q = net.forward(&x).unwrap();
+            let at = format!("{arch}, {}", layers.name());
+            if arch.is_denoiser() {
+                let mae = q.iter().zip(&f32_out).map(|(a, b)| (a - b).abs()).sum::<f32>() / q.len() as f32;
+                let spread = f32_out.iter().map(|v| v.abs()).sum::<f32>() / q.len() as f32;
+                // The bound (0.5 grey levels), and well under the output's own scale.
+                assert!(mae < 0.5 && mae < 0.05 * spread, "{at}: int8 MAE {mae} against mean |output| {spread}");
+            } else {
+                // The baseline's descriptors are not normalised: the cosine, not the dot product.
+                for (i, (a, b)) in q.chunks(128).zip(f32_out.chunks(128)).enumerate() {
+                    let dot = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(p, q)| p * q).sum::<f32>();
+                    let cos = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt();
+                    assert!(cos > 0.97, "{at}: patch {i} cosine {cos}");
+                }
             }
+            for threads in [1, 3] {
+                let pool = nhpatch::threads::pool(threads).unwrap();
+                assert!(same_bits(&pool.install(|| net.forward(&x)).unwrap(), &q), "{at}: {threads} threads");
+            }
+            // One patch alone, and a batch that pads to another workspace size.
+            assert!(same_bits(&net.forward(&x[..PATCH_LEN]).unwrap(), &q[..net.model().out_len()]), "{at}: one patch");
+            assert!(same_bits(&net.forward(&x[..5 * PATCH_LEN]).unwrap(), &q[..5 * net.model().out_len()]), "{at}");
+            // Back to f32: the f32 bits again.
+            net.set_precision(Precision::F32).unwrap();
+            assert!(same_bits(&net.forward(&x).unwrap(), &f32_out), "{at}: f32 after int8");
         }
-        for threads in [1, 3] {
-            let pool = nhpatch::threads::pool(threads).unwrap();
-            assert!(same_bits(&pool.install(|| net.forward(&x)).unwrap(), &q), "{arch}: {threads} threads");
-        }
-        // One patch alone, and a batch that pads to another workspace size.
-        assert!(same_bits(&net.forward(&x[..PATCH_LEN]).unwrap(), &q[..net.model().out_len()]), "{arch}: one patch");
-        assert!(same_bits(&net.forward(&x[..5 * PATCH_LEN]).unwrap(), &q[..5 * net.model().out_len()]), "{arch}");
-        // Back to f32: the f32 bits again.
-        net.set_precision(Precision::F32).unwrap();
-        assert!(same_bits(&net.forward(&x).unwrap(), &f32_out), "{arch}: f32 after int8");
     }
 }
 
@@ -131,11 +135,69 @@ fn the_calibration_is_stored_and_reloaded_bit_for_bit() {
     nhpatch::weights::save(&bad, &file).unwrap();
     let e = Network::load(&bad, LoadOptions::default()).err().unwrap();
     assert!(matches!(&e, Error::Format { path, .. } if path == &bad), "{e}");
-    // One that misses a convolution, too.
-    file.metadata.insert("int8_inputs".into(), "conv1=0.1:3".into());
+    // One that covers a layer no model runs in int8 (the first), too.
+    file.metadata.insert("int8_inputs".into(), "conv1=0.1:3,conv3=0.1:3".into());
     nhpatch::weights::save(&bad, &file).unwrap();
     let e = Network::load(&bad, LoadOptions::default()).err().unwrap();
-    assert!(e.to_string().contains("conv3"), "{e}");
+    assert!(matches!(&e, Error::Format { path, .. } if path == &bad), "{e}");
+    assert!(e.to_string().contains("[conv1]"), "{e}");
+    // One that covers fewer blocks loads: the others stay f32.
+    file.metadata.insert("int8_inputs".into(), "conv3=0.1:3".into());
+    nhpatch::weights::save(&bad, &file).unwrap();
+    let fewer = Network::load(&bad, LoadOptions::default()).unwrap();
+    assert_eq!(fewer.calibration().map(|c| c.len()), Some(1));
+}
+
+/// Which blocks a calibration covers is the `Int8Layers` choice: every
+/// candidate with `All`, none of the Winograd layers on planes above 8x8
+/// with `KeepWinograd`, `All` with VNNI for the models listed in
+/// `INT8_ALL_ON_VNNI` and `KeepWinograd` otherwise with `Auto`; a stored
+/// calibration fixes the choice, whatever CPU loads it.
+#[test]
+fn the_calibration_chooses_the_int8_layers_and_the_file_keeps_the_choice() {
+    use nhpatch::cpu::{Q8Kernel, best_q8_kernel};
+    use nhpatch::models::quant::INT8_ALL_ON_VNNI;
+    let d = dir("precision-layers");
+    let calib = patches(24, 31);
+    let x = patches(6, 32);
+    let covered = |net: &Network| -> Vec<usize> { net.calibration().unwrap().iter().map(|(b, _)| b).collect() };
+    // (arch, all, keep-winograd): blocks are numbered conv1.. in model order.
+    // The U-Net's: every convolution but its first (one input channel) and its direct output layer.
+    let want: [(Arch, Option<Vec<usize>>, Vec<usize>); 4] = [
+        (Arch::HardNetOriginal, Some((2..=6).collect()), vec![3, 5, 6]),
+        (Arch::HardNetBaseline, Some((2..=6).collect()), vec![3, 5, 6]),
+        (Arch::Dncnn, Some((2..=16).collect()), vec![]),
+        (Arch::Unet, None, vec![3]),
+    ];
+    for (arch, all, keep) in want {
+        let mut net = Network::init(arch, 5).unwrap();
+        net.calibrate_layers(&calib, Int8Layers::All).unwrap();
+        let all = all.unwrap_or_else(|| covered(&net));
+        assert_eq!(covered(&net), all, "{arch}: all");
+        assert!(all.len() > keep.len() && keep.iter().all(|b| all.contains(b)) && !all.contains(&1), "{arch}: {all:?}");
+        net.set_precision(Precision::Int8).unwrap();
+        let q_all = net.forward(&x).unwrap();
+        let path = d.join(format!("{arch}.safetensors"));
+        net.save(&path).unwrap();
+        net.calibrate_layers(&calib, Int8Layers::KeepWinograd).unwrap();
+        assert_eq!(covered(&net), keep, "{arch}: keep-winograd");
+        net.set_precision(Precision::Int8).unwrap();
+        let q_keep = net.forward(&x).unwrap();
+        assert!(!same_bits(&q_all, &q_keep), "{arch}: the choices ran the same layers");
+        net.calibrate(&calib).unwrap();
+        let vnni = best_q8_kernel() == Q8Kernel::Avx512Vnni;
+        let auto = if vnni && INT8_ALL_ON_VNNI.contains(&arch) { all.clone() } else { keep.clone() };
+        assert_eq!(
+            Int8Layers::Auto.resolve(arch),
+            if auto == all { Int8Layers::All } else { Int8Layers::KeepWinograd }
+        );
+        assert_eq!(covered(&net), auto, "{arch}: auto with the {} kernel", best_q8_kernel().name());
+        // The stored choice is the one that runs.
+        let mut back = Network::load(&path, LoadOptions::default()).unwrap();
+        back.set_precision(Precision::Int8).unwrap();
+        assert!(same_bits(&back.forward(&x).unwrap(), &q_all), "{arch}: reloaded");
+    }
+    assert!(matches!("some".parse::<Int8Layers>(), Err(Error::InvalidArgument(_))));
 }
 
 #[test]
@@ -215,24 +277,34 @@ fn int8_and_bf16_keep_every_task_map_within_0_005_of_f32_with_trained_weights() 
         let args = ["train-descriptor", "--out", s(&desc), "--variant", variant, "--input", "noisy"];
         ok(&[&args[..], &demo, &["--epochs", "3", "--items", "900", "--no-epoch-eval"]].concat());
         let w = desc.join("model.safetensors");
-        let score = |precision: &str| {
-            let json = d.join(format!("{variant}-{precision}.json"));
-            let mut eval = vec!["eval", "--dataset", s(&data), "--weights", s(&w), "--denoiser", s(&den_w)];
+        let score = |name: &str, precision: &str, w: &std::path::Path, den_w: &std::path::Path| {
+            let json = d.join(format!("{variant}-{name}.json"));
+            let mut eval = vec!["eval", "--dataset", s(&data), "--weights", s(w), "--denoiser", s(den_w)];
             eval.extend(["--precision", precision, "--json", s(&json)]);
             ok(&eval);
             maps(&json)
         };
-        let f = score("f32");
+        let f = score("f32", "f32", &w, &den_w);
         for task in ["verification", "matching", "retrieval"].iter().zip(&f) {
             // A trained descriptor, not a chance-level one, so that the bound says something.
             assert!(*task.1 > 0.2, "{variant} {}: f32 mAP {}", task.0, task.1);
         }
-        for precision in ["int8", "bf16"] {
-            let q = score(precision);
-            eprintln!("{variant}: f32 {f:?} {precision} {q:?}");
-            assert_ne!(f, q, "{variant}: {precision} ran as f32");
+        // int8 calibrated at load (this CPU's choice of layers), with each
+        // choice stored by `nhpatch calibrate`, and bf16.
+        let mut runs = vec![("int8", score("int8", "int8", &w, &den_w)), ("bf16", score("bf16", "bf16", &w, &den_w))];
+        for layers in ["all", "keep-winograd"] {
+            let (w8, den8) =
+                (d.join(format!("{variant}-{layers}.safetensors")), d.join(format!("den-{layers}.safetensors")));
+            ok(&["calibrate", "--weights", s(&den_w), "--output", s(&den8), "--int8-layers", layers]);
+            let args = ["calibrate", "--weights", s(&w), "--denoiser", s(&den_w), "--output", s(&w8)];
+            ok(&[&args[..], &["--int8-layers", layers]].concat());
+            runs.push((layers, score(layers, "int8", &w8, &den8)));
+        }
+        for (name, q) in runs {
+            eprintln!("{variant}: f32 {f:?} {name} {q:?}");
+            assert_ne!(f, q, "{variant}: {name} ran as f32");
             for (task, (a, b)) in ["verification", "matching", "retrieval"].iter().zip(f.iter().zip(&q)) {
-                assert!((a - b).abs() <= 0.005, "{variant} {task}: f32 {a} {precision} {b}");
+                assert!((a - b).abs() <= 0.005, "{variant} {task}: f32 {a} {name} {b}");
             }
         }
     }

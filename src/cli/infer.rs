@@ -2,11 +2,11 @@
 
 use super::info::arch_arg;
 use clap::Args;
-use nhpatch::Precision;
 use nhpatch::io::{self, PATCH, extension, io_err, npy, write_atomic};
 use nhpatch::models::DESC_LEN;
 use nhpatch::net::{LoadOptions, Network, to_pixels, use_precision};
 use nhpatch::{Error, Result};
+use nhpatch::{Int8Layers, Precision};
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -149,6 +149,12 @@ pub struct CalibrateArgs {
     /// Output weights (safetensors): the same tensors plus the calibration in the metadata.
     #[arg(long)]
     output: PathBuf,
+    /// Convolutions to run in int8: auto (those faster in int8 on this CPU:
+    /// all with AVX-512 VNNI, else keep-winograd), all (all but the first and
+    /// output layers) or keep-winograd (all but those and the Winograd layers
+    /// on planes above 8x8).
+    #[arg(long, default_value = "auto")]
+    int8_layers: Int8Layers,
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -171,7 +177,7 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
             patches = d.denoise(&patches)?;
             to_pixels(&mut patches);
         }
-        net.calibrate(&patches)
+        net.calibrate_layers(&patches, a.int8_layers)
     })?;
     net.save(&a.output)?;
     let blocks = net.calibration().map_or(0, |c| c.len());

@@ -9,10 +9,14 @@
 //!
 //! ```text
 //!   codes_i = q(x_i)                          (8 bits, zero point z, in a border of z)
-//!   col_i   = im2col(codes_i)  [K, P]         (padding = z, so exactly 0.0), written packed
-//!   out_i[c, P] = act(scale[c] * (Wq[c, K] * col_i[K, P] - z * rowsum(Wq)[c]) + shift[c])
+//!   col_i   = im2col(codes_i)  [Kc, P]        (padding = z, so exactly 0.0), written packed
+//!   out_i[c, P] = act(scale[c] * (Wq[c, Kc] * col_i[Kc, P] - z * rowsum(Wq)[c]) + shift[c])
 //!   with scale[c] = sa[c] * sb * epi.scale[c], shift = epi.shift
 //! ```
+//!
+//! The depth runs in `im2col_q8`'s c4 order (`Kc`: channels in quads, the
+//! pads meeting zero weights), so each packed step is a straight copy of
+//! the image's codes; the sums are those of the `(ci, ki, kj)` order.
 //!
 //! The dense layer (kernel = whole input, HardNet's conv7) is
 //! `out^T[cout, n] = Wq[cout, K] * q(X)^T[K, n]`: the batch is the columns.
@@ -29,14 +33,16 @@ use crate::gemm::MatRef;
 use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Weights, gemm_q8, pack_bt, packed_b_len};
 use crate::layers::conv2d::{Conv2d, Epilogue, for_each_tile, lanes, scatter_images, tiling};
 use crate::layers::prepared::Converted;
-use crate::ops::im2col_q8::{im2col_packed_u8, padded_dims, quantize_padded};
+use crate::ops::im2col_q8::{c4_depth, gather_packed_c4, padded_c4_len, quantize_padded_c4, reorder_weights_c4};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
 struct Lane {
-    /// One image's codes in a zero-point border, `[cin, ph, pw]`.
+    /// One image's codes in a zero-point border, `[cin / 4, ph, pw, 4]` (`im2col_q8`'s c4 layout).
     codes: Vec<u8>,
-    /// The patch matrix of a tile, `[K, tile columns]` codes, packed for the int8 GEMM.
+    /// Four input rows of codes, `[4, w]`, before their interleave into `codes`.
+    rows: Vec<u8>,
+    /// The patch matrix of a tile, `[Kc, tile columns]` codes in the c4 depth order, packed for the int8 GEMM.
     packed: Vec<u8>,
     /// `[cout, tile columns]` output of multi-image tiles.
     tmp: Vec<f32>,
@@ -57,8 +63,9 @@ pub struct Q8ConvWorkspace {
     dense: Vec<u8>,
 }
 
-/// Largest input plane (pixels) on which a Winograd layer runs in int8 or
-/// bf16 in models (`Conv2d::runs_q8_in_models`, `runs_bf16_in_models`): 8x8.
+/// Largest input plane (pixels) on which a Winograd layer runs in bf16 in
+/// models (`Conv2d::runs_bf16_in_models`), and in int8 with
+/// `Int8Layers::KeepWinograd` (`models::quant`): 8x8.
 pub const LOW_PRECISION_WINOGRAD_MAX_PLANE: usize = 64;
 
 impl Conv2d {
@@ -69,22 +76,14 @@ impl Conv2d {
         !self.is_direct()
     }
 
-    /// Whether a model in int8 runs this layer in int8: where `forward_q8`
-    /// can, except
-    /// - the Winograd layers on planes larger than `LOW_PRECISION_WINOGRAD_MAX_PLANE`,
-    ///   whose f32 F(4x4, 3x3) / F(2x2, 3x3) do 4x / 2.25x fewer multiplies
-    ///   than im2col + GEMM, while the int8 GEMM runs at 2.0-2.9x the f32
-    ///   one's rate with AVX2 (`cargo bench --bench gemm -- gemm_q8/`): they
-    ///   lost to f32 there. On 8x8 planes (HardNet's conv6) F(4x4) has 4
-    ///   tiles per channel, its transforms dominate and it is no faster than
-    ///   f32 im2col, so int8 wins (README, Reduced precision);
-    /// - a model's first and output layers, the usual exceptions of int8
-    ///   CNNs (the most sensitive to rounding, a sliver of the cost): in
-    ///   these models the layers reading the one-channel patch (`cin == 1`)
-    ///   and the dense layer that makes HardNet's descriptor (the denoisers'
-    ///   output layers are direct).
-    pub fn runs_q8_in_models(&self) -> bool {
-        self.supports_q8() && self.gemm_beats_winograd() && self.spec.cin > 1 && !self.is_dense()
+    /// Whether a model may run this layer in int8 (a calibration may cover
+    /// it): where `forward_q8` can, except a model's first and output
+    /// layers, the usual exceptions of int8 CNNs (the most sensitive to
+    /// rounding, a sliver of the cost): in these models the layers reading
+    /// the one-channel patch (`cin == 1`) and the dense layer that makes
+    /// HardNet's descriptor (the denoisers' output layers are direct).
+    pub fn q8_candidate(&self) -> bool {
+        self.supports_q8() && self.spec.cin > 1 && !self.is_dense()
     }
 
     /// Whether f32 inference does not run this layer through a stride-1
@@ -106,10 +105,10 @@ impl Conv2d {
             Vec::new()
         } else {
             let cols = tile_imgs * p;
-            let (ph, pw) = padded_dims(&self.win);
             lanes(n, shard_imgs, || Lane {
-                codes: vec![0; self.win.cin * ph * pw],
-                packed: vec![0; packed_b_len(k, cols)],
+                codes: vec![0; padded_c4_len(&self.win)],
+                rows: vec![0; 4 * self.win.w],
+                packed: vec![0; packed_b_len(c4_depth(&self.win), cols)],
                 tmp: vec![0.0; if tile_imgs > 1 { cout * cols } else { 0 }],
             })
         };
@@ -144,7 +143,17 @@ impl Conv2d {
             return Err(Error::Unsupported("int8 convolution of a single-output direct layer".into()));
         }
         let (cout, k, p) = (self.spec.cout, self.win.k(), self.win.p());
-        let wq = ws.weights.get(weight, |w| Q8Weights::quantize(MatRef::row_major(w, cout, k)?))?;
+        let dense = self.is_dense();
+        let wq = ws.weights.get(weight, |w| {
+            if dense {
+                return Q8Weights::quantize(MatRef::row_major(w, cout, k)?);
+            }
+            // The convolutions' depth runs in the c4 order of their packed inputs (`im2col_q8`).
+            let kc = c4_depth(&self.win);
+            let mut wc = vec![0.0; cout * kc];
+            reorder_weights_c4(w, cout, &self.win, &mut wc)?;
+            Q8Weights::quantize(MatRef::row_major(&wc, cout, kc)?)
+        })?;
         for (c, s) in ws.scale.iter_mut().enumerate() {
             *s = wq.scales()[c] * act.scale * epi.scale.map_or(1.0, |e| e[c]);
         }
@@ -152,7 +161,7 @@ impl Conv2d {
         if n == 0 {
             return Ok(());
         }
-        if self.is_dense() {
+        if dense {
             // out^T[cout, n] = Wq[cout, K] * q(X)^T[K, n], whole panels of images per thread.
             pack_bt(x, k, n, act, &mut ws.dense)?;
             let threads = rayon::current_num_threads();
@@ -167,17 +176,17 @@ impl Conv2d {
             );
         }
         let (in_len, out_len) = (self.win.in_len(), cout * p);
-        let cut = (ws.tile_imgs, ws.shard_imgs);
+        let (cut, kc) = ((ws.tile_imgs, ws.shard_imgs), c4_depth(&self.win));
         for_each_tile(&ws.lanes, x, out, (in_len, out_len), cut, |lane: &mut Lane, xt, o_tile| {
             let tn = xt.len() / in_len;
             let cols = tn * p;
-            let packed = &mut lane.packed[..packed_b_len(k, cols)];
+            let packed = &mut lane.packed[..packed_b_len(kc, cols)];
             for (j, xi) in xt.chunks_exact(in_len).enumerate() {
-                quantize_padded(xi, act, &self.win, &mut lane.codes)?;
-                im2col_packed_u8(packed, cols, j * p, &lane.codes, &self.win)?;
+                quantize_padded_c4(xi, act, &self.win, &mut lane.codes, &mut lane.rows)?;
+                gather_packed_c4(packed, cols, j * p, &lane.codes, &self.win)?;
             }
             if tn == 1 {
-                // out_i[cout, P] = map(Wq[cout, K] * col[K, P])
+                // out_i[cout, P] = map(Wq[cout, Kc] * col[Kc, P]) (Kc: the c4 depth, `im2col_q8`)
                 gemm_q8(wq, packed, cols, act.zero, q8out, MatMut::row_major(o_tile, cout, p)?)
             } else {
                 // tmp[cout, tn*P] = map(Wq * col), then un-interleave per image.

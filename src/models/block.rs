@@ -237,14 +237,14 @@ impl Block {
     }
 
     /// Makes the eval forward of `st` (for `n` patches) run in `precision`;
-    /// int8 takes the input quantization `act`. A block whose convolution a
-    /// model does not run in that precision (`runs_q8_in_models`,
-    /// `runs_bf16_in_models`), or int8 without `act`, stays f32.
+    /// int8 takes the input quantization `act` (the calibration's choice). A
+    /// block whose convolution a model does not run in that precision
+    /// (`q8_candidate`, `runs_bf16_in_models`), or int8 without `act`, stays f32.
     pub fn set_low(&self, st: &mut BlockState, precision: Precision, act: Option<Q8Act>, n: usize) {
         st.low = match precision {
             Precision::F32 => None,
             Precision::Int8 => {
-                act.filter(|_| self.conv.runs_q8_in_models()).map(|a| LowConv::Q8(a, self.conv.workspace_q8(n)))
+                act.filter(|_| self.conv.q8_candidate()).map(|a| LowConv::Q8(a, self.conv.workspace_q8(n)))
             }
             Precision::Bf16 => self.conv.runs_bf16_in_models().then(|| LowConv::Bf16(self.conv.workspace_bf16(n))),
         };

@@ -36,7 +36,7 @@ use crate::params::ParamLayout;
 use crate::rng::Rng;
 use block::Block;
 use graph::{Graph, GraphBuilder};
-use quant::{Calibration, Precision};
+use quant::{Calibration, Int8Layers, Precision};
 use std::ffi::CStr;
 
 /// Side of the square input patches.
@@ -340,9 +340,8 @@ impl Model {
         })
     }
 
-    /// As `inference_workspace`, running in `precision`: int8 takes each
-    /// block's input quantization from `calib`, which must cover every block
-    /// with an int8 path (`quant`).
+    /// As `inference_workspace`, running in `precision`: int8 runs the
+    /// blocks `calib` covers, each with its input quantization (`quant`).
     pub fn inference_workspace_in(
         &self,
         batch: usize,
@@ -364,38 +363,38 @@ impl Model {
         Ok(ws)
     }
 
-    /// Errors unless `calib` has exactly the blocks with an int8 path.
+    /// Errors unless every block `calib` covers may run in int8
+    /// (`Conv2d::q8_candidate`); the blocks it does not cover stay f32.
     pub fn check_calibration(&self, calib: &Calibration) -> Result<()> {
-        let want: Vec<usize> = self.q8_blocks().map(|b| b.index).collect();
-        let have: Vec<usize> = calib.iter().map(|(b, _)| b).collect();
-        if want != have {
-            let names = |v: &[usize]| v.iter().map(|i| format!("conv{i}")).collect::<Vec<_>>().join(", ");
+        let candidates: Vec<usize> = self.blocks().iter().filter(|b| b.conv.q8_candidate()).map(|b| b.index).collect();
+        let stray: Vec<String> =
+            calib.iter().map(|(b, _)| b).filter(|b| !candidates.contains(b)).map(|b| format!("conv{b}")).collect();
+        if !stray.is_empty() {
+            let names = candidates.iter().map(|i| format!("conv{i}")).collect::<Vec<_>>().join(", ");
             return Err(Error::InvalidArgument(format!(
-                "the int8 calibration covers [{}], a {} needs [{}]",
-                names(&have),
-                self.arch,
-                names(&want)
+                "the int8 calibration covers [{}], which a {} does not run in int8 (it may: [{names}])",
+                stray.join(", "),
+                self.arch
             )));
         }
         Ok(())
     }
 
-    fn q8_blocks(&self) -> impl Iterator<Item = &Block> {
-        self.blocks().iter().filter(|b| b.conv.runs_q8_in_models())
-    }
-
-    /// Calibrates int8 inference on `patches` (`n x 1 x 32 x 32`, n >= 1)
-    /// with f32 eval passes over `params` (see `quant`): deterministic for
-    /// the same patches, whatever the thread count.
-    pub fn calibrate(&self, params: &[f32], patches: &[f32]) -> Result<Calibration> {
+    /// Calibrates int8 inference of the blocks `layers` chooses on
+    /// `patches` (`n x 1 x 32 x 32`, n >= 1) with f32 eval passes over
+    /// `params` (see `quant`): deterministic for the same patches, whatever
+    /// the thread count.
+    pub fn calibrate(&self, params: &[f32], patches: &[f32], layers: Int8Layers) -> Result<Calibration> {
         let n = patches.len() / PATCH_LEN;
         if n == 0 || !patches.len().is_multiple_of(PATCH_LEN) {
             return Err(Error::Shape(format!("calibration needs whole 32x32 patches, got {} values", patches.len())));
         }
         const BATCH: usize = 128;
-        let mut col = quant::Collector::new(self.q8_blocks().map(|b| b.index));
-        if self.q8_blocks().next().is_none() {
-            // No int8 layer (DnCNN): nothing to measure.
+        let chosen: Vec<usize> =
+            self.blocks().iter().filter(|b| layers.covers(self.arch, &b.conv)).map(|b| b.index).collect();
+        let mut col = quant::Collector::new(chosen.iter().copied());
+        if chosen.is_empty() {
+            // No block chosen (DnCNN keeping its Winograd layers): nothing to measure.
             return col.finish();
         }
         let mut ws = self.inference_workspace(BATCH.min(n))?;
@@ -405,7 +404,7 @@ impl Model {
             }
             self.forward_eval(&mut ws, params, chunk)?;
             for (block, input) in ws.bufs.block_inputs(&self.graph, chunk) {
-                if self.q8_blocks().any(|b| b.index == block) {
+                if chosen.contains(&block) {
                     col.add(block, input)?;
                 }
             }

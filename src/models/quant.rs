@@ -1,12 +1,17 @@
 //! Reduced-precision inference of a model: the precision modes and the int8
 //! calibration (one input quantization per convolution block).
 //!
-//! int8 runs every block whose convolution `runs_q8_in_models` (all but the
-//! first and output layers and the Winograd layers on planes above 8x8,
-//! which are faster in f32) through `Conv2d::forward_q8`:
+//! int8 runs every block its calibration covers through `Conv2d::forward_q8`:
 //! weights per output channel, the block's input per tensor with the
-//! `Q8Act` calibrated here. Everything else (pooling, concatenation, input
-//! normalisation, L2 normalisation, those layers) stays f32.
+//! `Q8Act` calibrated here. Which blocks a calibration covers is chosen
+//! when it is made ([`Int8Layers`]): by default every candidate where the
+//! CPU has VNNI and the model kept the accuracy bounds that way (HardNet,
+//! DnCNN), else all but the Winograd layers on planes above 8x8; never the
+//! first and output layers (`Conv2d::q8_candidate`). Stored with the
+//! weights, the calibration fixes the arithmetic: a file gives the same
+//! bits on any CPU. Everything else
+//! (pooling, concatenation, input normalisation, L2 normalisation, the
+//! blocks it does not cover) stays f32.
 //!
 //! Calibration runs the f32 model over sample patches and takes, for each
 //! block's input, the smallest and largest value (widened to hold 0). That
@@ -22,7 +27,9 @@
 //! shortest round-trip notation, so a file reproduces the same bits.
 
 use crate::error::{Error, Result};
-use crate::gemm::q8::Q8Act;
+use crate::gemm::q8::{Q8Act, Q8Kernel, best_q8_kernel};
+use crate::layers::conv2d::Conv2d;
+use crate::models::Arch;
 use std::collections::BTreeMap;
 
 /// Metadata key of the int8 calibration in a weights file.
@@ -70,6 +77,75 @@ impl std::str::FromStr for Precision {
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Which convolutions a calibration covers, and so which run in int8.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Int8Layers {
+    /// `All` where that is faster and kept the accuracy bounds, else
+    /// `KeepWinograd` ([`Int8Layers::resolve`]).
+    #[default]
+    Auto,
+    /// Every candidate (`Conv2d::q8_candidate`): all but the first and output layers.
+    All,
+    /// The candidates but the stride-1 Winograd layers on planes above 8x8
+    /// (`Conv2d::gemm_beats_winograd`), which stay f32.
+    KeepWinograd,
+}
+
+/// The models whose every candidate runs in int8 under `Int8Layers::Auto`
+/// on a CPU with VNNI. On the validation sequences of the three benchmarks
+/// (README, Reduced precision) these kept every task's mAP within 0.005 of
+/// f32 (descriptors) and the output within 0.5 grey levels MAE (denoisers)
+/// with `All`; the U-Net's output moved by more, so it keeps its Winograd
+/// layers in f32.
+pub const INT8_ALL_ON_VNNI: [Arch; 3] = [Arch::HardNetBaseline, Arch::HardNetOriginal, Arch::Dncnn];
+
+impl Int8Layers {
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Layers::Auto => "auto",
+            Int8Layers::All => "all",
+            Int8Layers::KeepWinograd => "keep-winograd",
+        }
+    }
+
+    /// The choice this stands for with `arch` on this CPU. `Auto`: `All`
+    /// where the int8 GEMM has VNNI (`vpdpbusd`, 4 products per lane and
+    /// instruction: its im2col + GEMM outran f32 F(4x4, 3x3) on 16x16 and
+    /// 32x32 planes too) and `arch` is in [`INT8_ALL_ON_VNNI`]; else
+    /// `KeepWinograd` (without VNNI those layers lost to f32: README, Reduced precision).
+    pub fn resolve(self, arch: Arch) -> Int8Layers {
+        match self {
+            Int8Layers::Auto if best_q8_kernel() == Q8Kernel::Avx512Vnni && INT8_ALL_ON_VNNI.contains(&arch) => {
+                Int8Layers::All
+            }
+            Int8Layers::Auto => Int8Layers::KeepWinograd,
+            chosen => chosen,
+        }
+    }
+
+    /// Whether a calibration of this choice for `arch` covers `conv`.
+    pub fn covers(self, arch: Arch, conv: &Conv2d) -> bool {
+        match self.resolve(arch) {
+            Int8Layers::All => conv.q8_candidate(),
+            _ => conv.q8_candidate() && conv.gemm_beats_winograd(),
+        }
+    }
+}
+
+impl std::str::FromStr for Int8Layers {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Int8Layers::Auto),
+            "all" => Ok(Int8Layers::All),
+            "keep-winograd" => Ok(Int8Layers::KeepWinograd),
+            other => {
+                Err(Error::InvalidArgument(format!("unknown int8 layer choice '{other}' (auto, all or keep-winograd)")))
+            }
+        }
     }
 }
 

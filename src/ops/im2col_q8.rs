@@ -4,16 +4,22 @@
 //! `col0 .. col0 + P`. Positions outside the image get `zero`, the code of
 //! 0.0, so padding is exact. `gemm::q8::pack_b_codes` then packs it.
 //!
-//! The fast path skips the patch matrix: `quantize_padded` writes one
-//! image's codes once into a zero-point border (`[cin, ph, pw]`, the
-//! window's padded extent), where every window row is a plain strided run,
-//! and `im2col_packed_u8` gathers 4 depths at a time straight into the
-//! packed-B layout of `gemm::q8` (panels of 16 columns, 4-code quads). It
-//! writes the bytes `pack_b_codes(im2col_u8(..))` would (tests/conv_q8.rs):
-//! one pass over the codes instead of three (im2col, its zero fills, the pack).
+//! The fast path skips the patch matrix and orders the depth by channel
+//! quads ("c4"): depth `((g * kh + ki) * kw + kj) * 4 + t` is channel
+//! `4g + t` at tap `(ki, kj)`, channels past `cin` padded (`c4_depth`;
+//! `reorder_weights_c4` puts a weight matrix in the same order, its pads 0,
+//! so the int8 sums are those of the `(ci, ki, kj)` order, term for term).
+//! `quantize_padded_c4` writes one image's codes once, as `[cin / 4, ph, pw,
+//! 4]` inside a zero-point border (the window's padded extent). A packed-B
+//! step of `gemm::q8` is 16 columns' quads of 4 depths; in this order the
+//! quads of one step are one channel quad at one tap, so for stride 1 a
+//! run of output columns is one contiguous copy from the codes (stride s:
+//! every s-th quad), and `gather_packed_c4` writes the packed B with no
+//! byte shuffling. It writes the bytes `pack_b_codes` makes of the patch
+//! matrix in this order (tests/conv_q8.rs).
 
 use crate::error::{Error, Result};
-use crate::gemm::q8::{PANEL, Q8Act, interleave_step, packed_b_len, padded_depth};
+use crate::gemm::q8::{PANEL, Q8Act, interleave_step, packed_b_len};
 use crate::ops::im2col::Window;
 
 /// `(ph, pw)`: the input's extent with the window's padding around it.
@@ -21,81 +27,133 @@ pub fn padded_dims(g: &Window) -> (usize, usize) {
     (g.h + g.pad.top + g.pad.bottom, g.w + g.pad.left + g.pad.right)
 }
 
-/// Codes of one image (`x`: `[cin, h, w]` values) inside a border of
-/// `act.zero` (`dst`: `[cin, ph, pw]`, see `padded_dims`).
-pub fn quantize_padded(x: &[f32], act: Q8Act, g: &Window, dst: &mut [u8]) -> Result<()> {
+/// Depth of the c4 order: `cin` rounded up to whole quads, times the taps.
+pub fn c4_depth(g: &Window) -> usize {
+    g.cin.div_ceil(4) * 4 * g.kh * g.kw
+}
+
+/// Length of one image's c4 codes: `[cin / 4, ph, pw, 4]` (`padded_dims`).
+pub fn padded_c4_len(g: &Window) -> usize {
     let (ph, pw) = padded_dims(g);
-    if x.len() != g.in_len() || dst.len() != g.cin * ph * pw {
+    g.cin.div_ceil(4) * ph * pw * 4
+}
+
+/// `dst[co, c4 depth]` = `w[co, (ci, ki, kj)]` (`[cout, K]` row-major) in the
+/// c4 order, 0 at the padded channels.
+pub fn reorder_weights_c4(w: &[f32], cout: usize, g: &Window, dst: &mut [f32]) -> Result<()> {
+    let (k, kc, taps) = (g.k(), c4_depth(g), g.kh * g.kw);
+    if w.len() != cout * k || dst.len() != cout * kc {
         return Err(Error::Shape(format!(
-            "quantize_padded: {} values (needs {}) into {} codes (needs {})",
+            "reorder_weights_c4: {} weights (needs {}) into {} (needs {})",
+            w.len(),
+            cout * k,
+            dst.len(),
+            cout * kc
+        )));
+    }
+    for (src, row) in w.chunks_exact(k.max(1)).zip(dst.chunks_exact_mut(kc.max(1))) {
+        for (d, v) in row.iter_mut().enumerate() {
+            let (quad, tap, t) = (d / (4 * taps), d / 4 % taps, d % 4);
+            let c = 4 * quad + t;
+            *v = if c < g.cin { src[c * taps + tap] } else { 0.0 };
+        }
+    }
+    Ok(())
+}
+
+/// Codes of one image (`x`: `[cin, h, w]` values) in the c4 layout inside a
+/// border of `act.zero` (`dst`: `padded_c4_len` bytes; padded channels hold
+/// `act.zero` too, met by zero weights). `rows`: scratch for 4 rows of codes (`4 * w`).
+pub fn quantize_padded_c4(x: &[f32], act: Q8Act, g: &Window, dst: &mut [u8], rows: &mut [u8]) -> Result<()> {
+    let (ph, pw) = padded_dims(g);
+    if x.len() != g.in_len() || dst.len() != padded_c4_len(g) || rows.len() != 4 * g.w {
+        return Err(Error::Shape(format!(
+            "quantize_padded_c4: {} values (needs {}) into {} codes (needs {}), {} scratch (needs {})",
             x.len(),
             g.in_len(),
             dst.len(),
-            g.cin * ph * pw
+            padded_c4_len(g),
+            rows.len(),
+            4 * g.w
         )));
     }
-    let (top, left) = (g.pad.top * pw, g.pad.left);
-    for (src, plane) in x.chunks_exact(g.h * g.w).zip(dst.chunks_exact_mut(ph * pw)) {
-        plane[..top + left].fill(act.zero);
-        for (r, row) in src.chunks_exact(g.w).enumerate() {
-            let at = top + r * pw + left;
-            act.quantize_slice(row, &mut plane[at..at + g.w]);
-            // This row's right border and the next row's left one (or the bottom rows).
-            let end = if r + 1 < g.h { at + pw } else { ph * pw };
-            plane[at + g.w..end].fill(act.zero);
+    dst.fill(act.zero);
+    let (hw, w) = (g.h * g.w, g.w);
+    for (quad, plane) in dst.chunks_exact_mut(ph * pw * 4).enumerate() {
+        let live = g.cin.saturating_sub(4 * quad).min(4);
+        for r in 0..g.h {
+            // Row r of the quad's channels as codes (the pads keep act.zero).
+            for (t, codes) in rows.chunks_exact_mut(w).enumerate() {
+                if t < live {
+                    let c = 4 * quad + t;
+                    act.quantize_slice(&x[c * hw + r * w..c * hw + (r + 1) * w], codes);
+                } else {
+                    codes.fill(act.zero);
+                }
+            }
+            let at = ((g.pad.top + r) * pw + g.pad.left) * 4;
+            let out = &mut plane[at..at + 4 * w];
+            let (r0, rest) = rows.split_at(w);
+            let (r1, rest) = rest.split_at(w);
+            let (r2, r3) = rest.split_at(w);
+            let mut x0 = 0;
+            while x0 + PANEL <= w {
+                let row = |r: &[u8]| <[u8; PANEL]>::try_from(&r[x0..x0 + PANEL]).expect("16 codes");
+                let quads = <&mut [u8; 4 * PANEL]>::try_from(&mut out[4 * x0..4 * (x0 + PANEL)]).expect("64 bytes");
+                interleave_step(quads, [&row(r0), &row(r1), &row(r2), &row(r3)]);
+                x0 += PANEL;
+            }
+            for (i, q) in out[4 * x0..].chunks_exact_mut(4).enumerate() {
+                let j = x0 + i;
+                q.copy_from_slice(&[r0[j], r1[j], r2[j], r3[j]]);
+            }
         }
     }
     Ok(())
 }
 
 /// Writes image columns `col0 .. col0 + P` of the packed B (`packed`, laid
-/// out for `cols` columns and depth `g.k()`, see `gemm::q8`) from its padded
-/// codes (`quantize_padded`); depth padding is 0. Columns past `cols` in the
-/// last panel are left as they are (no kernel stores them).
-pub fn im2col_packed_u8(packed: &mut [u8], cols: usize, col0: usize, padded: &[u8], g: &Window) -> Result<()> {
-    let (k, p) = (g.k(), g.p());
+/// out for `cols` columns and the c4 depth, see `gemm::q8`) from its c4
+/// codes (`quantize_padded_c4`). Columns past `cols` in the last panel are
+/// left as they are (no kernel stores them).
+pub fn gather_packed_c4(packed: &mut [u8], cols: usize, col0: usize, codes: &[u8], g: &Window) -> Result<()> {
+    let (kc, p) = (c4_depth(g), g.p());
     let (ph, pw) = padded_dims(g);
-    if padded.len() != g.cin * ph * pw || col0 + p > cols || packed.len() != packed_b_len(k, cols) {
+    if codes.len() != padded_c4_len(g) || col0 + p > cols || packed.len() != packed_b_len(kc, cols) {
         return Err(Error::Shape(format!(
-            "im2col_packed_u8: {} padded codes (needs {}), columns {col0}..{} of {cols}, {} packed bytes (needs {})",
-            padded.len(),
-            g.cin * ph * pw,
+            "gather_packed_c4: {} codes (needs {}), columns {col0}..{} of {cols}, {} packed bytes (needs {})",
+            codes.len(),
+            padded_c4_len(g),
             col0 + p,
             packed.len(),
-            packed_b_len(k, cols)
+            packed_b_len(kc, cols)
         )));
     }
-    let (kp, s, taps) = (padded_depth(k), g.stride, g.kh * g.kw);
-    // Offset in `padded` of depth p's window origin (output pixel (0, 0)).
-    let origin = |p: usize| (p / taps) * ph * pw + (p % taps / g.kw) * pw + p % g.kw;
-    // Codes read per output row: columns 0, s, .., (wo - 1) * s of a window row.
-    let span = (g.wo - 1) * s + 1;
-    for step in 0..kp / 4 {
-        let depth = |t: usize| (4 * step + t < k).then(|| origin(4 * step + t));
-        let d = [depth(0), depth(1), depth(2), depth(3)];
+    let (s, taps) = (g.stride, g.kh * g.kw);
+    let steps = kc / 4;
+    for step in 0..steps {
+        let (quad, tap) = (step / taps, step % taps);
+        // Byte offset of this step's quad for output pixel (0, 0).
+        let origin = ((quad * ph + tap / g.kw) * pw + tap % g.kw) * 4;
         for oy in 0..g.ho {
-            let row = |t: usize| d[t].map(|o| &padded[o + oy * s * pw..o + oy * s * pw + span]);
-            let r = [row(0), row(1), row(2), row(3)];
+            let row = origin + oy * s * pw * 4;
             let mut ox = 0;
             while ox < g.wo {
                 // The columns of this output row inside one panel.
                 let j = col0 + oy * g.wo + ox;
                 let n = (PANEL - j % PANEL).min(g.wo - ox);
-                let at = (j / PANEL) * kp * PANEL + step * 4 * PANEL + 4 * (j % PANEL);
+                let at = (j / PANEL) * kc * PANEL + step * 4 * PANEL + 4 * (j % PANEL);
                 let dst = &mut packed[at..at + 4 * n];
-                match r {
-                    [Some(r0), Some(r1), Some(r2), Some(r3)] if s == 1 && n == PANEL => {
-                        // A whole panel row of 4 contiguous runs: one vector interleave.
-                        let rows = [r0, r1, r2, r3].map(|r| <&[u8; PANEL]>::try_from(&r[ox..ox + PANEL]).expect("16 codes"));
-                        interleave_step(dst.try_into().expect("64 bytes"), rows);
-                    }
-                    _ => {
-                        for (i, q) in dst.chunks_exact_mut(4).enumerate() {
-                            let at = (ox + i) * s;
-                            for (c, rt) in q.iter_mut().zip(&r) {
-                                *c = rt.map_or(0, |rt| rt[at]);
-                            }
-                        }
+                let src = &codes[row + 4 * ox * s..];
+                if s == 1 && n == PANEL {
+                    // A whole panel row: one fixed-size 64-byte copy (no call to memcpy).
+                    let whole: &mut [u8; 4 * PANEL] = dst.try_into().expect("64 bytes");
+                    whole.copy_from_slice(&src[..4 * PANEL]);
+                } else if s == 1 {
+                    dst.copy_from_slice(&src[..4 * n]);
+                } else {
+                    for (q, quad) in dst.chunks_exact_mut(4).zip(src.chunks(4 * s)) {
+                        q.copy_from_slice(&quad[..4]);
                     }
                 }
                 ox += n;

@@ -17,7 +17,7 @@ use crate::gpu::{Accel, Device};
 use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use crate::loss::triplet::TripletLoss;
 use crate::loss::{LossKind, PointLoss};
-use crate::models::quant::Precision;
+use crate::models::quant::{Int8Layers, Precision};
 use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::Rng;
@@ -283,7 +283,7 @@ impl Workload {
         let Setup { loss, model, optimizer, params, x, patches, rng, unit } = setup(cfg)?;
         if cfg.mode == Mode::Infer {
             let calib = match cfg.precision {
-                Precision::Int8 => Some(model.calibrate(&params, &x)?),
+                Precision::Int8 => Some(model.calibrate(&params, &x, Int8Layers::Auto)?),
                 Precision::F32 | Precision::Bf16 => None,
             };
             let ws = model.inference_workspace_in(batch, cfg.precision, calib.as_ref())?;
