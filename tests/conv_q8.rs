@@ -5,14 +5,20 @@
 //! the same bits for any thread count and batch split; refusals are errors.
 //! The gather of c4 codes into packed panels (`gather_packed_c4`) writes the
 //! bytes of its slow twin, `pack_b_codes` of `im2col_u8`'s rows in the c4
-//! order, and the weights are reordered to match.
+//! order, and the weights are reordered to match. Reading those codes in
+//! place (`gemm_q8_taps`, stride 1) gives the bits of the gather and the
+//! packed GEMM, with every int8 kernel.
 
-use nhpatch::gemm::q8::{PANEL, Q8Act, pack_b_codes, packed_b_len};
+use nhpatch::gemm::MatMut;
+use nhpatch::gemm::MatRef;
+use nhpatch::gemm::q8::{
+    PANEL, Q8Act, Q8Kernel, Q8Out, Q8Taps, Q8Weights, gemm_q8_taps_with, gemm_q8_with, pack_b_codes, packed_b_len,
+};
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvPass, Epilogue};
 use nhpatch::ops::im2col::Padding;
 use nhpatch::ops::im2col::Window;
 use nhpatch::ops::im2col_q8::{
-    c4_depth, gather_packed_c4, im2col_u8, padded_c4_len, quantize_padded_c4, reorder_weights_c4,
+    c4_depth, c4_taps, gather_packed_c4, im2col_u8, padded_c4_len, quantize_padded_c4, reorder_weights_c4,
 };
 use nhpatch::rng::Rng;
 
@@ -238,4 +244,95 @@ fn the_c4_gather_writes_the_bytes_of_im2col_in_c4_order_then_pack() {
     assert!(quantize_padded_c4(&[0.0; 3], act, &g, &mut vec![0; padded_c4_len(&g)], &mut [0; 16]).is_err());
     assert!(quantize_padded_c4(&[0.0; 32], act, &g, &mut vec![0; padded_c4_len(&g)], &mut [0; 15]).is_err());
     assert!(reorder_weights_c4(&[0.0; 5], 1, &g, &mut [0.0; 36]).is_err());
+}
+
+#[test]
+fn reading_the_codes_in_place_gives_the_bits_of_the_gather_and_the_packed_gemm() {
+    let mut rng = Rng::new(91);
+    let geoms = [
+        (Window::new(32, 32, 32, 3, 3, 1, Padding::symmetric(1)).unwrap(), "32x32: two joined panels a row"),
+        (Window::new(5, 16, 16, 3, 3, 1, Padding::symmetric(1)).unwrap(), "16x16, 5 channels (a padded quad)"),
+        (Window::new(12, 8, 8, 3, 3, 1, Padding::symmetric(1)).unwrap(), "8x8: halves on two rows"),
+        (
+            Window::new(4, 3, 8, 3, 3, 1, Padding::symmetric(1)).unwrap(),
+            "3x8: a panel across images, a half past the end",
+        ),
+        (Window::new(16, 8, 8, 2, 2, 1, Padding::same(8, 8, 2, 2, 1).unwrap()).unwrap(), "Keras 'same' 2x2"),
+        (Window::new(1, 32, 32, 3, 3, 1, Padding::symmetric(1)).unwrap(), "one channel"),
+    ];
+    let kernels: Vec<Q8Kernel> = Q8Kernel::ALL.iter().copied().filter(|k| k.is_available()).collect();
+    for (g, name) in geoms {
+        let (kc, p, clen) = (c4_depth(&g), g.p(), padded_c4_len(&g));
+        for imgs in [1, 3, 4] {
+            let cols = imgs * p;
+            let act = Q8Act { scale: 0.04, zero: 9 };
+            let x: Vec<f32> = (0..imgs * g.in_len()).map(|_| rng.uniform(-0.5, 9.0)).collect();
+            let cout = 13;
+            let w: Vec<f32> = (0..cout * kc).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let wq = Q8Weights::quantize(MatRef::row_major(&w, cout, kc).unwrap()).unwrap();
+            let scale: Vec<f32> = (0..cout).map(|_| rng.uniform(0.5, 1.5)).collect();
+            let out = Q8Out { scale: &scale, shift: None, relu: false };
+            let (halves, steps) = c4_taps(&g, imgs).expect("stride 1, rows of 8k");
+            let mut codes = vec![0xEEu8; imgs * clen];
+            let mut packed = vec![0u8; packed_b_len(kc, cols)];
+            let mut rows = vec![0u8; 4 * g.w];
+            for (j, (xi, c)) in x.chunks_exact(g.in_len()).zip(codes.chunks_exact_mut(clen)).enumerate() {
+                quantize_padded_c4(xi, act, &g, c, &mut rows).unwrap();
+                gather_packed_c4(&mut packed, cols, j * p, c, &g).unwrap();
+            }
+            let taps = Q8Taps { codes: &codes, halves: &halves, steps: &steps };
+            let mut want = vec![f32::NAN; cout * cols];
+            gemm_q8_with(
+                Q8Kernel::Naive,
+                &wq,
+                &packed,
+                cols,
+                act.zero,
+                out,
+                MatMut::row_major(&mut want, cout, cols).unwrap(),
+            )
+            .unwrap();
+            for &kernel in &kernels {
+                for in_place in [false, true] {
+                    let mut got = vec![f32::NAN; cout * cols];
+                    let c = MatMut::row_major(&mut got, cout, cols).unwrap();
+                    if in_place {
+                        gemm_q8_taps_with(kernel, &wq, taps, cols, act.zero, out, c).unwrap();
+                    } else {
+                        gemm_q8_with(kernel, &wq, &packed, cols, act.zero, out, c).unwrap();
+                    }
+                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{name}, {imgs} images, {}, in place {in_place}", kernel.name());
+                }
+            }
+        }
+    }
+    // No in-place reading where a half is not one run: stride 2, rows of 12 or 35.
+    for g in [
+        Window::new(8, 16, 16, 3, 3, 2, Padding::symmetric(1)).unwrap(),
+        Window::new(8, 12, 12, 3, 3, 1, Padding::symmetric(1)).unwrap(),
+        Window::new(8, 35, 35, 3, 3, 1, Padding::symmetric(1)).unwrap(),
+    ] {
+        assert!(c4_taps(&g, 2).is_none());
+    }
+    // Offsets that do not match the shapes, or reach past the codes, are errors.
+    let g = Window::new(4, 8, 8, 3, 3, 1, Padding::symmetric(1)).unwrap();
+    let (halves, steps) = c4_taps(&g, 1).unwrap();
+    let codes = vec![0u8; padded_c4_len(&g)];
+    let wq = Q8Weights::quantize(MatRef::row_major(&[0.5; 2 * 36], 2, 36).unwrap()).unwrap();
+    let scale = [1.0; 2];
+    let out = Q8Out { scale: &scale, shift: None, relu: false };
+    let mut c = vec![0.0; 2 * 64];
+    let kernel = Q8Kernel::Portable;
+    let mut call = |codes: &[u8], halves: &[u32], steps: &[u32]| {
+        let taps = Q8Taps { codes, halves, steps };
+        gemm_q8_taps_with(kernel, &wq, taps, 64, 0, out, MatMut::row_major(&mut c, 2, 64).unwrap())
+    };
+    assert!(call(&codes, &halves, &steps).is_ok());
+    assert!(call(&codes, &halves[1..], &steps).is_err());
+    assert!(call(&codes, &halves, &steps[1..]).is_err());
+    assert!(call(&codes[..codes.len() - 1], &halves, &steps).is_err());
+    let mut far = halves.clone();
+    far[3] = codes.len() as u32;
+    assert!(call(&codes, &far, &steps).is_err());
 }

@@ -393,40 +393,153 @@ pub fn gemm_q8_with(
             b.len()
         )));
     }
-    if !kernel.is_available() {
-        return Err(Error::Unsupported(format!("int8 GEMM kernel '{}' needs CPU features this machine lacks", kernel.name())));
-    }
+    check_kernel(kernel)?;
     if a.rows == 0 || n == 0 {
         return Ok(());
     }
+    let kp = padded_depth(a.cols);
     // No depth: every sum is 0 (and packed B holds no panels to walk).
     if kernel == Q8Kernel::Naive || a.cols == 0 {
-        naive(a, b, n, zero, &out, &mut c);
+        let qb = |p: usize, j: usize| b[(j / PANEL) * kp * PANEL + (p / 4) * 4 * PANEL + 4 * (j % PANEL) + p % 4];
+        naive(a, n, zero, &out, &mut c, qb);
         return Ok(());
     }
+    // SAFETY (closure): panel < n.div_ceil(PANEL), so its kp * 16 bytes lie inside `b` (length checked above).
+    let panel = |panel: usize| Packed(unsafe { b.as_ptr().add(panel * kp * PANEL) });
+    // SAFETY: `panel` gives kp / 4 readable steps of every panel of the n columns.
+    unsafe { run(tile_fn(kernel), a, n, zero, &out, &mut c, panel) };
+    Ok(())
+}
+
+/// B read in place from c4 codes (`ops::im2col_q8`) rather than packed: the
+/// columns come in halves of 8 (half `h`: columns `8h .. 8h + 8`) and
+/// `qb[p, j]` is byte `halves[j / 8] + steps[p / 4] + 4 * (j % 8) + p % 4` of
+/// `codes`. That is the packed layout's step, read where it already lies:
+/// at stride 1 the 8 columns' quads of one channel quad at one tap are 32
+/// consecutive bytes of an image's c4 codes when the 8 output pixels share
+/// a row, so no patch matrix is written.
+#[derive(Clone, Copy, Debug)]
+pub struct Q8Taps<'a> {
+    /// The codes every column is read from.
+    pub codes: &'a [u8],
+    /// Byte offset of step 0 of each half: `2 * n.div_ceil(16)` of them (whole
+    /// panels; a half past `n` needs only an offset inside `codes`).
+    pub halves: &'a [u32],
+    /// Byte offset of step `s` from step 0: `padded_depth(k) / 4` of them.
+    pub steps: &'a [u32],
+}
+
+/// `gemm_q8` with B read in place (`Q8Taps`), best kernel for this CPU.
+pub fn gemm_q8_taps(a: &Q8Weights, b: Q8Taps<'_>, n: usize, zero: u8, out: Q8Out<'_>, c: MatMut<'_>) -> Result<()> {
+    gemm_q8_taps_with(best_q8_kernel(), a, b, n, zero, out, c)
+}
+
+/// `gemm_q8_taps` with a named kernel; the same sums as `gemm_q8_with` on
+/// the packed B of the same columns, so the same bits.
+pub fn gemm_q8_taps_with(
+    kernel: Q8Kernel,
+    a: &Q8Weights,
+    b: Q8Taps<'_>,
+    n: usize,
+    zero: u8,
+    out: Q8Out<'_>,
+    mut c: MatMut<'_>,
+) -> Result<()> {
+    check_out(a, n, &out, &c)?;
     let kp = padded_depth(a.cols);
-    let tile: TileFn = match kernel {
-        Q8Kernel::Naive => unreachable!("handled above"),
-        Q8Kernel::Portable => tile_portable,
+    let reach = |o: &[u32]| o.iter().map(|&v| v as usize).max().unwrap_or(0);
+    let (halves, steps) = (2 * n.div_ceil(PANEL), kp / 4);
+    if b.halves.len() != halves || b.steps.len() != steps {
+        return Err(Error::Shape(format!(
+            "int8 GEMM in place: {n} columns and depth {} need {halves} half offsets and {steps} step offsets, {} and {} given",
+            a.cols,
+            b.halves.len(),
+            b.steps.len()
+        )));
+    }
+    if n > 0 && steps > 0 && reach(b.halves) + reach(b.steps) + PANEL * 2 > b.codes.len() {
+        return Err(Error::Shape(format!(
+            "int8 GEMM in place: offsets reach byte {} of {} codes",
+            reach(b.halves) + reach(b.steps) + PANEL * 2,
+            b.codes.len()
+        )));
+    }
+    check_kernel(kernel)?;
+    if a.rows == 0 || n == 0 {
+        return Ok(());
+    }
+    if kernel == Q8Kernel::Naive || a.cols == 0 {
+        let qb = |p: usize, j: usize| {
+            b.codes[b.halves[j / 8] as usize + b.steps[p / 4] as usize + 4 * (j % 8) + p % 4]
+        };
+        naive(a, n, zero, &out, &mut c, qb);
+        return Ok(());
+    }
+    let base = b.codes.as_ptr();
+    // SAFETY (closure): `panel < n.div_ceil(16)`, so both halves exist, and every
+    // half plus every step offset plus 32 bytes stays inside `codes` (checked above).
+    let at = |h: usize| unsafe { base.add(b.halves[h] as usize) };
+    let joined = b.halves.chunks_exact(2).all(|h| h[1] == h[0] + 2 * PANEL as u32);
+    let offs = b.steps.as_ptr();
+    // SAFETY: every step of every panel is 32 readable bytes per half (see `at`).
+    unsafe {
+        if joined {
+            run(tile_fn(kernel), a, n, zero, &out, &mut c, |p| InPlace::<true> { lo: at(2 * p), hi: at(2 * p + 1), offs })
+        } else {
+            run(tile_fn(kernel), a, n, zero, &out, &mut c, |p| InPlace::<false> { lo: at(2 * p), hi: at(2 * p + 1), offs })
+        }
+    }
+    Ok(())
+}
+
+fn check_kernel(kernel: Q8Kernel) -> Result<()> {
+    if kernel.is_available() {
+        Ok(())
+    } else {
+        Err(Error::Unsupported(format!("int8 GEMM kernel '{}' needs CPU features this machine lacks", kernel.name())))
+    }
+}
+
+/// The tile of `kernel` (not `Naive`, which has none) for steps found by `B`.
+fn tile_fn<B: Steps>(kernel: Q8Kernel) -> TileFn<B> {
+    match kernel {
+        Q8Kernel::Naive | Q8Kernel::Portable => tile_portable::<B>,
         #[cfg(target_arch = "x86_64")]
-        Q8Kernel::Avx2 => super::q8_x86::tile_avx2,
+        Q8Kernel::Avx2 => super::q8_x86::tile_avx2::<B>,
         #[cfg(target_arch = "x86_64")]
-        Q8Kernel::Avx512Vnni => super::q8_x86::tile_vnni,
+        Q8Kernel::Avx512Vnni => super::q8_x86::tile_vnni::<B>,
         #[cfg(not(target_arch = "x86_64"))]
         Q8Kernel::Avx2 | Q8Kernel::Avx512Vnni => unreachable!("is_available() is false off x86-64"),
-    };
+    }
+}
+
+/// Every tile of C (8 rows x one 16-column panel) through `tile`, each
+/// mapped by `out` as it is stored.
+///
+/// # Safety
+/// `panel(p)` gives `padded_depth(a.cols) / 4` readable steps for every
+/// panel `p < n.div_ceil(16)`; the CPU has the tile's features.
+unsafe fn run<B: Steps>(
+    tile: TileFn<B>,
+    a: &Q8Weights,
+    n: usize,
+    zero: u8,
+    out: &Q8Out<'_>,
+    c: &mut MatMut<'_>,
+    panel: impl Fn(usize) -> B,
+) {
+    let kp = padded_depth(a.cols);
     let mut acc = [[0i32; PANEL]; TILE_ROWS];
     let (rs, cs) = (c.row_stride(), c.col_stride());
     let data = c.data_mut();
-    for (panel, bp) in b.chunks_exact(kp * PANEL).enumerate() {
-        let j0 = panel * PANEL;
+    for p in 0..n.div_ceil(PANEL) {
+        let (j0, bp) = (p * PANEL, panel(p));
         let cols = PANEL.min(n - j0);
         for i0 in (0..a.rows).step_by(TILE_ROWS) {
             let rows = TILE_ROWS.min(a.rows - i0);
-            // SAFETY: `a.q` holds rows i0 .. i0 + rows of kp codes each and
-            // `bp` one whole panel (kp * 16 bytes), both checked above; the
-            // kernel is available (checked above).
-            unsafe { tile(a.q[i0 * kp..].as_ptr(), kp, rows, bp.as_ptr(), kp / 4, &mut acc) };
+            // SAFETY: `a.q` holds rows i0 .. i0 + rows of kp codes each; the
+            // panel's steps and the kernel: the caller's contract.
+            unsafe { tile(a.q[i0 * kp..].as_ptr(), kp, rows, bp, kp / 4, &mut acc) };
             for (r, acc_row) in acc.iter().enumerate().take(rows) {
                 let i = i0 + r;
                 let (corr, scale) = (zero as i32 * a.sums[i], out.scale[i]);
@@ -445,29 +558,84 @@ pub fn gemm_q8_with(
             }
         }
     }
-    Ok(())
+}
+
+/// Where the 4-depth steps of one B panel lie: step `s` of the panel's 16
+/// columns is two runs of 32 bytes, columns 0..8 at `lo(s)` and 8..16 at
+/// `hi(s)` (column j's 4 codes at 4 * (j % 8)).
+pub(crate) trait Steps: Copy {
+    /// Whether `hi(s) == lo(s) + 32` always: one 64-byte run per step.
+    const JOINED: bool;
+    /// # Safety
+    /// `s` is a step of the panel (below its `k4`).
+    unsafe fn lo(self, s: usize) -> *const u8;
+    /// # Safety
+    /// As `lo`.
+    unsafe fn hi(self, s: usize) -> *const u8;
+}
+
+/// A panel of packed B (`pack_b`): step `s` at byte `64 s`.
+#[derive(Clone, Copy)]
+pub(crate) struct Packed(*const u8);
+
+impl Steps for Packed {
+    const JOINED: bool = true;
+    #[inline(always)]
+    unsafe fn lo(self, s: usize) -> *const u8 {
+        // SAFETY: the caller's step lies inside the panel.
+        unsafe { self.0.add(64 * s) }
+    }
+    #[inline(always)]
+    unsafe fn hi(self, s: usize) -> *const u8 {
+        // SAFETY: as `lo`.
+        unsafe { self.0.add(64 * s + 32) }
+    }
+}
+
+/// A panel read in place (`Q8Taps`): each half's base plus step `s`'s offset.
+#[derive(Clone, Copy)]
+pub(crate) struct InPlace<const JOINED: bool> {
+    lo: *const u8,
+    hi: *const u8,
+    offs: *const u32,
+}
+
+impl<const J: bool> Steps for InPlace<J> {
+    const JOINED: bool = J;
+    #[inline(always)]
+    unsafe fn lo(self, s: usize) -> *const u8 {
+        // SAFETY: `offs` holds the panel's k4 offsets; each lands inside the codes (`gemm_q8_taps_with`).
+        unsafe { self.lo.add(*self.offs.add(s) as usize) }
+    }
+    #[inline(always)]
+    unsafe fn hi(self, s: usize) -> *const u8 {
+        // SAFETY: as `lo`.
+        unsafe { self.hi.add(*self.offs.add(s) as usize) }
+    }
 }
 
 /// A tile kernel: `acc[r][j] = sum_p qa[r, p] * qb[p, j]` for `rows <= 8`
-/// rows of A from `a` (row stride `lda` codes) and one packed-B panel of
-/// `k4` steps at `b`. Rows of `acc` at or past `rows` are left as they are.
+/// rows of A from `a` (row stride `lda` codes) and one B panel of `k4`
+/// steps found by `b`. Rows of `acc` at or past `rows` are left as they are.
 ///
 /// # Safety
-/// `a` points at `rows` rows of `lda >= 4 * k4` readable codes, `b` at
-/// `64 * k4` readable bytes, and the CPU has the kernel's features.
-pub(crate) type TileFn = unsafe fn(*const i8, usize, usize, *const u8, usize, &mut [[i32; PANEL]; TILE_ROWS]);
+/// `a` points at `rows` rows of `lda >= 4 * k4` readable codes, `b` gives
+/// `k4` steps of two readable 32-byte halves, and the CPU has the kernel's features.
+pub(crate) type TileFn<B> = unsafe fn(*const i8, usize, usize, B, usize, &mut [[i32; PANEL]; TILE_ROWS]);
 
 /// The portable tile: integer loops the compiler vectorises for its target.
-/// Each packed-B step is widened once to 4 depth rows of 16 columns, then
+/// Each B step is widened once to 4 depth rows of 16 columns, then
 /// every row of A adds its 4 weights times those rows (i16 products are
 /// exact: |qa| * qb <= 63 * 255).
-unsafe fn tile_portable(a: *const i8, lda: usize, rows: usize, b: *const u8, k4: usize, acc: &mut [[i32; PANEL]; 8]) {
-    // SAFETY: the `TileFn` contract: these ranges are readable.
-    let (a, b) = unsafe { (std::slice::from_raw_parts(a, (rows - 1) * lda + 4 * k4), std::slice::from_raw_parts(b, 64 * k4)) };
+unsafe fn tile_portable<B: Steps>(a: *const i8, lda: usize, rows: usize, b: B, k4: usize, acc: &mut [[i32; PANEL]; 8]) {
+    // SAFETY: the `TileFn` contract: these rows are readable.
+    let a = unsafe { std::slice::from_raw_parts(a, (rows - 1) * lda + 4 * k4) };
     let mut sum = [[0i32; PANEL]; 8];
-    for (s, step) in b.chunks_exact(4 * PANEL).enumerate() {
+    for s in 0..k4 {
+        // SAFETY: the `TileFn` contract: step s's two halves are readable.
+        let halves = unsafe { [std::slice::from_raw_parts(b.lo(s), 32), std::slice::from_raw_parts(b.hi(s), 32)] };
         let mut depth = [[0i16; PANEL]; 4];
-        for (j, col) in step.chunks_exact(4).enumerate() {
+        for (j, col) in halves.iter().flat_map(|h| h.chunks_exact(4)).enumerate() {
             for t in 0..4 {
                 depth[t][j] = col[t] as i16;
             }
@@ -485,11 +653,9 @@ unsafe fn tile_portable(a: *const i8, lda: usize, rows: usize, b: *const u8, k4:
     acc[..rows].copy_from_slice(&sum[..rows]);
 }
 
-/// The reference: every sum in i64 straight from the codes, then the one
-/// output formula; panics if a sum leaves i32 (it cannot within `MAX_K`).
-fn naive(a: &Q8Weights, b: &[u8], n: usize, zero: u8, out: &Q8Out<'_>, c: &mut MatMut<'_>) {
-    let kp = padded_depth(a.cols);
-    let qb = |p: usize, j: usize| b[(j / PANEL) * kp * PANEL + (p / 4) * 4 * PANEL + 4 * (j % PANEL) + p % 4];
+/// The reference: every sum in i64 straight from the codes (`qb(p, j)`),
+/// then the one output formula; panics if a sum leaves i32 (it cannot within `MAX_K`).
+fn naive(a: &Q8Weights, n: usize, zero: u8, out: &Q8Out<'_>, c: &mut MatMut<'_>, qb: impl Fn(usize, usize) -> u8) {
     for i in 0..a.rows {
         for j in 0..n {
             let sum: i64 = (0..a.cols).map(|p| a.code(i, p) as i64 * qb(p, j) as i64).sum();

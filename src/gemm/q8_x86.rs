@@ -1,7 +1,8 @@
 //! x86-64 tiles of the int8 GEMM (`q8`): AVX2 and AVX-512 VNNI.
 //!
-//! Contract: as `q8::TileFn`. One packed-B step is 16 columns x 4 depths
-//! (64 bytes): column j's 4 codes at bytes 4j .. 4j + 4. A row's 4 codes of
+//! Contract: as `q8::TileFn`. One B step is 16 columns x 4 depths in two
+//! 32-byte halves (`q8::Steps`; one 64-byte run when packed): column j's 4
+//! codes at bytes 4(j % 8) .. 4(j % 8) + 4 of its half. A row's 4 codes of
 //! the same step, read as one i32 and broadcast, meet every column's 4 codes
 //! in one lane:
 //! - AVX2: `vpmaddubsw(B, A)` adds pairs into i16 (exact: |qa| <= 63, see
@@ -11,7 +12,7 @@
 //! - AVX-512 VNNI: `vpdpbusd(acc, B, A)` adds the 4 products into the i32
 //!   lane in one instruction; one zmm per step, tiles of 8 rows.
 
-use super::q8::PANEL;
+use super::q8::{PANEL, Steps};
 use std::arch::x86_64::*;
 
 /// `q8::interleave_step` with SSE2 (part of x86-64 itself): bytes of rows
@@ -48,7 +49,7 @@ unsafe fn quad(p: *const i8) -> i32 {
 /// # Safety
 /// As `q8::TileFn`, with avx2.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn tile_avx2(a: *const i8, lda: usize, rows: usize, b: *const u8, k4: usize, acc: &mut [[i32; PANEL]; 8]) {
+pub(crate) unsafe fn tile_avx2<B: Steps>(a: *const i8, lda: usize, rows: usize, b: B, k4: usize, acc: &mut [[i32; PANEL]; 8]) {
     let ones = _mm256_set1_epi16(1);
     let mut r0 = 0;
     while r0 < rows {
@@ -59,11 +60,8 @@ pub(crate) unsafe fn tile_avx2(a: *const i8, lda: usize, rows: usize, b: *const 
         let pa = [row(0), row(1), row(2), row(3)];
         let mut c = [[_mm256_setzero_si256(); 2]; 4];
         for s in 0..k4 {
-            // SAFETY: step s of the panel, 64 bytes inside the 64 * k4 given.
-            let (b0, b1) = unsafe {
-                let p = b.add(64 * s);
-                (_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(32).cast()))
-            };
+            // SAFETY: step s of the panel: two readable 32-byte halves.
+            let (b0, b1) = unsafe { (_mm256_loadu_si256(b.lo(s).cast()), _mm256_loadu_si256(b.hi(s).cast())) };
             for r in 0..4 {
                 // SAFETY: 4 * s + 4 <= 4 * k4 <= lda codes of a readable row.
                 let w = _mm256_set1_epi32(unsafe { quad(pa[r].add(4 * s)) });
@@ -90,14 +88,21 @@ pub(crate) unsafe fn tile_avx2(a: *const i8, lda: usize, rows: usize, b: *const 
 /// # Safety
 /// As `q8::TileFn`, with avx512f, avx512bw and avx512vnni.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(crate) unsafe fn tile_vnni(a: *const i8, lda: usize, rows: usize, b: *const u8, k4: usize, acc: &mut [[i32; PANEL]; 8]) {
+pub(crate) unsafe fn tile_vnni<B: Steps>(a: *const i8, lda: usize, rows: usize, b: B, k4: usize, acc: &mut [[i32; PANEL]; 8]) {
     // SAFETY (closure): min(r, rows - 1) < rows, a row the caller made readable.
     let row = |r: usize| unsafe { a.add(r.min(rows - 1) * lda) };
     let pa = [row(0), row(1), row(2), row(3), row(4), row(5), row(6), row(7)];
     let mut c = [_mm512_setzero_si512(); 8];
     for s in 0..k4 {
-        // SAFETY: step s of the panel, 64 bytes inside the 64 * k4 given.
-        let bv = unsafe { _mm512_loadu_si512(b.add(64 * s).cast()) };
+        // SAFETY: step s of the panel: two readable 32-byte halves, one 64-byte run when joined.
+        let bv = unsafe {
+            if B::JOINED {
+                _mm512_loadu_si512(b.lo(s).cast())
+            } else {
+                let lo = _mm512_castsi256_si512(_mm256_loadu_si256(b.lo(s).cast()));
+                _mm512_inserti64x4::<1>(lo, _mm256_loadu_si256(b.hi(s).cast()))
+            }
+        };
         for r in 0..8 {
             // SAFETY: 4 * s + 4 <= lda codes of a readable row.
             let w = _mm512_set1_epi32(unsafe { quad(pa[r].add(4 * s)) });

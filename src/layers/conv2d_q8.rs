@@ -16,7 +16,10 @@
 //!
 //! The depth runs in `im2col_q8`'s c4 order (`Kc`: channels in quads, the
 //! pads meeting zero weights), so each packed step is a straight copy of
-//! the image's codes; the sums are those of the `(ci, ki, kj)` order.
+//! the image's codes; the sums are those of the `(ci, ki, kj)` order. At
+//! stride 1 with output rows a multiple of 8 wide (`im2col_q8::c4_taps`)
+//! the GEMM reads those steps where they lie in the codes (`gemm_q8_taps`)
+//! and `col` is never written: the same sums, so the same bits.
 //!
 //! The dense layer (kernel = whole input, HardNet's conv7) is
 //! `out^T[cout, n] = Wq[cout, K] * q(X)^T[K, n]`: the batch is the columns.
@@ -30,19 +33,23 @@
 use crate::error::{Error, Result};
 use crate::gemm::MatMut;
 use crate::gemm::MatRef;
-use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Weights, gemm_q8, pack_bt, packed_b_len};
+use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Taps, Q8Weights, gemm_q8, gemm_q8_taps, pack_bt, packed_b_len};
 use crate::layers::conv2d::{Conv2d, Epilogue, for_each_tile, lanes, scatter_images, tiling};
 use crate::layers::prepared::Converted;
-use crate::ops::im2col_q8::{c4_depth, gather_packed_c4, padded_c4_len, quantize_padded_c4, reorder_weights_c4};
+use crate::ops::im2col_q8::{
+    c4_depth, c4_taps, gather_packed_c4, padded_c4_len, quantize_padded_c4, reorder_weights_c4,
+};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
 struct Lane {
-    /// One image's codes in a zero-point border, `[cin / 4, ph, pw, 4]` (`im2col_q8`'s c4 layout).
+    /// One image's codes in a zero-point border, `[cin / 4, ph, pw, 4]` (`im2col_q8`'s c4 layout);
+    /// a tile's images one after another when the GEMM reads them in place.
     codes: Vec<u8>,
     /// Four input rows of codes, `[4, w]`, before their interleave into `codes`.
     rows: Vec<u8>,
-    /// The patch matrix of a tile, `[Kc, tile columns]` codes in the c4 depth order, packed for the int8 GEMM.
+    /// The patch matrix of a tile, `[Kc, tile columns]` codes in the c4 depth order, packed for
+    /// the int8 GEMM (empty when it reads the codes in place).
     packed: Vec<u8>,
     /// `[cout, tile columns]` output of multi-image tiles.
     tmp: Vec<f32>,
@@ -61,6 +68,9 @@ pub struct Q8ConvWorkspace {
     scale: Vec<f32>,
     /// Dense layer: the packed `K x n` batch.
     dense: Vec<u8>,
+    /// `(halves, steps)` of `Q8Taps` for a whole tile when the GEMM reads
+    /// the codes in place (`im2col_q8::c4_taps`: stride 1, rows of 8k pixels).
+    taps: Option<(Vec<u32>, Vec<u32>)>,
 }
 
 /// Largest input plane (pixels) on which a Winograd layer runs in bf16 in
@@ -101,14 +111,19 @@ impl Conv2d {
         let (k, p, cout) = (self.win.k(), self.win.p(), self.spec.cout);
         let (tile_imgs, shard_imgs) = tiling(&self.win, n);
         let dense = self.is_dense();
+        let taps = if dense || !self.supports_q8() { None } else { c4_taps(&self.win, tile_imgs) };
         let lanes = if dense || !self.supports_q8() {
             Vec::new()
         } else {
             let cols = tile_imgs * p;
+            let (codes, packed) = match taps {
+                Some(_) => (tile_imgs * padded_c4_len(&self.win), 0),
+                None => (padded_c4_len(&self.win), packed_b_len(c4_depth(&self.win), cols)),
+            };
             lanes(n, shard_imgs, || Lane {
-                codes: vec![0; padded_c4_len(&self.win)],
+                codes: vec![0; codes],
                 rows: vec![0; 4 * self.win.w],
-                packed: vec![0; packed_b_len(c4_depth(&self.win), cols)],
+                packed: vec![0; packed],
                 tmp: vec![0.0; if tile_imgs > 1 { cout * cols } else { 0 }],
             })
         };
@@ -121,6 +136,7 @@ impl Conv2d {
             weights: Converted::new(self.weight_len()),
             scale: vec![0.0; cout],
             dense: vec![0; if dense { packed_b_len(k, n) } else { 0 }],
+            taps,
         }
     }
 
@@ -176,22 +192,38 @@ impl Conv2d {
             );
         }
         let (in_len, out_len) = (self.win.in_len(), cout * p);
-        let (cut, kc) = ((ws.tile_imgs, ws.shard_imgs), c4_depth(&self.win));
+        let (cut, kc, clen) = ((ws.tile_imgs, ws.shard_imgs), c4_depth(&self.win), padded_c4_len(&self.win));
+        let taps = ws.taps.as_ref();
         for_each_tile(&ws.lanes, x, out, (in_len, out_len), cut, |lane: &mut Lane, xt, o_tile| {
             let tn = xt.len() / in_len;
             let cols = tn * p;
-            let packed = &mut lane.packed[..packed_b_len(kc, cols)];
-            for (j, xi) in xt.chunks_exact(in_len).enumerate() {
-                quantize_padded_c4(xi, act, &self.win, &mut lane.codes, &mut lane.rows)?;
-                gather_packed_c4(packed, cols, j * p, &lane.codes, &self.win)?;
-            }
+            // col[Kc, tn*P]: the tile's patch matrix (Kc: the c4 depth, `im2col_q8`),
+            // read in place from the codes or gathered into packed panels.
+            let mut gemm = |c: MatMut<'_>| match taps {
+                Some((halves, steps)) => {
+                    for (xi, codes) in xt.chunks_exact(in_len).zip(lane.codes.chunks_exact_mut(clen)) {
+                        quantize_padded_c4(xi, act, &self.win, codes, &mut lane.rows)?;
+                    }
+                    let b =
+                        Q8Taps { codes: &lane.codes[..tn * clen], halves: &halves[..2 * cols.div_ceil(PANEL)], steps };
+                    gemm_q8_taps(wq, b, cols, act.zero, q8out, c)
+                }
+                None => {
+                    let packed = &mut lane.packed[..packed_b_len(kc, cols)];
+                    for (j, xi) in xt.chunks_exact(in_len).enumerate() {
+                        quantize_padded_c4(xi, act, &self.win, &mut lane.codes, &mut lane.rows)?;
+                        gather_packed_c4(packed, cols, j * p, &lane.codes, &self.win)?;
+                    }
+                    gemm_q8(wq, packed, cols, act.zero, q8out, c)
+                }
+            };
             if tn == 1 {
-                // out_i[cout, P] = map(Wq[cout, Kc] * col[Kc, P]) (Kc: the c4 depth, `im2col_q8`)
-                gemm_q8(wq, packed, cols, act.zero, q8out, MatMut::row_major(o_tile, cout, p)?)
+                // out_i[cout, P] = map(Wq[cout, Kc] * col[Kc, P])
+                gemm(MatMut::row_major(o_tile, cout, p)?)
             } else {
                 // tmp[cout, tn*P] = map(Wq * col), then un-interleave per image.
                 let tmp = &mut lane.tmp[..cout * cols];
-                gemm_q8(wq, packed, cols, act.zero, q8out, MatMut::row_major(tmp, cout, cols)?)?;
+                gemm(MatMut::row_major(tmp, cout, cols)?)?;
                 scatter_images(o_tile, tmp, tn, p);
                 Ok(())
             }

@@ -112,6 +112,39 @@ pub fn quantize_padded_c4(x: &[f32], act: Q8Act, g: &Window, dst: &mut [u8], row
     Ok(())
 }
 
+/// The offsets of `gemm::q8::Q8Taps` that read the patch matrix of `imgs`
+/// images in place from their c4 codes (`quantize_padded_c4`, image `i` at
+/// byte `i * padded_c4_len(g)`), or `None` where a half of 8 columns is not
+/// 32 consecutive bytes: stride above 1, or output rows not a multiple of 8
+/// wide. `(halves, steps)`: step 0 of output pixel `(oy, ox)` is padded
+/// pixel `(oy, ox)`; step `s` (channel quad `g4`, tap `(ki, kj)`) adds
+/// `((g4 * ph + ki) * pw + kj) * 4`, the origin `gather_packed_c4` copies from.
+pub fn c4_taps(g: &Window, imgs: usize) -> Option<(Vec<u32>, Vec<u32>)> {
+    if g.stride != 1 || !g.wo.is_multiple_of(8) || g.p() == 0 {
+        return None;
+    }
+    let (ph, pw) = padded_dims(g);
+    let (p, len, taps) = (g.p(), padded_c4_len(g), g.kh * g.kw);
+    // Offsets are u32: refuse what would not fit (no model comes near).
+    u32::try_from(imgs * len).ok()?;
+    let cols = imgs * p;
+    let halves = (0..2 * cols.div_ceil(PANEL))
+        .map(|h| {
+            // A half past the columns (the last panel's) re-reads the last real one.
+            let col = (8 * h).min(cols - 8);
+            let (img, pix) = (col / p, col % p);
+            (img * len + (pix / g.wo * pw + pix % g.wo) * 4) as u32
+        })
+        .collect();
+    let steps = (0..c4_depth(g) / 4)
+        .map(|s| {
+            let (quad, tap) = (s / taps, s % taps);
+            (((quad * ph + tap / g.kw) * pw + tap % g.kw) * 4) as u32
+        })
+        .collect();
+    Some((halves, steps))
+}
+
 /// Writes image columns `col0 .. col0 + P` of the packed B (`packed`, laid
 /// out for `cols` columns and the c4 depth, see `gemm::q8`) from its c4
 /// codes (`quantize_padded_c4`). Columns past `cols` in the last panel are
