@@ -6,8 +6,9 @@
 //! The gather of c4 codes into packed panels (`gather_packed_c4`) writes the
 //! bytes of its slow twin, `pack_b_codes` of `im2col_u8`'s rows in the c4
 //! order, and the weights are reordered to match. Reading those codes in
-//! place (`gemm_q8_taps`, stride 1) gives the bits of the gather and the
-//! packed GEMM, with every int8 kernel.
+//! place (`gemm_q8_taps`; at stride s from codes split into s column
+//! phases) gives the bits of the gather and the packed GEMM, with every
+//! int8 kernel.
 
 use nhpatch::gemm::MatMut;
 use nhpatch::gemm::MatRef;
@@ -18,7 +19,8 @@ use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvPass, Epilogue};
 use nhpatch::ops::im2col::Padding;
 use nhpatch::ops::im2col::Window;
 use nhpatch::ops::im2col_q8::{
-    c4_depth, c4_taps, gather_packed_c4, im2col_u8, padded_c4_len, quantize_padded_c4, reorder_weights_c4,
+    c4_depth, c4_taps, gather_packed_c4, im2col_u8, padded_c4_len, phased_c4_len, quantize_padded_c4,
+    quantize_phased_c4, reorder_weights_c4,
 };
 use nhpatch::rng::Rng;
 
@@ -259,10 +261,18 @@ fn reading_the_codes_in_place_gives_the_bits_of_the_gather_and_the_packed_gemm()
         ),
         (Window::new(16, 8, 8, 2, 2, 1, Padding::same(8, 8, 2, 2, 1).unwrap()).unwrap(), "Keras 'same' 2x2"),
         (Window::new(1, 32, 32, 3, 3, 1, Padding::symmetric(1)).unwrap(), "one channel"),
+        (Window::new(32, 32, 32, 3, 3, 2, Padding::symmetric(1)).unwrap(), "stride 2, 32 -> 16"),
+        (
+            Window::new(6, 16, 16, 3, 3, 2, Padding::same(16, 16, 3, 3, 2).unwrap()).unwrap(),
+            "Keras 'same' stride 2 (0, 1)",
+        ),
+        (Window::new(4, 17, 16, 3, 3, 2, Padding::symmetric(1)).unwrap(), "stride 2, odd height"),
+        (Window::new(3, 24, 48, 3, 3, 3, Padding::symmetric(1)).unwrap(), "stride 3, three phases"),
+        (Window::new(5, 15, 15, 3, 3, 2, Padding::symmetric(1)).unwrap(), "stride 2, rows of 15 (no whole 16)"),
     ];
     let kernels: Vec<Q8Kernel> = Q8Kernel::ALL.iter().copied().filter(|k| k.is_available()).collect();
     for (g, name) in geoms {
-        let (kc, p, clen) = (c4_depth(&g), g.p(), padded_c4_len(&g));
+        let (kc, p, clen) = (c4_depth(&g), g.p(), phased_c4_len(&g, g.stride));
         for imgs in [1, 3, 4] {
             let cols = imgs * p;
             let act = Q8Act { scale: 0.04, zero: 9 };
@@ -272,15 +282,20 @@ fn reading_the_codes_in_place_gives_the_bits_of_the_gather_and_the_packed_gemm()
             let wq = Q8Weights::quantize(MatRef::row_major(&w, cout, kc).unwrap()).unwrap();
             let scale: Vec<f32> = (0..cout).map(|_| rng.uniform(0.5, 1.5)).collect();
             let out = Q8Out { scale: &scale, shift: None, relu: false };
-            let (halves, steps) = c4_taps(&g, imgs).expect("stride 1, rows of 8k");
+            let t = c4_taps(&g, imgs).expect("rows of 8k");
+            assert_eq!((t.phases, t.image_len), (g.stride, clen), "{name}");
+            // Codes in one phase, gathered and packed (the slow twin), and in
+            // the stride's phases, over junk, for the in-place reading.
             let mut codes = vec![0xEEu8; imgs * clen];
+            let mut one = vec![0u8; padded_c4_len(&g)];
             let mut packed = vec![0u8; packed_b_len(kc, cols)];
             let mut rows = vec![0u8; 4 * g.w];
             for (j, (xi, c)) in x.chunks_exact(g.in_len()).zip(codes.chunks_exact_mut(clen)).enumerate() {
-                quantize_padded_c4(xi, act, &g, c, &mut rows).unwrap();
-                gather_packed_c4(&mut packed, cols, j * p, c, &g).unwrap();
+                quantize_padded_c4(xi, act, &g, &mut one, &mut rows).unwrap();
+                gather_packed_c4(&mut packed, cols, j * p, &one, &g).unwrap();
+                quantize_phased_c4(xi, act, &g, g.stride, c, &mut rows).unwrap();
             }
-            let taps = Q8Taps { codes: &codes, halves: &halves, steps: &steps };
+            let taps = Q8Taps { codes: &codes, halves: &t.halves, steps: &t.steps };
             let mut want = vec![f32::NAN; cout * cols];
             gemm_q8_with(
                 Q8Kernel::Naive,
@@ -307,9 +322,9 @@ fn reading_the_codes_in_place_gives_the_bits_of_the_gather_and_the_packed_gemm()
             }
         }
     }
-    // No in-place reading where a half is not one run: stride 2, rows of 12 or 35.
+    // No in-place reading where a half is not one run: output rows of 6, 12 or 35.
     for g in [
-        Window::new(8, 16, 16, 3, 3, 2, Padding::symmetric(1)).unwrap(),
+        Window::new(8, 12, 12, 3, 3, 2, Padding::symmetric(1)).unwrap(),
         Window::new(8, 12, 12, 3, 3, 1, Padding::symmetric(1)).unwrap(),
         Window::new(8, 35, 35, 3, 3, 1, Padding::symmetric(1)).unwrap(),
     ] {
@@ -317,7 +332,7 @@ fn reading_the_codes_in_place_gives_the_bits_of_the_gather_and_the_packed_gemm()
     }
     // Offsets that do not match the shapes, or reach past the codes, are errors.
     let g = Window::new(4, 8, 8, 3, 3, 1, Padding::symmetric(1)).unwrap();
-    let (halves, steps) = c4_taps(&g, 1).unwrap();
+    let (halves, steps) = c4_taps(&g, 1).map(|t| (t.halves, t.steps)).unwrap();
     let codes = vec![0u8; padded_c4_len(&g)];
     let wq = Q8Weights::quantize(MatRef::row_major(&[0.5; 2 * 36], 2, 36).unwrap()).unwrap();
     let scale = [1.0; 2];
@@ -335,4 +350,9 @@ fn reading_the_codes_in_place_gives_the_bits_of_the_gather_and_the_packed_gemm()
     let mut far = halves.clone();
     far[3] = codes.len() as u32;
     assert!(call(&codes, &far, &steps).is_err());
+    let mut rows = vec![0u8; 4 * g.w];
+    let x = vec![0.0; g.in_len()];
+    let act = Q8Act { scale: 1.0, zero: 0 };
+    assert!(quantize_phased_c4(&x, act, &g, 0, &mut [], &mut rows).is_err());
+    assert!(quantize_phased_c4(&x, act, &g, 2, &mut vec![0; phased_c4_len(&g, 2) - 4], &mut rows).is_err());
 }

@@ -16,10 +16,11 @@
 //!
 //! The depth runs in `im2col_q8`'s c4 order (`Kc`: channels in quads, the
 //! pads meeting zero weights), so each packed step is a straight copy of
-//! the image's codes; the sums are those of the `(ci, ki, kj)` order. At
-//! stride 1 with output rows a multiple of 8 wide (`im2col_q8::c4_taps`)
-//! the GEMM reads those steps where they lie in the codes (`gemm_q8_taps`)
-//! and `col` is never written: the same sums, so the same bits.
+//! the image's codes; the sums are those of the `(ci, ki, kj)` order. With
+//! output rows a multiple of 8 wide (`im2col_q8::c4_taps`; at stride s the
+//! codes' columns split into s phases) the GEMM reads those steps where
+//! they lie in the codes (`gemm_q8_taps`) and `col` is never written: the
+//! same sums, so the same bits.
 //!
 //! The dense layer (kernel = whole input, HardNet's conv7) is
 //! `out^T[cout, n] = Wq[cout, K] * q(X)^T[K, n]`: the batch is the columns.
@@ -37,7 +38,8 @@ use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Taps, Q8Weights, gemm_q8, gemm_q8_t
 use crate::layers::conv2d::{Conv2d, Epilogue, for_each_tile, lanes, scatter_images, tiling};
 use crate::layers::prepared::Converted;
 use crate::ops::im2col_q8::{
-    c4_depth, c4_taps, gather_packed_c4, padded_c4_len, quantize_padded_c4, reorder_weights_c4,
+    C4Taps, c4_depth, c4_taps, gather_packed_c4, padded_c4_len, quantize_padded_c4, quantize_phased_c4,
+    reorder_weights_c4,
 };
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -68,9 +70,9 @@ pub struct Q8ConvWorkspace {
     scale: Vec<f32>,
     /// Dense layer: the packed `K x n` batch.
     dense: Vec<u8>,
-    /// `(halves, steps)` of `Q8Taps` for a whole tile when the GEMM reads
-    /// the codes in place (`im2col_q8::c4_taps`: stride 1, rows of 8k pixels).
-    taps: Option<(Vec<u32>, Vec<u32>)>,
+    /// How the GEMM reads a whole tile's codes in place, where it does
+    /// (`im2col_q8::c4_taps`: output rows of 8k pixels).
+    taps: Option<C4Taps>,
 }
 
 /// Largest input plane (pixels) on which a Winograd layer runs in bf16 in
@@ -116,8 +118,8 @@ impl Conv2d {
             Vec::new()
         } else {
             let cols = tile_imgs * p;
-            let (codes, packed) = match taps {
-                Some(_) => (tile_imgs * padded_c4_len(&self.win), 0),
+            let (codes, packed) = match &taps {
+                Some(t) => (tile_imgs * t.image_len, 0),
                 None => (padded_c4_len(&self.win), packed_b_len(c4_depth(&self.win), cols)),
             };
             lanes(n, shard_imgs, || Lane {
@@ -192,7 +194,7 @@ impl Conv2d {
             );
         }
         let (in_len, out_len) = (self.win.in_len(), cout * p);
-        let (cut, kc, clen) = ((ws.tile_imgs, ws.shard_imgs), c4_depth(&self.win), padded_c4_len(&self.win));
+        let (cut, kc) = ((ws.tile_imgs, ws.shard_imgs), c4_depth(&self.win));
         let taps = ws.taps.as_ref();
         for_each_tile(&ws.lanes, x, out, (in_len, out_len), cut, |lane: &mut Lane, xt, o_tile| {
             let tn = xt.len() / in_len;
@@ -200,12 +202,12 @@ impl Conv2d {
             // col[Kc, tn*P]: the tile's patch matrix (Kc: the c4 depth, `im2col_q8`),
             // read in place from the codes or gathered into packed panels.
             let mut gemm = |c: MatMut<'_>| match taps {
-                Some((halves, steps)) => {
-                    for (xi, codes) in xt.chunks_exact(in_len).zip(lane.codes.chunks_exact_mut(clen)) {
-                        quantize_padded_c4(xi, act, &self.win, codes, &mut lane.rows)?;
+                Some(t) => {
+                    for (xi, codes) in xt.chunks_exact(in_len).zip(lane.codes.chunks_exact_mut(t.image_len)) {
+                        quantize_phased_c4(xi, act, &self.win, t.phases, codes, &mut lane.rows)?;
                     }
-                    let b =
-                        Q8Taps { codes: &lane.codes[..tn * clen], halves: &halves[..2 * cols.div_ceil(PANEL)], steps };
+                    let codes = &lane.codes[..tn * t.image_len];
+                    let b = Q8Taps { codes, halves: &t.halves[..2 * cols.div_ceil(PANEL)], steps: &t.steps };
                     gemm_q8_taps(wq, b, cols, act.zero, q8out, c)
                 }
                 None => {

@@ -34,8 +34,15 @@ pub fn c4_depth(g: &Window) -> usize {
 
 /// Length of one image's c4 codes: `[cin / 4, ph, pw, 4]` (`padded_dims`).
 pub fn padded_c4_len(g: &Window) -> usize {
+    phased_c4_len(g, 1)
+}
+
+/// Length of one image's c4 codes with the columns split into `phases`:
+/// `[cin / 4, ph, phases, pw.div_ceil(phases), 4]`, padded column `c` at
+/// phase `c % phases`, position `c / phases` (1 phase: `padded_c4_len`).
+pub fn phased_c4_len(g: &Window, phases: usize) -> usize {
     let (ph, pw) = padded_dims(g);
-    g.cin.div_ceil(4) * ph * pw * 4
+    g.cin.div_ceil(4) * ph * phases * pw.div_ceil(phases) * 4
 }
 
 /// `dst[co, c4 depth]` = `w[co, (ci, ki, kj)]` (`[cout, K]` row-major) in the
@@ -65,21 +72,35 @@ pub fn reorder_weights_c4(w: &[f32], cout: usize, g: &Window, dst: &mut [f32]) -
 /// border of `act.zero` (`dst`: `padded_c4_len` bytes; padded channels hold
 /// `act.zero` too, met by zero weights). `rows`: scratch for 4 rows of codes (`4 * w`).
 pub fn quantize_padded_c4(x: &[f32], act: Q8Act, g: &Window, dst: &mut [u8], rows: &mut [u8]) -> Result<()> {
+    quantize_phased_c4(x, act, g, 1, dst, rows)
+}
+
+/// `quantize_padded_c4` with the columns split into `phases` (`phased_c4_len`):
+/// at stride `s`, `s` phases put the columns one output row reads at one tap
+/// side by side (`c4_taps`).
+pub fn quantize_phased_c4(
+    x: &[f32],
+    act: Q8Act,
+    g: &Window,
+    phases: usize,
+    dst: &mut [u8],
+    rows: &mut [u8],
+) -> Result<()> {
     let (ph, pw) = padded_dims(g);
-    if x.len() != g.in_len() || dst.len() != padded_c4_len(g) || rows.len() != 4 * g.w {
+    let need = if phases == 0 { 0 } else { phased_c4_len(g, phases) };
+    if phases == 0 || x.len() != g.in_len() || dst.len() != need || rows.len() != 4 * g.w {
         return Err(Error::Shape(format!(
-            "quantize_padded_c4: {} values (needs {}) into {} codes (needs {}), {} scratch (needs {})",
+            "quantize_phased_c4: {} values (needs {}) into {} codes (needs {need} in {phases} phases), {} scratch (needs {})",
             x.len(),
             g.in_len(),
             dst.len(),
-            padded_c4_len(g),
             rows.len(),
             4 * g.w
         )));
     }
     dst.fill(act.zero);
-    let (hw, w) = (g.h * g.w, g.w);
-    for (quad, plane) in dst.chunks_exact_mut(ph * pw * 4).enumerate() {
+    let (hw, w, pws) = (g.h * g.w, g.w, pw.div_ceil(phases));
+    for (quad, plane) in dst.chunks_exact_mut(ph * phases * pws * 4).enumerate() {
         let live = g.cin.saturating_sub(4 * quad).min(4);
         for r in 0..g.h {
             // Row r of the quad's channels as codes (the pads keep act.zero).
@@ -91,40 +112,72 @@ pub fn quantize_padded_c4(x: &[f32], act: Q8Act, g: &Window, dst: &mut [u8], row
                     codes.fill(act.zero);
                 }
             }
-            let at = ((g.pad.top + r) * pw + g.pad.left) * 4;
-            let out = &mut plane[at..at + 4 * w];
+            let out = &mut plane[(g.pad.top + r) * phases * pws * 4..(g.pad.top + r + 1) * phases * pws * 4];
             let (r0, rest) = rows.split_at(w);
             let (r1, rest) = rest.split_at(w);
             let (r2, r3) = rest.split_at(w);
+            let row = |r: &[u8], x0: usize| <[u8; PANEL]>::try_from(&r[x0..x0 + PANEL]).expect("16 codes");
             let mut x0 = 0;
-            while x0 + PANEL <= w {
-                let row = |r: &[u8]| <[u8; PANEL]>::try_from(&r[x0..x0 + PANEL]).expect("16 codes");
-                let quads = <&mut [u8; 4 * PANEL]>::try_from(&mut out[4 * x0..4 * (x0 + PANEL)]).expect("64 bytes");
-                interleave_step(quads, [&row(r0), &row(r1), &row(r2), &row(r3)]);
-                x0 += PANEL;
+            if phases == 1 {
+                let out = &mut out[g.pad.left * 4..(g.pad.left + w) * 4];
+                while x0 + PANEL <= w {
+                    let quads = <&mut [u8; 4 * PANEL]>::try_from(&mut out[4 * x0..4 * (x0 + PANEL)]).expect("64 bytes");
+                    interleave_step(quads, [&row(r0, x0), &row(r1, x0), &row(r2, x0), &row(r3, x0)]);
+                    x0 += PANEL;
+                }
+            } else {
+                // Interleave 16 pixels, then send each pixel's quad to its phase.
+                let mut quads = [0u8; 4 * PANEL];
+                while x0 + PANEL <= w {
+                    interleave_step(&mut quads, [&row(r0, x0), &row(r1, x0), &row(r2, x0), &row(r3, x0)]);
+                    for (i, q) in quads.chunks_exact(4).enumerate() {
+                        let c = g.pad.left + x0 + i;
+                        let at = (c % phases * pws + c / phases) * 4;
+                        out[at..at + 4].copy_from_slice(q);
+                    }
+                    x0 += PANEL;
+                }
             }
-            for (i, q) in out[4 * x0..].chunks_exact_mut(4).enumerate() {
-                let j = x0 + i;
-                q.copy_from_slice(&[r0[j], r1[j], r2[j], r3[j]]);
+            for j in x0..w {
+                let c = g.pad.left + j;
+                let at = (c % phases * pws + c / phases) * 4;
+                out[at..at + 4].copy_from_slice(&[r0[j], r1[j], r2[j], r3[j]]);
             }
         }
     }
     Ok(())
 }
 
-/// The offsets of `gemm::q8::Q8Taps` that read the patch matrix of `imgs`
-/// images in place from their c4 codes (`quantize_padded_c4`, image `i` at
-/// byte `i * padded_c4_len(g)`), or `None` where a half of 8 columns is not
-/// 32 consecutive bytes: stride above 1, or output rows not a multiple of 8
-/// wide. `(halves, steps)`: step 0 of output pixel `(oy, ox)` is padded
-/// pixel `(oy, ox)`; step `s` (channel quad `g4`, tap `(ki, kj)`) adds
-/// `((g4 * ph + ki) * pw + kj) * 4`, the origin `gather_packed_c4` copies from.
-pub fn c4_taps(g: &Window, imgs: usize) -> Option<(Vec<u32>, Vec<u32>)> {
-    if g.stride != 1 || !g.wo.is_multiple_of(8) || g.p() == 0 {
+/// How `gemm::q8::Q8Taps` reads the patch matrix of a tile of images in
+/// place from their phased c4 codes (`quantize_phased_c4` with `phases`
+/// phases, image `i` at byte `i * image_len`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct C4Taps {
+    /// The column phases of the codes: the stride.
+    pub phases: usize,
+    /// Bytes of one image's codes (`phased_c4_len`).
+    pub image_len: usize,
+    /// Byte offset of step 0 of each half of 8 columns (`Q8Taps::halves`).
+    pub halves: Vec<u32>,
+    /// Byte offset of each step from step 0 (`Q8Taps::steps`).
+    pub steps: Vec<u32>,
+}
+
+/// The in-place reading of the patch matrix of `imgs` images, or `None`
+/// where output rows are not a multiple of 8 pixels wide. With as many
+/// phases as the stride `s`, output pixel `(oy, ox)` at tap `(ki, kj)` reads
+/// padded pixel `(s oy + ki, s ox + kj)`: phase `kj % s`, position
+/// `ox + kj / s`, so 8 pixels of one output row are 32 consecutive bytes.
+/// Step 0 of `(oy, ox)` is at `(s oy * s * pws + ox) * 4` (`pws` positions
+/// per phase); step `s4` (channel quad `g4`, tap `(ki, kj)`) adds
+/// `(((g4 * ph + ki) * s + kj % s) * pws + kj / s) * 4`.
+pub fn c4_taps(g: &Window, imgs: usize) -> Option<C4Taps> {
+    if g.stride == 0 || !g.wo.is_multiple_of(8) || g.p() == 0 {
         return None;
     }
     let (ph, pw) = padded_dims(g);
-    let (p, len, taps) = (g.p(), padded_c4_len(g), g.kh * g.kw);
+    let (s, p, taps) = (g.stride, g.p(), g.kh * g.kw);
+    let (pws, len) = (pw.div_ceil(s), phased_c4_len(g, s));
     // Offsets are u32: refuse what would not fit (no model comes near).
     u32::try_from(imgs * len).ok()?;
     let cols = imgs * p;
@@ -133,16 +186,17 @@ pub fn c4_taps(g: &Window, imgs: usize) -> Option<(Vec<u32>, Vec<u32>)> {
             // A half past the columns (the last panel's) re-reads the last real one.
             let col = (8 * h).min(cols - 8);
             let (img, pix) = (col / p, col % p);
-            (img * len + (pix / g.wo * pw + pix % g.wo) * 4) as u32
+            (img * len + (s * (pix / g.wo) * s * pws + pix % g.wo) * 4) as u32
         })
         .collect();
     let steps = (0..c4_depth(g) / 4)
-        .map(|s| {
-            let (quad, tap) = (s / taps, s % taps);
-            (((quad * ph + tap / g.kw) * pw + tap % g.kw) * 4) as u32
+        .map(|st| {
+            let (quad, tap) = (st / taps, st % taps);
+            let (ki, kj) = (tap / g.kw, tap % g.kw);
+            ((((quad * ph + ki) * s + kj % s) * pws + kj / s) * 4) as u32
         })
         .collect();
-    Some((halves, steps))
+    Some(C4Taps { phases: s, image_len: len, halves, steps })
 }
 
 /// Writes image columns `col0 .. col0 + P` of the packed B (`packed`, laid
