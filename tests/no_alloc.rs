@@ -264,6 +264,37 @@ fn workload_allocations(arch: Arch, mode: Mode, loss: Option<LossKind>, batch: u
     allocations(|| w.step().unwrap())
 }
 
+/// A Winograd weight gradient whose workspace has two lanes, warmed up on
+/// one thread (so only lane 0 ever ran), then measured on two: the second
+/// thread's lane must already hold its scratch. Which thread takes which
+/// shard varies from step to step under load, so a lane sized on its first
+/// use allocated after warm-up.
+fn winograd_lane_allocations() -> usize {
+    use nhpatch::layers::winograd::Winograd;
+    let (cin, cout, side, n) = (16, 16, 8, 8);
+    let layer = Winograd::new(cin, cout, side, side).unwrap();
+    let (two, one) = (nhpatch::threads::pool(2).unwrap(), nhpatch::threads::pool(1).unwrap());
+    let mut ws = two.install(|| layer.workspace(n));
+    let mut rng = Rng::new(5);
+    let x: Vec<f32> = (0..n * cin * side * side).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let dout: Vec<f32> = (0..n * cout * side * side).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let mut dw = vec![0.0f32; cout * cin * 9];
+    let mut step = || layer.backward_weight(&mut dw, None, &x, &dout, n, &mut ws).unwrap();
+    one.install(|| {
+        step();
+        step();
+    });
+    two.install(|| {
+        ALLOCS.store(0, Ordering::SeqCst);
+        COUNTING.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            step();
+        }
+        COUNTING.store(false, Ordering::SeqCst);
+    });
+    ALLOCS.load(Ordering::SeqCst)
+}
+
 #[test]
 fn steps_after_warm_up_allocate_nothing() {
     // One test in this binary: the counter is global, so nothing else may run meanwhile.
@@ -299,8 +330,12 @@ fn steps_after_warm_up_allocate_nothing() {
             ("bench workload: hardnet pairs", workload_allocations(Arch::HardNetOriginal, Mode::Train, hardnet, 8)),
         ]
     });
+    let lanes = winograd_lane_allocations();
     let counts = [
-        vec![("a fresh worker's first GEMM", first)],
+        vec![
+            ("a fresh worker's first GEMM", first),
+            ("winograd weight gradient on a lane first used after warm-up", lanes),
+        ],
         counts,
         vec![
             ("unet through the C ABI", abi_allocations(Arch::Unet, "f32")),

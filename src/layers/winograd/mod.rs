@@ -161,7 +161,7 @@ pub(super) struct Lane {
     /// [XI][c][T]: their products with U.
     m: Vec<f32>,
     /// [XI][cout][cin]: the weight gradient in the transformed domain of one
-    /// shard (`backward_weight`; empty until its first call).
+    /// shard (`backward_weight`; every lane's sized by its first call).
     du: Vec<f32>,
 }
 
@@ -326,6 +326,11 @@ impl<T: Tiling> Workspace<T> {
         let (wlen, shards) = (cout * cin * 9, n.div_ceil(self.shard_imgs));
         if self.parts.dw.len() != shards * wlen {
             self.parts = GradParts { dw: vec![0.0; shards * wlen], db: vec![0.0; shards * cout] };
+            // Every lane's dU now, not when a thread first takes that lane:
+            // which thread runs which shard varies from step to step.
+            for lane in &self.lanes {
+                lane.lock().unwrap_or_else(|e| e.into_inner()).du = vec![0.0; T::XI * cout * cin];
+            }
         }
         run_weight_pass(geom, &mut self.parts, x, dout, (self.shard_imgs, self.group_imgs), &self.lanes)?;
         add_partials(dweight, &self.parts.dw);
@@ -596,10 +601,7 @@ fn run_weight_pass<T: WeightGrad>(
     inputs.zip(outputs).try_for_each(|((xs, ds), (dwp, dbp))| {
         let mut guard = lock_lane(lanes);
         let lane = &mut *guard;
-        if lane.du.len() != nxi * cout * cin {
-            // First weight pass on this lane: sized once.
-            lane.du = vec![0.0; nxi * cout * cin];
-        }
+        check_len("winograd weight-gradient scratch", lane.du.len(), nxi * cout * cin)?;
         let imgs = xs.len() / in_len;
         for g0 in (0..imgs).step_by(g) {
             let gn = g.min(imgs - g0);
