@@ -16,7 +16,11 @@
 //! run of output columns is one contiguous copy from the codes (stride s:
 //! every s-th quad), and `gather_packed_c4` writes the packed B with no
 //! byte shuffling. It writes the bytes `pack_b_codes` makes of the patch
-//! matrix in this order (tests/conv_q8.rs).
+//! matrix in this order (tests/conv_q8.rs). Faster still, where output
+//! rows are a multiple of 8 wide, nothing is copied: `quantize_phased_c4`
+//! splits the codes' columns into as many phases as the stride, so 8
+//! output pixels of a row at one tap are 32 consecutive bytes, and
+//! `c4_taps` gives the offsets at which `gemm::q8::gemm_q8_taps` reads them.
 
 use crate::error::{Error, Result};
 use crate::gemm::q8::{PANEL, Q8Act, interleave_step, packed_b_len};
