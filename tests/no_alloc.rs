@@ -58,6 +58,11 @@ static GLOBAL: Counting = Counting;
 fn allocations(mut step: impl FnMut()) -> usize {
     step();
     step();
+    counted(step)
+}
+
+/// The allocations of three runs of `step`.
+fn counted(mut step: impl FnMut()) -> usize {
     ALLOCS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
     for _ in 0..3 {
@@ -284,15 +289,7 @@ fn winograd_lane_allocations() -> usize {
         step();
         step();
     });
-    two.install(|| {
-        ALLOCS.store(0, Ordering::SeqCst);
-        COUNTING.store(true, Ordering::SeqCst);
-        for _ in 0..3 {
-            step();
-        }
-        COUNTING.store(false, Ordering::SeqCst);
-    });
-    ALLOCS.load(Ordering::SeqCst)
+    two.install(|| counted(step))
 }
 
 #[test]

@@ -393,22 +393,12 @@ pub fn gemm_q8_with(
             b.len()
         )));
     }
-    check_kernel(kernel)?;
-    if a.rows == 0 || n == 0 {
-        return Ok(());
-    }
     let kp = padded_depth(a.cols);
-    // No depth: every sum is 0 (and packed B holds no panels to walk).
-    if kernel == Q8Kernel::Naive || a.cols == 0 {
-        let qb = |p: usize, j: usize| b[(j / PANEL) * kp * PANEL + (p / 4) * 4 * PANEL + 4 * (j % PANEL) + p % 4];
-        naive(a, n, zero, &out, &mut c, qb);
-        return Ok(());
-    }
+    let qb = |p: usize, j: usize| b[(j / PANEL) * kp * PANEL + (p / 4) * 4 * PANEL + 4 * (j % PANEL) + p % 4];
     // SAFETY (closure): panel < n.div_ceil(PANEL), so its kp * 16 bytes lie inside `b` (length checked above).
     let panel = |panel: usize| Packed(unsafe { b.as_ptr().add(panel * kp * PANEL) });
     // SAFETY: `panel` gives kp / 4 readable steps of every panel of the n columns.
-    unsafe { run(tile_fn(kernel), a, n, zero, &out, &mut c, panel) };
-    Ok(())
+    unsafe { dispatch(kernel, a, (n, zero), &out, &mut c, qb, panel) }
 }
 
 /// B read in place from c4 codes (`ops::im2col_q8`) rather than packed: the
@@ -464,30 +454,50 @@ pub fn gemm_q8_taps_with(
             b.codes.len()
         )));
     }
-    check_kernel(kernel)?;
-    if a.rows == 0 || n == 0 {
-        return Ok(());
-    }
-    if kernel == Q8Kernel::Naive || a.cols == 0 {
-        let qb = |p: usize, j: usize| {
-            b.codes[b.halves[j / 8] as usize + b.steps[p / 4] as usize + 4 * (j % 8) + p % 4]
-        };
-        naive(a, n, zero, &out, &mut c, qb);
-        return Ok(());
-    }
+    let qb = |p: usize, j: usize| b.codes[b.halves[j / 8] as usize + b.steps[p / 4] as usize + 4 * (j % 8) + p % 4];
     let base = b.codes.as_ptr();
     // SAFETY (closure): `panel < n.div_ceil(16)`, so both halves exist, and every
     // half plus every step offset plus 32 bytes stays inside `codes` (checked above).
     let at = |h: usize| unsafe { base.add(b.halves[h] as usize) };
     let joined = b.halves.chunks_exact(2).all(|h| h[1] == h[0] + 2 * PANEL as u32);
     let offs = b.steps.as_ptr();
+    let c = &mut c;
     // SAFETY: every step of every panel is 32 readable bytes per half (see `at`).
     unsafe {
         if joined {
-            run(tile_fn(kernel), a, n, zero, &out, &mut c, |p| InPlace::<true> { lo: at(2 * p), hi: at(2 * p + 1), offs })
+            dispatch(kernel, a, (n, zero), &out, c, qb, |p| InPlace::<true> { lo: at(2 * p), hi: at(2 * p + 1), offs })
         } else {
-            run(tile_fn(kernel), a, n, zero, &out, &mut c, |p| InPlace::<false> { lo: at(2 * p), hi: at(2 * p + 1), offs })
+            dispatch(kernel, a, (n, zero), &out, c, qb, |p| InPlace::<false> { lo: at(2 * p), hi: at(2 * p + 1), offs })
         }
+    }
+}
+
+/// The rest of both entries once their B is checked: nothing for an empty
+/// C; for `Naive`, or no depth (every sum 0), the reference through
+/// `qb(p, j)`; otherwise every tile through `kernel`'s tile, B's panels
+/// found by `panel`.
+///
+/// # Safety
+/// As `run`: `panel(p)` gives `padded_depth(a.cols) / 4` readable steps for
+/// every panel `p < n.div_ceil(16)`.
+unsafe fn dispatch<B: Steps>(
+    kernel: Q8Kernel,
+    a: &Q8Weights,
+    (n, zero): (usize, u8),
+    out: &Q8Out<'_>,
+    c: &mut MatMut<'_>,
+    qb: impl Fn(usize, usize) -> u8,
+    panel: impl Fn(usize) -> B,
+) -> Result<()> {
+    check_kernel(kernel)?;
+    if a.rows == 0 || n == 0 {
+        return Ok(());
+    }
+    if kernel == Q8Kernel::Naive || a.cols == 0 {
+        naive(a, n, zero, out, c, qb);
+    } else {
+        // SAFETY: the caller's contract; the kernel is available (checked above).
+        unsafe { run(tile_fn(kernel), a, n, zero, out, c, panel) };
     }
     Ok(())
 }

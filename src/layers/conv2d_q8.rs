@@ -113,8 +113,9 @@ impl Conv2d {
         let (k, p, cout) = (self.win.k(), self.win.p(), self.spec.cout);
         let (tile_imgs, shard_imgs) = tiling(&self.win, n);
         let dense = self.is_dense();
-        let taps = if dense || !self.supports_q8() { None } else { c4_taps(&self.win, tile_imgs) };
-        let lanes = if dense || !self.supports_q8() {
+        let im2col = !dense && self.supports_q8();
+        let taps = if im2col { c4_taps(&self.win, tile_imgs) } else { None };
+        let lanes = if !im2col {
             Vec::new()
         } else {
             let cols = tile_imgs * p;
