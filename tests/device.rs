@@ -215,6 +215,34 @@ mod emulated {
         }
     }
 
+    /// The default recipe through `nhpatch run` on the device: its clean
+    /// start (a teacher epoch on clean patches, then the descriptor from
+    /// those weights) runs there as on the CPU.
+    #[test]
+    fn the_default_recipe_with_its_clean_start_runs_on_the_emulator() {
+        let d = dir("device-run");
+        // 16 patches a sequence: the emulator denoises and describes every patch at host-emulation speed.
+        let data = d.join("data");
+        ok(&["synth", "--out", s(&data), "--sequences", "4", "--patches", "16", "--seed", "7"]);
+        let out = d.join("run");
+        let mut args = vec!["run", "--dataset", s(&data), "--out", s(&out), "--device", "emu", "--threads", "1"];
+        args.extend(["--denoiser-epochs", "1", "--denoiser-items", "16", "--descriptor-epochs", "2"]);
+        args.extend(["--triplets", "12", "--batch", "8", "--seed", "4"]);
+        ok(&args);
+        let config = |stage: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(out.join(stage).join("config.json")).unwrap()).unwrap()
+        };
+        let (t, desc) = (config("teacher"), config("descriptor"));
+        assert_eq!((t["input"].as_str(), t["epochs"].as_u64()), (Some("clean"), Some(1)));
+        assert_eq!((desc["input"].as_str(), desc["epochs"].as_u64()), (Some("denoised"), Some(1)));
+        for stage in ["teacher", "descriptor"] {
+            let m = metrics(&out.join(stage));
+            assert_eq!(m.len(), 1, "{stage}");
+            assert!(m[0]["train_loss"].as_f64().unwrap().is_finite(), "{stage}: {:?}", m[0]);
+        }
+        assert!(out.join("results.json").is_file());
+    }
+
     #[test]
     fn inference_and_bench_on_the_emulator() {
         let d = dir("device-infer");

@@ -6,6 +6,8 @@
 //! in its descriptor or joint stage resumes to the uninterrupted run's
 //! weights and scores; the command line runs exactly what the library runs;
 //! distillation trains its clean-patch teacher first and is reproducible;
+//! the hardnet recipes' clean start is distillation at weight 0 without the
+//! teacher's pass, needs two descriptor epochs and can be turned off;
 //! bad combinations fail cleanly.
 
 mod common;
@@ -86,7 +88,7 @@ fn every_recipe_runs_and_records_its_settings() {
     let d = dir("recipes");
     let data = dataset(&d);
     for r in Recipe::ALL {
-        let recipe = r.name();
+        let (recipe, clean_start) = (r.name(), r.clean_start());
         let out = d.join(recipe);
         let lines = small_run(&data, &out, r, 2);
         assert!(lines.iter().any(|l| l.contains(&format!("recipe {recipe}"))), "{lines:?}");
@@ -128,9 +130,25 @@ fn every_recipe_runs_and_records_its_settings() {
             );
             assert!(out.join("joint/denoiser/model.safetensors").is_file());
         } else {
-            assert_eq!(desc["epochs"], 2, "{recipe}");
             assert!(!joint.exists(), "{recipe} ran a joint stage");
         }
+        // The hardnet recipes' clean start: the first of the 2 descriptor epochs on the clean
+        // patches, on the first half of one schedule; the descriptor continues from it.
+        let teacher = out.join("teacher/config.json");
+        if clean_start {
+            let t = json(&teacher);
+            assert_eq!((t["input"].as_str(), t["epochs"].as_u64()), (Some("clean"), Some(1)), "{recipe}");
+            assert_eq!(desc["epochs"], 1, "{recipe}");
+            assert_eq!(
+                (t["lr_span"].clone(), desc["lr_span"].clone()),
+                (serde_json::json!([0, 2]), serde_json::json!([1, 2]))
+            );
+            assert!(report.contains("\"teacher\": {"), "{recipe}: the teacher's settings are not in the report");
+        } else {
+            assert!(!teacher.exists(), "{recipe} trained a teacher");
+            assert_eq!(desc["epochs"], if recipe == "joint" { 1 } else { 2 }, "{recipe}");
+        }
+        assert_eq!(clean_start, !matches!(recipe, "seed" | "joint"), "{recipe}");
     }
 }
 
@@ -215,6 +233,12 @@ fn distillation_trains_a_clean_teacher_first_and_is_reproducible() {
     assert_eq!(student(&a), student(&one), "distillation differs between 1 and 2 threads");
     assert_eq!(bytes(a.join("teacher/model.safetensors")), bytes(zero.join("teacher/model.safetensors")));
     assert_ne!(student(&a), student(&zero), "the distillation term did not change the student");
+    // The hardnet recipe's clean start is weight 0 without the teacher's pass over each batch: the same bytes.
+    let start = d.join("start");
+    run_lib(&small_config(&data, &start, Recipe::Hardnet, 2)).unwrap();
+    assert!(json(&start.join("descriptor/config.json")).get("distill_weight").is_none());
+    assert_eq!(bytes(start.join("teacher/model.safetensors")), bytes(zero.join("teacher/model.safetensors")));
+    assert_eq!(student(&start), student(&zero), "the clean start is not distillation at weight 0");
     // Resuming a finished run redoes nothing.
     let mut resume = small_config(&data, &a, Recipe::Hardnet, 2);
     (resume.descriptor_overrides.distill_weight, resume.resume) = (Some(1.0), true);
@@ -295,10 +319,45 @@ fn perceptual_term_trains_the_denoiser_through_a_clean_teacher() {
     assert!(e.contains("perceptual weight"), "{e}");
 }
 
+#[test]
+fn the_clean_start_needs_two_descriptor_epochs_and_can_be_turned_off() {
+    let d = dir("clean-start");
+    let data = dataset(&d);
+    let bytes = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let run = |name: &str, set: &dyn Fn(&mut RunConfig)| {
+        let out = d.join(name);
+        let mut cfg = small_config(&data, &out, Recipe::Hardnet, 2);
+        set(&mut cfg);
+        run_lib(&cfg).unwrap_or_else(|e| panic!("{name}: {e}"));
+        out
+    };
+    // Turned off: both descriptor epochs on the denoised patches, no teacher.
+    let off = run("off", &|c| c.clean_start = Some(false));
+    assert!(!off.join("teacher").exists());
+    assert_eq!(json(&off.join("descriptor/config.json"))["epochs"], 2);
+    let cli = d.join("cli");
+    ok(&[&small_args(&data, &cli, "hardnet", "2")[..], &["--clean-start", "false"]].concat());
+    let student = |out: &Path| bytes(out.join("descriptor/model.safetensors"));
+    assert_eq!(student(&cli), student(&off), "CLI and library differ");
+    // One descriptor epoch leaves no room for it: the recipe's default trains without, a request fails.
+    let one = run("one", &|c| c.descriptor_overrides.epochs = Some(1));
+    assert!(!one.join("teacher").exists());
+    assert_eq!(json(&one.join("descriptor/config.json"))["epochs"], 1);
+    let bad = d.join("bad");
+    let base = ["run", "--dataset", s(&data), "--out", s(&bad)];
+    let e = fails(&[&base[..], &["--clean-start", "true", "--descriptor-epochs", "1"]].concat());
+    assert!(e.contains("--clean-start") && e.contains("at least 2"), "{e}");
+    let e = fails(&[&base[..], &["--recipe", "joint", "--clean-start", "true"]].concat());
+    assert!(e.contains("--clean-start"), "{e}");
+    let e = fails(&[&base[..], &["--clean-start", "maybe"]].concat());
+    assert!(e.contains("maybe"), "{e}");
+    assert!(!bad.exists(), "a refused run wrote its folder");
+}
+
 /// The weights of every model a finished run wrote, and its `results.json`
 /// without the timings.
 fn outcome(out: &Path) -> Vec<Vec<u8>> {
-    let mut files: Vec<Vec<u8>> = ["denoiser", "descriptor", "joint/denoiser", "joint/descriptor"]
+    let mut files: Vec<Vec<u8>> = ["denoiser", "teacher", "descriptor", "joint/denoiser", "joint/descriptor"]
         .iter()
         .map(|m| out.join(m).join("model.safetensors"))
         .filter(|p| p.exists())
@@ -333,8 +392,9 @@ fn a_run_killed_in_its_descriptor_or_joint_stage_resumes_to_the_same_results() {
     let d = dir("recipes-kill");
     let data = dataset(&d);
     // (recipe, the stage folder the kill lands in, that stage's epochs): 4
-    // descriptor epochs in all, of which the joint recipe trains the last 3 end to end.
-    for (r, stage, epochs) in [(Recipe::Hardnet, "descriptor", 4), (Recipe::Joint, "joint/descriptor", 3)] {
+    // descriptor epochs in all, of which the hardnet recipe trains the first on
+    // clean patches and the joint recipe the last 3 end to end.
+    for (r, stage, epochs) in [(Recipe::Hardnet, "descriptor", 3), (Recipe::Joint, "joint/descriptor", 3)] {
         let recipe = r.name();
         let (full, cut) = (d.join(format!("{recipe}-full")), d.join(format!("{recipe}-cut")));
         run_lib(&long_config(&data, &full, r)).unwrap();

@@ -100,7 +100,13 @@ pub struct RunArgs {
     /// of its clean twin; the descriptor starts from the teacher, as with --distill-weight.
     #[arg(long)]
     pub perceptual_weight: Option<f32>,
-    /// With --distill-weight or --perceptual-weight: descriptor epochs spent on the teacher.
+    /// The descriptor's clean start (true/false; default: the recipe's, on for the
+    /// hardnet recipes when the descriptor has at least 2 epochs): the first
+    /// --teacher-epochs train it on the clean patches, the rest continue from
+    /// those weights on the denoised ones. --distill-weight 0 without the teacher's pass per batch.
+    #[arg(long)]
+    pub clean_start: Option<bool>,
+    /// With the clean start, --distill-weight or --perceptual-weight: descriptor epochs spent on the teacher.
     #[arg(long, default_value_t = TEACHER_EPOCHS)]
     pub teacher_epochs: u64,
     /// Flips and 90-degree rotations of each descriptor training tuple (true/false; default: the recipe's).
@@ -179,6 +185,7 @@ impl RunArgs {
             joint_epochs: self.joint_epochs,
             denoise_weight: self.denoise_weight,
             teacher_epochs: self.teacher_epochs,
+            clean_start: self.clean_start,
             seed: self.seed,
             resume: self.resume,
             threads: self.threads,

@@ -46,10 +46,8 @@ fn params_hash(net: &Network) -> u64 {
 /// at `path`, reused when it is up to date. Sequence i of the result is `seqs[i]`.
 pub fn denoised_pack(data: &PackedDataset, seqs: &[usize], denoiser: &Network, path: &Path) -> Result<PackedDataset> {
     let train = seqs;
-    let fingerprint = data.fingerprint() ^ params_hash(denoiser).rotate_left(17) ^ train.len() as u64;
-    if let Ok(p) = PackedDataset::open(path)
-        && p.fingerprint() == fingerprint
-    {
+    let fingerprint = pack_fingerprint(data, seqs, denoiser);
+    if let Some(p) = current_pack(path, fingerprint) {
         return Ok(p);
     }
     let seqs: Vec<(String, usize)> =
@@ -68,6 +66,19 @@ pub fn denoised_pack(data: &PackedDataset, seqs: &[usize], denoiser: &Network, p
     }
     w.finish()?;
     PackedDataset::open(path)
+}
+
+fn pack_fingerprint(data: &PackedDataset, seqs: &[usize], denoiser: &Network) -> u64 {
+    data.fingerprint() ^ params_hash(denoiser).rotate_left(17) ^ seqs.len() as u64
+}
+
+fn current_pack(path: &Path, fingerprint: u64) -> Option<PackedDataset> {
+    PackedDataset::open(path).ok().filter(|p| p.fingerprint() == fingerprint)
+}
+
+/// Whether [`denoised_pack`] would reuse the pack at `path` as it is.
+pub fn denoised_pack_is_current(data: &PackedDataset, seqs: &[usize], denoiser: &Network, path: &Path) -> bool {
+    current_pack(path, pack_fingerprint(data, seqs, denoiser)).is_some()
 }
 
 /// Draws one batch of K-tuples into `x` laid out [K][n][1024]; returns (items, last).

@@ -86,10 +86,15 @@ pub struct RunConfig {
     pub joint_epochs: u64,
     /// Joint recipe: weight of the denoising (L1) loss beside the descriptor loss.
     pub denoise_weight: f64,
-    /// With a distillation weight in `descriptor_overrides` or a perceptual
-    /// weight in `denoiser_overrides`: descriptor epochs spent first on the
-    /// clean-patch teacher (the student starts from it and gets the rest).
+    /// With a clean start, a distillation weight in `descriptor_overrides`
+    /// or a perceptual weight in `denoiser_overrides`: descriptor epochs
+    /// spent first on the clean-patch teacher (the student starts from it
+    /// and gets the rest).
     pub teacher_epochs: u64,
+    /// The descriptor's clean start ([`Recipe::clean_start`]): `None` the
+    /// recipe's (dropped, with a notice, when the descriptor has fewer than 2
+    /// epochs), `Some(true)` always (an error without room for it), `Some(false)` never.
+    pub clean_start: Option<bool>,
     /// Seed of the denoiser stage; the descriptor uses `seed + 1` (a stage's own override wins).
     pub seed: Option<u64>,
     /// Continue an interrupted run in `out`.
@@ -119,6 +124,7 @@ impl RunConfig {
             joint_epochs: JOINT_EPOCHS,
             denoise_weight: DENOISE_WEIGHT,
             teacher_epochs: TEACHER_EPOCHS,
+            clean_start: None,
             seed: None,
             resume: false,
             threads: 0,
@@ -199,6 +205,11 @@ pub fn run(cfg: &RunConfig, observer: SharedObserver) -> Result<RunSummary> {
     if cfg.recipe == Recipe::Joint && cfg.descriptor_overrides.distill_weight.is_some() {
         return Err(Error::InvalidArgument(
             "--recipe joint trains without a clean-patch teacher: drop --distill-weight".into(),
+        ));
+    }
+    if cfg.recipe == Recipe::Joint && cfg.clean_start == Some(true) {
+        return Err(Error::InvalidArgument(
+            "--recipe joint trains without a clean-patch teacher: drop --clean-start".into(),
         ));
     }
     if cfg.recipe == Recipe::Joint && cfg.denoiser_overrides.perceptual_weight.is_some() {
@@ -291,8 +302,10 @@ fn pipeline(
     let mut desc_cfg = descriptor_config(cfg, desc_arch, input)?;
     let den_stage_cfg = den_arch.map(|arch| denoiser_config(cfg, arch, ds.train_patches())).transpose()?;
     let perceptual = den_stage_cfg.as_ref().is_some_and(|c| c.perceptual_weight.is_some());
-    let with_teacher = perceptual || desc_cfg.distill_weight.is_some();
-    if with_teacher {
+    // The distillation and perceptual terms run the teacher inside every step, on the CPU;
+    // the clean start only trains it first and starts from it, on any device.
+    let teacher_in_step = perceptual || desc_cfg.distill_weight.is_some();
+    if teacher_in_step {
         teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
         if !cfg.device.is_cpu() {
             return Err(Error::InvalidArgument(
@@ -301,6 +314,24 @@ fn pipeline(
             ));
         }
     }
+    let clean_start = match cfg.clean_start {
+        Some(true) => {
+            teacher_configs(&desc_cfg, cfg.teacher_epochs)
+                .map_err(|e| Error::InvalidArgument(format!("--clean-start true: {e}")))?;
+            true
+        }
+        Some(false) => false,
+        None if !cfg.recipe.clean_start() => false,
+        None if desc_cfg.epochs < 2 => {
+            observer.event(&Event::Notice(&format!(
+                "one descriptor epoch: recipe {} trains it without its clean start (which needs at least 2)",
+                cfg.recipe.name()
+            )));
+            false
+        }
+        None => true,
+    };
+    let with_teacher = teacher_in_step || clean_start;
 
     // With the perceptual term the teacher trains first (on clean patches, so
     // no denoiser is needed; its per-epoch validation scores the noisy ones):
@@ -330,7 +361,7 @@ fn pipeline(
         (den_cfg, den, den_metrics) = (Some(c), Some(net), trained.metrics);
     }
 
-    let t = Instant::now();
+    let mut t = Instant::now();
     let (separate, joint_epochs) = cfg.recipe.split_epochs(desc_cfg.epochs, cfg.joint_epochs);
     if joint_epochs > 0 {
         // One learning-rate schedule over the separate and the joint epochs, as if they were one run.
@@ -338,6 +369,7 @@ fn pipeline(
     }
     desc_cfg.epochs = separate;
     let desc_dir = out.join("descriptor");
+    let mut teacher_cfg = None;
     let trained = if with_teacher {
         // The first epochs of the budget train a teacher on the clean patches
         // (already done for the perceptual term); the student starts from it
@@ -345,12 +377,20 @@ fn pipeline(
         // Trained here, the teacher's per-epoch validation, as the student's,
         // scores the denoised validation patches.
         let (tcfg, scfg) = teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
+        teacher_cfg = Some(tcfg.clone());
         let teacher = match teacher {
             Some(t) => t,
             None => {
                 let teacher_dir = out.join("teacher");
+                info(&format!(
+                    "clean-patch teacher ({}): descriptor epochs 1-{} of {} on the clean patches; the rest continue from its weights",
+                    teacher_dir.display(),
+                    tcfg.epochs,
+                    tcfg.epochs + scfg.epochs,
+                ));
                 let teacher = train_descriptor(&tcfg, &ds, den.as_ref(), &teacher_dir, &opts)?;
                 timings.push(("teacher training (clean patches)", t.elapsed().as_secs_f64()));
+                t = Instant::now();
                 // The student's stage reuses the denoised patches (the pack checks its fingerprint when opened).
                 let pack = teacher_dir.join("denoised.pack");
                 if pack.is_file() {
@@ -443,6 +483,7 @@ fn pipeline(
         "recipe": cfg.recipe.name(),
         "preset": cfg.preset.name(),
         "denoiser": den_cfg,
+        "teacher": teacher_cfg,
         "descriptor": desc_cfg,
         "joint": joint_cfgs.as_ref().map(|(d, n)| serde_json::json!({ "descriptor": d, "denoiser": n })),
         "validation": {

@@ -140,7 +140,7 @@ fn descriptor_stage(
         Some(d) => {
             let path = out.join("denoised.pack");
             let seqs: Vec<usize> = ds.train.iter().chain(&ds.val).copied().collect();
-            if run.is_root() {
+            if run.is_root() && !descriptor::denoised_pack_is_current(&ds.data, &seqs, d, &path) {
                 let note = format!("denoising the dataset's patches once (cached in {})", path.display());
                 run.observer().event(&Event::Notice(&note));
                 descriptor::denoised_pack(&ds.data, &seqs, d, &path)?;
