@@ -65,12 +65,12 @@ fn small_args<'a>(data: &'a Path, out: &'a Path, recipe: &'a str, threads: &'a s
     ]
 }
 
-/// Runs `cfg` through the library; returns its summary and the report lines it sent to the observer.
+/// Runs `cfg` through the library; returns its summary and the report and notice lines it sent to the observer.
 fn run_lib(cfg: &RunConfig) -> nhpatch::Result<(RunSummary, Vec<String>)> {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let log = lines.clone();
     let observer = move |e: &Event<'_>| {
-        if let Event::Info(line) = e {
+        if let Event::Info(line) | Event::Notice(line) = e {
             log.lock().unwrap().push(line.to_string());
         }
     };
@@ -144,6 +144,9 @@ fn every_recipe_runs_and_records_its_settings() {
                 (serde_json::json!([0, 2]), serde_json::json!([1, 2]))
             );
             assert!(report.contains("\"teacher\": {"), "{recipe}: the teacher's settings are not in the report");
+            // The report's descriptor epochs count the teacher's first.
+            assert!(report.contains("Epochs 1-1 trained the clean-patch teacher"), "{recipe}");
+            assert!(report.contains("\n| 1 | ") && report.contains("\n| 2 | "), "{recipe}: {report}");
         } else {
             assert!(!teacher.exists(), "{recipe} trained a teacher");
             assert_eq!(desc["epochs"], if recipe == "joint" { 1 } else { 2 }, "{recipe}");
@@ -403,7 +406,11 @@ fn a_run_killed_in_its_descriptor_or_joint_stage_resumes_to_the_same_results() {
         assert!(!cut.join("results.json").exists(), "{recipe}: the killed run wrote results");
         let mut resume = long_config(&data, &cut, r);
         resume.resume = true;
-        run_lib(&resume).unwrap();
+        let lines = run_lib(&resume).unwrap().1;
+        if r == Recipe::Hardnet {
+            // The teacher, finished, and the student share the pack of denoised patches: nothing is denoised again.
+            assert!(!lines.iter().any(|l| l.contains("denoising the dataset's patches")), "{lines:?}");
+        }
         assert!(outcome(&full) == outcome(&cut), "{recipe}: the resumed run differs from the uninterrupted one");
     }
 }

@@ -214,6 +214,7 @@ fn doc_fixture<'a>(den: &'a [EpochMetrics], desc: &'a [EpochMetrics]) -> Results
         eval_tables: "task  mAP\nverification 0.8149",
         denoiser: den,
         descriptor: desc,
+        descriptor_note: "Epochs 1-1 trained the clean-patch teacher",
         images: &[
             ("denoise.png", "Noisy, denoised and clean patches"),
             ("curves.svg", "mAP and losses against epochs"),
@@ -237,6 +238,7 @@ fn results_md_contents() {
     ));
     assert!(md.contains("```\ntask  mAP\nverification 0.8149\n```"));
     assert!(md.contains("| 1 | 12.3456 | 11.9877 | 9.8 | 812 |\n| 2 | 10.5000 | - | 9.8 | 812 |\n"));
+    assert!(md.contains("## Descriptor training\n\nEpochs 1-1 trained the clean-patch teacher\n\n|"));
     assert!(md.contains("| 1 | 0.9100 | 0.9500 | 9.8 | 812 | 0.69 | 0.10 | 0.34 |\n"));
     assert!(md.contains("| 2 | 0.8000 | 0.8500 | 9.8 | 812 | - | - | - |\n"));
     assert!(md.contains("![Noisy, denoised and clean patches](<denoise.png>)"));
@@ -253,6 +255,7 @@ fn results_md_without_evaluation_or_epochs() {
     doc.final_map = None;
     doc.eval_tables = "";
     doc.config_json = "{\"note\": \"```\"}";
+    doc.descriptor_note = " ";
     let dir = tmp_dir("md-empty");
     let path = dir.join("results.md");
     write_results_md(&path, &doc).unwrap();
@@ -260,6 +263,7 @@ fn results_md_without_evaluation_or_epochs() {
     assert!(!md.contains("| Verification |"));
     assert!(md.contains("No final evaluation was run."));
     assert_eq!(md.matches("No epochs recorded.").count(), 2);
+    assert!(md.contains("## Descriptor training\n\nNo epochs recorded."), "a blank note adds nothing");
     assert!(md.contains("````json\n{\"note\": \"```\"}\n````"), "the fence outgrows backticks inside");
     assert!(write_results_md(&dir.join("missing/results.md"), &doc).is_err());
     fs::remove_dir_all(&dir).unwrap();

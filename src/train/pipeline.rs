@@ -337,10 +337,11 @@ fn pipeline(
     // no denoiser is needed; its per-epoch validation scores the noisy ones):
     // the denoiser trains through it.
     let t = Instant::now();
-    let mut teacher = None;
+    let (mut teacher, mut teacher_metrics) = (None, Vec::new());
     if perceptual {
         let (tcfg, _) = teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
-        teacher = Some(train_descriptor(&tcfg, &ds, None, &out.join("teacher"), &opts)?.network);
+        let trained = train_descriptor(&tcfg, &ds, None, &out.join("teacher"), &opts)?;
+        (teacher, teacher_metrics) = (Some(trained.network), trained.metrics);
         timings.push(("teacher training (clean patches)", t.elapsed().as_secs_f64()));
     }
 
@@ -388,16 +389,21 @@ fn pipeline(
                     tcfg.epochs,
                     tcfg.epochs + scfg.epochs,
                 ));
+                // The two stages share one pack of denoised patches (it checks its fingerprint
+                // when opened): a resumed run hands the student's back to the teacher first.
+                let (pack, student_pack) = (teacher_dir.join("denoised.pack"), desc_dir.join("denoised.pack"));
+                if cfg.resume && student_pack.is_file() && !pack.exists() {
+                    std::fs::create_dir_all(&teacher_dir).map_err(|e| io_err(&teacher_dir, e))?;
+                    std::fs::rename(&student_pack, &pack).map_err(|e| io_err(&pack, e))?;
+                }
                 let teacher = train_descriptor(&tcfg, &ds, den.as_ref(), &teacher_dir, &opts)?;
                 timings.push(("teacher training (clean patches)", t.elapsed().as_secs_f64()));
                 t = Instant::now();
-                // The student's stage reuses the denoised patches (the pack checks its fingerprint when opened).
-                let pack = teacher_dir.join("denoised.pack");
                 if pack.is_file() {
                     std::fs::create_dir_all(&desc_dir).map_err(|e| io_err(&desc_dir, e))?;
-                    let to = desc_dir.join("denoised.pack");
-                    std::fs::rename(&pack, &to).map_err(|e| io_err(&to, e))?;
+                    std::fs::rename(&pack, &student_pack).map_err(|e| io_err(&student_pack, e))?;
                 }
+                teacher_metrics = teacher.metrics;
                 teacher.network
             }
         };
@@ -408,6 +414,12 @@ fn pipeline(
     };
     let (mut descriptor, mut desc_metrics) = (trained.network, trained.metrics);
     timings.push(("descriptor training (incl. per-epoch evaluation)", t.elapsed().as_secs_f64()));
+    // The report counts the descriptor's epochs from the teacher's, which are its first.
+    let teacher_epochs = teacher_metrics.len() as u64;
+    for m in &mut desc_metrics {
+        m.epoch += teacher_epochs;
+    }
+    desc_metrics.splice(0..0, teacher_metrics);
 
     // Evaluation input: the noisy test patches, through the denoiser (cached in a pack) when there is one.
     let mut joint_cfgs = None;
@@ -505,6 +517,12 @@ fn pipeline(
     timings.push(("total", t_start.elapsed().as_secs_f64()));
     let text = results.text();
     let val_names: Vec<&str> = ds.val.iter().map(|&i| ds.data.sequences()[i].name.as_str()).collect();
+    let descriptor_note = match teacher_epochs {
+        0 => String::new(),
+        e => format!(
+            "Epochs 1-{e} trained the clean-patch teacher on the clean patches (teacher/); the rest continued from its weights."
+        ),
+    };
     let validation = if val_names.is_empty() {
         String::new()
     } else {
@@ -522,6 +540,7 @@ fn pipeline(
         eval_tables: &text,
         denoiser: &den_metrics,
         descriptor: &desc_metrics,
+        descriptor_note: &descriptor_note,
         images: &images,
         timings: &timings[..timings.len() - 1],
     };

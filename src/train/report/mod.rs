@@ -35,6 +35,8 @@ pub struct ResultsDoc<'a> {
     pub eval_tables: &'a str,
     pub denoiser: &'a [EpochMetrics],
     pub descriptor: &'a [EpochMetrics],
+    /// A line above the descriptor's epochs (what trained them), or empty.
+    pub descriptor_note: &'a str,
     /// (file name relative to `results.md`, caption).
     pub images: &'a [(&'a str, &'a str)],
     /// (stage, seconds).
@@ -80,6 +82,9 @@ pub fn results_md(doc: &ResultsDoc) -> String {
     s.push_str("## Denoiser training\n\n");
     epoch_table(&mut s, doc.denoiser, false);
     s.push_str("## Descriptor training\n\n");
+    if !doc.descriptor_note.trim().is_empty() {
+        let _ = writeln!(s, "{}\n", one_line(doc.descriptor_note));
+    }
     epoch_table(&mut s, doc.descriptor, true);
 
     if !doc.images.is_empty() {
