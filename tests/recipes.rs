@@ -354,6 +354,11 @@ fn the_clean_start_needs_two_descriptor_epochs_and_can_be_turned_off() {
     assert!(e.contains("--clean-start"), "{e}");
     let e = fails(&[&base[..], &["--clean-start", "maybe"]].concat());
     assert!(e.contains("maybe"), "{e}");
+    // The teacher takes 1 to epochs - 1 of the descriptor epochs, checked before anything trains.
+    for t in ["0", "2"] {
+        let e = fails(&[&base[..], &["--descriptor-epochs", "2", "--teacher-epochs", t]].concat());
+        assert!(e.contains(&format!("--teacher-epochs {t}")) && e.contains("1 to 1 of the 2"), "{e}");
+    }
     assert!(!bad.exists(), "a refused run wrote its folder");
 }
 

@@ -332,6 +332,9 @@ fn pipeline(
         None => true,
     };
     let with_teacher = teacher_in_step || clean_start;
+    if with_teacher {
+        teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
+    }
 
     // With the perceptual term the teacher trains first (on clean patches, so
     // no denoiser is needed; its per-epoch validation scores the noisy ones):

@@ -176,20 +176,27 @@ impl std::str::FromStr for Recipe {
     }
 }
 
-/// Settings of the clean-patch teacher of a distilled descriptor whose
-/// settings are `desc` (epochs: all of the descriptor budget): the same
-/// network, loss and optimizer on the clean patches, for the first `epochs`
-/// of the budget (at least one, and one left to the student), on the first
-/// part of one learning-rate schedule spanning both; the student gets the
-/// rest of the epochs and of the schedule. Returns (teacher, student).
+/// Settings of the clean-patch teacher of a descriptor whose settings are
+/// `desc` (epochs: all of the descriptor budget), for the clean start and
+/// distillation: the same network, loss and optimizer on the clean patches,
+/// for the first `epochs` of the budget (at least one, and at least one left
+/// to the student: anything else is an error), on the first part of one
+/// learning-rate schedule spanning both; the student gets the rest of the
+/// epochs and of the schedule. Returns (teacher, student).
 pub fn teacher_configs(desc: &TrainConfig, epochs: u64) -> Result<(TrainConfig, TrainConfig)> {
     let total = desc.epochs;
     if total < 2 {
         return Err(Error::InvalidArgument(format!(
-            "distillation spends the descriptor epochs on a clean-patch teacher and its student: needs at least 2, got {total}"
+            "a clean-patch teacher and its student share the descriptor epochs: needs at least 2, got {total}"
         )));
     }
-    let first = epochs.clamp(1, total - 1);
+    if epochs == 0 || epochs >= total {
+        return Err(Error::InvalidArgument(format!(
+            "--teacher-epochs {epochs}: the clean-patch teacher takes 1 to {} of the {total} descriptor epochs (the rest train the descriptor)",
+            total - 1
+        )));
+    }
+    let first = epochs;
     let mut t = desc.clone();
     t.input = InputKind::Clean;
     t.distill_weight = None;
