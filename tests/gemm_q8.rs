@@ -10,7 +10,7 @@ use nhpatch::gemm::q8::{
     B_MAX, MAX_K, PANEL, Q8Act, Q8Kernel, Q8Out, Q8Weights, best_q8_kernel, gemm_q8_with, interleave_step, pack_b,
     pack_b_codes, packed_b_len, padded_depth,
 };
-use nhpatch::gemm::{MatMut, MatRef};
+use nhpatch::gemm::{Kernel, MatMut, MatRef};
 use nhpatch::rng::Rng;
 
 fn rand(rng: &mut Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
@@ -240,6 +240,14 @@ fn activation_and_weight_quantizers_are_exact_where_they_must_be() {
         .collect();
     let mut codes = vec![0xAA; xs.len()];
     a.quantize_slice(&xs, &mut codes);
+    // Every vector width gives the same codes, on every length (vector loops, their tails).
+    for &kernel in Kernel::ALL.iter().filter(|k| k.is_available()) {
+        for len in [0, 1, 7, 8, 15, 16, 31, 32, 63, 64, 65, 200, xs.len()] {
+            let mut other = vec![0xAA; len];
+            a.quantize_slice_with(kernel, &xs[xs.len() - len..], &mut other).unwrap();
+            assert_eq!(other, codes[xs.len() - len..], "{kernel:?}, {len} values");
+        }
+    }
     for (x, c) in xs.iter().zip(&codes) {
         assert_eq!(*c, a.quantize(*x), "{x}");
         // Round half up of x / scale + zero, clamped (the reference formula).

@@ -129,27 +129,57 @@ pub fn quantize_phased_c4(
                     interleave_step(quads, [&row(r0, x0), &row(r1, x0), &row(r2, x0), &row(r3, x0)]);
                     x0 += PANEL;
                 }
+                for j in x0..w {
+                    out[j * 4..j * 4 + 4].copy_from_slice(&[r0[j], r1[j], r2[j], r3[j]]);
+                }
             } else {
-                // Interleave 16 pixels, then send each pixel's quad to its phase.
+                // Interleave 16 pixels, then send each pixel's quad to its phase. Padded
+                // column c lands at (phase c % phases, position c / phases), counted
+                // along the row rather than divided per pixel.
                 let mut quads = [0u8; 4 * PANEL];
+                let mut at = PhaseCursor::at(g.pad.left, phases, pws);
                 while x0 + PANEL <= w {
                     interleave_step(&mut quads, [&row(r0, x0), &row(r1, x0), &row(r2, x0), &row(r3, x0)]);
-                    for (i, q) in quads.chunks_exact(4).enumerate() {
-                        let c = g.pad.left + x0 + i;
-                        let at = (c % phases * pws + c / phases) * 4;
-                        out[at..at + 4].copy_from_slice(q);
+                    for q in quads.chunks_exact(4) {
+                        let o = at.next();
+                        out[o..o + 4].copy_from_slice(q);
                     }
                     x0 += PANEL;
                 }
-            }
-            for j in x0..w {
-                let c = g.pad.left + j;
-                let at = (c % phases * pws + c / phases) * 4;
-                out[at..at + 4].copy_from_slice(&[r0[j], r1[j], r2[j], r3[j]]);
+                for j in x0..w {
+                    let o = at.next();
+                    out[o..o + 4].copy_from_slice(&[r0[j], r1[j], r2[j], r3[j]]);
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Byte offsets of successive padded columns of one row of phased c4 codes:
+/// column c at `(c % phases * pws + c / phases) * 4`.
+struct PhaseCursor {
+    phase: usize,
+    pos: usize,
+    phases: usize,
+    pws: usize,
+}
+
+impl PhaseCursor {
+    fn at(c: usize, phases: usize, pws: usize) -> PhaseCursor {
+        PhaseCursor { phase: c % phases, pos: c / phases, phases, pws }
+    }
+
+    /// The offset of the current column; moves to the next.
+    #[inline(always)]
+    fn next(&mut self) -> usize {
+        let o = (self.phase * self.pws + self.pos) * 4;
+        self.phase += 1;
+        if self.phase == self.phases {
+            (self.phase, self.pos) = (0, self.pos + 1);
+        }
+        o
+    }
 }
 
 /// How `gemm::q8::Q8Taps` reads the patch matrix of a tile of images in
