@@ -95,8 +95,8 @@ impl Recipe {
     /// continue from those weights on the patches the descriptor will see.
     /// It is `--distill-weight 0` without the teacher's pass over each
     /// batch: the three-seed validation mean at the full budget was at least
-    /// the plain recipe's on both photo benchmarks, and ahead on the
-    /// synthetic one (README, "Recipes on photographs"). A run of fewer than
+    /// the plain recipe's on both photo benchmarks, and one seed was ahead on
+    /// the synthetic one (README, "Recipes on photographs"). A run of fewer than
     /// two descriptor epochs has no room for it and trains without.
     pub fn clean_start(self) -> bool {
         matches!(self, Recipe::Hardnet | Recipe::HardnetDncnn | Recipe::HardnetNoisy)
