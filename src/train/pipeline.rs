@@ -305,22 +305,8 @@ fn pipeline(
     // The distillation and perceptual terms run the teacher inside every step, on the CPU;
     // the clean start only trains it first and starts from it, on any device.
     let teacher_in_step = perceptual || desc_cfg.distill_weight.is_some();
-    if teacher_in_step {
-        teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
-        if !cfg.device.is_cpu() {
-            return Err(Error::InvalidArgument(
-                "a clean-patch teacher trains on the CPU: drop --distill-weight and --perceptual-weight, or --device"
-                    .into(),
-            ));
-        }
-    }
     let clean_start = match cfg.clean_start {
-        Some(true) => {
-            teacher_configs(&desc_cfg, cfg.teacher_epochs)
-                .map_err(|e| Error::InvalidArgument(format!("--clean-start true: {e}")))?;
-            true
-        }
-        Some(false) => false,
+        Some(on) => on,
         None if !cfg.recipe.clean_start() => false,
         None if desc_cfg.epochs < 2 => {
             observer.event(&Event::Notice(&format!(
@@ -331,9 +317,21 @@ fn pipeline(
         }
         None => true,
     };
-    let with_teacher = teacher_in_step || clean_start;
-    if with_teacher {
-        teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
+    // The descriptor budget split between the teacher and the descriptor, once. (No
+    // teacher runs with the joint recipe, so the split of its epochs below leaves these.)
+    let split = if teacher_in_step || clean_start {
+        Some(teacher_configs(&desc_cfg, cfg.teacher_epochs).map_err(|e| match cfg.clean_start {
+            Some(true) => Error::InvalidArgument(format!("--clean-start true: {e}")),
+            _ => e,
+        })?)
+    } else {
+        None
+    };
+    if teacher_in_step && !cfg.device.is_cpu() {
+        return Err(Error::InvalidArgument(
+            "a clean-patch teacher trains on the CPU: drop --distill-weight and --perceptual-weight, or --device"
+                .into(),
+        ));
     }
 
     // With the perceptual term the teacher trains first (on clean patches, so
@@ -341,9 +339,8 @@ fn pipeline(
     // the denoiser trains through it.
     let t = Instant::now();
     let (mut teacher, mut teacher_metrics) = (None, Vec::new());
-    if perceptual {
-        let (tcfg, _) = teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
-        let trained = train_descriptor(&tcfg, &ds, None, &out.join("teacher"), &opts)?;
+    if let (true, Some((tcfg, _))) = (perceptual, &split) {
+        let trained = train_descriptor(tcfg, &ds, None, &out.join("teacher"), &opts)?;
         (teacher, teacher_metrics) = (Some(trained.network), trained.metrics);
         timings.push(("teacher training (clean patches)", t.elapsed().as_secs_f64()));
     }
@@ -374,14 +371,12 @@ fn pipeline(
     desc_cfg.epochs = separate;
     let desc_dir = out.join("descriptor");
     let mut teacher_cfg = None;
-    let trained = if with_teacher {
+    let trained = if let Some((tcfg, scfg)) = split {
         // The first epochs of the budget train a teacher on the clean patches
         // (already done for the perceptual term); the student starts from it
         // and, with a distillation weight, distills it on the denoised patches.
         // Trained here, the teacher's per-epoch validation, as the student's,
         // scores the denoised validation patches.
-        let (tcfg, scfg) = teacher_configs(&desc_cfg, cfg.teacher_epochs)?;
-        teacher_cfg = Some(tcfg.clone());
         let teacher = match teacher {
             Some(t) => t,
             None => {
@@ -410,7 +405,7 @@ fn pipeline(
                 teacher.network
             }
         };
-        desc_cfg = scfg;
+        (desc_cfg, teacher_cfg) = (scfg, Some(tcfg));
         train_descriptor_from_teacher(&desc_cfg, &ds, den.as_ref(), &teacher, &desc_dir, &opts)?
     } else {
         train_descriptor(&desc_cfg, &ds, den.as_ref(), &desc_dir, &opts)?
