@@ -5,7 +5,7 @@
 #     instrumentation from stable codegen flags, into its own target directory
 #     (fuzz/target-ci), so the plain build in fuzz/target stays valid;
 #  2. builds the seed generator (examples/make_seeds.rs) with the same flags;
-#  3. replays every committed file under fuzz/seeds/ and fuzz/corpus/ through
+#  3. replays every committed file under fuzz/seeds/, fuzz/regressions/ and fuzz/corpus/ through
 #     every target (libFuzzer runs file arguments once each);
 #  4. fuzzes each reader target for FUZZ_SECONDS (default 20), then gemm and
 #     conv for FUZZ_KERNEL_SECONDS (default 10), one target at a time, one
@@ -132,15 +132,17 @@ run_libfuzzer() {
     [ "$rc" = 0 ] || report_failure "$target" "$rc" "$log" "$artifacts"
 }
 
-# Every committed input of every target: the seeds and any committed corpus
-# file (plus new seeds not yet committed; never the ignored local corpus).
+# Every committed input of every target: the seeds, the regressions (inputs
+# that once crashed, replayed but never mutated: a large one would slow the
+# fuzzing down) and any committed corpus file (plus new ones not yet
+# committed; never the ignored local corpus).
 committed=()
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     while IFS= read -r -d '' f; do
         if [ -f "$f" ]; then committed+=("$f"); fi
-    done < <(git ls-files -z --cached --others --exclude-standard -- fuzz/seeds fuzz/corpus)
+    done < <(git ls-files -z --cached --others --exclude-standard -- fuzz/seeds fuzz/regressions fuzz/corpus)
 else
-    while IFS= read -r -d '' f; do committed+=("$f"); done < <(find fuzz/seeds -type f -print0 | sort -z)
+    while IFS= read -r -d '' f; do committed+=("$f"); done < <(find fuzz/seeds fuzz/regressions -type f -print0 | sort -z)
 fi
 [ "${#committed[@]}" -gt 0 ] || die "no committed seed files found under fuzz/seeds"
 

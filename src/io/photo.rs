@@ -6,6 +6,11 @@
 //! luma (the JPEG's own Y channel, which is BT.601 gray) in strict mode (a
 //! truncated or damaged file is an error, not a grey fill), with the declared
 //! size checked before any pixel buffer exists. Every error names the file.
+//!
+//! zune-jpeg is third-party code fed untrusted bytes: a panic inside it (an
+//! arithmetic overflow on a crafted DC coefficient in a build with overflow
+//! checks, for one) is caught at this boundary and becomes the same
+//! "corrupt JPEG data" error, so a bad photograph never takes the process down.
 
 use super::io_err;
 use super::png::{self, GrayImage};
@@ -62,13 +67,15 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<GrayImage> {
         .set_max_height(MAX_SIDE)
         .set_strict_mode(true);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    decoder.decode_headers().map_err(|e| format_err(path, format!("not a readable JPEG: {e:?}")))?;
+    contain_panic(path, "not a readable JPEG", || decoder.decode_headers())?
+        .map_err(|e| format_err(path, format!("not a readable JPEG: {e:?}")))?;
     let info = decoder.info().ok_or_else(|| format_err(path, "not a readable JPEG: no frame header"))?;
     let (width, height) = (info.width as usize, info.height as usize);
     if width * height > MAX_PIXELS {
         return Err(format_err(path, format!("a {width}x{height} image is too large (limit {MAX_PIXELS} px)")));
     }
-    let pixels = decoder.decode().map_err(|e| format_err(path, format!("corrupt JPEG data: {e:?}")))?;
+    let pixels = contain_panic(path, "corrupt JPEG data", || decoder.decode())?
+        .map_err(|e| format_err(path, format!("corrupt JPEG data: {e:?}")))?;
     if pixels.len() != width * height {
         return Err(format_err(
             path,
@@ -94,6 +101,20 @@ pub fn list(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     Ok(found)
 }
 
+/// Runs one call into the decoder, turning a panic inside it into a format
+/// error naming the file. The decoder is dropped right after a failed call, so
+/// the state a panic may leave half-written is never read again.
+fn contain_panic<T>(path: &Path, what: &str, call: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).map_err(|payload| {
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the decoder failed".to_string());
+        format_err(path, format!("{what}: {why}"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +125,25 @@ mod tests {
         assert!(err.contains("cat.jpg") && err.contains("not a photograph"), "{err}");
         let err = decode_gray(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J'], Path::new("cut.jpg")).unwrap_err().to_string();
         assert!(err.contains("cut.jpg") && err.contains("JPEG"), "{err}");
+    }
+
+    /// A crafted DC coefficient overflows an i32 multiply inside zune-jpeg
+    /// (found by the photo fuzz target). With overflow checks (the dev profile
+    /// `cargo test` uses) that is a panic in the decoder, which must come back
+    /// as an error naming the file; without them the decoder wraps, and any
+    /// image it accepts must still be whole.
+    #[test]
+    fn a_panic_inside_the_jpeg_decoder_is_an_error_naming_the_file() {
+        let bytes = include_bytes!("../../fuzz/regressions/photo/zune-dc-overflow.jpg");
+        match decode_gray(bytes, Path::new("crafted.jpg")) {
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains("crafted.jpg") && e.contains("JPEG"), "{e}");
+            }
+            Ok(img) => {
+                assert!(!cfg!(debug_assertions), "the overflow went unnoticed with overflow checks on");
+                assert_eq!(img.pixels.len(), img.width * img.height);
+            }
+        }
     }
 }
