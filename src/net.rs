@@ -45,7 +45,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Accel, Device};
 use crate::models::quant::{Calibration, Int8Layers, METADATA_KEY, Precision};
-use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};
+use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, WeightsKey, Workspace};
 use crate::weights::{self, Tensor, WeightsFile};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -241,6 +241,11 @@ pub struct Network {
     /// `stale` when `params_mut` may have changed the parameters since the upload.
     accel: Option<Mutex<Accel>>,
     stale: AtomicBool,
+    /// The state of `params` the kept workspaces are vouched for
+    /// (`Workspace::vouch_weights`): `params_mut`, the only way to change
+    /// them, advances it, so the weights prepared for the kernels are
+    /// reused without comparing the parameters on every call.
+    params_version: u64,
     /// The arithmetic of CPU inference (`set_precision`).
     precision: Precision,
     /// int8 input quantizations (`calibrate`, or read from the weights file).
@@ -334,6 +339,7 @@ impl Network {
             pool: RwLock::new(None),
             accel: None,
             stale: AtomicBool::new(false),
+            params_version: 0,
             precision: Precision::F32,
             calibration: None,
         }
@@ -439,6 +445,7 @@ impl Network {
     }
     pub fn params_mut(&mut self) -> &mut [f32] {
         self.stale.store(true, Ordering::Relaxed);
+        self.params_version += 1;
         &mut self.params
     }
 
@@ -611,6 +618,7 @@ impl Network {
             }
         };
         let Kept { ws, pad, .. } = &mut k;
+        ws.vouch_weights(Some(WeightsKey(self.params_version)));
         let y = match x {
             Patches::F32(x) if b == size => self.model.forward_eval(ws, &self.params, x)?,
             _ => {

@@ -8,7 +8,7 @@
 use nhpatch::Error;
 use nhpatch::gemm::q8::{
     B_MAX, MAX_K, PANEL, Q8Act, Q8Kernel, Q8Out, Q8Weights, best_q8_kernel, gemm_q8_with, interleave_step, pack_b,
-    pack_b_codes, packed_b_len, padded_depth,
+    pack_b_codes, pack_bt, packed_b_len, padded_depth,
 };
 use nhpatch::gemm::{Kernel, MatMut, MatRef};
 use nhpatch::rng::Rng;
@@ -210,6 +210,28 @@ fn packing_follows_the_documented_layout() {
         let want = if p < k && j < n { act.quantize(bf[p * n + j]) } else { 0 };
         assert_eq!(code, want, "byte {byte} (p {p}, j {j})");
     }
+}
+
+/// `pack_bt` (B given as its transpose, the dense layer's batch) quantizes a
+/// run of each column at a time and scatters its quads: the bytes of `pack_b`
+/// on the same matrix, for depths around the 4-value step and the 256-value
+/// run, over a buffer full of garbage.
+#[test]
+fn pack_bt_gives_the_bytes_of_pack_b() {
+    let mut rng = Rng::new(4);
+    let act = Q8Act::from_range(-0.7, 1.3).unwrap();
+    for k in [1, 3, 4, 5, 255, 256, 257, 258, 515, 1024] {
+        for n in [1, 15, 16, 17, 40] {
+            let bt = rand(&mut rng, k * n, -1.0, 1.5);
+            let mut want = vec![0x5A; packed_b_len(k, n)];
+            pack_b(MatRef::row_major(&bt, n, k).unwrap().t(), act, &mut want).unwrap();
+            let mut got = vec![0xA5; packed_b_len(k, n)];
+            pack_bt(&bt, k, n, act, &mut got).unwrap();
+            assert_eq!(got, want, "k {k} n {n}");
+        }
+    }
+    assert!(pack_bt(&[], 0, 5, act, &mut []).is_ok());
+    assert!(matches!(pack_bt(&[0.0; 11], 3, 4, act, &mut vec![0; packed_b_len(3, 4)]), Err(Error::Shape(_))));
 }
 
 #[test]

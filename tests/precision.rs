@@ -111,6 +111,34 @@ fn bf16_tracks_f32_needs_no_calibration_and_has_the_same_bits_for_any_threads_an
     }
 }
 
+/// A network vouches for its parameters to its kept workspaces, which then
+/// reuse the weights prepared for their kernels (Winograd transforms, int8 and
+/// bf16 weights) without comparing the parameters; `params_mut` must make
+/// every kept workspace prepare them again. Reference: the same network after
+/// `release_workspaces`, whose new workspaces prepare from scratch.
+#[test]
+fn weights_changed_through_params_mut_are_prepared_again_in_every_precision() {
+    let x = patches(5, 31);
+    for arch in ARCHS {
+        let mut net = Network::init(arch, 8).unwrap();
+        net.calibrate_layers(&patches(32, 32), Int8Layers::All).unwrap();
+        for precision in Precision::ALL {
+            net.set_precision(precision).unwrap();
+            // Two sizes of kept workspace, each run twice (vouched on the second call).
+            let before: Vec<_> =
+                (0..2).flat_map(|_| [1, 5]).map(|b| net.forward(&x[..b * PATCH_LEN]).unwrap()).collect();
+            net.params_mut().iter_mut().enumerate().for_each(|(i, w)| *w *= 1.0 + (i % 7) as f32 / 8.0);
+            let got: Vec<_> = [1, 5].map(|b| net.forward(&x[..b * PATCH_LEN]).unwrap()).to_vec();
+            net.release_workspaces();
+            let want: Vec<_> = [1, 5].map(|b| net.forward(&x[..b * PATCH_LEN]).unwrap()).to_vec();
+            for (i, b) in [1, 5].into_iter().enumerate() {
+                assert!(same_bits(&got[i], &want[i]), "{arch} {precision:?} batch {b}: stale prepared weights");
+                assert!(!same_bits(&got[i], &before[i]), "{arch} {precision:?} batch {b}: the change did nothing");
+            }
+        }
+    }
+}
+
 #[test]
 fn the_calibration_is_stored_and_reloaded_bit_for_bit() {
     let d = dir("precision-store");
@@ -162,10 +190,11 @@ fn the_calibration_chooses_the_int8_layers_and_the_file_keeps_the_choice() {
     let x = patches(6, 32);
     let covered = |net: &Network| -> Vec<usize> { net.calibration().unwrap().iter().map(|(b, _)| b).collect() };
     // (arch, all, keep-winograd): blocks are numbered conv1.. in model order.
-    // The U-Net's: every convolution but its first (one input channel) and its direct output layer.
+    // HardNet's: every convolution but the first (one input channel), the dense conv7 included.
+    // The U-Net's: every convolution but its first and its direct output layer.
     let want: [(Arch, Option<Vec<usize>>, Vec<usize>); 4] = [
-        (Arch::HardNetOriginal, Some((2..=6).collect()), vec![3, 5, 6]),
-        (Arch::HardNetBaseline, Some((2..=6).collect()), vec![3, 5, 6]),
+        (Arch::HardNetOriginal, Some((2..=7).collect()), vec![3, 5, 6, 7]),
+        (Arch::HardNetBaseline, Some((2..=7).collect()), vec![3, 5, 6, 7]),
         (Arch::Dncnn, Some((2..=16).collect()), vec![]),
         (Arch::Unet, None, vec![3]),
     ];
@@ -198,6 +227,36 @@ fn the_calibration_chooses_the_int8_layers_and_the_file_keeps_the_choice() {
         assert!(same_bits(&back.forward(&x).unwrap(), &q_all), "{arch}: reloaded");
     }
     assert!(matches!("some".parse::<Int8Layers>(), Err(Error::InvalidArgument(_))));
+}
+
+/// A file calibrated before HardNet's dense conv7 could run in int8 covers
+/// conv2 to conv6: it loads and runs as calibrated, conv7 in f32, next to
+/// the same weights calibrated now (conv7 in int8).
+#[test]
+fn a_calibration_without_the_dense_layer_keeps_it_in_f32() {
+    use nhpatch::models::quant::{Calibration, METADATA_KEY};
+    let d = dir("precision-old-calibration");
+    let x = patches(6, 41);
+    let mut net = Network::init(Arch::HardNetOriginal, 6).unwrap();
+    net.calibrate_layers(&patches(24, 42), Int8Layers::All).unwrap();
+    net.set_precision(Precision::Int8).unwrap();
+    let now = net.forward(&x).unwrap();
+    let mut file = net.to_file();
+    let mut old = Calibration::default();
+    net.calibration().unwrap().iter().filter(|&(b, _)| b != 7).for_each(|(b, a)| old.insert(b, a));
+    file.metadata.insert(METADATA_KEY.into(), old.to_metadata());
+    let path = d.join("old.safetensors");
+    nhpatch::weights::save(&path, &file).unwrap();
+    let mut back = Network::load(&path, LoadOptions::default()).unwrap();
+    assert_eq!(back.calibration().unwrap().iter().map(|(b, _)| b).collect::<Vec<_>>(), (2..=6).collect::<Vec<_>>());
+    back.set_precision(Precision::Int8).unwrap();
+    let got = back.forward(&x).unwrap();
+    assert!(!same_bits(&got, &now), "conv7 ran in int8 without a calibration for it");
+    // conv2..conv6 alike; conv7 in f32 against int8: unit descriptors, close but not equal.
+    for (i, (a, b)) in got.chunks(128).zip(now.chunks(128)).enumerate() {
+        let cos: f32 = a.iter().zip(b).map(|(p, q)| p * q).sum();
+        assert!(cos > 0.999, "patch {i}: cosine {cos}");
+    }
 }
 
 #[test]

@@ -150,9 +150,9 @@ pub struct CalibrateArgs {
     #[arg(long)]
     output: PathBuf,
     /// Convolutions to run in int8: auto (those faster in int8 on this CPU:
-    /// all with AVX-512 VNNI, else keep-winograd), all (all but the first and
-    /// output layers) or keep-winograd (all but those and the Winograd layers
-    /// on planes above 8x8).
+    /// all with AVX-512 VNNI, else keep-winograd), all (all but the first
+    /// layers and the denoisers' output layers) or keep-winograd (all but
+    /// those and the Winograd layers on planes above 8x8).
     #[arg(long, default_value = "auto")]
     int8_layers: Int8Layers,
     /// Worker threads (0: all cores).

@@ -368,16 +368,27 @@ pub fn pack_bt(bt: &[f32], k: usize, n: usize, act: Q8Act, dst: &mut [u8]) -> Re
         )));
     }
     let kp = padded_depth(k);
-    let (inv, zero) = (1.0 / act.scale, act.zero as f32);
+    // A column's codes, a run at a time at the widest vectors
+    // (`quantize_slice`), then each quad to its step (zero past k).
+    const RUN: usize = 256;
+    let mut q = [0u8; RUN];
     for (j, col) in bt.chunks_exact(k.max(1)).take(n).enumerate() {
         let base = (j / PANEL) * kp * PANEL + 4 * (j % PANEL);
-        for s in 0..kp / 4 {
-            let at = base + s * 4 * PANEL;
-            for t in 0..4 {
-                let p = 4 * s + t;
-                dst[at + t] = if p < k { code(col[p], inv, zero) } else { 0 };
+        for (r, vals) in col.chunks(RUN).enumerate() {
+            let q = &mut q[..vals.len().next_multiple_of(4)];
+            let (codes, pad) = q.split_at_mut(vals.len());
+            act.quantize_slice(vals, codes);
+            pad.fill(0);
+            for (i, quad) in q.chunks_exact(4).enumerate() {
+                let at = base + (r * RUN / 4 + i) * 4 * PANEL;
+                dst[at..at + 4].copy_from_slice(quad);
             }
         }
+    }
+    // The last panel's padding columns: 0, as `pack_b` leaves them.
+    for j in n..n.next_multiple_of(PANEL) {
+        let base = (j / PANEL) * kp * PANEL + 4 * (j % PANEL);
+        (0..kp / 4).for_each(|s| dst[base + s * 4 * PANEL..][..4].fill(0));
     }
     Ok(())
 }

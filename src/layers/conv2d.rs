@@ -52,6 +52,7 @@
 use crate::error::{Error, Result, check_len, check_len_of};
 use crate::gemm::{MatMut, MatRef, gemm, gemm_dot};
 use crate::layers::conv2d_direct;
+use crate::layers::prepared::WeightsKey;
 use crate::layers::winograd::{
     Winograd, Winograd4, Winograd4Workspace, WinogradS2, WinogradS2Workspace, WinogradWorkspace,
 };
@@ -100,6 +101,14 @@ impl WinogradPlan {
             WinogradPlan::F2(w) => WinogradScratch::F2(w.workspace(n)),
             WinogradPlan::F4(w) => WinogradScratch::F4(w.workspace(n)),
             WinogradPlan::S2(w) => WinogradScratch::S2(w.workspace(n)),
+        }
+    }
+
+    fn vouch_weights(ws: &mut WinogradScratch, key: Option<WeightsKey>) {
+        match ws {
+            WinogradScratch::F2(w) => w.vouch_weights(key),
+            WinogradScratch::F4(w) => w.vouch_weights(key),
+            WinogradScratch::S2(w) => w.vouch_weights(key),
         }
     }
 
@@ -213,11 +222,20 @@ pub struct ConvWorkspace {
     /// `forward_fused` that needs it).
     wino_train: Option<WinogradScratch>,
     wino_infer: Option<WinogradScratch>,
+    /// Who vouches for the weights of inference calls (`vouch_weights`).
+    weights_key: Option<WeightsKey>,
 }
 
 impl ConvWorkspace {
     fn shards(&self) -> usize {
         self.n.div_ceil(self.shard_imgs)
+    }
+
+    /// Vouches for the weights of later inference calls (`layers::prepared`):
+    /// the Winograd weight transform is then reused without comparing the
+    /// weights while `key` stays the key it was made under.
+    pub fn vouch_weights(&mut self, key: Option<WeightsKey>) {
+        self.weights_key = key;
     }
 }
 
@@ -317,7 +335,18 @@ impl Conv2d {
             lanes(n, shard_imgs, || Lane { col: vec![0.0; self.win.k() * cols], tmp: vec![0.0; tmp] })
         };
         let (dw_part, db_part, wino_infer) = (Vec::new(), Vec::new(), None);
-        ConvWorkspace { n, layer: *self, shard_imgs, tile_imgs, lanes, dw_part, db_part, wino_train, wino_infer }
+        ConvWorkspace {
+            n,
+            layer: *self,
+            shard_imgs,
+            tile_imgs,
+            lanes,
+            dw_part,
+            db_part,
+            wino_train,
+            wino_infer,
+            weights_key: None,
+        }
     }
 
     fn check_call(&self, n: usize, x: usize, out: usize, weight: usize, ws: &ConvWorkspace) -> Result<()> {
@@ -417,10 +446,13 @@ impl Conv2d {
             Some(plan @ (WinogradPlan::F4(_) | WinogradPlan::S2(_))) => {
                 // First inference call with this workspace: sized once, reused after.
                 let wws = ws.wino_infer.get_or_insert_with(|| plan.workspace(n));
+                WinogradPlan::vouch_weights(wws, ws.weights_key);
                 return plan.forward_fused(out, x, weight, epi, n, wws);
             }
             Some(plan) => {
                 if let Some(wws) = ws.wino_train.as_mut() {
+                    // Training's forward too: the key is only ever set on inference workspaces.
+                    WinogradPlan::vouch_weights(wws, ws.weights_key);
                     return plan.forward_fused(out, x, weight, epi, n, wws);
                 }
             }

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::gemm::bf16::{Bf16Weights, PANEL, gemm_bf16, pack_b, pack_bt, packed_b_len};
 use crate::gemm::{MatMut, MatRef};
 use crate::layers::conv2d::{Conv2d, Epilogue, for_each_tile, lanes, scatter_images, tiling};
-use crate::layers::prepared::Converted;
+use crate::layers::prepared::{Converted, WeightsKey};
 use crate::ops::im2col::im2col;
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -49,6 +49,15 @@ pub struct Bf16ConvWorkspace {
     weights: Converted<Bf16Weights>,
     /// Dense layer: the packed `K x n` batch.
     dense: Vec<u16>,
+}
+
+impl Bf16ConvWorkspace {
+    /// Vouches for the weights of later calls (`layers::prepared`): the
+    /// converted weights are then reused without comparing the f32 weights
+    /// while `key` stays the key they were converted under.
+    pub fn vouch_weights(&mut self, key: Option<WeightsKey>) {
+        self.weights.vouch(key);
+    }
 }
 
 impl Conv2d {

@@ -36,7 +36,7 @@ use crate::gemm::MatMut;
 use crate::gemm::MatRef;
 use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Taps, Q8Weights, gemm_q8, gemm_q8_taps, pack_bt, packed_b_len};
 use crate::layers::conv2d::{Conv2d, Epilogue, for_each_tile, lanes, scatter_images, tiling};
-use crate::layers::prepared::Converted;
+use crate::layers::prepared::{Converted, WeightsKey};
 use crate::ops::im2col_q8::{
     C4Taps, c4_depth, c4_taps, gather_packed_c4, padded_c4_len, quantize_padded_c4, quantize_phased_c4,
     reorder_weights_c4,
@@ -80,6 +80,15 @@ pub struct Q8ConvWorkspace {
 /// `Int8Layers::KeepWinograd` (`models::quant`): 8x8.
 pub const LOW_PRECISION_WINOGRAD_MAX_PLANE: usize = 64;
 
+impl Q8ConvWorkspace {
+    /// Vouches for the weights of later calls (`layers::prepared`): the
+    /// converted weights are then reused without comparing the f32 weights
+    /// while `key` stays the key they were converted under.
+    pub fn vouch_weights(&mut self, key: Option<WeightsKey>) {
+        self.weights.vouch(key);
+    }
+}
+
 impl Conv2d {
     /// Whether `forward_q8` can run this layer: all but the direct
     /// single-output layers (the denoisers' last layers, whose output is
@@ -89,13 +98,16 @@ impl Conv2d {
     }
 
     /// Whether a model may run this layer in int8 (a calibration may cover
-    /// it): where `forward_q8` can, except a model's first and output
-    /// layers, the usual exceptions of int8 CNNs (the most sensitive to
-    /// rounding, a sliver of the cost): in these models the layers reading
-    /// the one-channel patch (`cin == 1`) and the dense layer that makes
-    /// HardNet's descriptor (the denoisers' output layers are direct).
+    /// it): where `forward_q8` can, except a model's first layers, the
+    /// layers reading the one-channel patch (`cin == 1`: the most sensitive
+    /// to rounding, a sliver of the cost). The denoisers' output layers are
+    /// direct (`supports_q8`). HardNet's dense conv7, which makes the
+    /// descriptor, is a candidate: in int8 it moved no task's mAP by more
+    /// than 0.0002 on the validation sequences (README, Reduced precision),
+    /// and in f32 it was a tenth of int8 HardNet's time for 3% of its
+    /// multiply-adds.
     pub fn q8_candidate(&self) -> bool {
-        self.supports_q8() && self.spec.cin > 1 && !self.is_dense()
+        self.supports_q8() && self.spec.cin > 1
     }
 
     /// Whether f32 inference does not run this layer through a stride-1
@@ -181,18 +193,18 @@ impl Conv2d {
             return Ok(());
         }
         if dense {
-            // out^T[cout, n] = Wq[cout, K] * q(X)^T[K, n], whole panels of images per thread.
-            pack_bt(x, k, n, act, &mut ws.dense)?;
+            // out^T[cout, n] = Wq[cout, K] * q(X)^T[K, n], whole panels of
+            // images per thread, each packing its own.
             let threads = rayon::current_num_threads();
             let part = n.div_ceil(threads).div_ceil(PANEL) * PANEL;
             let panel_bytes = packed_b_len(k, PANEL);
-            return ws.dense.par_chunks(part / PANEL * panel_bytes).zip(out.par_chunks_mut(part * cout)).try_for_each(
-                |(b, o)| {
-                    let imgs = o.len() / cout;
-                    let c = MatMut::row_major(o, imgs, cout)?.t();
-                    gemm_q8(wq, b, imgs, act.zero, q8out, c)
-                },
-            );
+            let parts = ws.dense.par_chunks_mut(part / PANEL * panel_bytes).zip(x.par_chunks(part * k));
+            return parts.zip(out.par_chunks_mut(part * cout)).try_for_each(|((b, xs), o)| {
+                let imgs = o.len() / cout;
+                pack_bt(xs, k, imgs, act, b)?;
+                let c = MatMut::row_major(o, imgs, cout)?.t();
+                gemm_q8(wq, b, imgs, act.zero, q8out, c)
+            });
         }
         let (in_len, out_len) = (self.win.in_len(), cout * p);
         let (cut, kc) = ((ws.tile_imgs, ws.shard_imgs), c4_depth(&self.win));

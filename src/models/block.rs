@@ -29,6 +29,7 @@ use crate::layers::batchnorm::{self, Activation, BatchNormConfig};
 use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvPass, ConvWorkspace, Epilogue};
 use crate::layers::conv2d_bf16::Bf16ConvWorkspace;
 use crate::layers::conv2d_q8::Q8ConvWorkspace;
+use crate::layers::prepared::WeightsKey;
 use crate::layers::relu;
 use crate::params::ParamLayout;
 use crate::rng::Rng;
@@ -77,6 +78,14 @@ pub(crate) struct BlockState {
     conv: ConvWorkspace,
     /// Reduced-precision inference (`set_low`); `None` runs f32.
     low: Option<LowConv>,
+    /// Who vouches for the weights of eval forwards (`Workspace::vouch_weights`).
+    weights_key: Option<WeightsKey>,
+}
+
+impl BlockState {
+    pub(crate) fn vouch_weights(&mut self, key: Option<WeightsKey>) {
+        self.weights_key = key;
+    }
 }
 
 /// How an eval forward runs a block's convolution below f32.
@@ -233,6 +242,7 @@ impl Block {
             bn_sync: vec![0.0; self.bn.as_ref().map_or(0, |(cfg, _)| batchnorm::sync_len(cfg))],
             conv: self.conv.workspace_for(n, pass),
             low: None,
+            weights_key: None,
         }
     }
 
@@ -270,12 +280,19 @@ impl Block {
                 }
                 epi = Epilogue { scale: Some(&st.eval_scale), shift: Some(&st.eval_shift), relu: self.relu };
             }
-            let w = &p[self.weight.clone()];
+            let (w, key) = (&p[self.weight.clone()], st.weights_key);
             match st.low.as_mut() {
-                Some(LowConv::Q8(act, qws)) => return self.conv.forward_q8(out, x, w, *act, epi, n, qws),
-                Some(LowConv::Bf16(bws)) => return self.conv.forward_bf16(out, x, w, epi, n, bws),
+                Some(LowConv::Q8(act, qws)) => {
+                    qws.vouch_weights(key);
+                    return self.conv.forward_q8(out, x, w, *act, epi, n, qws);
+                }
+                Some(LowConv::Bf16(bws)) => {
+                    bws.vouch_weights(key);
+                    return self.conv.forward_bf16(out, x, w, epi, n, bws);
+                }
                 None => {}
             }
+            st.conv.vouch_weights(key);
             return self.conv.forward_fused(out, x, w, epi, n, &mut st.conv);
         }
         let conv_out = if st.pre.is_empty() { &mut *out } else { &mut st.pre };

@@ -21,6 +21,7 @@ use super::quant::{Calibration, Precision};
 use crate::error::{Error, Result};
 use crate::layers::conv2d::ConvPass;
 use crate::layers::dropout::{self, DropoutConfig};
+use crate::layers::prepared::WeightsKey;
 use crate::layers::{concat, input_norm, l2norm, maxpool, residual, upsample};
 use crate::rng::Rng;
 use std::mem::take;
@@ -70,6 +71,15 @@ impl Buffers {
             .collect();
         let slots = if train { g.slot_lens(n).map(|l| vec![0.0; l]).collect() } else { Vec::new() };
         Buffers { n, acts, states, slots, scratch: Scratch::new(&g.blocks, n, pass) }
+    }
+
+    /// Every block's `BlockState::vouch_weights`.
+    pub fn vouch_weights(&mut self, key: Option<WeightsKey>) {
+        for st in &mut self.states {
+            if let NodeState::Block(b) = st {
+                b.vouch_weights(key);
+            }
+        }
     }
 }
 

@@ -32,6 +32,7 @@ use crate::dist::Shard;
 use crate::error::{Error, Result, check_len};
 use crate::layers::conv2d::ConvPass;
 use crate::layers::dropout::DropoutConfig;
+pub use crate::layers::prepared::WeightsKey;
 use crate::params::ParamLayout;
 use crate::rng::Rng;
 use block::Block;
@@ -220,6 +221,18 @@ pub struct Workspace {
 impl Workspace {
     pub fn batch(&self) -> usize {
         self.n
+    }
+
+    /// Vouches for the parameters of later `Model::forward_eval` calls on
+    /// this workspace: every call under `Some(key)` passes parameters of the
+    /// same bits, so the weights prepared for its kernels (Winograd
+    /// transforms, int8 and bf16 weights) are reused without comparing the
+    /// parameters, which at one patch cost as much memory traffic as an f32
+    /// layer (`layers::prepared`). A new key, or `None` (the default:
+    /// compare on every call), makes the next call compare once. The caller
+    /// keeps the promise: `net::Network` uses a counter its `params_mut` advances.
+    pub fn vouch_weights(&mut self, key: Option<WeightsKey>) {
+        self.bufs.vouch_weights(key);
     }
 
     /// Makes training passes on this workspace one rank's share of a global

@@ -7,7 +7,8 @@
 //! when it is made ([`Int8Layers`]): by default every candidate where the
 //! CPU has VNNI and the model kept the accuracy bounds that way (HardNet,
 //! DnCNN), else all but the Winograd layers on planes above 8x8; never the
-//! first and output layers (`Conv2d::q8_candidate`). Stored with the
+//! first layers or the denoisers' direct output layers
+//! (`Conv2d::q8_candidate`). Stored with the
 //! weights, the calibration fixes the arithmetic: a file gives the same
 //! bits on any CPU. Everything else
 //! (pooling, concatenation, input normalisation, L2 normalisation, the
@@ -87,7 +88,8 @@ pub enum Int8Layers {
     /// `KeepWinograd` ([`Int8Layers::resolve`]).
     #[default]
     Auto,
-    /// Every candidate (`Conv2d::q8_candidate`): all but the first and output layers.
+    /// Every candidate (`Conv2d::q8_candidate`): all but the first layers
+    /// and the denoisers' direct output layers.
     All,
     /// The candidates but the stride-1 Winograd layers on planes above 8x8
     /// (`Conv2d::gemm_beats_winograd`), which stay f32.

@@ -18,7 +18,7 @@ use crate::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use crate::loss::triplet::TripletLoss;
 use crate::loss::{LossKind, PointLoss};
 use crate::models::quant::{Int8Layers, Precision};
-use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, Workspace};
+use crate::models::{Arch, DESC_LEN, Model, PATCH_LEN, WeightsKey, Workspace};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::Rng;
 use crate::train::config::TrainConfig;
@@ -286,7 +286,10 @@ impl Workload {
                 Precision::Int8 => Some(model.calibrate(&params, &x, Int8Layers::Auto)?),
                 Precision::F32 | Precision::Bf16 => None,
             };
-            let ws = model.inference_workspace_in(batch, cfg.precision, calib.as_ref())?;
+            let mut ws = model.inference_workspace_in(batch, cfg.precision, calib.as_ref())?;
+            // An inference workload never changes its parameters: vouched for
+            // once, as `Network` does for its own (no comparison per call).
+            ws.vouch_weights(Some(WeightsKey(0)));
             return Ok(Workload { model, params, ws, x, rng, batch, unit, train: None });
         }
         let head = match loss {

@@ -109,6 +109,15 @@ pub(super) use winograd_layer;
 /// `Workspace<$geom>`): `workspace`, `forward`, `forward_fused`.
 macro_rules! winograd_forward_api {
     ($geom:ident, $ws:ident) => {
+        impl $ws {
+            /// Vouches for the weights of later calls (`layers::prepared`):
+            /// while `key` is the key of the held transform, it is reused
+            /// without comparing the weights.
+            pub(crate) fn vouch_weights(&mut self, key: Option<$crate::layers::prepared::WeightsKey>) {
+                self.0.u.vouch(key);
+            }
+        }
+
         impl $geom {
             /// Scratch for batches of `n` images, with one lane per thread of the
             /// current rayon pool (call it inside the pool that will run the layer).
