@@ -67,15 +67,13 @@ fn decode_jpeg(bytes: &[u8], path: &Path) -> Result<GrayImage> {
         .set_max_height(MAX_SIDE)
         .set_strict_mode(true);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    contain_panic(path, "not a readable JPEG", || decoder.decode_headers())?
-        .map_err(|e| format_err(path, format!("not a readable JPEG: {e:?}")))?;
+    decoder_call(path, "not a readable JPEG", || decoder.decode_headers())?;
     let info = decoder.info().ok_or_else(|| format_err(path, "not a readable JPEG: no frame header"))?;
     let (width, height) = (info.width as usize, info.height as usize);
     if width * height > MAX_PIXELS {
         return Err(format_err(path, format!("a {width}x{height} image is too large (limit {MAX_PIXELS} px)")));
     }
-    let pixels = contain_panic(path, "corrupt JPEG data", || decoder.decode())?
-        .map_err(|e| format_err(path, format!("corrupt JPEG data: {e:?}")))?;
+    let pixels = decoder_call(path, "corrupt JPEG data", || decoder.decode())?;
     if pixels.len() != width * height {
         return Err(format_err(
             path,
@@ -101,18 +99,25 @@ pub fn list(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     Ok(found)
 }
 
-/// Runs one call into the decoder, turning a panic inside it into a format
-/// error naming the file. The decoder is dropped right after a failed call, so
-/// the state a panic may leave half-written is never read again.
-fn contain_panic<T>(path: &Path, what: &str, call: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).map_err(|payload| {
-        let why = payload
+/// Runs one call into the decoder: its error, or a panic inside it, becomes a
+/// format error naming the file, `what` first. The decoder is dropped right
+/// after a failed call, so the state a panic may leave half-written is never
+/// read again.
+fn decoder_call<T, E: std::fmt::Debug>(
+    path: &Path,
+    what: &str,
+    call: impl FnOnce() -> std::result::Result<T, E>,
+) -> Result<T> {
+    let why = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(Ok(v)) => return Ok(v),
+        Ok(Err(e)) => format!("{e:?}"),
+        Err(payload) => payload
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "the decoder failed".to_string());
-        format_err(path, format!("{what}: {why}"))
-    })
+            .unwrap_or_else(|| "the decoder failed".to_string()),
+    };
+    Err(format_err(path, format!("{what}: {why}")))
 }
 
 #[cfg(test)]

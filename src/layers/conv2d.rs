@@ -451,7 +451,7 @@ impl Conv2d {
             }
             Some(plan) => {
                 if let Some(wws) = ws.wino_train.as_mut() {
-                    // Training's forward too: the key is only ever set on inference workspaces.
+                    // F(2x2) inference runs on the training scratch.
                     WinogradPlan::vouch_weights(wws, ws.weights_key);
                     return plan.forward_fused(out, x, weight, epi, n, wws);
                 }

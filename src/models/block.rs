@@ -78,13 +78,19 @@ pub(crate) struct BlockState {
     conv: ConvWorkspace,
     /// Reduced-precision inference (`set_low`); `None` runs f32.
     low: Option<LowConv>,
-    /// Who vouches for the weights of eval forwards (`Workspace::vouch_weights`).
-    weights_key: Option<WeightsKey>,
 }
 
 impl BlockState {
+    /// Hands `key` (`Workspace::vouch_weights`) to the scratch that prepares
+    /// this block's weights for eval forwards. A later `set_low` starts its
+    /// scratch without a key (it compares until vouched again).
     pub(crate) fn vouch_weights(&mut self, key: Option<WeightsKey>) {
-        self.weights_key = key;
+        self.conv.vouch_weights(key);
+        match &mut self.low {
+            Some(LowConv::Q8(_, qws)) => qws.vouch_weights(key),
+            Some(LowConv::Bf16(bws)) => bws.vouch_weights(key),
+            None => {}
+        }
     }
 }
 
@@ -242,7 +248,6 @@ impl Block {
             bn_sync: vec![0.0; self.bn.as_ref().map_or(0, |(cfg, _)| batchnorm::sync_len(cfg))],
             conv: self.conv.workspace_for(n, pass),
             low: None,
-            weights_key: None,
         }
     }
 
@@ -280,19 +285,12 @@ impl Block {
                 }
                 epi = Epilogue { scale: Some(&st.eval_scale), shift: Some(&st.eval_shift), relu: self.relu };
             }
-            let (w, key) = (&p[self.weight.clone()], st.weights_key);
+            let w = &p[self.weight.clone()];
             match st.low.as_mut() {
-                Some(LowConv::Q8(act, qws)) => {
-                    qws.vouch_weights(key);
-                    return self.conv.forward_q8(out, x, w, *act, epi, n, qws);
-                }
-                Some(LowConv::Bf16(bws)) => {
-                    bws.vouch_weights(key);
-                    return self.conv.forward_bf16(out, x, w, epi, n, bws);
-                }
+                Some(LowConv::Q8(act, qws)) => return self.conv.forward_q8(out, x, w, *act, epi, n, qws),
+                Some(LowConv::Bf16(bws)) => return self.conv.forward_bf16(out, x, w, epi, n, bws),
                 None => {}
             }
-            st.conv.vouch_weights(key);
             return self.conv.forward_fused(out, x, w, epi, n, &mut st.conv);
         }
         let conv_out = if st.pre.is_empty() { &mut *out } else { &mut st.pre };
