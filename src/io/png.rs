@@ -270,7 +270,8 @@ mod tests {
     fn huge_declared_size_in_a_tiny_file_is_refused_before_allocating() {
         // Found by the `png` fuzz target: a ~100-byte file declaring 4 x 268M
         // pixels made the decoder allocate 1 GiB before reading any data.
-        let p = tmp("huge.png");
+        // Its own file name: tests run in parallel and share tmp()'s folder.
+        let p = tmp("huge-tiny.png");
         encode(&p, 4, 6, ::png::ColorType::Grayscale, ::png::BitDepth::Eight, &[0; 24]);
         let mut bytes = std::fs::read(&p).unwrap();
         // IHDR: length at 8, type at 12, width at 16, height at 20, CRC at 29.
@@ -278,7 +279,7 @@ mod tests {
         let crc = crc32(&bytes[12..29]);
         bytes[29..33].copy_from_slice(&crc.to_be_bytes());
         let e = decode_gray(&bytes, &p).unwrap_err().to_string();
-        assert!(e.contains("huge.png") && e.contains("4x268435462"), "{e}");
+        assert!(e.contains("huge-tiny.png") && e.contains("4x268435462"), "{e}");
         std::fs::write(&p, &bytes).unwrap();
         let e = read_gray(&p).unwrap_err().to_string();
         assert!(e.contains("can hold") || e.contains("too large"), "{e}");
