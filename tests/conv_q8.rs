@@ -19,7 +19,7 @@ use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvPass, Epilogue};
 use nhpatch::ops::im2col::Padding;
 use nhpatch::ops::im2col::Window;
 use nhpatch::ops::im2col_q8::{
-    c4_depth, c4_taps, gather_packed_c4, im2col_u8, padded_c4_len, phased_c4_len, quantize_padded_c4,
+    c4_depth, c4_scratch_len, c4_taps, gather_packed_c4, im2col_u8, padded_c4_len, phased_c4_len, quantize_padded_c4,
     quantize_phased_c4, reorder_weights_c4,
 };
 use nhpatch::rng::Rng;
@@ -211,7 +211,7 @@ fn the_c4_gather_writes_the_bytes_of_im2col_in_c4_order_then_pack() {
             pack_b_codes(&col4, cols, kc, cols, &mut want).unwrap();
             // Fast path, over buffers of junk: every live byte must be written.
             let mut padded = vec![0xA5u8; padded_c4_len(&g)];
-            let mut rows = vec![0x5Au8; 4 * g.w];
+            let mut rows = vec![0x5Au8; c4_scratch_len(&g)];
             let mut got = vec![0xC3u8; want.len()];
             for (j, xi) in x.chunks_exact(g.in_len()).enumerate() {
                 quantize_padded_c4(xi, act, &g, &mut padded, &mut rows).unwrap();
@@ -243,8 +243,8 @@ fn the_c4_gather_writes_the_bytes_of_im2col_in_c4_order_then_pack() {
     assert!(gather_packed_c4(&mut packed, g.p(), 0, &[0; 5], &g).is_err());
     assert!(gather_packed_c4(&mut packed, g.p(), 1, &vec![0; padded_c4_len(&g)], &g).is_err());
     let act = Q8Act { scale: 1.0, zero: 0 };
-    assert!(quantize_padded_c4(&[0.0; 3], act, &g, &mut vec![0; padded_c4_len(&g)], &mut [0; 16]).is_err());
-    assert!(quantize_padded_c4(&[0.0; 32], act, &g, &mut vec![0; padded_c4_len(&g)], &mut [0; 15]).is_err());
+    assert!(quantize_padded_c4(&[0.0; 3], act, &g, &mut vec![0; padded_c4_len(&g)], &mut [0; 64]).is_err());
+    assert!(quantize_padded_c4(&[0.0; 32], act, &g, &mut vec![0; padded_c4_len(&g)], &mut [0; 63]).is_err());
     assert!(reorder_weights_c4(&[0.0; 5], 1, &g, &mut [0.0; 36]).is_err());
 }
 
@@ -289,7 +289,7 @@ fn reading_the_codes_in_place_gives_the_bits_of_the_gather_and_the_packed_gemm()
             let mut codes = vec![0xEEu8; imgs * clen];
             let mut one = vec![0u8; padded_c4_len(&g)];
             let mut packed = vec![0u8; packed_b_len(kc, cols)];
-            let mut rows = vec![0u8; 4 * g.w];
+            let mut rows = vec![0u8; c4_scratch_len(&g)];
             for (j, (xi, c)) in x.chunks_exact(g.in_len()).zip(codes.chunks_exact_mut(clen)).enumerate() {
                 quantize_padded_c4(xi, act, &g, &mut one, &mut rows).unwrap();
                 gather_packed_c4(&mut packed, cols, j * p, &one, &g).unwrap();
@@ -350,7 +350,7 @@ fn reading_the_codes_in_place_gives_the_bits_of_the_gather_and_the_packed_gemm()
     let mut far = halves.clone();
     far[3] = codes.len() as u32;
     assert!(call(&codes, &far, &steps).is_err());
-    let mut rows = vec![0u8; 4 * g.w];
+    let mut rows = vec![0u8; c4_scratch_len(&g)];
     let x = vec![0.0; g.in_len()];
     let act = Q8Act { scale: 1.0, zero: 0 };
     assert!(quantize_phased_c4(&x, act, &g, 0, &mut [], &mut rows).is_err());

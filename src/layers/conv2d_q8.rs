@@ -38,7 +38,7 @@ use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Taps, Q8Weights, gemm_q8, gemm_q8_t
 use crate::layers::conv2d::{Conv2d, Epilogue, for_each_tile, lanes, scatter_images, tiling};
 use crate::layers::prepared::{Converted, WeightsKey};
 use crate::ops::im2col_q8::{
-    C4Taps, c4_depth, c4_taps, gather_packed_c4, padded_c4_len, quantize_padded_c4, quantize_phased_c4,
+    C4Taps, c4_depth, c4_scratch_len, c4_taps, gather_packed_c4, padded_c4_len, quantize_padded_c4, quantize_phased_c4,
     reorder_weights_c4,
 };
 use rayon::prelude::*;
@@ -48,8 +48,8 @@ struct Lane {
     /// One image's codes in a zero-point border, `[cin / 4, ph, pw, 4]` (`im2col_q8`'s c4 layout);
     /// a tile's images one after another when the GEMM reads them in place.
     codes: Vec<u8>,
-    /// Four input rows of codes, `[4, w]`, before their interleave into `codes`.
-    rows: Vec<u8>,
+    /// One channel quad's input planes of codes, `[4, h, w]`, before their interleave into `codes`.
+    planes: Vec<u8>,
     /// The patch matrix of a tile, `[Kc, tile columns]` codes in the c4 depth order, packed for
     /// the int8 GEMM (empty when it reads the codes in place).
     packed: Vec<u8>,
@@ -137,7 +137,7 @@ impl Conv2d {
             };
             lanes(n, shard_imgs, || Lane {
                 codes: vec![0; codes],
-                rows: vec![0; 4 * self.win.w],
+                planes: vec![0; c4_scratch_len(&self.win)],
                 packed: vec![0; packed],
                 tmp: vec![0.0; if tile_imgs > 1 { cout * cols } else { 0 }],
             })
@@ -217,7 +217,7 @@ impl Conv2d {
             let mut gemm = |c: MatMut<'_>| match taps {
                 Some(t) => {
                     for (xi, codes) in xt.chunks_exact(in_len).zip(lane.codes.chunks_exact_mut(t.image_len)) {
-                        quantize_phased_c4(xi, act, &self.win, t.phases, codes, &mut lane.rows)?;
+                        quantize_phased_c4(xi, act, &self.win, t.phases, codes, &mut lane.planes)?;
                     }
                     let codes = &lane.codes[..tn * t.image_len];
                     let b = Q8Taps { codes, halves: &t.halves[..2 * cols.div_ceil(PANEL)], steps: &t.steps };
@@ -226,7 +226,7 @@ impl Conv2d {
                 None => {
                     let packed = &mut lane.packed[..packed_b_len(kc, cols)];
                     for (j, xi) in xt.chunks_exact(in_len).enumerate() {
-                        quantize_padded_c4(xi, act, &self.win, &mut lane.codes, &mut lane.rows)?;
+                        quantize_padded_c4(xi, act, &self.win, &mut lane.codes, &mut lane.planes)?;
                         gather_packed_c4(packed, cols, j * p, &lane.codes, &self.win)?;
                     }
                     gemm_q8(wq, packed, cols, act.zero, q8out, c)

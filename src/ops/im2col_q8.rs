@@ -72,11 +72,18 @@ pub fn reorder_weights_c4(w: &[f32], cout: usize, g: &Window, dst: &mut [f32]) -
     Ok(())
 }
 
+/// Bytes of the scratch `quantize_padded_c4` and `quantize_phased_c4` take:
+/// one channel quad's planes of codes, `[4, h, w]`.
+pub fn c4_scratch_len(g: &Window) -> usize {
+    4 * g.h * g.w
+}
+
 /// Codes of one image (`x`: `[cin, h, w]` values) in the c4 layout inside a
 /// border of `act.zero` (`dst`: `padded_c4_len` bytes; padded channels hold
-/// `act.zero` too, met by zero weights). `rows`: scratch for 4 rows of codes (`4 * w`).
-pub fn quantize_padded_c4(x: &[f32], act: Q8Act, g: &Window, dst: &mut [u8], rows: &mut [u8]) -> Result<()> {
-    quantize_phased_c4(x, act, g, 1, dst, rows)
+/// `act.zero` too, met by zero weights). `planes`: scratch for one channel
+/// quad's codes (`c4_scratch_len`).
+pub fn quantize_padded_c4(x: &[f32], act: Q8Act, g: &Window, dst: &mut [u8], planes: &mut [u8]) -> Result<()> {
+    quantize_phased_c4(x, act, g, 1, dst, planes)
 }
 
 /// `quantize_padded_c4` with the columns split into `phases` (`phased_c4_len`):
@@ -88,45 +95,40 @@ pub fn quantize_phased_c4(
     g: &Window,
     phases: usize,
     dst: &mut [u8],
-    rows: &mut [u8],
+    planes: &mut [u8],
 ) -> Result<()> {
     let (ph, pw) = padded_dims(g);
     let need = if phases == 0 { 0 } else { phased_c4_len(g, phases) };
-    if phases == 0 || x.len() != g.in_len() || dst.len() != need || rows.len() != 4 * g.w {
+    if phases == 0 || x.len() != g.in_len() || dst.len() != need || planes.len() != c4_scratch_len(g) {
         return Err(Error::Shape(format!(
             "quantize_phased_c4: {} values (needs {}) into {} codes (needs {need} in {phases} phases), {} scratch (needs {})",
             x.len(),
             g.in_len(),
             dst.len(),
-            rows.len(),
-            4 * g.w
+            planes.len(),
+            c4_scratch_len(g)
         )));
     }
     dst.fill(act.zero);
     let (hw, w, pws) = (g.h * g.w, g.w, pw.div_ceil(phases));
     for (quad, plane) in dst.chunks_exact_mut(ph * phases * pws * 4).enumerate() {
+        // The quad's channels as codes, in one call: whole planes are whole
+        // vectors, where rows of 8 or 16 values would be mostly remainders.
         let live = g.cin.saturating_sub(4 * quad).min(4);
+        let (codes, pads) = planes.split_at_mut(live * hw);
+        act.quantize_slice(&x[4 * quad * hw..(4 * quad + live) * hw], codes);
+        pads.fill(act.zero);
         for r in 0..g.h {
-            // Row r of the quad's channels as codes (the pads keep act.zero).
-            for (t, codes) in rows.chunks_exact_mut(w).enumerate() {
-                if t < live {
-                    let c = 4 * quad + t;
-                    act.quantize_slice(&x[c * hw + r * w..c * hw + (r + 1) * w], codes);
-                } else {
-                    codes.fill(act.zero);
-                }
-            }
             let out = &mut plane[(g.pad.top + r) * phases * pws * 4..(g.pad.top + r + 1) * phases * pws * 4];
-            let (r0, rest) = rows.split_at(w);
-            let (r1, rest) = rest.split_at(w);
-            let (r2, r3) = rest.split_at(w);
-            let row = |r: &[u8], x0: usize| <[u8; PANEL]>::try_from(&r[x0..x0 + PANEL]).expect("16 codes");
+            let row = |t: usize| &planes[t * hw + r * w..t * hw + (r + 1) * w];
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let sixteen = |r: &[u8], x0: usize| <[u8; PANEL]>::try_from(&r[x0..x0 + PANEL]).expect("16 codes");
             let mut x0 = 0;
             if phases == 1 {
                 let out = &mut out[g.pad.left * 4..(g.pad.left + w) * 4];
                 while x0 + PANEL <= w {
                     let quads = <&mut [u8; 4 * PANEL]>::try_from(&mut out[4 * x0..4 * (x0 + PANEL)]).expect("64 bytes");
-                    interleave_step(quads, [&row(r0, x0), &row(r1, x0), &row(r2, x0), &row(r3, x0)]);
+                    interleave_step(quads, [&sixteen(r0, x0), &sixteen(r1, x0), &sixteen(r2, x0), &sixteen(r3, x0)]);
                     x0 += PANEL;
                 }
                 for j in x0..w {
@@ -139,7 +141,7 @@ pub fn quantize_phased_c4(
                 let mut quads = [0u8; 4 * PANEL];
                 let mut at = PhaseCursor::at(g.pad.left, phases, pws);
                 while x0 + PANEL <= w {
-                    interleave_step(&mut quads, [&row(r0, x0), &row(r1, x0), &row(r2, x0), &row(r3, x0)]);
+                    interleave_step(&mut quads, [&sixteen(r0, x0), &sixteen(r1, x0), &sixteen(r2, x0), &sixteen(r3, x0)]);
                     for q in quads.chunks_exact(4) {
                         let o = at.next();
                         out[o..o + 4].copy_from_slice(q);
