@@ -600,8 +600,8 @@ fn tile_fn<B: Steps>(kernel: Q8Kernel) -> TileFn<B> {
 }
 
 /// `run` compiled for AVX-512, so that its store maps a row of 16 sums in
-/// one vector of each operation (the baseline's four SSE vectors were a
-/// twentieth of int8 HardNet's time); the same operations, so the same bits.
+/// one vector of each operation (the baseline build's four SSE vectors
+/// a row were 7% of int8 HardNet's time); the same operations, so the same bits.
 ///
 /// # Safety
 /// As `run`; the CPU has avx512f.
