@@ -569,8 +569,6 @@ unsafe fn dispatch<B: Steps>(
             match kernel {
                 #[cfg(target_arch = "x86_64")]
                 Q8Kernel::Avx512Vnni => run_avx512(tile, a, n, zero, out, c, panel),
-                #[cfg(target_arch = "x86_64")]
-                Q8Kernel::Avx2 => run_avx2(tile, a, n, zero, out, c, panel),
                 _ => run(tile, a, n, zero, out, c, panel),
             }
         }
@@ -608,25 +606,6 @@ fn tile_fn<B: Steps>(kernel: Q8Kernel) -> TileFn<B> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn run_avx512<B: Steps>(
-    tile: TileFn<B>,
-    a: &Q8Weights,
-    n: usize,
-    zero: u8,
-    out: &Q8Out<'_>,
-    c: &mut MatMut<'_>,
-    panel: impl Fn(usize) -> B,
-) {
-    // SAFETY: the caller's contract.
-    unsafe { run(tile, a, n, zero, out, c, panel) }
-}
-
-/// `run` compiled for AVX2 (two vectors a row).
-///
-/// # Safety
-/// As `run`; the CPU has avx2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn run_avx2<B: Steps>(
     tile: TileFn<B>,
     a: &Q8Weights,
     n: usize,
