@@ -8,7 +8,8 @@
 //! order, and the weights are reordered to match. Reading those codes in
 //! place (`gemm_q8_taps`; at stride s from codes split into s column
 //! phases) gives the bits of the gather and the packed GEMM, with every
-//! int8 kernel.
+//! int8 kernel. Layers in a row handing each other codes
+//! (`forward_q8_io`) give the bits of values quantized by the reader.
 
 use nhpatch::gemm::MatMut;
 use nhpatch::gemm::MatRef;
@@ -16,6 +17,7 @@ use nhpatch::gemm::q8::{
     PANEL, Q8Act, Q8Kernel, Q8Out, Q8Taps, Q8Weights, gemm_q8_taps_with, gemm_q8_with, pack_b_codes, packed_b_len,
 };
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvPass, Epilogue};
+use nhpatch::layers::conv2d_q8::Q8LayerOut;
 use nhpatch::ops::im2col::Padding;
 use nhpatch::ops::im2col::Window;
 use nhpatch::ops::im2col_q8::{
@@ -137,6 +139,42 @@ fn int8_has_the_same_bits_for_any_thread_count_and_batch() {
         let got = few.q8(true);
         let per_out = few.l.out_shape(1).len();
         assert!(got.iter().zip(&want[..5 * per_out]).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: batch of 5");
+    }
+}
+
+#[test]
+fn codes_in_and_out_give_the_bits_of_values_in_and_out() {
+    let mut rng = Rng::new(31);
+    let next = Q8Act::from_range(-0.25, 2.5).unwrap();
+    for (spec, hw, what) in specs() {
+        for n in [1, 3, 37] {
+            let case = Case::new(&mut rng, spec, hw, n, true);
+            let want = case.q8(true);
+            let want_codes: Vec<u8> = want.iter().map(|&v| next.quantize(v)).collect();
+            let mut xq = vec![0u8; case.x.len()];
+            case.act.quantize_slice(&case.x, &mut xq);
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut ws = case.l.workspace_q8(n);
+                let epi = case.epi(true);
+                let (l, w, act) = (&case.l, &case.w, case.act);
+                // Values in, codes out.
+                let mut codes = vec![0xA5u8; want.len()];
+                pool.install(|| l.forward_q8_io(Q8LayerOut::Codes(&mut codes, next), &case.x, w, act, epi, n, &mut ws))
+                    .unwrap();
+                assert_eq!(codes, want_codes, "{what} n={n} {threads} threads: codes out");
+                // Codes in, values out.
+                let mut out = vec![f32::NAN; want.len()];
+                pool.install(|| l.forward_q8_io(Q8LayerOut::Values(&mut out), &xq, w, act, epi, n, &mut ws)).unwrap();
+                let same = out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{what} n={n} {threads} threads: codes in");
+                // Codes in and out.
+                let mut codes = vec![0x5Au8; want.len()];
+                pool.install(|| l.forward_q8_io(Q8LayerOut::Codes(&mut codes, next), &xq, w, act, epi, n, &mut ws))
+                    .unwrap();
+                assert_eq!(codes, want_codes, "{what} n={n} {threads} threads: codes in and out");
+            }
+        }
     }
 }
 

@@ -3,12 +3,14 @@
 //! (every m up to 17, n around the 16-column panel, k around the 4-value
 //! step), over C full of NaN, for any column split; packing follows the
 //! documented layout; the result is within the quantization error bound of
-//! the f32 product; refusals are errors, never panics.
+//! the f32 product; storing C as the next layer's codes (`Q8Codes`, a batch
+//! of images) gives the codes of the stored values; refusals are errors,
+//! never panics.
 
 use nhpatch::Error;
 use nhpatch::gemm::q8::{
-    B_MAX, MAX_K, PANEL, Q8Act, Q8Kernel, Q8Out, Q8Weights, best_q8_kernel, gemm_q8_with, interleave_step, pack_b,
-    pack_b_codes, pack_bt, packed_b_len, padded_depth,
+    B_MAX, MAX_K, PANEL, Q8Act, Q8Codes, Q8Kernel, Q8Out, Q8Weights, best_q8_kernel, gemm_q8_with, interleave_step,
+    pack_b, pack_b_codes, pack_bt, packed_b_len, padded_depth,
 };
 use nhpatch::gemm::{Kernel, MatMut, MatRef};
 use nhpatch::rng::Rng;
@@ -142,6 +144,47 @@ fn strided_c_and_extreme_codes_match_naive() {
 }
 
 #[test]
+fn codes_stored_as_images_are_the_codes_of_the_values() {
+    let mut rng = Rng::new(23);
+    // Images of 8, 24 and 40 columns: runs of a panel crossing into the next
+    // image, and one image per call; p = 1 is the dense layer's layout.
+    for (m, k, n, p) in [(12, 36, 48, 8), (9, 20, 72, 24), (5, 7, 40, 40), (3, 13, 21, 1)] {
+        let (case, _, _) = Case::new(&mut rng, m, k, n, -1.0, 2.0);
+        let next = Q8Act::from_range(-0.5, 3.0).unwrap();
+        for relu in [false, true] {
+            let values = case.run(Q8Kernel::Naive, relu);
+            // C[i, j] (row-major values) is code ((j / p) * m + i) * p + j % p.
+            let mut want = vec![0u8; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    want[((j / p) * m + i) * p + j % p] = next.quantize(values[i * n + j]);
+                }
+            }
+            assert!(want.iter().any(|&q| q != want[0]), "the codes vary");
+            for kernel in std::iter::once(Q8Kernel::Naive).chain(kernels()) {
+                for fill in [0x00, 0xA5] {
+                    let mut got = vec![fill; m * n];
+                    let c = Q8Codes { codes: &mut got, act: next, p };
+                    gemm_q8_with(kernel, &case.w, &case.packed, n, case.act.zero, case.out(relu), c).unwrap();
+                    assert_eq!(got, want, "{} m={m} n={n} p={p} relu={relu}", kernel.name());
+                }
+            }
+        }
+        // A layout that does not hold the images is refused.
+        let mut short = vec![0u8; m * n - 1];
+        let c = Q8Codes { codes: &mut short, act: next, p };
+        let r = gemm_q8_with(best_q8_kernel(), &case.w, &case.packed, n, case.act.zero, case.out(true), c);
+        assert!(matches!(r, Err(Error::Shape(_))), "short codes");
+        if p > 1 {
+            let mut codes = vec![0u8; m * n];
+            let c = Q8Codes { codes: &mut codes, act: next, p: p + 1 };
+            let r = gemm_q8_with(best_q8_kernel(), &case.w, &case.packed, n, case.act.zero, case.out(true), c);
+            assert!(matches!(r, Err(Error::Shape(_))), "images of {} columns in {n}", p + 1);
+        }
+    }
+}
+
+#[test]
 fn a_split_into_whole_panels_gives_the_same_bits() {
     let mut rng = Rng::new(11);
     let (m, k, n) = (12, 100, 70);
@@ -230,7 +273,7 @@ fn pack_bt_gives_the_bytes_of_pack_b() {
             assert_eq!(got, want, "k {k} n {n}");
         }
     }
-    assert!(pack_bt(&[], 0, 5, act, &mut []).is_ok());
+    assert!(pack_bt::<f32>(&[], 0, 5, act, &mut []).is_ok());
     assert!(matches!(pack_bt(&[0.0; 11], 3, 4, act, &mut vec![0; packed_b_len(3, 4)]), Err(Error::Shape(_))));
 }
 

@@ -249,6 +249,38 @@ impl Q8Act {
     }
 }
 
+/// What an int8 layer reads: f32 values, quantized on the way in, or codes
+/// already made under the layer's `Q8Act` (by the previous layer's store,
+/// `Q8Codes`), which are the same bytes with no pass over f32.
+pub trait Q8Source: Copy + Send + Sync + 'static {
+    /// `dst[i]` = the code of `src[i]`: `act.quantize_slice`, or a copy of codes.
+    fn codes_into(src: &[Self], act: Q8Act, dst: &mut [u8]);
+    /// `src` itself where it is codes already.
+    fn as_codes(src: &[Self]) -> Option<&[u8]>;
+}
+
+impl Q8Source for f32 {
+    #[inline]
+    fn codes_into(src: &[f32], act: Q8Act, dst: &mut [u8]) {
+        act.quantize_slice(src, dst)
+    }
+    #[inline]
+    fn as_codes(_: &[f32]) -> Option<&[u8]> {
+        None
+    }
+}
+
+impl Q8Source for u8 {
+    #[inline]
+    fn codes_into(src: &[u8], _: Q8Act, dst: &mut [u8]) {
+        dst.copy_from_slice(src)
+    }
+    #[inline]
+    fn as_codes(src: &[u8]) -> Option<&[u8]> {
+        Some(src)
+    }
+}
+
 /// One code (see `Q8Act::quantize`): selects rather than `max`/`min` and
 /// `round`, which do not vectorise on baseline x86-64.
 #[inline(always)]
@@ -357,7 +389,8 @@ fn pack_rows(k: usize, n: usize, dst: &mut [u8], mut fill: impl FnMut(usize, usi
 /// Quantizes and packs a B given as its transpose: `bt` holds `n` rows of
 /// `k` values (B^T row-major, e.g. a batch of flattened images, one per
 /// column of B), so each 4-value step of a column is 4 consecutive values.
-pub fn pack_bt(bt: &[f32], k: usize, n: usize, act: Q8Act, dst: &mut [u8]) -> Result<()> {
+/// `bt` may be codes already (`Q8Source`).
+pub fn pack_bt<X: Q8Source>(bt: &[X], k: usize, n: usize, act: Q8Act, dst: &mut [u8]) -> Result<()> {
     let need = packed_b_len(k, n);
     if bt.len() != k * n || dst.len() != need {
         return Err(Error::Shape(format!(
@@ -377,7 +410,7 @@ pub fn pack_bt(bt: &[f32], k: usize, n: usize, act: Q8Act, dst: &mut [u8]) -> Re
         for (r, vals) in col.chunks(RUN).enumerate() {
             let q = &mut q[..vals.len().next_multiple_of(4)];
             let (codes, pad) = q.split_at_mut(vals.len());
-            act.quantize_slice(vals, codes);
+            X::codes_into(vals, act, codes);
             pad.fill(0);
             for (i, quad) in q.chunks_exact(4).enumerate() {
                 let at = base + (r * RUN / 4 + i) * 4 * PANEL;
@@ -407,25 +440,204 @@ impl Q8Out<'_> {
     /// `C[i, j]` from the exact sum: the one formula every kernel stores.
     #[inline]
     fn map(&self, i: usize, corrected: i32) -> f32 {
-        self.store(self.scale[i], self.shift.map_or(0.0, |s| s[i]), corrected)
-    }
-
-    #[inline(always)]
-    fn store(&self, scale: f32, shift: f32, corrected: i32) -> f32 {
-        let y = scale * corrected as f32 + shift;
-        if !self.relu || y > 0.0 { y } else { 0.0 }
+        let m = RowMap { corr: 0, scale: self.scale[i], shift: self.shift.map_or(0.0, |s| s[i]), relu: self.relu };
+        m.value(corrected)
     }
 }
 
-fn check_out(a: &Q8Weights, n: usize, out: &Q8Out<'_>, c: &MatMut<'_>) -> Result<()> {
-    if c.rows() != a.rows || c.cols() != n {
-        return Err(Error::Shape(format!(
-            "int8 GEMM: A is {}x{}, B has {n} columns, C is {}x{}",
-            a.rows,
-            a.cols,
-            c.rows(),
-            c.cols()
-        )));
+/// C as the 8-bit codes of the next layer's input (`act`), laid out as a
+/// batch of images: column `j` is pixel `j % p` of image `j / p`, so
+/// `C[i, j]` is byte `((j / p) * rows + i) * p + j % p` of `codes`
+/// (`[n / p, rows, p]`, NCHW), holding `act.quantize(C[i, j])`: the code
+/// the next layer would make of the f32 output, so the same bits, without
+/// writing and re-reading the f32 values.
+#[derive(Debug)]
+pub struct Q8Codes<'a> {
+    pub codes: &'a mut [u8],
+    pub act: Q8Act,
+    /// Columns per image (`n` for a single image).
+    pub p: usize,
+}
+
+/// Where the int8 GEMM stores C: f32 values (any strides) or codes.
+#[derive(Debug)]
+pub enum Q8Dst<'a> {
+    Values(MatMut<'a>),
+    Codes(Q8Codes<'a>),
+}
+
+impl<'a> From<MatMut<'a>> for Q8Dst<'a> {
+    fn from(c: MatMut<'a>) -> Q8Dst<'a> {
+        Q8Dst::Values(c)
+    }
+}
+
+impl<'a> From<Q8Codes<'a>> for Q8Dst<'a> {
+    fn from(c: Q8Codes<'a>) -> Q8Dst<'a> {
+        Q8Dst::Codes(c)
+    }
+}
+
+/// How one row of a tile maps its sums (`Q8Out`): `corr` is the zero
+/// point times the row's weight sum.
+#[derive(Clone, Copy)]
+struct RowMap {
+    corr: i32,
+    scale: f32,
+    shift: f32,
+    relu: bool,
+}
+
+impl RowMap {
+    /// The output of a corrected sum: the one formula.
+    #[inline(always)]
+    fn value(self, corrected: i32) -> f32 {
+        let y = self.scale * corrected as f32 + self.shift;
+        if !self.relu || y > 0.0 { y } else { 0.0 }
+    }
+
+    /// The 16 outputs of a row of sums.
+    #[inline(always)]
+    fn values(self, acc: &[i32; PANEL]) -> [f32; PANEL] {
+        let mut y = [0.0f32; PANEL];
+        y.iter_mut().zip(acc).for_each(|(d, &v)| *d = self.value(v - self.corr));
+        y
+    }
+}
+
+/// Where `run` and `naive` put C: `panel` names the columns `j0 .. j0 +
+/// cols` (inside one panel) of the rows stored next.
+trait Sink {
+    fn panel(&mut self, j0: usize, cols: usize);
+    /// Stores `C[i, j0 + jj] = y[jj]` for `jj < cols`.
+    fn put(&mut self, i: usize, y: &[f32; PANEL]);
+    /// Stores row `i`'s sums mapped by `m` (the tiles' path).
+    #[inline(always)]
+    fn row(&mut self, i: usize, acc: &[i32; PANEL], m: RowMap) {
+        self.put(i, &m.values(acc))
+    }
+}
+
+/// f32 values into a strided view.
+struct ValueSink<'a, 'c> {
+    c: &'a mut MatMut<'c>,
+    j0: usize,
+    cols: usize,
+}
+
+impl Sink for ValueSink<'_, '_> {
+    #[inline(always)]
+    fn panel(&mut self, j0: usize, cols: usize) {
+        (self.j0, self.cols) = (j0, cols);
+    }
+
+    #[inline(always)]
+    fn put(&mut self, i: usize, y: &[f32; PANEL]) {
+        let (rs, cs) = (self.c.row_stride(), self.c.col_stride());
+        // Element (i, j0) of the view, which was bounds-checked when built.
+        let base = i * rs + self.j0 * cs;
+        let data = self.c.data_mut();
+        if cs == 1 && self.cols == PANEL {
+            // A whole contiguous row of the panel (the convolutions' case): one fixed-size copy.
+            let dst: &mut [f32; PANEL] = (&mut data[base..base + PANEL]).try_into().expect("16 values");
+            *dst = *y;
+        } else {
+            for (jj, &v) in y.iter().enumerate().take(self.cols) {
+                data[base + jj * cs] = v;
+            }
+        }
+    }
+}
+
+/// `Q8Codes` with the code map's constants hoisted (`Q8Act::quantize`) and
+/// the current panel's place in the images found once for all its rows.
+/// `AVX512`: rows through `q8_x86::codes_row_avx512` (whoever makes such a
+/// sink vouches for the CPU), else the portable formulas.
+struct CodeSink<'a, const AVX512: bool> {
+    codes: &'a mut [u8],
+    rows: usize,
+    p: usize,
+    inv: f32,
+    zero: f32,
+    j0: usize,
+    cols: usize,
+    /// Where the panel's columns are one run of 16 inside one image: the
+    /// offset of row 0's first code (row i's is `i * p` further).
+    whole: Option<usize>,
+}
+
+impl<'a, const AVX512: bool> CodeSink<'a, AVX512> {
+    fn new(c: &'a mut Q8Codes<'_>, rows: usize) -> CodeSink<'a, AVX512> {
+        let (inv, zero) = (1.0 / c.act.scale, c.act.zero as f32);
+        CodeSink { codes: &mut *c.codes, rows, p: c.p, inv, zero, j0: 0, cols: 0, whole: None }
+    }
+
+    /// Stores row `i`'s codes `q[jj]` at columns `j0 + jj < j0 + cols`.
+    #[inline(always)]
+    fn store(&mut self, i: usize, q: &[u8; PANEL]) {
+        if let Some(base) = self.whole {
+            let o = base + i * self.p;
+            *<&mut [u8; PANEL]>::try_from(&mut self.codes[o..o + PANEL]).expect("16 codes") = *q;
+            return;
+        }
+        // A run crossing from one image into the next, or the last panel's.
+        let (mut j, mut at) = (self.j0, 0);
+        while at < self.cols {
+            let (img, pix) = (j / self.p, j % self.p);
+            let len = (self.p - pix).min(self.cols - at);
+            let o = (img * self.rows + i) * self.p + pix;
+            self.codes[o..o + len].copy_from_slice(&q[at..at + len]);
+            (j, at) = (j + len, at + len);
+        }
+    }
+}
+
+impl<const AVX512: bool> Sink for CodeSink<'_, AVX512> {
+    #[inline(always)]
+    fn panel(&mut self, j0: usize, cols: usize) {
+        let (img, pix) = (j0 / self.p, j0 % self.p);
+        (self.j0, self.cols) = (j0, cols);
+        self.whole = (cols == PANEL && pix + PANEL <= self.p).then_some(img * self.rows * self.p + pix);
+    }
+
+    #[inline(always)]
+    fn put(&mut self, i: usize, y: &[f32; PANEL]) {
+        let mut q = [0u8; PANEL];
+        q.iter_mut().zip(y).for_each(|(d, &v)| *d = code(v, self.inv, self.zero));
+        self.store(i, &q);
+    }
+
+    #[inline(always)]
+    fn row(&mut self, i: usize, acc: &[i32; PANEL], m: RowMap) {
+        #[cfg(target_arch = "x86_64")]
+        if AVX512 {
+            let (map, constants) = ((m.corr, m.scale, m.shift, m.relu), (self.inv, self.zero));
+            let whole = self.whole.map(|base| base + i * self.p);
+            // SAFETY (both): an AVX512 sink is made only for the VNNI kernel, whose
+            // CPU has avx512f and avx512bw (`dispatch`, `Q8Kernel::is_available`).
+            if let Some(o) = whole {
+                // Straight into place: the codes never touch the stack.
+                let dst = <&mut [u8; PANEL]>::try_from(&mut self.codes[o..o + PANEL]).expect("16 codes");
+                unsafe { super::q8_x86::codes_row_avx512(acc, map, constants, dst) };
+            } else {
+                let mut q = [0u8; PANEL];
+                unsafe { super::q8_x86::codes_row_avx512(acc, map, constants, &mut q) };
+                self.store(i, &q);
+            }
+            return;
+        }
+        self.put(i, &m.values(acc))
+    }
+}
+
+fn check_out(a: &Q8Weights, n: usize, out: &Q8Out<'_>, c: &Q8Dst<'_>) -> Result<()> {
+    let bad = match c {
+        Q8Dst::Values(c) => (c.rows() != a.rows || c.cols() != n).then(|| format!("C is {}x{}", c.rows(), c.cols())),
+        Q8Dst::Codes(c) => (c.p == 0 || !n.is_multiple_of(c.p) || c.codes.len() != a.rows * n)
+            .then(|| format!("C is {} codes in images of {} columns", c.codes.len(), c.p)),
+    };
+    if let Some(what) = bad {
+        return Err(Error::Shape(format!("int8 GEMM: A is {}x{}, B has {n} columns, {what}", a.rows, a.cols)));
     }
     if out.scale.len() != a.rows || out.shift.is_some_and(|s| s.len() != a.rows) {
         return Err(Error::Shape(format!("int8 GEMM: the output map needs {} scales and shifts", a.rows)));
@@ -435,21 +647,22 @@ fn check_out(a: &Q8Weights, n: usize, out: &Q8Out<'_>, c: &MatMut<'_>) -> Result
 
 /// `C = out(A * B)` with the best kernel for this CPU; `b` packed by `pack_b`
 /// for `n` columns with zero point `zero`.
-pub fn gemm_q8(a: &Q8Weights, b: &[u8], n: usize, zero: u8, out: Q8Out<'_>, c: MatMut<'_>) -> Result<()> {
+pub fn gemm_q8<'c>(a: &Q8Weights, b: &[u8], n: usize, zero: u8, out: Q8Out<'_>, c: impl Into<Q8Dst<'c>>) -> Result<()> {
     gemm_q8_with(best_q8_kernel(), a, b, n, zero, out, c)
 }
 
 /// `gemm_q8` with a named kernel; errors if this CPU cannot run it.
 /// `Naive` reads `b` through the packed layout's index map, not its tiles.
-pub fn gemm_q8_with(
+pub fn gemm_q8_with<'c>(
     kernel: Q8Kernel,
     a: &Q8Weights,
     b: &[u8],
     n: usize,
     zero: u8,
     out: Q8Out<'_>,
-    mut c: MatMut<'_>,
+    c: impl Into<Q8Dst<'c>>,
 ) -> Result<()> {
+    let mut c = c.into();
     check_out(a, n, &out, &c)?;
     let need = packed_b_len(a.cols, n);
     if b.len() != need {
@@ -486,21 +699,29 @@ pub struct Q8Taps<'a> {
 }
 
 /// `gemm_q8` with B read in place (`Q8Taps`), best kernel for this CPU.
-pub fn gemm_q8_taps(a: &Q8Weights, b: Q8Taps<'_>, n: usize, zero: u8, out: Q8Out<'_>, c: MatMut<'_>) -> Result<()> {
+pub fn gemm_q8_taps<'c>(
+    a: &Q8Weights,
+    b: Q8Taps<'_>,
+    n: usize,
+    zero: u8,
+    out: Q8Out<'_>,
+    c: impl Into<Q8Dst<'c>>,
+) -> Result<()> {
     gemm_q8_taps_with(best_q8_kernel(), a, b, n, zero, out, c)
 }
 
 /// `gemm_q8_taps` with a named kernel; the same sums as `gemm_q8_with` on
 /// the packed B of the same columns, so the same bits.
-pub fn gemm_q8_taps_with(
+pub fn gemm_q8_taps_with<'c>(
     kernel: Q8Kernel,
     a: &Q8Weights,
     b: Q8Taps<'_>,
     n: usize,
     zero: u8,
     out: Q8Out<'_>,
-    mut c: MatMut<'_>,
+    c: impl Into<Q8Dst<'c>>,
 ) -> Result<()> {
+    let mut c = c.into();
     check_out(a, n, &out, &c)?;
     let kp = padded_depth(a.cols);
     let reach = |o: &[u32]| o.iter().map(|&v| v as usize).max().unwrap_or(0);
@@ -551,7 +772,7 @@ unsafe fn dispatch<B: Steps>(
     a: &Q8Weights,
     (n, zero): (usize, u8),
     out: &Q8Out<'_>,
-    c: &mut MatMut<'_>,
+    c: &mut Q8Dst<'_>,
     qb: impl Fn(usize, usize) -> u8,
     panel: impl Fn(usize) -> B,
 ) -> Result<()> {
@@ -559,12 +780,43 @@ unsafe fn dispatch<B: Steps>(
     if a.rows == 0 || n == 0 {
         return Ok(());
     }
+    match c {
+        // SAFETY: the caller's contract.
+        Q8Dst::Values(c) => unsafe { dispatch_to(kernel, a, (n, zero), out, &mut ValueSink { c, j0: 0, cols: 0 }, qb, panel) },
+        Q8Dst::Codes(c) => match kernel {
+            // SAFETY: the caller's contract; the VNNI kernel's CPU has avx512bw (`is_available`).
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Avx512Vnni => unsafe {
+                dispatch_to(kernel, a, (n, zero), out, &mut CodeSink::<true>::new(c, a.rows), qb, panel)
+            },
+            // SAFETY: the caller's contract.
+            _ => unsafe {
+                dispatch_to(kernel, a, (n, zero), out, &mut CodeSink::<false>::new(c, a.rows), qb, panel)
+            },
+        },
+    }
+    Ok(())
+}
+
+/// `dispatch` once C's sink is known.
+///
+/// # Safety
+/// As `dispatch`, and the kernel is available.
+unsafe fn dispatch_to<B: Steps, S: Sink>(
+    kernel: Q8Kernel,
+    a: &Q8Weights,
+    (n, zero): (usize, u8),
+    out: &Q8Out<'_>,
+    c: &mut S,
+    qb: impl Fn(usize, usize) -> u8,
+    panel: impl Fn(usize) -> B,
+) {
     if kernel == Q8Kernel::Naive || a.cols == 0 {
         naive(a, n, zero, out, c, qb);
     } else {
         let tile = tile_fn(kernel);
-        // SAFETY: the caller's contract; the kernel is available (checked above),
-        // and with it the features of its `run`.
+        // SAFETY: the caller's contract; the kernel is available (checked by
+        // `dispatch`), and with it the features of its `run`.
         unsafe {
             match kernel {
                 #[cfg(target_arch = "x86_64")]
@@ -573,7 +825,6 @@ unsafe fn dispatch<B: Steps>(
             }
         }
     }
-    Ok(())
 }
 
 fn check_kernel(kernel: Q8Kernel) -> Result<()> {
@@ -602,16 +853,16 @@ fn tile_fn<B: Steps>(kernel: Q8Kernel) -> TileFn<B> {
 /// a row were 7% of int8 HardNet's time); the same operations, so the same bits.
 ///
 /// # Safety
-/// As `run`; the CPU has avx512f.
+/// As `run`; the CPU has avx512f and avx512bw.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn run_avx512<B: Steps>(
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn run_avx512<B: Steps, S: Sink>(
     tile: TileFn<B>,
     a: &Q8Weights,
     n: usize,
     zero: u8,
     out: &Q8Out<'_>,
-    c: &mut MatMut<'_>,
+    c: &mut S,
     panel: impl Fn(usize) -> B,
 ) {
     // SAFETY: the caller's contract.
@@ -625,22 +876,21 @@ unsafe fn run_avx512<B: Steps>(
 /// `panel(p)` gives `padded_depth(a.cols) / 4` readable steps for every
 /// panel `p < n.div_ceil(16)`; the CPU has the tile's features.
 #[inline(always)]
-unsafe fn run<B: Steps>(
+unsafe fn run<B: Steps, S: Sink>(
     tile: TileFn<B>,
     a: &Q8Weights,
     n: usize,
     zero: u8,
     out: &Q8Out<'_>,
-    c: &mut MatMut<'_>,
+    c: &mut S,
     panel: impl Fn(usize) -> B,
 ) {
     let kp = padded_depth(a.cols);
     let mut acc = [[0i32; PANEL]; TILE_ROWS];
-    let (rs, cs) = (c.row_stride(), c.col_stride());
-    let data = c.data_mut();
     for p in 0..n.div_ceil(PANEL) {
         let (j0, bp) = (p * PANEL, panel(p));
         let cols = PANEL.min(n - j0);
+        c.panel(j0, cols);
         for i0 in (0..a.rows).step_by(TILE_ROWS) {
             let rows = TILE_ROWS.min(a.rows - i0);
             // SAFETY: `a.q` holds rows i0 .. i0 + rows of kp codes each; the
@@ -650,17 +900,8 @@ unsafe fn run<B: Steps>(
                 let i = i0 + r;
                 let (corr, scale) = (zero as i32 * a.sums[i], out.scale[i]);
                 let shift = out.shift.map_or(0.0, |s| s[i]);
-                // Element (i, j) of the view, which was bounds-checked when built.
-                let base = i * rs + j0 * cs;
-                if cs == 1 {
-                    // Contiguous row (the convolutions' case): one slice, vectorised.
-                    let dst = &mut data[base..base + cols];
-                    dst.iter_mut().zip(acc_row).for_each(|(d, &v)| *d = out.store(scale, shift, v - corr));
-                } else {
-                    for (jj, &v) in acc_row.iter().enumerate().take(cols) {
-                        data[base + jj * cs] = out.store(scale, shift, v - corr);
-                    }
-                }
+                // All 16 lanes mapped (those past `cols` are never stored).
+                c.row(i, acc_row, RowMap { corr, scale, shift, relu: out.relu });
             }
         }
     }
@@ -761,12 +1002,15 @@ unsafe fn tile_portable<B: Steps>(a: *const i8, lda: usize, rows: usize, b: B, k
 
 /// The reference: every sum in i64 straight from the codes (`qb(p, j)`),
 /// then the one output formula; panics if a sum leaves i32 (it cannot within `MAX_K`).
-fn naive(a: &Q8Weights, n: usize, zero: u8, out: &Q8Out<'_>, c: &mut MatMut<'_>, qb: impl Fn(usize, usize) -> u8) {
+fn naive(a: &Q8Weights, n: usize, zero: u8, out: &Q8Out<'_>, c: &mut impl Sink, qb: impl Fn(usize, usize) -> u8) {
     for i in 0..a.rows {
         for j in 0..n {
             let sum: i64 = (0..a.cols).map(|p| a.code(i, p) as i64 * qb(p, j) as i64).sum();
             let corrected = sum - zero as i64 * a.sums[i] as i64;
-            *c.at_mut(i, j) = out.map(i, i32::try_from(corrected).expect("within MAX_K the sums fit in i32"));
+            let mut y = [0.0; PANEL];
+            y[0] = out.map(i, i32::try_from(corrected).expect("within MAX_K the sums fit in i32"));
+            c.panel(j, 1);
+            c.put(i, &y);
         }
     }
 }

@@ -114,3 +114,35 @@ pub(crate) unsafe fn tile_vnni<B: Steps>(a: *const i8, lda: usize, rows: usize, 
         unsafe { _mm512_storeu_si512(acc[r].as_mut_ptr().cast(), c[r]) };
     }
 }
+
+/// One row of 16 sums of the int8 GEMM mapped to the next layer's codes:
+/// `y = scale * (acc - corr) + shift`, ReLU'd when `relu` (`q8::Q8Out`),
+/// then `q8::code(y)` (`y * inv + zero` clamped to [0, 255], plus 0.5,
+/// truncated), into `dst`. The same operations in one vector each, so the
+/// same bits as the portable formulas. (Built from the portable formulas,
+/// the compiler assembled the 16 lanes piecewise and passed the codes
+/// through the stack: the fused store then cost more than the quantization
+/// pass it replaced.)
+///
+/// # Safety
+/// The CPU has avx512f and avx512bw.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn codes_row_avx512(
+    acc: &[i32; PANEL],
+    (corr, scale, shift, relu): (i32, f32, f32, bool),
+    (inv, zero): (f32, f32),
+    dst: &mut [u8; PANEL],
+) {
+    // SAFETY: 16 readable i32 and 16 writable bytes.
+    unsafe {
+        let sums = _mm512_sub_epi32(_mm512_loadu_si512(acc.as_ptr().cast()), _mm512_set1_epi32(corr));
+        let y = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(scale), _mm512_cvtepi32_ps(sums)), _mm512_set1_ps(shift));
+        // max(v, 0) is 0 where v is NaN or -0.0 (the second operand), as the selects are.
+        let y = if relu { _mm512_max_ps(y, _mm512_setzero_ps()) } else { y };
+        let v = _mm512_add_ps(_mm512_mul_ps(y, _mm512_set1_ps(inv)), _mm512_set1_ps(zero));
+        let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
+        let q = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_add_ps(v, _mm512_set1_ps(0.5))));
+        _mm_storeu_si128(dst.as_mut_ptr().cast(), q);
+    }
+}

@@ -756,13 +756,13 @@ pub(crate) fn scatter_images(o_tile: &mut [f32], tmp: &[f32], tn: usize, p: usiz
 /// `tile(lane, images, out)` gets a tile's inputs and its outputs (`out_len`
 /// values per image).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn for_each_tile<L: Send>(
+pub(crate) fn for_each_tile<L: Send, X: Sync, O: Send>(
     lanes: &[Mutex<L>],
-    x: &[f32],
-    out: &mut [f32],
+    x: &[X],
+    out: &mut [O],
     (in_len, out_len): (usize, usize),
     (tile_imgs, shard_imgs): (usize, usize),
-    tile: impl Fn(&mut L, &[f32], &mut [f32]) -> Result<()> + Sync,
+    tile: impl Fn(&mut L, &[X], &mut [O]) -> Result<()> + Sync,
 ) -> Result<()> {
     x.par_chunks(shard_imgs * in_len).zip(out.par_chunks_mut(shard_imgs * out_len)).try_for_each(|(xs, os)| {
         let mut guard = lock_lane(lanes);

@@ -34,7 +34,9 @@
 use crate::error::{Error, Result};
 use crate::gemm::MatMut;
 use crate::gemm::MatRef;
-use crate::gemm::q8::{PANEL, Q8Act, Q8Out, Q8Taps, Q8Weights, gemm_q8, gemm_q8_taps, pack_bt, packed_b_len};
+use crate::gemm::q8::{
+    PANEL, Q8Act, Q8Codes, Q8Dst, Q8Out, Q8Source, Q8Taps, Q8Weights, gemm_q8, gemm_q8_taps, pack_bt, packed_b_len,
+};
 use crate::layers::conv2d::{Conv2d, Epilogue, for_each_tile, lanes, scatter_images, tiling};
 use crate::layers::prepared::{Converted, WeightsKey};
 use crate::ops::im2col_q8::{
@@ -55,6 +57,24 @@ struct Lane {
     packed: Vec<u8>,
     /// `[cout, tile columns]` output of multi-image tiles.
     tmp: Vec<f32>,
+}
+
+/// Where an int8 convolution writes: f32 values, or the codes of the next
+/// int8 layer's input under that layer's `Q8Act` (`gemm::q8::Q8Codes`: the
+/// codes it would make of the values, so the same bits), `[n, cout, ho, wo]`.
+#[derive(Debug)]
+pub enum Q8LayerOut<'a> {
+    Values(&'a mut [f32]),
+    Codes(&'a mut [u8], Q8Act),
+}
+
+impl Q8LayerOut<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Q8LayerOut::Values(v) => v.len(),
+            Q8LayerOut::Codes(c, _) => c.len(),
+        }
+    }
 }
 
 /// Scratch of one int8 convolution for one batch size, with its quantized weights.
@@ -168,6 +188,23 @@ impl Conv2d {
         n: usize,
         ws: &mut Q8ConvWorkspace,
     ) -> Result<()> {
+        self.forward_q8_io(Q8LayerOut::Values(out), x, weight, act, epi, n, ws)
+    }
+
+    /// `forward_q8` from values or codes (`x`: `Q8Source`, codes under
+    /// `act`) into values or the next layer's codes (`Q8LayerOut`): int8
+    /// layers in a row hand each other codes, with no f32 between them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_q8_io<X: Q8Source>(
+        &self,
+        out: Q8LayerOut<'_>,
+        x: &[X],
+        weight: &[f32],
+        act: Q8Act,
+        epi: Epilogue<'_>,
+        n: usize,
+        ws: &mut Q8ConvWorkspace,
+    ) -> Result<()> {
         self.check_lens("conv2d int8", n, [x.len(), out.len(), weight.len()], (ws.n, &ws.layer))?;
         epi.check(self.spec.cout)?;
         if !self.supports_q8() {
@@ -199,49 +236,72 @@ impl Conv2d {
             let part = n.div_ceil(threads).div_ceil(PANEL) * PANEL;
             let panel_bytes = packed_b_len(k, PANEL);
             let parts = ws.dense.par_chunks_mut(part / PANEL * panel_bytes).zip(x.par_chunks(part * k));
-            return parts.zip(out.par_chunks_mut(part * cout)).try_for_each(|((b, xs), o)| {
-                let imgs = o.len() / cout;
-                pack_bt(xs, k, imgs, act, b)?;
-                let c = MatMut::row_major(o, imgs, cout)?.t();
-                gemm_q8(wq, b, imgs, act.zero, q8out, c)
-            });
+            let pack = |b: &mut [u8], xs: &[X], imgs: usize| pack_bt(xs, k, imgs, act, b);
+            return match out {
+                Q8LayerOut::Values(out) => parts.zip(out.par_chunks_mut(part * cout)).try_for_each(|((b, xs), o)| {
+                    let imgs = o.len() / cout;
+                    pack(b, xs, imgs)?;
+                    let c = MatMut::row_major(o, imgs, cout)?.t();
+                    gemm_q8(wq, b, imgs, act.zero, q8out, c)
+                }),
+                // Column j (image j) is codes j * cout .. (j + 1) * cout: images of one column.
+                Q8LayerOut::Codes(out, next) => {
+                    parts.zip(out.par_chunks_mut(part * cout)).try_for_each(|((b, xs), o)| {
+                        let imgs = o.len() / cout;
+                        pack(b, xs, imgs)?;
+                        gemm_q8(wq, b, imgs, act.zero, q8out, Q8Codes { codes: o, act: next, p: 1 })
+                    })
+                }
+            };
         }
         let (in_len, out_len) = (self.win.in_len(), cout * p);
-        let (cut, kc) = ((ws.tile_imgs, ws.shard_imgs), c4_depth(&self.win));
+        let cut = (ws.tile_imgs, ws.shard_imgs);
         let taps = ws.taps.as_ref();
-        for_each_tile(&ws.lanes, x, out, (in_len, out_len), cut, |lane: &mut Lane, xt, o_tile| {
-            let tn = xt.len() / in_len;
-            let cols = tn * p;
-            // col[Kc, tn*P]: the tile's patch matrix (Kc: the c4 depth, `im2col_q8`),
-            // read in place from the codes or gathered into packed panels.
-            let mut gemm = |c: MatMut<'_>| match taps {
+        // col[Kc, tn*P]: a tile's patch matrix (Kc: the c4 depth, `im2col_q8`), read in
+        // place from the codes or gathered into packed panels; C = map(Wq[cout, Kc] * col).
+        let gemm = |lane: &mut Lane, xt: &[X], c: Q8Dst<'_>| -> Result<()> {
+            let cols = xt.len() / in_len * p;
+            match taps {
                 Some(t) => {
                     for (xi, codes) in xt.chunks_exact(in_len).zip(lane.codes.chunks_exact_mut(t.image_len)) {
                         quantize_phased_c4(xi, act, &self.win, t.phases, codes, &mut lane.planes)?;
                     }
-                    let codes = &lane.codes[..tn * t.image_len];
+                    let codes = &lane.codes[..xt.len() / in_len * t.image_len];
                     let b = Q8Taps { codes, halves: &t.halves[..2 * cols.div_ceil(PANEL)], steps: &t.steps };
                     gemm_q8_taps(wq, b, cols, act.zero, q8out, c)
                 }
                 None => {
-                    let packed = &mut lane.packed[..packed_b_len(kc, cols)];
+                    let packed = &mut lane.packed[..packed_b_len(c4_depth(&self.win), cols)];
                     for (j, xi) in xt.chunks_exact(in_len).enumerate() {
                         quantize_padded_c4(xi, act, &self.win, &mut lane.codes, &mut lane.planes)?;
                         gather_packed_c4(packed, cols, j * p, &lane.codes, &self.win)?;
                     }
                     gemm_q8(wq, packed, cols, act.zero, q8out, c)
                 }
-            };
-            if tn == 1 {
-                // out_i[cout, P] = map(Wq[cout, Kc] * col[Kc, P])
-                gemm(MatMut::row_major(o_tile, cout, p)?)
-            } else {
-                // tmp[cout, tn*P] = map(Wq * col), then un-interleave per image.
-                let tmp = &mut lane.tmp[..cout * cols];
-                gemm(MatMut::row_major(tmp, cout, cols)?)?;
-                scatter_images(o_tile, tmp, tn, p);
-                Ok(())
             }
-        })
+        };
+        match out {
+            Q8LayerOut::Values(out) => for_each_tile(&ws.lanes, x, out, (in_len, out_len), cut, |lane, xt, o_tile| {
+                let tn = xt.len() / in_len;
+                if tn == 1 {
+                    // out_i[cout, P] = map(Wq[cout, Kc] * col[Kc, P])
+                    gemm(lane, xt, MatMut::row_major(o_tile, cout, p)?.into())
+                } else {
+                    // tmp[cout, tn*P] = map(Wq * col), then un-interleave per image.
+                    let mut tmp = std::mem::take(&mut lane.tmp);
+                    let r = MatMut::row_major(&mut tmp[..cout * tn * p], cout, tn * p)
+                        .and_then(|c| gemm(lane, xt, c.into()));
+                    scatter_images(o_tile, &tmp[..cout * tn * p], tn, p);
+                    lane.tmp = tmp;
+                    r
+                }
+            }),
+            // The codes store un-interleaves the images itself ([tn, cout, P]).
+            Q8LayerOut::Codes(out, next) => {
+                for_each_tile(&ws.lanes, x, out, (in_len, out_len), cut, |lane, xt, o_tile| {
+                    gemm(lane, xt, Q8Codes { codes: o_tile, act: next, p }.into())
+                })
+            }
+        }
     }
 }

@@ -23,12 +23,12 @@
 use super::LayerRow;
 use super::quant::Precision;
 use crate::dist::{Comm, Shard};
-use crate::error::Result;
-use crate::gemm::q8::Q8Act;
+use crate::error::{Error, Result};
+use crate::gemm::q8::{Q8Act, Q8Source};
 use crate::layers::batchnorm::{self, Activation, BatchNormConfig};
 use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvPass, ConvWorkspace, Epilogue};
 use crate::layers::conv2d_bf16::Bf16ConvWorkspace;
-use crate::layers::conv2d_q8::Q8ConvWorkspace;
+use crate::layers::conv2d_q8::{Q8ConvWorkspace, Q8LayerOut};
 use crate::layers::prepared::WeightsKey;
 use crate::layers::relu;
 use crate::params::ParamLayout;
@@ -90,6 +90,14 @@ impl BlockState {
             Some(LowConv::Q8(_, qws)) => qws.vouch_weights(key),
             Some(LowConv::Bf16(bws)) => bws.vouch_weights(key),
             None => {}
+        }
+    }
+
+    /// The input quantization of an int8 eval forward (`set_low`), if it runs in int8.
+    pub(crate) fn q8_act(&self) -> Option<Q8Act> {
+        match &self.low {
+            Some(LowConv::Q8(act, _)) => Some(*act),
+            _ => None,
         }
     }
 }
@@ -265,33 +273,58 @@ impl Block {
         };
     }
 
+    /// The eval epilogue: bias, BatchNorm on its running statistics folded
+    /// into `scale` and `shift` (`[cout]` scratch), ReLU; applied while each
+    /// tile is in cache.
+    fn eval_epilogue<'a>(&'a self, p: &'a [f32], scale: &'a mut [f32], shift: &'a mut [f32]) -> Epilogue<'a> {
+        let bias = self.bias.as_ref().map(|b| &p[b.clone()]);
+        let Some((cfg, r)) = &self.bn else {
+            return Epilogue { scale: None, shift: bias, relu: self.relu };
+        };
+        let [g, b, m, v] = Self::bn_ranges(cfg, r);
+        let (gamma, beta, rm, rv) = (&p[g], &p[b], &p[m], &p[v]);
+        for c in 0..cfg.channels {
+            // out = gamma * (conv + bias - mean) / sqrt(var + eps) + beta = scale * conv + shift
+            let k = gamma.get(c).copied().unwrap_or(1.0) as f64 / (rv[c] as f64 + cfg.eps as f64).sqrt();
+            let bc = bias.map_or(0.0, |b| b[c] as f64);
+            scale[c] = k as f32;
+            shift[c] = (beta.get(c).copied().unwrap_or(0.0) as f64 + (bc - rm[c] as f64) * k) as f32;
+        }
+        Epilogue { scale: Some(scale), shift: Some(shift), relu: self.relu }
+    }
+
+    /// The int8 eval forward (after `set_low` with int8) from values or codes
+    /// under this block's input quantization (`BlockState::q8_act`) into
+    /// values or the next int8 block's codes (`Conv2d::forward_q8_io`).
+    pub fn forward_q8_io<X: Q8Source>(
+        &self,
+        st: &mut BlockState,
+        out: Q8LayerOut<'_>,
+        x: &[X],
+        params: &[f32],
+        n: usize,
+    ) -> Result<()> {
+        let BlockState { eval_scale, eval_shift, low, .. } = st;
+        let Some(LowConv::Q8(act, qws)) = low.as_mut() else {
+            return Err(Error::InvalidArgument(format!("block conv{} does not run in int8", self.index)));
+        };
+        let epi = self.eval_epilogue(params, eval_scale, eval_shift);
+        self.conv.forward_q8_io(out, x, &params[self.weight.clone()], *act, epi, n, qws)
+    }
+
     /// Runs the block on `x` (`N x cin x h x w`) into `out` (`N x cout x ho x wo`).
     pub fn forward(&self, st: &mut BlockState, out: &mut [f32], x: &[f32], pass: &mut Pass, n: usize) -> Result<()> {
         let params = pass.params();
         let bias = self.bias.as_ref().map(|b| &params[b.clone()]);
         if let Pass::Eval(p) = &*pass {
-            // Inference: bias, BatchNorm (running statistics) and ReLU become
-            // the convolution's epilogue, applied while each tile is in cache.
-            let mut epi = Epilogue { scale: None, shift: bias, relu: self.relu };
-            if let Some((cfg, r)) = &self.bn {
-                let [g, b, m, v] = Self::bn_ranges(cfg, r);
-                let (gamma, beta, rm, rv) = (&p[g], &p[b], &p[m], &p[v]);
-                for c in 0..cfg.channels {
-                    // out = gamma * (conv + bias - mean) / sqrt(var + eps) + beta = scale * conv + shift
-                    let k = gamma.get(c).copied().unwrap_or(1.0) as f64 / (rv[c] as f64 + cfg.eps as f64).sqrt();
-                    let bc = bias.map_or(0.0, |b| b[c] as f64);
-                    st.eval_scale[c] = k as f32;
-                    st.eval_shift[c] = (beta.get(c).copied().unwrap_or(0.0) as f64 + (bc - rm[c] as f64) * k) as f32;
-                }
-                epi = Epilogue { scale: Some(&st.eval_scale), shift: Some(&st.eval_shift), relu: self.relu };
-            }
+            let BlockState { eval_scale, eval_shift, low, conv, .. } = st;
+            let epi = self.eval_epilogue(p, eval_scale, eval_shift);
             let w = &p[self.weight.clone()];
-            match st.low.as_mut() {
-                Some(LowConv::Q8(act, qws)) => return self.conv.forward_q8(out, x, w, *act, epi, n, qws),
-                Some(LowConv::Bf16(bws)) => return self.conv.forward_bf16(out, x, w, epi, n, bws),
-                None => {}
-            }
-            return self.conv.forward_fused(out, x, w, epi, n, &mut st.conv);
+            return match low.as_mut() {
+                Some(LowConv::Q8(act, qws)) => self.conv.forward_q8(out, x, w, *act, epi, n, qws),
+                Some(LowConv::Bf16(bws)) => self.conv.forward_bf16(out, x, w, epi, n, bws),
+                None => self.conv.forward_fused(out, x, w, epi, n, conv),
+            };
         }
         let conv_out = if st.pre.is_empty() { &mut *out } else { &mut st.pre };
         self.conv.forward(conv_out, x, &params[self.weight.clone()], bias, n, &mut st.conv)?;

@@ -19,7 +19,9 @@ use super::block::{BlockState, Pass, Scratch};
 use super::graph::{Graph, INPUT, Op, TensorId};
 use super::quant::{Calibration, Precision};
 use crate::error::{Error, Result};
+use crate::gemm::q8::Q8Act;
 use crate::layers::conv2d::ConvPass;
+use crate::layers::conv2d_q8::Q8LayerOut;
 use crate::layers::dropout::{self, DropoutConfig};
 use crate::layers::prepared::WeightsKey;
 use crate::layers::{concat, input_norm, l2norm, maxpool, residual, upsample};
@@ -43,6 +45,11 @@ pub(crate) struct Buffers {
     states: Vec<NodeState>,
     slots: Vec<Vec<f32>>,
     pub scratch: Scratch,
+    /// Per tensor, the quantization of its codes where an int8 block hands
+    /// it to the next int8 block as codes (`set_precision`); then `codes[t]`
+    /// holds it in an eval pass and `acts[t]` is not written.
+    coded: Vec<Option<Q8Act>>,
+    codes: Vec<Vec<u8>>,
 }
 
 impl Buffers {
@@ -70,7 +77,8 @@ impl Buffers {
             })
             .collect();
         let slots = if train { g.slot_lens(n).map(|l| vec![0.0; l]).collect() } else { Vec::new() };
-        Buffers { n, acts, states, slots, scratch: Scratch::new(&g.blocks, n, pass) }
+        let (coded, codes) = (vec![None; g.tensors()], vec![Vec::new(); g.tensors()]);
+        Buffers { n, acts, states, slots, scratch: Scratch::new(&g.blocks, n, pass), coded, codes }
     }
 
     /// Every block's `BlockState::vouch_weights`.
@@ -94,10 +102,19 @@ impl Buffers {
                 block.set_low(st, precision, calib.and_then(|c| c.get(block.index)), self.n);
             }
         }
+        // A tensor one int8 block makes and only one int8 block reads travels
+        // as that reader's codes: the writer's store quantizes, the reader
+        // skips its pass over f32 (the same codes, so the same bits).
+        for t in 0..g.tensors() {
+            self.coded[t] = code_plan(g, &self.states, t);
+            let len = if self.coded[t].is_some() { g.shape(t, self.n).len() } else { 0 };
+            self.codes[t] = vec![0; len];
+        }
     }
 
     /// `(block index, the block's input)` for each block node, in node
-    /// order, as the last eval pass on these buffers with input `x` left them.
+    /// order, as the last eval pass on these buffers with input `x` left them
+    /// (f32 or bf16 buffers: int8 ones keep some inputs only as codes).
     pub fn block_inputs<'a>(&'a self, g: &Graph, x: &'a [f32]) -> Vec<(usize, &'a [f32])> {
         g.nodes
             .iter()
@@ -109,6 +126,30 @@ impl Buffers {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// The quantization under which tensor `t` travels as codes in an eval
+/// pass: where one int8 block writes it and exactly one int8 block reads it,
+/// as its first input, and it is not the graph's output.
+fn code_plan(g: &Graph, states: &[NodeState], t: TensorId) -> Option<Q8Act> {
+    let q8 = |i: usize| match (g.nodes[i].op, &states[i]) {
+        (Op::Block(_), NodeState::Block(st)) => st.q8_act(),
+        _ => None,
+    };
+    if t == INPUT || !g.owns_buffer(t, false) || g.src(g.output, false) == t {
+        return None;
+    }
+    let runs = |i: &usize| g.runs(&g.nodes[*i], false);
+    let writer = (0..g.nodes.len()).filter(runs).find(|&i| g.nodes[i].output == t)?;
+    q8(writer)?;
+    let mut readers = (0..g.nodes.len())
+        .filter(runs)
+        .flat_map(|i| g.nodes[i].inputs.iter().enumerate().map(move |(pos, &u)| (i, pos, u)))
+        .filter(|&(_, _, u)| u != INPUT && g.src(u, false) == t);
+    match (readers.next(), readers.next()) {
+        (Some((i, 0, _)), None) => q8(i),
+        _ => None,
     }
 }
 
@@ -138,12 +179,33 @@ pub(crate) fn forward<'b>(
         Pass::Train(_, Some(s)) => Some((s.offset, s.total, s.groups)),
         _ => None,
     };
-    let Buffers { acts, states, .. } = bufs;
+    let Buffers { acts, states, coded, codes, .. } = bufs;
     for (node, state) in g.nodes.iter().zip(states.iter_mut()) {
         if !g.runs(node, train) {
             continue;
         }
         let o = node.output;
+        if let (Op::Block(b), NodeState::Block(st), Pass::Eval(p)) = (node.op, &mut *state, &pass) {
+            // int8 blocks handing each other codes (`Buffers::set_precision`).
+            let t = g.src(node.inputs[0], false);
+            let coded_in = t != INPUT && coded[t].is_some();
+            if coded_in || coded[o].is_some() {
+                let (mut values, mut out_codes) = (take(&mut acts[o]), take(&mut codes[o]));
+                let dst = match coded[o] {
+                    Some(next) => Q8LayerOut::Codes(&mut out_codes, next),
+                    None => Q8LayerOut::Values(&mut values),
+                };
+                let block = &g.blocks[b];
+                let r = if coded_in {
+                    block.forward_q8_io(st, dst, &codes[t], p, n)
+                } else {
+                    block.forward_q8_io(st, dst, tensor(acts, x, t), p, n)
+                };
+                (acts[o], codes[o]) = (values, out_codes);
+                r?;
+                continue;
+            }
+        }
         let mut out = take(&mut acts[o]);
         let get = |t: TensorId| tensor(acts, x, g.src(t, train));
         let (a, sa) = (get(node.inputs[0]), g.shape(node.inputs[0], n));

@@ -23,7 +23,7 @@
 //! `c4_taps` gives the offsets at which `gemm::q8::gemm_q8_taps` reads them.
 
 use crate::error::{Error, Result};
-use crate::gemm::q8::{PANEL, Q8Act, interleave_step, packed_b_len};
+use crate::gemm::q8::{PANEL, Q8Act, Q8Source, interleave_step, packed_b_len};
 use crate::ops::im2col::Window;
 
 /// `(ph, pw)`: the input's extent with the window's padding around it.
@@ -78,19 +78,19 @@ pub fn c4_scratch_len(g: &Window) -> usize {
     4 * g.h * g.w
 }
 
-/// Codes of one image (`x`: `[cin, h, w]` values) in the c4 layout inside a
-/// border of `act.zero` (`dst`: `padded_c4_len` bytes; padded channels hold
+/// Codes of one image (`x`: `[cin, h, w]` values, or their codes under
+/// `act`) in the c4 layout inside a border of `act.zero` (`dst`: `padded_c4_len` bytes; padded channels hold
 /// `act.zero` too, met by zero weights). `planes`: scratch for one channel
 /// quad's codes (`c4_scratch_len`).
-pub fn quantize_padded_c4(x: &[f32], act: Q8Act, g: &Window, dst: &mut [u8], planes: &mut [u8]) -> Result<()> {
+pub fn quantize_padded_c4<X: Q8Source>(x: &[X], act: Q8Act, g: &Window, dst: &mut [u8], planes: &mut [u8]) -> Result<()> {
     quantize_phased_c4(x, act, g, 1, dst, planes)
 }
 
 /// `quantize_padded_c4` with the columns split into `phases` (`phased_c4_len`):
 /// at stride `s`, `s` phases put the columns one output row reads at one tap
 /// side by side (`c4_taps`).
-pub fn quantize_phased_c4(
-    x: &[f32],
+pub fn quantize_phased_c4<X: Q8Source>(
+    x: &[X],
     act: Q8Act,
     g: &Window,
     phases: usize,
@@ -115,9 +115,17 @@ pub fn quantize_phased_c4(
         // The quad's channels as codes, in one call: whole planes are whole
         // vectors, where rows of 8 or 16 values would be mostly remainders.
         let live = g.cin.saturating_sub(4 * quad).min(4);
-        let (codes, pads) = planes.split_at_mut(live * hw);
-        act.quantize_slice(&x[4 * quad * hw..(4 * quad + live) * hw], codes);
-        pads.fill(act.zero);
+        let src = &x[4 * quad * hw..(4 * quad + live) * hw];
+        let planes: &[u8] = match X::as_codes(src) {
+            // Four channels of codes already: interleaved where they lie.
+            Some(codes) if live == 4 => codes,
+            _ => {
+                let (codes, pads) = planes.split_at_mut(live * hw);
+                X::codes_into(src, act, codes);
+                pads.fill(act.zero);
+                planes
+            }
+        };
         for r in 0..g.h {
             let out = &mut plane[(g.pad.top + r) * phases * pws * 4..(g.pad.top + r + 1) * phases * pws * 4];
             let row = |t: usize| &planes[t * hw + r * w..t * hw + (r + 1) * w];
