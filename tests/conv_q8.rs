@@ -9,7 +9,8 @@
 //! place (`gemm_q8_taps`; at stride s from codes split into s column
 //! phases) gives the bits of the gather and the packed GEMM, with every
 //! int8 kernel. Layers in a row handing each other codes
-//! (`forward_q8_io`) give the bits of values quantized by the reader.
+//! (`forward_q8_io`: in NCHW order, or laid out as the reader's GEMM reads
+//! them) give the bits of values quantized by the reader.
 
 use nhpatch::gemm::MatMut;
 use nhpatch::gemm::MatRef;
@@ -17,12 +18,12 @@ use nhpatch::gemm::q8::{
     PANEL, Q8Act, Q8Kernel, Q8Out, Q8Taps, Q8Weights, gemm_q8_taps_with, gemm_q8_with, pack_b_codes, packed_b_len,
 };
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvPass, Epilogue};
-use nhpatch::layers::conv2d_q8::Q8LayerOut;
+use nhpatch::layers::conv2d_q8::{Q8LayerIn, Q8LayerOut};
 use nhpatch::ops::im2col::Padding;
 use nhpatch::ops::im2col::Window;
 use nhpatch::ops::im2col_q8::{
-    c4_depth, c4_scratch_len, c4_taps, gather_packed_c4, im2col_u8, padded_c4_len, phased_c4_len, quantize_padded_c4,
-    quantize_phased_c4, reorder_weights_c4,
+    c4_depth, c4_layout, c4_scratch_len, c4_taps, gather_packed_c4, im2col_u8, padded_c4_len, phased_c4_len,
+    quantize_padded_c4, quantize_phased_c4, reorder_weights_c4,
 };
 use nhpatch::rng::Rng;
 
@@ -160,20 +161,106 @@ fn codes_in_and_out_give_the_bits_of_values_in_and_out() {
                 let (l, w, act) = (&case.l, &case.w, case.act);
                 // Values in, codes out.
                 let mut codes = vec![0xA5u8; want.len()];
-                pool.install(|| l.forward_q8_io(Q8LayerOut::Codes(&mut codes, next), &case.x, w, act, epi, n, &mut ws))
-                    .unwrap();
+                pool.install(|| {
+                    l.forward_q8_io(
+                        Q8LayerOut::Codes(&mut codes, next),
+                        Q8LayerIn::Values(&case.x),
+                        w,
+                        act,
+                        epi,
+                        n,
+                        &mut ws,
+                    )
+                })
+                .unwrap();
                 assert_eq!(codes, want_codes, "{what} n={n} {threads} threads: codes out");
                 // Codes in, values out.
                 let mut out = vec![f32::NAN; want.len()];
-                pool.install(|| l.forward_q8_io(Q8LayerOut::Values(&mut out), &xq, w, act, epi, n, &mut ws)).unwrap();
+                pool.install(|| {
+                    l.forward_q8_io(Q8LayerOut::Values(&mut out), Q8LayerIn::Codes(&xq), w, act, epi, n, &mut ws)
+                })
+                .unwrap();
                 let same = out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{what} n={n} {threads} threads: codes in");
                 // Codes in and out.
                 let mut codes = vec![0x5Au8; want.len()];
-                pool.install(|| l.forward_q8_io(Q8LayerOut::Codes(&mut codes, next), &xq, w, act, epi, n, &mut ws))
-                    .unwrap();
+                pool.install(|| {
+                    l.forward_q8_io(Q8LayerOut::Codes(&mut codes, next), Q8LayerIn::Codes(&xq), w, act, epi, n, &mut ws)
+                })
+                .unwrap();
                 assert_eq!(codes, want_codes, "{what} n={n} {threads} threads: codes in and out");
             }
+        }
+    }
+}
+
+/// The codes `quantize_phased_c4` makes of a batch (`x`: `n` images of
+/// `[g.cin, g.h, g.w]`), image after image: what a laid-out input holds.
+fn laid(x: &[f32], n: usize, act: Q8Act, g: &Window, phases: usize) -> Vec<u8> {
+    let len = phased_c4_len(g, phases);
+    let mut out = vec![0u8; n * len];
+    let mut planes = vec![0u8; c4_scratch_len(g)];
+    for (xi, o) in x.chunks_exact(g.in_len()).zip(out.chunks_exact_mut(len)) {
+        quantize_phased_c4(xi, act, g, phases, o, &mut planes).unwrap();
+    }
+    out
+}
+
+#[test]
+fn laid_out_codes_are_the_readers_own_quantization_in_and_out() {
+    let mut rng = Rng::new(37);
+    let next = Q8Act::from_range(-0.25, 2.5).unwrap();
+    for (spec, hw, what) in specs() {
+        for n in [1, 3, 37] {
+            let case = Case::new(&mut rng, spec, hw, n, true);
+            let want = case.q8(true);
+            let (l, w, act, epi) = (&case.l, &case.w, case.act, case.epi(true));
+            // Out: laid out for a reader of this output at stride 1 and 2 (1 and 2 phases).
+            for (stride, phases) in [(1, 1), (2, 2)] {
+                let reader = Conv2dSpec {
+                    cin: spec.cout,
+                    cout: 8,
+                    kh: 3,
+                    kw: 3,
+                    stride,
+                    pad: Padding::symmetric(1),
+                    bias: false,
+                };
+                let rg = Conv2d::new(reader, l.win.ho, l.win.wo).unwrap().win;
+                let layout = c4_layout(&rg, phases);
+                let expect = laid(&want, n, next, &rg, phases);
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let mut ws = l.workspace_q8(n);
+                    let mut codes = vec![next.zero; expect.len()];
+                    let dst = Q8LayerOut::Laid(&mut codes, next, layout);
+                    pool.install(|| l.forward_q8_io(dst, Q8LayerIn::Values(&case.x), w, act, epi, n, &mut ws)).unwrap();
+                    assert!(codes == expect, "{what} n={n} {threads} threads: laid out for stride {stride}");
+                }
+            }
+            // In: the layer's own layout, read in place (not the dense layer, which has none).
+            let mut ws = l.workspace_q8(n);
+            let Some(layout) = ws.input_layout() else {
+                let r = l.forward_q8_io(
+                    Q8LayerOut::Values(&mut vec![0.0; want.len()]),
+                    Q8LayerIn::Laid(&[]),
+                    w,
+                    act,
+                    epi,
+                    n,
+                    &mut ws,
+                );
+                assert!(r.is_err(), "{what}: a laid-out input to the dense layer is refused");
+                continue;
+            };
+            let xs = laid(&case.x, n, act, &l.win, layout.phases);
+            assert_eq!(xs.len(), n * layout.image_len());
+            let mut out = vec![f32::NAN; want.len()];
+            l.forward_q8_io(Q8LayerOut::Values(&mut out), Q8LayerIn::Laid(&xs), w, act, epi, n, &mut ws).unwrap();
+            assert!(out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{what} n={n}: laid-out input");
+            // A buffer of the wrong length is an error, not a panic.
+            let r = l.forward_q8_io(Q8LayerOut::Values(&mut out), Q8LayerIn::Laid(&xs[1..]), w, act, epi, n, &mut ws);
+            assert!(r.is_err(), "{what}: short laid-out input");
         }
     }
 }

@@ -4,13 +4,13 @@
 //! step), over C full of NaN, for any column split; packing follows the
 //! documented layout; the result is within the quantization error bound of
 //! the f32 product; storing C as the next layer's codes (`Q8Codes`, a batch
-//! of images) gives the codes of the stored values; refusals are errors,
-//! never panics.
+//! of images; `Q8Laid`, in the reader's layout) gives the codes of the
+//! stored values, with every kernel; refusals are errors, never panics.
 
 use nhpatch::Error;
 use nhpatch::gemm::q8::{
-    B_MAX, MAX_K, PANEL, Q8Act, Q8Codes, Q8Kernel, Q8Out, Q8Weights, best_q8_kernel, gemm_q8_with, interleave_step,
-    pack_b, pack_b_codes, pack_bt, packed_b_len, padded_depth,
+    B_MAX, MAX_K, PANEL, Q8Act, Q8Codes, Q8Kernel, Q8Laid, Q8Layout, Q8Out, Q8Weights, best_q8_kernel, gemm_q8_with,
+    interleave_step, pack_b, pack_b_codes, pack_bt, packed_b_len, padded_depth,
 };
 use nhpatch::gemm::{Kernel, MatMut, MatRef};
 use nhpatch::rng::Rng;
@@ -181,6 +181,48 @@ fn codes_stored_as_images_are_the_codes_of_the_values() {
             let r = gemm_q8_with(best_q8_kernel(), &case.w, &case.packed, n, case.act.zero, case.out(true), c);
             assert!(matches!(r, Err(Error::Shape(_))), "images of {} columns in {n}", p + 1);
         }
+    }
+}
+
+#[test]
+fn laid_out_codes_land_where_the_layout_puts_each_pixel() {
+    let mut rng = Rng::new(29);
+    // Images of 4x4 (a panel holds one image), 8x3 (panels cross images),
+    // 2x8 with 2 phases and a border; channels 8 (whole quads) and 6 (a partial quad).
+    let layouts = [
+        Q8Layout { channels: 8, h: 4, w: 4, ph: 4, phases: 1, pws: 4, top: 0, left: 0 },
+        Q8Layout { channels: 8, h: 8, w: 3, ph: 10, phases: 1, pws: 5, top: 1, left: 1 },
+        Q8Layout { channels: 6, h: 2, w: 8, ph: 4, phases: 2, pws: 5, top: 1, left: 1 },
+    ];
+    for layout in layouts {
+        let (m, p) = (layout.channels, layout.h * layout.w);
+        let n = 3 * p;
+        let (case, _, _) = Case::new(&mut rng, m, 30, n, -1.0, 2.0);
+        let next = Q8Act::from_range(-0.5, 3.0).unwrap();
+        let values = case.run(Q8Kernel::Naive, true);
+        let mut want = vec![next.zero; n / p * layout.image_len()];
+        for i in 0..m {
+            for j in 0..n {
+                let (img, pix) = (j / p, j % p);
+                want[img * layout.image_len() + layout.at(i, pix / layout.w, pix % layout.w)] =
+                    next.quantize(values[i * n + j]);
+            }
+        }
+        for kernel in std::iter::once(Q8Kernel::Naive).chain(kernels()) {
+            let mut got = vec![next.zero; want.len()];
+            let c = Q8Laid { codes: &mut got, act: next, layout };
+            gemm_q8_with(kernel, &case.w, &case.packed, n, case.act.zero, case.out(true), c).unwrap();
+            assert_eq!(got, want, "{} {layout:?}", kernel.name());
+        }
+        // A layout of other channels, or a buffer of another size, is refused.
+        let mut got = vec![0u8; want.len()];
+        let other = Q8Layout { channels: m + 4, ..layout };
+        let c = Q8Laid { codes: &mut got, act: next, layout: other };
+        let r = gemm_q8_with(best_q8_kernel(), &case.w, &case.packed, n, case.act.zero, case.out(true), c);
+        assert!(matches!(r, Err(Error::Shape(_))), "{other:?}");
+        let c = Q8Laid { codes: &mut got[1..], act: next, layout };
+        let r = gemm_q8_with(best_q8_kernel(), &case.w, &case.packed, n, case.act.zero, case.out(true), c);
+        assert!(matches!(r, Err(Error::Shape(_))), "short");
     }
 }
 

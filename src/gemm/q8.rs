@@ -34,7 +34,9 @@
 //! never stored. A caller splitting C among threads gives each part whole
 //! panels (column offsets that are multiples of 16).
 
-use super::{MatMut, MatRef};
+use super::q8_store::{CodeSink, LaidSink, RowMap, Sink, ValueSink, check_out};
+pub use super::q8_store::{Q8Codes, Q8Dst, Q8Laid, Q8Layout};
+use super::MatRef;
 use crate::error::{Error, Result};
 use std::sync::OnceLock;
 
@@ -284,7 +286,7 @@ impl Q8Source for u8 {
 /// One code (see `Q8Act::quantize`): selects rather than `max`/`min` and
 /// `round`, which do not vectorise on baseline x86-64.
 #[inline(always)]
-fn code(x: f32, inv: f32, zero: f32) -> u8 {
+pub(super) fn code(x: f32, inv: f32, zero: f32) -> u8 {
     let y = x * inv + zero;
     let y = if y > 0.0 { y } else { 0.0 };
     let y = if y < B_MAX as f32 { y } else { B_MAX as f32 };
@@ -445,206 +447,6 @@ impl Q8Out<'_> {
     }
 }
 
-/// C as the 8-bit codes of the next layer's input (`act`), laid out as a
-/// batch of images: column `j` is pixel `j % p` of image `j / p`, so
-/// `C[i, j]` is byte `((j / p) * rows + i) * p + j % p` of `codes`
-/// (`[n / p, rows, p]`, NCHW), holding `act.quantize(C[i, j])`: the code
-/// the next layer would make of the f32 output, so the same bits, without
-/// writing and re-reading the f32 values.
-#[derive(Debug)]
-pub struct Q8Codes<'a> {
-    pub codes: &'a mut [u8],
-    pub act: Q8Act,
-    /// Columns per image (`n` for a single image).
-    pub p: usize,
-}
-
-/// Where the int8 GEMM stores C: f32 values (any strides) or codes.
-#[derive(Debug)]
-pub enum Q8Dst<'a> {
-    Values(MatMut<'a>),
-    Codes(Q8Codes<'a>),
-}
-
-impl<'a> From<MatMut<'a>> for Q8Dst<'a> {
-    fn from(c: MatMut<'a>) -> Q8Dst<'a> {
-        Q8Dst::Values(c)
-    }
-}
-
-impl<'a> From<Q8Codes<'a>> for Q8Dst<'a> {
-    fn from(c: Q8Codes<'a>) -> Q8Dst<'a> {
-        Q8Dst::Codes(c)
-    }
-}
-
-/// How one row of a tile maps its sums (`Q8Out`): `corr` is the zero
-/// point times the row's weight sum.
-#[derive(Clone, Copy)]
-struct RowMap {
-    corr: i32,
-    scale: f32,
-    shift: f32,
-    relu: bool,
-}
-
-impl RowMap {
-    /// The output of a corrected sum: the one formula.
-    #[inline(always)]
-    fn value(self, corrected: i32) -> f32 {
-        let y = self.scale * corrected as f32 + self.shift;
-        if !self.relu || y > 0.0 { y } else { 0.0 }
-    }
-
-    /// The 16 outputs of a row of sums.
-    #[inline(always)]
-    fn values(self, acc: &[i32; PANEL]) -> [f32; PANEL] {
-        let mut y = [0.0f32; PANEL];
-        y.iter_mut().zip(acc).for_each(|(d, &v)| *d = self.value(v - self.corr));
-        y
-    }
-}
-
-/// Where `run` and `naive` put C: `panel` names the columns `j0 .. j0 +
-/// cols` (inside one panel) of the rows stored next.
-trait Sink {
-    fn panel(&mut self, j0: usize, cols: usize);
-    /// Stores `C[i, j0 + jj] = y[jj]` for `jj < cols`.
-    fn put(&mut self, i: usize, y: &[f32; PANEL]);
-    /// Stores row `i`'s sums mapped by `m` (the tiles' path).
-    #[inline(always)]
-    fn row(&mut self, i: usize, acc: &[i32; PANEL], m: RowMap) {
-        self.put(i, &m.values(acc))
-    }
-}
-
-/// f32 values into a strided view.
-struct ValueSink<'a, 'c> {
-    c: &'a mut MatMut<'c>,
-    j0: usize,
-    cols: usize,
-}
-
-impl Sink for ValueSink<'_, '_> {
-    #[inline(always)]
-    fn panel(&mut self, j0: usize, cols: usize) {
-        (self.j0, self.cols) = (j0, cols);
-    }
-
-    #[inline(always)]
-    fn put(&mut self, i: usize, y: &[f32; PANEL]) {
-        let (rs, cs) = (self.c.row_stride(), self.c.col_stride());
-        // Element (i, j0) of the view, which was bounds-checked when built.
-        let base = i * rs + self.j0 * cs;
-        let data = self.c.data_mut();
-        if cs == 1 && self.cols == PANEL {
-            // A whole contiguous row of the panel (the convolutions' case): one fixed-size copy.
-            let dst: &mut [f32; PANEL] = (&mut data[base..base + PANEL]).try_into().expect("16 values");
-            *dst = *y;
-        } else {
-            for (jj, &v) in y.iter().enumerate().take(self.cols) {
-                data[base + jj * cs] = v;
-            }
-        }
-    }
-}
-
-/// `Q8Codes` with the code map's constants hoisted (`Q8Act::quantize`) and
-/// the current panel's place in the images found once for all its rows.
-/// `AVX512`: rows through `q8_x86::codes_row_avx512` (whoever makes such a
-/// sink vouches for the CPU), else the portable formulas.
-struct CodeSink<'a, const AVX512: bool> {
-    codes: &'a mut [u8],
-    rows: usize,
-    p: usize,
-    inv: f32,
-    zero: f32,
-    j0: usize,
-    cols: usize,
-    /// Where the panel's columns are one run of 16 inside one image: the
-    /// offset of row 0's first code (row i's is `i * p` further).
-    whole: Option<usize>,
-}
-
-impl<'a, const AVX512: bool> CodeSink<'a, AVX512> {
-    fn new(c: &'a mut Q8Codes<'_>, rows: usize) -> CodeSink<'a, AVX512> {
-        let (inv, zero) = (1.0 / c.act.scale, c.act.zero as f32);
-        CodeSink { codes: &mut *c.codes, rows, p: c.p, inv, zero, j0: 0, cols: 0, whole: None }
-    }
-
-    /// Stores row `i`'s codes `q[jj]` at columns `j0 + jj < j0 + cols`.
-    #[inline(always)]
-    fn store(&mut self, i: usize, q: &[u8; PANEL]) {
-        if let Some(base) = self.whole {
-            let o = base + i * self.p;
-            *<&mut [u8; PANEL]>::try_from(&mut self.codes[o..o + PANEL]).expect("16 codes") = *q;
-            return;
-        }
-        // A run crossing from one image into the next, or the last panel's.
-        let (mut j, mut at) = (self.j0, 0);
-        while at < self.cols {
-            let (img, pix) = (j / self.p, j % self.p);
-            let len = (self.p - pix).min(self.cols - at);
-            let o = (img * self.rows + i) * self.p + pix;
-            self.codes[o..o + len].copy_from_slice(&q[at..at + len]);
-            (j, at) = (j + len, at + len);
-        }
-    }
-}
-
-impl<const AVX512: bool> Sink for CodeSink<'_, AVX512> {
-    #[inline(always)]
-    fn panel(&mut self, j0: usize, cols: usize) {
-        let (img, pix) = (j0 / self.p, j0 % self.p);
-        (self.j0, self.cols) = (j0, cols);
-        self.whole = (cols == PANEL && pix + PANEL <= self.p).then_some(img * self.rows * self.p + pix);
-    }
-
-    #[inline(always)]
-    fn put(&mut self, i: usize, y: &[f32; PANEL]) {
-        let mut q = [0u8; PANEL];
-        q.iter_mut().zip(y).for_each(|(d, &v)| *d = code(v, self.inv, self.zero));
-        self.store(i, &q);
-    }
-
-    #[inline(always)]
-    fn row(&mut self, i: usize, acc: &[i32; PANEL], m: RowMap) {
-        #[cfg(target_arch = "x86_64")]
-        if AVX512 {
-            let (map, constants) = ((m.corr, m.scale, m.shift, m.relu), (self.inv, self.zero));
-            let whole = self.whole.map(|base| base + i * self.p);
-            // SAFETY (both): an AVX512 sink is made only for the VNNI kernel, whose
-            // CPU has avx512f and avx512bw (`dispatch`, `Q8Kernel::is_available`).
-            if let Some(o) = whole {
-                // Straight into place: the codes never touch the stack.
-                let dst = <&mut [u8; PANEL]>::try_from(&mut self.codes[o..o + PANEL]).expect("16 codes");
-                unsafe { super::q8_x86::codes_row_avx512(acc, map, constants, dst) };
-            } else {
-                let mut q = [0u8; PANEL];
-                unsafe { super::q8_x86::codes_row_avx512(acc, map, constants, &mut q) };
-                self.store(i, &q);
-            }
-            return;
-        }
-        self.put(i, &m.values(acc))
-    }
-}
-
-fn check_out(a: &Q8Weights, n: usize, out: &Q8Out<'_>, c: &Q8Dst<'_>) -> Result<()> {
-    let bad = match c {
-        Q8Dst::Values(c) => (c.rows() != a.rows || c.cols() != n).then(|| format!("C is {}x{}", c.rows(), c.cols())),
-        Q8Dst::Codes(c) => (c.p == 0 || !n.is_multiple_of(c.p) || c.codes.len() != a.rows * n)
-            .then(|| format!("C is {} codes in images of {} columns", c.codes.len(), c.p)),
-    };
-    if let Some(what) = bad {
-        return Err(Error::Shape(format!("int8 GEMM: A is {}x{}, B has {n} columns, {what}", a.rows, a.cols)));
-    }
-    if out.scale.len() != a.rows || out.shift.is_some_and(|s| s.len() != a.rows) {
-        return Err(Error::Shape(format!("int8 GEMM: the output map needs {} scales and shifts", a.rows)));
-    }
-    Ok(())
-}
-
 /// `C = out(A * B)` with the best kernel for this CPU; `b` packed by `pack_b`
 /// for `n` columns with zero point `zero`.
 pub fn gemm_q8<'c>(a: &Q8Weights, b: &[u8], n: usize, zero: u8, out: Q8Out<'_>, c: impl Into<Q8Dst<'c>>) -> Result<()> {
@@ -794,6 +596,17 @@ unsafe fn dispatch<B: Steps>(
                 dispatch_to(kernel, a, (n, zero), out, &mut CodeSink::<false>::new(c, a.rows), qb, panel)
             },
         },
+        Q8Dst::Laid(c) => match kernel {
+            // SAFETY: as for codes.
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Avx512Vnni => unsafe {
+                dispatch_to(kernel, a, (n, zero), out, &mut LaidSink::<true>::new(c), qb, panel)
+            },
+            // SAFETY: the caller's contract.
+            _ => unsafe {
+                dispatch_to(kernel, a, (n, zero), out, &mut LaidSink::<false>::new(c), qb, panel)
+            },
+        },
     }
     Ok(())
 }
@@ -896,12 +709,22 @@ unsafe fn run<B: Steps, S: Sink>(
             // SAFETY: `a.q` holds rows i0 .. i0 + rows of kp codes each; the
             // panel's steps and the kernel: the caller's contract.
             unsafe { tile(a.q[i0 * kp..].as_ptr(), kp, rows, bp, kp / 4, &mut acc) };
-            for (r, acc_row) in acc.iter().enumerate().take(rows) {
-                let i = i0 + r;
-                let (corr, scale) = (zero as i32 * a.sums[i], out.scale[i]);
-                let shift = out.shift.map_or(0.0, |s| s[i]);
-                // All 16 lanes mapped (those past `cols` are never stored).
-                c.row(i, acc_row, RowMap { corr, scale, shift, relu: out.relu });
+            let map = |i: usize| RowMap {
+                corr: zero as i32 * a.sums[i],
+                scale: out.scale[i],
+                shift: out.shift.map_or(0.0, |s| s[i]),
+                relu: out.relu,
+            };
+            // Whole quads of rows (channel quads: i0 is a multiple of 8), then
+            // the rest; all 16 lanes mapped (those past `cols` are never stored).
+            let mut r = 0;
+            while r + 4 <= rows {
+                let quad = <&[[i32; PANEL]; 4]>::try_from(&acc[r..r + 4]).expect("4 rows");
+                c.quad(i0 + r, quad, map);
+                r += 4;
+            }
+            for (r, acc_row) in acc.iter().enumerate().take(rows).skip(r) {
+                c.row(i0 + r, acc_row, map(i0 + r));
             }
         }
     }

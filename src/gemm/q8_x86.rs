@@ -15,14 +15,23 @@
 use super::q8::{PANEL, Steps};
 use std::arch::x86_64::*;
 
-/// `q8::interleave_step` with SSE2 (part of x86-64 itself): bytes of rows
-/// 0/1 and 2/3 paired, then the pairs paired into quads.
+/// `q8::interleave_step` with SSE2 (part of x86-64 itself, `interleave_into`).
 #[inline]
 pub(crate) fn interleave_step_sse2(dst: &mut [u8; 4 * PANEL], rows: [&[u8; PANEL]; 4]) {
     // SAFETY: SSE2 is in every x86-64 CPU; 16-byte unaligned loads from the
     // 16-byte rows and stores into the 64-byte destination.
     unsafe {
         let [a, b, c, d] = rows.map(|r| _mm_loadu_si128(r.as_ptr().cast()));
+        interleave_into(dst, [a, b, c, d]);
+    }
+}
+
+/// Rows of 16 bytes `a, b, c, d` interleaved into `dst`, 4 bytes a column:
+/// bytes of rows 0/1 and 2/3 paired, then the pairs paired into quads.
+#[inline(always)]
+fn interleave_into(dst: &mut [u8; 4 * PANEL], [a, b, c, d]: [__m128i; 4]) {
+    // SAFETY: SSE2 is in every x86-64 CPU; four 16-byte unaligned stores into 64 bytes.
+    unsafe {
         let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
         let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
         let quads = [
@@ -118,23 +127,18 @@ pub(crate) unsafe fn tile_vnni<B: Steps>(a: *const i8, lda: usize, rows: usize, 
 /// One row of 16 sums of the int8 GEMM mapped to the next layer's codes:
 /// `y = scale * (acc - corr) + shift`, ReLU'd when `relu` (`q8::Q8Out`),
 /// then `q8::code(y)` (`y * inv + zero` clamped to [0, 255], plus 0.5,
-/// truncated), into `dst`. The same operations in one vector each, so the
-/// same bits as the portable formulas. (Built from the portable formulas,
-/// the compiler assembled the 16 lanes piecewise and passed the codes
-/// through the stack: the fused store then cost more than the quantization
-/// pass it replaced.)
+/// truncated). The same operations in one vector each, so the same bits as
+/// the portable formulas. (Built from the portable formulas, the compiler
+/// assembled the 16 lanes piecewise and passed the codes through the
+/// stack: the fused store then cost more than the quantization pass it
+/// replaced.)
 ///
 /// # Safety
 /// The CPU has avx512f and avx512bw.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-pub(crate) unsafe fn codes_row_avx512(
-    acc: &[i32; PANEL],
-    (corr, scale, shift, relu): (i32, f32, f32, bool),
-    (inv, zero): (f32, f32),
-    dst: &mut [u8; PANEL],
-) {
-    // SAFETY: 16 readable i32 and 16 writable bytes.
+unsafe fn codes_row(acc: &[i32; PANEL], (corr, scale, shift, relu): (i32, f32, f32, bool), (inv, zero): (f32, f32)) -> __m128i {
+    // SAFETY: 16 readable i32.
     unsafe {
         let sums = _mm512_sub_epi32(_mm512_loadu_si512(acc.as_ptr().cast()), _mm512_set1_epi32(corr));
         let y = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(scale), _mm512_cvtepi32_ps(sums)), _mm512_set1_ps(shift));
@@ -142,7 +146,44 @@ pub(crate) unsafe fn codes_row_avx512(
         let y = if relu { _mm512_max_ps(y, _mm512_setzero_ps()) } else { y };
         let v = _mm512_add_ps(_mm512_mul_ps(y, _mm512_set1_ps(inv)), _mm512_set1_ps(zero));
         let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(255.0));
-        let q = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_add_ps(v, _mm512_set1_ps(0.5))));
-        _mm_storeu_si128(dst.as_mut_ptr().cast(), q);
+        _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_add_ps(v, _mm512_set1_ps(0.5))))
+    }
+}
+
+/// `codes_row` into `dst`.
+///
+/// # Safety
+/// As `codes_row`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn codes_row_avx512(
+    acc: &[i32; PANEL],
+    map: (i32, f32, f32, bool),
+    constants: (f32, f32),
+    dst: &mut [u8; PANEL],
+) {
+    // SAFETY: the caller's contract; 16 writable bytes.
+    unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), codes_row(acc, map, constants)) }
+}
+
+/// Four rows (a channel quad) of `codes_row`, interleaved as
+/// `q8::interleave_step` does, 4 channels a pixel, into `dst`: in
+/// registers, where four stored rows read back cost a stall each.
+///
+/// # Safety
+/// As `codes_row`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn codes_quad_avx512(
+    acc: &[[i32; PANEL]; 4],
+    maps: [(i32, f32, f32, bool); 4],
+    constants: (f32, f32),
+    dst: &mut [u8; 4 * PANEL],
+) {
+    // SAFETY: the caller's contract; 64 writable bytes.
+    unsafe {
+        let (a, b) = (codes_row(&acc[0], maps[0], constants), codes_row(&acc[1], maps[1], constants));
+        let (c, d) = (codes_row(&acc[2], maps[2], constants), codes_row(&acc[3], maps[3], constants));
+        interleave_into(dst, [a, b, c, d]);
     }
 }

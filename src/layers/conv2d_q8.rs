@@ -35,13 +35,14 @@ use crate::error::{Error, Result};
 use crate::gemm::MatMut;
 use crate::gemm::MatRef;
 use crate::gemm::q8::{
-    PANEL, Q8Act, Q8Codes, Q8Dst, Q8Out, Q8Source, Q8Taps, Q8Weights, gemm_q8, gemm_q8_taps, pack_bt, packed_b_len,
+    PANEL, Q8Act, Q8Codes, Q8Dst, Q8Laid, Q8Layout, Q8Out, Q8Source, Q8Taps, Q8Weights, gemm_q8, gemm_q8_taps, pack_bt,
+    packed_b_len,
 };
 use crate::layers::conv2d::{Conv2d, Epilogue, for_each_tile, lanes, scatter_images, tiling};
 use crate::layers::prepared::{Converted, WeightsKey};
 use crate::ops::im2col_q8::{
-    C4Taps, c4_depth, c4_scratch_len, c4_taps, gather_packed_c4, padded_c4_len, quantize_padded_c4, quantize_phased_c4,
-    reorder_weights_c4,
+    C4Taps, c4_depth, c4_layout, c4_scratch_len, c4_taps, gather_packed_c4, padded_c4_len, quantize_padded_c4,
+    quantize_phased_c4, reorder_weights_c4,
 };
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -59,22 +60,28 @@ struct Lane {
     tmp: Vec<f32>,
 }
 
-/// Where an int8 convolution writes: f32 values, or the codes of the next
-/// int8 layer's input under that layer's `Q8Act` (`gemm::q8::Q8Codes`: the
-/// codes it would make of the values, so the same bits), `[n, cout, ho, wo]`.
+/// What an int8 convolution reads: f32 values `[n, cin, h, w]`, their codes
+/// under the layer's `Q8Act` in the same order, or codes already in the
+/// layout its GEMM reads (`Q8ConvWorkspace::input_layout`, image after
+/// image: a previous layer's `Q8LayerOut::Laid`), which it reads in place.
+#[derive(Clone, Copy, Debug)]
+pub enum Q8LayerIn<'a> {
+    Values(&'a [f32]),
+    Codes(&'a [u8]),
+    Laid(&'a [u8]),
+}
+
+/// Where an int8 convolution writes: f32 values `[n, cout, ho, wo]`, or the
+/// next int8 layer's input codes under that layer's `Q8Act` (the codes it
+/// would make of the values, so the same bits), in that order (`Codes`,
+/// `gemm::q8::Q8Codes`) or in the next layer's own layout (`Laid`,
+/// `gemm::q8::Q8Laid`: only the pixels are written, the rest of `codes`
+/// must hold the zero point).
 #[derive(Debug)]
 pub enum Q8LayerOut<'a> {
     Values(&'a mut [f32]),
     Codes(&'a mut [u8], Q8Act),
-}
-
-impl Q8LayerOut<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Q8LayerOut::Values(v) => v.len(),
-            Q8LayerOut::Codes(c, _) => c.len(),
-        }
-    }
+    Laid(&'a mut [u8], Q8Act, Q8Layout),
 }
 
 /// Scratch of one int8 convolution for one batch size, with its quantized weights.
@@ -106,6 +113,13 @@ impl Q8ConvWorkspace {
     /// while `key` stays the key they were converted under.
     pub fn vouch_weights(&mut self, key: Option<WeightsKey>) {
         self.weights.vouch(key);
+    }
+
+    /// The layout this layer's GEMM reads its input codes in, for
+    /// `Q8LayerIn::Laid` (`None` for the dense layer, which packs its input).
+    pub fn input_layout(&self) -> Option<Q8Layout> {
+        let phases = self.taps.as_ref().map_or(1, |t| t.phases);
+        (!self.layer.is_dense()).then(|| c4_layout(&self.layer.win, phases))
     }
 }
 
@@ -188,31 +202,69 @@ impl Conv2d {
         n: usize,
         ws: &mut Q8ConvWorkspace,
     ) -> Result<()> {
-        self.forward_q8_io(Q8LayerOut::Values(out), x, weight, act, epi, n, ws)
+        self.forward_q8_io(Q8LayerOut::Values(out), Q8LayerIn::Values(x), weight, act, epi, n, ws)
     }
 
-    /// `forward_q8` from values or codes (`x`: `Q8Source`, codes under
-    /// `act`) into values or the next layer's codes (`Q8LayerOut`): int8
-    /// layers in a row hand each other codes, with no f32 between them.
+    /// `forward_q8` from values or codes (`Q8LayerIn`, codes under `act`)
+    /// into values or the next layer's codes (`Q8LayerOut`): int8 layers in
+    /// a row hand each other codes, with no f32 between them.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_q8_io<X: Q8Source>(
+    pub fn forward_q8_io(
         &self,
         out: Q8LayerOut<'_>,
-        x: &[X],
+        x: Q8LayerIn<'_>,
         weight: &[f32],
         act: Q8Act,
         epi: Epilogue<'_>,
         n: usize,
         ws: &mut Q8ConvWorkspace,
     ) -> Result<()> {
-        self.check_lens("conv2d int8", n, [x.len(), out.len(), weight.len()], (ws.n, &ws.layer))?;
+        let (x_len, x_want) = match x {
+            Q8LayerIn::Values(v) => (v.len(), self.in_shape(n).len()),
+            Q8LayerIn::Codes(c) => (c.len(), self.in_shape(n).len()),
+            Q8LayerIn::Laid(c) => {
+                let layout = ws.input_layout().ok_or_else(|| {
+                    Error::Unsupported("the dense int8 layer reads values or codes, not a laid-out input".into())
+                })?;
+                (c.len(), n * layout.image_len())
+            }
+        };
+        let out_want = match &out {
+            Q8LayerOut::Laid(_, _, l) => {
+                if (l.channels, l.h, l.w) != (self.spec.cout, self.win.ho, self.win.wo) {
+                    return Err(Error::Shape(format!(
+                        "conv2d int8: output codes laid out for {}x{}x{} images, the layer makes {}x{}x{}",
+                        l.channels, l.h, l.w, self.spec.cout, self.win.ho, self.win.wo
+                    )));
+                }
+                n * l.image_len()
+            }
+            _ => self.out_shape(n).len(),
+        };
+        let out_len = match &out {
+            Q8LayerOut::Values(v) => v.len(),
+            Q8LayerOut::Codes(c, _) | Q8LayerOut::Laid(c, _, _) => c.len(),
+        };
+        if x_len != x_want || out_len != out_want {
+            return Err(Error::Shape(format!(
+                "conv2d int8: {x_len} inputs (needs {x_want}) and {out_len} outputs (needs {out_want}) for {n} images"
+            )));
+        }
+        self.check_lens(
+            "conv2d int8",
+            n,
+            [self.in_shape(n).len(), self.out_shape(n).len(), weight.len()],
+            (ws.n, &ws.layer),
+        )?;
         epi.check(self.spec.cout)?;
         if !self.supports_q8() {
             return Err(Error::Unsupported("int8 convolution of a single-output direct layer".into()));
         }
-        let (cout, k, p) = (self.spec.cout, self.win.k(), self.win.p());
+        let (cout, k) = (self.spec.cout, self.win.k());
         let dense = self.is_dense();
-        let wq = ws.weights.get(weight, |w| {
+        let input_layout = ws.input_layout();
+        let Q8ConvWorkspace { lanes, weights, scale, dense: packed, taps, tile_imgs, shard_imgs, .. } = ws;
+        let wq = weights.get(weight, |w| {
             if dense {
                 return Q8Weights::quantize(MatRef::row_major(w, cout, k)?);
             }
@@ -222,66 +274,104 @@ impl Conv2d {
             reorder_weights_c4(w, cout, &self.win, &mut wc)?;
             Q8Weights::quantize(MatRef::row_major(&wc, cout, kc)?)
         })?;
-        for (c, s) in ws.scale.iter_mut().enumerate() {
+        for (c, s) in scale.iter_mut().enumerate() {
             *s = wq.scales()[c] * act.scale * epi.scale.map_or(1.0, |e| e[c]);
         }
-        let q8out = Q8Out { scale: &ws.scale, shift: epi.shift, relu: epi.relu };
         if n == 0 {
             return Ok(());
         }
-        if dense {
-            // out^T[cout, n] = Wq[cout, K] * q(X)^T[K, n], whole panels of
-            // images per thread, each packing its own.
-            let threads = rayon::current_num_threads();
-            let part = n.div_ceil(threads).div_ceil(PANEL) * PANEL;
-            let panel_bytes = packed_b_len(k, PANEL);
-            let parts = ws.dense.par_chunks_mut(part / PANEL * panel_bytes).zip(x.par_chunks(part * k));
-            let pack = |b: &mut [u8], xs: &[X], imgs: usize| pack_bt(xs, k, imgs, act, b);
-            return match out {
-                Q8LayerOut::Values(out) => parts.zip(out.par_chunks_mut(part * cout)).try_for_each(|((b, xs), o)| {
-                    let imgs = o.len() / cout;
-                    pack(b, xs, imgs)?;
-                    let c = MatMut::row_major(o, imgs, cout)?.t();
-                    gemm_q8(wq, b, imgs, act.zero, q8out, c)
-                }),
-                // Column j (image j) is codes j * cout .. (j + 1) * cout: images of one column.
-                Q8LayerOut::Codes(out, next) => {
-                    parts.zip(out.par_chunks_mut(part * cout)).try_for_each(|((b, xs), o)| {
-                        let imgs = o.len() / cout;
-                        pack(b, xs, imgs)?;
-                        gemm_q8(wq, b, imgs, act.zero, q8out, Q8Codes { codes: o, act: next, p: 1 })
-                    })
-                }
-            };
+        let q8out = Q8Out { scale, shift: epi.shift, relu: epi.relu };
+        let run = Run { wq, act, out: q8out, lanes, taps: taps.as_ref(), cut: (*tile_imgs, *shard_imgs) };
+        match (x, dense) {
+            (Q8LayerIn::Values(x), true) => self.dense_q8(&run, out, x, packed),
+            (Q8LayerIn::Codes(x), true) => self.dense_q8(&run, out, x, packed),
+            (Q8LayerIn::Values(x), false) => self.tiles_q8(&run, out, x, None),
+            (Q8LayerIn::Codes(x), false) => self.tiles_q8(&run, out, x, None),
+            (Q8LayerIn::Laid(x), false) => self.tiles_q8(&run, out, x, input_layout),
+            (Q8LayerIn::Laid(_), true) => unreachable!("refused above: the dense layer has no input layout"),
         }
-        let (in_len, out_len) = (self.win.in_len(), cout * p);
-        let cut = (ws.tile_imgs, ws.shard_imgs);
-        let taps = ws.taps.as_ref();
+    }
+
+    /// The dense layer: `out^T[cout, n] = Wq[cout, K] * q(X)^T[K, n]`, whole
+    /// panels of images per thread, each packing its own (`packed`).
+    fn dense_q8<X: Q8Source>(&self, run: &Run<'_>, out: Q8LayerOut<'_>, x: &[X], packed: &mut [u8]) -> Result<()> {
+        let (cout, k, n) = (self.spec.cout, self.win.k(), x.len() / self.win.k().max(1));
+        let threads = rayon::current_num_threads();
+        let part = n.div_ceil(threads).div_ceil(PANEL) * PANEL;
+        let panel_bytes = packed_b_len(k, PANEL);
+        let parts = packed.par_chunks_mut(part / PANEL * panel_bytes).zip(x.par_chunks(part * k));
+        let (wq, act, q8out) = (run.wq, run.act, run.out);
+        let pack = |b: &mut [u8], xs: &[X], imgs: usize| pack_bt(xs, k, imgs, act, b);
+        match out {
+            Q8LayerOut::Values(out) => parts.zip(out.par_chunks_mut(part * cout)).try_for_each(|((b, xs), o)| {
+                let imgs = o.len() / cout;
+                pack(b, xs, imgs)?;
+                let c = MatMut::row_major(o, imgs, cout)?.t();
+                gemm_q8(wq, b, imgs, act.zero, q8out, c)
+            }),
+            // Column j (image j) is codes j * cout .. (j + 1) * cout: images of one column.
+            Q8LayerOut::Codes(out, next) => parts.zip(out.par_chunks_mut(part * cout)).try_for_each(|((b, xs), o)| {
+                let imgs = o.len() / cout;
+                pack(b, xs, imgs)?;
+                gemm_q8(wq, b, imgs, act.zero, q8out, Q8Codes { codes: o, act: next, p: 1 })
+            }),
+            Q8LayerOut::Laid(out, next, layout) => {
+                let per = layout.image_len();
+                parts.zip(out.par_chunks_mut(part * per)).try_for_each(|((b, xs), o)| {
+                    let imgs = o.len() / per;
+                    pack(b, xs, imgs)?;
+                    gemm_q8(wq, b, imgs, act.zero, q8out, Q8Laid { codes: o, act: next, layout })
+                })
+            }
+        }
+    }
+
+    /// The im2col layers, tile by tile: `x` values or codes in NCHW order
+    /// (`laid` None), or already in the layout `laid` (read in place).
+    fn tiles_q8<X: Q8Source>(&self, run: &Run<'_>, out: Q8LayerOut<'_>, x: &[X], laid: Option<Q8Layout>) -> Result<()> {
+        let (cout, p) = (self.spec.cout, self.win.p());
+        let in_len = laid.map_or(self.win.in_len(), |l| l.image_len());
+        let (wq, act, q8out, taps, cut) = (run.wq, run.act, run.out, run.taps, run.cut);
         // col[Kc, tn*P]: a tile's patch matrix (Kc: the c4 depth, `im2col_q8`), read in
         // place from the codes or gathered into packed panels; C = map(Wq[cout, Kc] * col).
         let gemm = |lane: &mut Lane, xt: &[X], c: Q8Dst<'_>| -> Result<()> {
-            let cols = xt.len() / in_len * p;
+            let tn = xt.len() / in_len;
+            let cols = tn * p;
+            // Laid-out codes are what the quantization below would write.
+            let ready = laid.and(X::as_codes(xt));
             match taps {
                 Some(t) => {
-                    for (xi, codes) in xt.chunks_exact(in_len).zip(lane.codes.chunks_exact_mut(t.image_len)) {
-                        quantize_phased_c4(xi, act, &self.win, t.phases, codes, &mut lane.planes)?;
-                    }
-                    let codes = &lane.codes[..xt.len() / in_len * t.image_len];
+                    let codes = match ready {
+                        Some(codes) => codes,
+                        None => {
+                            for (xi, codes) in xt.chunks_exact(in_len).zip(lane.codes.chunks_exact_mut(t.image_len)) {
+                                quantize_phased_c4(xi, act, &self.win, t.phases, codes, &mut lane.planes)?;
+                            }
+                            &lane.codes[..tn * t.image_len]
+                        }
+                    };
                     let b = Q8Taps { codes, halves: &t.halves[..2 * cols.div_ceil(PANEL)], steps: &t.steps };
                     gemm_q8_taps(wq, b, cols, act.zero, q8out, c)
                 }
                 None => {
                     let packed = &mut lane.packed[..packed_b_len(c4_depth(&self.win), cols)];
                     for (j, xi) in xt.chunks_exact(in_len).enumerate() {
-                        quantize_padded_c4(xi, act, &self.win, &mut lane.codes, &mut lane.planes)?;
-                        gather_packed_c4(packed, cols, j * p, &lane.codes, &self.win)?;
+                        let codes = match ready {
+                            Some(codes) => &codes[j * in_len..(j + 1) * in_len],
+                            None => {
+                                quantize_padded_c4(xi, act, &self.win, &mut lane.codes, &mut lane.planes)?;
+                                &lane.codes[..]
+                            }
+                        };
+                        gather_packed_c4(packed, cols, j * p, codes, &self.win)?;
                     }
                     gemm_q8(wq, packed, cols, act.zero, q8out, c)
                 }
             }
         };
+        let lanes = run.lanes;
         match out {
-            Q8LayerOut::Values(out) => for_each_tile(&ws.lanes, x, out, (in_len, out_len), cut, |lane, xt, o_tile| {
+            Q8LayerOut::Values(out) => for_each_tile(lanes, x, out, (in_len, cout * p), cut, |lane, xt, o_tile| {
                 let tn = xt.len() / in_len;
                 if tn == 1 {
                     // out_i[cout, P] = map(Wq[cout, Kc] * col[Kc, P])
@@ -296,12 +386,26 @@ impl Conv2d {
                     r
                 }
             }),
-            // The codes store un-interleaves the images itself ([tn, cout, P]).
-            Q8LayerOut::Codes(out, next) => {
-                for_each_tile(&ws.lanes, x, out, (in_len, out_len), cut, |lane, xt, o_tile| {
-                    gemm(lane, xt, Q8Codes { codes: o_tile, act: next, p }.into())
+            // The codes stores un-interleave the images themselves.
+            Q8LayerOut::Codes(out, next) => for_each_tile(lanes, x, out, (in_len, cout * p), cut, |lane, xt, o| {
+                gemm(lane, xt, Q8Codes { codes: o, act: next, p }.into())
+            }),
+            Q8LayerOut::Laid(out, next, layout) => {
+                for_each_tile(lanes, x, out, (in_len, layout.image_len()), cut, |lane, xt, o| {
+                    gemm(lane, xt, Q8Laid { codes: o, act: next, layout }.into())
                 })
             }
         }
     }
+}
+
+/// What one int8 call hands its batch loops.
+struct Run<'a> {
+    wq: &'a Q8Weights,
+    act: Q8Act,
+    out: Q8Out<'a>,
+    lanes: &'a [Mutex<Lane>],
+    taps: Option<&'a C4Taps>,
+    /// `(tile_imgs, shard_imgs)`.
+    cut: (usize, usize),
 }

@@ -24,11 +24,11 @@ use super::LayerRow;
 use super::quant::Precision;
 use crate::dist::{Comm, Shard};
 use crate::error::{Error, Result};
-use crate::gemm::q8::{Q8Act, Q8Source};
+use crate::gemm::q8::{Q8Act, Q8Layout};
 use crate::layers::batchnorm::{self, Activation, BatchNormConfig};
 use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvPass, ConvWorkspace, Epilogue};
 use crate::layers::conv2d_bf16::Bf16ConvWorkspace;
-use crate::layers::conv2d_q8::{Q8ConvWorkspace, Q8LayerOut};
+use crate::layers::conv2d_q8::{Q8ConvWorkspace, Q8LayerIn, Q8LayerOut};
 use crate::layers::prepared::WeightsKey;
 use crate::layers::relu;
 use crate::params::ParamLayout;
@@ -97,6 +97,15 @@ impl BlockState {
     pub(crate) fn q8_act(&self) -> Option<Q8Act> {
         match &self.low {
             Some(LowConv::Q8(act, _)) => Some(*act),
+            _ => None,
+        }
+    }
+
+    /// The layout an int8 eval forward reads laid-out input codes in
+    /// (`Q8ConvWorkspace::input_layout`); `None` where it reads none.
+    pub(crate) fn q8_input_layout(&self) -> Option<Q8Layout> {
+        match &self.low {
+            Some(LowConv::Q8(_, qws)) => qws.input_layout(),
             _ => None,
         }
     }
@@ -294,13 +303,14 @@ impl Block {
     }
 
     /// The int8 eval forward (after `set_low` with int8) from values or codes
-    /// under this block's input quantization (`BlockState::q8_act`) into
-    /// values or the next int8 block's codes (`Conv2d::forward_q8_io`).
-    pub fn forward_q8_io<X: Q8Source>(
+    /// under this block's input quantization (`BlockState::q8_act`; laid out
+    /// as `BlockState::q8_input_layout`, or in NCHW order) into values or the
+    /// next int8 block's codes (`Conv2d::forward_q8_io`).
+    pub fn forward_q8_io(
         &self,
         st: &mut BlockState,
         out: Q8LayerOut<'_>,
-        x: &[X],
+        x: Q8LayerIn<'_>,
         params: &[f32],
         n: usize,
     ) -> Result<()> {

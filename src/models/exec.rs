@@ -19,9 +19,9 @@ use super::block::{BlockState, Pass, Scratch};
 use super::graph::{Graph, INPUT, Op, TensorId};
 use super::quant::{Calibration, Precision};
 use crate::error::{Error, Result};
-use crate::gemm::q8::Q8Act;
+use crate::gemm::q8::{Q8Act, Q8Layout};
 use crate::layers::conv2d::ConvPass;
-use crate::layers::conv2d_q8::Q8LayerOut;
+use crate::layers::conv2d_q8::{Q8LayerIn, Q8LayerOut};
 use crate::layers::dropout::{self, DropoutConfig};
 use crate::layers::prepared::WeightsKey;
 use crate::layers::{concat, input_norm, l2norm, maxpool, residual, upsample};
@@ -45,10 +45,10 @@ pub(crate) struct Buffers {
     states: Vec<NodeState>,
     slots: Vec<Vec<f32>>,
     pub scratch: Scratch,
-    /// Per tensor, the quantization of its codes where an int8 block hands
-    /// it to the next int8 block as codes (`set_precision`); then `codes[t]`
-    /// holds it in an eval pass and `acts[t]` is not written.
-    coded: Vec<Option<Q8Act>>,
+    /// Per tensor, how it travels where an int8 block hands it to the next
+    /// int8 block as codes (`set_precision`): then `codes[t]` holds it in an
+    /// eval pass and `acts[t]` is not written.
+    coded: Vec<Option<Coded>>,
     codes: Vec<Vec<u8>>,
 }
 
@@ -107,8 +107,13 @@ impl Buffers {
         // skips its pass over f32 (the same codes, so the same bits).
         for t in 0..g.tensors() {
             self.coded[t] = code_plan(g, &self.states, t);
-            let len = if self.coded[t].is_some() { g.shape(t, self.n).len() } else { 0 };
-            self.codes[t] = vec![0; len];
+            // Laid-out codes: the border and padding are the zero point, for good
+            // (the writer only ever writes the pixels).
+            self.codes[t] = match self.coded[t] {
+                None => Vec::new(),
+                Some(Coded { act, layout: None }) => vec![act.zero; g.shape(t, self.n).len()],
+                Some(Coded { act, layout: Some(l) }) => vec![act.zero; self.n * l.image_len()],
+            };
         }
     }
 
@@ -129,12 +134,20 @@ impl Buffers {
     }
 }
 
-/// The quantization under which tensor `t` travels as codes in an eval
-/// pass: where one int8 block writes it and exactly one int8 block reads it,
-/// as its first input, and it is not the graph's output.
-fn code_plan(g: &Graph, states: &[NodeState], t: TensorId) -> Option<Q8Act> {
+/// How a tensor travels between int8 blocks: codes under the reader's
+/// quantization, in the reader's GEMM layout where it has one (else NCHW).
+#[derive(Clone, Copy, Debug)]
+struct Coded {
+    act: Q8Act,
+    layout: Option<Q8Layout>,
+}
+
+/// How tensor `t` travels in an eval pass, where one int8 block writes it
+/// and exactly one int8 block reads it, as its first input, and it is not
+/// the graph's output.
+fn code_plan(g: &Graph, states: &[NodeState], t: TensorId) -> Option<Coded> {
     let q8 = |i: usize| match (g.nodes[i].op, &states[i]) {
-        (Op::Block(_), NodeState::Block(st)) => st.q8_act(),
+        (Op::Block(_), NodeState::Block(st)) => st.q8_act().map(|act| Coded { act, layout: st.q8_input_layout() }),
         _ => None,
     };
     if t == INPUT || !g.owns_buffer(t, false) || g.src(g.output, false) == t {
@@ -192,15 +205,16 @@ pub(crate) fn forward<'b>(
             if coded_in || coded[o].is_some() {
                 let (mut values, mut out_codes) = (take(&mut acts[o]), take(&mut codes[o]));
                 let dst = match coded[o] {
-                    Some(next) => Q8LayerOut::Codes(&mut out_codes, next),
+                    Some(Coded { act, layout: Some(l) }) => Q8LayerOut::Laid(&mut out_codes, act, l),
+                    Some(Coded { act, layout: None }) => Q8LayerOut::Codes(&mut out_codes, act),
                     None => Q8LayerOut::Values(&mut values),
                 };
-                let block = &g.blocks[b];
-                let r = if coded_in {
-                    block.forward_q8_io(st, dst, &codes[t], p, n)
-                } else {
-                    block.forward_q8_io(st, dst, tensor(acts, x, t), p, n)
+                let src = match coded.get(t).copied().flatten() {
+                    Some(Coded { layout: Some(_), .. }) => Q8LayerIn::Laid(&codes[t]),
+                    Some(Coded { layout: None, .. }) => Q8LayerIn::Codes(&codes[t]),
+                    None => Q8LayerIn::Values(tensor(acts, x, t)),
                 };
+                let r = g.blocks[b].forward_q8_io(st, dst, src, p, n);
                 (acts[o], codes[o]) = (values, out_codes);
                 r?;
                 continue;

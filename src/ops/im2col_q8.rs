@@ -23,7 +23,7 @@
 //! `c4_taps` gives the offsets at which `gemm::q8::gemm_q8_taps` reads them.
 
 use crate::error::{Error, Result};
-use crate::gemm::q8::{PANEL, Q8Act, Q8Source, interleave_step, packed_b_len};
+use crate::gemm::q8::{PANEL, Q8Act, Q8Layout, Q8Source, interleave_step, packed_b_len};
 use crate::ops::im2col::Window;
 
 /// `(ph, pw)`: the input's extent with the window's padding around it.
@@ -47,6 +47,14 @@ pub fn padded_c4_len(g: &Window) -> usize {
 pub fn phased_c4_len(g: &Window, phases: usize) -> usize {
     let (ph, pw) = padded_dims(g);
     g.cin.div_ceil(4) * ph * phases * pw.div_ceil(phases) * 4
+}
+
+/// The layout of `quantize_phased_c4`'s codes (`phased_c4_len` bytes an
+/// image), for a previous layer to write them in place (`gemm::q8::Q8Laid`).
+pub fn c4_layout(g: &Window, phases: usize) -> Q8Layout {
+    let (ph, pw) = padded_dims(g);
+    let pws = pw.div_ceil(phases.max(1));
+    Q8Layout { channels: g.cin, h: g.h, w: g.w, ph, phases, pws, top: g.pad.top, left: g.pad.left }
 }
 
 /// `dst[co, c4 depth]` = `w[co, (ci, ki, kj)]` (`[cout, K]` row-major) in the
