@@ -1,5 +1,6 @@
 //! int8 GEMM for quantized inference: i8 weights times u8 activations,
-//! exact i32 accumulation, dequantized into f32 with a per-row affine map.
+//! exact i32 accumulation, dequantized into f32 with a per-row affine map
+//! (or quantized on as the next int8 layer's codes: `q8_store`).
 //!
 //! Contract, for `A` an `m x k` weight matrix quantized per row (output
 //! channel) and `B` a `k x n` activation matrix quantized per tensor:
