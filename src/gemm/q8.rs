@@ -36,7 +36,7 @@
 //! panels (column offsets that are multiples of 16).
 
 use super::q8_store::{CodeSink, LaidSink, RowMap, Sink, ValueSink, check_out};
-pub use super::q8_store::{Q8Codes, Q8Dst, Q8Laid, Q8Layout};
+pub use super::q8_store::{PhaseCursor, Q8Codes, Q8Dst, Q8Laid, Q8Layout};
 use super::MatRef;
 use crate::error::{Error, Result};
 use std::sync::OnceLock;

@@ -99,33 +99,32 @@ impl Q8Layout {
     }
 }
 
-/// Padded columns of one row in a `Q8Layout`, counted along: column `c` at
-/// phase `c % phases`, position `c / phases`.
-struct Cursor {
+/// Byte offsets of successive padded columns of one row of a `Q8Layout`
+/// (or any phased c4 codes): column `c` at `(c % phases * pws + c / phases) * 4`,
+/// counted along rather than divided per pixel.
+pub struct PhaseCursor {
     phase: usize,
     pos: usize,
     phases: usize,
     pws: usize,
 }
 
-impl Cursor {
+impl PhaseCursor {
     #[inline(always)]
-    fn at(col: usize, phases: usize, pws: usize) -> Cursor {
-        Cursor { phase: col % phases, pos: col / phases, phases, pws }
+    pub fn at(col: usize, phases: usize, pws: usize) -> PhaseCursor {
+        PhaseCursor { phase: col % phases, pos: col / phases, phases, pws }
     }
 
-    /// Bytes from the row's start to the current column.
+    /// The offset of the current column; moves to the next.
     #[inline(always)]
-    fn offset(&self) -> usize {
-        (self.phase * self.pws + self.pos) * 4
-    }
-
-    #[inline(always)]
-    fn next(&mut self) {
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> usize {
+        let o = (self.phase * self.pws + self.pos) * 4;
         self.phase += 1;
         if self.phase == self.phases {
             (self.phase, self.pos) = (0, self.pos + 1);
         }
+        o
     }
 }
 
@@ -151,6 +150,14 @@ pub(super) struct RowMap {
     pub scale: f32,
     pub shift: f32,
     pub relu: bool,
+}
+
+/// The codes of 16 values (`q8::code`), the portable way.
+#[inline(always)]
+fn codes16(y: &[f32; PANEL], inv: f32, zero: f32) -> [u8; PANEL] {
+    let mut q = [0u8; PANEL];
+    q.iter_mut().zip(y).for_each(|(d, &v)| *d = code(v, inv, zero));
+    q
 }
 
 impl RowMap {
@@ -290,26 +297,24 @@ impl<const AVX512: bool> Sink for CodeSink<'_, AVX512> {
 
     #[inline(always)]
     fn put(&mut self, i: usize, y: &[f32; PANEL]) {
-        let mut q = [0u8; PANEL];
-        q.iter_mut().zip(y).for_each(|(d, &v)| *d = code(v, self.inv, self.zero));
-        self.store(i, &q);
+        self.store(i, &codes16(y, self.inv, self.zero));
     }
 
     #[inline(always)]
     fn row(&mut self, i: usize, acc: &[i32; PANEL], m: RowMap) {
         #[cfg(target_arch = "x86_64")]
         if AVX512 {
-            let (map, constants) = ((m.corr, m.scale, m.shift, m.relu), (self.inv, self.zero));
+            let constants = (self.inv, self.zero);
             let whole = self.whole.map(|base| base + i * self.p);
             // SAFETY (both): an AVX512 sink is made only for the VNNI kernel, whose
             // CPU has avx512f and avx512bw (`dispatch`, `Q8Kernel::is_available`).
             if let Some(o) = whole {
                 // Straight into place: the codes never touch the stack.
                 let dst = <&mut [u8; PANEL]>::try_from(&mut self.codes[o..o + PANEL]).expect("16 codes");
-                unsafe { super::q8_x86::codes_row_avx512(acc, map, constants, dst) };
+                unsafe { super::q8_x86::codes_row_avx512(acc, m, constants, dst) };
             } else {
                 let mut q = [0u8; PANEL];
-                unsafe { super::q8_x86::codes_row_avx512(acc, map, constants, &mut q) };
+                unsafe { super::q8_x86::codes_row_avx512(acc, m, constants, &mut q) };
                 self.store(i, &q);
             }
             return;
@@ -384,11 +389,10 @@ impl<const AVX512: bool> Sink for LaidSink<'_, AVX512> {
         let (mut img, pix) = (j0 / p, j0 % p);
         let (mut y, x0) = (pix / l.w, pix % l.w);
         let mut o = img * l.image_len() + l.row_at(y);
-        let mut col = Cursor::at(l.left + x0, l.phases, l.pws);
+        let mut col = PhaseCursor::at(l.left + x0, l.phases, l.pws);
         let mut x = x0;
         for slot in self.offs.iter_mut().take(cols) {
-            *slot = o + col.offset();
-            col.next();
+            *slot = o + col.next();
             x += 1;
             if x == l.w {
                 (x, y) = (0, y + 1);
@@ -396,7 +400,7 @@ impl<const AVX512: bool> Sink for LaidSink<'_, AVX512> {
                     (y, img) = (0, img + 1);
                 }
                 o = img * l.image_len() + l.row_at(y);
-                col = Cursor::at(l.left, l.phases, l.pws);
+                col = PhaseCursor::at(l.left, l.phases, l.pws);
             }
         }
         self.cols = cols;
@@ -406,9 +410,7 @@ impl<const AVX512: bool> Sink for LaidSink<'_, AVX512> {
     /// One value at a time (the reference's path): straight to its byte.
     #[inline(always)]
     fn put(&mut self, i: usize, y: &[f32; PANEL]) {
-        let mut q = [0u8; PANEL];
-        q.iter_mut().zip(y).for_each(|(d, &v)| *d = code(v, self.inv, self.zero));
-        self.bytes(i, &q);
+        self.bytes(i, &codes16(y, self.inv, self.zero));
     }
 
     #[inline(always)]
@@ -417,17 +419,11 @@ impl<const AVX512: bool> Sink for LaidSink<'_, AVX512> {
         let maps = [map(i), map(i + 1), map(i + 2), map(i + 3)];
         #[cfg(target_arch = "x86_64")]
         if AVX512 {
-            let m = |r: usize| (maps[r].corr, maps[r].scale, maps[r].shift, maps[r].relu);
-            let maps = [m(0), m(1), m(2), m(3)];
             // SAFETY: as `CodeSink::row`.
             unsafe { super::q8_x86::codes_quad_avx512(acc, maps, (self.inv, self.zero), &mut pixels) };
         }
         if !cfg!(target_arch = "x86_64") || !AVX512 {
-            let rows = [0, 1, 2, 3].map(|r| {
-                let mut q = [0u8; PANEL];
-                q.iter_mut().zip(&maps[r].values(&acc[r])).for_each(|(d, &v)| *d = code(v, self.inv, self.zero));
-                q
-            });
+            let rows = [0, 1, 2, 3].map(|r| codes16(&maps[r].values(&acc[r]), self.inv, self.zero));
             super::q8::interleave_step(&mut pixels, [&rows[0], &rows[1], &rows[2], &rows[3]]);
         }
         let base = i / 4 * self.layout.quad_len();

@@ -13,6 +13,7 @@
 //!   lane in one instruction; one zmm per step, tiles of 8 rows.
 
 use super::q8::{PANEL, Steps};
+use super::q8_store::RowMap;
 use std::arch::x86_64::*;
 
 /// `q8::interleave_step` with SSE2 (part of x86-64 itself, `interleave_into`).
@@ -137,7 +138,8 @@ pub(crate) unsafe fn tile_vnni<B: Steps>(a: *const i8, lda: usize, rows: usize, 
 /// The CPU has avx512f and avx512bw.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn codes_row(acc: &[i32; PANEL], (corr, scale, shift, relu): (i32, f32, f32, bool), (inv, zero): (f32, f32)) -> __m128i {
+unsafe fn codes_row(acc: &[i32; PANEL], m: RowMap, (inv, zero): (f32, f32)) -> __m128i {
+    let RowMap { corr, scale, shift, relu } = m;
     // SAFETY: 16 readable i32.
     unsafe {
         let sums = _mm512_sub_epi32(_mm512_loadu_si512(acc.as_ptr().cast()), _mm512_set1_epi32(corr));
@@ -158,7 +160,7 @@ unsafe fn codes_row(acc: &[i32; PANEL], (corr, scale, shift, relu): (i32, f32, f
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(crate) unsafe fn codes_row_avx512(
     acc: &[i32; PANEL],
-    map: (i32, f32, f32, bool),
+    map: RowMap,
     constants: (f32, f32),
     dst: &mut [u8; PANEL],
 ) {
@@ -176,7 +178,7 @@ pub(crate) unsafe fn codes_row_avx512(
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(crate) unsafe fn codes_quad_avx512(
     acc: &[[i32; PANEL]; 4],
-    maps: [(i32, f32, f32, bool); 4],
+    maps: [RowMap; 4],
     constants: (f32, f32),
     dst: &mut [u8; 4 * PANEL],
 ) {

@@ -23,7 +23,7 @@
 //! `c4_taps` gives the offsets at which `gemm::q8::gemm_q8_taps` reads them.
 
 use crate::error::{Error, Result};
-use crate::gemm::q8::{PANEL, Q8Act, Q8Layout, Q8Source, interleave_step, packed_b_len};
+use crate::gemm::q8::{PANEL, PhaseCursor, Q8Act, Q8Layout, Q8Source, interleave_step, packed_b_len};
 use crate::ops::im2col::Window;
 
 /// `(ph, pw)`: the input's extent with the window's padding around it.
@@ -172,32 +172,6 @@ pub fn quantize_phased_c4<X: Q8Source>(
         }
     }
     Ok(())
-}
-
-/// Byte offsets of successive padded columns of one row of phased c4 codes:
-/// column c at `(c % phases * pws + c / phases) * 4`.
-struct PhaseCursor {
-    phase: usize,
-    pos: usize,
-    phases: usize,
-    pws: usize,
-}
-
-impl PhaseCursor {
-    fn at(c: usize, phases: usize, pws: usize) -> PhaseCursor {
-        PhaseCursor { phase: c % phases, pos: c / phases, phases, pws }
-    }
-
-    /// The offset of the current column; moves to the next.
-    #[inline(always)]
-    fn next(&mut self) -> usize {
-        let o = (self.phase * self.pws + self.pos) * 4;
-        self.phase += 1;
-        if self.phase == self.phases {
-            (self.phase, self.pos) = (0, self.pos + 1);
-        }
-        o
-    }
 }
 
 /// How `gemm::q8::Q8Taps` reads the patch matrix of a tile of images in
