@@ -311,7 +311,8 @@ fn the_c4_gather_writes_the_bytes_of_im2col_in_c4_order_then_pack() {
     ];
     geoms.extend(extra);
     for (g, name) in geoms {
-        let (k, kc, p, taps) = (g.k(), c4_depth(&g), g.p(), g.kh * g.kw);
+        // The c4 order is tap-major: depth d is channel 4 (d / 4 % quads) + d % 4 at tap d / 4 / quads.
+        let (k, kc, p, taps, quads) = (g.k(), c4_depth(&g), g.p(), g.kh * g.kw, g.cin.div_ceil(4));
         for imgs in [1, 3] {
             let cols = imgs * p;
             let act = Q8Act { scale: 0.05, zero: 17 };
@@ -326,9 +327,9 @@ fn the_c4_gather_writes_the_bytes_of_im2col_in_c4_order_then_pack() {
             }
             let mut col4 = vec![act.zero; kc * cols];
             for (d, row) in col4.chunks_exact_mut(cols).enumerate() {
-                let c = 4 * (d / (4 * taps)) + d % 4;
+                let c = 4 * (d / 4 % quads) + d % 4;
                 if c < g.cin {
-                    let r = c * taps + d / 4 % taps;
+                    let r = c * taps + d / 4 / quads;
                     row.copy_from_slice(&col[r * cols..(r + 1) * cols]);
                 }
             }
@@ -357,8 +358,8 @@ fn the_c4_gather_writes_the_bytes_of_im2col_in_c4_order_then_pack() {
         reorder_weights_c4(&w, cout, &g, &mut wc).unwrap();
         for (i, v) in wc.iter().enumerate() {
             let (co, d) = (i / kc, i % kc);
-            let c = 4 * (d / (4 * taps)) + d % 4;
-            let want = if c < g.cin { w[co * k + c * taps + d / 4 % taps] } else { 0.0 };
+            let c = 4 * (d / 4 % quads) + d % 4;
+            let want = if c < g.cin { w[co * k + c * taps + d / 4 / quads] } else { 0.0 };
             assert_eq!(v.to_bits(), want.to_bits(), "{name}: weight {i}");
         }
     }

@@ -183,7 +183,7 @@ fn the_calibration_is_stored_and_reloaded_bit_for_bit() {
 /// calibration fixes the choice, whatever CPU loads it.
 #[test]
 fn the_calibration_chooses_the_int8_layers_and_the_file_keeps_the_choice() {
-    use nhpatch::cpu::{Q8Kernel, best_q8_kernel};
+    use nhpatch::cpu::best_q8_kernel;
     use nhpatch::models::quant::INT8_ALL_ON_VNNI;
     let d = dir("precision-layers");
     let calib = patches(24, 31);
@@ -214,7 +214,7 @@ fn the_calibration_chooses_the_int8_layers_and_the_file_keeps_the_choice() {
         let q_keep = net.forward(&x).unwrap();
         assert!(!same_bits(&q_all, &q_keep), "{arch}: the choices ran the same layers");
         net.calibrate(&calib).unwrap();
-        let vnni = best_q8_kernel() == Q8Kernel::Avx512Vnni;
+        let vnni = best_q8_kernel().has_dot_products();
         let auto = if vnni && INT8_ALL_ON_VNNI.contains(&arch) { all.clone() } else { keep.clone() };
         assert_eq!(
             Int8Layers::Auto.resolve(arch),

@@ -26,6 +26,8 @@ mod pack;
 pub mod peak;
 mod portable;
 pub mod q8;
+#[cfg(target_arch = "x86_64")]
+mod q8_amx;
 mod q8_store;
 #[cfg(target_arch = "x86_64")]
 mod q8_x86;

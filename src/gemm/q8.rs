@@ -27,7 +27,9 @@
 //! VNNI). `MAX_K` keeps the i32 sums from overflowing.
 //!
 //! Layouts: `Q8Weights` keeps A row-major with each row zero-padded to a
-//! multiple of 4 (`kp`); packed B (`pack_b`) is a sequence of panels of
+//! multiple of 64 bytes (`lda`: the depth `kp`, a multiple of 4, then zeros)
+//! and the rows zero-padded to a multiple of 16, so that AMX tiles of 16
+//! rows x 64 codes (`q8_amx`) lie inside it and add 0; packed B (`pack_b`) is a sequence of panels of
 //! `PANEL` = 16 columns, each `kp / 4` steps of 16 columns x 4 consecutive
 //! k values (64 bytes, one AVX-512 register or two AVX2 ones): byte
 //! `panel * kp * 16 + (p / 4) * 64 + 4 * (j % 16) + p % 4` holds qb[p, j].
@@ -63,11 +65,15 @@ pub enum Q8Kernel {
     Avx2,
     /// `vpdpbusd` tiles (x86-64 with avx512f, avx512bw and avx512vnni).
     Avx512Vnni,
+    /// AMX tiles, `tdpbsud` (x86-64 with amx-tile, amx-int8, avx512f and
+    /// avx512bw, on an OS that grants the tile registers: `q8_amx`).
+    Amx,
 }
 
 impl Q8Kernel {
     /// Every int8 kernel this build knows, available on this CPU or not.
-    pub const ALL: &'static [Q8Kernel] = &[Q8Kernel::Naive, Q8Kernel::Portable, Q8Kernel::Avx2, Q8Kernel::Avx512Vnni];
+    pub const ALL: &'static [Q8Kernel] =
+        &[Q8Kernel::Naive, Q8Kernel::Portable, Q8Kernel::Avx2, Q8Kernel::Avx512Vnni, Q8Kernel::Amx];
 
     /// A short stable name (benches, the CLI's `info`).
     pub fn name(self) -> &'static str {
@@ -76,6 +82,7 @@ impl Q8Kernel {
             Q8Kernel::Portable => "portable",
             Q8Kernel::Avx2 => "avx2",
             Q8Kernel::Avx512Vnni => "avx512-vnni",
+            Q8Kernel::Amx => "amx-int8",
         }
     }
 
@@ -91,9 +98,18 @@ impl Q8Kernel {
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Amx => super::q8_amx::available(),
             #[cfg(not(target_arch = "x86_64"))]
-            Q8Kernel::Avx2 | Q8Kernel::Avx512Vnni => false,
+            Q8Kernel::Avx2 | Q8Kernel::Avx512Vnni | Q8Kernel::Amx => false,
         }
+    }
+
+    /// Whether the kernel adds 4 products a lane in one instruction (VNNI,
+    /// AMX): fast enough that im2col + int8 GEMM beats f32 Winograd
+    /// (`models::quant::Int8Layers::Auto`).
+    pub fn has_dot_products(self) -> bool {
+        matches!(self, Q8Kernel::Avx512Vnni | Q8Kernel::Amx)
     }
 }
 
@@ -101,7 +117,7 @@ impl Q8Kernel {
 pub fn best_q8_kernel() -> Q8Kernel {
     static BEST: OnceLock<Q8Kernel> = OnceLock::new();
     *BEST.get_or_init(|| {
-        [Q8Kernel::Avx512Vnni, Q8Kernel::Avx2].into_iter().find(|k| k.is_available()).unwrap_or(Q8Kernel::Portable)
+        [Q8Kernel::Amx, Q8Kernel::Avx512Vnni, Q8Kernel::Avx2].into_iter().find(|k| k.is_available()).unwrap_or(Q8Kernel::Portable)
     })
 }
 
@@ -115,7 +131,9 @@ pub fn padded_depth(k: usize) -> usize {
 pub struct Q8Weights {
     rows: usize,
     cols: usize,
-    /// `rows x kp`, row-major, zero-padded.
+    /// Row stride of `q`: `kp` rounded up to 64.
+    lda: usize,
+    /// `rows` rounded up to 16, `x lda`, row-major, zero-padded.
     q: Vec<i8>,
     /// `sa[i]`: a row's value per code (0 for an all-zero row).
     scale: Vec<f32>,
@@ -132,8 +150,8 @@ impl Q8Weights {
         if cols > MAX_K {
             return Err(Error::Unsupported(format!("int8 GEMM: depth {cols} exceeds {MAX_K}")));
         }
-        let kp = padded_depth(cols);
-        let mut q = vec![0i8; rows * kp];
+        let lda = padded_depth(cols).next_multiple_of(64);
+        let mut q = vec![0i8; rows.next_multiple_of(16) * lda];
         let mut scale = vec![0.0f32; rows];
         let mut sums = vec![0i32; rows];
         for i in 0..rows {
@@ -150,13 +168,13 @@ impl Q8Weights {
             }
             let s = max / A_MAX as f32;
             scale[i] = s;
-            let row = &mut q[i * kp..i * kp + cols];
+            let row = &mut q[i * lda..i * lda + cols];
             for (p, code) in row.iter_mut().enumerate() {
                 *code = (w.at(i, p) / s).round().clamp(-(A_MAX as f32), A_MAX as f32) as i8;
             }
             sums[i] = row.iter().map(|&c| c as i32).sum();
         }
-        Ok(Q8Weights { rows, cols, q, scale, sums })
+        Ok(Q8Weights { rows, cols, lda, q, scale, sums })
     }
 
     pub fn rows(&self) -> usize {
@@ -172,7 +190,7 @@ impl Q8Weights {
     /// `qa[i, p]`; panics out of range (tests and references).
     pub fn code(&self, i: usize, p: usize) -> i8 {
         assert!(i < self.rows && p < self.cols);
-        self.q[i * padded_depth(self.cols) + p]
+        self.q[i * self.lda + p]
     }
     /// The weight `qa[i, p]` stands for: `sa[i] * qa[i, p]`.
     pub fn value(&self, i: usize, p: usize) -> f32 {
@@ -587,9 +605,9 @@ unsafe fn dispatch<B: Steps>(
         // SAFETY: the caller's contract.
         Q8Dst::Values(c) => unsafe { dispatch_to(kernel, a, (n, zero), out, &mut ValueSink { c, j0: 0, cols: 0 }, qb, panel) },
         Q8Dst::Codes(c) => match kernel {
-            // SAFETY: the caller's contract; the VNNI kernel's CPU has avx512bw (`is_available`).
+            // SAFETY: the caller's contract; the VNNI and AMX kernels' CPU has avx512bw (`is_available`).
             #[cfg(target_arch = "x86_64")]
-            Q8Kernel::Avx512Vnni => unsafe {
+            Q8Kernel::Avx512Vnni | Q8Kernel::Amx => unsafe {
                 dispatch_to(kernel, a, (n, zero), out, &mut CodeSink::<true>::new(c, a.rows), qb, panel)
             },
             // SAFETY: the caller's contract.
@@ -600,7 +618,7 @@ unsafe fn dispatch<B: Steps>(
         Q8Dst::Laid(c) => match kernel {
             // SAFETY: as for codes.
             #[cfg(target_arch = "x86_64")]
-            Q8Kernel::Avx512Vnni => unsafe {
+            Q8Kernel::Avx512Vnni | Q8Kernel::Amx => unsafe {
                 dispatch_to(kernel, a, (n, zero), out, &mut LaidSink::<true>::new(c), qb, panel)
             },
             // SAFETY: the caller's contract.
@@ -627,16 +645,17 @@ unsafe fn dispatch_to<B: Steps, S: Sink>(
 ) {
     if kernel == Q8Kernel::Naive || a.cols == 0 {
         naive(a, n, zero, out, c, qb);
-    } else {
-        let tile = tile_fn(kernel);
-        // SAFETY: the caller's contract; the kernel is available (checked by
-        // `dispatch`), and with it the features of its `run`.
-        unsafe {
-            match kernel {
-                #[cfg(target_arch = "x86_64")]
-                Q8Kernel::Avx512Vnni => run_avx512(tile, a, n, zero, out, c, panel),
-                _ => run(tile, a, n, zero, out, c, panel),
-            }
+        return;
+    }
+    // SAFETY: the caller's contract; the kernel is available (checked by
+    // `dispatch`), and with it the features of its `run`.
+    unsafe {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Amx => run_amx(a, n, zero, out, c, panel),
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Avx512Vnni => run_avx512(tile_fn(kernel), a, n, zero, out, c, panel),
+            _ => run(tile_fn(kernel), a, n, zero, out, c, panel),
         }
     }
 }
@@ -649,7 +668,7 @@ fn check_kernel(kernel: Q8Kernel) -> Result<()> {
     }
 }
 
-/// The tile of `kernel` (not `Naive`, which has none) for steps found by `B`.
+/// The tile of `kernel` (not `Naive` or `Amx`, which have none) for steps found by `B`.
 fn tile_fn<B: Steps>(kernel: Q8Kernel) -> TileFn<B> {
     match kernel {
         Q8Kernel::Naive | Q8Kernel::Portable => tile_portable::<B>,
@@ -657,6 +676,7 @@ fn tile_fn<B: Steps>(kernel: Q8Kernel) -> TileFn<B> {
         Q8Kernel::Avx2 => super::q8_x86::tile_avx2::<B>,
         #[cfg(target_arch = "x86_64")]
         Q8Kernel::Avx512Vnni => super::q8_x86::tile_vnni::<B>,
+        Q8Kernel::Amx => unreachable!("AMX has its own run (run_amx)"),
         #[cfg(not(target_arch = "x86_64"))]
         Q8Kernel::Avx2 | Q8Kernel::Avx512Vnni => unreachable!("is_available() is false off x86-64"),
     }
@@ -699,35 +719,143 @@ unsafe fn run<B: Steps, S: Sink>(
     c: &mut S,
     panel: impl Fn(usize) -> B,
 ) {
-    let kp = padded_depth(a.cols);
+    let k4 = padded_depth(a.cols) / 4;
     let mut acc = [[0i32; PANEL]; TILE_ROWS];
+    let map = row_map(a, zero, out);
     for p in 0..n.div_ceil(PANEL) {
         let (j0, bp) = (p * PANEL, panel(p));
-        let cols = PANEL.min(n - j0);
-        c.panel(j0, cols);
+        c.panel(j0, PANEL.min(n - j0));
         for i0 in (0..a.rows).step_by(TILE_ROWS) {
             let rows = TILE_ROWS.min(a.rows - i0);
-            // SAFETY: `a.q` holds rows i0 .. i0 + rows of kp codes each; the
-            // panel's steps and the kernel: the caller's contract.
-            unsafe { tile(a.q[i0 * kp..].as_ptr(), kp, rows, bp, kp / 4, &mut acc) };
-            let map = |i: usize| RowMap {
-                corr: zero as i32 * a.sums[i],
-                scale: out.scale[i],
-                shift: out.shift.map_or(0.0, |s| s[i]),
-                relu: out.relu,
-            };
-            // Whole quads of rows (channel quads: i0 is a multiple of 8), then
-            // the rest; all 16 lanes mapped (those past `cols` are never stored).
-            let mut r = 0;
-            while r + 4 <= rows {
-                let quad = <&[[i32; PANEL]; 4]>::try_from(&acc[r..r + 4]).expect("4 rows");
-                c.quad(i0 + r, quad, map);
-                r += 4;
-            }
-            for (r, acc_row) in acc.iter().enumerate().take(rows).skip(r) {
-                c.row(i0 + r, acc_row, map(i0 + r));
-            }
+            // SAFETY: `a.q` holds rows i0 .. i0 + rows of lda >= 4 k4 codes each;
+            // the panel's steps and the kernel: the caller's contract.
+            unsafe { tile(a.q[i0 * a.lda..].as_ptr(), a.lda, rows, bp, k4, &mut acc) };
+            store_rows(c, i0, &acc[..rows], map);
         }
+    }
+}
+
+/// Row `i`'s map from exact sums to outputs (see the file header).
+#[inline(always)]
+fn row_map<'a>(a: &'a Q8Weights, zero: u8, out: &'a Q8Out<'_>) -> impl Fn(usize) -> RowMap + Copy + 'a {
+    move |i: usize| RowMap {
+        corr: zero as i32 * a.sums[i],
+        scale: out.scale[i],
+        shift: out.shift.map_or(0.0, |s| s[i]),
+        relu: out.relu,
+    }
+}
+
+/// Rows `i0 .. i0 + acc.len()` of one panel's sums into `c`: whole quads
+/// of rows (channel quads: `i0` is a multiple of 4), then the rest; all 16
+/// lanes mapped (those past the panel's columns are never stored).
+#[inline(always)]
+fn store_rows<S: Sink>(c: &mut S, i0: usize, acc: &[[i32; PANEL]], map: impl Fn(usize) -> RowMap + Copy) {
+    let mut quads = acc.chunks_exact(4);
+    for (q, quad) in quads.by_ref().enumerate() {
+        c.quad(i0 + 4 * q, quad.try_into().expect("4 rows"), map);
+    }
+    let r0 = acc.len() - quads.remainder().len();
+    for (r, acc_row) in quads.remainder().iter().enumerate() {
+        c.row(i0 + r0 + r, acc_row, map(i0 + r0 + r));
+    }
+}
+
+/// The AMX kernel (`q8_amx`): for each 16-column panel of B and block of
+/// 64 rows of A, `C[64, 16] = sum over chunks of A[64, 64 depths] * B[64
+/// depths, 16]`, 16 steps of B at a time copied into a 64-byte-stride
+/// tile (its steps may lie anywhere: `Steps`), zero past the depth; then
+/// the block's rows through the sink, as `run` stores its tiles.
+///
+/// # Safety
+/// As `run`; `Q8Kernel::Amx.is_available()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn run_amx<B: Steps, S: Sink>(
+    a: &Q8Weights,
+    n: usize,
+    zero: u8,
+    out: &Q8Out<'_>,
+    c: &mut S,
+    panel: impl Fn(usize) -> B,
+) {
+    use super::q8_amx::{BLOCK_ROWS, Block, CHUNK_STEPS, Chunk, TILE_ROWS as AMX_ROWS, Tiles};
+    let k4 = padded_depth(a.cols) / 4;
+    let map = row_map(a, zero, out);
+    // Two blocks of sums: the store of one block's rows (vector code) runs
+    // while the tiles compute the next, where one block at a time left the
+    // tile unit idle during each store and the store waiting on the tiles.
+    let mut acc = [Block([[0; PANEL]; BLOCK_ROWS]), Block([[0; PANEL]; BLOCK_ROWS])];
+    // (panel, first row, rows, which `acc`) of the block stored last, not yet mapped.
+    let mut pending: Option<(usize, usize, usize, usize)> = None;
+    let mut sink_panel = usize::MAX;
+    let mut flush = |c: &mut S, acc: &[Block; 2], (p, i0, rows, which): (usize, usize, usize, usize)| {
+        if sink_panel != p {
+            c.panel(p * PANEL, PANEL.min(n - p * PANEL));
+            sink_panel = p;
+        }
+        store_rows(c, i0, &acc[which].0[..rows], map);
+    };
+    // Chunks whose 16 steps lie a fixed distance apart are read in place
+    // (the distance, the same in every panel); the others, and a last chunk
+    // of fewer steps, are copied into a buffer (0 past the depth). Two
+    // buffers, alternated, so that filling one need not wait for the tile
+    // load of the other.
+    let mut strides = [0usize; MAX_K / 64];
+    let chunks = k4.div_ceil(CHUNK_STEPS);
+    if n > 0 {
+        let bp = panel(0);
+        for (ch, st) in strides.iter_mut().enumerate().take(chunks) {
+            let s0 = ch * CHUNK_STEPS;
+            // SAFETY: s0 + 16 <= k4 where asked.
+            *st = if s0 + CHUNK_STEPS <= k4 { unsafe { bp.stride(s0, CHUNK_STEPS) }.unwrap_or(0) } else { 0 };
+        }
+    }
+    let mut bufs = [Chunk([[0; 4 * PANEL]; CHUNK_STEPS]); 2];
+    // SAFETY: the caller's contract: AMX is available.
+    let tiles = unsafe { Tiles::configure() };
+    let mut which = 0;
+    for p in 0..n.div_ceil(PANEL) {
+        let bp = panel(p);
+        for i0 in (0..a.rows).step_by(BLOCK_ROWS) {
+            let rows = BLOCK_ROWS.min(a.rows - i0);
+            let t = rows.div_ceil(AMX_ROWS);
+            tiles.zero(t);
+            for ch in 0..chunks {
+                let s0 = ch * CHUNK_STEPS;
+                let b = if strides[ch] > 0 {
+                    // SAFETY: steps s0 .. s0 + 16 < k4 of the panel, each 64 readable bytes.
+                    (unsafe { bp.lo(s0) }, strides[ch])
+                } else {
+                    let buf = &mut bufs[ch % 2];
+                    for (s, step) in buf.0.iter_mut().enumerate() {
+                        if s0 + s < k4 {
+                            // SAFETY: step s0 + s < k4 of the panel: two readable 32-byte halves.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(bp.lo(s0 + s), step.as_mut_ptr(), 32);
+                                std::ptr::copy_nonoverlapping(bp.hi(s0 + s), step.as_mut_ptr().add(32), 32);
+                            }
+                        } else {
+                            *step = [0; 4 * PANEL];
+                        }
+                    }
+                    (buf.0.as_ptr().cast(), 4 * PANEL)
+                };
+                // SAFETY: rows i0 .. i0 + 16 t <= a.rows rounded up to 16 of `a.q`,
+                // 64 codes from depth 4 s0 < lda each (lda a multiple of 64); B:
+                // 16 rows of 64 readable bytes (the panel's steps, or the buffer).
+                unsafe { tiles.dot(t, a.q.as_ptr().add(i0 * a.lda + 4 * s0), a.lda, b) };
+            }
+            if let Some(block) = pending {
+                flush(c, &acc, block);
+            }
+            tiles.store(t, &mut acc[which]);
+            pending = Some((p, i0, rows, which));
+            which ^= 1;
+        }
+    }
+    if let Some(block) = pending {
+        flush(c, &acc, block);
     }
 }
 
@@ -743,6 +871,13 @@ pub(crate) trait Steps: Copy {
     /// # Safety
     /// As `lo`.
     unsafe fn hi(self, s: usize) -> *const u8;
+    /// The distance between consecutive steps `s0 .. s0 + rows` where each
+    /// is one 64-byte run and they lie a fixed positive distance apart in
+    /// every panel (one AMX tile read in place, `run_amx`); else `None`.
+    ///
+    /// # Safety
+    /// `s0 + rows` is at most the panel's `k4`.
+    unsafe fn stride(self, s0: usize, rows: usize) -> Option<usize>;
 }
 
 /// A panel of packed B (`pack_b`): step `s` at byte `64 s`.
@@ -760,6 +895,9 @@ impl Steps for Packed {
     unsafe fn hi(self, s: usize) -> *const u8 {
         // SAFETY: as `lo`.
         unsafe { self.0.add(64 * s + 32) }
+    }
+    unsafe fn stride(self, _: usize, _: usize) -> Option<usize> {
+        Some(4 * PANEL)
     }
 }
 
@@ -782,6 +920,13 @@ impl<const J: bool> Steps for InPlace<J> {
     unsafe fn hi(self, s: usize) -> *const u8 {
         // SAFETY: as `lo`.
         unsafe { self.hi.add(*self.offs.add(s) as usize) }
+    }
+    unsafe fn stride(self, s0: usize, rows: usize) -> Option<usize> {
+        // SAFETY: the caller's steps are below k4, the length of `offs`.
+        let offs = unsafe { std::slice::from_raw_parts(self.offs.add(s0), rows) };
+        let d = offs.get(1).map_or(0, |&o| o.wrapping_sub(offs[0]));
+        let even = offs.windows(2).all(|w| w[1].checked_sub(w[0]) == Some(d));
+        (J && d > 0 && even).then_some(d as usize)
     }
 }
 

@@ -28,7 +28,7 @@
 //! shortest round-trip notation, so a file reproduces the same bits.
 
 use crate::error::{Error, Result};
-use crate::gemm::q8::{Q8Act, Q8Kernel, best_q8_kernel};
+use crate::gemm::q8::{Q8Act, best_q8_kernel};
 use crate::layers::conv2d::Conv2d;
 use crate::models::Arch;
 use std::collections::BTreeMap;
@@ -97,7 +97,7 @@ pub enum Int8Layers {
 }
 
 /// The models whose every candidate runs in int8 under `Int8Layers::Auto`
-/// on a CPU with VNNI. On the validation sequences of the three benchmarks
+/// on a CPU with VNNI or AMX. On the validation sequences of the three benchmarks
 /// (README, Reduced precision) these kept every task's mAP within 0.005 of
 /// f32 (descriptors) and the output within 0.5 grey levels MAE (denoisers)
 /// with `All`; the U-Net's output moved by more, so it keeps its Winograd
@@ -120,7 +120,7 @@ impl Int8Layers {
     /// `KeepWinograd` (without VNNI those layers lost to f32: README, Reduced precision).
     pub fn resolve(self, arch: Arch) -> Int8Layers {
         match self {
-            Int8Layers::Auto if best_q8_kernel() == Q8Kernel::Avx512Vnni && INT8_ALL_ON_VNNI.contains(&arch) => {
+            Int8Layers::Auto if best_q8_kernel().has_dot_products() && INT8_ALL_ON_VNNI.contains(&arch) => {
                 Int8Layers::All
             }
             Int8Layers::Auto => Int8Layers::KeepWinograd,

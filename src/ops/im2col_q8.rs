@@ -5,8 +5,10 @@
 //! 0.0, so padding is exact. `gemm::q8::pack_b_codes` then packs it.
 //!
 //! The fast path skips the patch matrix and orders the depth by channel
-//! quads ("c4"): depth `((g * kh + ki) * kw + kj) * 4 + t` is channel
-//! `4g + t` at tap `(ki, kj)`, channels past `cin` padded (`c4_depth`;
+//! quads ("c4"): depth `((ki * kw + kj) * G + g) * 4 + t` is channel
+//! `4g + t` at tap `(ki, kj)` (`G = cin / 4` quads, tap-major so that 16
+//! consecutive steps at one tap lie a fixed stride apart in the codes, one
+//! AMX tile: `gemm::q8_amx`), channels past `cin` padded (`c4_depth`, `c4_step`;
 //! `reorder_weights_c4` puts a weight matrix in the same order, its pads 0,
 //! so the int8 sums are those of the `(ci, ki, kj)` order, term for term).
 //! `quantize_padded_c4` writes one image's codes once, as `[cin / 4, ph, pw,
@@ -57,6 +59,14 @@ pub fn c4_layout(g: &Window, phases: usize) -> Q8Layout {
     Q8Layout { channels: g.cin, h: g.h, w: g.w, ph, phases, pws, top: g.pad.top, left: g.pad.left }
 }
 
+/// Step `st` (depths `4 st .. 4 st + 4`) of the c4 order: `(quad, tap)`,
+/// tap `ki * kw + kj`.
+#[inline]
+pub fn c4_step(g: &Window, st: usize) -> (usize, usize) {
+    let quads = g.cin.div_ceil(4);
+    (st % quads, st / quads)
+}
+
 /// `dst[co, c4 depth]` = `w[co, (ci, ki, kj)]` (`[cout, K]` row-major) in the
 /// c4 order, 0 at the padded channels.
 pub fn reorder_weights_c4(w: &[f32], cout: usize, g: &Window, dst: &mut [f32]) -> Result<()> {
@@ -72,7 +82,7 @@ pub fn reorder_weights_c4(w: &[f32], cout: usize, g: &Window, dst: &mut [f32]) -
     }
     for (src, row) in w.chunks_exact(k.max(1)).zip(dst.chunks_exact_mut(kc.max(1))) {
         for (d, v) in row.iter_mut().enumerate() {
-            let (quad, tap, t) = (d / (4 * taps), d / 4 % taps, d % 4);
+            let ((quad, tap), t) = (c4_step(g, d / 4), d % 4);
             let c = 4 * quad + t;
             *v = if c < g.cin { src[c * taps + tap] } else { 0.0 };
         }
@@ -202,7 +212,7 @@ pub fn c4_taps(g: &Window, imgs: usize) -> Option<C4Taps> {
         return None;
     }
     let (ph, pw) = padded_dims(g);
-    let (s, p, taps) = (g.stride, g.p(), g.kh * g.kw);
+    let (s, p) = (g.stride, g.p());
     let (pws, len) = (pw.div_ceil(s), phased_c4_len(g, s));
     // Offsets are u32: refuse what would not fit (no model comes near).
     u32::try_from(imgs * len).ok()?;
@@ -217,7 +227,7 @@ pub fn c4_taps(g: &Window, imgs: usize) -> Option<C4Taps> {
         .collect();
     let steps = (0..c4_depth(g) / 4)
         .map(|st| {
-            let (quad, tap) = (st / taps, st % taps);
+            let (quad, tap) = c4_step(g, st);
             let (ki, kj) = (tap / g.kw, tap % g.kw);
             ((((quad * ph + ki) * s + kj % s) * pws + kj / s) * 4) as u32
         })
@@ -242,10 +252,10 @@ pub fn gather_packed_c4(packed: &mut [u8], cols: usize, col0: usize, codes: &[u8
             packed_b_len(kc, cols)
         )));
     }
-    let (s, taps) = (g.stride, g.kh * g.kw);
+    let s = g.stride;
     let steps = kc / 4;
     for step in 0..steps {
-        let (quad, tap) = (step / taps, step % taps);
+        let (quad, tap) = c4_step(g, step);
         // Byte offset of this step's quad for output pixel (0, 0).
         let origin = ((quad * ph + tap / g.kw) * pw + tap % g.kw) * 4;
         for oy in 0..g.ho {
