@@ -19,7 +19,7 @@
 //! Why 7-bit weights: AVX2's `vpmaddubsw` adds two u8 x i8 products in a
 //! saturating i16. With `qb <= 255` and `|qa| <= 63` a pair stays within
 //! 2 * 255 * 63 = 32130 < 32767, so every kernel (naive, portable, AVX2,
-//! AVX-512 VNNI) computes the same exact integer sums and therefore the same
+//! AVX-512 VNNI, AMX) computes the same exact integer sums and therefore the same
 //! output bits, whatever the CPU, the tile shapes or the split of C among
 //! threads. The bit goes to the weights rather than the activations because
 //! weights have a scale per output channel and activations one per tensor
@@ -801,14 +801,15 @@ unsafe fn run_amx<B: Steps, S: Sink>(
     // of fewer steps, are copied into a buffer (0 past the depth). Two
     // buffers, alternated, so that filling one need not wait for the tile
     // load of the other.
-    let mut strides = [0usize; MAX_K / 64];
+    let mut strides = [0u32; MAX_K / 64];
     let chunks = k4.div_ceil(CHUNK_STEPS);
     if n > 0 {
         let bp = panel(0);
         for (ch, st) in strides.iter_mut().enumerate().take(chunks) {
             let s0 = ch * CHUNK_STEPS;
             // SAFETY: s0 + 16 <= k4 where asked.
-            *st = if s0 + CHUNK_STEPS <= k4 { unsafe { bp.stride(s0, CHUNK_STEPS) }.unwrap_or(0) } else { 0 };
+            let d = if s0 + CHUNK_STEPS <= k4 { unsafe { bp.stride(s0, CHUNK_STEPS) } } else { None };
+            *st = d.and_then(|d| u32::try_from(d).ok()).unwrap_or(0);
         }
     }
     let mut bufs = [Chunk([[0; 4 * PANEL]; CHUNK_STEPS]); 2];
@@ -825,7 +826,7 @@ unsafe fn run_amx<B: Steps, S: Sink>(
                 let s0 = ch * CHUNK_STEPS;
                 let b = if strides[ch] > 0 {
                     // SAFETY: steps s0 .. s0 + 16 < k4 of the panel, each 64 readable bytes.
-                    (unsafe { bp.lo(s0) }, strides[ch])
+                    (unsafe { bp.lo(s0) }, strides[ch] as usize)
                 } else {
                     let buf = &mut bufs[ch % 2];
                     for (s, step) in buf.0.iter_mut().enumerate() {

@@ -5,7 +5,7 @@
 //! weights per output channel, the block's input per tensor with the
 //! `Q8Act` calibrated here. Which blocks a calibration covers is chosen
 //! when it is made ([`Int8Layers`]): by default every candidate where the
-//! CPU has VNNI and the model kept the accuracy bounds that way (HardNet,
+//! CPU has VNNI or AMX and the model kept the accuracy bounds that way (HardNet,
 //! DnCNN), else all but the Winograd layers on planes above 8x8; never the
 //! first layers or the denoisers' direct output layers
 //! (`Conv2d::q8_candidate`). Stored with the
@@ -116,7 +116,7 @@ impl Int8Layers {
     /// The choice this stands for with `arch` on this CPU. `Auto`: `All`
     /// where the int8 GEMM has VNNI (`vpdpbusd`, 4 products per lane and
     /// instruction: its im2col + GEMM outran f32 F(4x4, 3x3) on 16x16 and
-    /// 32x32 planes too) and `arch` is in [`INT8_ALL_ON_VNNI`]; else
+    /// 32x32 planes too) or AMX tiles (`Q8Kernel::has_dot_products`) and `arch` is in [`INT8_ALL_ON_VNNI`]; else
     /// `KeepWinograd` (without VNNI those layers lost to f32: README, Reduced precision).
     pub fn resolve(self, arch: Arch) -> Int8Layers {
         match self {
