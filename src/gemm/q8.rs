@@ -822,25 +822,34 @@ unsafe fn run_amx<B: Steps, S: Sink>(
             let rows = BLOCK_ROWS.min(a.rows - i0);
             let t = rows.div_ceil(AMX_ROWS);
             tiles.zero(t);
+            // A chunk that is copied is copied one chunk ahead of its tile load,
+            // so that its stores have drained by then (a tile load waits for them).
+            let fill = |buf: &mut Chunk, s0: usize| {
+                for (s, step) in buf.0.iter_mut().enumerate() {
+                    if s0 + s < k4 {
+                        // SAFETY: step s0 + s < k4 of the panel: two readable 32-byte halves.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(bp.lo(s0 + s), step.as_mut_ptr(), 32);
+                            std::ptr::copy_nonoverlapping(bp.hi(s0 + s), step.as_mut_ptr().add(32), 32);
+                        }
+                    } else {
+                        *step = [0; 4 * PANEL];
+                    }
+                }
+            };
+            if chunks > 0 && strides[0] == 0 {
+                fill(&mut bufs[0], 0);
+            }
             for ch in 0..chunks {
                 let s0 = ch * CHUNK_STEPS;
+                if ch + 1 < chunks && strides[ch + 1] == 0 {
+                    fill(&mut bufs[(ch + 1) % 2], s0 + CHUNK_STEPS);
+                }
                 let b = if strides[ch] > 0 {
                     // SAFETY: steps s0 .. s0 + 16 < k4 of the panel, each 64 readable bytes.
                     (unsafe { bp.lo(s0) }, strides[ch] as usize)
                 } else {
-                    let buf = &mut bufs[ch % 2];
-                    for (s, step) in buf.0.iter_mut().enumerate() {
-                        if s0 + s < k4 {
-                            // SAFETY: step s0 + s < k4 of the panel: two readable 32-byte halves.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(bp.lo(s0 + s), step.as_mut_ptr(), 32);
-                                std::ptr::copy_nonoverlapping(bp.hi(s0 + s), step.as_mut_ptr().add(32), 32);
-                            }
-                        } else {
-                            *step = [0; 4 * PANEL];
-                        }
-                    }
-                    (buf.0.as_ptr().cast(), 4 * PANEL)
+                    (bufs[ch % 2].0.as_ptr().cast(), 4 * PANEL)
                 };
                 // SAFETY: rows i0 .. i0 + 16 t <= a.rows rounded up to 16 of `a.q`,
                 // 64 codes from depth 4 s0 < lda each (lda a multiple of 64); B:
