@@ -763,9 +763,10 @@ fn store_rows<S: Sink>(c: &mut S, i0: usize, acc: &[[i32; PANEL]], map: impl Fn(
 
 /// The AMX kernel (`q8_amx`): for each 16-column panel of B and block of
 /// 64 rows of A, `C[64, 16] = sum over chunks of A[64, 64 depths] * B[64
-/// depths, 16]`, 16 steps of B at a time copied into a 64-byte-stride
-/// tile (its steps may lie anywhere: `Steps`), zero past the depth; then
-/// the block's rows through the sink, as `run` stores its tiles.
+/// depths, 16]`, 16 steps of B at a time: read in place where they lie a
+/// fixed distance apart (`Steps::stride`), else copied into a 64-byte-stride
+/// tile, zero past the depth; then the block's rows through the sink, as
+/// `run` stores its tiles.
 ///
 /// # Safety
 /// As `run`; `Q8Kernel::Amx.is_available()`.

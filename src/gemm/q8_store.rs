@@ -306,7 +306,7 @@ impl<const AVX512: bool> Sink for CodeSink<'_, AVX512> {
         if AVX512 {
             let constants = (self.inv, self.zero);
             let whole = self.whole.map(|base| base + i * self.p);
-            // SAFETY (both): an AVX512 sink is made only for the VNNI kernel, whose
+            // SAFETY (both): an AVX512 sink is made only for the VNNI and AMX kernels, whose
             // CPU has avx512f and avx512bw (`dispatch`, `Q8Kernel::is_available`).
             if let Some(o) = whole {
                 // Straight into place: the codes never touch the stack.
