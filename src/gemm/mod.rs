@@ -39,6 +39,7 @@ use std::sync::OnceLock;
 #[allow(unused_imports)]
 pub use dot::{gemm_dot, gemm_dot_with};
 pub use naive::gemm_naive;
+pub(crate) use pack::prefetch_l2;
 
 /// A read-only strided matrix view.
 #[derive(Clone, Copy, Debug)]

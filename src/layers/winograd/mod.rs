@@ -35,7 +35,7 @@ pub use f4::{Winograd4, Winograd4Workspace};
 pub use s2::{WinogradS2, WinogradS2Workspace};
 
 use crate::error::{Error, Result, check_len};
-use crate::gemm::{MatMut, MatRef, best_kernel, gemm, gemm_packed_a, pack_a, packed_a_len};
+use crate::gemm::{MatMut, MatRef, best_kernel, gemm, gemm_packed_a, pack_a, packed_a_len, prefetch_l2};
 use crate::layers::prepared::Prepared;
 use crate::ops::epilogue::Epilogue;
 use crate::ops::reduce::add_partials;
@@ -545,12 +545,16 @@ fn run_pass<T: Tiling>(
                 m.chunks_mut(cd * t).zip(v.chunks(cs * t)).enumerate().try_for_each(product)?;
             }
             tiling.output_rows(m, cd * t);
-            for (j, img) in os[g0 * out_len..(g0 + gn) * out_len].chunks_exact_mut(out_len).enumerate() {
-                for (c, dst_plane) in img.chunks_exact_mut(pass.planes.1).enumerate() {
-                    tiling.output_transform(dst_plane, m, c * t + j * p, cd * t, pass.accumulate, &mut lane.rows);
-                    if !pass.accumulate {
-                        pass.epi.apply(c, dst_plane);
-                    }
+            let (outs, plane) = (&mut os[g0 * out_len..(g0 + gn) * out_len], pass.planes.1);
+            for i in 0..outs.len() / plane {
+                let (dst_plane, rest) = outs[i * plane..].split_at_mut(plane);
+                if let Some(next) = rest.get(..plane) {
+                    prefetch_l2(next);
+                }
+                let (j, c) = (i / cd, i % cd);
+                tiling.output_transform(dst_plane, m, c * t + j * p, cd * t, pass.accumulate, &mut lane.rows);
+                if !pass.accumulate {
+                    pass.epi.apply(c, dst_plane);
                 }
             }
         }
@@ -571,10 +575,12 @@ fn transform_group<T: Tiling>(
     let (th, tw) = tiling.tiles();
     let p = th * tw;
     let t = xs.len() / (cs * plane) * p;
-    for (j, img) in xs.chunks_exact(cs * plane).enumerate() {
-        for (c, x_plane) in img.chunks_exact(plane).enumerate() {
-            tiling.input_transform(v, c * t + j * p, cs * t, x_plane, pad, rows);
+    for (i, x_plane) in xs.chunks_exact(plane).enumerate() {
+        if let Some(next) = xs.get((i + 1) * plane..(i + 2) * plane) {
+            prefetch_l2(next);
         }
+        let (j, c) = (i / cs, i % cs);
+        tiling.input_transform(v, c * t + j * p, cs * t, x_plane, pad, rows);
     }
 }
 
