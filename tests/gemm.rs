@@ -179,6 +179,8 @@ fn every_shape_up_to_17_matches_naive() {
 fn large_ragged_shapes_match_naive() {
     // 266 rows pass MC, 1100 columns pass NC, depth 600 passes KC (so later
     // depth blocks accumulate onto the first), none a multiple of MR or NR.
+    // Their last column panels (17, 25, 44, 2 and 34 columns at AVX-512's NR
+    // of 48; 1, 9, 12, 2, 2 at 16) take every narrow edge tile (`tile_cols`).
     let shapes = [(17, 257, 33), (266, 265, 129), (20, 1100, 600), (3, 50, 1), (64, 130, 1)];
     for kernel in fast_kernels() {
         for (s, &(m, n, k)) in shapes.iter().enumerate() {

@@ -31,6 +31,10 @@ impl MicroKernel for Avx2Fma {
         // SAFETY: forwarded contract, which includes avx2,fma support.
         unsafe { tile_avx2(rows, t) }
     }
+    unsafe fn tile_cols(rows: usize, cols: usize, t: Tile) {
+        // SAFETY: forwarded contract, which includes avx2,fma support.
+        unsafe { tile_cols_avx2(rows, cols, t) }
+    }
 }
 
 /// The feature-enabled entry point the generic body is inlined into.
@@ -38,4 +42,18 @@ impl MicroKernel for Avx2Fma {
 unsafe fn tile_avx2(rows: usize, t: Tile) {
     // SAFETY: forwarded `MicroKernel::tile` contract.
     unsafe { tile_rows::<Avx2Fma, 2, { Avx2Fma::BLOCKING.mr }>(rows, t) }
+}
+
+/// `tile` on the first of the two 8-column vectors when `cols` needs no more.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_cols_avx2(rows: usize, cols: usize, t: Tile) {
+    const MR: usize = Avx2Fma::BLOCKING.mr;
+    // SAFETY: forwarded `MicroKernel::tile` contract; one vector reads and
+    // writes a prefix of the tile's columns.
+    unsafe {
+        match cols {
+            ..=8 => tile_rows::<Avx2Fma, 1, MR>(rows, t),
+            _ => tile_rows::<Avx2Fma, 2, MR>(rows, t),
+        }
+    }
 }

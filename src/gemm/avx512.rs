@@ -39,6 +39,10 @@ impl MicroKernel for Avx512 {
         // SAFETY: forwarded contract, which includes avx512f support.
         unsafe { tile_avx512(rows, t) }
     }
+    unsafe fn tile_cols(rows: usize, cols: usize, t: Tile) {
+        // SAFETY: forwarded contract, which includes avx512f support.
+        unsafe { tile_cols_avx512(rows, cols, t) }
+    }
 }
 
 /// The feature-enabled entry point the generic body is inlined into.
@@ -46,4 +50,20 @@ impl MicroKernel for Avx512 {
 unsafe fn tile_avx512(rows: usize, t: Tile) {
     // SAFETY: forwarded `MicroKernel::tile` contract.
     unsafe { tile_rows::<Avx512, 3, { Avx512::BLOCKING.mr }>(rows, t) }
+}
+
+/// `tile` on the first one or two of the three 16-column vectors when
+/// `cols` needs no more.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_cols_avx512(rows: usize, cols: usize, t: Tile) {
+    const MR: usize = Avx512::BLOCKING.mr;
+    // SAFETY: forwarded `MicroKernel::tile` contract; fewer vectors read and
+    // write a prefix of the tile's columns.
+    unsafe {
+        match cols.div_ceil(16) {
+            1 => tile_rows::<Avx512, 1, MR>(rows, t),
+            2 => tile_rows::<Avx512, 2, MR>(rows, t),
+            _ => tile_rows::<Avx512, 3, MR>(rows, t),
+        }
+    }
 }
