@@ -39,7 +39,7 @@
 //!
 //! The shared machinery (threads, lanes, workspace, driver) is in the parent module.
 
-use super::{Tiling, WeightGrad, group_imgs, transform_weights, winograd_layer};
+use super::{Tiling, WeightGrad, group_imgs, literal_plane, transform_weights, winograd_layer};
 
 winograd_layer! {
     /// Winograd F(2x2, 3x3) convolution.
@@ -84,49 +84,7 @@ impl Tiling for Winograd {
         pad: &mut [f32],
         rows: &mut [f32],
     ) {
-        let (th, tw) = self.tiles();
-        let (w, hw) = (self.w, tw + 1);
-        let (q, len) = ((th + 1) * hw, th * hw);
-        // Padded pixel (r, c) = x pixel (r - 1, c - 1) lives in quarter (r % 2, c % 2) at [r / 2][c / 2].
-        for (r, xr) in x.chunks_exact(w).enumerate() {
-            let pr = r + 1;
-            let quarters = &mut pad[pr % 2 * 2 * q..(pr % 2 + 1) * 2 * q];
-            let (even, odd) = quarters.split_at_mut(q);
-            let at = pr / 2 * hw;
-            let (er, or) = (&mut even[at..at + hw], &mut odd[at..at + hw]);
-            for ((pair, o), e) in xr.chunks_exact(2).zip(or.iter_mut()).zip(&mut er[1..]) {
-                *o = pair[0];
-                *e = pair[1];
-            }
-            if w % 2 == 1 {
-                or[tw - 1] = xr[w - 1];
-            }
-        }
-        // B^T d on the rows (2ty, 2ty+1, 2ty+2, 2ty+3) = (R0[ty], R1[ty], R0[ty+1], R1[ty+1]),
-        // R_p the quarters of row parity p, for every tile row at once:
-        // rows[c % 2][i][ty][c / 2] = [r0 - r2, r1 + r2, r2 - r1, r1 - r3][i].
-        for cp in 0..2 {
-            let (r0, r1) = (&pad[cp * q..(cp + 1) * q], &pad[(2 + cp) * q..(3 + cp) * q]);
-            let (r0, r2, r1, r3) = (&r0[..len], &r0[hw..], &r1[..len], &r1[hw..]);
-            let mut d = rows[cp * 4 * len..(cp + 1) * 4 * len].chunks_exact_mut(len);
-            let mut next = || d.next().expect("4 rows");
-            map2(next(), r0, r2, |a, b| a - b);
-            map2(next(), r1, r2, |a, b| a + b);
-            map2(next(), r2, r1, |a, b| a - b);
-            map2(next(), r1, r3, |a, b| a - b);
-        }
-        // (.) B on the columns (2tx, 2tx+1, 2tx+2, 2tx+3) = (e[tx], o[tx], e[tx+1], o[tx+1]).
-        for i in 0..4 {
-            let (e, o) = (&rows[i * len..(i + 1) * len], &rows[(4 + i) * len..(5 + i) * len]);
-            for ty in 0..th {
-                let (e, o) = (&e[ty * hw..(ty + 1) * hw], &o[ty * hw..(ty + 1) * hw]);
-                let at = |j: usize| (4 * i + j) * xi_stride + base + ty * tw;
-                map2(&mut v[at(0)..at(0) + tw], e, &e[1..], |a, b| a - b);
-                map2(&mut v[at(1)..at(1) + tw], o, &e[1..], |a, b| a + b);
-                map2(&mut v[at(2)..at(2) + tw], &e[1..], o, |a, b| a - b);
-                map2(&mut v[at(3)..at(3) + tw], o, &o[1..], |a, b| a - b);
-            }
-        }
+        literal_plane!(self, |g| g.input_at(v, base, xi_stride, x, pad, rows))
     }
 
     /// A^T on the rows of every tile of the group, in place: for each column
@@ -175,6 +133,56 @@ impl Tiling for Winograd {
             store_row(&mut y[2 * ty * w..(2 * ty + 1) * w], yr(0, ty), yr(1, ty), accumulate);
             if 2 * ty + 1 < h {
                 store_row(&mut y[(2 * ty + 1) * w..(2 * ty + 2) * w], yr(2, ty), yr(3, ty), accumulate);
+            }
+        }
+    }
+}
+
+impl Winograd {
+    /// `input_transform` on this geometry (see `literal_plane`).
+    #[inline(always)]
+    fn input_at(&self, v: &mut [f32], base: usize, xi_stride: usize, x: &[f32], pad: &mut [f32], rows: &mut [f32]) {
+        let (th, tw) = self.tiles();
+        let (w, hw) = (self.w, tw + 1);
+        let (q, len) = ((th + 1) * hw, th * hw);
+        // Padded pixel (r, c) = x pixel (r - 1, c - 1) lives in quarter (r % 2, c % 2) at [r / 2][c / 2].
+        for (r, xr) in x.chunks_exact(w).enumerate() {
+            let pr = r + 1;
+            let quarters = &mut pad[pr % 2 * 2 * q..(pr % 2 + 1) * 2 * q];
+            let (even, odd) = quarters.split_at_mut(q);
+            let at = pr / 2 * hw;
+            let (er, or) = (&mut even[at..at + hw], &mut odd[at..at + hw]);
+            for ((pair, o), e) in xr.chunks_exact(2).zip(or.iter_mut()).zip(&mut er[1..]) {
+                *o = pair[0];
+                *e = pair[1];
+            }
+            if w % 2 == 1 {
+                or[tw - 1] = xr[w - 1];
+            }
+        }
+        // B^T d on the rows (2ty, 2ty+1, 2ty+2, 2ty+3) = (R0[ty], R1[ty], R0[ty+1], R1[ty+1]),
+        // R_p the quarters of row parity p, for every tile row at once:
+        // rows[c % 2][i][ty][c / 2] = [r0 - r2, r1 + r2, r2 - r1, r1 - r3][i].
+        for cp in 0..2 {
+            let (r0, r1) = (&pad[cp * q..(cp + 1) * q], &pad[(2 + cp) * q..(3 + cp) * q]);
+            let (r0, r2, r1, r3) = (&r0[..len], &r0[hw..], &r1[..len], &r1[hw..]);
+            let mut d = rows[cp * 4 * len..(cp + 1) * 4 * len].chunks_exact_mut(len);
+            let mut next = || d.next().expect("4 rows");
+            map2(next(), r0, r2, |a, b| a - b);
+            map2(next(), r1, r2, |a, b| a + b);
+            map2(next(), r2, r1, |a, b| a - b);
+            map2(next(), r1, r3, |a, b| a - b);
+        }
+        // (.) B on the columns (2tx, 2tx+1, 2tx+2, 2tx+3) = (e[tx], o[tx], e[tx+1], o[tx+1]).
+        for i in 0..4 {
+            let (e, o) = (&rows[i * len..(i + 1) * len], &rows[(4 + i) * len..(5 + i) * len]);
+            for ty in 0..th {
+                let (e, o) = (&e[ty * hw..(ty + 1) * hw], &o[ty * hw..(ty + 1) * hw]);
+                let at = |j: usize| (4 * i + j) * xi_stride + base + ty * tw;
+                map2(&mut v[at(0)..at(0) + tw], e, &e[1..], |a, b| a - b);
+                map2(&mut v[at(1)..at(1) + tw], o, &e[1..], |a, b| a + b);
+                map2(&mut v[at(2)..at(2) + tw], &e[1..], o, |a, b| a - b);
+                map2(&mut v[at(3)..at(3) + tw], o, &o[1..], |a, b| a - b);
             }
         }
     }
