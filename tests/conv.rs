@@ -139,6 +139,26 @@ fn run_forward(l: &Conv2d, x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize) ->
     out
 }
 
+/// One output channel, 3 columns wide, one column of padding on each side:
+/// `conv2d_direct`'s row-at-a-time path, from width 2 (no inner column) to
+/// 33, against the f64 direct convolution; kernel heights 1-3 with every
+/// split of the padding rows.
+#[test]
+fn direct_three_tap_rows_match_naive() {
+    for (h, w) in [(2, 2), (3, 3), (5, 2), (4, 7), (9, 33)] {
+        for (kh, top, bottom) in [(3, 1, 1), (3, 0, 2), (3, 2, 0), (2, 1, 0), (1, 0, 0)] {
+            let pad = Padding { top, left: 1, bottom, right: 1 };
+            let spec = Conv2dSpec { cin: 3, cout: 1, kh, kw: 3, stride: 1, pad, bias: true };
+            let c = Case { spec, h, w, n: 2, seed: (h * 100 + w * 10 + top) as u64 };
+            let d = data(&c);
+            assert!(d.l.is_direct(), "{h}x{w} {pad:?}");
+            let got = run_forward(&d.l, &d.x, &d.w, d.b.as_deref(), c.n);
+            let want = naive_forward(&d.l, &d.x, &d.w, d.b.as_deref(), c.n);
+            assert_close(&format!("direct {h}x{w} kh {kh} {pad:?}"), &got, &want, 1e-5, 1e-5);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 

@@ -56,6 +56,9 @@ pub(crate) fn forward_image(out: &mut [f32], x: &[f32], w: &[f32], g: &Window) {
 #[inline(always)]
 fn forward_body(out: &mut [f32], x: &[f32], w: &[f32], g: &Window) {
     out.fill(0.0);
+    if g.kw == 3 && g.stride == 1 && g.pad.left == 1 && g.wo == g.w && g.w >= 2 {
+        return forward_rows3(out, x, w, g);
+    }
     let (plane, taps) = (g.h * g.w, g.kh * g.kw);
     for (xc, wc) in x.chunks_exact(plane).zip(w.chunks_exact(taps)) {
         for (t, &wv) in wc.iter().enumerate() {
@@ -65,6 +68,40 @@ fn forward_body(out: &mut [f32], x: &[f32], w: &[f32], g: &Window) {
                 let src = &xc[iy * g.w + ix..][..hi - lo];
                 let dst = &mut out[oy * g.wo + lo..oy * g.wo + hi];
                 dst.iter_mut().zip(src).for_each(|(o, &v)| *o += wv * v);
+            }
+        }
+    }
+}
+
+/// Output rows per block of `forward_rows3`: the block's outputs (8 rows of
+/// 32) and the input rows they read stay in L1 while every channel passes.
+const FORWARD_ROWS: usize = 8;
+
+/// `forward_body` for 3-wide kernels padded by one column on each side
+/// ('same' width): each pass adds a kernel row's three taps to an output
+/// row at once, `o = ((o + w0 x[ox-1]) + w1 x[ox]) + w2 x[ox+1]`, the terms
+/// in the order the tap-by-tap loop adds them (the first and last column,
+/// where one tap falls outside, on their own). Tap by tap, each of the
+/// 9 x 64 passes over a 32-wide row was a few vectors plus a scalar tail
+/// and per-tap set-up, and each pass's loads waited on the last one's stores.
+#[inline(always)]
+fn forward_rows3(out: &mut [f32], x: &[f32], w: &[f32], g: &Window) {
+    let (plane, width) = (g.h * g.w, g.w);
+    for oy0 in (0..g.ho).step_by(FORWARD_ROWS) {
+        let block = oy0..g.ho.min(oy0 + FORWARD_ROWS);
+        for (xc, wc) in x.chunks_exact(plane).zip(w.chunks_exact(g.kh * 3)) {
+            for (ki, wk) in wc.chunks_exact(3).enumerate() {
+                let (w0, w1, w2) = (wk[0], wk[1], wk[2]);
+                for oy in block.clone() {
+                    let Some(iy) = g.in_row(oy, ki) else { continue };
+                    let dst = &mut out[oy * width..(oy + 1) * width];
+                    let src = &xc[iy * width..(iy + 1) * width];
+                    dst[0] = (dst[0] + w1 * src[0]) + w2 * src[1];
+                    let last = width - 1;
+                    let inner = dst[1..last].iter_mut().zip(src.windows(3));
+                    inner.for_each(|(o, s)| *o = ((*o + w0 * s[0]) + w1 * s[1]) + w2 * s[2]);
+                    dst[last] = (dst[last] + w0 * src[last - 1]) + w1 * src[last];
+                }
             }
         }
     }
