@@ -112,6 +112,9 @@ pub(super) use winograd_layer;
 /// are 4 tiles long, where a loop of unknown length spends more on its set-up
 /// and bounds checks than on the arithmetic. Every arm runs the same
 /// operations in the same order, so the bits are those of the generic arm.
+/// Only F(2x2)'s input transform uses it: on the F(4x4) and stride-2
+/// transforms (6- and 5-row tiles, 4-8 tiles a row in these models) the
+/// unrolled code measured slower (f32 DnCNN 0.82-0.90x, HardNet 0.94-0.96x).
 macro_rules! literal_plane {
     ($t:expr, |$g:ident| $body:expr) => {
         match ($t.h, $t.w) {
@@ -580,6 +583,7 @@ fn run_pass<T: Tiling>(
             let (outs, plane) = (&mut os[g0 * out_len..(g0 + gn) * out_len], pass.planes.1);
             for i in 0..outs.len() / plane {
                 let (dst_plane, rest) = outs[i * plane..].split_at_mut(plane);
+                // The next plane written, towards L2 while this one is (`prefetch_l2`).
                 if let Some(next) = rest.get(..plane) {
                     prefetch_l2(next);
                 }
@@ -608,6 +612,7 @@ fn transform_group<T: Tiling>(
     let p = th * tw;
     let t = xs.len() / (cs * plane) * p;
     for (i, x_plane) in xs.chunks_exact(plane).enumerate() {
+        // The next plane read, towards L2 while this one is transformed (`prefetch_l2`).
         if let Some(next) = xs.get((i + 1) * plane..(i + 2) * plane) {
             prefetch_l2(next);
         }
