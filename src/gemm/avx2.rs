@@ -7,7 +7,7 @@
 //! 15 of the 16 ymm registers. 12 independent accumulators cover the 4-cycle
 //! FMA latency on two pipes.
 
-use super::blis::{BLOCKING_6X16, Blocking, MicroKernel, Tile, impl_simd_x86, tile_rows};
+use super::blis::{BLOCKING_6X16, Blocking, MicroKernel, Tile, impl_simd_x86, tile_cols, tile_rows};
 use std::arch::x86_64::*;
 
 pub(crate) struct Avx2Fma;
@@ -44,16 +44,9 @@ unsafe fn tile_avx2(rows: usize, t: Tile) {
     unsafe { tile_rows::<Avx2Fma, 2, { Avx2Fma::BLOCKING.mr }>(rows, t) }
 }
 
-/// `tile` on the first of the two 8-column vectors when `cols` needs no more.
+/// The feature-enabled entry point of `blis::tile_cols`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_cols_avx2(rows: usize, cols: usize, t: Tile) {
-    const MR: usize = Avx2Fma::BLOCKING.mr;
-    // SAFETY: forwarded `MicroKernel::tile` contract; one vector reads and
-    // writes a prefix of the tile's columns.
-    unsafe {
-        match cols {
-            ..=8 => tile_rows::<Avx2Fma, 1, MR>(rows, t),
-            _ => tile_rows::<Avx2Fma, 2, MR>(rows, t),
-        }
-    }
+    // SAFETY: forwarded `MicroKernel::tile_cols` contract.
+    unsafe { tile_cols::<Avx2Fma, 2, { Avx2Fma::BLOCKING.mr }>(rows, cols, t) }
 }

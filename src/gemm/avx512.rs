@@ -12,7 +12,7 @@
 // AVX-512 intrinsics and `target_feature(enable = "avx512f")` are stable since
 // Rust 1.89, the crate's minimum supported version.
 
-use super::blis::{Blocking, MicroKernel, Tile, impl_simd_x86, tile_rows};
+use super::blis::{Blocking, MicroKernel, Tile, impl_simd_x86, tile_cols, tile_rows};
 use std::arch::x86_64::*;
 
 pub(crate) struct Avx512;
@@ -52,18 +52,9 @@ unsafe fn tile_avx512(rows: usize, t: Tile) {
     unsafe { tile_rows::<Avx512, 3, { Avx512::BLOCKING.mr }>(rows, t) }
 }
 
-/// `tile` on the first one or two of the three 16-column vectors when
-/// `cols` needs no more.
+/// The feature-enabled entry point of `blis::tile_cols`.
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_cols_avx512(rows: usize, cols: usize, t: Tile) {
-    const MR: usize = Avx512::BLOCKING.mr;
-    // SAFETY: forwarded `MicroKernel::tile` contract; fewer vectors read and
-    // write a prefix of the tile's columns.
-    unsafe {
-        match cols.div_ceil(16) {
-            1 => tile_rows::<Avx512, 1, MR>(rows, t),
-            2 => tile_rows::<Avx512, 2, MR>(rows, t),
-            _ => tile_rows::<Avx512, 3, MR>(rows, t),
-        }
-    }
+    // SAFETY: forwarded `MicroKernel::tile_cols` contract.
+    unsafe { tile_cols::<Avx512, 3, { Avx512::BLOCKING.mr }>(rows, cols, t) }
 }

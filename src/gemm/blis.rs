@@ -227,6 +227,25 @@ pub(crate) unsafe fn tile_rows<S: Simd, const NV: usize, const MR: usize>(rows: 
     }
 }
 
+/// `tile_rows` on the first `cols.div_ceil(LANES)` of the `NV` vectors of a
+/// row (`MicroKernel::tile_cols`): fewer vectors read and write a prefix of
+/// the tile's columns, each element the same sum.
+///
+/// # Safety
+/// As `MicroKernel::tile`; `1 <= cols <= NV * LANES`.
+#[inline(always)]
+pub(crate) unsafe fn tile_cols<S: Simd, const NV: usize, const MR: usize>(rows: usize, cols: usize, t: Tile) {
+    const { assert!(NV <= 3, "tile_cols dispatches up to 3 vectors") };
+    // SAFETY: forwarded contract; a prefix of the NV vectors.
+    unsafe {
+        match cols.div_ceil(S::LANES) {
+            1 if NV > 1 => tile_rows::<S, 1, MR>(rows, t),
+            2 if NV > 2 => tile_rows::<S, 2, MR>(rows, t),
+            _ => tile_rows::<S, NV, MR>(rows, t),
+        }
+    }
+}
+
 /// Largest MR * NR of any kernel: the edge tile lives on the stack.
 const MAX_TILE: usize = 8 * 64;
 
@@ -346,6 +365,8 @@ pub(crate) fn gemm_blis_from<K: MicroKernel>(alpha: f32, a: ASrc<'_>, b: MatRef<
         let abuf = aligned(abuf, MC.min(m.next_multiple_of(MR)) * kc_blk, PACK_A_MAX);
         let bbuf = aligned(bbuf, NC.min(n.next_multiple_of(NR)) * kc_blk, PACK_B_MAX);
         let (cp, crs, ccs) = (c.data_mut().as_mut_ptr(), c.rs, c.cs);
+        // The edge tile: each use writes every column it reads back.
+        let mut t = [0.0f32; MAX_TILE];
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             for pc in (0..k).step_by(kc_blk) {
@@ -427,7 +448,6 @@ pub(crate) fn gemm_blis_from<K: MicroKernel>(alpha: f32, a: ASrc<'_>, b: MatRef<
                                     )
                                 };
                             } else {
-                                let mut t = [0.0f32; MAX_TILE];
                                 // SAFETY: as above, into the local NR-wide tile, of which
                                 // the first `nr` columns are read.
                                 unsafe {

@@ -104,41 +104,6 @@ macro_rules! winograd_layer {
 }
 pub(super) use winograd_layer;
 
-/// Runs `$body` with `$g` bound to a copy of the geometry `$t` whose plane
-/// size is a literal for the square planes the models use (8, 16 and 32),
-/// else to `$t` itself. Inlined into each arm (the transforms it calls are
-/// `#[inline(always)]`), the transforms' short loops get constant trip
-/// counts that LLVM unrolls and vectorizes: an 8x8 plane's F(2x2) tile rows
-/// are 4 tiles long, where a loop of unknown length spends more on its set-up
-/// and bounds checks than on the arithmetic. Every arm runs the same
-/// operations in the same order, so the bits are those of the generic arm.
-/// Only F(2x2)'s input transform uses it: on the F(4x4) and stride-2
-/// transforms (6- and 5-row tiles, 4-8 tiles a row in these models) the
-/// unrolled code measured slower (f32 DnCNN 0.82-0.90x, HardNet 0.94-0.96x).
-macro_rules! literal_plane {
-    ($t:expr, |$g:ident| $body:expr) => {
-        match ($t.h, $t.w) {
-            (8, 8) => {
-                let $g = &Self { h: 8, w: 8, ..*$t };
-                $body
-            }
-            (16, 16) => {
-                let $g = &Self { h: 16, w: 16, ..*$t };
-                $body
-            }
-            (32, 32) => {
-                let $g = &Self { h: 32, w: 32, ..*$t };
-                $body
-            }
-            _ => {
-                let $g = $t;
-                $body
-            }
-        }
-    };
-}
-pub(super) use literal_plane;
-
 /// The forward half of every Winograd layer's public API, for a geometry
 /// `$geom` (a `Tiling`) and its scratch `$ws` (a tuple struct around
 /// `Workspace<$geom>`): `workspace`, `forward`, `forward_fused`.
