@@ -104,12 +104,13 @@ nhp_status nhp_release_workspaces(nhp_network *net);
 nhp_status nhp_set_device(nhp_network *net, const char *device);
 
 /*
- * Runs the network's CPU inference in `precision`: "f32" (the default) or
+ * Runs the network's CPU inference in `precision`: "f32" (the default),
  * "int8" (int8 convolutions with calibrated input scales; the calibration
  * stored in the weights file by `nhpatch calibrate`, else one made on
- * nhpatch's default sample). NHP_ERR_UNSUPPORTED for "bf16" and for a
- * network on a device; NHP_ERR_INVALID_ARGUMENT for an unknown name. Not
- * safe while other threads use the network.
+ * nhpatch's default sample) or "bf16" (bf16 inputs and weights, f32 sums;
+ * nothing to calibrate). NHP_ERR_UNSUPPORTED for a network on a device;
+ * NHP_ERR_INVALID_ARGUMENT for an unknown name. Not safe while other
+ * threads use the network.
  */
 nhp_status nhp_set_precision(nhp_network *net, const char *precision);
 
