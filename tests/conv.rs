@@ -391,3 +391,102 @@ fn winograd_weight_gradient_rounds_like_im2col() {
     eprintln!("dW largest error / scale: Winograd {wino:.2e}, im2col {im2col:.2e}");
     assert!(wino < 1e-6 && wino <= 2.0 * im2col, "Winograd {wino:e}, im2col {im2col:e}");
 }
+
+// ---------------------------------------------------------------- upsample x2 -> 2x2 conv
+
+/// The upsampling the U-Net's conv3 reads: `u[c][Y][X] = x[c][Y/2][X/2]`.
+fn upsample_naive(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut u = vec![0.0; planes * 4 * h * w];
+    for p in 0..planes {
+        for yy in 0..2 * h {
+            for xx in 0..2 * w {
+                u[(p * 2 * h + yy) * 2 * w + xx] = x[(p * h + yy / 2) * w + xx / 2];
+            }
+        }
+    }
+    u
+}
+
+/// `UpConv` (four phase convolutions on the small plane) against the f64
+/// direct convolution of the upsampled input: odd and even planes, one and
+/// several images per GEMM tile, a bias + ReLU and a scale epilogue, an
+/// output slot inside wider images (the rest left untouched), and the same
+/// bits for 1 and 3 threads.
+#[test]
+fn upsampled_two_by_two_conv_as_phases_matches_the_upsampled_conv() {
+    use nhpatch::layers::upconv::{ImageSlot, UpConv};
+    let pad = Padding { top: 0, left: 0, bottom: 1, right: 1 };
+    for (cin, cout, h, w, n) in
+        [(1, 1, 1, 1, 1), (3, 5, 2, 3, 2), (2, 7, 5, 4, 3), (32, 64, 16, 16, 2), (4, 3, 7, 7, 9)]
+    {
+        let spec = Conv2dSpec { cin, cout, kh: 2, kw: 2, stride: 1, pad, bias: true };
+        let big = Conv2d::new(spec, 2 * h, 2 * w).unwrap();
+        let l = UpConv::new(&spec, h, w).unwrap();
+        let mut rng = Rng::new((cin * 131 + h * 7 + w) as u64);
+        let x = rand_vec(&mut rng, n * l.in_len(), -1.0, 1.0);
+        let wt = rand_vec(&mut rng, l.weight_len(), -1.0, 1.0);
+        let bias = rand_vec(&mut rng, cout, -0.5, 0.5);
+        let scale = rand_vec(&mut rng, cout, 0.5, 1.5);
+        let plain = naive_forward(&big, &upsample_naive(&x, n * cin, h, w), &wt, Some(&bias), n);
+        let size = plain.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let plane = 4 * h * w;
+        let run = |threads: usize, epi: Epilogue<'_>, slot: ImageSlot| {
+            nhpatch::threads::pool(threads).unwrap().install(|| {
+                let mut ws = l.workspace(n);
+                let mut out = vec![f32::NAN; n * slot.stride];
+                l.forward_fused(&mut out, slot, &x, &wt, epi, n, &mut ws).unwrap();
+                out
+            })
+        };
+        let relu = Epilogue { scale: None, shift: Some(&bias), relu: true };
+        let got = run(1, relu, l.whole());
+        let want: Vec<f32> = plain.iter().map(|v| v.max(0.0)).collect();
+        assert_close("upconv + bias + relu", &got, &want, 2e-6 * size, 1e-6);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&run(3, relu, l.whole())), bits(&got), "{cin}x{h}x{w}: 3 threads");
+        // Scale and shift, without ReLU, into the middle of wider images.
+        let slot = ImageSlot { stride: l.out_len() + 5, offset: 3 };
+        let epi = Epilogue { scale: Some(&scale), shift: Some(&bias), relu: false };
+        let wide = run(2, epi, slot);
+        for (j, img) in wide.chunks(slot.stride).enumerate() {
+            assert!(img[..3].iter().chain(&img[3 + l.out_len()..]).all(|v| v.is_nan()), "outside the slot");
+            let want: Vec<f32> = (0..l.out_len())
+                .map(|i| {
+                    let c = i / plane;
+                    (plain[j * l.out_len() + i] - bias[c]) * scale[c] + bias[c]
+                })
+                .collect();
+            assert_close("upconv in a slot", &img[3..3 + l.out_len()], &want, 4e-6 * size, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn upconv_refuses_other_convolutions_and_bad_calls() {
+    use nhpatch::layers::upconv::{ImageSlot, UpConv};
+    let pad = Padding { top: 0, left: 0, bottom: 1, right: 1 };
+    let spec = Conv2dSpec { cin: 2, cout: 3, kh: 2, kw: 2, stride: 1, pad, bias: false };
+    for other in [
+        Conv2dSpec { kh: 3, kw: 3, ..spec },
+        Conv2dSpec { stride: 2, ..spec },
+        Conv2dSpec { pad: Padding { top: 1, left: 1, bottom: 0, right: 0 }, ..spec },
+    ] {
+        assert!(!UpConv::fits(&other));
+        assert!(UpConv::new(&other, 4, 4).is_err());
+    }
+    assert!(UpConv::new(&spec, 0, 4).is_err());
+    let l = UpConv::new(&spec, 4, 4).unwrap();
+    let (x, w) = (vec![0.5; 2 * l.in_len()], vec![0.25; l.weight_len()]);
+    let mut out = vec![0.0; 2 * l.out_len()];
+    let epi = Epilogue::default();
+    let mut ws = l.workspace(2);
+    assert!(l.forward_fused(&mut out, l.whole(), &x, &w, epi, 2, &mut ws).is_ok());
+    assert!(l.forward_fused(&mut out, l.whole(), &x[1..], &w, epi, 2, &mut ws).is_err());
+    assert!(l.forward_fused(&mut out, l.whole(), &x, &w[1..], epi, 2, &mut ws).is_err());
+    assert!(l.forward_fused(&mut out[1..], l.whole(), &x, &w, epi, 2, &mut ws).is_err());
+    let slot = ImageSlot { stride: l.out_len(), offset: 1 };
+    assert!(l.forward_fused(&mut out, slot, &x, &w, epi, 2, &mut ws).is_err(), "a slot past the image");
+    assert!(l.forward_fused(&mut out[..l.out_len()], l.whole(), &x[..l.in_len()], &w, epi, 1, &mut ws).is_err());
+    let bad = Epilogue { shift: Some(&[1.0]), ..epi };
+    assert!(l.forward_fused(&mut out, l.whole(), &x, &w, bad, 2, &mut ws).is_err());
+}

@@ -426,6 +426,24 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The eval pool (no argmax) writes the training pool's values bit for
+    /// bit: ties of equal values and of signed zeros, NaNs, odd edges.
+    #[test]
+    fn maxpool_eval_gives_the_bits_of_the_training_pool(s in shape(2, 3, 9, 9), seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let pick = [0.0, -0.0, 1.0, -1.0, f32::NAN, 2.5];
+        let x: Vec<f32> = (0..s.len()).map(|_| pick[(rng.next_u64() % 6) as usize]).collect();
+        let (want, _) = maxpool_fwd(&x, s);
+        let mut got = vec![7.0f32; want.len()];
+        maxpool::forward_eval(&mut got, &x, s).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&got), bits(&want));
+    }
+}
+
 #[test]
 fn maxpool_ties_pick_the_first_maximum_and_odd_edges_are_dropped() {
     // 3x5 plane: windows at rows 0-1, cols 0-1 and 2-3; row 2 and col 4 dropped.
@@ -448,6 +466,8 @@ fn maxpool_rejects_bad_lengths_and_indices() {
     assert!(is_shape_err(maxpool::forward(&mut out[..7], &mut am, &x, s)));
     assert!(is_shape_err(maxpool::forward(&mut out, &mut am[..7], &x, s)));
     assert!(is_shape_err(maxpool::forward(&mut out, &mut am, &x[..31], s)));
+    assert!(is_shape_err(maxpool::forward_eval(&mut out[..7], &x, s)));
+    assert!(is_shape_err(maxpool::forward_eval(&mut out, &x[..31], s)));
     let mut dx = vec![0.0; s.len()];
     assert!(is_shape_err(maxpool::backward(&mut dx, &out[..7], &am, s)));
     am[3] = 16;

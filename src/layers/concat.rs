@@ -38,6 +38,24 @@ pub fn forward(out: &mut [f32], a: &[f32], b: &[f32], sa: Shape4, sb: Shape4) ->
     Ok(())
 }
 
+/// One side of `out = a ++ b`: `side` is `a` (`first`) or `b`, the other
+/// side's channels of `out` are left as they are (written by the layer that
+/// makes that side, straight into `out`, in an eval pass).
+pub fn forward_side(out: &mut [f32], side: &[f32], sa: Shape4, sb: Shape4, first: bool) -> Result<()> {
+    let so = concat_shape(sa, sb)?;
+    check_len("concat forward: out", out.len(), so.len())?;
+    let (ia, ib) = (sa.image_len(), sb.image_len());
+    let (len, at) = if first { (ia, 0) } else { (ib, ia) };
+    check_len("concat forward: side", side.len(), so.n * len)?;
+    if so.is_empty() {
+        return Ok(());
+    }
+    out.par_chunks_mut(so.image_len()).enumerate().with_min_len(par_min_items(so.image_len())).for_each(|(n, o)| {
+        o[at..at + len].copy_from_slice(&side[n * len..(n + 1) * len]);
+    });
+    Ok(())
+}
+
 /// `da += dout[:, :Ca]`, `db += dout[:, Ca:]`.
 pub fn backward(da: &mut [f32], db: &mut [f32], dout: &[f32], sa: Shape4, sb: Shape4) -> Result<()> {
     backward_parts(Some(da), Some(db), dout, sa, sb)

@@ -58,6 +58,36 @@ pub fn forward(out: &mut [f32], argmax: &mut [u32], x: &[f32], shape: Shape4) ->
     Ok(())
 }
 
+/// `out` = window maxima without their indices (an eval pass, which has no
+/// backward): the values `forward` writes, bit for bit, ties, signed zeros
+/// and NaNs included (the same strict `>` in the same order, as selects
+/// over whole output rows, which vectorise); `shape` is the input's.
+pub fn forward_eval(out: &mut [f32], x: &[f32], shape: Shape4) -> Result<()> {
+    let so = pool_shape(shape);
+    check_len("maxpool forward: out", out.len(), so.len())?;
+    check_len("maxpool forward: x", x.len(), shape.len())?;
+    if so.is_empty() {
+        return Ok(());
+    }
+    let (w, ow) = (shape.w, so.w);
+    out.par_chunks_mut(so.plane())
+        .zip(x.par_chunks(shape.plane()))
+        .with_min_len(par_min_items(shape.plane()))
+        .for_each(|(o, x)| {
+            for (i, orow) in o.chunks_exact_mut(ow).enumerate() {
+                let (top, bottom) = (&x[2 * i * w..][..2 * ow], &x[(2 * i + 1) * w..][..2 * ow]);
+                for (j, o) in orow.iter_mut().enumerate() {
+                    let mut m = top[2 * j];
+                    for v in [top[2 * j + 1], bottom[2 * j], bottom[2 * j + 1]] {
+                        m = if v > m { v } else { m };
+                    }
+                    *o = m;
+                }
+            }
+        });
+    Ok(())
+}
+
 /// `dx[argmax] += dout` per plane; `shape` is the input's. An index outside
 /// the plane is a shape error, found before anything is written.
 pub fn backward(dx: &mut [f32], dout: &[f32], argmax: &[u32], shape: Shape4) -> Result<()> {

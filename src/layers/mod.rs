@@ -24,6 +24,7 @@ pub(crate) mod prepared;
 pub mod relu;
 pub mod reshape;
 pub mod residual;
+pub mod upconv;
 pub mod upsample;
 pub mod winograd;
 

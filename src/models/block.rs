@@ -31,6 +31,7 @@ use crate::layers::conv2d_bf16::Bf16ConvWorkspace;
 use crate::layers::conv2d_q8::{Q8ConvWorkspace, Q8LayerIn, Q8LayerOut};
 use crate::layers::prepared::WeightsKey;
 use crate::layers::relu;
+use crate::layers::upconv::{ImageSlot, UpConv, UpConvWorkspace};
 use crate::params::ParamLayout;
 use crate::rng::Rng;
 use crate::shape::Shape4;
@@ -78,6 +79,11 @@ pub(crate) struct BlockState {
     conv: ConvWorkspace,
     /// Reduced-precision inference (`set_low`); `None` runs f32.
     low: Option<LowConv>,
+    /// The f32 eval forward from the plane before an upsampling
+    /// (`forward_upconv`), made by its first call.
+    upconv: Option<UpConvWorkspace>,
+    /// The key the weights are vouched for by (`vouch_weights`), for scratch made later.
+    weights_key: Option<WeightsKey>,
 }
 
 impl BlockState {
@@ -85,12 +91,21 @@ impl BlockState {
     /// this block's weights for eval forwards. A later `set_low` starts its
     /// scratch without a key (it compares until vouched again).
     pub(crate) fn vouch_weights(&mut self, key: Option<WeightsKey>) {
+        self.weights_key = key;
         self.conv.vouch_weights(key);
+        if let Some(ws) = &mut self.upconv {
+            ws.vouch_weights(key);
+        }
         match &mut self.low {
             Some(LowConv::Q8(_, qws)) => qws.vouch_weights(key),
             Some(LowConv::Bf16(bws)) => bws.vouch_weights(key),
             None => {}
         }
+    }
+
+    /// Whether the eval forward runs in f32 (no `set_low` below it).
+    pub(crate) fn runs_f32(&self) -> bool {
+        self.low.is_none()
     }
 
     /// The input quantization of an int8 eval forward (`set_low`), if it runs in int8.
@@ -265,6 +280,8 @@ impl Block {
             bn_sync: vec![0.0; self.bn.as_ref().map_or(0, |(cfg, _)| batchnorm::sync_len(cfg))],
             conv: self.conv.workspace_for(n, pass),
             low: None,
+            upconv: None,
+            weights_key: None,
         }
     }
 
@@ -320,6 +337,32 @@ impl Block {
         };
         let epi = self.eval_epilogue(params, eval_scale, eval_shift);
         self.conv.forward_q8_io(out, x, &params[self.weight.clone()], *act, epi, n, qws)
+    }
+
+    /// The f32 eval forward of a block whose input is the nearest x2
+    /// upsampling of `x` (`N x cin x h/2 x w/2`), without the upsampled
+    /// tensor (`layers::upconv`; `UpConv::fits` holds for the convolution),
+    /// each image's output at `slot` of `out` (`None`: `out` is the block's own tensor).
+    pub fn forward_upconv(
+        &self,
+        st: &mut BlockState,
+        out: &mut [f32],
+        slot: Option<ImageSlot>,
+        x: &[f32],
+        params: &[f32],
+        n: usize,
+    ) -> Result<()> {
+        let BlockState { eval_scale, eval_shift, upconv, weights_key, .. } = st;
+        let layer = UpConv::new(&self.conv.spec, self.conv.win.h / 2, self.conv.win.w / 2)?;
+        let epi = self.eval_epilogue(params, eval_scale, eval_shift);
+        // First call: sized once for this batch, reused after.
+        let ws = upconv.get_or_insert_with(|| {
+            let mut ws = layer.workspace(n);
+            ws.vouch_weights(*weights_key);
+            ws
+        });
+        let slot = slot.unwrap_or(layer.whole());
+        layer.forward_fused(out, slot, x, &params[self.weight.clone()], epi, n, ws)
     }
 
     /// Runs the block on `x` (`N x cin x h x w`) into `out` (`N x cout x ho x wo`).

@@ -24,6 +24,7 @@ use crate::layers::conv2d::ConvPass;
 use crate::layers::conv2d_q8::{Q8LayerIn, Q8LayerOut};
 use crate::layers::dropout::{self, DropoutConfig};
 use crate::layers::prepared::WeightsKey;
+use crate::layers::upconv::ImageSlot;
 use crate::layers::{concat, input_norm, l2norm, maxpool, residual, upsample};
 use crate::rng::Rng;
 use std::mem::take;
@@ -50,6 +51,18 @@ pub(crate) struct Buffers {
     /// eval pass and `acts[t]` is not written.
     coded: Vec<Option<Coded>>,
     codes: Vec<Vec<u8>>,
+    /// Whether eval passes may fuse an upsampling into the f32 block that
+    /// reads it (`Graph::upconv_pairs`; `set_fusion`).
+    fuse: bool,
+    /// Per node, in an eval pass: an upsampling left to its reader (skipped)...
+    up_skip: Vec<bool>,
+    /// ...and the block that reads the upsampling's input instead, with that input...
+    up_src: Vec<Option<TensorId>>,
+    /// ...which writes its output straight into the concatenation that is
+    /// its only reader, when it has one: that tensor and the output's place in it...
+    up_sink: Vec<Option<(TensorId, ImageSlot)>>,
+    /// ...and per concatenation node, the one side it still copies (`true`: `a`).
+    concat_side: Vec<Option<bool>>,
 }
 
 impl Buffers {
@@ -66,7 +79,9 @@ impl Buffers {
                 let rows = |len: usize| vec![0.0; len];
                 match node.op {
                     Op::Block(b) => NodeState::Block(Box::new(g.blocks[b].state(n, pass))),
-                    Op::MaxPool => NodeState::Pool { argmax: vec![0; g.shape(node.output, n).len()] },
+                    Op::MaxPool => {
+                        NodeState::Pool { argmax: vec![0; if train { g.shape(node.output, n).len() } else { 0 }] }
+                    }
                     Op::InputNorm => NodeState::InputNorm { mean: rows(n), std: rows(n) },
                     Op::Dropout => {
                         NodeState::Dropout { mask: vec![0; if train { g.shape(node.output, n).len() } else { 0 }] }
@@ -78,7 +93,63 @@ impl Buffers {
             .collect();
         let slots = if train { g.slot_lens(n).map(|l| vec![0.0; l]).collect() } else { Vec::new() };
         let (coded, codes) = (vec![None; g.tensors()], vec![Vec::new(); g.tensors()]);
-        Buffers { n, acts, states, slots, scratch: Scratch::new(&g.blocks, n, pass), coded, codes }
+        let nodes = g.nodes.len();
+        let (up_skip, up_src, up_sink, concat_side) =
+            (vec![false; nodes], vec![None; nodes], vec![None; nodes], vec![None; nodes]);
+        let scratch = Scratch::new(&g.blocks, n, pass);
+        let mut bufs = Buffers {
+            n,
+            acts,
+            states,
+            slots,
+            scratch,
+            coded,
+            codes,
+            fuse: true,
+            up_skip,
+            up_src,
+            up_sink,
+            concat_side,
+        };
+        bufs.plan_upconv(g);
+        bufs
+    }
+
+    /// Whether eval passes fuse each upsampling into the f32 block that reads
+    /// it (default on). Off, every tensor of an eval pass is computed, as
+    /// `block_inputs` needs.
+    pub fn set_fusion(&mut self, g: &Graph, on: bool) {
+        self.fuse = on;
+        self.plan_upconv(g);
+    }
+
+    /// Fuses the pairs of `Graph::upconv_pairs` whose block runs f32, and
+    /// such a block into a concatenation that is its only reader.
+    fn plan_upconv(&mut self, g: &Graph) {
+        self.up_skip.fill(false);
+        self.up_src.fill(None);
+        self.up_sink.fill(None);
+        self.concat_side.fill(None);
+        if !self.fuse {
+            return;
+        }
+        for (u, b) in g.upconv_pairs() {
+            let NodeState::Block(st) = &self.states[b] else { continue };
+            if !st.runs_f32() {
+                continue;
+            }
+            self.up_skip[u] = true;
+            self.up_src[b] = Some(g.src(g.nodes[u].inputs[0], false));
+            if let Some((k, pos)) = g.sole_eval_reader(g.nodes[b].output)
+                && g.nodes[k].op == Op::Concat
+            {
+                let cat = &g.nodes[k];
+                let offset = if pos == 0 { 0 } else { g.shape(cat.inputs[0], 1).len() };
+                let slot = ImageSlot { stride: g.shape(cat.output, 1).len(), offset };
+                self.up_sink[b] = Some((cat.output, slot));
+                self.concat_side[k] = Some(pos == 1);
+            }
+        }
     }
 
     /// Every block's `BlockState::vouch_weights`.
@@ -115,22 +186,27 @@ impl Buffers {
                 Some(Coded { act, layout: Some(l) }) => vec![act.zero; self.n * l.image_len()],
             };
         }
+        self.plan_upconv(g);
     }
 
     /// `(block index, the block's input)` for each block node, in node
     /// order, as the last eval pass on these buffers with input `x` left them
-    /// (f32 or bf16 buffers: int8 ones keep some inputs only as codes).
-    pub fn block_inputs<'a>(&'a self, g: &Graph, x: &'a [f32]) -> Vec<(usize, &'a [f32])> {
-        g.nodes
-            .iter()
-            .filter_map(|node| match node.op {
-                Op::Block(b) => {
-                    let t = g.src(node.inputs[0], false);
-                    Some((g.blocks[b].index, tensor(&self.acts, x, t)))
+    /// (f32 or bf16 buffers: int8 ones keep some inputs only as codes; with
+    /// fusion off, `set_fusion`, or an upsampled input is an error).
+    pub fn block_inputs<'a>(&'a self, g: &Graph, x: &'a [f32]) -> Result<Vec<(usize, &'a [f32])>> {
+        let mut inputs = Vec::new();
+        for (node, up) in g.nodes.iter().zip(&self.up_src) {
+            if let Op::Block(b) = node.op {
+                let index = g.blocks[b].index;
+                if up.is_some() {
+                    return Err(Error::InvalidArgument(format!(
+                        "conv{index}'s upsampled input is not kept with fusion on (set_fusion)"
+                    )));
                 }
-                _ => None,
-            })
-            .collect()
+                inputs.push((index, tensor(&self.acts, x, g.src(node.inputs[0], false))));
+            }
+        }
+        Ok(inputs)
     }
 }
 
@@ -192,9 +268,9 @@ pub(crate) fn forward<'b>(
         Pass::Train(_, Some(s)) => Some((s.offset, s.total, s.groups)),
         _ => None,
     };
-    let Buffers { acts, states, coded, codes, .. } = bufs;
-    for (node, state) in g.nodes.iter().zip(states.iter_mut()) {
-        if !g.runs(node, train) {
+    let Buffers { acts, states, coded, codes, up_skip, up_src, up_sink, concat_side, .. } = bufs;
+    for (i, (node, state)) in g.nodes.iter().zip(states.iter_mut()).enumerate() {
+        if !g.runs(node, train) || (!train && up_skip[i]) {
             continue;
         }
         let o = node.output;
@@ -220,14 +296,31 @@ pub(crate) fn forward<'b>(
                 continue;
             }
         }
+        // A fused block writing into its concatenation (`plan_upconv`) takes that buffer.
+        let sink = if train { None } else { up_sink[i] };
+        let o = sink.map_or(o, |(t, _)| t);
         let mut out = take(&mut acts[o]);
         let get = |t: TensorId| tensor(acts, x, g.src(t, train));
         let (a, sa) = (get(node.inputs[0]), g.shape(node.inputs[0], n));
         let r = match (node.op, state) {
-            (Op::Block(b), NodeState::Block(st)) => g.blocks[b].forward(st, &mut out, a, &mut pass, n),
-            (Op::MaxPool, NodeState::Pool { argmax }) => maxpool::forward(&mut out, argmax, a, sa),
+            (Op::Block(b), NodeState::Block(st)) => match (&pass, up_src[i]) {
+                // The block reads the upsampling's input (`plan_upconv`).
+                (Pass::Eval(p), Some(t)) => {
+                    g.blocks[b].forward_upconv(st, &mut out, sink.map(|(_, s)| s), tensor(acts, x, t), p, n)
+                }
+                _ => g.blocks[b].forward(st, &mut out, a, &mut pass, n),
+            },
+            (Op::MaxPool, NodeState::Pool { argmax }) if train => maxpool::forward(&mut out, argmax, a, sa),
+            (Op::MaxPool, _) => maxpool::forward_eval(&mut out, a, sa),
             (Op::Upsample, _) => upsample::forward(&mut out, a, sa),
-            (Op::Concat, _) => concat::forward(&mut out, a, get(node.inputs[1]), sa, g.shape(node.inputs[1], n)),
+            (Op::Concat, _) => {
+                let (b, sb) = (get(node.inputs[1]), g.shape(node.inputs[1], n));
+                match concat_side[i].filter(|_| !train) {
+                    // The other side is in `out` already (`plan_upconv`).
+                    Some(first) => concat::forward_side(&mut out, if first { a } else { b }, sa, sb, first),
+                    None => concat::forward(&mut out, a, b, sa, sb),
+                }
+            }
             (Op::Residual, _) => residual::forward(&mut out, a, get(node.inputs[1])),
             (Op::InputNorm, NodeState::InputNorm { mean, std }) => input_norm::forward(&mut out, mean, std, a, sa),
             (Op::L2Norm, NodeState::L2 { norms }) => l2norm::forward(&mut out, norms, a, sa),
@@ -356,4 +449,31 @@ fn needed(d: Option<&mut [f32]>, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Re
 /// The first `len` elements of a taken gradient buffer.
 fn part(d: &mut Taken, len: usize) -> Option<&mut [f32]> {
     d.as_mut().map(|(_, b)| &mut b[..len])
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::models::{Arch, Model};
+    use crate::rng::Rng;
+
+    /// The U-Net's eval pass with the upsampling fused into conv3, which
+    /// writes into the concatenation, against the pass that computes every
+    /// tensor: the same values up to the rounding of the summed weights, and
+    /// every block input kept only without fusion.
+    #[test]
+    fn fused_upsampling_gives_the_values_of_the_plain_pass() {
+        let m = Model::new(Arch::Unet).unwrap();
+        let p = m.init_params(&mut Rng::new(3));
+        let mut rng = Rng::new(4);
+        let x: Vec<f32> = (0..3 * 1024).map(|_| rng.uniform(0.0, 255.0)).collect();
+        let mut ws = m.inference_workspace(3).unwrap();
+        let fused = m.forward_eval(&mut ws, &p, &x).unwrap().to_vec();
+        assert!(ws.bufs.block_inputs(&m.graph, &x).is_err(), "conv3's input is not kept");
+        ws.bufs.set_fusion(&m.graph, false);
+        let plain = m.forward_eval(&mut ws, &p, &x).unwrap().to_vec();
+        assert_eq!(ws.bufs.block_inputs(&m.graph, &x).unwrap().len(), 5);
+        let size = plain.iter().fold(1.0f32, |a, v| a.max(v.abs()));
+        let worst = fused.iter().zip(&plain).fold(0.0f32, |a, (f, q)| a.max((f - q).abs()));
+        assert!(worst <= 1e-5 * size && worst > 0.0, "worst {worst} of {size}");
+    }
 }

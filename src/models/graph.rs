@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::layers::batchnorm::BatchNormConfig;
 use crate::layers::concat;
 use crate::layers::conv2d::Conv2dSpec;
+use crate::layers::upconv::UpConv;
 use crate::params::ParamLayout;
 use crate::shape::Shape4;
 
@@ -103,6 +104,44 @@ impl Graph {
     /// Whether tensor `t` has a buffer of its own in a pass of this kind (not the input, not an alias).
     pub fn owns_buffer(&self, t: TensorId, train: bool) -> bool {
         t != INPUT && self.src(t, train) == t
+    }
+
+    /// `(upsample node, block node)` pairs an eval pass may run as one
+    /// (`layers::upconv`): the block is the only reader of the upsampled
+    /// tensor, which is not the output, and its convolution fits.
+    pub fn upconv_pairs(&self) -> Vec<(usize, usize)> {
+        let mut pairs = Vec::new();
+        for (u, node) in self.nodes.iter().enumerate() {
+            if node.op != Op::Upsample {
+                continue;
+            }
+            if let Some((b, 0)) = self.sole_eval_reader(node.output)
+                && let Op::Block(k) = self.nodes[b].op
+                && UpConv::fits(&self.blocks[k].conv.spec)
+            {
+                pairs.push((u, b));
+            }
+        }
+        pairs
+    }
+
+    /// `(node, input position)` of the one node that reads tensor `t` in an
+    /// eval pass, when exactly one does, once, and `t` is not the output.
+    pub fn sole_eval_reader(&self, t: TensorId) -> Option<(usize, usize)> {
+        if t == INPUT || self.src(self.output, false) == t {
+            return None;
+        }
+        let mut reads = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, node)| self.runs(node, false))
+            .flat_map(|(i, node)| node.inputs.iter().enumerate().map(move |(pos, &u)| (i, pos, u)))
+            .filter(|&(_, _, u)| u != INPUT && self.src(u, false) == t);
+        match (reads.next(), reads.next()) {
+            (Some((i, pos, _)), None) => Some((i, pos)),
+            _ => None,
+        }
     }
 
     /// Whether a node runs in a pass of this kind (`Flatten` never; dropout only in training).
@@ -312,6 +351,28 @@ mod tests {
         }
         // The U-Net's skip connection lives across the decoder: a third slot.
         assert_eq!(Model::new(Arch::Unet).unwrap().graph().slot_len.len(), 3);
+    }
+
+    #[test]
+    fn only_the_unets_upsampling_fuses_into_its_reader() {
+        for arch in Arch::ALL {
+            let m = Model::new(arch).unwrap();
+            let g = m.graph();
+            let pairs = g.upconv_pairs();
+            if arch != Arch::Unet {
+                assert!(pairs.is_empty(), "{arch}");
+                continue;
+            }
+            // up -> conv3, whose one reader is the concatenation, as its second input.
+            let [(u, b)] = pairs[..] else { panic!("{pairs:?}") };
+            assert_eq!(g.nodes[u].op, Op::Upsample);
+            assert!(matches!(g.nodes[b].op, Op::Block(k) if g.blocks[k].index == 3));
+            let (k, pos) = g.sole_eval_reader(g.nodes[b].output).unwrap();
+            assert_eq!((g.nodes[k].op, pos), (Op::Concat, 1));
+            // conv1's output has two readers (the pool and the concatenation); the output none.
+            assert_eq!(g.sole_eval_reader(g.nodes[0].output), None);
+            assert_eq!(g.sole_eval_reader(g.output), None);
+        }
     }
 
     #[test]

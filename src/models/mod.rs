@@ -415,8 +415,10 @@ impl Model {
             if chunk.len() / PATCH_LEN != ws.batch() {
                 ws = self.inference_workspace(chunk.len() / PATCH_LEN)?;
             }
+            // Every block's input kept, an upsampled one included.
+            ws.bufs.set_fusion(&self.graph, false);
             self.forward_eval(&mut ws, params, chunk)?;
-            for (block, input) in ws.bufs.block_inputs(&self.graph, chunk) {
+            for (block, input) in ws.bufs.block_inputs(&self.graph, chunk)? {
                 if chosen.contains(&block) {
                     col.add(block, input)?;
                 }
