@@ -490,3 +490,57 @@ fn upconv_refuses_other_convolutions_and_bad_calls() {
     let bad = Epilogue { shift: Some(&[1.0]), ..epi };
     assert!(l.forward_fused(&mut out, l.whole(), &x, &w, bad, 2, &mut ws).is_err());
 }
+
+/// `UpConv::backward` against the f64 adjoint of the upsampled convolution
+/// (`naive_backward` on the upsampled input, then the upsampling's adjoint):
+/// accumulated into non-zero gradients, with and without the input
+/// gradient, and the same bits for 1 and 3 threads.
+#[test]
+fn upsampled_two_by_two_conv_gradients_match_the_upsampled_conv() {
+    use nhpatch::layers::upconv::UpConv;
+    let pad = Padding { top: 0, left: 0, bottom: 1, right: 1 };
+    for (cin, cout, h, w, n) in [(1, 1, 1, 1, 1), (3, 5, 2, 3, 2), (2, 7, 5, 4, 3), (32, 64, 16, 16, 2), (4, 3, 7, 7, 9)] {
+        let spec = Conv2dSpec { cin, cout, kh: 2, kw: 2, stride: 1, pad, bias: true };
+        let big = Conv2d::new(spec, 2 * h, 2 * w).unwrap();
+        let l = UpConv::new(&spec, h, w).unwrap();
+        let mut rng = Rng::new((cout * 17 + h * 5 + w) as u64);
+        let x = rand_vec(&mut rng, n * l.in_len(), -1.0, 1.0);
+        let wt = rand_vec(&mut rng, l.weight_len(), -1.0, 1.0);
+        let dout = rand_vec(&mut rng, n * l.out_len(), -1.0, 1.0);
+        let (dxu, dw, db) = naive_backward(&big, &dout, &upsample_naive(&x, n * cin, h, w), &wt, n);
+        let mut dx = vec![0.0f32; x.len()];
+        for (pl, plane) in dxu.chunks_exact(4 * h * w).enumerate() {
+            for (k, v) in plane.iter().enumerate() {
+                let (yy, xx) = (k / (2 * w), k % (2 * w));
+                dx[pl * h * w + (yy / 2) * w + xx / 2] += v;
+            }
+        }
+        let run = |threads: usize, with_dx: bool| {
+            nhpatch::threads::pool(threads).unwrap().install(|| {
+                let mut ws = l.workspace(n);
+                // Non-zero starting gradients: backward adds to them.
+                let (mut gx, mut gw, mut gb) = (vec![0.5f32; x.len()], vec![0.5f32; wt.len()], vec![0.5f32; cout]);
+                let grads = ConvGrads { dx: with_dx.then_some(&mut gx[..]), dweight: &mut gw, dbias: Some(&mut gb) };
+                l.backward(grads, &dout, &x, &wt, n, &mut ws).unwrap();
+                // A second call on the same workspace gives the same increments.
+                let (mut gx2, mut gw2, mut gb2) = (vec![0.5f32; x.len()], vec![0.5f32; wt.len()], vec![0.5f32; cout]);
+                let grads = ConvGrads { dx: with_dx.then_some(&mut gx2[..]), dweight: &mut gw2, dbias: Some(&mut gb2) };
+                l.backward(grads, &dout, &x, &wt, n, &mut ws).unwrap();
+                assert_eq!((&gx, &gw, &gb), (&gx2, &gw2, &gb2));
+                (gx, gw, gb)
+            })
+        };
+        let (gx, gw, gb) = run(1, true);
+        let less = |v: &[f32]| v.iter().map(|g| g - 0.5).collect::<Vec<f32>>();
+        let scale = |v: &[f32]| v.iter().fold(1.0f32, |m, g| m.max(g.abs()));
+        assert_close("upconv dx", &less(&gx), &dx, 4e-6 * scale(&dx), 1e-5);
+        assert_close("upconv dw", &less(&gw), &dw, 4e-6 * scale(&dw), 1e-5);
+        assert_close("upconv db", &less(&gb), &db, 4e-6 * scale(&db), 1e-5);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let (hx, hw, hb) = run(3, true);
+        assert_eq!((bits(&hx), bits(&hw), bits(&hb)), (bits(&gx), bits(&gw), bits(&gb)), "3 threads");
+        let (nx, nw, nb) = run(2, false);
+        assert!(nx.iter().all(|&v| v == 0.5), "no input gradient asked for");
+        assert_eq!((bits(&nw), bits(&nb)), (bits(&gw), bits(&gb)), "without dx");
+    }
+}

@@ -34,9 +34,19 @@
 //! `OFFSETS` is ordered so each phase's offsets are one contiguous run of
 //! row blocks (`BLOCKS`): the phase GEMMs read `col` in place.
 //!
-//! Inference only: training keeps the upsampled tensor and conv3's im2col,
-//! whose gradients were checked. The eval executor (`models::exec`) picks
-//! this layer for an upsampling whose one reader is a fitting f32 block.
+//! Backward is the adjoint of the same phases, for a tile:
+//!
+//! ```text
+//!   dtmp_ab[o][i*w+j] = dout[o][2i+a][2j+b]
+//!   dV_ab[cout, K_ab] += dtmp_ab * col[rows_ab]^T      then  dW[o,c,ky,kx] += dV_ab at (ky, kx)'s offset, per phase
+//!   dcol[rows_ab]     += V_ab^T * dtmp_ab               then  dx[c][i+dy][j+dx] += dcol[t*cin + c][i*w+j]
+//!   db[o]             += sum of dout[o]
+//! ```
+//!
+//! with per-shard partials of dV and db summed in shard order (the same
+//! bits for any thread count, as `conv2d`). The executor (`models::exec`)
+//! runs this layer for an upsampling whose one reader is a fitting block
+//! (in eval passes, one running f32).
 //!
 //! Threads: contiguous shards of images whose size depends on `n` only, one
 //! scratch lane per thread; a batch of one shard shares its four phase GEMMs
@@ -44,7 +54,8 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
-use crate::layers::conv2d::{Conv2dSpec, Epilogue, MAX_SHARDS, TILE_COLS, lanes, lock_lane};
+use crate::layers::conv2d::{ConvGrads, Conv2dSpec, Epilogue, MAX_SHARDS, TILE_COLS, lanes, lock_lane};
+use crate::ops::reduce::add_partials;
 use crate::layers::prepared::{Prepared, WeightsKey};
 use crate::ops::im2col::Padding;
 use rayon::prelude::*;
@@ -92,6 +103,12 @@ pub struct UpConvWorkspace {
     shard_imgs: usize,
     phases: Prepared,
     lanes: Vec<Mutex<Lane>>,
+    /// `[shards, phases]` and `[shards, cout]`: per-shard partials of dV
+    /// and db (empty until the first backward).
+    dv_part: Vec<f32>,
+    db_part: Vec<f32>,
+    /// `[phases]`: dV summed over the shards.
+    dv: Vec<f32>,
 }
 
 impl UpConvWorkspace {
@@ -190,6 +207,194 @@ impl UpConv {
             shard_imgs,
             phases: Prepared::new(self.weight_len(), self.phases_len()),
             lanes,
+            dv_part: Vec::new(),
+            db_part: Vec::new(),
+            dv: Vec::new(),
+        }
+    }
+
+    fn check_workspace(&self, n: usize, ws: &UpConvWorkspace) -> Result<()> {
+        if ws.layer != *self || ws.n != n {
+            return Err(Error::Shape(format!(
+                "upconv: a workspace for {} images of {:?}, called with {n} of {:?}",
+                ws.n, ws.layer, self
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds the gradients of `out = conv2x2(upsample(x), weight) + bias`
+    /// (`out` in a tensor of its own) for upstream `dout` (file header):
+    /// `dweight`, `dbias` and `dx` (`[n, cin, h, w]`, when wanted) are
+    /// accumulated into (`+=`).
+    pub fn backward(
+        &self,
+        grads: ConvGrads<'_>,
+        dout: &[f32],
+        x: &[f32],
+        weight: &[f32],
+        n: usize,
+        ws: &mut UpConvWorkspace,
+    ) -> Result<()> {
+        self.check_workspace(n, ws)?;
+        check_len("upconv x", x.len(), n * self.in_len())?;
+        check_len("upconv dout", dout.len(), n * self.out_len())?;
+        check_len("upconv weight", weight.len(), self.weight_len())?;
+        check_len("upconv weight gradient", grads.dweight.len(), self.weight_len())?;
+        if let Some(db) = &grads.dbias {
+            check_len("upconv bias gradient", db.len(), self.cout)?;
+        }
+        if let Some(dx) = &grads.dx {
+            check_len("upconv input gradient", dx.len(), n * self.in_len())?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (cout, pl) = (self.cout, self.phases_len());
+        let shards = n.div_ceil(ws.shard_imgs);
+        if ws.dv_part.len() != shards * pl {
+            // First backward with this workspace: sized once, reused by every later step.
+            ws.dv_part = vec![0.0; shards * pl];
+            ws.db_part = vec![0.0; shards * cout];
+            ws.dv = vec![0.0; pl];
+        }
+        let UpConvWorkspace { tile_imgs, shard_imgs, phases, lanes, dv_part, db_part, dv, .. } = ws;
+        let v = phases.get(weight, TAG, |w, o| self.phase_weights(w, o))?;
+        let (in_len, out_len, si, ti) = (self.in_len(), self.out_len(), *shard_imgs, *tile_imgs);
+        let shard = |dvp: &mut [f32], dbp: &mut [f32], mut dxs: Option<&mut [f32]>, xs: &[f32], ds: &[f32]| {
+            dvp.fill(0.0);
+            dbp.fill(0.0);
+            let mut guard = lock_lane(lanes);
+            let lane = &mut *guard;
+            for (t, (xt, dt)) in xs.chunks(ti * in_len).zip(ds.chunks(ti * out_len)).enumerate() {
+                let dxt = dxs.as_deref_mut().map(|d| &mut d[t * ti * in_len..][..xt.len()]);
+                self.tile_backward(lane, dvp, dbp, dxt, xt, dt, v)?;
+            }
+            Ok(())
+        };
+        let parts = dv_part.par_chunks_mut(pl).zip(db_part.par_chunks_mut(cout));
+        let inputs = x.par_chunks(si * in_len).zip(dout.par_chunks(si * out_len));
+        match grads.dx {
+            Some(dx) => inputs
+                .zip(parts)
+                .zip(dx.par_chunks_mut(si * in_len))
+                .try_for_each(|(((xs, ds), (dvp, dbp)), dxs)| shard(dvp, dbp, Some(dxs), xs, ds))?,
+            None => inputs.zip(parts).try_for_each(|((xs, ds), (dvp, dbp))| shard(dvp, dbp, None, xs, ds))?,
+        }
+        // Sum the partials in shard order: deterministic whatever ran where.
+        dv.fill(0.0);
+        add_partials(dv, dv_part);
+        self.fold_phase_grads(grads.dweight, dv);
+        if let Some(db) = grads.dbias {
+            add_partials(db, db_part);
+        }
+        Ok(())
+    }
+
+    /// One tile's share of backward (file header): `dvp`, `dbp` and `dx` accumulated into.
+    #[allow(clippy::too_many_arguments)]
+    fn tile_backward(
+        &self,
+        lane: &mut Lane,
+        dvp: &mut [f32],
+        dbp: &mut [f32],
+        dx: Option<&mut [f32]>,
+        x: &[f32],
+        dout: &[f32],
+        v: &[f32],
+    ) -> Result<()> {
+        let (cin, cout, p) = (self.cin, self.cout, self.h * self.w);
+        let tn = x.len() / self.in_len();
+        let cols = tn * p;
+        let col = &mut lane.col[..4 * cin * cols];
+        self.gather(col, x, cols);
+        let tmp = &mut lane.tmp[..4 * cout * cols];
+        self.deinterleave(tmp, dout, cols);
+        for (q, dt) in tmp.chunks_exact(cout * cols).enumerate() {
+            let (lo, hi) = BLOCKS[q];
+            let (start, k) = self.phase_span(q);
+            // dV_q[cout, K_q] += dtmp_q[cout, cols] * col[lo*cin .. hi*cin, cols]^T
+            let d = MatRef::row_major(dt, cout, cols)?;
+            let b = MatRef::row_major(&col[lo * cin * cols..hi * cin * cols], k, cols)?;
+            gemm(1.0, d, b.t(), 1.0, MatMut::row_major(&mut dvp[start..start + cout * k], cout, k)?)?;
+        }
+        for (o, db) in dbp.iter_mut().enumerate() {
+            for dt in tmp.chunks_exact(cout * cols) {
+                *db += dt[o * cols..(o + 1) * cols].iter().sum::<f32>();
+            }
+        }
+        let Some(dx) = dx else { return Ok(()) };
+        // dcol = sum over phases of V_q^T * dtmp_q into its rows, written over col (no longer needed).
+        col.fill(0.0);
+        for (q, dt) in tmp.chunks_exact(cout * cols).enumerate() {
+            let (lo, hi) = BLOCKS[q];
+            let (start, k) = self.phase_span(q);
+            // dcol[lo*cin .. hi*cin, cols] += V_q^T[K_q, cout] * dtmp_q[cout, cols]
+            let a = MatRef::row_major(&v[start..start + cout * k], cout, k)?;
+            let d = MatRef::row_major(dt, cout, cols)?;
+            gemm(1.0, a.t(), d, 1.0, MatMut::row_major(&mut col[lo * cin * cols..hi * cin * cols], k, cols)?)?;
+        }
+        self.scatter_add(dx, col, cols);
+        Ok(())
+    }
+
+    /// `tmp_(2a+b)[o][j*P + i*w + jj] = dout_j[o][2i+a][2jj+b]`: the adjoint of `interleave`'s moves.
+    fn deinterleave(&self, tmp: &mut [f32], dout: &[f32], cols: usize) {
+        let (cout, w, p) = (self.cout, self.w, self.h * self.w);
+        for (j, img) in dout.chunks_exact(cout * 4 * p).enumerate() {
+            for (o, plane) in img.chunks_exact(4 * p).enumerate() {
+                for (i, rows) in plane.chunks_exact(4 * w).enumerate() {
+                    for (a, row) in rows.chunks_exact(2 * w).enumerate() {
+                        for b in 0..2 {
+                            let dst = &mut tmp[((2 * a + b) * cout + o) * cols + j * p + i * w..][..w];
+                            for (d, pair) in dst.iter_mut().zip(row.chunks_exact(2)) {
+                                *d = pair[b];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dx_j[c][i+dy][jj+dx] += dcol[t*cin + c][j*P + i*w + jj]` for `(dy, dx) = OFFSETS[t]`
+    /// inside the plane: the adjoint of `gather`, row blocks in order.
+    fn scatter_add(&self, dx: &mut [f32], dcol: &[f32], cols: usize) {
+        let (h, w, p) = (self.h, self.w, self.h * self.w);
+        for (t, blk) in dcol.chunks_exact(self.cin * cols).enumerate() {
+            let (dy, ddx) = OFFSETS[t];
+            for (c, row) in blk.chunks_exact(cols).enumerate() {
+                for (j, src) in row.chunks_exact(p).enumerate() {
+                    let plane = &mut dx[(j * self.cin + c) * p..(j * self.cin + c + 1) * p];
+                    for (i, s) in src.chunks_exact(w).enumerate().take(h - dy) {
+                        let d = &mut plane[(i + dy) * w + ddx..(i + dy + 1) * w];
+                        for (d, s) in d.iter_mut().zip(&s[..w - ddx]) {
+                            *d += s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dweight += ` the phase gradients `dv` mapped back to the taps they
+    /// summed (`phase_weights`' adjoint), phases in order.
+    fn fold_phase_grads(&self, dweight: &mut [f32], dv: &[f32]) {
+        let cin = self.cin;
+        for (p, &(lo, hi)) in BLOCKS.iter().enumerate() {
+            let (a, b) = (p / 2, p % 2);
+            let (start, k) = self.phase_span(p);
+            for (o, row) in dv[start..start + self.cout * k].chunks_exact(k).enumerate() {
+                for (t, &(dy, dx)) in OFFSETS.iter().enumerate().take(hi).skip(lo) {
+                    for c in 0..cin {
+                        for (ky, kx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                            if ((a + ky) / 2, (b + kx) / 2) == (dy, dx) {
+                                dweight[((o * cin + c) * 2 + ky) * 2 + kx] += row[(t - lo) * cin + c];
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -207,12 +412,7 @@ impl UpConv {
         n: usize,
         ws: &mut UpConvWorkspace,
     ) -> Result<()> {
-        if ws.layer != *self || ws.n != n {
-            return Err(Error::Shape(format!(
-                "upconv: a workspace for {} images of {:?}, called with {n} of {:?}",
-                ws.n, ws.layer, self
-            )));
-        }
+        self.check_workspace(n, ws)?;
         check_len("upconv x", x.len(), n * self.in_len())?;
         if slot.offset + self.out_len() > slot.stride {
             return Err(Error::Shape(format!(
