@@ -499,7 +499,9 @@ fn upconv_refuses_other_convolutions_and_bad_calls() {
 fn upsampled_two_by_two_conv_gradients_match_the_upsampled_conv() {
     use nhpatch::layers::upconv::UpConv;
     let pad = Padding { top: 0, left: 0, bottom: 1, right: 1 };
-    for (cin, cout, h, w, n) in [(1, 1, 1, 1, 1), (3, 5, 2, 3, 2), (2, 7, 5, 4, 3), (32, 64, 16, 16, 2), (4, 3, 7, 7, 9)] {
+    for (cin, cout, h, w, n) in
+        [(1, 1, 1, 1, 1), (3, 5, 2, 3, 2), (2, 7, 5, 4, 3), (32, 64, 16, 16, 2), (4, 3, 7, 7, 9)]
+    {
         let spec = Conv2dSpec { cin, cout, kh: 2, kw: 2, stride: 1, pad, bias: true };
         let big = Conv2d::new(spec, 2 * h, 2 * w).unwrap();
         let l = UpConv::new(&spec, h, w).unwrap();

@@ -54,10 +54,10 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
-use crate::layers::conv2d::{ConvGrads, Conv2dSpec, Epilogue, MAX_SHARDS, TILE_COLS, lanes, lock_lane};
-use crate::ops::reduce::add_partials;
+use crate::layers::conv2d::{Conv2dSpec, ConvGrads, Epilogue, MAX_SHARDS, TILE_COLS, lanes, lock_lane};
 use crate::layers::prepared::{Prepared, WeightsKey};
 use crate::ops::im2col::Padding;
+use crate::ops::reduce::add_partials;
 use rayon::prelude::*;
 use std::sync::Mutex;
 

@@ -126,6 +126,15 @@ impl BlockState {
     }
 }
 
+/// What a block's backward reads as its input: the input itself, or the
+/// plane its input is the nearest x2 upsampling of (the training forward ran
+/// `Block::forward_upconv`).
+#[derive(Clone, Copy)]
+pub(crate) enum BlockInput<'a> {
+    Plain(&'a [f32]),
+    Upsampled(&'a [f32]),
+}
+
 /// How an eval forward runs a block's convolution below f32.
 pub(crate) enum LowConv {
     /// int8: the input's quantization and the int8 scratch.
@@ -339,30 +348,46 @@ impl Block {
         self.conv.forward_q8_io(out, x, &params[self.weight.clone()], *act, epi, n, qws)
     }
 
-    /// The f32 eval forward of a block whose input is the nearest x2
-    /// upsampling of `x` (`N x cin x h/2 x w/2`), without the upsampled
-    /// tensor (`layers::upconv`; `UpConv::fits` holds for the convolution),
-    /// each image's output at `slot` of `out` (`None`: `out` is the block's own tensor).
+    /// The forward of a block whose input is the nearest x2 upsampling of
+    /// `x` (`N x cin x h/2 x w/2`), without the upsampled tensor
+    /// (`layers::upconv`; `UpConv::fits` holds for the convolution). An eval
+    /// pass (f32) writes each image's output at `slot` of `out` (`None`:
+    /// `out` is the block's own tensor); a training pass writes its own.
     pub fn forward_upconv(
         &self,
         st: &mut BlockState,
         out: &mut [f32],
         slot: Option<ImageSlot>,
         x: &[f32],
-        params: &[f32],
+        pass: &mut Pass,
         n: usize,
     ) -> Result<()> {
-        let BlockState { eval_scale, eval_shift, upconv, weights_key, .. } = st;
+        let layer = self.upconv(st, n)?;
+        let BlockState { eval_scale, eval_shift, upconv: Some(ws), pre, .. } = st else {
+            return Err(Error::InvalidArgument("upconv scratch missing".into()));
+        };
+        if let Pass::Eval(p) = &*pass {
+            let epi = self.eval_epilogue(p, eval_scale, eval_shift);
+            let slot = slot.unwrap_or(layer.whole());
+            return layer.forward_fused(out, slot, x, &p[self.weight.clone()], epi, n, ws);
+        }
+        let params = pass.params();
+        let epi = Epilogue { scale: None, shift: self.bias.as_ref().map(|b| &params[b.clone()]), relu: false };
+        let conv_out = if pre.is_empty() { &mut *out } else { &mut pre[..] };
+        layer.forward_fused(conv_out, layer.whole(), x, &params[self.weight.clone()], epi, n, ws)?;
+        self.forward_after_conv(st, out, pass, n)
+    }
+
+    /// This block's convolution after an upsampling, its scratch in `st`
+    /// made by the first call (sized once for this batch, reused after).
+    fn upconv(&self, st: &mut BlockState, n: usize) -> Result<UpConv> {
         let layer = UpConv::new(&self.conv.spec, self.conv.win.h / 2, self.conv.win.w / 2)?;
-        let epi = self.eval_epilogue(params, eval_scale, eval_shift);
-        // First call: sized once for this batch, reused after.
-        let ws = upconv.get_or_insert_with(|| {
+        if st.upconv.is_none() {
             let mut ws = layer.workspace(n);
-            ws.vouch_weights(*weights_key);
-            ws
-        });
-        let slot = slot.unwrap_or(layer.whole());
-        layer.forward_fused(out, slot, x, &params[self.weight.clone()], epi, n, ws)
+            ws.vouch_weights(st.weights_key);
+            st.upconv = Some(ws);
+        }
+        Ok(layer)
     }
 
     /// Runs the block on `x` (`N x cin x h x w`) into `out` (`N x cout x ho x wo`).
@@ -381,6 +406,12 @@ impl Block {
         }
         let conv_out = if st.pre.is_empty() { &mut *out } else { &mut st.pre };
         self.conv.forward(conv_out, x, &params[self.weight.clone()], bias, n, &mut st.conv)?;
+        self.forward_after_conv(st, out, pass, n)
+    }
+
+    /// The training forward's BatchNorm and ReLU, after the convolution
+    /// wrote `st.pre` (or `out`, when the block keeps no pre-activation).
+    fn forward_after_conv(&self, st: &mut BlockState, out: &mut [f32], pass: &mut Pass, n: usize) -> Result<()> {
         let shape = self.out_shape(n);
         let Some((cfg, r)) = &self.bn else {
             return if self.relu { relu::forward(out, &st.pre) } else { Ok(()) };
@@ -425,7 +456,7 @@ impl Block {
         &self,
         st: &mut BlockState,
         out: &[f32],
-        x: &[f32],
+        x: BlockInput<'_>,
         params: &[f32],
         grads: &mut [f32],
         dout: &[f32],
@@ -469,17 +500,33 @@ impl Block {
             }
             cur = d;
         }
+        let x = match x {
+            BlockInput::Plain(x) => x,
+            BlockInput::Upsampled(x) => {
+                let (dweight, dbias) = self.conv_grads(grads);
+                let layer = self.upconv(st, n)?;
+                let Some(ws) = st.upconv.as_mut() else {
+                    return Err(Error::InvalidArgument("upconv scratch missing".into()));
+                };
+                return layer.backward(ConvGrads { dx, dweight, dbias }, cur, x, &params[self.weight.clone()], n, ws);
+            }
+        };
         if let Some(dx) = &dx {
             crate::error::check_len("block input gradient", dx.len(), self.in_len(n))?;
         }
-        let (dweight, dbias) = match &self.bias {
+        let (dweight, dbias) = self.conv_grads(grads);
+        let grads = ConvGrads { dx, dweight, dbias };
+        self.conv.backward(grads, cur, x, &params[self.weight.clone()], n, &mut st.conv)
+    }
+
+    /// The convolution's weight and bias gradients in the gradient arena.
+    fn conv_grads<'g>(&self, grads: &'g mut [f32]) -> (&'g mut [f32], Option<&'g mut [f32]>) {
+        match &self.bias {
             Some(b) => {
                 let (w, b) = split_pair(grads, self.weight.clone(), b.clone());
                 (w, Some(b))
             }
             None => (&mut grads[self.weight.clone()], None),
-        };
-        let grads = ConvGrads { dx, dweight, dbias };
-        self.conv.backward(grads, cur, x, &params[self.weight.clone()], n, &mut st.conv)
+        }
     }
 }

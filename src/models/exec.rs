@@ -15,7 +15,7 @@
 //! (`std::mem::take`, which moves a pointer) so that a node writes its output
 //! while reading its inputs; nothing allocates in a pass.
 
-use super::block::{BlockState, Pass, Scratch};
+use super::block::{BlockInput, BlockState, Pass, Scratch};
 use super::graph::{Graph, INPUT, Op, TensorId};
 use super::quant::{Calibration, Precision};
 use crate::error::{Error, Result};
@@ -91,7 +91,7 @@ impl Buffers {
                 }
             })
             .collect();
-        let slots = if train { g.slot_lens(n).map(|l| vec![0.0; l]).collect() } else { Vec::new() };
+        let slots = if train { g.fused_plan().slot_lens(n).map(|l| vec![0.0; l]).collect() } else { Vec::new() };
         let (coded, codes) = (vec![None; g.tensors()], vec![Vec::new(); g.tensors()]);
         let nodes = g.nodes.len();
         let (up_skip, up_src, up_sink, concat_side) =
@@ -270,7 +270,8 @@ pub(crate) fn forward<'b>(
     };
     let Buffers { acts, states, coded, codes, up_skip, up_src, up_sink, concat_side, .. } = bufs;
     for (i, (node, state)) in g.nodes.iter().zip(states.iter_mut()).enumerate() {
-        if !g.runs(node, train) || (!train && up_skip[i]) {
+        // Fused upsamplings: every one in training, those `plan_upconv` chose in eval.
+        if !g.runs(node, train) || if train { g.is_fused_up(i) } else { up_skip[i] } {
             continue;
         }
         let o = node.output;
@@ -303,13 +304,17 @@ pub(crate) fn forward<'b>(
         let get = |t: TensorId| tensor(acts, x, g.src(t, train));
         let (a, sa) = (get(node.inputs[0]), g.shape(node.inputs[0], n));
         let r = match (node.op, state) {
-            (Op::Block(b), NodeState::Block(st)) => match (&pass, up_src[i]) {
-                // The block reads the upsampling's input (`plan_upconv`).
-                (Pass::Eval(p), Some(t)) => {
-                    g.blocks[b].forward_upconv(st, &mut out, sink.map(|(_, s)| s), tensor(acts, x, t), p, n)
+            (Op::Block(b), NodeState::Block(st)) => {
+                // The block reads the upsampling's input.
+                let small = if train { g.fused_up(i).map(|u| g.nodes[u].inputs[0]) } else { up_src[i] };
+                match small {
+                    Some(t) => {
+                        let slot = sink.map(|(_, s)| s);
+                        g.blocks[b].forward_upconv(st, &mut out, slot, tensor(acts, x, t), &mut pass, n)
+                    }
+                    None => g.blocks[b].forward(st, &mut out, a, &mut pass, n),
                 }
-                _ => g.blocks[b].forward(st, &mut out, a, &mut pass, n),
-            },
+            }
             (Op::MaxPool, NodeState::Pool { argmax }) if train => maxpool::forward(&mut out, argmax, a, sa),
             (Op::MaxPool, _) => maxpool::forward_eval(&mut out, a, sa),
             (Op::Upsample, _) => upsample::forward(&mut out, a, sa),
@@ -379,22 +384,26 @@ pub(crate) fn backward(
     let n = bufs.n;
     let with_input = dx.is_some();
     let Buffers { acts, states, slots, scratch, .. } = bufs;
+    let plan = g.fused_plan();
     for (i, node) in g.nodes.iter().enumerate().rev() {
-        if !g.runs(node, true) || !g.needs_grad(node.output, with_input) {
+        if !g.runs(node, true) || !g.needs_grad(node.output, with_input) || g.is_fused_up(i) {
             continue;
         }
+        // A block fused with its upsampling reads, and sends its gradient to, the upsampling's input.
+        let fused = g.fused_up(i);
+        let inputs = fused.map_or(&node.inputs, |u| &g.nodes[u].inputs);
         let o = node.output;
         let len_of = |t: TensorId| g.shape(t, n).len();
-        let d_out: Taken = g.slot(o).map(|s| (s, take(&mut slots[s])));
+        let d_out: Taken = plan.slot(o).map(|s| (s, take(&mut slots[s])));
         // The inputs' gradient buffers, zeroed by their first writer.
         let mut d_in: [Taken; 2] = [None, None];
-        for (pos, &t) in node.inputs.iter().enumerate() {
+        for (pos, &t) in inputs.iter().enumerate() {
             if t != INPUT
                 && g.needs_grad(t, with_input)
-                && let Some(s) = g.slot(t)
+                && let Some(s) = plan.slot(t)
             {
                 let mut buf = take(&mut slots[s]);
-                if g.first_write(i, pos) {
+                if plan.first_write(i, pos) {
                     buf[..len_of(t)].fill(0.0);
                 }
                 d_in[pos] = Some((s, buf));
@@ -406,18 +415,19 @@ pub(crate) fn backward(
                 None => dout,
             };
             let [d0, d1] = &mut d_in;
-            let mut da = part(d0, len_of(node.inputs[0]));
-            let mut db = node.inputs.get(1).and_then(|&t| part(d1, len_of(t)));
+            let mut da = part(d0, len_of(inputs[0]));
+            let mut db = inputs.get(1).and_then(|&t| part(d1, len_of(t)));
             // The input's gradient is the caller's `dx`.
-            if node.inputs[0] == INPUT {
+            if inputs[0] == INPUT {
                 da = dx.as_deref_mut();
-            } else if node.inputs.get(1) == Some(&INPUT) {
+            } else if inputs.get(1) == Some(&INPUT) {
                 db = dx.as_deref_mut();
             }
-            let (a, sa) = (tensor(acts, x, node.inputs[0]), g.shape(node.inputs[0], n));
+            let (a, sa) = (tensor(acts, x, inputs[0]), g.shape(inputs[0], n));
             match (node.op, &mut states[i]) {
                 (Op::Block(b), NodeState::Block(st)) => {
-                    g.blocks[b].backward(st, &acts[o], a, params, grads, dy, da, scratch, n)
+                    let input = if fused.is_some() { BlockInput::Upsampled(a) } else { BlockInput::Plain(a) };
+                    g.blocks[b].backward(st, &acts[o], input, params, grads, dy, da, scratch, n)
                 }
                 (Op::MaxPool, NodeState::Pool { argmax }) => needed(da, |d| maxpool::backward(d, dy, argmax, sa)),
                 (Op::Upsample, _) => needed(da, |d| upsample::backward(d, dy, sa)),

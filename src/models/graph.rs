@@ -77,12 +77,90 @@ pub(crate) struct Graph {
     eval_src: Vec<TensorId>,
     /// Per tensor, whether backward needs its gradient: `[without, with]` the input gradient.
     needs_grad: [Vec<bool>; 2],
+    /// The gradient buffers of a backward that runs every node (the CUDA backend's).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    plan: GradPlan,
+    /// Per node: for a block that reads an upsampling it can run fused
+    /// (`layers::upconv`: its one reader, with a fitting convolution), that
+    /// upsampling's node.
+    fused_up: Vec<Option<usize>>,
+    /// The gradient buffers of the CPU executor's backward, which runs each
+    /// such block on the upsampling's input and skips the upsampling.
+    fused_plan: GradPlan,
+}
+
+/// Which gradient buffer each tensor's gradient lives in during backward.
+#[derive(Clone, Debug)]
+pub(crate) struct GradPlan {
     /// Per tensor, its gradient slot (none for the input and the output, whose gradients are the caller's).
     slot: Vec<Option<usize>>,
     /// Per slot, elements per image.
     slot_len: Vec<usize>,
     /// Per node and input position: whether this node's backward is the first to write that input's gradient.
     first_write: Vec<[bool; 2]>,
+}
+
+impl GradPlan {
+    /// The gradient slot of `t`, when it has one.
+    pub fn slot(&self, t: TensorId) -> Option<usize> {
+        self.slot[t]
+    }
+
+    /// Elements of each slot for a batch of `n`.
+    pub fn slot_lens(&self, n: usize) -> impl Iterator<Item = usize> + '_ {
+        self.slot_len.iter().map(move |l| l * n)
+    }
+
+    /// Whether node `i`'s backward is the first to write the gradient of its input at `pos` (it zeroes it).
+    pub fn first_write(&self, i: usize, pos: usize) -> bool {
+        self.first_write[i][pos]
+    }
+
+    /// Plans the slots for a backward in which node `i` reads `inputs[i]`
+    /// (an empty list: the node does not run). Lifetimes in reverse steps:
+    /// from the last reader's backward to the producer's; a slot is reused
+    /// once its tensor's lifetime has ended before another's starts.
+    fn new(
+        inputs: &[Vec<TensorId>],
+        producer: &[Option<usize>],
+        shapes: &[Shape4],
+        needs_grad: &[bool],
+        output: TensorId,
+    ) -> GradPlan {
+        let steps = inputs.len();
+        let rev = |i: usize| steps - 1 - i;
+        let mut first_write = vec![[false; 2]; steps];
+        let mut lives: Vec<(usize, usize, TensorId)> = Vec::new();
+        for t in 1..shapes.len() {
+            if t == output || !needs_grad[t] {
+                continue;
+            }
+            let last = inputs.iter().enumerate().rfind(|(_, ins)| ins.contains(&t));
+            let (Some((c, ins)), Some(p)) = (last, producer[t]) else { continue };
+            let pos = ins.iter().position(|&x| x == t).unwrap_or(0);
+            first_write[c][pos] = true;
+            lives.push((rev(c), rev(p), t));
+        }
+        lives.sort_unstable();
+        let mut slot = vec![None; shapes.len()];
+        let mut slot_len: Vec<usize> = Vec::new();
+        let mut slot_end: Vec<usize> = Vec::new();
+        for (start, end, t) in lives {
+            let len = shapes[t].len();
+            let s = match slot_end.iter().position(|&e| e < start) {
+                Some(s) => s,
+                None => {
+                    slot_len.push(0);
+                    slot_end.push(0);
+                    slot_len.len() - 1
+                }
+            };
+            slot_len[s] = slot_len[s].max(len);
+            slot_end[s] = end;
+            slot[t] = Some(s);
+        }
+        GradPlan { slot, slot_len, first_write }
+    }
 }
 
 impl Graph {
@@ -110,19 +188,7 @@ impl Graph {
     /// (`layers::upconv`): the block is the only reader of the upsampled
     /// tensor, which is not the output, and its convolution fits.
     pub fn upconv_pairs(&self) -> Vec<(usize, usize)> {
-        let mut pairs = Vec::new();
-        for (u, node) in self.nodes.iter().enumerate() {
-            if node.op != Op::Upsample {
-                continue;
-            }
-            if let Some((b, 0)) = self.sole_eval_reader(node.output)
-                && let Op::Block(k) = self.nodes[b].op
-                && UpConv::fits(&self.blocks[k].conv.spec)
-            {
-                pairs.push((u, b));
-            }
-        }
-        pairs
+        self.fused_up.iter().enumerate().filter_map(|(b, u)| u.map(|u| (u, b))).collect()
     }
 
     /// `(node, input position)` of the one node that reads tensor `t` in an
@@ -157,19 +223,37 @@ impl Graph {
         self.needs_grad[usize::from(with_input)][t]
     }
 
-    /// The gradient slot of `t`, when it has one.
+    /// The gradient slot of `t`, when it has one (the plan of a backward that runs every node).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub fn slot(&self, t: TensorId) -> Option<usize> {
-        self.slot[t]
+        self.plan.slot(t)
     }
 
-    /// Elements of each slot for a batch of `n`.
+    /// Elements of each slot for a batch of `n` (as `slot`).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub fn slot_lens(&self, n: usize) -> impl Iterator<Item = usize> + '_ {
-        self.slot_len.iter().map(move |l| l * n)
+        self.plan.slot_lens(n)
     }
 
-    /// Whether node `i`'s backward is the first to write the gradient of its input at `pos` (it zeroes it).
+    /// Whether node `i`'s backward is the first to write the gradient of its input at `pos` (as `slot`).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub fn first_write(&self, i: usize, pos: usize) -> bool {
-        self.first_write[i][pos]
+        self.plan.first_write(i, pos)
+    }
+
+    /// The plan of the CPU executor's backward, which runs fused upsamplings (`fused_up`).
+    pub fn fused_plan(&self) -> &GradPlan {
+        &self.fused_plan
+    }
+
+    /// The upsampling node block node `i` reads through, fused (`layers::upconv`), if any.
+    pub fn fused_up(&self, i: usize) -> Option<usize> {
+        self.fused_up[i]
+    }
+
+    /// Whether node `i` is an upsampling that runs fused into its reader.
+    pub fn is_fused_up(&self, i: usize) -> bool {
+        self.fused_up.contains(&Some(i))
     }
 
     /// Rows of the `info` table, node by node.
@@ -299,42 +383,31 @@ impl GraphBuilder {
                 ng[node.output] = matches!(node.op, Op::Block(_)) || node.inputs.iter().any(|&t| ng[t]);
             }
         }
-        // Lifetimes in reverse steps: from the last consumer's backward to the producer's.
-        let steps = nodes.len();
-        let rev = |i: usize| steps - 1 - i;
         let producer: Vec<Option<usize>> =
             (0..count).map(|t| nodes.iter().position(|n| n.op != Op::Flatten && n.output == t && t != INPUT)).collect();
-        let mut first_write = vec![[false; 2]; steps];
-        let mut lives: Vec<(usize, usize, TensorId)> = Vec::new();
-        for t in 1..count {
-            if t == output || !needs_grad[1][t] {
-                continue;
+        // An upsampling whose one reader (in any pass) is a block with a
+        // fitting convolution, as its input, runs fused into that block.
+        let mut fused_up = vec![None; nodes.len()];
+        for (u, node) in nodes.iter().enumerate().filter(|(_, n)| n.op == Op::Upsample && n.output != output) {
+            let mut readers = nodes.iter().enumerate().filter(|(_, n)| n.inputs.contains(&node.output));
+            if let (Some((b, reader)), None) = (readers.next(), readers.next())
+                && let Op::Block(k) = reader.op
+                && reader.inputs == [node.output]
+                && UpConv::fits(&blocks[k].conv.spec)
+            {
+                fused_up[b] = Some(u);
             }
-            let last = nodes.iter().enumerate().rfind(|(_, n)| n.op != Op::Flatten && n.inputs.contains(&t));
-            let (Some((c, node)), Some(p)) = (last, producer[t]) else { continue };
-            let pos = node.inputs.iter().position(|&x| x == t).unwrap_or(0);
-            first_write[c][pos] = true;
-            lives.push((rev(c), rev(p), t));
         }
-        lives.sort_unstable();
-        let mut slot = vec![None; count];
-        let mut slot_len: Vec<usize> = Vec::new();
-        let mut slot_end: Vec<usize> = Vec::new();
-        for (start, end, t) in lives {
-            let len = shapes[t].len();
-            let s = match slot_end.iter().position(|&e| e < start) {
-                Some(s) => s,
-                None => {
-                    slot_len.push(0);
-                    slot_end.push(0);
-                    slot_len.len() - 1
-                }
-            };
-            slot_len[s] = slot_len[s].max(len);
-            slot_end[s] = end;
-            slot[t] = Some(s);
+        let mut inputs: Vec<Vec<TensorId>> =
+            nodes.iter().map(|n| if n.op == Op::Flatten { Vec::new() } else { n.inputs.clone() }).collect();
+        let plan = GradPlan::new(&inputs, &producer, &shapes, &needs_grad[1], output);
+        for (b, u) in fused_up.iter().enumerate() {
+            if let Some(u) = *u {
+                inputs[b] = std::mem::take(&mut inputs[u]);
+            }
         }
-        Ok(Graph { nodes, blocks, layout, shapes, output, eval_src, needs_grad, slot, slot_len, first_write })
+        let fused_plan = GradPlan::new(&inputs, &producer, &shapes, &needs_grad[1], output);
+        Ok(Graph { nodes, blocks, layout, shapes, output, eval_src, needs_grad, plan, fused_up, fused_plan })
     }
 }
 
@@ -347,10 +420,10 @@ mod tests {
     fn chains_ping_pong_between_two_slots() {
         for arch in [Arch::Dncnn, Arch::HardNetBaseline, Arch::HardNetOriginal] {
             let m = Model::new(arch).unwrap();
-            assert_eq!(m.graph().slot_len.len(), 2, "{arch}");
+            assert_eq!(m.graph().plan.slot_len.len(), 2, "{arch}");
         }
         // The U-Net's skip connection lives across the decoder: a third slot.
-        assert_eq!(Model::new(Arch::Unet).unwrap().graph().slot_len.len(), 3);
+        assert_eq!(Model::new(Arch::Unet).unwrap().graph().plan.slot_len.len(), 3);
     }
 
     #[test]
@@ -361,12 +434,19 @@ mod tests {
             let pairs = g.upconv_pairs();
             if arch != Arch::Unet {
                 assert!(pairs.is_empty(), "{arch}");
+                let (p, q) = (&g.plan, g.fused_plan());
+                assert_eq!((&p.slot, &p.slot_len, &p.first_write), (&q.slot, &q.slot_len, &q.first_write), "{arch}");
                 continue;
             }
             // up -> conv3, whose one reader is the concatenation, as its second input.
             let [(u, b)] = pairs[..] else { panic!("{pairs:?}") };
             assert_eq!(g.nodes[u].op, Op::Upsample);
             assert!(matches!(g.nodes[b].op, Op::Block(k) if g.blocks[k].index == 3));
+            // The CPU backward: no gradient for the upsampled tensor; conv3 first writes conv2's.
+            let (p, small) = (g.fused_plan(), g.nodes[u].inputs[0]);
+            assert_eq!(p.slot(g.nodes[u].output), None);
+            assert!(p.first_write(b, 0) && p.slot(small).is_some());
+            assert!(g.is_fused_up(u) && !g.is_fused_up(b));
             let (k, pos) = g.sole_eval_reader(g.nodes[b].output).unwrap();
             assert_eq!((g.nodes[k].op, pos), (Op::Concat, 1));
             // conv1's output has two readers (the pool and the concatenation); the output none.
@@ -387,6 +467,18 @@ mod tests {
                 used.sort_unstable();
                 used.dedup();
                 assert_eq!(used.len(), before, "{arch} node {i}");
+                // The CPU plan, where a fused block reads its upsampling's input.
+                if g.is_fused_up(i) {
+                    continue;
+                }
+                let p = g.fused_plan();
+                let inputs = g.fused_up(i).map_or(&node.inputs, |u| &g.nodes[u].inputs);
+                let mut used: Vec<usize> = inputs.iter().filter_map(|&t| p.slot(t)).collect();
+                used.extend(p.slot(node.output));
+                let before = used.len();
+                used.sort_unstable();
+                used.dedup();
+                assert_eq!(used.len(), before, "{arch} node {i}, fused");
             }
         }
     }
