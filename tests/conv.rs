@@ -546,3 +546,35 @@ fn upsampled_two_by_two_conv_gradients_match_the_upsampled_conv() {
         assert_eq!((bits(&nw), bits(&nb)), (bits(&gw), bits(&gb)), "without dx");
     }
 }
+
+/// `UpConv::backward` against central differences of its forward (bias, no
+/// epilogue), on odd and even planes, accumulating into gradients pre-filled with 1.
+#[test]
+fn upsampled_two_by_two_conv_gradients_match_finite_differences() {
+    use nhpatch::layers::upconv::UpConv;
+    let pad = Padding { top: 0, left: 0, bottom: 1, right: 1 };
+    for (cin, cout, h, w, n) in [(1, 2, 3, 2, 2), (3, 4, 4, 5, 1), (2, 3, 5, 5, 3)] {
+        let spec = Conv2dSpec { cin, cout, kh: 2, kw: 2, stride: 1, pad, bias: true };
+        let l = UpConv::new(&spec, h, w).unwrap();
+        let mut rng = Rng::new((cin + 10 * h + 100 * w) as u64);
+        let x = rand_vec(&mut rng, n * l.in_len(), -1.0, 1.0);
+        let wt = rand_vec(&mut rng, l.weight_len(), -1.0, 1.0);
+        let bias = rand_vec(&mut rng, cout, -1.0, 1.0);
+        let r = rand_vec(&mut rng, n * l.out_len(), -1.0, 1.0);
+        let fwd = |x: &[f32], wt: &[f32], b: &[f32]| {
+            let mut ws = l.workspace(n);
+            let mut out = vec![f32::NAN; n * l.out_len()];
+            let epi = Epilogue { scale: None, shift: Some(b), relu: false };
+            l.forward_fused(&mut out, l.whole(), x, wt, epi, n, &mut ws).unwrap();
+            proj(&out, &r)
+        };
+        let (mut dx, mut dw, mut db) = (vec![1.0; x.len()], vec![1.0; wt.len()], vec![1.0; cout]);
+        let mut ws = l.workspace(n);
+        l.backward(ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: Some(&mut db) }, &r, &x, &wt, n, &mut ws)
+            .unwrap();
+        let minus_one = |v: &[f32]| v.iter().map(|g| g - 1.0).collect::<Vec<f32>>();
+        check_grad("upconv dx", &x, &minus_one(&dx), 1e-2, TOL, 64, |x| fwd(x, &wt, &bias)).unwrap();
+        check_grad("upconv dw", &wt, &minus_one(&dw), 1e-2, TOL, 64, |wt| fwd(&x, wt, &bias)).unwrap();
+        check_grad("upconv db", &bias, &minus_one(&db), 1e-2, TOL, 64, |b| fwd(&x, &wt, b)).unwrap();
+    }
+}
