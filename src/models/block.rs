@@ -79,8 +79,8 @@ pub(crate) struct BlockState {
     conv: ConvWorkspace,
     /// Reduced-precision inference (`set_low`); `None` runs f32.
     low: Option<LowConv>,
-    /// The f32 eval forward from the plane before an upsampling
-    /// (`forward_upconv`), made by its first call.
+    /// The convolution from the plane before an upsampling (`forward_upconv`:
+    /// training, and f32 eval passes), made by its first call.
     upconv: Option<UpConvWorkspace>,
     /// The key the weights are vouched for by (`vouch_weights`), for scratch made later.
     weights_key: Option<WeightsKey>,

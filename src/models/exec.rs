@@ -140,8 +140,10 @@ impl Buffers {
             }
             self.up_skip[u] = true;
             self.up_src[b] = Some(g.src(g.nodes[u].inputs[0], false));
+            // One sink per concatenation: a second fused side is copied as usual.
             if let Some((k, pos)) = g.sole_eval_reader(g.nodes[b].output)
                 && g.nodes[k].op == Op::Concat
+                && self.concat_side[k].is_none()
             {
                 let cat = &g.nodes[k];
                 let offset = if pos == 0 { 0 } else { g.shape(cat.inputs[0], 1).len() };
