@@ -407,6 +407,18 @@ fn upsample_naive(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
     u
 }
 
+/// `(cin, cout, h, w, n)`: one pixel, odd planes, the U-Net's conv3, several images per GEMM tile.
+const UPCONV_CASES: [(usize, usize, usize, usize, usize); 5] =
+    [(1, 1, 1, 1, 1), (3, 5, 2, 3, 2), (2, 7, 5, 4, 3), (32, 64, 16, 16, 2), (4, 3, 7, 7, 9)];
+
+/// A 2x2 convolution padded bottom/right with bias on the `2h x 2w`
+/// upsampled plane (the slow twin's layer), and `UpConv` on the `h x w` plane.
+fn upconv_layers(cin: usize, cout: usize, h: usize, w: usize) -> (Conv2d, nhpatch::layers::upconv::UpConv) {
+    let pad = Padding { top: 0, left: 0, bottom: 1, right: 1 };
+    let spec = Conv2dSpec { cin, cout, kh: 2, kw: 2, stride: 1, pad, bias: true };
+    (Conv2d::new(spec, 2 * h, 2 * w).unwrap(), nhpatch::layers::upconv::UpConv::new(&spec, h, w).unwrap())
+}
+
 /// `UpConv` (four phase convolutions on the small plane) against the f64
 /// direct convolution of the upsampled input: odd and even planes, one and
 /// several images per GEMM tile, a bias + ReLU and a scale epilogue, an
@@ -414,14 +426,9 @@ fn upsample_naive(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
 /// bits for 1 and 3 threads.
 #[test]
 fn upsampled_two_by_two_conv_as_phases_matches_the_upsampled_conv() {
-    use nhpatch::layers::upconv::{ImageSlot, UpConv};
-    let pad = Padding { top: 0, left: 0, bottom: 1, right: 1 };
-    for (cin, cout, h, w, n) in
-        [(1, 1, 1, 1, 1), (3, 5, 2, 3, 2), (2, 7, 5, 4, 3), (32, 64, 16, 16, 2), (4, 3, 7, 7, 9)]
-    {
-        let spec = Conv2dSpec { cin, cout, kh: 2, kw: 2, stride: 1, pad, bias: true };
-        let big = Conv2d::new(spec, 2 * h, 2 * w).unwrap();
-        let l = UpConv::new(&spec, h, w).unwrap();
+    use nhpatch::layers::upconv::ImageSlot;
+    for (cin, cout, h, w, n) in UPCONV_CASES {
+        let (big, l) = upconv_layers(cin, cout, h, w);
         let mut rng = Rng::new((cin * 131 + h * 7 + w) as u64);
         let x = rand_vec(&mut rng, n * l.in_len(), -1.0, 1.0);
         let wt = rand_vec(&mut rng, l.weight_len(), -1.0, 1.0);
@@ -497,14 +504,8 @@ fn upconv_refuses_other_convolutions_and_bad_calls() {
 /// gradient, and the same bits for 1 and 3 threads.
 #[test]
 fn upsampled_two_by_two_conv_gradients_match_the_upsampled_conv() {
-    use nhpatch::layers::upconv::UpConv;
-    let pad = Padding { top: 0, left: 0, bottom: 1, right: 1 };
-    for (cin, cout, h, w, n) in
-        [(1, 1, 1, 1, 1), (3, 5, 2, 3, 2), (2, 7, 5, 4, 3), (32, 64, 16, 16, 2), (4, 3, 7, 7, 9)]
-    {
-        let spec = Conv2dSpec { cin, cout, kh: 2, kw: 2, stride: 1, pad, bias: true };
-        let big = Conv2d::new(spec, 2 * h, 2 * w).unwrap();
-        let l = UpConv::new(&spec, h, w).unwrap();
+    for (cin, cout, h, w, n) in UPCONV_CASES {
+        let (big, l) = upconv_layers(cin, cout, h, w);
         let mut rng = Rng::new((cout * 17 + h * 5 + w) as u64);
         let x = rand_vec(&mut rng, n * l.in_len(), -1.0, 1.0);
         let wt = rand_vec(&mut rng, l.weight_len(), -1.0, 1.0);

@@ -598,18 +598,13 @@ impl Conv2d {
         }
         let ws = &mut *ws;
         let ctx = ShardCtx { layer: self, weight, lanes: &ws.lanes, tile_imgs: ws.tile_imgs };
-        let (in_len, out_len, si) = (self.win.in_len(), cout * self.win.p(), ws.shard_imgs);
-        let parts = ws.dw_part.par_chunks_mut(wlen).zip(ws.db_part.par_chunks_mut(cout));
-        let inputs = x.par_chunks(si * in_len).zip(dout.par_chunks(si * out_len));
-        match grads.dx {
-            Some(dx) => inputs
-                .zip(parts)
-                .zip(dx.par_chunks_mut(si * in_len))
-                .try_for_each(|(((xs, ds), (dwp, dbp)), dxs)| ctx.shard_backward(dwp, dbp, Some(dxs), xs, ds))?,
-            None => {
-                inputs.zip(parts).try_for_each(|((xs, ds), (dwp, dbp))| ctx.shard_backward(dwp, dbp, None, xs, ds))?
-            }
-        }
+        let lens = (self.win.in_len(), cout * self.win.p(), ws.shard_imgs);
+        for_each_backward_shard(
+            (&mut ws.dw_part, &mut ws.db_part),
+            (x, dout, grads.dx),
+            lens,
+            |dwp, dbp, dxs, xs, ds| ctx.shard_backward(dwp, dbp, dxs, xs, ds),
+        )?;
         // Sum the partials in shard order: deterministic whatever ran where.
         add_partials(grads.dweight, &ws.dw_part);
         if let Some(db) = grads.dbias {
@@ -747,6 +742,30 @@ pub(crate) fn scatter_images(o_tile: &mut [f32], tmp: &[f32], tn: usize, p: usiz
         for (co, o_row) in o_img.chunks_exact_mut(p).enumerate() {
             o_row.copy_from_slice(&tmp[co * cols + j * p..co * cols + (j + 1) * p]);
         }
+    }
+}
+
+/// The batch loop of the backward passes: contiguous shards of
+/// `shard_imgs` images of `x` (`in_len` values each) and `dout` (`out_len`)
+/// in parallel, `shard(dw_p, db_p, dx_s, x_s, dout_s)` with the shard's own
+/// weight and bias partials (`dw_part`, `db_part`: the same share of each
+/// per shard, to be summed in shard order) and, when `dx` is wanted, its
+/// images' input gradient.
+pub(crate) fn for_each_backward_shard(
+    (dw_part, db_part): (&mut [f32], &mut [f32]),
+    (x, dout, dx): (&[f32], &[f32], Option<&mut [f32]>),
+    (in_len, out_len, shard_imgs): (usize, usize, usize),
+    shard: impl Fn(&mut [f32], &mut [f32], Option<&mut [f32]>, &[f32], &[f32]) -> Result<()> + Sync,
+) -> Result<()> {
+    let shards = (x.len() / in_len).div_ceil(shard_imgs).max(1);
+    let parts = dw_part.par_chunks_mut(dw_part.len() / shards).zip(db_part.par_chunks_mut(db_part.len() / shards));
+    let inputs = x.par_chunks(shard_imgs * in_len).zip(dout.par_chunks(shard_imgs * out_len));
+    match dx {
+        Some(dx) => inputs
+            .zip(parts)
+            .zip(dx.par_chunks_mut(shard_imgs * in_len))
+            .try_for_each(|(((xs, ds), (dwp, dbp)), dxs)| shard(dwp, dbp, Some(dxs), xs, ds)),
+        None => inputs.zip(parts).try_for_each(|((xs, ds), (dwp, dbp))| shard(dwp, dbp, None, xs, ds)),
     }
 }
 

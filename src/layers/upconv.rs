@@ -54,7 +54,9 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
-use crate::layers::conv2d::{Conv2dSpec, ConvGrads, Epilogue, MAX_SHARDS, TILE_COLS, lanes, lock_lane};
+use crate::layers::conv2d::{
+    Conv2dSpec, ConvGrads, Epilogue, MAX_SHARDS, TILE_COLS, for_each_backward_shard, lanes, lock_lane,
+};
 use crate::layers::prepared::{Prepared, WeightsKey};
 use crate::ops::im2col::Padding;
 use crate::ops::reduce::add_partials;
@@ -167,28 +169,37 @@ impl UpConv {
         start + self.cout * k
     }
 
-    /// The four phases' summed weights (file header), `V_p[o, (t - lo_p)*cin + c]`, into `out`.
-    fn phase_weights(&self, weight: &[f32], out: &mut [f32]) -> Result<()> {
-        check_len("upconv weight", weight.len(), self.weight_len())?;
-        check_len("upconv phase weights", out.len(), self.phases_len())?;
+    /// Calls `f(v, taps)` for every summed weight, in order: `v` its index
+    /// in the prepared phase weights (`V_p[o, (t - lo_p)*cin + c]` from
+    /// phase p's start), `taps` the indices of the weights `W[o, c, ky, kx]`
+    /// summed into it (file header), in weight order.
+    fn for_each_sum(&self, mut f: impl FnMut(usize, &[usize])) {
         let cin = self.cin;
         for (p, &(lo, hi)) in BLOCKS.iter().enumerate() {
             let (a, b) = (p / 2, p % 2);
             let (start, k) = self.phase_span(p);
-            for (o, row) in out[start..start + self.cout * k].chunks_exact_mut(k).enumerate() {
-                for (t, &(dy, dx)) in OFFSETS.iter().enumerate().take(hi).skip(lo) {
+            for o in 0..self.cout {
+                for (t, &offset) in OFFSETS.iter().enumerate().take(hi).skip(lo) {
                     for c in 0..cin {
-                        let mut sum = 0.0f64;
+                        let (mut taps, mut len) = ([0; 4], 0);
                         for (ky, kx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                            if ((a + ky) / 2, (b + kx) / 2) == (dy, dx) {
-                                sum += weight[((o * cin + c) * 2 + ky) * 2 + kx] as f64;
+                            if ((a + ky) / 2, (b + kx) / 2) == offset {
+                                taps[len] = ((o * cin + c) * 2 + ky) * 2 + kx;
+                                len += 1;
                             }
                         }
-                        row[(t - lo) * cin + c] = sum as f32;
+                        f(start + o * k + (t - lo) * cin + c, &taps[..len]);
                     }
                 }
             }
         }
+    }
+
+    /// The four phases' summed weights (file header) into `out`, each summed in f64 and rounded once.
+    fn phase_weights(&self, weight: &[f32], out: &mut [f32]) -> Result<()> {
+        check_len("upconv weight", weight.len(), self.weight_len())?;
+        check_len("upconv phase weights", out.len(), self.phases_len())?;
+        self.for_each_sum(|v, taps| out[v] = taps.iter().fold(0.0f64, |s, &w| s + weight[w] as f64) as f32);
         Ok(())
     }
 
@@ -272,15 +283,7 @@ impl UpConv {
             }
             Ok(())
         };
-        let parts = dv_part.par_chunks_mut(pl).zip(db_part.par_chunks_mut(cout));
-        let inputs = x.par_chunks(si * in_len).zip(dout.par_chunks(si * out_len));
-        match grads.dx {
-            Some(dx) => inputs
-                .zip(parts)
-                .zip(dx.par_chunks_mut(si * in_len))
-                .try_for_each(|(((xs, ds), (dvp, dbp)), dxs)| shard(dvp, dbp, Some(dxs), xs, ds))?,
-            None => inputs.zip(parts).try_for_each(|((xs, ds), (dvp, dbp))| shard(dvp, dbp, None, xs, ds))?,
-        }
+        for_each_backward_shard((dv_part, db_part), (x, dout, grads.dx), (in_len, out_len, si), shard)?;
         // Sum the partials in shard order: deterministic whatever ran where.
         dv.fill(0.0);
         add_partials(dv, dv_part);
@@ -380,22 +383,7 @@ impl UpConv {
     /// `dweight += ` the phase gradients `dv` mapped back to the taps they
     /// summed (`phase_weights`' adjoint), phases in order.
     fn fold_phase_grads(&self, dweight: &mut [f32], dv: &[f32]) {
-        let cin = self.cin;
-        for (p, &(lo, hi)) in BLOCKS.iter().enumerate() {
-            let (a, b) = (p / 2, p % 2);
-            let (start, k) = self.phase_span(p);
-            for (o, row) in dv[start..start + self.cout * k].chunks_exact(k).enumerate() {
-                for (t, &(dy, dx)) in OFFSETS.iter().enumerate().take(hi).skip(lo) {
-                    for c in 0..cin {
-                        for (ky, kx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                            if ((a + ky) / 2, (b + kx) / 2) == (dy, dx) {
-                                dweight[((o * cin + c) * 2 + ky) * 2 + kx] += row[(t - lo) * cin + c];
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        self.for_each_sum(|v, taps| taps.iter().for_each(|&w| dweight[w] += dv[v]));
     }
 
     /// `out = epi(conv2x2(upsample(x), weight))` for `n` images (file

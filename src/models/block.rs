@@ -362,10 +362,8 @@ impl Block {
         pass: &mut Pass,
         n: usize,
     ) -> Result<()> {
-        let layer = self.upconv(st, n)?;
-        let BlockState { eval_scale, eval_shift, upconv: Some(ws), pre, .. } = st else {
-            return Err(Error::InvalidArgument("upconv scratch missing".into()));
-        };
+        let BlockState { eval_scale, eval_shift, upconv, weights_key, pre, .. } = st;
+        let (layer, ws) = self.upconv(upconv, *weights_key, n)?;
         if let Pass::Eval(p) = &*pass {
             let epi = self.eval_epilogue(p, eval_scale, eval_shift);
             let slot = slot.unwrap_or(layer.whole());
@@ -378,16 +376,21 @@ impl Block {
         self.forward_after_conv(st, out, pass, n)
     }
 
-    /// This block's convolution after an upsampling, its scratch in `st`
+    /// This block's convolution after an upsampling and its scratch (`BlockState::upconv`),
     /// made by the first call (sized once for this batch, reused after).
-    fn upconv(&self, st: &mut BlockState, n: usize) -> Result<UpConv> {
+    fn upconv<'s>(
+        &self,
+        scratch: &'s mut Option<UpConvWorkspace>,
+        key: Option<WeightsKey>,
+        n: usize,
+    ) -> Result<(UpConv, &'s mut UpConvWorkspace)> {
         let layer = UpConv::new(&self.conv.spec, self.conv.win.h / 2, self.conv.win.w / 2)?;
-        if st.upconv.is_none() {
+        let ws = scratch.get_or_insert_with(|| {
             let mut ws = layer.workspace(n);
-            ws.vouch_weights(st.weights_key);
-            st.upconv = Some(ws);
-        }
-        Ok(layer)
+            ws.vouch_weights(key);
+            ws
+        });
+        Ok((layer, ws))
     }
 
     /// Runs the block on `x` (`N x cin x h x w`) into `out` (`N x cout x ho x wo`).
@@ -504,10 +507,7 @@ impl Block {
             BlockInput::Plain(x) => x,
             BlockInput::Upsampled(x) => {
                 let (dweight, dbias) = self.conv_grads(grads);
-                let layer = self.upconv(st, n)?;
-                let Some(ws) = st.upconv.as_mut() else {
-                    return Err(Error::InvalidArgument("upconv scratch missing".into()));
-                };
+                let (layer, ws) = self.upconv(&mut st.upconv, st.weights_key, n)?;
                 return layer.backward(ConvGrads { dx, dweight, dbias }, cur, x, &params[self.weight.clone()], n, ws);
             }
         };
