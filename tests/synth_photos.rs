@@ -113,6 +113,62 @@ fn photographs_give_a_deterministic_dataset_named_after_them() {
     assert_eq!(ds.val.len(), 1);
 }
 
+/// Names in `dir` that a build left behind (its staging folders).
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial"))
+        .collect()
+}
+
+#[test]
+fn a_failed_build_leaves_nothing_and_an_existing_dataset_as_it_was() {
+    let src = photo_folder("photo-atomic");
+    let good = photo::list(&src).unwrap();
+    // The fifth photograph is cut off a third of the way in: it fails to
+    // decode only when its sequence is made, after others are written.
+    let bad_dir = cli::dir("photo-atomic-bad");
+    let bytes = std::fs::read(src.join("old town.jpg")).unwrap();
+    std::fs::write(bad_dir.join("z-cut.jpg"), &bytes[..bytes.len() / 3]).unwrap();
+    let mut bad = good.clone();
+    bad.push(bad_dir.join("z-cut.jpg"));
+
+    // A new folder under parents that do not exist yet: none of them is left.
+    let nested = src.join("new").join("deeper").join("out");
+    let err = generate(&config(bad.clone()), &nested).unwrap_err().to_string();
+    assert!(err.contains("z-cut.jpg"), "{err}");
+    assert!(!src.join("new").exists(), "the parents this build made are removed");
+    assert!(leftovers(&src).is_empty(), "{:?}", leftovers(&src));
+
+    // An existing dataset, with a file of the user's beside it, survives a failed rebuild byte for byte.
+    let ds = src.join("ds");
+    generate(&config(good.clone()), &ds).unwrap();
+    std::fs::write(ds.join("notes.md"), "mine").unwrap();
+    let before = files(&ds);
+    assert!(generate(&config(bad), &ds).is_err());
+    assert!(files(&ds) == before, "a failed rebuild changed the dataset");
+    assert!(leftovers(&src).is_empty(), "{:?}", leftovers(&src));
+
+    // A rebuild that succeeds replaces the sequences and splits and keeps the rest.
+    let cfg4 = SynthConfig { seed: 4, ..config(good) };
+    generate(&cfg4, &ds).unwrap();
+    let fresh = src.join("fresh");
+    generate(&cfg4, &fresh).unwrap();
+    let mut rebuilt = files(&ds);
+    let notes = rebuilt.iter().position(|(n, _)| n == "notes.md").expect("the user's file stays");
+    rebuilt.remove(notes);
+    assert!(rebuilt == files(&fresh), "a rebuild into a dataset gives a fresh build's files");
+    assert!(rebuilt != before, "seed 4 gives other files");
+
+    // A file where the folder should be: refused before any work, the file untouched.
+    let file = src.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let err = generate(&cfg4, &file).unwrap_err().to_string();
+    assert!(err.contains("a-file") && err.contains("not a folder"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
+
 fn ncc(a: &[u8], b: &[u8]) -> f64 {
     let norm = |p: &[u8]| {
         let m = p.iter().map(|&v| v as f64).sum::<f64>() / p.len() as f64;
@@ -139,6 +195,7 @@ fn the_cli_builds_from_a_folder_and_refuses_bad_photographs() {
     let out2 = src.join("out2");
     let err = cli::fails(&["synth", "--images", src.to_str().unwrap(), "--out", out2.to_str().unwrap()]);
     assert!(err.contains("broken.jpg") && err.contains("JPEG"), "{err}");
+    assert!(!out2.exists() && leftovers(&src).is_empty(), "a failed build leaves no folder");
     std::fs::remove_file(src.join("broken.jpg")).unwrap();
 
     // Not a photograph behind a photograph's extension.
@@ -175,6 +232,7 @@ fn the_cli_builds_from_a_folder_and_refuses_bad_photographs() {
     }
     let err = cli::fails(&["synth", "--images", flat.to_str().unwrap(), "--out", out2.to_str().unwrap()]);
     assert!(err.contains(".png") && err.contains("too few usable keypoints"), "{err}");
+    assert!(!out2.exists(), "a failed build leaves no folder");
     assert!(matches!(config(vec![]).source, Source::Photos(ref p) if p.is_empty()));
     assert!(generate(&config(vec![]), &out2).is_err());
 }

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// Output folder (created if missing): one folder per sequence and splits.json.
+    /// Output folder (created if missing): one folder per sequence and
+    /// splits.json, moved in once all are made (a failed build writes nothing there).
     #[arg(long)]
     out: PathBuf,
     /// Number of sequences (half i_, half v_; at least 4). Default: 12, or

@@ -352,19 +352,62 @@ fn write_sequence(seq: &Sequence, out: &Path) -> Result<()> {
 
 /// Generates every sequence of `cfg` into `out` (created if missing) and
 /// writes `splits.json`. Runs on the current rayon pool.
+///
+/// Nothing reaches `out` until every sequence is made: they are written into
+/// a staging folder beside it (`.<name>.partial<pid>`) and moved in at the
+/// end, `splits.json` last. A failure (a photograph that does not decode, a
+/// crop without keypoints, a full disk) removes the staging folder and any
+/// parent folder this call created, and leaves an existing `out` as it was.
 pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary> {
     cfg.validate()?;
-    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+    let name = out
+        .file_name()
+        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a folder path", out.display())))?
+        .to_string_lossy()
+        .into_owned();
+    if out.exists() && !out.is_dir() {
+        return Err(Error::InvalidArgument(format!("{}: exists and is not a folder", out.display())));
+    }
+    let parent = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // The topmost missing ancestor, removed again if generation fails.
+    let created =
+        parent.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last().map(Path::to_path_buf);
+    std::fs::create_dir_all(&parent).map_err(|e| io_err(&parent, e))?;
+    let staging = parent.join(format!(".{name}.partial{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| io_err(&staging, e))?;
+    }
+    let result = std::fs::create_dir(&staging)
+        .map_err(|e| io_err(&staging, e))
+        .and_then(|()| write_all(cfg, &staging))
+        .and_then(|summary| move_in(&staging, out, &summary.sequences).map(|()| summary));
+    let _ = std::fs::remove_dir_all(&staging);
+    match result {
+        Ok(summary) => Ok(SynthSummary { splits: out.join("splits.json"), ..summary }),
+        Err(e) => {
+            if let Some(dir) = created {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Every sequence and `splits.json` of `cfg`, written into `dir`.
+fn write_all(cfg: &SynthConfig, dir: &Path) -> Result<SynthSummary> {
     let names = cfg.names();
     let patches = (0..names.len())
         .into_par_iter()
         .map(|i| {
             let seq = make_sequence(cfg, i)?;
-            write_sequence(&seq, out)?;
+            write_sequence(&seq, dir)?;
             Ok(seq.regions.len())
         })
         .collect::<Result<Vec<usize>>>()?;
-    let splits_path = out.join("splits.json");
+    let splits_path = dir.join("splits.json");
     let text = make_splits(&names, cfg.seed).to_json();
     write_atomic(&splits_path, |w| w.write_all(text.as_bytes()).map_err(|e| io_err(&splits_path, e)))?;
     Ok(SynthSummary {
@@ -374,4 +417,26 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary> {
         scene: cfg.scene_size(),
         splits: splits_path,
     })
+}
+
+/// Moves the finished dataset in `staging` to `out`: a rename when `out` does
+/// not exist; otherwise its old `splits.json` goes first (a dataset half
+/// replaced is never taken for one), then each sequence folder replaces its
+/// namesake, then the new `splits.json` lands. Other files in `out` stay.
+fn move_in(staging: &Path, out: &Path, sequences: &[String]) -> Result<()> {
+    if !out.exists() {
+        return std::fs::rename(staging, out).map_err(|e| io_err(out, e));
+    }
+    let splits = out.join("splits.json");
+    if splits.exists() {
+        std::fs::remove_file(&splits).map_err(|e| io_err(&splits, e))?;
+    }
+    for seq in sequences {
+        let target = out.join(seq);
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(|e| io_err(&target, e))?;
+        }
+        std::fs::rename(staging.join(seq), &target).map_err(|e| io_err(&target, e))?;
+    }
+    std::fs::rename(staging.join("splits.json"), &splits).map_err(|e| io_err(&splits, e))
 }
