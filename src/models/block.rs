@@ -470,14 +470,12 @@ impl Block {
         let shape = self.out_shape(n);
         let len = shape.len();
         let mut cur: &[f32] = dout;
-        // ReLU after BatchNorm: its mask is applied inside BatchNorm's backward (`Upstream`).
-        if self.relu && self.bn.is_none() {
+        if self.relu {
             let g = zeroed(&mut scratch.g_relu, len);
             relu::backward(g, cur, out)?;
             cur = g;
         }
         if let Some((cfg, r)) = &self.bn {
-            let up = batchnorm::Upstream { dout: cur, relu_out: self.relu.then_some(out) };
             let [g, b, _, _] = Self::bn_ranges(cfg, r);
             let (dgamma, dbeta) = split_pair(grads, g.clone(), b);
             let d = zeroed(&mut scratch.g_bn, len);
@@ -489,7 +487,7 @@ impl Block {
                     dgamma,
                     dbeta,
                     sums,
-                    up,
+                    cur,
                     &st.pre,
                     &params[g],
                     mean,
@@ -500,7 +498,7 @@ impl Block {
                     &mut st.bn_sync,
                 )?,
                 None => {
-                    batchnorm::backward_train(d, dgamma, dbeta, sums, up, &st.pre, &params[g], mean, is, shape, cfg)?
+                    batchnorm::backward_train(d, dgamma, dbeta, sums, cur, &st.pre, &params[g], mean, is, shape, cfg)?
                 }
             }
             cur = d;

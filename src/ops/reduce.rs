@@ -92,58 +92,6 @@ pub fn dot_centered(a: &[f32], b: &[f32], b_mean: f64) -> Result<f64> {
     Ok(lane_sum(a, b, |a, b| a as f64 * (b as f64 - b_mean)))
 }
 
-/// `sum_i (a[i], a[i] * (b[i] - b_mean))` in one pass, each sum in the
-/// lanes and order of [`sum`] and [`dot_centered`] (the same bits as calling
-/// both), with `a[i]` counted only where `mask[i] > 0` when a mask is given
-/// (a ReLU's output: the gradient through that ReLU, never materialised).
-fn sum_and_dot_centered(a: &[f32], mask: Option<&[f32]>, b: &[f32], b_mean: f64) -> (f64, f64) {
-    #[inline(always)]
-    fn lanes(a: &[f32], mask: &[f32], b: &[f32], b_mean: f64, keep: impl Fn(f32, f32) -> f32) -> (f64, f64) {
-        let (mut s, mut d) = ([0.0f64; LANES], [0.0f64; LANES]);
-        let (ca, cm, cb) = (a.chunks_exact(LANES), mask.chunks_exact(LANES), b.chunks_exact(LANES));
-        let (ra, rm, rb) = (ca.remainder(), cm.remainder(), cb.remainder());
-        for ((xa, xm), xb) in ca.zip(cm).zip(cb) {
-            let xa: &[f32; LANES] = xa.try_into().unwrap();
-            let (xm, xb): (&[f32; LANES], &[f32; LANES]) = (xm.try_into().unwrap(), xb.try_into().unwrap());
-            for l in 0..LANES {
-                let g = keep(xa[l], xm[l]) as f64;
-                s[l] += g;
-                d[l] += g * (xb[l] as f64 - b_mean);
-            }
-        }
-        for (l, ((&x, &m), &y)) in ra.iter().zip(rm).zip(rb).enumerate() {
-            let g = keep(x, m) as f64;
-            s[l] += g;
-            d[l] += g * (y as f64 - b_mean);
-        }
-        (s.iter().sum(), d.iter().sum())
-    }
-    match mask {
-        // A select, not a branch: it vectorises (and a NaN mask drops the value, as ReLU's backward does).
-        Some(m) => lanes(a, m, b, b_mean, |a, m| if m > 0.0 { a } else { 0.0 }),
-        None => lanes(a, a, b, b_mean, |a, _| a),
-    }
-}
-
-/// `(sum g, sum g * (b - b_mean))` over channel `c` of tensors of shape
-/// `shape`, `g = a`, or `a` where `mask > 0` (else 0) when `mask` is given:
-/// [`channel_sum`] and [`channel_dot_centered`] of `g` in one pass, the same bits.
-pub fn channel_grad_sums(
-    a: &[f32],
-    mask: Option<&[f32]>,
-    b: &[f32],
-    b_mean: f64,
-    shape: Shape4,
-    c: usize,
-) -> Result<(f64, f64)> {
-    let pm = planes(mask.unwrap_or(a), shape, c)?;
-    let per_plane = planes(a, shape, c)?.zip(pm).zip(planes(b, shape, c)?);
-    // The planes' sums added in plane order from -0.0, as `Sum for f64` adds them.
-    Ok(per_plane
-        .map(|((pa, pm), pb)| sum_and_dot_centered(pa, mask.map(|_| pm), pb, b_mean))
-        .fold((-0.0, -0.0), |(s, d), (ps, pd)| (s + ps, d + pd)))
-}
-
 /// Checks a tensor of `len` elements against `shape` and `c` against its channels.
 fn check_channel(len: usize, shape: Shape4, c: usize) -> Result<()> {
     check_len("channel reduction: tensor", len, shape.len())?;
@@ -218,17 +166,6 @@ mod tests {
             assert!((channel_dot_centered(&y, &x, mean, s, c).unwrap() - dc).abs() < 1e-9);
             assert!((channel_sum(&x, s, c).unwrap() - mean * m).abs() < 1e-9);
         }
-        // The one-pass sums are the two reductions' bits; masked, those of the masked copy.
-        let mask: Vec<f32> = (0..s.len()).map(|i| [1.0, 0.0, -1.0, f32::NAN][i % 4]).collect();
-        let masked: Vec<f32> = y.iter().zip(&mask).map(|(&v, &m)| if m > 0.0 { v } else { 0.0 }).collect();
-        for c in 0..s.c {
-            for (m, g) in [(None, &y), (Some(&mask[..]), &masked)] {
-                let (gs, gd) = channel_grad_sums(&y, m, &x, 5.25, s, c).unwrap();
-                assert_eq!(gs.to_bits(), channel_sum(g, s, c).unwrap().to_bits());
-                assert_eq!(gd.to_bits(), channel_dot_centered(g, &x, 5.25, s, c).unwrap().to_bits());
-            }
-        }
-        assert!(channel_grad_sums(&y, Some(&mask[1..]), &x, 0.0, s, 0).is_err());
         let (mean, m2) = mean_m2(&x);
         assert!((mean * x.len() as f64 - sum(&x)).abs() < 1e-9 && m2 > 0.0);
     }
