@@ -185,8 +185,20 @@ fn batchnorm_training_forward_backward_and_eval() {
             let dy = rand(shape.len(), 6, -1.0, 1.0);
             let (mut dx, mut dg, mut dbt, mut sums) =
                 (vec![0.0; shape.len()], vec![0.0; gamma.len()], vec![0.0; beta.len()], vec![0.0; 2 * c]);
-            batchnorm::backward_train(&mut dx, &mut dg, &mut dbt, &mut sums, &dy, &x, &gamma, &mean, &is, shape, &cfg)
-                .unwrap();
+            batchnorm::backward_train(
+                &mut dx,
+                &mut dg,
+                &mut dbt,
+                &mut sums,
+                batchnorm::Upstream::plain(&dy),
+                &x,
+                &gamma,
+                &mean,
+                &is,
+                shape,
+                &cfg,
+            )
+            .unwrap();
 
             let s = ops::Scratch::new(&be, 1, 1, shape.len(), n * c, c).unwrap();
             let st = ops::BnState { mean: be.alloc(c).unwrap(), inv_std: be.alloc(c).unwrap() };

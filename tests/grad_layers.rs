@@ -152,7 +152,7 @@ impl Bn {
             &mut dg,
             &mut db,
             &mut scratch,
-            &self.r,
+            batchnorm::Upstream::plain(&self.r),
             &self.x,
             &self.gamma,
             &mean,
@@ -194,6 +194,52 @@ proptest! {
         grad_ok("bn dx", &b.x, &dx, TOL_NORM, |x| proj(&b.train(x, &b.gamma, &b.beta)[0], &b.r))?;
         grad_ok("bn dgamma", &b.gamma, &dg, TOL_NORM, |g| proj(&b.train(&b.x, g, &b.beta)[0], &b.r))?;
         grad_ok("bn dbeta", &b.beta, &db, TOL_NORM, |be| proj(&b.train(&b.x, &b.gamma, be)[0], &b.r))?;
+    }
+
+    /// The fused backward of BatchNorm + ReLU (`Upstream::relu_out`) against
+    /// its slow twin, ReLU's backward into a zeroed buffer and then
+    /// BatchNorm's: the same bits in every gradient, with NaN, signed zeros
+    /// and exact zeros in the ReLU output and signed zeros in dout; planes
+    /// up to 483 values, past one block of the masked passes (`MASK_BLOCK`).
+    #[test]
+    fn batchnorm_relu_backward_is_relu_then_batchnorm(
+        s in shape(2, 3, 21, 23), affine in any::<bool>(), seed in any::<u64>(), odd in 0usize..7,
+    ) {
+        prop_assume!(s.n * s.plane() >= 2);
+        let b = Bn::new(s, affine, seed);
+        let (c, len) = (s.c, s.len());
+        let (mut y, mut mean, mut is) = (vec![f32::NAN; len], vec![f32::NAN; c], vec![f32::NAN; c]);
+        let (mut rm, mut rv) = (b.rm.clone(), b.rv.clone());
+        batchnorm::forward_train(&mut y, &mut mean, &mut is, &mut rm, &mut rv, &b.x, &b.gamma, &b.beta, s, &b.cfg, Relu)
+            .unwrap();
+        let mut dout = b.r.clone();
+        for i in (odd..len).step_by(7) {
+            y[i] = [f32::NAN, -0.0, 0.0][i % 3];
+            dout[(i + 3) % len] = -0.0;
+        }
+        let grads = |fused: bool| {
+            let (mut dx, mut dg, mut db) = (acc_buf(len), acc_buf(b.gamma.len()), acc_buf(b.beta.len()));
+            let mut scratch = vec![f32::NAN; 2 * c];
+            if fused {
+                let up = batchnorm::Upstream::through_relu(&dout, &y);
+                batchnorm::backward_train(&mut dx, &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg)
+                    .unwrap();
+            } else {
+                let mut g = vec![0.0; len];
+                relu::backward(&mut g, &dout, &y).unwrap();
+                batchnorm::backward_train(&mut dx, &mut dg, &mut db, &mut scratch, batchnorm::Upstream::plain(&g), &b.x, &b.gamma, &mean, &is, s, &b.cfg)
+                    .unwrap();
+            }
+            [dx, dg, db].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+        };
+        prop_assert_eq!(grads(true), grads(false));
+        // A mask of the wrong length is an error.
+        let (mut dx, mut dg, mut db) = (acc_buf(len), acc_buf(b.gamma.len()), acc_buf(b.beta.len()));
+        let mut scratch = vec![f32::NAN; 2 * c];
+        let up = batchnorm::Upstream::through_relu(&dout, &y[1..]);
+        prop_assert!(is_shape_err(batchnorm::backward_train(
+            &mut dx, &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg
+        )));
     }
 
     #[test]
@@ -320,7 +366,19 @@ fn bn_calls(l: [usize; 4], shape: Shape4, cfg: &BatchNormConfig) -> [bool; 4] {
     [
         batchnorm::forward_train(&mut o, &mut c1, &mut c2, &mut c3, &mut c4, &t, &p, &p, shape, cfg, Identity),
         batchnorm::forward_eval(&mut o, &t, &p, &p, &c, &c, shape, cfg, Identity),
-        batchnorm::backward_train(&mut o, &mut p1, &mut p2, &mut sc, &t, &t, &p, &c, &c, shape, cfg),
+        batchnorm::backward_train(
+            &mut o,
+            &mut p1,
+            &mut p2,
+            &mut sc,
+            batchnorm::Upstream::plain(&t),
+            &t,
+            &p,
+            &c,
+            &c,
+            shape,
+            cfg,
+        ),
         batchnorm::backward_eval(&mut o, &mut p1, &mut p2, &t, &t, &p, &c, &c, shape, cfg),
     ]
     .map(|r| match r {
@@ -839,7 +897,26 @@ fn every_backward_accumulates() {
     let mut scratch = vec![0.0; 2 * s.c];
     doubles("bn train", &[s.len(), s.c, s.c], |g| {
         let [dx, dg, db] = g else { unreachable!() };
-        batchnorm::backward_train(dx, dg, db, &mut scratch, &r, &b.x, &b.gamma, &mean, &is, s, &b.cfg).unwrap()
+        batchnorm::backward_train(
+            dx,
+            dg,
+            db,
+            &mut scratch,
+            batchnorm::Upstream::plain(&r),
+            &b.x,
+            &b.gamma,
+            &mean,
+            &is,
+            s,
+            &b.cfg,
+        )
+        .unwrap()
+    });
+    let y = b.train(&b.x, &b.gamma, &b.beta)[0].iter().map(|&v| v.max(0.0)).collect::<Vec<f32>>();
+    doubles("bn train relu", &[s.len(), s.c, s.c], |g| {
+        let [dx, dg, db] = g else { unreachable!() };
+        let up = batchnorm::Upstream::through_relu(&r, &y);
+        batchnorm::backward_train(dx, dg, db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg).unwrap()
     });
     doubles("bn eval", &[s.len(), s.c, s.c], |g| {
         let [dx, dg, db] = g else { unreachable!() };

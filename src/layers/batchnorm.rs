@@ -27,7 +27,7 @@
 use crate::dist::Collective;
 use crate::error::{Result, check_len};
 use crate::ops::elementwise::par_min_items;
-use crate::ops::reduce::{channel_dot_centered, channel_mean_m2, channel_sum};
+use crate::ops::reduce::{MASK_BLOCK, channel_grad_sums, channel_mean_m2, channel_sum, relu_mask};
 use crate::shape::Shape4;
 use crate::{arg_err, shape_err};
 use rayon::prelude::*;
@@ -121,11 +121,34 @@ fn for_each_plane(
     );
 }
 
+/// `for_each_plane` with three inputs.
+fn for_each_plane3(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    d: &[f32],
+    shape: Shape4,
+    f: impl Fn(usize, &mut [f32], &[f32], &[f32], &[f32]) + Sync,
+) {
+    let (img, plane) = (shape.image_len(), shape.plane());
+    if img == 0 || plane == 0 {
+        return;
+    }
+    let inputs = a.par_chunks(img).zip(b.par_chunks(img)).zip(d.par_chunks(img));
+    out.par_chunks_mut(img).zip(inputs).with_min_len(par_min_items(img)).for_each(|(o, ((a, b), d))| {
+        let planes = o.chunks_exact_mut(plane).zip(a.chunks_exact(plane)).zip(b.chunks_exact(plane));
+        for (c, (((o, a), b), d)) in planes.zip(d.chunks_exact(plane)).enumerate() {
+            f(c, o, a, b, d);
+        }
+    });
+}
+
 /// What the normalising pass applies to its result before writing it.
 ///
 /// Why: BatchNorm is usually followed by ReLU; applying it in the same pass
-/// saves reading and writing the whole activation once more. Backward is
-/// unchanged: the caller runs ReLU's backward (masked by this output) first.
+/// saves reading and writing the whole activation once more. Backward:
+/// [`backward_train`] with [`Upstream::through_relu`] takes the
+/// gradient w.r.t. this output and applies ReLU's mask in its own passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
     Identity,
@@ -156,10 +179,19 @@ fn normalize(
     });
 }
 
-/// `(sum dout, sum dout * xhat)` over channel `c`, `xhat = (x - mu) * inv_std`.
-fn grad_sums(dout: &[f32], x: &[f32], mu: f32, inv_std: f64, shape: Shape4, c: usize) -> Result<(f32, f32)> {
-    let dot = channel_dot_centered(dout, x, mu as f64, shape, c)?;
-    Ok((channel_sum(dout, shape, c)? as f32, (dot * inv_std) as f32))
+/// `(sum g, sum g * xhat)` over channel `c`, `xhat = (x - mu) * inv_std`,
+/// `g = dout`, or `dout` where `relu_out > 0` (else 0) when given.
+fn grad_sums(
+    dout: &[f32],
+    relu_out: Option<&[f32]>,
+    x: &[f32],
+    mu: f32,
+    inv_std: f64,
+    shape: Shape4,
+    c: usize,
+) -> Result<(f32, f32)> {
+    let (sum, dot) = channel_grad_sums(dout, relu_out, x, mu as f64, shape, c)?;
+    Ok((sum as f32, (dot * inv_std) as f32))
 }
 
 /// The length checks of both training forwards.
@@ -341,16 +373,17 @@ fn accumulate_affine(dgamma: &mut [f32], dbeta: &mut [f32], sums: &[f32]) {
     }
 }
 
-/// Training backward through the batch statistics saved by `forward_train`.
-/// `scratch` (2*C) receives the per-channel `(sum dout, sum dout * xhat)`.
-/// Accumulates into `dx`, `dgamma`, `dbeta`.
+/// Training backward through the batch statistics saved by `forward_train`,
+/// from the gradient `up` (see [`Upstream`]: with `relu_out`, the backward of
+/// BatchNorm followed by ReLU). `scratch` (2*C) receives the per-channel
+/// `(sum dout, sum dout * xhat)`. Accumulates into `dx`, `dgamma`, `dbeta`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_train(
     dx: &mut [f32],
     dgamma: &mut [f32],
     dbeta: &mut [f32],
     scratch: &mut [f32],
-    dout: &[f32],
+    up: Upstream<'_>,
     x: &[f32],
     gamma: &[f32],
     mean: &[f32],
@@ -358,7 +391,33 @@ pub fn backward_train(
     shape: Shape4,
     cfg: &BatchNormConfig,
 ) -> Result<()> {
-    backward_impl(dx, dgamma, dbeta, scratch, dout, x, gamma, mean, inv_std, shape, cfg, None)
+    backward_impl(dx, dgamma, dbeta, scratch, up, x, gamma, mean, inv_std, shape, cfg, None)
+}
+
+/// The gradient arriving at BatchNorm's output: `dout` itself, or, for
+/// BatchNorm followed by ReLU (`Activation::Relu` in the forward), the
+/// gradient w.r.t. the ReLU's output `relu_out`, which counts where
+/// `relu_out > 0` (else 0; ReLU's backward, fused into this one).
+///
+/// Why: ReLU's backward would write the masked gradient to a zeroed buffer
+/// that BatchNorm's backward then reads twice; the fused pass reads `dout`
+/// and `relu_out` instead, with the same bits (`tests/grad_layers.rs`).
+#[derive(Clone, Copy)]
+pub struct Upstream<'a> {
+    pub dout: &'a [f32],
+    pub relu_out: Option<&'a [f32]>,
+}
+
+impl<'a> Upstream<'a> {
+    /// The gradient w.r.t. BatchNorm's own output.
+    pub fn plain(dout: &'a [f32]) -> Upstream<'a> {
+        Upstream { dout, relu_out: None }
+    }
+
+    /// The gradient `dout` w.r.t. the output `relu_out` of a ReLU after BatchNorm.
+    pub fn through_relu(dout: &'a [f32], relu_out: &'a [f32]) -> Upstream<'a> {
+        Upstream { dout, relu_out: Some(relu_out) }
+    }
 }
 
 /// Synchronised training backward, after [`forward_train_synced`]: `dgamma`
@@ -371,7 +430,7 @@ pub fn backward_train_synced(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
     scratch: &mut [f32],
-    dout: &[f32],
+    up: Upstream<'_>,
     x: &[f32],
     gamma: &[f32],
     mean: &[f32],
@@ -381,7 +440,7 @@ pub fn backward_train_synced(
     comm: &dyn Collective,
     sums: &mut [f64],
 ) -> Result<()> {
-    backward_impl(dx, dgamma, dbeta, scratch, dout, x, gamma, mean, inv_std, shape, cfg, Some((comm, sums)))
+    backward_impl(dx, dgamma, dbeta, scratch, up, x, gamma, mean, inv_std, shape, cfg, Some((comm, sums)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -390,7 +449,7 @@ fn backward_impl(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
     scratch: &mut [f32],
-    dout: &[f32],
+    Upstream { dout, relu_out }: Upstream<'_>,
     x: &[f32],
     gamma: &[f32],
     mean: &[f32],
@@ -405,6 +464,7 @@ fn backward_impl(
             ("batchnorm backward: dx", dx.len()),
             ("batchnorm backward: dout", dout.len()),
             ("batchnorm backward: x", x.len()),
+            ("batchnorm backward: relu_out", relu_out.map_or(x.len(), <[f32]>::len)),
         ],
         &[
             ("batchnorm backward: gamma", gamma.len()),
@@ -416,7 +476,7 @@ fn backward_impl(
     check_len("batchnorm backward: scratch", scratch.len(), 2 * cfg.channels)?;
     let m = train_count(shape)?;
     scratch.par_chunks_mut(2).enumerate().with_min_len(par_min_items(m)).try_for_each(|(c, s)| -> Result<()> {
-        (s[0], s[1]) = grad_sums(dout, x, mean[c], inv_std[c] as f64, shape, c)?;
+        (s[0], s[1]) = grad_sums(dout, relu_out, x, mean[c], inv_std[c] as f64, shape, c)?;
         Ok(())
     })?;
     accumulate_affine(dgamma, dbeta, scratch);
@@ -431,17 +491,30 @@ fn backward_impl(
     }
     let sums: &[f32] = scratch;
     let inv_m = (1.0 / m) as f32;
-    for_each_plane(dx, dout, x, shape, |c, dx, dy, x| {
+    let plane = |c: usize| {
         let (g, _) = affine_of(gamma, &[], c);
-        let (mu, is) = (mean[c], inv_std[c]);
         // In terms of dout: dx = g*is*(dy - mean(dy) - xhat * mean(dy*xhat)).
-        let (mdy, mdyx) = (sums[2 * c] * inv_m, sums[2 * c + 1] * inv_m);
-        let k = g * is;
+        (mean[c], inv_std[c], g * inv_std[c], sums[2 * c] * inv_m, sums[2 * c + 1] * inv_m)
+    };
+    let add = |dx: &mut [f32], dy: &[f32], x: &[f32], (mu, is, k, mdy, mdyx): (f32, f32, f32, f32, f32)| {
         for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
             let xhat = (x - mu) * is;
             *dx += k * (dy - mdy - xhat * mdyx);
         }
-    });
+    };
+    match relu_out {
+        None => for_each_plane(dx, dout, x, shape, |c, dx, dy, x| add(dx, dy, x, plane(c))),
+        Some(y) => for_each_plane3(dx, dout, y, x, shape, |c, dx, dy, y, x| {
+            // The masked gradient a block at a time, on the stack (see `reduce::relu_mask`).
+            let mut buf = [0.0f32; MASK_BLOCK];
+            let blocks = dx.chunks_mut(MASK_BLOCK).zip(dy.chunks(MASK_BLOCK)).zip(y.chunks(MASK_BLOCK));
+            for (((dx, dy), y), x) in blocks.zip(x.chunks(MASK_BLOCK)) {
+                let g = &mut buf[..dx.len()];
+                relu_mask(g, dy, y);
+                add(dx, g, x, plane(c));
+            }
+        }),
+    }
     Ok(())
 }
 
@@ -482,7 +555,7 @@ pub fn backward_eval(
     let m = shape.n * shape.plane();
     dgamma.par_iter_mut().zip(dbeta.par_iter_mut()).enumerate().with_min_len(par_min_items(m)).try_for_each(
         |(c, (dg, db))| -> Result<()> {
-            let (sum_dy, sum_dy_xhat) = grad_sums(dout, x, running_mean[c], inv_std(c), shape, c)?;
+            let (sum_dy, sum_dy_xhat) = grad_sums(dout, None, x, running_mean[c], inv_std(c), shape, c)?;
             *db += sum_dy;
             *dg += sum_dy_xhat;
             Ok(())

@@ -470,12 +470,14 @@ impl Block {
         let shape = self.out_shape(n);
         let len = shape.len();
         let mut cur: &[f32] = dout;
-        if self.relu {
+        // ReLU after BatchNorm: its mask is applied inside BatchNorm's backward (`Upstream`).
+        if self.relu && self.bn.is_none() {
             let g = zeroed(&mut scratch.g_relu, len);
             relu::backward(g, cur, out)?;
             cur = g;
         }
         if let Some((cfg, r)) = &self.bn {
+            let up = batchnorm::Upstream { dout: cur, relu_out: self.relu.then_some(out) };
             let [g, b, _, _] = Self::bn_ranges(cfg, r);
             let (dgamma, dbeta) = split_pair(grads, g.clone(), b);
             let d = zeroed(&mut scratch.g_bn, len);
@@ -487,7 +489,7 @@ impl Block {
                     dgamma,
                     dbeta,
                     sums,
-                    cur,
+                    up,
                     &st.pre,
                     &params[g],
                     mean,
@@ -498,7 +500,7 @@ impl Block {
                     &mut st.bn_sync,
                 )?,
                 None => {
-                    batchnorm::backward_train(d, dgamma, dbeta, sums, cur, &st.pre, &params[g], mean, is, shape, cfg)?
+                    batchnorm::backward_train(d, dgamma, dbeta, sums, up, &st.pre, &params[g], mean, is, shape, cfg)?
                 }
             }
             cur = d;

@@ -23,12 +23,13 @@ use crate::shape_err;
 /// Independent accumulators of the flat reductions.
 const LANES: usize = 8;
 
-/// `sum_i f(a[i], b[i])` in `LANES` interleaved accumulators (fixed order);
-/// `b` is at least as long as `a`. Whole blocks are fixed-size arrays, so the
-/// body has no bounds checks and vectorises.
+/// `acc[i % LANES] += f(a[i], b[i])` in order; `b` is at least as long as
+/// `a`. Whole blocks are fixed-size arrays, so the body has no bounds checks
+/// and vectorises. Calls on consecutive pieces of one slice give the bits of
+/// one call on the whole when every piece but the last is a multiple of
+/// `LANES` long (the remainder goes to lanes 0.. as in the whole).
 #[inline(always)]
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
-    let mut acc = [0.0f64; LANES];
+fn lane_acc(acc: &mut [f64; LANES], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) {
     let (ca, cb) = (a.chunks_exact(LANES), b[..a.len()].chunks_exact(LANES));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (xa, xb) in ca.zip(cb) {
@@ -40,6 +41,13 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
     for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
         acc[l] += f(x, y);
     }
+}
+
+/// `sum_i f(a[i], b[i])` in `LANES` interleaved accumulators (fixed order).
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    lane_acc(&mut acc, a, b, f);
     acc.iter().sum()
 }
 
@@ -90,6 +98,66 @@ pub fn mean_m2(x: &[f32]) -> (f64, f64) {
 pub fn dot_centered(a: &[f32], b: &[f32], b_mean: f64) -> Result<f64> {
     check_len("dot_centered: b", b.len(), a.len())?;
     Ok(lane_sum(a, b, |a, b| a as f64 * (b as f64 - b_mean)))
+}
+
+/// `sum_i (a[i], a[i] * (b[i] - b_mean))` in one pass, each sum in the
+/// lanes and order of [`sum`] and [`dot_centered`] (the same bits as calling
+/// both), with `a[i]` counted only where `mask[i] > 0` when a mask is given
+/// (a ReLU's output: the gradient through that ReLU, never materialised).
+fn sum_and_dot_centered(a: &[f32], mask: Option<&[f32]>, b: &[f32], b_mean: f64) -> (f64, f64) {
+    let (mut s, mut d) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let dot = |a: f32, b: f32| a as f64 * (b as f64 - b_mean);
+    match mask {
+        None => {
+            lane_acc(&mut s, a, a, |v, _| v as f64);
+            lane_acc(&mut d, a, b, dot);
+        }
+        Some(m) => {
+            // The masked values a block at a time (a multiple of LANES, so
+            // the lanes see the order of one pass), each sum then in its
+            // two-stream pass: a three-stream loop stayed scalar.
+            let mut buf = [0.0f32; MASK_BLOCK];
+            for ((pa, pm), pb) in a.chunks(MASK_BLOCK).zip(m.chunks(MASK_BLOCK)).zip(b.chunks(MASK_BLOCK)) {
+                let g = &mut buf[..pa.len()];
+                relu_mask(g, pa, pm);
+                lane_acc(&mut s, g, g, |v, _| v as f64);
+                lane_acc(&mut d, g, pb, dot);
+            }
+        }
+    }
+    (s.iter().sum(), d.iter().sum())
+}
+
+/// Values per block of a masked reduction (a multiple of `LANES`; on the stack).
+pub const MASK_BLOCK: usize = 256;
+const _: () = assert!(MASK_BLOCK.is_multiple_of(LANES));
+
+/// `g[i] = a[i]` where `mask[i] > 0`, else 0 (a NaN mask too, as ReLU's backward).
+#[inline(always)]
+pub fn relu_mask(g: &mut [f32], a: &[f32], mask: &[f32]) {
+    // A select, not a branch around the store: it vectorises.
+    for ((g, &x), &m) in g.iter_mut().zip(a).zip(mask) {
+        *g = if m > 0.0 { x } else { 0.0 };
+    }
+}
+
+/// `(sum g, sum g * (b - b_mean))` over channel `c` of tensors of shape
+/// `shape`, `g = a`, or `a` where `mask > 0` (else 0) when `mask` is given:
+/// [`channel_sum`] and [`channel_dot_centered`] of `g` in one pass, the same bits.
+pub fn channel_grad_sums(
+    a: &[f32],
+    mask: Option<&[f32]>,
+    b: &[f32],
+    b_mean: f64,
+    shape: Shape4,
+    c: usize,
+) -> Result<(f64, f64)> {
+    let pm = planes(mask.unwrap_or(a), shape, c)?;
+    let per_plane = planes(a, shape, c)?.zip(pm).zip(planes(b, shape, c)?);
+    // The planes' sums added in plane order from -0.0, as `Sum for f64` adds them.
+    Ok(per_plane
+        .map(|((pa, pm), pb)| sum_and_dot_centered(pa, mask.map(|_| pm), pb, b_mean))
+        .fold((-0.0, -0.0), |(s, d), (ps, pd)| (s + ps, d + pd)))
 }
 
 /// Checks a tensor of `len` elements against `shape` and `c` against its channels.
@@ -166,6 +234,21 @@ mod tests {
             assert!((channel_dot_centered(&y, &x, mean, s, c).unwrap() - dc).abs() < 1e-9);
             assert!((channel_sum(&x, s, c).unwrap() - mean * m).abs() < 1e-9);
         }
+        // The one-pass sums are the two reductions' bits; masked, those of the
+        // masked copy, also for planes longer than one block and not a multiple of the lanes.
+        let s = Shape4::new(2, 3, 17, 19);
+        let x: Vec<f32> = (0..s.len()).map(|i| (i as f32 * 0.7).sin() + 5.0).collect();
+        let y: Vec<f32> = (0..s.len()).map(|i| (i as f32 * 0.3).cos()).collect();
+        let mask: Vec<f32> = (0..s.len()).map(|i| [1.0, 0.0, -1.0, f32::NAN, 2.0][i % 5]).collect();
+        let masked: Vec<f32> = y.iter().zip(&mask).map(|(&v, &m)| if m > 0.0 { v } else { 0.0 }).collect();
+        for c in 0..s.c {
+            for (m, g) in [(None, &y), (Some(&mask[..]), &masked)] {
+                let (gs, gd) = channel_grad_sums(&y, m, &x, 5.25, s, c).unwrap();
+                assert_eq!(gs.to_bits(), channel_sum(g, s, c).unwrap().to_bits());
+                assert_eq!(gd.to_bits(), channel_dot_centered(g, &x, 5.25, s, c).unwrap().to_bits());
+            }
+        }
+        assert!(channel_grad_sums(&y, Some(&mask[1..]), &x, 0.0, s, 0).is_err());
         let (mean, m2) = mean_m2(&x);
         assert!((mean * x.len() as f64 - sum(&x)).abs() < 1e-9 && m2 > 0.0);
     }
