@@ -129,10 +129,7 @@ impl PackWriter {
             blocks.push((*count as u64, off, noisy));
             off = next;
         }
-        let dir = match out.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = crate::io::parent_dir(out);
         let file_name =
             out.file_name().ok_or_else(|| Error::InvalidArgument(format!("{}: not a file path", out.display())))?;
         let tmp = dir.join(format!(".{}.tmp{}", file_name.to_string_lossy(), std::process::id()));

@@ -26,8 +26,8 @@
 
 use crate::dist::Collective;
 use crate::error::{Result, check_len};
-use crate::ops::elementwise::par_min_items;
-use crate::ops::reduce::{MASK_BLOCK, channel_grad_sums, channel_mean_m2, channel_sum, relu_mask};
+use crate::ops::elementwise::{par_min_items, relu_mask};
+use crate::ops::reduce::{MASK_BLOCK, channel_grad_sums, channel_mean_m2, channel_sum};
 use crate::shape::Shape4;
 use crate::{arg_err, shape_err};
 use rayon::prelude::*;
@@ -107,21 +107,10 @@ fn for_each_plane(
     shape: Shape4,
     f: impl Fn(usize, &mut [f32], &[f32], &[f32]) + Sync,
 ) {
-    let (img, plane) = (shape.image_len(), shape.plane());
-    if img == 0 || plane == 0 {
-        return;
-    }
-    out.par_chunks_mut(img).zip(a.par_chunks(img).zip(b.par_chunks(img))).with_min_len(par_min_items(img)).for_each(
-        |(o, (a, b))| {
-            let planes = o.chunks_exact_mut(plane).zip(a.chunks_exact(plane).zip(b.chunks_exact(plane)));
-            for (c, (o, (a, b))) in planes.enumerate() {
-                f(c, o, a, b);
-            }
-        },
-    );
+    for_each_plane3(out, a, b, b, shape, |c, o, a, b, _| f(c, o, a, b));
 }
 
-/// `for_each_plane` with three inputs.
+/// `for_each_plane` with a third input `d`.
 fn for_each_plane3(
     out: &mut [f32],
     a: &[f32],
@@ -505,7 +494,7 @@ fn backward_impl(
     match relu_out {
         None => for_each_plane(dx, dout, x, shape, |c, dx, dy, x| add(dx, dy, x, plane(c))),
         Some(y) => for_each_plane3(dx, dout, y, x, shape, |c, dx, dy, y, x| {
-            // The masked gradient a block at a time, on the stack (see `reduce::relu_mask`).
+            // The masked gradient a block at a time, on the stack (see `elementwise::relu_mask`).
             let mut buf = [0.0f32; MASK_BLOCK];
             let blocks = dx.chunks_mut(MASK_BLOCK).zip(dy.chunks(MASK_BLOCK)).zip(y.chunks(MASK_BLOCK));
             for (((dx, dy), y), x) in blocks.zip(x.chunks(MASK_BLOCK)) {

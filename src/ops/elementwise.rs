@@ -124,6 +124,17 @@ pub fn relu_backward_acc(dx: &mut [f32], dy: &[f32], y: &[f32]) -> Result<()> {
     Ok(())
 }
 
+/// `g[i] = a[i]` where `mask[i] > 0`, else 0 (a NaN mask too): ReLU's
+/// backward written rather than added, single-threaded, for short blocks
+/// inside a task (BatchNorm's fused backward, `reduce::channel_grad_sums`).
+#[inline(always)]
+pub fn relu_mask(g: &mut [f32], a: &[f32], mask: &[f32]) {
+    // A select, not a branch around the store: it vectorises.
+    for ((g, &x), &m) in g.iter_mut().zip(a).zip(mask) {
+        *g = if m > 0.0 { x } else { 0.0 };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@
 //! per element, which made BatchNorm's statistics a visible share of a step).
 
 use crate::error::{Result, check_len};
+use crate::ops::elementwise::relu_mask;
 use rayon::prelude::*;
 use crate::shape::Shape4;
 use crate::shape_err;
@@ -132,14 +133,6 @@ fn sum_and_dot_centered(a: &[f32], mask: Option<&[f32]>, b: &[f32], b_mean: f64)
 pub const MASK_BLOCK: usize = 256;
 const _: () = assert!(MASK_BLOCK.is_multiple_of(LANES));
 
-/// `g[i] = a[i]` where `mask[i] > 0`, else 0 (a NaN mask too, as ReLU's backward).
-#[inline(always)]
-pub fn relu_mask(g: &mut [f32], a: &[f32], mask: &[f32]) {
-    // A select, not a branch around the store: it vectorises.
-    for ((g, &x), &m) in g.iter_mut().zip(a).zip(mask) {
-        *g = if m > 0.0 { x } else { 0.0 };
-    }
-}
 
 /// `(sum g, sum g * (b - b_mean))` over channel `c` of tensors of shape
 /// `shape`, `g = a`, or `a` where `mask > 0` (else 0) when `mask` is given:

@@ -32,7 +32,7 @@ use super::splits::{Split, Splits};
 use super::{IMAGES, family, name_hash, noise};
 use crate::error::{Error, Result};
 use crate::io::png::write_strip;
-use crate::io::{PATCH_LEN, io_err, write_atomic};
+use crate::io::{PATCH_LEN, io_err, parent_dir, write_atomic};
 use crate::rng::Rng;
 use detect::{DetectParams, Keypoint, detect};
 use geometry::{Affine, Homography, Region, ViewMotion, jitter};
@@ -368,10 +368,7 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<SynthSummary> {
     if out.exists() && !out.is_dir() {
         return Err(Error::InvalidArgument(format!("{}: exists and is not a folder", out.display())));
     }
-    let parent = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = parent_dir(out);
     // The topmost missing ancestor, removed again if generation fails.
     let created =
         parent.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).last().map(Path::to_path_buf);
