@@ -383,7 +383,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io_err = |source| Error::Io { path: path.to_path_buf(), source };
     let file_name = path.file_name().ok_or_else(|| arg_err!("{}: not a file path", path.display()))?;
-    let dir = crate::io::parent_dir(path);
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
         file_name.to_string_lossy(),
@@ -401,6 +404,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     // Persist the rename itself: fsync the directory entry (POSIX only).
     #[cfg(unix)]
-    fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
     Ok(())
 }
