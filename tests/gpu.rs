@@ -186,7 +186,7 @@ fn batchnorm_training_forward_backward_and_eval() {
             let (mut dx, mut dg, mut dbt, mut sums) =
                 (vec![0.0; shape.len()], vec![0.0; gamma.len()], vec![0.0; beta.len()], vec![0.0; 2 * c]);
             batchnorm::backward_train(
-                &mut dx,
+                (&mut dx, batchnorm::DxMode::Add),
                 &mut dg,
                 &mut dbt,
                 &mut sums,

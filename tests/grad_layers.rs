@@ -148,7 +148,7 @@ impl Bn {
         let (mut dx, mut dg, mut db) = (acc_buf(self.s.len()), acc_buf(self.gamma.len()), acc_buf(self.beta.len()));
         let mut scratch = vec![f32::NAN; 2 * self.s.c];
         batchnorm::backward_train(
-            &mut dx,
+            (&mut dx, batchnorm::DxMode::Add),
             &mut dg,
             &mut db,
             &mut scratch,
@@ -222,23 +222,38 @@ proptest! {
             let mut scratch = vec![f32::NAN; 2 * c];
             if fused {
                 let up = batchnorm::Upstream::through_relu(&dout, &y);
-                batchnorm::backward_train(&mut dx, &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg)
+                batchnorm::backward_train((&mut dx, batchnorm::DxMode::Add), &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg)
                     .unwrap();
             } else {
                 let mut g = vec![0.0; len];
                 relu::backward(&mut g, &dout, &y).unwrap();
-                batchnorm::backward_train(&mut dx, &mut dg, &mut db, &mut scratch, batchnorm::Upstream::plain(&g), &b.x, &b.gamma, &mean, &is, s, &b.cfg)
+                batchnorm::backward_train((&mut dx, batchnorm::DxMode::Add), &mut dg, &mut db, &mut scratch, batchnorm::Upstream::plain(&g), &b.x, &b.gamma, &mean, &is, s, &b.cfg)
                     .unwrap();
             }
             [dx, dg, db].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
         };
         prop_assert_eq!(grads(true), grads(false));
+        // DxMode::Write over a NaN-filled dx: the values of adding into zeros
+        // (a zero's sign aside), dgamma and dbeta still added.
+        let dx_of = |mode: batchnorm::DxMode, fill: f32| {
+            let (mut dx, mut dg, mut db) = (vec![fill; len], acc_buf(b.gamma.len()), acc_buf(b.beta.len()));
+            let mut scratch = vec![f32::NAN; 2 * c];
+            let up = batchnorm::Upstream::through_relu(&dout, &y);
+            batchnorm::backward_train((&mut dx, mode), &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg)
+                .unwrap();
+            (dx, [dg, db].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()))
+        };
+        let (written, wp) = dx_of(batchnorm::DxMode::Write, f32::NAN);
+        let (added_to_zero, ap) = dx_of(batchnorm::DxMode::Add, 0.0);
+        prop_assert!(written.iter().all(|v| !v.is_nan()));
+        prop_assert_eq!(written, added_to_zero);
+        prop_assert_eq!(wp, ap);
         // A mask of the wrong length is an error.
         let (mut dx, mut dg, mut db) = (acc_buf(len), acc_buf(b.gamma.len()), acc_buf(b.beta.len()));
         let mut scratch = vec![f32::NAN; 2 * c];
         let up = batchnorm::Upstream::through_relu(&dout, &y[1..]);
         prop_assert!(is_shape_err(batchnorm::backward_train(
-            &mut dx, &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg
+            (&mut dx, batchnorm::DxMode::Add), &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg
         )));
     }
 
@@ -367,7 +382,7 @@ fn bn_calls(l: [usize; 4], shape: Shape4, cfg: &BatchNormConfig) -> [bool; 4] {
         batchnorm::forward_train(&mut o, &mut c1, &mut c2, &mut c3, &mut c4, &t, &p, &p, shape, cfg, Identity),
         batchnorm::forward_eval(&mut o, &t, &p, &p, &c, &c, shape, cfg, Identity),
         batchnorm::backward_train(
-            &mut o,
+            (&mut o, batchnorm::DxMode::Add),
             &mut p1,
             &mut p2,
             &mut sc,
@@ -895,29 +910,16 @@ fn every_backward_accumulates() {
     let b = Bn::new(s, true, 8);
     let [_, mean, is, _, _] = b.train(&b.x, &b.gamma, &b.beta);
     let mut scratch = vec![0.0; 2 * s.c];
-    doubles("bn train", &[s.len(), s.c, s.c], |g| {
-        let [dx, dg, db] = g else { unreachable!() };
-        batchnorm::backward_train(
-            dx,
-            dg,
-            db,
-            &mut scratch,
-            batchnorm::Upstream::plain(&r),
-            &b.x,
-            &b.gamma,
-            &mean,
-            &is,
-            s,
-            &b.cfg,
-        )
-        .unwrap()
-    });
     let y = b.train(&b.x, &b.gamma, &b.beta)[0].iter().map(|&v| v.max(0.0)).collect::<Vec<f32>>();
-    doubles("bn train relu", &[s.len(), s.c, s.c], |g| {
-        let [dx, dg, db] = g else { unreachable!() };
-        let up = batchnorm::Upstream::through_relu(&r, &y);
-        batchnorm::backward_train(dx, dg, db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg).unwrap()
-    });
+    for (name, up) in
+        [("bn train", batchnorm::Upstream::plain(&r)), ("bn train relu", batchnorm::Upstream::through_relu(&r, &y))]
+    {
+        doubles(name, &[s.len(), s.c, s.c], |g| {
+            let [dx, dg, db] = g else { unreachable!() };
+            let dx = (&mut dx[..], batchnorm::DxMode::Add);
+            batchnorm::backward_train(dx, dg, db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg).unwrap()
+        });
+    }
     doubles("bn eval", &[s.len(), s.c, s.c], |g| {
         let [dx, dg, db] = g else { unreachable!() };
         batchnorm::backward_eval(dx, dg, db, &r, &b.x, &b.gamma, &b.rm, &b.rv, s, &b.cfg).unwrap()

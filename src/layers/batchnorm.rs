@@ -27,7 +27,7 @@
 use crate::dist::Collective;
 use crate::error::{Result, check_len};
 use crate::ops::elementwise::{par_min_items, relu_mask};
-use crate::ops::reduce::{MASK_BLOCK, channel_grad_sums, channel_mean_m2, channel_sum};
+use crate::ops::reduce::{CHANNEL_BLOCK, MASK_BLOCK, channel_block_grad_sums, channel_block_mean_m2, channel_sum};
 use crate::shape::Shape4;
 use crate::{arg_err, shape_err};
 use rayon::prelude::*;
@@ -168,19 +168,28 @@ fn normalize(
     });
 }
 
-/// `(sum g, sum g * xhat)` over channel `c`, `xhat = (x - mu) * inv_std`,
-/// `g = dout`, or `dout` where `relu_out > 0` (else 0) when given.
+/// `sums[2i..2i+2] = (sum g, sum g * xhat)` over channel `c = c0 + i`,
+/// `xhat = (x - mu) * inv_std` with `(mu, inv_std) = stats(c)`, `g = dout`,
+/// or `dout` where `relu_out > 0` (else 0) when given. The reductions run a
+/// block of channels at a time (`reduce::channel_block_grad_sums`, image by
+/// image), their f64 results on the stack.
 fn grad_sums(
-    dout: &[f32],
-    relu_out: Option<&[f32]>,
-    x: &[f32],
-    mu: f32,
-    inv_std: f64,
+    sums: &mut [f32],
+    c0: usize,
+    (dout, relu_out, x): (&[f32], Option<&[f32]>, &[f32]),
     shape: Shape4,
-    c: usize,
-) -> Result<(f32, f32)> {
-    let (sum, dot) = channel_grad_sums(dout, relu_out, x, mu as f64, shape, c)?;
-    Ok((sum as f32, (dot * inv_std) as f32))
+    stats: impl Fn(usize) -> (f32, f64) + Sync,
+) -> Result<()> {
+    for (b, block) in sums.chunks_mut(2 * CHANNEL_BLOCK).enumerate() {
+        let c0 = c0 + b * CHANNEL_BLOCK;
+        let mut acc = [(0.0f64, 0.0f64); CHANNEL_BLOCK];
+        let acc = &mut acc[..block.len() / 2];
+        channel_block_grad_sums(acc, dout, relu_out, x, |c| stats(c).0 as f64, shape, c0)?;
+        for (i, (s, &(sum, dot))) in block.chunks_exact_mut(2).zip(acc.iter()).enumerate() {
+            (s[0], s[1]) = (sum as f32, (dot * stats(c0 + i).1) as f32);
+        }
+    }
+    Ok(())
 }
 
 /// The length checks of both training forwards.
@@ -228,17 +237,17 @@ pub fn forward_train(
     act: Activation,
 ) -> Result<()> {
     check_train_forward(out, mean, inv_std, running_mean, running_var, x, gamma, beta, shape, cfg)?;
-    let m = train_count(shape)?;
-    mean.par_iter_mut()
-        .zip(inv_std.par_iter_mut())
-        .zip(running_mean.par_iter_mut().zip(running_var.par_iter_mut()))
-        .enumerate()
-        .with_min_len(par_min_items(m))
-        .try_for_each(|(c, ((mu, is), (rm, rv)))| -> Result<()> {
-            let (bm, m2) = channel_mean_m2(x, shape, c)?;
-            set_stats((mu, is, rm, rv), bm, m2, m as f64, cfg);
-            Ok(())
-        })?;
+    let m = train_count(shape)? as f64;
+    // A block of channels at a time, image by image (`reduce::channel_block_mean_m2`).
+    for c0 in (0..cfg.channels).step_by(CHANNEL_BLOCK) {
+        let mut acc = [(0.0f64, 0.0f64); CHANNEL_BLOCK];
+        let acc = &mut acc[..CHANNEL_BLOCK.min(cfg.channels - c0)];
+        channel_block_mean_m2(acc, x, shape, c0)?;
+        for (i, &(bm, m2)) in acc.iter().enumerate() {
+            let c = c0 + i;
+            set_stats((&mut mean[c], &mut inv_std[c], &mut running_mean[c], &mut running_var[c]), bm, m2, m, cfg);
+        }
+    }
     normalize(out, x, gamma, beta, shape, act, |c| (mean[c], inv_std[c]));
     Ok(())
 }
@@ -365,10 +374,11 @@ fn accumulate_affine(dgamma: &mut [f32], dbeta: &mut [f32], sums: &[f32]) {
 /// Training backward through the batch statistics saved by `forward_train`,
 /// from the gradient `up` (see [`Upstream`]: with `relu_out`, the backward of
 /// BatchNorm followed by ReLU). `scratch` (2*C) receives the per-channel
-/// `(sum dout, sum dout * xhat)`. Accumulates into `dx`, `dgamma`, `dbeta`.
+/// `(sum dout, sum dout * xhat)`. Accumulates into `dgamma`, `dbeta`, and
+/// into `dx` or over it (`mode`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_train(
-    dx: &mut [f32],
+    (dx, mode): (&mut [f32], DxMode),
     dgamma: &mut [f32],
     dbeta: &mut [f32],
     scratch: &mut [f32],
@@ -380,7 +390,7 @@ pub fn backward_train(
     shape: Shape4,
     cfg: &BatchNormConfig,
 ) -> Result<()> {
-    backward_impl(dx, dgamma, dbeta, scratch, up, x, gamma, mean, inv_std, shape, cfg, None)
+    backward_impl((dx, mode), dgamma, dbeta, scratch, up, x, gamma, mean, inv_std, shape, cfg, None)
 }
 
 /// The gradient arriving at BatchNorm's output: `dout` itself, or, for
@@ -409,13 +419,26 @@ impl<'a> Upstream<'a> {
     }
 }
 
+/// How a training backward delivers `dx`.
+///
+/// Why: the rule is to add (`Add`), so gradients from several consumers
+/// sum; a caller whose `dx` buffer is fresh (BatchNorm's in a block, read
+/// only by the convolution before it) would zero it first, a write of the
+/// whole activation plus a read in the pass that adds. `Write` stores the
+/// gradient instead: the bits of adding into zeros, up to the sign of a zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DxMode {
+    Add,
+    Write,
+}
+
 /// Synchronised training backward, after [`forward_train_synced`]: `dgamma`
 /// and `dbeta` get this rank's sums (the gradient all-reduce adds the other
 /// ranks'), `dx` uses the global batch's `mean(dout)` and `mean(dout * xhat)`
 /// (one all-reduce of `2 * C + 1` values). `sums`: [`sync_len`] values.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_train_synced(
-    dx: &mut [f32],
+    (dx, mode): (&mut [f32], DxMode),
     dgamma: &mut [f32],
     dbeta: &mut [f32],
     scratch: &mut [f32],
@@ -429,12 +452,12 @@ pub fn backward_train_synced(
     comm: &dyn Collective,
     sums: &mut [f64],
 ) -> Result<()> {
-    backward_impl(dx, dgamma, dbeta, scratch, up, x, gamma, mean, inv_std, shape, cfg, Some((comm, sums)))
+    backward_impl((dx, mode), dgamma, dbeta, scratch, up, x, gamma, mean, inv_std, shape, cfg, Some((comm, sums)))
 }
 
 #[allow(clippy::too_many_arguments)]
 fn backward_impl(
-    dx: &mut [f32],
+    (dx, mode): (&mut [f32], DxMode),
     dgamma: &mut [f32],
     dbeta: &mut [f32],
     scratch: &mut [f32],
@@ -464,10 +487,7 @@ fn backward_impl(
     )?;
     check_len("batchnorm backward: scratch", scratch.len(), 2 * cfg.channels)?;
     let m = train_count(shape)?;
-    scratch.par_chunks_mut(2).enumerate().with_min_len(par_min_items(m)).try_for_each(|(c, s)| -> Result<()> {
-        (s[0], s[1]) = grad_sums(dout, relu_out, x, mean[c], inv_std[c] as f64, shape, c)?;
-        Ok(())
-    })?;
+    grad_sums(scratch, 0, (dout, relu_out, x), shape, |c| (mean[c], inv_std[c] as f64))?;
     accumulate_affine(dgamma, dbeta, scratch);
     let mut m = m as f64;
     if let Some((comm, buf)) = sync {
@@ -486,9 +506,10 @@ fn backward_impl(
         (mean[c], inv_std[c], g * inv_std[c], sums[2 * c] * inv_m, sums[2 * c + 1] * inv_m)
     };
     let add = |dx: &mut [f32], dy: &[f32], x: &[f32], (mu, is, k, mdy, mdyx): (f32, f32, f32, f32, f32)| {
-        for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
-            let xhat = (x - mu) * is;
-            *dx += k * (dy - mdy - xhat * mdyx);
+        let g = |dy: f32, x: f32| k * (dy - mdy - (x - mu) * is * mdyx);
+        match mode {
+            DxMode::Add => dx.iter_mut().zip(dy).zip(x).for_each(|((dx, &dy), &x)| *dx += g(dy, x)),
+            DxMode::Write => dx.iter_mut().zip(dy).zip(x).for_each(|((dx, &dy), &x)| *dx = g(dy, x)),
         }
     };
     match relu_out {
@@ -541,15 +562,15 @@ pub fn backward_eval(
         ],
     )?;
     let inv_std = |c: usize| 1.0 / (running_var[c] as f64 + cfg.eps as f64).sqrt();
-    let m = shape.n * shape.plane();
-    dgamma.par_iter_mut().zip(dbeta.par_iter_mut()).enumerate().with_min_len(par_min_items(m)).try_for_each(
-        |(c, (dg, db))| -> Result<()> {
-            let (sum_dy, sum_dy_xhat) = grad_sums(dout, None, x, running_mean[c], inv_std(c), shape, c)?;
-            *db += sum_dy;
-            *dg += sum_dy_xhat;
-            Ok(())
-        },
-    )?;
+    // The per-channel sums a block at a time into a stack buffer, then
+    // added; without affine there is nothing to add them to.
+    let affine_channels = if cfg.affine { cfg.channels } else { 0 };
+    for c0 in (0..affine_channels).step_by(CHANNEL_BLOCK) {
+        let mut sums = [0.0f32; 2 * CHANNEL_BLOCK];
+        let sums = &mut sums[..2 * CHANNEL_BLOCK.min(cfg.channels - c0)];
+        grad_sums(sums, c0, (dout, None, x), shape, |c| (running_mean[c], inv_std(c)))?;
+        accumulate_affine(&mut dgamma[c0..], &mut dbeta[c0..], sums);
+    }
     for_each_plane(dx, dout, dout, shape, |c, dx, dy, _| {
         let k = affine_of(gamma, &[], c).0 * inv_std(c) as f32;
         for (dx, &dy) in dx.iter_mut().zip(dy) {

@@ -480,18 +480,20 @@ impl Block {
             let up = batchnorm::Upstream { dout: cur, relu_out: self.relu.then_some(out) };
             let [g, b, _, _] = Self::bn_ranges(cfg, r);
             let (dgamma, dbeta) = split_pair(grads, g.clone(), b);
-            let d = zeroed(&mut scratch.g_bn, len);
-            let (mean, is) = (&st.mean, &st.inv_std);
+            // BatchNorm writes its dx over the buffer (`DxMode::Write`): no zeroing pass.
+            let d = &mut scratch.g_bn[..len];
+            let (mean, is, pre, gamma) = (&st.mean, &st.inv_std, &st.pre, &params[g]);
             let sums = &mut scratch.bn_sums[..2 * cfg.channels];
+            let dx = (&mut *d, batchnorm::DxMode::Write);
             match &scratch.comm {
                 Some(comm) => batchnorm::backward_train_synced(
-                    d,
+                    dx,
                     dgamma,
                     dbeta,
                     sums,
                     up,
-                    &st.pre,
-                    &params[g],
+                    pre,
+                    gamma,
                     mean,
                     is,
                     shape,
@@ -499,9 +501,7 @@ impl Block {
                     &**comm,
                     &mut st.bn_sync,
                 )?,
-                None => {
-                    batchnorm::backward_train(d, dgamma, dbeta, sums, up, &st.pre, &params[g], mean, is, shape, cfg)?
-                }
+                None => batchnorm::backward_train(dx, dgamma, dbeta, sums, up, pre, gamma, mean, is, shape, cfg)?,
             }
             cur = d;
         }
