@@ -671,7 +671,9 @@ impl ShardCtx<'_> {
             for (i, (xi, di)) in xs.chunks_exact(in_len).zip(ds.chunks_exact(out_len)).enumerate() {
                 let dxi = dxs.as_deref_mut().map(|d| &mut d[i * in_len..(i + 1) * in_len]);
                 conv2d_direct::backward_image(dxi, dwp, di, xi, self.weight, &l.win);
-                dbp[0] += di.iter().sum::<f32>();
+                if l.spec.bias {
+                    dbp[0] += di.iter().sum::<f32>();
+                }
             }
             return Ok(());
         }
@@ -703,9 +705,12 @@ impl ShardCtx<'_> {
                 let col = MatRef::row_major(&lane.col[..k * cols], k, cols)?;
                 gemm(1.0, d_o, col.t(), 1.0, MatMut::row_major(dwp, cout, k)?)?;
             }
-            for (co, db) in dbp.iter_mut().enumerate() {
-                let row = &d_o.data()[co * cols..(co + 1) * cols];
-                *db += row.iter().sum::<f32>();
+            // A layer without bias (one BatchNorm follows) skips the serial sums.
+            if l.spec.bias {
+                for (co, db) in dbp.iter_mut().enumerate() {
+                    let row = &d_o.data()[co * cols..(co + 1) * cols];
+                    *db += row.iter().sum::<f32>();
+                }
             }
             if let Some(dxs) = dxs.as_deref_mut() {
                 // dcol[K, cols] = W^T[K, cout] * dO[cout, cols], written over col (no longer needed).

@@ -148,8 +148,14 @@ pub fn im2col(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window) ->
     check_tile(g, col.len(), ld, col0, x.len())?;
     if g.stride == 2 && g.w <= SPLIT_MAX_W {
         im2col_stride2(col, ld, col0, x, g);
-        return Ok(());
+    } else {
+        im2col_strided(col, ld, col0, x, g);
     }
+    Ok(())
+}
+
+/// `im2col` at any stride, one strided gather per kernel column.
+fn im2col_strided(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window) {
     let (s, wo) = (g.stride, g.wo);
     for ci in 0..g.cin {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
@@ -182,7 +188,6 @@ pub fn im2col(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window) ->
             }
         }
     }
-    Ok(())
 }
 
 /// `im2col` for stride 2: each input row is split once into its even and
@@ -202,14 +207,7 @@ fn im2col_stride2(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window
                     (0..g.kw).for_each(|kj| zero_short(&mut col[at(kj)..at(kj) + wo]));
                     continue;
                 };
-                let src = &plane[iy * g.w..(iy + 1) * g.w];
-                let (even, odd) = split[..2 * half].split_at_mut(half);
-                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
-                    (*e, *o) = (pair[0], pair[1]);
-                }
-                if g.w % 2 == 1 {
-                    even[half - 1] = src[g.w - 1];
-                }
+                split_row(&mut split[..2 * half], &plane[iy * g.w..(iy + 1) * g.w]);
                 for kj in 0..g.kw {
                     let dst = &mut col[at(kj)..at(kj) + wo];
                     let (lo, hi) = g.valid_cols(kj);
@@ -229,6 +227,16 @@ fn im2col_stride2(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window
 /// The adjoint of `im2col`: `dx[cin, h, w] += col2im(dcol[K, ld] columns col0 .. col0 + P)`.
 pub fn col2im_add(dx: &mut [f32], dcol: &[f32], ld: usize, col0: usize, g: &Window) -> Result<()> {
     check_tile(g, dcol.len(), ld, col0, dx.len())?;
+    if g.stride == 2 && g.w <= SPLIT_MAX_W {
+        col2im_add_stride2(dx, dcol, ld, col0, g);
+    } else {
+        col2im_add_strided(dx, dcol, ld, col0, g);
+    }
+    Ok(())
+}
+
+/// `col2im_add` at any stride, one strided scatter per kernel column.
+fn col2im_add_strided(dx: &mut [f32], dcol: &[f32], ld: usize, col0: usize, g: &Window) {
     let (s, wo) = (g.stride, g.wo);
     for ci in 0..g.cin {
         let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
@@ -257,7 +265,57 @@ pub fn col2im_add(dx: &mut [f32], dcol: &[f32], ld: usize, col0: usize, g: &Wind
             }
         }
     }
-    Ok(())
+}
+
+/// `split = [even columns of row | odd columns]`, each half `row.len().div_ceil(2)` long.
+fn split_row(split: &mut [f32], row: &[f32]) {
+    let half = row.len().div_ceil(2);
+    let (even, odd) = split.split_at_mut(half);
+    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+        (*e, *o) = (pair[0], pair[1]);
+    }
+    if row.len() % 2 == 1 {
+        even[half - 1] = row[row.len() - 1];
+    }
+}
+
+/// `col2im_add` for stride 2, the adjoint of `im2col_stride2`: each input
+/// row touched is split once into its even and odd columns, every kernel
+/// column adds a contiguous run into one half, and the halves are merged
+/// back (instead of one strided scalar scatter per kernel column). Every
+/// element still receives its adds in the strided loop's order (kernel row,
+/// then kernel column; one output row per input row and kernel row at
+/// stride 2), so the bits are the same.
+fn col2im_add_stride2(dx: &mut [f32], dcol: &[f32], ld: usize, col0: usize, g: &Window) {
+    let (wo, half) = (g.wo, g.w.div_ceil(2));
+    let mut split = [0.0f32; SPLIT_MAX_W];
+    for ci in 0..g.cin {
+        let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            let k0 = (ci * g.kh + ki) * g.kw;
+            for oy in 0..g.ho {
+                let Some(iy) = g.in_row(oy, ki) else { continue };
+                let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                split_row(&mut split[..2 * half], dst);
+                for kj in 0..g.kw {
+                    let (lo, hi) = g.valid_cols(kj);
+                    if lo < hi {
+                        let src = &dcol[(k0 + kj) * ld + col0 + oy * wo..][lo..hi];
+                        let x0 = 2 * lo + kj - g.pad.left;
+                        let from = (x0 % 2) * half + x0 / 2;
+                        split[from..from + (hi - lo)].iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                    }
+                }
+                let (even, odd) = split[..2 * half].split_at(half);
+                for ((e, o), pair) in even.iter().zip(odd).zip(dst.chunks_exact_mut(2)) {
+                    (pair[0], pair[1]) = (*e, *o);
+                }
+                if g.w % 2 == 1 {
+                    dst[g.w - 1] = even[half - 1];
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -301,6 +359,38 @@ mod tests {
             let lhs: f64 = col.iter().zip(&c).map(|(a, b)| *a as f64 * *b as f64).sum();
             let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| *a as f64 * *b as f64).sum();
             assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs} for {g:?}");
+        }
+    }
+
+    #[test]
+    fn stride_two_paths_match_the_strided_loops_bit_for_bit() {
+        let mut rng = crate::rng::Rng::new(9);
+        let shapes = [(7, 9, 3, 1, 1), (8, 8, 3, 0, 1), (6, 7, 2, 1, 0), (5, 5, 5, 2, 2), (4, 6, 3, 2, 0), (16, 16, 3, 0, 1)];
+        for &(h, w, k, left, right) in &shapes {
+            let pad = Padding { top: left, left, bottom: right, right };
+            let g = Window::new(3, h, w, k, k, 2, pad).unwrap();
+            let (ld, col0) = (g.p() + 5, 3);
+            let x: Vec<f32> = (0..g.in_len()).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let c: Vec<f32> = (0..g.k() * ld).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            let (mut fast, mut slow) = (vec![f32::NAN; g.k() * ld], vec![f32::NAN; g.k() * ld]);
+            im2col(&mut fast, ld, col0, &x, &g).unwrap();
+            im2col_strided(&mut slow, ld, col0, &x, &g);
+            assert_eq!(fast.map_bits(), slow.map_bits(), "im2col {g:?}");
+            // Accumulating into a non-zero dx shows the order of the adds.
+            let (mut fast, mut slow) = (x.clone(), x.clone());
+            col2im_add(&mut fast, &c, ld, col0, &g).unwrap();
+            col2im_add_strided(&mut slow, &c, ld, col0, &g);
+            assert_eq!(fast.map_bits(), slow.map_bits(), "col2im {g:?}");
+        }
+    }
+
+    trait Bits {
+        fn map_bits(&self) -> Vec<u32>;
+    }
+
+    impl Bits for Vec<f32> {
+        fn map_bits(&self) -> Vec<u32> {
+            self.iter().map(|v| v.to_bits()).collect()
         }
     }
 

@@ -341,9 +341,19 @@ impl<T: Tiling> Workspace<T> {
                 lane.lock().unwrap_or_else(|e| e.into_inner()).du = vec![0.0; T::XI * cout * cin];
             }
         }
-        run_weight_pass(geom, &mut self.parts, x, dout, (self.shard_imgs, self.group_imgs), &self.lanes)?;
+        run_weight_pass(geom, &mut self.parts.dw, x, dout, (self.shard_imgs, self.group_imgs), &self.lanes)?;
         add_partials(dweight, &self.parts.dw);
+        // Only a layer with a bias pays for the serial sums of dout.
         if let Some(db) = dbias {
+            let shard_len = self.shard_imgs * cout * geom.out_plane();
+            self.parts.db.par_chunks_mut(cout).zip(dout.par_chunks(shard_len)).for_each(|(dbp, ds)| {
+                dbp.fill(0.0);
+                for img in ds.chunks_exact(cout * geom.out_plane()) {
+                    for (db, d_plane) in dbp.iter_mut().zip(img.chunks_exact(geom.out_plane())) {
+                        *db += d_plane.iter().sum::<f32>();
+                    }
+                }
+            });
             add_partials(db, &self.parts.db);
         }
         Ok(())
@@ -600,10 +610,11 @@ pub(super) trait WeightGrad: Tiling {
 /// dU[xi][cout][cin] = sum over its groups of M[xi][cout, t] * V[xi][cin, t]^T,
 /// with M the adjoint output transform of dout and V the input transform of x
 /// (the forward's U[xi] = (G g G^T)[xi] and Y = A^T M A make
-/// dg = G^T dU G), then the shard's partials dW = G^T dU G and db = sum dout.
+/// dg = G^T dU G), then the shard's partial dW = G^T dU G (`dw_parts`: one
+/// per shard).
 fn run_weight_pass<T: WeightGrad>(
     tiling: &T,
-    parts: &mut GradParts,
+    dw_parts: &mut [f32],
     x: &[f32],
     dout: &[f32],
     (si, g): (usize, usize),
@@ -614,8 +625,7 @@ fn run_weight_pass<T: WeightGrad>(
     let (cin, cout) = tiling.channels();
     let (in_len, out_len, wlen) = (cin * plane, cout * plane, cout * cin * 9);
     let inputs = x.par_chunks(si * in_len).zip(dout.par_chunks(si * out_len));
-    let outputs = parts.dw.par_chunks_mut(wlen).zip(parts.db.par_chunks_mut(cout));
-    inputs.zip(outputs).try_for_each(|((xs, ds), (dwp, dbp))| {
+    inputs.zip(dw_parts.par_chunks_mut(wlen)).try_for_each(|((xs, ds), dwp)| {
         let mut guard = lock_lane(lanes);
         let lane = &mut *guard;
         check_len("winograd weight-gradient scratch", lane.du.len(), nxi * cout * cin)?;
@@ -640,12 +650,6 @@ fn run_weight_pass<T: WeightGrad>(
             }
         }
         adjoint_weights::<T>(dwp, &lane.du, cout, cin);
-        dbp.fill(0.0);
-        for img in ds.chunks_exact(out_len) {
-            for (db, d_plane) in dbp.iter_mut().zip(img.chunks_exact(plane)) {
-                *db += d_plane.iter().sum::<f32>();
-            }
-        }
         Ok(())
     })
 }
