@@ -10,6 +10,7 @@
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use nhpatch::layers::DxMode;
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads};
 use nhpatch::layers::winograd::{Winograd, Winograd4, WinogradS2};
 use nhpatch::ops::im2col::Padding;
@@ -79,10 +80,14 @@ fn winograd(c: &mut Criterion) {
             })
         });
         g.bench_function(format!("winograd-f2-dx/{name}"), |bch| {
-            pool.install(|| bch.iter(|| wino.backward_data(&mut dx, black_box(&dout), &w, n, &mut wws).unwrap()))
+            pool.install(|| {
+                bch.iter(|| wino.backward_data((&mut dx, DxMode::Add), black_box(&dout), &w, n, &mut wws).unwrap())
+            })
         });
         g.bench_function(format!("winograd-f4-dx/{name}"), |bch| {
-            pool.install(|| bch.iter(|| wino4.backward_data(&mut dx, black_box(&dout), &w, n, &mut wws4).unwrap()))
+            pool.install(|| {
+                bch.iter(|| wino4.backward_data((&mut dx, DxMode::Add), black_box(&dout), &w, n, &mut wws4).unwrap())
+            })
         });
         g.finish();
     }

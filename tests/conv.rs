@@ -4,6 +4,7 @@
 mod common;
 
 use common::{TOL, assert_close, check_grad, proj, rand_vec};
+use nhpatch::layers::DxMode;
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvPass, Epilogue, WinogradPlan};
 use nhpatch::ops::im2col::Padding;
 use nhpatch::rng::Rng;
@@ -221,6 +222,7 @@ fn model_layers() -> Vec<(Conv2dSpec, usize)> {
         (c(32, 64, 2, 1, same(2, 1, 32), true), 32),         // unet conv3 (2x2, 'same' pads bottom/right)
         (c(64, 64, 3, 1, Padding::symmetric(1), false), 32), // dncnn conv2..16
         (c(32, 64, 3, 2, same(3, 2, 32), true), 32),         // hardnet conv3 (stride 2)
+        (c(64, 128, 3, 2, same(3, 2, 16), false), 16),       // hardnet conv5 (stride 2, no bias as trained)
         (c(128, 128, 3, 1, same(3, 1, 8), true), 8),         // hardnet conv6 (P = 64: 4-image tiles)
         (c(128, 128, 8, 1, Padding::valid(), true), 8),      // hardnet conv7 (dense)
         (c(64, 1, 3, 1, same(3, 1, 32), true), 32),          // unet conv5 (direct: one output channel)
@@ -247,6 +249,19 @@ fn model_layers_match_reference_and_are_thread_count_independent() {
                 d.l.backward(grads, &dout, &d.x, &d.w, n, &mut ws).unwrap();
                 (out, dx, dw, db)
             }));
+        }
+        // DxMode::Write over a NaN-filled dx: the values of adding into zeros
+        // (a zero's sign aside), dW and db still added, at any thread count.
+        for threads in [1, 2] {
+            let written = nhpatch::threads::pool(threads).unwrap().install(|| {
+                let (mut dx, mut dw, mut db) = (vec![f32::NAN; d.x.len()], vec![0.0; d.w.len()], vec![0.0; spec.cout]);
+                let mut ws = d.l.workspace(n);
+                let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: spec.bias.then_some(&mut db[..]) };
+                d.l.backward_with(grads, DxMode::Write, &dout, &d.x, &d.w, n, &mut ws).unwrap();
+                (dx, dw, db)
+            });
+            assert!(written.0 == results[0].1, "written dx differs from added for {spec:?}");
+            assert!((&written.1, &written.2) == (&results[0].2, &results[0].3), "dW/db with Write for {spec:?}");
         }
         let want = naive_forward(&d.l, &d.x, &d.w, d.b.as_deref(), n);
         assert_close("forward", &results[0].0, &want, 1e-4, 1e-4);
@@ -276,13 +291,14 @@ fn winograd_takes_the_3x3_layers_with_16_or_more_channels_f4_and_stride_2_only_i
     };
     // unet conv1 (1 input channel), unet conv3 (2x2) and conv7 (8x8) stay on im2col;
     // training runs F(2x2, 3x3), inference F(4x4, 3x3) except on 8x8 images;
-    // hardnet conv3 (stride 2) runs the stride-2 tiling in inference, im2col in training.
-    let train = ["im2col", "F2", "im2col", "F2", "im2col", "F2", "im2col", "im2col", "im2col"];
+    // hardnet conv3 and conv5 (stride 2) run the stride-2 tiling in inference, im2col in training.
+    let train = ["im2col", "F2", "im2col", "F2", "im2col", "im2col", "F2", "im2col", "im2col", "im2col"];
     assert_eq!(plans(ConvPass::Train), train);
-    assert_eq!(plans(ConvPass::Infer), ["im2col", "F4", "im2col", "F4", "S2", "F2", "im2col", "im2col", "im2col"]);
+    let infer = ["im2col", "F4", "im2col", "F4", "S2", "S2", "F2", "im2col", "im2col", "im2col"];
+    assert_eq!(plans(ConvPass::Infer), infer);
     let direct: Vec<bool> =
         model_layers().iter().map(|&(spec, hw)| Conv2d::new(spec, hw, hw).unwrap().is_direct()).collect();
-    assert_eq!(direct, [false, false, false, false, false, false, false, true, true]);
+    assert_eq!(direct, [false, false, false, false, false, false, false, false, true, true]);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use nhpatch::gpu::model::GpuModel;
 use nhpatch::gpu::{Device, Trainer, ops};
 use nhpatch::layers::batchnorm::{self, Activation, BatchNormConfig};
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads};
-use nhpatch::layers::{Shape4, concat, dropout, input_norm, l2norm, maxpool, upsample};
+use nhpatch::layers::{DxMode, Shape4, concat, dropout, input_norm, l2norm, maxpool, upsample};
 use nhpatch::loss::hardnet::{HardNetLoss, HardNetWorkspace};
 use nhpatch::loss::triplet::TripletLoss;
 use nhpatch::loss::{PointLoss, TupleLoss};
@@ -186,7 +186,7 @@ fn batchnorm_training_forward_backward_and_eval() {
             let (mut dx, mut dg, mut dbt, mut sums) =
                 (vec![0.0; shape.len()], vec![0.0; gamma.len()], vec![0.0; beta.len()], vec![0.0; 2 * c]);
             batchnorm::backward_train(
-                (&mut dx, batchnorm::DxMode::Add),
+                (&mut dx, DxMode::Add),
                 &mut dg,
                 &mut dbt,
                 &mut sums,

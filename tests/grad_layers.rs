@@ -11,7 +11,7 @@ use common::{TOL, Tol, assert_close, check_grad, proj, rand_vec};
 use nhpatch::error::Error;
 use nhpatch::layers::batchnorm::{self, Activation::Identity, Activation::Relu, BatchNormConfig};
 use nhpatch::layers::dropout::{self, DropoutConfig};
-use nhpatch::layers::{Shape4, concat, input_norm, l2norm, maxpool, relu, reshape, residual, upsample};
+use nhpatch::layers::{DxMode, Shape4, concat, input_norm, l2norm, maxpool, relu, reshape, residual, upsample};
 use nhpatch::rng::Rng;
 use proptest::prelude::*;
 
@@ -148,7 +148,7 @@ impl Bn {
         let (mut dx, mut dg, mut db) = (acc_buf(self.s.len()), acc_buf(self.gamma.len()), acc_buf(self.beta.len()));
         let mut scratch = vec![f32::NAN; 2 * self.s.c];
         batchnorm::backward_train(
-            (&mut dx, batchnorm::DxMode::Add),
+            (&mut dx, DxMode::Add),
             &mut dg,
             &mut db,
             &mut scratch,
@@ -222,12 +222,12 @@ proptest! {
             let mut scratch = vec![f32::NAN; 2 * c];
             if fused {
                 let up = batchnorm::Upstream::through_relu(&dout, &y);
-                batchnorm::backward_train((&mut dx, batchnorm::DxMode::Add), &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg)
+                batchnorm::backward_train((&mut dx, DxMode::Add), &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg)
                     .unwrap();
             } else {
                 let mut g = vec![0.0; len];
                 relu::backward(&mut g, &dout, &y).unwrap();
-                batchnorm::backward_train((&mut dx, batchnorm::DxMode::Add), &mut dg, &mut db, &mut scratch, batchnorm::Upstream::plain(&g), &b.x, &b.gamma, &mean, &is, s, &b.cfg)
+                batchnorm::backward_train((&mut dx, DxMode::Add), &mut dg, &mut db, &mut scratch, batchnorm::Upstream::plain(&g), &b.x, &b.gamma, &mean, &is, s, &b.cfg)
                     .unwrap();
             }
             [dx, dg, db].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
@@ -235,7 +235,7 @@ proptest! {
         prop_assert_eq!(grads(true), grads(false));
         // DxMode::Write over a NaN-filled dx: the values of adding into zeros
         // (a zero's sign aside), dgamma and dbeta still added.
-        let dx_of = |mode: batchnorm::DxMode, fill: f32| {
+        let dx_of = |mode: DxMode, fill: f32| {
             let (mut dx, mut dg, mut db) = (vec![fill; len], acc_buf(b.gamma.len()), acc_buf(b.beta.len()));
             let mut scratch = vec![f32::NAN; 2 * c];
             let up = batchnorm::Upstream::through_relu(&dout, &y);
@@ -243,8 +243,8 @@ proptest! {
                 .unwrap();
             (dx, [dg, db].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()))
         };
-        let (written, wp) = dx_of(batchnorm::DxMode::Write, f32::NAN);
-        let (added_to_zero, ap) = dx_of(batchnorm::DxMode::Add, 0.0);
+        let (written, wp) = dx_of(DxMode::Write, f32::NAN);
+        let (added_to_zero, ap) = dx_of(DxMode::Add, 0.0);
         prop_assert!(written.iter().all(|v| !v.is_nan()));
         prop_assert_eq!(written, added_to_zero);
         prop_assert_eq!(wp, ap);
@@ -253,7 +253,7 @@ proptest! {
         let mut scratch = vec![f32::NAN; 2 * c];
         let up = batchnorm::Upstream::through_relu(&dout, &y[1..]);
         prop_assert!(is_shape_err(batchnorm::backward_train(
-            (&mut dx, batchnorm::DxMode::Add), &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg
+            (&mut dx, DxMode::Add), &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg
         )));
     }
 
@@ -382,7 +382,7 @@ fn bn_calls(l: [usize; 4], shape: Shape4, cfg: &BatchNormConfig) -> [bool; 4] {
         batchnorm::forward_train(&mut o, &mut c1, &mut c2, &mut c3, &mut c4, &t, &p, &p, shape, cfg, Identity),
         batchnorm::forward_eval(&mut o, &t, &p, &p, &c, &c, shape, cfg, Identity),
         batchnorm::backward_train(
-            (&mut o, batchnorm::DxMode::Add),
+            (&mut o, DxMode::Add),
             &mut p1,
             &mut p2,
             &mut sc,
@@ -916,7 +916,7 @@ fn every_backward_accumulates() {
     {
         doubles(name, &[s.len(), s.c, s.c], |g| {
             let [dx, dg, db] = g else { unreachable!() };
-            let dx = (&mut dx[..], batchnorm::DxMode::Add);
+            let dx = (&mut dx[..], DxMode::Add);
             batchnorm::backward_train(dx, dg, db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg).unwrap()
         });
     }

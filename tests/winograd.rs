@@ -8,6 +8,7 @@ mod common;
 
 use common::rand_vec;
 use nhpatch::error::Result;
+use nhpatch::layers::DxMode;
 use nhpatch::layers::conv2d::Epilogue;
 use nhpatch::layers::winograd::{Winograd, Winograd4, Winograd4Workspace, WinogradWorkspace};
 use nhpatch::rng::Rng;
@@ -60,7 +61,7 @@ macro_rules! impl_wino {
                 self.forward_fused(out, x, w, e, n, ws)
             }
             fn bwd(&self, dx: &mut [f32], dout: &[f32], w: &[f32], n: usize, ws: &mut $ws) -> Result<()> {
-                self.backward_data(dx, dout, w, n, ws)
+                self.backward_data((dx, DxMode::Add), dout, w, n, ws)
             }
         }
     };

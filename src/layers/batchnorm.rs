@@ -26,6 +26,7 @@
 
 use crate::dist::Collective;
 use crate::error::{Result, check_len};
+use crate::layers::DxMode;
 use crate::ops::elementwise::{par_min_items, relu_mask};
 use crate::ops::reduce::{CHANNEL_BLOCK, MASK_BLOCK, channel_block_grad_sums, channel_block_mean_m2, channel_sum};
 use crate::shape::Shape4;
@@ -417,19 +418,6 @@ impl<'a> Upstream<'a> {
     pub fn through_relu(dout: &'a [f32], relu_out: &'a [f32]) -> Upstream<'a> {
         Upstream { dout, relu_out: Some(relu_out) }
     }
-}
-
-/// How a training backward delivers `dx`.
-///
-/// Why: the rule is to add (`Add`), so gradients from several consumers
-/// sum; a caller whose `dx` buffer is fresh (BatchNorm's in a block, read
-/// only by the convolution before it) would zero it first, a write of the
-/// whole activation plus a read in the pass that adds. `Write` stores the
-/// gradient instead: the bits of adding into zeros, up to the sign of a zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DxMode {
-    Add,
-    Write,
 }
 
 /// Synchronised training backward, after [`forward_train_synced`]: `dgamma`

@@ -51,11 +51,11 @@
 
 use crate::error::{Error, Result, check_len, check_len_of};
 use crate::gemm::{MatMut, MatRef, gemm, gemm_dot};
-use crate::layers::conv2d_direct;
 use crate::layers::prepared::WeightsKey;
 use crate::layers::winograd::{
     Winograd, Winograd4, Winograd4Workspace, WinogradS2, WinogradS2Workspace, WinogradWorkspace,
 };
+use crate::layers::{DxMode, conv2d_direct};
 use crate::ops::im2col::{Padding, Window, col2im_add, im2col};
 use crate::ops::reduce::add_partials;
 use crate::shape::Shape4;
@@ -150,7 +150,7 @@ impl WinogradPlan {
 
     fn backward_data(
         &self,
-        dx: &mut [f32],
+        dx: (&mut [f32], DxMode),
         dout: &[f32],
         weight: &[f32],
         n: usize,
@@ -569,6 +569,22 @@ impl Conv2d {
         n: usize,
         ws: &mut ConvWorkspace,
     ) -> Result<()> {
+        self.backward_with(grads, DxMode::Add, dout, x, weight, n, ws)
+    }
+
+    /// `backward` with `dx` written rather than added when `dx_mode` is
+    /// `Write` (a fresh buffer, not zeroed; see `DxMode`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with(
+        &self,
+        grads: ConvGrads<'_>,
+        dx_mode: DxMode,
+        dout: &[f32],
+        x: &[f32],
+        weight: &[f32],
+        n: usize,
+        ws: &mut ConvWorkspace,
+    ) -> Result<()> {
         self.check_call(n, x.len(), dout.len(), weight.len(), ws)?;
         check_len("conv2d weight gradient", grads.dweight.len(), self.weight_len())?;
         self.check_bias("conv2d bias gradient", grads.dbias.as_ref().map(|b| b.len()))?;
@@ -579,12 +595,12 @@ impl Conv2d {
             return Ok(());
         }
         if self.is_dense() {
-            return self.backward_dense(grads, dout, x, weight, n);
+            return self.backward_dense((grads, dx_mode), (dout, x, weight), n);
         }
         if let (Some(wino), Some(wws)) = (self.winograd(ConvPass::Train), ws.wino_train.as_mut()) {
             wino.backward_weight((grads.dweight, grads.dbias), x, dout, n, wws)?;
             if let Some(dx) = grads.dx {
-                wino.backward_data(dx, dout, weight, n, wws)?;
+                wino.backward_data((dx, dx_mode), dout, weight, n, wws)?;
             }
             return Ok(());
         }
@@ -597,7 +613,7 @@ impl Conv2d {
             ws.db_part = vec![0.0; shards * cout];
         }
         let ws = &mut *ws;
-        let ctx = ShardCtx { layer: self, weight, lanes: &ws.lanes, tile_imgs: ws.tile_imgs };
+        let ctx = ShardCtx { layer: self, weight, lanes: &ws.lanes, tile_imgs: ws.tile_imgs, dx_mode };
         let lens = (self.win.in_len(), cout * self.win.p(), ws.shard_imgs);
         for_each_backward_shard(
             (&mut ws.dw_part, &mut ws.db_part),
@@ -614,7 +630,12 @@ impl Conv2d {
     }
 
     /// Dense backward: dW[cout, K] += dout^T[cout, n] * X[n, K]; dX[n, K] += dout[n, cout] * W[cout, K].
-    fn backward_dense(&self, grads: ConvGrads<'_>, dout: &[f32], x: &[f32], weight: &[f32], n: usize) -> Result<()> {
+    fn backward_dense(
+        &self,
+        (grads, dx_mode): (ConvGrads<'_>, DxMode),
+        (dout, x, weight): (&[f32], &[f32], &[f32]),
+        n: usize,
+    ) -> Result<()> {
         let (cout, k) = (self.spec.cout, self.win.k());
         let x_mat = MatRef::row_major(x, n, k)?;
         let threads = rayon::current_num_threads();
@@ -634,9 +655,10 @@ impl Conv2d {
         if let Some(dx) = grads.dx {
             let w = MatRef::row_major(weight, cout, k)?;
             let rows = n.div_ceil(threads).max(1);
+            let beta = if dx_mode == DxMode::Write { 0.0 } else { 1.0 };
             dx.par_chunks_mut(rows * k).zip(dout.par_chunks(rows * cout)).try_for_each(|(dxs, ds)| {
                 let r = ds.len() / cout;
-                gemm(1.0, MatRef::row_major(ds, r, cout)?, w, 1.0, MatMut::row_major(dxs, r, k)?)
+                gemm(1.0, MatRef::row_major(ds, r, cout)?, w, beta, MatMut::row_major(dxs, r, k)?)
             })?;
         }
         Ok(())
@@ -649,9 +671,18 @@ struct ShardCtx<'a> {
     weight: &'a [f32],
     lanes: &'a [Mutex<Lane>],
     tile_imgs: usize,
+    dx_mode: DxMode,
 }
 
 impl ShardCtx<'_> {
+    /// One image's dx ready for adds: zeroed first when it is to be written.
+    fn fresh<'d>(&self, dx: &'d mut [f32]) -> &'d mut [f32] {
+        if self.dx_mode == DxMode::Write {
+            dx.fill(0.0);
+        }
+        dx
+    }
+
     /// One shard: dwp/dbp are this shard's partials (overwritten), dxs its slice of dx (accumulated).
     fn shard_backward(
         &self,
@@ -670,6 +701,8 @@ impl ShardCtx<'_> {
         if l.is_direct() {
             for (i, (xi, di)) in xs.chunks_exact(in_len).zip(ds.chunks_exact(out_len)).enumerate() {
                 let dxi = dxs.as_deref_mut().map(|d| &mut d[i * in_len..(i + 1) * in_len]);
+                // Write: each image's dx zeroed just before its adds, in cache.
+                let dxi = dxi.map(|d| self.fresh(d));
                 conv2d_direct::backward_image(dxi, dwp, di, xi, self.weight, &l.win);
                 if l.spec.bias {
                     dbp[0] += di.iter().sum::<f32>();
@@ -717,7 +750,8 @@ impl ShardCtx<'_> {
                 let dcol = &mut lane.col[..k * cols];
                 gemm(1.0, w.t(), d_o, 0.0, MatMut::row_major(dcol, k, cols)?)?;
                 for j in 0..tn {
-                    col2im_add(&mut dxs[(t0 + j) * in_len..(t0 + j + 1) * in_len], dcol, cols, j * p, &l.win)?;
+                    let dxi = self.fresh(&mut dxs[(t0 + j) * in_len..(t0 + j + 1) * in_len]);
+                    col2im_add(dxi, dcol, cols, j * p, &l.win)?;
                 }
             }
         }

@@ -30,8 +30,8 @@ use crate::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads, ConvPass, ConvWorkspa
 use crate::layers::conv2d_bf16::Bf16ConvWorkspace;
 use crate::layers::conv2d_q8::{Q8ConvWorkspace, Q8LayerIn, Q8LayerOut};
 use crate::layers::prepared::WeightsKey;
-use crate::layers::relu;
 use crate::layers::upconv::{ImageSlot, UpConv, UpConvWorkspace};
+use crate::layers::{DxMode, relu};
 use crate::params::ParamLayout;
 use crate::rng::Rng;
 use crate::shape::Shape4;
@@ -463,7 +463,7 @@ impl Block {
         params: &[f32],
         grads: &mut [f32],
         dout: &[f32],
-        dx: Option<&mut [f32]>,
+        dx: Option<(&mut [f32], DxMode)>,
         scratch: &mut Scratch,
         n: usize,
     ) -> Result<()> {
@@ -484,7 +484,7 @@ impl Block {
             let d = &mut scratch.g_bn[..len];
             let (mean, is, pre, gamma) = (&st.mean, &st.inv_std, &st.pre, &params[g]);
             let sums = &mut scratch.bn_sums[..2 * cfg.channels];
-            let dx = (&mut *d, batchnorm::DxMode::Write);
+            let dx = (&mut *d, DxMode::Write);
             match &scratch.comm {
                 Some(comm) => batchnorm::backward_train_synced(
                     dx,
@@ -510,15 +510,23 @@ impl Block {
             BlockInput::Upsampled(x) => {
                 let (dweight, dbias) = self.conv_grads(grads);
                 let (layer, ws) = self.upconv(&mut st.upconv, st.weights_key, n)?;
+                // The upsampled convolution only adds: a buffer to be written is zeroed first.
+                let dx = dx.map(|(d, mode)| {
+                    if mode == DxMode::Write {
+                        d.fill(0.0);
+                    }
+                    d
+                });
                 return layer.backward(ConvGrads { dx, dweight, dbias }, cur, x, &params[self.weight.clone()], n, ws);
             }
         };
-        if let Some(dx) = &dx {
+        if let Some((dx, _)) = &dx {
             crate::error::check_len("block input gradient", dx.len(), self.in_len(n))?;
         }
         let (dweight, dbias) = self.conv_grads(grads);
+        let (dx, dx_mode) = dx.map_or((None, DxMode::Add), |(d, m)| (Some(d), m));
         let grads = ConvGrads { dx, dweight, dbias };
-        self.conv.backward(grads, cur, x, &params[self.weight.clone()], n, &mut st.conv)
+        self.conv.backward_with(grads, dx_mode, cur, x, &params[self.weight.clone()], n, &mut st.conv)
     }
 
     /// The convolution's weight and bias gradients in the gradient arena.

@@ -25,7 +25,7 @@ use crate::layers::conv2d_q8::{Q8LayerIn, Q8LayerOut};
 use crate::layers::dropout::{self, DropoutConfig};
 use crate::layers::prepared::WeightsKey;
 use crate::layers::upconv::ImageSlot;
-use crate::layers::{concat, input_norm, l2norm, maxpool, residual, upsample};
+use crate::layers::{DxMode, concat, input_norm, l2norm, maxpool, residual, upsample};
 use crate::rng::Rng;
 use std::mem::take;
 
@@ -397,8 +397,11 @@ pub(crate) fn backward(
         let o = node.output;
         let len_of = |t: TensorId| g.shape(t, n).len();
         let d_out: Taken = plan.slot(o).map(|s| (s, take(&mut slots[s])));
-        // The inputs' gradient buffers, zeroed by their first writer.
+        // The inputs' gradient buffers, zeroed by their first writer; a
+        // block writes its own over the buffer instead (`DxMode::Write`).
+        let is_block = matches!(node.op, Op::Block(_));
         let mut d_in: [Taken; 2] = [None, None];
+        let mut d_mode = [DxMode::Add; 2];
         for (pos, &t) in inputs.iter().enumerate() {
             if t != INPUT
                 && g.needs_grad(t, with_input)
@@ -406,7 +409,11 @@ pub(crate) fn backward(
             {
                 let mut buf = take(&mut slots[s]);
                 if plan.first_write(i, pos) {
-                    buf[..len_of(t)].fill(0.0);
+                    if is_block {
+                        d_mode[pos] = DxMode::Write;
+                    } else {
+                        buf[..len_of(t)].fill(0.0);
+                    }
                 }
                 d_in[pos] = Some((s, buf));
             }
@@ -429,6 +436,7 @@ pub(crate) fn backward(
             match (node.op, &mut states[i]) {
                 (Op::Block(b), NodeState::Block(st)) => {
                     let input = if fused.is_some() { BlockInput::Upsampled(a) } else { BlockInput::Plain(a) };
+                    let da = da.map(|d| (d, if inputs[0] == INPUT { DxMode::Add } else { d_mode[0] }));
                     g.blocks[b].backward(st, &acts[o], input, params, grads, dy, da, scratch, n)
                 }
                 (Op::MaxPool, NodeState::Pool { argmax }) => needed(da, |d| maxpool::backward(d, dy, argmax, sa)),

@@ -36,6 +36,7 @@ pub use s2::{WinogradS2, WinogradS2Workspace};
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, best_kernel, gemm, gemm_packed_a, pack_a, packed_a_len, prefetch_l2};
+use crate::layers::DxMode;
 use crate::layers::prepared::Prepared;
 use crate::ops::epilogue::Epilogue;
 use crate::ops::reduce::add_partials;
@@ -88,16 +89,17 @@ macro_rules! winograd_layer {
                 Ok($geom { cin, cout, h, w })
             }
 
-            /// `dx[n, cin, h, w] +=` the adjoint of `forward` (without bias) applied to `dout[n, cout, h, w]`.
+            /// `dx[n, cin, h, w] +=` (or `=`, by `mode`) the adjoint of `forward`
+            /// (without bias) applied to `dout[n, cout, h, w]`.
             pub fn backward_data(
                 &self,
-                dx: &mut [f32],
+                (dx, mode): (&mut [f32], $crate::layers::DxMode),
                 dout: &[f32],
                 weight: &[f32],
                 n: usize,
                 ws: &mut $ws,
             ) -> $crate::error::Result<()> {
-                ws.0.backward_data(self, dx, dout, weight, n)
+                ws.0.backward_data(self, (dx, mode), dout, weight, n)
             }
         }
     };
@@ -282,7 +284,7 @@ impl<T: Tiling> Workspace<T> {
     pub(super) fn backward_data(
         &mut self,
         geom: &T,
-        dx: &mut [f32],
+        (dx, mode): (&mut [f32], DxMode),
         dout: &[f32],
         weight: &[f32],
         n: usize,
@@ -297,7 +299,8 @@ impl<T: Tiling> Workspace<T> {
         }
         let (raw, packed) = (&mut self.u_raw, self.packed);
         let u = self.u.get(weight, 1, |w, u| prepare(geom, raw, u, packed, w, true))?;
-        let pass = Pass { cs: cout, cd: cin, u, packed, epi: Epilogue::default(), accumulate: true, planes };
+        let accumulate = mode == DxMode::Add;
+        let pass = Pass { cs: cout, cd: cin, u, packed, epi: Epilogue::default(), accumulate, planes };
         run_pass(geom, &pass, dx, dout, (self.shard_imgs, self.group_imgs), &self.lanes)
     }
 
