@@ -20,9 +20,12 @@
 //! - eval backward: the statistics are constants, so `dx = dout * gamma * inv_std`,
 //!   with the same `dgamma`, `dbeta`.
 //!
-//! Threads: the reductions run one channel per rayon task (fixed order inside);
-//! the elementwise passes run one image per task. Either way each result is
-//! computed by the same sequence of operations for any thread count.
+//! Threads: the reductions take a block of channels at a time, cut into
+//! groups of channels across the pool, each group reading its planes image
+//! by image (`reduce::channel_block_mean_m2`; a channel's fold has one fixed
+//! order inside); the elementwise passes run one image per task. Either way
+//! each result is computed by the same sequence of operations for any thread
+//! count.
 
 use crate::dist::Collective;
 use crate::error::{Result, check_len};

@@ -452,8 +452,9 @@ impl Block {
     }
 
     /// Accumulates the parameter gradients into `grads` and, when given, the
-    /// input gradient into `dx`, for `dout` (the gradient w.r.t. `out`, the
-    /// forward's output) after a training forward on the same input `x`.
+    /// input gradient into `dx` (or over it: `DxMode::Write`), for `dout`
+    /// (the gradient w.r.t. `out`, the forward's output) after a training
+    /// forward on the same input `x`.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
