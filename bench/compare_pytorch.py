@@ -134,12 +134,12 @@ def rate(step, items, seconds):
     model whose step takes about a second (HardNet's training) was timed
     with oneDNN still creating its primitives, 25-30% below its rate after
     another workload of the same shapes had run in the process."""
+    per_rep = max(seconds / 5, 0.05)
     t, calls = time.perf_counter(), 0
-    while calls < 2 or time.perf_counter() - t < max(seconds / 5, 0.05):
+    while calls < 2 or time.perf_counter() - t < per_rep:
         step()
         calls += 1
     reps = []
-    per_rep = max(seconds / 5, 0.05)
     for _ in range(5):
         t, n = time.perf_counter(), 0
         while n == 0 or time.perf_counter() - t < per_rep:

@@ -561,6 +561,19 @@ fn upsampled_two_by_two_conv_gradients_match_the_upsampled_conv() {
         let (nx, nw, nb) = run(2, false);
         assert!(nx.iter().all(|&v| v == 0.5), "no input gradient asked for");
         assert_eq!((bits(&nw), bits(&nb)), (bits(&gw), bits(&gb)), "without dx");
+        // DxMode::Write over a NaN-filled dx: the values added into zeros, at 1 and 2 threads.
+        for threads in [1, 2] {
+            let (mut ax, mut aw, mut ab) = (vec![0.0f32; x.len()], vec![0.0f32; wt.len()], vec![0.0f32; cout]);
+            let (mut wx, mut ww, mut wb) = (vec![f32::NAN; x.len()], vec![0.0f32; wt.len()], vec![0.0f32; cout]);
+            nhpatch::threads::pool(threads).unwrap().install(|| {
+                let mut ws = l.workspace(n);
+                let grads = ConvGrads { dx: Some(&mut ax[..]), dweight: &mut aw, dbias: Some(&mut ab) };
+                l.backward(grads, &dout, &x, &wt, n, &mut ws).unwrap();
+                let grads = ConvGrads { dx: Some(&mut wx[..]), dweight: &mut ww, dbias: Some(&mut wb) };
+                l.backward_with(grads, DxMode::Write, &dout, &x, &wt, n, &mut ws).unwrap();
+            });
+            assert!(wx == ax && (&ww, &wb) == (&aw, &ab), "upconv Write at {threads} threads");
+        }
     }
 }
 

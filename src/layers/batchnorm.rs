@@ -172,28 +172,34 @@ fn normalize(
     });
 }
 
-/// `sums[2i..2i+2] = (sum g, sum g * xhat)` over channel `c = c0 + i`,
-/// `xhat = (x - mu) * inv_std` with `(mu, inv_std) = stats(c)`, `g = dout`,
-/// or `dout` where `relu_out > 0` (else 0) when given. The reductions run a
-/// block of channels at a time (`reduce::channel_block_grad_sums`, image by
-/// image), their f64 results on the stack.
+/// `f(c0, acc)` for the channels `0..channels` a block at a time
+/// (`reduce::CHANNEL_BLOCK`), `acc` holding one f64 pair per channel of the
+/// block, on the stack: the block reductions' results, with no buffer to size.
+fn by_blocks(channels: usize, mut f: impl FnMut(usize, &mut [(f64, f64)]) -> Result<()>) -> Result<()> {
+    for c0 in (0..channels).step_by(CHANNEL_BLOCK) {
+        let mut acc = [(0.0f64, 0.0f64); CHANNEL_BLOCK];
+        f(c0, &mut acc[..CHANNEL_BLOCK.min(channels - c0)])?;
+    }
+    Ok(())
+}
+
+/// `put(c, sum g, sum g * xhat)` for every channel `c`, `xhat = (x - mu) *
+/// inv_std` with `(mu, inv_std) = stats(c)`, `g = dout`, or `dout` where
+/// `relu_out > 0` (else 0) when given; the sums image by image
+/// (`reduce::channel_block_grad_sums`).
 fn grad_sums(
-    sums: &mut [f32],
-    c0: usize,
     (dout, relu_out, x): (&[f32], Option<&[f32]>, &[f32]),
     shape: Shape4,
     stats: impl Fn(usize) -> (f32, f64) + Sync,
+    mut put: impl FnMut(usize, f32, f32),
 ) -> Result<()> {
-    for (b, block) in sums.chunks_mut(2 * CHANNEL_BLOCK).enumerate() {
-        let c0 = c0 + b * CHANNEL_BLOCK;
-        let mut acc = [(0.0f64, 0.0f64); CHANNEL_BLOCK];
-        let acc = &mut acc[..block.len() / 2];
+    by_blocks(shape.c, |c0, acc| {
         channel_block_grad_sums(acc, dout, relu_out, x, |c| stats(c).0 as f64, shape, c0)?;
-        for (i, (s, &(sum, dot))) in block.chunks_exact_mut(2).zip(acc.iter()).enumerate() {
-            (s[0], s[1]) = (sum as f32, (dot * stats(c0 + i).1) as f32);
+        for (c, &(sum, dot)) in (c0..).zip(acc.iter()) {
+            put(c, sum as f32, (dot * stats(c).1) as f32);
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The length checks of both training forwards.
@@ -242,16 +248,14 @@ pub fn forward_train(
 ) -> Result<()> {
     check_train_forward(out, mean, inv_std, running_mean, running_var, x, gamma, beta, shape, cfg)?;
     let m = train_count(shape)? as f64;
-    // A block of channels at a time, image by image (`reduce::channel_block_mean_m2`).
-    for c0 in (0..cfg.channels).step_by(CHANNEL_BLOCK) {
-        let mut acc = [(0.0f64, 0.0f64); CHANNEL_BLOCK];
-        let acc = &mut acc[..CHANNEL_BLOCK.min(cfg.channels - c0)];
+    // Image by image, a block of channels at a time (`reduce::channel_block_mean_m2`).
+    by_blocks(cfg.channels, |c0, acc| {
         channel_block_mean_m2(acc, x, shape, c0)?;
-        for (i, &(bm, m2)) in acc.iter().enumerate() {
-            let c = c0 + i;
+        for (c, &(bm, m2)) in (c0..).zip(acc.iter()) {
             set_stats((&mut mean[c], &mut inv_std[c], &mut running_mean[c], &mut running_var[c]), bm, m2, m, cfg);
         }
-    }
+        Ok(())
+    })?;
     normalize(out, x, gamma, beta, shape, act, |c| (mean[c], inv_std[c]));
     Ok(())
 }
@@ -478,7 +482,14 @@ fn backward_impl(
     )?;
     check_len("batchnorm backward: scratch", scratch.len(), 2 * cfg.channels)?;
     let m = train_count(shape)?;
-    grad_sums(scratch, 0, (dout, relu_out, x), shape, |c| (mean[c], inv_std[c] as f64))?;
+    grad_sums(
+        (dout, relu_out, x),
+        shape,
+        |c| (mean[c], inv_std[c] as f64),
+        |c, sum, dot| {
+            (scratch[2 * c], scratch[2 * c + 1]) = (sum, dot);
+        },
+    )?;
     accumulate_affine(dgamma, dbeta, scratch);
     let mut m = m as f64;
     if let Some((comm, buf)) = sync {
@@ -553,14 +564,17 @@ pub fn backward_eval(
         ],
     )?;
     let inv_std = |c: usize| 1.0 / (running_var[c] as f64 + cfg.eps as f64).sqrt();
-    // The per-channel sums a block at a time into a stack buffer, then
-    // added; without affine there is nothing to add them to.
-    let affine_channels = if cfg.affine { cfg.channels } else { 0 };
-    for c0 in (0..affine_channels).step_by(CHANNEL_BLOCK) {
-        let mut sums = [0.0f32; 2 * CHANNEL_BLOCK];
-        let sums = &mut sums[..2 * CHANNEL_BLOCK.min(cfg.channels - c0)];
-        grad_sums(sums, c0, (dout, None, x), shape, |c| (running_mean[c], inv_std(c)))?;
-        accumulate_affine(&mut dgamma[c0..], &mut dbeta[c0..], sums);
+    // Without affine there is nothing to add the sums to.
+    if cfg.affine {
+        grad_sums(
+            (dout, None, x),
+            shape,
+            |c| (running_mean[c], inv_std(c)),
+            |c, sum, dot| {
+                dbeta[c] += sum;
+                dgamma[c] += dot;
+            },
+        )?;
     }
     for_each_plane(dx, dout, dout, shape, |c, dx, dy, _| {
         let k = affine_of(gamma, &[], c).0 * inv_std(c) as f32;

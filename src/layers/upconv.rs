@@ -54,6 +54,7 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
+use crate::layers::DxMode;
 use crate::layers::conv2d::{
     Conv2dSpec, ConvGrads, Epilogue, MAX_SHARDS, TILE_COLS, for_each_backward_shard, lanes, lock_lane,
 };
@@ -247,6 +248,23 @@ impl UpConv {
         n: usize,
         ws: &mut UpConvWorkspace,
     ) -> Result<()> {
+        self.backward_with(grads, DxMode::Add, dout, x, weight, n, ws)
+    }
+
+    /// `backward` with `dx` written rather than added when `dx_mode` is
+    /// `Write` (a fresh buffer, not zeroed; see `DxMode`), as
+    /// `Conv2d::backward_with`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with(
+        &self,
+        grads: ConvGrads<'_>,
+        dx_mode: DxMode,
+        dout: &[f32],
+        x: &[f32],
+        weight: &[f32],
+        n: usize,
+        ws: &mut UpConvWorkspace,
+    ) -> Result<()> {
         self.check_workspace(n, ws)?;
         check_len("upconv x", x.len(), n * self.in_len())?;
         check_len("upconv dout", dout.len(), n * self.out_len())?;
@@ -278,7 +296,11 @@ impl UpConv {
             let mut guard = lock_lane(lanes);
             let lane = &mut *guard;
             for (t, (xt, dt)) in xs.chunks(ti * in_len).zip(ds.chunks(ti * out_len)).enumerate() {
-                let dxt = dxs.as_deref_mut().map(|d| &mut d[t * ti * in_len..][..xt.len()]);
+                let mut dxt = dxs.as_deref_mut().map(|d| &mut d[t * ti * in_len..][..xt.len()]);
+                // Write: the tile's dx zeroed just before its adds, in cache.
+                if let (Some(d), DxMode::Write) = (dxt.as_deref_mut(), dx_mode) {
+                    d.fill(0.0);
+                }
                 self.tile_backward(lane, dvp, dbp, dxt, xt, dt, v)?;
             }
             Ok(())

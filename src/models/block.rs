@@ -506,28 +506,22 @@ impl Block {
             }
             cur = d;
         }
-        let x = match x {
-            BlockInput::Plain(x) => x,
-            BlockInput::Upsampled(x) => {
-                let (dweight, dbias) = self.conv_grads(grads);
-                let (layer, ws) = self.upconv(&mut st.upconv, st.weights_key, n)?;
-                // The upsampled convolution only adds: a buffer to be written is zeroed first.
-                let dx = dx.map(|(d, mode)| {
-                    if mode == DxMode::Write {
-                        d.fill(0.0);
-                    }
-                    d
-                });
-                return layer.backward(ConvGrads { dx, dweight, dbias }, cur, x, &params[self.weight.clone()], n, ws);
-            }
-        };
-        if let Some((dx, _)) = &dx {
-            crate::error::check_len("block input gradient", dx.len(), self.in_len(n))?;
-        }
-        let (dweight, dbias) = self.conv_grads(grads);
         let (dx, dx_mode) = dx.map_or((None, DxMode::Add), |(d, m)| (Some(d), m));
+        let (dweight, dbias) = self.conv_grads(grads);
         let grads = ConvGrads { dx, dweight, dbias };
-        self.conv.backward_with(grads, dx_mode, cur, x, &params[self.weight.clone()], n, &mut st.conv)
+        let weight = &params[self.weight.clone()];
+        match x {
+            BlockInput::Upsampled(x) => {
+                let (layer, ws) = self.upconv(&mut st.upconv, st.weights_key, n)?;
+                layer.backward_with(grads, dx_mode, cur, x, weight, n, ws)
+            }
+            BlockInput::Plain(x) => {
+                if let Some(dx) = &grads.dx {
+                    crate::error::check_len("block input gradient", dx.len(), self.in_len(n))?;
+                }
+                self.conv.backward_with(grads, dx_mode, cur, x, weight, n, &mut st.conv)
+            }
+        }
     }
 
     /// The convolution's weight and bias gradients in the gradient arena.

@@ -436,7 +436,8 @@ pub(crate) fn backward(
             match (node.op, &mut states[i]) {
                 (Op::Block(b), NodeState::Block(st)) => {
                     let input = if fused.is_some() { BlockInput::Upsampled(a) } else { BlockInput::Plain(a) };
-                    let da = da.map(|d| (d, if inputs[0] == INPUT { DxMode::Add } else { d_mode[0] }));
+                    // The model's input (the caller's dx) keeps `Add`: the loop above skipped it.
+                    let da = da.map(|d| (d, d_mode[0]));
                     g.blocks[b].backward(st, &acts[o], input, params, grads, dy, da, scratch, n)
                 }
                 (Op::MaxPool, NodeState::Pool { argmax }) => needed(da, |d| maxpool::backward(d, dy, argmax, sa)),

@@ -207,7 +207,8 @@ fn im2col_stride2(col: &mut [f32], ld: usize, col0: usize, x: &[f32], g: &Window
                     (0..g.kw).for_each(|kj| zero_short(&mut col[at(kj)..at(kj) + wo]));
                     continue;
                 };
-                split_row(&mut split[..2 * half], &plane[iy * g.w..(iy + 1) * g.w]);
+                let (even, odd) = split[..2 * half].split_at_mut(half);
+                load_row(even, odd, &plane[iy * g.w..(iy + 1) * g.w]);
                 for kj in 0..g.kw {
                     let dst = &mut col[at(kj)..at(kj) + wo];
                     let (lo, hi) = g.valid_cols(kj);
@@ -267,17 +268,42 @@ fn col2im_add_strided(dx: &mut [f32], dcol: &[f32], ld: usize, col0: usize, g: &
     }
 }
 
-/// `split = [even columns of row | odd columns]`, each half `row.len().div_ceil(2)` long.
-fn split_row(split: &mut [f32], row: &[f32]) {
-    let half = row.len().div_ceil(2);
-    let (even, odd) = split.split_at_mut(half);
-    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
-        (*e, *o) = (pair[0], pair[1]);
+/// even[k] = src[2k], odd[k] = src[2k + 1], zero past the end of `src`.
+pub(crate) fn load_row(even: &mut [f32], odd: &mut [f32], src: &[f32]) {
+    let w = src.len();
+    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
+        *e = pair[0];
+        *o = pair[1];
     }
-    if row.len() % 2 == 1 {
-        even[half - 1] = row[row.len() - 1];
+    if w % 2 == 1 {
+        even[w / 2] = src[w - 1];
+        odd[w / 2] = 0.0;
     }
 }
+
+/// dst[2k] (=|+=) even[k], dst[2k + 1] (=|+=) odd[k], for the `dst.len()` columns that exist.
+pub(crate) fn store_row(dst: &mut [f32], even: &[f32], odd: &[f32], accumulate: bool) {
+    let w = dst.len();
+    let pairs = dst.chunks_exact_mut(2).zip(even.iter().zip(odd));
+    if accumulate {
+        pairs.for_each(|(d, (e, o))| {
+            d[0] += e;
+            d[1] += o;
+        });
+        if w % 2 == 1 {
+            dst[w - 1] += even[w / 2];
+        }
+    } else {
+        pairs.for_each(|(d, (e, o))| {
+            d[0] = *e;
+            d[1] = *o;
+        });
+        if w % 2 == 1 {
+            dst[w - 1] = even[w / 2];
+        }
+    }
+}
+
 
 /// `col2im_add` for stride 2, the adjoint of `im2col_stride2`: each input
 /// row touched is split once into its even and odd columns, every kernel
@@ -296,7 +322,8 @@ fn col2im_add_stride2(dx: &mut [f32], dcol: &[f32], ld: usize, col0: usize, g: &
             for oy in 0..g.ho {
                 let Some(iy) = g.in_row(oy, ki) else { continue };
                 let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
-                split_row(&mut split[..2 * half], dst);
+                let (even, odd) = split[..2 * half].split_at_mut(half);
+                load_row(even, odd, dst);
                 for kj in 0..g.kw {
                     let (lo, hi) = g.valid_cols(kj);
                     if lo < hi {
@@ -307,12 +334,7 @@ fn col2im_add_stride2(dx: &mut [f32], dcol: &[f32], ld: usize, col0: usize, g: &
                     }
                 }
                 let (even, odd) = split[..2 * half].split_at(half);
-                for ((e, o), pair) in even.iter().zip(odd).zip(dst.chunks_exact_mut(2)) {
-                    (pair[0], pair[1]) = (*e, *o);
-                }
-                if g.w % 2 == 1 {
-                    dst[g.w - 1] = even[half - 1];
-                }
+                store_row(dst, even, odd, false);
             }
         }
     }
@@ -375,23 +397,17 @@ mod tests {
             let (mut fast, mut slow) = (vec![f32::NAN; g.k() * ld], vec![f32::NAN; g.k() * ld]);
             im2col(&mut fast, ld, col0, &x, &g).unwrap();
             im2col_strided(&mut slow, ld, col0, &x, &g);
-            assert_eq!(fast.map_bits(), slow.map_bits(), "im2col {g:?}");
+            assert_eq!(bits(&fast), bits(&slow), "im2col {g:?}");
             // Accumulating into a non-zero dx shows the order of the adds.
             let (mut fast, mut slow) = (x.clone(), x.clone());
             col2im_add(&mut fast, &c, ld, col0, &g).unwrap();
             col2im_add_strided(&mut slow, &c, ld, col0, &g);
-            assert_eq!(fast.map_bits(), slow.map_bits(), "col2im {g:?}");
+            assert_eq!(bits(&fast), bits(&slow), "col2im {g:?}");
         }
     }
 
-    trait Bits {
-        fn map_bits(&self) -> Vec<u32>;
-    }
-
-    impl Bits for Vec<f32> {
-        fn map_bits(&self) -> Vec<u32> {
-            self.iter().map(|v| v.to_bits()).collect()
-        }
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
     }
 
     #[test]

@@ -134,7 +134,6 @@ fn sum_and_dot_centered(a: &[f32], mask: Option<&[f32]>, b: &[f32], b_mean: f64)
 pub const MASK_BLOCK: usize = 256;
 const _: () = assert!(MASK_BLOCK.is_multiple_of(LANES));
 
-
 /// `(sum g, sum g * (b - b_mean))` over channel `c` of tensors of shape
 /// `shape`, `g = a`, or `a` where `mask > 0` (else 0) when `mask` is given:
 /// [`channel_sum`] and [`channel_dot_centered`] of `g` in one pass, the same bits.

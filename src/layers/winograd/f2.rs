@@ -40,6 +40,7 @@
 //! The shared machinery (threads, lanes, workspace, driver) is in the parent module.
 
 use super::{Tiling, WeightGrad, group_imgs, transform_weights, winograd_layer};
+use crate::ops::im2col::{load_row, store_row};
 
 /// Runs `$body` with `$g` bound to a copy of the geometry `$t` whose plane
 /// size is a literal for the square planes the models use (8, 16 and 32),
@@ -284,19 +285,6 @@ impl Winograd {
     }
 }
 
-/// even[k] = src[2k], odd[k] = src[2k + 1], zero past the end of `src`.
-fn load_row(even: &mut [f32], odd: &mut [f32], src: &[f32]) {
-    let w = src.len();
-    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
-        *e = pair[0];
-        *o = pair[1];
-    }
-    if w % 2 == 1 {
-        even[w / 2] = src[w - 1];
-        odd[w / 2] = 0.0;
-    }
-}
-
 /// d[k] = f(a[k], b[k]) over the shortest of the three.
 #[inline(always)]
 pub(super) fn map2(d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
@@ -308,27 +296,4 @@ pub(super) fn map2(d: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> 
 #[inline(always)]
 fn at4(x: [f32; 4]) -> [f32; 2] {
     [x[0] + x[1] + x[2], x[1] - x[2] - x[3]]
-}
-
-/// dst[2k] (=|+=) even[k], dst[2k + 1] (=|+=) odd[k], for the `dst.len()` columns that exist.
-pub(super) fn store_row(dst: &mut [f32], even: &[f32], odd: &[f32], accumulate: bool) {
-    let w = dst.len();
-    let pairs = dst.chunks_exact_mut(2).zip(even.iter().zip(odd));
-    if accumulate {
-        pairs.for_each(|(d, (e, o))| {
-            d[0] += e;
-            d[1] += o;
-        });
-        if w % 2 == 1 {
-            dst[w - 1] += even[w / 2];
-        }
-    } else {
-        pairs.for_each(|(d, (e, o))| {
-            d[0] = *e;
-            d[1] = *o;
-        });
-        if w % 2 == 1 {
-            dst[w - 1] = even[w / 2];
-        }
-    }
 }
