@@ -600,7 +600,12 @@ impl Network {
         let new = || -> Result<Kept> {
             Ok(Kept {
                 threads: rayon::current_num_threads(),
-                ws: self.model.inference_workspace_in(size, self.precision, self.calibration.as_ref())?,
+                ws: self.model.inference_workspace_for(
+                    size,
+                    self.precision,
+                    self.calibration.as_ref(),
+                    rayon::current_num_threads(),
+                )?,
                 pad: vec![0.0; size * PATCH_LEN],
             })
         };

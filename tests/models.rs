@@ -349,6 +349,42 @@ fn inference_workspaces_give_the_same_bits_and_refuse_training() {
 }
 
 #[test]
+fn inference_workspaces_in_parts_give_the_bits_of_one_workspace() {
+    // `inference_workspace_for` cuts a batch into parts run side by side:
+    // every model and precision, batches split evenly and not (7 patches in
+    // 2 and 3 parts, 2 patches for 3 threads), on pools of 2 and 3 threads,
+    // against one whole workspace on one thread; training on it is refused.
+    use nhpatch::{Int8Layers, Precision};
+    for arch in Arch::ALL {
+        let m = model(arch);
+        let mut p = m.init_params(&mut Rng::new(4));
+        let mut tws = m.workspace(5).unwrap();
+        m.forward_train(&mut tws, &mut p, &input(arch, 5, 3), &mut Rng::new(1)).unwrap();
+        let calib = m.calibrate(&p, &input(arch, 8, 5), Int8Layers::Auto).unwrap();
+        for precision in [Precision::F32, Precision::Int8, Precision::Bf16] {
+            for n in [2, 7] {
+                let x = input(arch, n, 6);
+                let want = threads::pool(1).unwrap().install(|| {
+                    let mut ws = m.inference_workspace_in(n, precision, Some(&calib)).unwrap();
+                    m.forward_eval(&mut ws, &p, &x).unwrap().to_vec()
+                });
+                for t in [2, 3] {
+                    let got = threads::pool(t).unwrap().install(|| {
+                        let mut ws = m.inference_workspace_for(n, precision, Some(&calib), t).unwrap();
+                        assert_eq!(ws.batch(), n);
+                        assert!(m.forward_train(&mut ws, &mut p.clone(), &x, &mut Rng::new(1)).is_err());
+                        m.forward_eval(&mut ws, &p, &x).unwrap().to_vec()
+                    });
+                    let same =
+                        got.len() == want.len() && got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{arch} {precision}: {n} patches in parts for {t} threads");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn bad_lengths_and_misuse_are_errors() {
     let m = model(Arch::Unet);
     let mut p = m.init_params(&mut Rng::new(1));

@@ -89,12 +89,18 @@ fn infer_allocations(arch: Arch, batch: usize) -> usize {
 
 /// Inference in `precision` (int8 calibrated on the batch itself).
 fn infer_allocations_in(arch: Arch, batch: usize, precision: Precision) -> usize {
+    infer_allocations_split(arch, batch, precision, 1)
+}
+
+/// As `infer_allocations_in`, on a workspace made for a pool of `threads`
+/// (`Model::inference_workspace_for`: the batch in parts run side by side).
+fn infer_allocations_split(arch: Arch, batch: usize, precision: Precision, threads: usize) -> usize {
     let model = Model::new(arch).unwrap();
     let mut rng = Rng::new(2);
     let params = model.init_params(&mut rng);
     let x = inputs(&mut rng, batch);
     let calib = model.calibrate(&params, &x, nhpatch::Int8Layers::Auto).unwrap();
-    let mut ws = model.inference_workspace_in(batch, precision, Some(&calib)).unwrap();
+    let mut ws = model.inference_workspace_for(batch, precision, Some(&calib), threads).unwrap();
     allocations(|| {
         model.forward_eval(&mut ws, &params, &x).unwrap();
     })
@@ -327,6 +333,21 @@ fn steps_after_warm_up_allocate_nothing() {
             ("bench workload: hardnet pairs", workload_allocations(Arch::HardNetOriginal, Mode::Train, hardnet, 8)),
         ]
     });
+    // Every model and precision on a workspace in parts (2 and 3 of a batch of 7).
+    let split: Vec<(&str, usize)> = pool.install(|| {
+        let archs = [Arch::Unet, Arch::Dncnn, Arch::HardNetBaseline, Arch::HardNetOriginal];
+        let precisions = [Precision::F32, Precision::Int8, Precision::Bf16];
+        let mut out = Vec::new();
+        for arch in archs {
+            for precision in precisions {
+                for threads in [2, 3] {
+                    let name = format!("{arch} infer {precision} in {threads} parts").leak() as &str;
+                    out.push((name, infer_allocations_split(arch, 7, precision, threads)));
+                }
+            }
+        }
+        out
+    });
     let lanes = winograd_lane_allocations();
     let counts = [
         vec![
@@ -334,6 +355,7 @@ fn steps_after_warm_up_allocate_nothing() {
             ("winograd weight gradient on a lane first used after warm-up", lanes),
         ],
         counts,
+        split,
         vec![
             ("unet through the C ABI", abi_allocations(Arch::Unet, "f32")),
             ("hardnet through the C ABI", abi_allocations(Arch::HardNetOriginal, "f32")),

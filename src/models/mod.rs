@@ -38,6 +38,7 @@ use crate::rng::Rng;
 use block::Block;
 use graph::{Graph, GraphBuilder};
 use quant::{Calibration, Int8Layers, Precision};
+use rayon::prelude::*;
 use std::ffi::CStr;
 
 /// Side of the square input patches.
@@ -216,6 +217,11 @@ pub struct Workspace {
     train: bool,
     /// This rank's share of a global batch (data-parallel training).
     shard: Option<Shard>,
+    /// An inference workspace made for a pool (`Model::inference_workspace_for`):
+    /// the batch's contiguous parts, each with buffers of its own (`bufs` is
+    /// then empty), and their outputs in order.
+    parts: Vec<Workspace>,
+    out: Vec<f32>,
 }
 
 impl Workspace {
@@ -233,6 +239,7 @@ impl Workspace {
     /// keeps the promise: `net::Network` uses a counter its `params_mut` advances.
     pub fn vouch_weights(&mut self, key: Option<WeightsKey>) {
         self.bufs.vouch_weights(key);
+        self.parts.iter_mut().for_each(|p| p.vouch_weights(key));
     }
 
     /// Makes training passes on this workspace one rank's share of a global
@@ -350,6 +357,47 @@ impl Model {
             trained: false,
             train,
             shard: None,
+            parts: Vec::new(),
+            out: Vec::new(),
+        })
+    }
+
+    /// As `inference_workspace_in`, for running on a pool of `threads`: a
+    /// batch of two patches or more is cut into `threads` contiguous parts
+    /// (fewer if it has fewer patches), each with buffers of its own, and
+    /// `forward_eval` runs the parts side by side, each through every layer. Why: split layer by layer, a batch's images move between
+    /// the cores from one layer to the next (each layer hands its shards to
+    /// whichever thread is free), so each layer reads its input from the other
+    /// core's cache or from memory; a part stays on one core, its activations
+    /// in that core's cache. An idle thread still takes shards of the other
+    /// part. The bits are those of one workspace: a patch's output does not
+    /// depend on the batch it runs in.
+    pub fn inference_workspace_for(
+        &self,
+        batch: usize,
+        precision: Precision,
+        calib: Option<&Calibration>,
+        threads: usize,
+    ) -> Result<Workspace> {
+        let parts = threads.min(batch);
+        if parts <= 1 {
+            return self.inference_workspace_in(batch, precision, calib);
+        }
+        let part = batch.div_ceil(parts);
+        let parts = (0..batch)
+            .step_by(part)
+            .map(|p0| self.inference_workspace_in(part.min(batch - p0), precision, calib))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Workspace {
+            arch: self.arch,
+            n: batch,
+            bufs: exec::Buffers::new(&self.graph, 0, ConvPass::Infer),
+            input: Vec::new(),
+            trained: false,
+            train: false,
+            shard: None,
+            parts,
+            out: vec![0.0; batch * self.out_len()],
         })
     }
 
@@ -462,7 +510,18 @@ impl Model {
     pub fn forward_eval<'w>(&self, ws: &'w mut Workspace, params: &[f32], x: &[f32]) -> Result<&'w [f32]> {
         self.check(ws, params.len(), x.len())?;
         ws.trained = false;
-        exec::forward(&self.graph, &mut ws.bufs, block::Pass::Eval(params), x, None)
+        if ws.parts.is_empty() {
+            return exec::forward(&self.graph, &mut ws.bufs, block::Pass::Eval(params), x, None);
+        }
+        // Parts of `part` patches, the last one shorter (`inference_workspace_for`).
+        let (part, out_len) = (ws.parts[0].n, self.out_len());
+        let parts =
+            ws.parts.par_iter_mut().zip(x.par_chunks(part * PATCH_LEN)).zip(ws.out.par_chunks_mut(part * out_len));
+        parts.try_for_each(|((p, x), o)| {
+            o.copy_from_slice(exec::forward(&self.graph, &mut p.bufs, block::Pass::Eval(params), x, None)?);
+            Ok::<_, Error>(())
+        })?;
+        Ok(&ws.out)
     }
 
     /// Accumulates into `grads` the gradient of a loss whose gradient w.r.t.

@@ -286,7 +286,8 @@ impl Workload {
                 Precision::Int8 => Some(model.calibrate(&params, &x, Int8Layers::Auto)?),
                 Precision::F32 | Precision::Bf16 => None,
             };
-            let mut ws = model.inference_workspace_in(batch, cfg.precision, calib.as_ref())?;
+            let threads = rayon::current_num_threads();
+            let mut ws = model.inference_workspace_for(batch, cfg.precision, calib.as_ref(), threads)?;
             // An inference workload never changes its parameters: vouched for
             // once, as `Network` does for its own (no comparison per call).
             ws.vouch_weights(Some(WeightsKey(0)));
