@@ -64,6 +64,20 @@ pub struct LoadOptions {
     pub arch: Option<Arch>,
 }
 
+/// Patches of the next internal batch when `left` remain: `INFER_BATCH`
+/// while that many remain, then the rest, which `run_batch` pads to the
+/// next power of two, unless padding would add more than a quarter of that
+/// size; then the largest power of two below the rest, and the remainder
+/// after it. So 129 patches run as 128 + 1, not as 256, and no batch spends
+/// more than a quarter of its work on padding.
+fn next_batch(left: usize) -> usize {
+    if left >= INFER_BATCH {
+        return INFER_BATCH;
+    }
+    let size = left.next_power_of_two();
+    if size - left <= size / 4 { left } else { size / 2 }
+}
+
 /// Inference workspaces of one batch size a `Network` keeps between calls, at least.
 const SPARE_WORKSPACES: usize = 2;
 
@@ -571,14 +585,16 @@ impl Network {
             return Ok(());
         }
         let pool = self.pool.read().unwrap_or_else(|e| e.into_inner()).clone();
-        for p0 in (0..n).step_by(INFER_BATCH) {
-            let p1 = n.min(p0 + INFER_BATCH);
+        let mut p0 = 0;
+        while p0 < n {
+            let p1 = p0 + next_batch(n - p0);
             let (x, o) = (patches.range(p0 * PATCH_LEN..p1 * PATCH_LEN), out.range(p0 * out_len..p1 * out_len));
             let _batch = Batch::start(&self.spare, pool.as_deref());
             match &pool {
                 Some(p) => p.install(|| self.run_batch(x, o)),
                 None => self.run_batch(x, o),
             }?;
+            p0 = p1;
         }
         Ok(())
     }
@@ -769,4 +785,39 @@ pub fn to_pixels(values: &mut [f32]) {
 /// One value as `to_pixels` makes it: rounded, clipped to 0..255.
 fn pixel(v: f32) -> f32 {
     v.round().clamp(0.0, 255.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batches `forward_into` cuts `n` patches into.
+    fn plan(n: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            out.push(next_batch(left));
+            left -= out.last().expect("pushed");
+        }
+        out
+    }
+
+    #[test]
+    fn batches_cover_the_patches_and_waste_at_most_a_quarter_on_padding() {
+        for n in 1..=3 * INFER_BATCH {
+            let batches = plan(n);
+            assert_eq!(batches.iter().sum::<usize>(), n, "{n}");
+            for &b in &batches {
+                let size = b.next_power_of_two();
+                assert!(b >= 1 && size <= INFER_BATCH && 4 * (size - b) <= size, "{n}: a batch of {b} in {size}");
+            }
+            // Full batches first; then at most one batch of each smaller size.
+            let tail: Vec<usize> = batches.iter().copied().filter(|&b| b < INFER_BATCH).collect();
+            assert_eq!(batches.len() - tail.len(), n / INFER_BATCH, "{n}: {batches:?}");
+            assert!(tail.windows(2).all(|w| w[0].next_power_of_two() > w[1].next_power_of_two()), "{n}: {batches:?}");
+        }
+        assert_eq!(plan(129), [128, 1]);
+        assert_eq!(plan(300), [256, 32, 12]);
+        assert_eq!(plan(255), [255]);
+    }
 }

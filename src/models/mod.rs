@@ -49,6 +49,12 @@ pub const PATCH_LEN: usize = PATCH * PATCH;
 pub const DESC_LEN: usize = 128;
 /// HardNet's dropout rate before the last convolution.
 pub const HARDNET_DROPOUT: f32 = 0.3;
+/// Parts of a batch at most in an inference workspace made for a pool
+/// (`Model::inference_workspace_for`): each part keeps its own copy of the
+/// prepared weights (Winograd transforms, int8 and bf16 weights, and the
+/// copy they were prepared from), so a pool of many threads shares each
+/// part's layers out instead of multiplying those copies.
+pub const MAX_INFERENCE_PARTS: usize = 8;
 
 /// Which network. Serialized as its [`name`](Arch::name) (`config.json`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -364,8 +370,9 @@ impl Model {
 
     /// As `inference_workspace_in`, for running on a pool of `threads`: a
     /// batch of two patches or more is cut into `threads` contiguous parts
-    /// (fewer if it has fewer patches), each with buffers of its own, and
-    /// `forward_eval` runs the parts side by side, each through every layer. Why: split layer by layer, a batch's images move between
+    /// (fewer if it has fewer patches, `MAX_INFERENCE_PARTS` at most), each
+    /// with buffers of its own, and `forward_eval` runs the parts side by
+    /// side, each through every layer. Why: split layer by layer, a batch's images move between
     /// the cores from one layer to the next (each layer hands its shards to
     /// whichever thread is free), so each layer reads its input from the other
     /// core's cache or from memory; a part stays on one core, its activations
@@ -379,7 +386,7 @@ impl Model {
         calib: Option<&Calibration>,
         threads: usize,
     ) -> Result<Workspace> {
-        let parts = threads.min(batch);
+        let parts = threads.min(batch).min(MAX_INFERENCE_PARTS);
         if parts <= 1 {
             return self.inference_workspace_in(batch, precision, calib);
         }
