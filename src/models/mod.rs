@@ -52,9 +52,10 @@ pub const HARDNET_DROPOUT: f32 = 0.3;
 /// Parts of a batch at most in an inference workspace made for a pool
 /// (`Model::inference_workspace_for`): each part keeps its own copy of the
 /// prepared weights (Winograd transforms, int8 and bf16 weights, and the
-/// copy they were prepared from), so a pool of many threads shares each
-/// part's layers out instead of multiplying those copies.
-pub const MAX_INFERENCE_PARTS: usize = 8;
+/// copy they were prepared from) and its own per-thread scratch, so a pool
+/// of many threads shares each part's layers out instead of multiplying
+/// those buffers by its thread count.
+pub const MAX_INFERENCE_PARTS: usize = 4;
 
 /// Which network. Serialized as its [`name`](Arch::name) (`config.json`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -372,13 +373,15 @@ impl Model {
     /// batch of two patches or more is cut into `threads` contiguous parts
     /// (fewer if it has fewer patches, `MAX_INFERENCE_PARTS` at most), each
     /// with buffers of its own, and `forward_eval` runs the parts side by
-    /// side, each through every layer. Why: split layer by layer, a batch's images move between
-    /// the cores from one layer to the next (each layer hands its shards to
-    /// whichever thread is free), so each layer reads its input from the other
-    /// core's cache or from memory; a part stays on one core, its activations
-    /// in that core's cache. An idle thread still takes shards of the other
-    /// part. The bits are those of one workspace: a patch's output does not
-    /// depend on the batch it runs in.
+    /// side, each through every layer.
+    ///
+    /// Why: split layer by layer, a batch's images move between the cores
+    /// from one layer to the next (each layer hands its shards to whichever
+    /// thread is free), so each layer reads its input from the other core's
+    /// cache or from memory, and every layer waits for its slowest shard; a
+    /// part stays on one core, its activations in that core's cache. An idle
+    /// thread still takes shards of another part. The bits are those of one
+    /// workspace: a patch's output does not depend on the batch it runs in.
     pub fn inference_workspace_for(
         &self,
         batch: usize,
