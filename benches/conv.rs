@@ -3,6 +3,7 @@
 //! "elem/s" reads as FLOP/s. Backward (dx + dW + db) costs about twice forward.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use nhpatch::layers::DxMode;
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads};
 use nhpatch::ops::im2col::Padding;
 use nhpatch::rng::Rng;
@@ -71,6 +72,7 @@ fn conv(c: &mut Criterion) {
                     dx: (!first).then_some(&mut dx[..]),
                     dweight: &mut dw,
                     dbias: spec.bias.then_some(&mut db[..]),
+                    dx_mode: DxMode::Add,
                 };
                 l.backward(grads, black_box(&dout), &x, &w, BATCH, &mut ws).unwrap()
             })

@@ -74,7 +74,12 @@ fn winograd(c: &mut Criterion) {
         g.bench_function(format!("im2col-dx-dw-db/{name}"), |bch| {
             pool.install(|| {
                 bch.iter(|| {
-                    let grads = ConvGrads { dx: Some(&mut dx[..]), dweight: &mut dw, dbias: Some(&mut db[..]) };
+                    let grads = ConvGrads {
+                        dx: Some(&mut dx[..]),
+                        dweight: &mut dw,
+                        dbias: Some(&mut db[..]),
+                        dx_mode: DxMode::Add,
+                    };
                     conv.backward(grads, black_box(&dout), &x, &w, n, &mut cws).unwrap()
                 })
             })

@@ -178,7 +178,7 @@ proptest! {
         let dout = rand_vec(&mut rng, d.l.out_shape(c.n).len(), -1.0, 1.0);
         let (mut dx, mut dw, mut db) = (vec![0.0; d.x.len()], vec![0.0; d.w.len()], vec![0.0; c.spec.cout]);
         let mut ws = d.l.workspace(c.n);
-        let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: c.spec.bias.then_some(&mut db[..]) };
+        let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: c.spec.bias.then_some(&mut db[..]), dx_mode: DxMode::Add };
         d.l.backward(grads, &dout, &d.x, &d.w, c.n, &mut ws).unwrap();
         let (rdx, rdw, rdb) = naive_backward(&d.l, &dout, &d.x, &d.w, c.n);
         assert_close("dx", &dx, &rdx, 1e-5, 1e-5);
@@ -197,7 +197,7 @@ proptest! {
         // Pre-fill gradients with 1 to prove backward accumulates rather than overwrites.
         let (mut dx, mut dw, mut db) = (vec![1.0; d.x.len()], vec![1.0; d.w.len()], vec![1.0; c.spec.cout]);
         let mut ws = d.l.workspace(n);
-        let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: c.spec.bias.then_some(&mut db[..]) };
+        let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: c.spec.bias.then_some(&mut db[..]), dx_mode: DxMode::Add };
         d.l.backward(grads, &r, &d.x, &d.w, n, &mut ws).unwrap();
         let minus_one = |v: &[f32]| v.iter().map(|g| g - 1.0).collect::<Vec<f32>>();
         let (b, l) = (d.b.as_deref(), &d.l);
@@ -245,7 +245,12 @@ fn model_layers_match_reference_and_are_thread_count_independent() {
                 let out = run_forward(&d.l, &d.x, &d.w, d.b.as_deref(), n);
                 let (mut dx, mut dw, mut db) = (vec![0.0; d.x.len()], vec![0.0; d.w.len()], vec![0.0; spec.cout]);
                 let mut ws = d.l.workspace(n);
-                let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: spec.bias.then_some(&mut db[..]) };
+                let grads = ConvGrads {
+                    dx: Some(&mut dx),
+                    dweight: &mut dw,
+                    dbias: spec.bias.then_some(&mut db[..]),
+                    dx_mode: DxMode::Add,
+                };
                 d.l.backward(grads, &dout, &d.x, &d.w, n, &mut ws).unwrap();
                 (out, dx, dw, db)
             }));
@@ -256,8 +261,13 @@ fn model_layers_match_reference_and_are_thread_count_independent() {
             let written = nhpatch::threads::pool(threads).unwrap().install(|| {
                 let (mut dx, mut dw, mut db) = (vec![f32::NAN; d.x.len()], vec![0.0; d.w.len()], vec![0.0; spec.cout]);
                 let mut ws = d.l.workspace(n);
-                let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: spec.bias.then_some(&mut db[..]) };
-                d.l.backward_with(grads, DxMode::Write, &dout, &d.x, &d.w, n, &mut ws).unwrap();
+                let grads = ConvGrads {
+                    dx: Some(&mut dx),
+                    dweight: &mut dw,
+                    dbias: spec.bias.then_some(&mut db[..]),
+                    dx_mode: DxMode::Write,
+                };
+                d.l.backward(grads, &dout, &d.x, &d.w, n, &mut ws).unwrap();
                 (dx, dw, db)
             });
             assert!(written.0 == results[0].1, "written dx differs from added for {spec:?}");
@@ -342,7 +352,7 @@ fn bad_calls_are_errors_not_panics() {
     let mut ws1 = l.workspace(1);
     assert!(l.forward(&mut out, &x, &w, Some(&b), 2, &mut ws1).is_err(), "workspace for another batch");
     let mut dw = vec![0.0; l.weight_len() + 1];
-    let grads = ConvGrads { dx: None, dweight: &mut dw, dbias: None };
+    let grads = ConvGrads { dx: None, dweight: &mut dw, dbias: None, dx_mode: DxMode::Add };
     assert!(l.backward(grads, &out, &x, &w, 2, &mut ws).is_err(), "wrong dweight length");
     assert!(Conv2d::new(Conv2dSpec { cout: 0, ..spec }, 5, 5).is_err());
     assert!(Conv2d::new(Conv2dSpec { pad: Padding::valid(), ..spec }, 2, 5).is_err(), "kernel larger than the input");
@@ -371,7 +381,7 @@ fn padding_wider_than_the_image_reads_only_zeros() {
         let dout = rand_vec(&mut Rng::new(7), d.l.out_shape(n).len(), -1.0, 1.0);
         let (mut dx, mut dw, mut db) = (vec![0.0; d.x.len()], vec![0.0; d.w.len()], vec![0.0; cout]);
         let mut ws = d.l.workspace(n);
-        let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: Some(&mut db[..]) };
+        let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: Some(&mut db[..]), dx_mode: DxMode::Add };
         d.l.backward(grads, &dout, &d.x, &d.w, n, &mut ws).unwrap();
         let (rdx, rdw, _) = naive_backward(&d.l, &dout, &d.x, &d.w, n);
         assert_close("dx", &dx, &rdx, 1e-5, 1e-5);
@@ -400,7 +410,8 @@ fn winograd_weight_gradient_rounds_like_im2col() {
     let err = |pass: ConvPass| {
         let mut ws = l.workspace_for(n, pass);
         let mut dw = vec![0.0f32; w.len()];
-        l.backward(ConvGrads { dx: None, dweight: &mut dw, dbias: None }, &d, &x, &w, n, &mut ws).unwrap();
+        l.backward(ConvGrads { dx: None, dweight: &mut dw, dbias: None, dx_mode: DxMode::Add }, &d, &x, &w, n, &mut ws)
+            .unwrap();
         dw.iter().zip(&want).fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs())) / scale
     };
     let (wino, im2col) = (err(ConvPass::Train), err(ConvPass::Infer));
@@ -539,11 +550,21 @@ fn upsampled_two_by_two_conv_gradients_match_the_upsampled_conv() {
                 let mut ws = l.workspace(n);
                 // Non-zero starting gradients: backward adds to them.
                 let (mut gx, mut gw, mut gb) = (vec![0.5f32; x.len()], vec![0.5f32; wt.len()], vec![0.5f32; cout]);
-                let grads = ConvGrads { dx: with_dx.then_some(&mut gx[..]), dweight: &mut gw, dbias: Some(&mut gb) };
+                let grads = ConvGrads {
+                    dx: with_dx.then_some(&mut gx[..]),
+                    dweight: &mut gw,
+                    dbias: Some(&mut gb),
+                    dx_mode: DxMode::Add,
+                };
                 l.backward(grads, &dout, &x, &wt, n, &mut ws).unwrap();
                 // A second call on the same workspace gives the same increments.
                 let (mut gx2, mut gw2, mut gb2) = (vec![0.5f32; x.len()], vec![0.5f32; wt.len()], vec![0.5f32; cout]);
-                let grads = ConvGrads { dx: with_dx.then_some(&mut gx2[..]), dweight: &mut gw2, dbias: Some(&mut gb2) };
+                let grads = ConvGrads {
+                    dx: with_dx.then_some(&mut gx2[..]),
+                    dweight: &mut gw2,
+                    dbias: Some(&mut gb2),
+                    dx_mode: DxMode::Add,
+                };
                 l.backward(grads, &dout, &x, &wt, n, &mut ws).unwrap();
                 assert_eq!((&gx, &gw, &gb), (&gx2, &gw2, &gb2));
                 (gx, gw, gb)
@@ -567,10 +588,12 @@ fn upsampled_two_by_two_conv_gradients_match_the_upsampled_conv() {
             let (mut wx, mut ww, mut wb) = (vec![f32::NAN; x.len()], vec![0.0f32; wt.len()], vec![0.0f32; cout]);
             nhpatch::threads::pool(threads).unwrap().install(|| {
                 let mut ws = l.workspace(n);
-                let grads = ConvGrads { dx: Some(&mut ax[..]), dweight: &mut aw, dbias: Some(&mut ab) };
+                let grads =
+                    ConvGrads { dx: Some(&mut ax[..]), dweight: &mut aw, dbias: Some(&mut ab), dx_mode: DxMode::Add };
                 l.backward(grads, &dout, &x, &wt, n, &mut ws).unwrap();
-                let grads = ConvGrads { dx: Some(&mut wx[..]), dweight: &mut ww, dbias: Some(&mut wb) };
-                l.backward_with(grads, DxMode::Write, &dout, &x, &wt, n, &mut ws).unwrap();
+                let grads =
+                    ConvGrads { dx: Some(&mut wx[..]), dweight: &mut ww, dbias: Some(&mut wb), dx_mode: DxMode::Write };
+                l.backward(grads, &dout, &x, &wt, n, &mut ws).unwrap();
             });
             assert!(wx == ax && (&ww, &wb) == (&aw, &ab), "upconv Write at {threads} threads");
         }
@@ -600,8 +623,15 @@ fn upsampled_two_by_two_conv_gradients_match_finite_differences() {
         };
         let (mut dx, mut dw, mut db) = (vec![1.0; x.len()], vec![1.0; wt.len()], vec![1.0; cout]);
         let mut ws = l.workspace(n);
-        l.backward(ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: Some(&mut db) }, &r, &x, &wt, n, &mut ws)
-            .unwrap();
+        l.backward(
+            ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: Some(&mut db), dx_mode: DxMode::Add },
+            &r,
+            &x,
+            &wt,
+            n,
+            &mut ws,
+        )
+        .unwrap();
         let minus_one = |v: &[f32]| v.iter().map(|g| g - 1.0).collect::<Vec<f32>>();
         check_grad("upconv dx", &x, &minus_one(&dx), 1e-2, TOL, 64, |x| fwd(x, &wt, &bias)).unwrap();
         check_grad("upconv dw", &wt, &minus_one(&dw), 1e-2, TOL, 64, |wt| fwd(&x, wt, &bias)).unwrap();

@@ -148,8 +148,12 @@ fn convolution_forward_and_backward() {
             let mut y = vec![f32::NAN; ys];
             conv.forward(&mut y, &x, &w, bias_cpu, n, &mut cws).unwrap();
             let (mut dx, mut dw, mut db) = (vec![0.5; xs], vec![0.25; w.len()], vec![0.125; cout]);
-            let grads =
-                ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: if bias { Some(&mut db) } else { None } };
+            let grads = ConvGrads {
+                dx: Some(&mut dx),
+                dweight: &mut dw,
+                dbias: if bias { Some(&mut db) } else { None },
+                dx_mode: DxMode::Add,
+            };
             conv.backward(grads, &dy, &x, &w, n, &mut cws).unwrap();
 
             let s = scratch(&be, n, &[conv]);

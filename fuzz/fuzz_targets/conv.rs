@@ -4,6 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use nhpatch::layers::DxMode;
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvGrads};
 use nhpatch::ops::im2col::Padding;
 
@@ -50,6 +51,6 @@ fuzz_target!(|data: &[u8]| {
     let mut dx = vec![0.0; x.len()];
     let mut dw = vec![0.0; wt.len()];
     let mut db = vec![0.0; b.len()];
-    let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: spec.bias.then_some(&mut db[..]) };
+    let grads = ConvGrads { dx: Some(&mut dx), dweight: &mut dw, dbias: spec.bias.then_some(&mut db[..]), dx_mode: DxMode::Add };
     l.backward(grads, &out, &x, &wt, n, &mut ws).unwrap();
 });

@@ -195,6 +195,9 @@ pub struct ConvGrads<'a> {
     pub dweight: &'a mut [f32],
     /// `[cout]`; must be `Some` exactly when the layer has a bias.
     pub dbias: Option<&'a mut [f32]>,
+    /// Whether `dx` is added to (the rule) or written over (a fresh buffer,
+    /// not zeroed; see `DxMode`).
+    pub dx_mode: DxMode,
 }
 
 pub use crate::ops::epilogue::Epilogue;
@@ -558,8 +561,9 @@ impl Conv2d {
         })
     }
 
-    /// Accumulates dx, dweight and dbias for upstream gradient `dout`; `x`
-    /// and `weight` are the forward inputs.
+    /// Accumulates dx, dweight and dbias for upstream gradient `dout` (dx
+    /// written instead when `grads.dx_mode` is `Write`); `x` and `weight` are
+    /// the forward inputs.
     pub fn backward(
         &self,
         grads: ConvGrads<'_>,
@@ -569,22 +573,7 @@ impl Conv2d {
         n: usize,
         ws: &mut ConvWorkspace,
     ) -> Result<()> {
-        self.backward_with(grads, DxMode::Add, dout, x, weight, n, ws)
-    }
-
-    /// `backward` with `dx` written rather than added when `dx_mode` is
-    /// `Write` (a fresh buffer, not zeroed; see `DxMode`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_with(
-        &self,
-        grads: ConvGrads<'_>,
-        dx_mode: DxMode,
-        dout: &[f32],
-        x: &[f32],
-        weight: &[f32],
-        n: usize,
-        ws: &mut ConvWorkspace,
-    ) -> Result<()> {
+        let dx_mode = grads.dx_mode;
         self.check_call(n, x.len(), dout.len(), weight.len(), ws)?;
         check_len("conv2d weight gradient", grads.dweight.len(), self.weight_len())?;
         self.check_bias("conv2d bias gradient", grads.dbias.as_ref().map(|b| b.len()))?;

@@ -238,7 +238,7 @@ impl UpConv {
     /// Adds the gradients of `out = conv2x2(upsample(x), weight) + bias`
     /// (`out` in a tensor of its own) for upstream `dout` (file header):
     /// `dweight`, `dbias` and `dx` (`[n, cin, h, w]`, when wanted) are
-    /// accumulated into (`+=`).
+    /// accumulated into (`+=`), or `dx` written (`grads.dx_mode`).
     pub fn backward(
         &self,
         grads: ConvGrads<'_>,
@@ -248,23 +248,7 @@ impl UpConv {
         n: usize,
         ws: &mut UpConvWorkspace,
     ) -> Result<()> {
-        self.backward_with(grads, DxMode::Add, dout, x, weight, n, ws)
-    }
-
-    /// `backward` with `dx` written rather than added when `dx_mode` is
-    /// `Write` (a fresh buffer, not zeroed; see `DxMode`), as
-    /// `Conv2d::backward_with`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward_with(
-        &self,
-        grads: ConvGrads<'_>,
-        dx_mode: DxMode,
-        dout: &[f32],
-        x: &[f32],
-        weight: &[f32],
-        n: usize,
-        ws: &mut UpConvWorkspace,
-    ) -> Result<()> {
+        let dx_mode = grads.dx_mode;
         self.check_workspace(n, ws)?;
         check_len("upconv x", x.len(), n * self.in_len())?;
         check_len("upconv dout", dout.len(), n * self.out_len())?;

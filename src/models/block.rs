@@ -508,18 +508,18 @@ impl Block {
         }
         let (dx, dx_mode) = dx.map_or((None, DxMode::Add), |(d, m)| (Some(d), m));
         let (dweight, dbias) = self.conv_grads(grads);
-        let grads = ConvGrads { dx, dweight, dbias };
+        let grads = ConvGrads { dx, dweight, dbias, dx_mode };
         let weight = &params[self.weight.clone()];
         match x {
             BlockInput::Upsampled(x) => {
                 let (layer, ws) = self.upconv(&mut st.upconv, st.weights_key, n)?;
-                layer.backward_with(grads, dx_mode, cur, x, weight, n, ws)
+                layer.backward(grads, cur, x, weight, n, ws)
             }
             BlockInput::Plain(x) => {
                 if let Some(dx) = &grads.dx {
                     crate::error::check_len("block input gradient", dx.len(), self.in_len(n))?;
                 }
-                self.conv.backward_with(grads, dx_mode, cur, x, weight, n, &mut st.conv)
+                self.conv.backward(grads, cur, x, weight, n, &mut st.conv)
             }
         }
     }

@@ -304,7 +304,6 @@ pub(crate) fn store_row(dst: &mut [f32], even: &[f32], odd: &[f32], accumulate: 
     }
 }
 
-
 /// `col2im_add` for stride 2, the adjoint of `im2col_stride2`: each input
 /// row touched is split once into its even and odd columns, every kernel
 /// column adds a contiguous run into one half, and the halves are merged
