@@ -310,6 +310,11 @@ fn steps_after_warm_up_allocate_nothing() {
             ("dncnn infer", infer_allocations(Arch::Dncnn, 6)),
             ("hardnet baseline infer", infer_allocations(Arch::HardNetBaseline, 20)),
             ("hardnet original infer", infer_allocations(Arch::HardNetOriginal, 20)),
+            // One patch on two threads: its GEMMs and plane transforms shared out.
+            ("unet infer, one patch", infer_allocations(Arch::Unet, 1)),
+            ("dncnn infer, one patch", infer_allocations(Arch::Dncnn, 1)),
+            ("hardnet baseline infer, one patch", infer_allocations(Arch::HardNetBaseline, 1)),
+            ("hardnet original infer, one patch", infer_allocations(Arch::HardNetOriginal, 1)),
             ("unet infer int8", infer_allocations_in(Arch::Unet, 20, Precision::Int8)),
             ("dncnn infer int8", infer_allocations_in(Arch::Dncnn, 6, Precision::Int8)),
             ("hardnet baseline infer int8", infer_allocations_in(Arch::HardNetBaseline, 20, Precision::Int8)),

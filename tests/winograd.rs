@@ -413,9 +413,14 @@ fn results_do_not_depend_on_the_thread_count() {
             (4, 4, 32, 32, 3),
             (2, 3, 32, 32, 25),
             (3, 2, 4, 4, 90),
-            // One image: one shard, whose products are shared out among the threads.
+            // One shard (one image, or a few small ones), whose products and
+            // plane transforms are shared out among the threads: channel
+            // counts that leave a ragged last task, or fewer channels than tasks.
             (16, 16, 32, 32, 1),
             (8, 6, 8, 8, 1),
+            (13, 11, 16, 16, 1),
+            (3, 5, 8, 8, 5),
+            (20, 3, 8, 8, 6),
         ] {
             let c = case::<L>(cin, cout, h, w, n, 11);
             let run = |threads: usize| {

@@ -107,18 +107,9 @@ impl Tiling for Winograd {
         transform_weights(u, weight, self.cout, self.cin, rotated, gx);
     }
 
-    /// V[xi][base + ty*tw + tx] = (B^T d B)[xi] for every tile of one plane
-    /// (`xi_stride` elements between consecutive xi).
-    fn input_transform(
-        &self,
-        v: &mut [f32],
-        base: usize,
-        xi_stride: usize,
-        x: &[f32],
-        pad: &mut [f32],
-        rows: &mut [f32],
-    ) {
-        literal_plane!(self, |g| g.input_at(v, base, xi_stride, x, pad, rows))
+    /// v[xi][base + ty*tw + tx] = (B^T d B)[xi] for every tile of one plane.
+    fn input_transform(&self, v: &mut [&mut [f32]], base: usize, x: &[f32], pad: &mut [f32], rows: &mut [f32]) {
+        literal_plane!(self, |g| g.input_at(v, base, x, pad, rows))
     }
 
     /// A^T on the rows of every tile of the group, in place: for each column
@@ -175,7 +166,7 @@ impl Tiling for Winograd {
 impl Winograd {
     /// `input_transform` on this geometry (see `literal_plane`).
     #[inline(always)]
-    fn input_at(&self, v: &mut [f32], base: usize, xi_stride: usize, x: &[f32], pad: &mut [f32], rows: &mut [f32]) {
+    fn input_at(&self, v: &mut [&mut [f32]], base: usize, x: &[f32], pad: &mut [f32], rows: &mut [f32]) {
         let (th, tw) = self.tiles();
         let (w, hw) = (self.w, tw + 1);
         let (q, len) = ((th + 1) * hw, th * hw);
@@ -210,13 +201,15 @@ impl Winograd {
         // (.) B on the columns (2tx, 2tx+1, 2tx+2, 2tx+3) = (e[tx], o[tx], e[tx+1], o[tx+1]).
         for i in 0..4 {
             let (e, o) = (&rows[i * len..(i + 1) * len], &rows[(4 + i) * len..(5 + i) * len]);
-            for ty in 0..th {
-                let (e, o) = (&e[ty * hw..(ty + 1) * hw], &o[ty * hw..(ty + 1) * hw]);
-                let at = |j: usize| (4 * i + j) * xi_stride + base + ty * tw;
-                map2(&mut v[at(0)..at(0) + tw], e, &e[1..], |a, b| a - b);
-                map2(&mut v[at(1)..at(1) + tw], o, &e[1..], |a, b| a + b);
-                map2(&mut v[at(2)..at(2) + tw], &e[1..], o, |a, b| a - b);
-                map2(&mut v[at(3)..at(3) + tw], o, &o[1..], |a, b| a - b);
+            // This plane's tiles in GEMMs 4i .. 4i + 3.
+            let mut blocks = v[4 * i..4 * i + 4].iter_mut().map(|b| &mut b[base..base + th * tw]);
+            let mut next = || blocks.next().expect("4 blocks");
+            let (v0, v1, v2, v3) = (next(), next(), next(), next());
+            match tw {
+                4 => columns::<4>(v0, v1, v2, v3, e, o, tw),
+                8 => columns::<8>(v0, v1, v2, v3, e, o, tw),
+                16 => columns::<16>(v0, v1, v2, v3, e, o, tw),
+                _ => columns::<0>(v0, v1, v2, v3, e, o, tw),
             }
         }
     }
@@ -282,6 +275,34 @@ impl Winograd {
         ws: &mut WinogradWorkspace,
     ) -> crate::error::Result<()> {
         ws.0.backward_weight(self, dweight, dbias, x, dout, n)
+    }
+}
+
+/// The column stage of `input_transform` for one row i of the tiles:
+/// v[j][ty * tw + tx] = (d B)[j] for d = (e[tx], o[tx], e[tx + 1], o[tx + 1])
+/// of tile row ty (`e`, `o`: [th][tw + 1]); `TW`: tw as a constant, or 0.
+/// A call of its own whose outputs are arguments, so that they are known not
+/// to alias the rows: taken from the slots of the plane's transform, the
+/// loops over rows of 4 and 8 tiles ran scalar.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn columns<const TW: usize>(
+    v0: &mut [f32],
+    v1: &mut [f32],
+    v2: &mut [f32],
+    v3: &mut [f32],
+    e: &[f32],
+    o: &[f32],
+    tw: usize,
+) {
+    let tw = if TW > 0 { TW } else { tw };
+    let hw = tw + 1;
+    for (ty, (e, o)) in e.chunks_exact(hw).zip(o.chunks_exact(hw)).enumerate() {
+        let at = ty * tw..(ty + 1) * tw;
+        map2(&mut v0[at.clone()], e, &e[1..], |a, b| a - b);
+        map2(&mut v1[at.clone()], o, &e[1..], |a, b| a + b);
+        map2(&mut v2[at.clone()], &e[1..], o, |a, b| a - b);
+        map2(&mut v3[at], o, &o[1..], |a, b| a - b);
     }
 }
 

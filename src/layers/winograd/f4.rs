@@ -76,15 +76,7 @@ impl Tiling for Winograd4 {
         transform_weights(u, weight, self.cout, self.cin, rotated, gx);
     }
 
-    fn input_transform(
-        &self,
-        v: &mut [f32],
-        base: usize,
-        xi_stride: usize,
-        x: &[f32],
-        pad: &mut [f32],
-        rows: &mut [f32],
-    ) {
+    fn input_transform(&self, v: &mut [&mut [f32]], base: usize, x: &[f32], pad: &mut [f32], rows: &mut [f32]) {
         let (th, tw) = self.tiles();
         let hw = tw + 1;
         let (q, len) = ((th + 1) * hw, th * hw);
@@ -99,7 +91,7 @@ impl Tiling for Winograd4 {
         }
         // (.) B on the columns (4tx .. 4tx+5) = (e0, e1, e2, e3)[tx], (e0, e1)[tx + 1].
         for i in 0..6 {
-            let mut blocks = v.chunks_exact_mut(xi_stride).skip(6 * i).map(|b| &mut b[base..base + th * tw]);
+            let mut blocks = v.iter_mut().skip(6 * i).map(|b| &mut b[base..base + th * tw]);
             let mut out: [&mut [f32]; 6] = std::array::from_fn(|_| blocks.next().expect("6 blocks"));
             let e = |cp: usize, ty: usize| &rows[(cp * 6 + i) * len + ty * hw..(cp * 6 + i) * len + (ty + 1) * hw];
             for ty in 0..th {

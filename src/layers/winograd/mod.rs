@@ -19,12 +19,15 @@
 //!
 //! Threads: as in `conv2d`, the batch is cut into shards whose size depends on n
 //! only, and each shard into groups of images whose tiles share one set of GEMMs
-//! (at least `TILE_COLS` columns when images are small). Every value is the
+//! (at least `TILE_COLS` columns when images are small). A batch that is one
+//! shard (one patch, or a few small images) shares out its work instead: the
+//! plane transforms in tasks of whole channels, each on its thread's
+//! `PlaneScratch` and writing only its channels' rows of every V[xi] (the
+//! `xi_slots` of the task), then the XI products, then the output planes.
+//! Every value is the
 //! same sequence of operations whatever the thread count, so results are
 //! bit-identical for any pool. All scratch lives in the workspace (one lane per
 //! pool thread): calls allocate nothing.
-//!
-//!
 
 mod f2;
 mod f4;
@@ -50,6 +53,11 @@ const TILE_COLS: usize = 256;
 const PANEL: usize = 48;
 /// Upper bound on the number of batch shards.
 const MAX_SHARDS: usize = 32;
+/// Most GEMMs per tile of any tiling (F(4x4, 3x3)'s 36).
+const MAX_XI: usize = 36;
+/// Most tasks the plane transforms of one group are shared out in (see
+/// `run_pass`).
+const MAX_PLANE_TASKS: usize = 8;
 
 /// Per-shard partials of the weight gradient (`backward_weight`).
 #[derive(Default)]
@@ -176,6 +184,27 @@ pub(super) struct Lane {
     du: Vec<f32>,
 }
 
+/// One thread's scratch for the plane transforms of a group whose planes are
+/// shared out among the threads (a batch of one shard: `run_pass`).
+pub(super) struct PlaneScratch {
+    /// As `Lane::pad`.
+    pad: Vec<f32>,
+    /// As `Lane::rows`.
+    rows: Vec<f32>,
+}
+
+impl PlaneScratch {
+    /// One per thread of the current pool when a batch of `n` is one shard
+    /// of `shard_imgs` and the pool has several threads; none otherwise.
+    fn for_pool(n: usize, shard_imgs: usize, pad: usize, rows: usize) -> Vec<Mutex<PlaneScratch>> {
+        let threads = rayon::current_num_threads();
+        if n == 0 || n > shard_imgs || threads == 1 {
+            return Vec::new();
+        }
+        (0..threads).map(|_| Mutex::new(PlaneScratch { pad: vec![0.0; pad], rows: vec![0.0; rows] })).collect()
+    }
+}
+
 impl Lane {
     /// `threads` lanes (capped by the shard count of a batch of `n`) with buffers of the given lengths.
     fn lanes(n: usize, shard_imgs: usize, pad: usize, rows: usize, big: usize) -> Vec<Mutex<Lane>> {
@@ -215,6 +244,8 @@ pub(super) struct Workspace<T> {
     /// Values per packed matrix: the larger of the two orientations.
     packed: usize,
     lanes: Vec<Mutex<Lane>>,
+    /// Scratch of the shared-out plane transforms (`PlaneScratch::for_pool`).
+    planes: Vec<Mutex<PlaneScratch>>,
     /// Sized by the first `backward_weight`, reused by every later one.
     parts: GradParts,
 }
@@ -229,11 +260,12 @@ impl<T: Tiling> Workspace<T> {
         let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs).next_multiple_of(group_imgs);
         let big = T::XI * cin.max(cout) * group_imgs * p;
         let lanes = Lane::lanes(n, shard_imgs, geom.pad_len(), geom.rows_len(), big);
+        let planes = PlaneScratch::for_pool(n, shard_imgs, geom.pad_len(), geom.rows_len());
         let kernel = best_kernel();
         let packed = packed_a_len(kernel, cout, cin).max(packed_a_len(kernel, cin, cout));
         let u = Prepared::new(cout * cin * 9, T::XI * packed);
         let u_raw = vec![0.0; T::XI * cin * cout];
-        Workspace { n, geom, shard_imgs, group_imgs, u, u_raw, packed, lanes, parts: GradParts::default() }
+        Workspace { n, geom, shard_imgs, group_imgs, u, u_raw, packed, lanes, planes, parts: GradParts::default() }
     }
 
     /// See the public `forward`.
@@ -277,7 +309,7 @@ impl<T: Tiling> Workspace<T> {
         let (raw, packed) = (&mut self.u_raw, self.packed);
         let u = self.u.get(weight, 0, |w, u| prepare(geom, raw, u, packed, w, false))?;
         let pass = Pass { cs: cin, cd: cout, u, packed, epi, accumulate: false, planes };
-        run_pass(geom, &pass, out, x, (self.shard_imgs, self.group_imgs), &self.lanes)
+        run_pass(geom, &pass, out, x, (self.shard_imgs, self.group_imgs), (&self.lanes, &self.planes))
     }
 
     /// See the public `backward_data`.
@@ -301,7 +333,7 @@ impl<T: Tiling> Workspace<T> {
         let u = self.u.get(weight, 1, |w, u| prepare(geom, raw, u, packed, w, true))?;
         let accumulate = mode == DxMode::Add;
         let pass = Pass { cs: cout, cd: cin, u, packed, epi: Epilogue::default(), accumulate, planes };
-        run_pass(geom, &pass, dx, dout, (self.shard_imgs, self.group_imgs), &self.lanes)
+        run_pass(geom, &pass, dx, dout, (self.shard_imgs, self.group_imgs), (&self.lanes, &self.planes))
     }
 
     /// See `Winograd::backward_weight`: per shard, the transformed-domain
@@ -447,16 +479,9 @@ pub(super) trait Tiling: Copy + PartialEq + std::fmt::Debug + Sync {
     /// u[xi][r][c] = (G g G^T)[xi] in f64, where for weight [cout, cin, 3, 3]:
     /// forward (r, c) = (co, ci), g = w[co][ci]; rotated (r, c) = (ci, co), g = rot180(w[co][ci]).
     fn transform_weights(&self, u: &mut [f32], weight: &[f32], rotated: bool);
-    /// V[xi][base + tile] = (B^T d B)[xi] for every tile of plane `x` (`xi_stride` elements between xi).
-    fn input_transform(
-        &self,
-        v: &mut [f32],
-        base: usize,
-        xi_stride: usize,
-        x: &[f32],
-        pad: &mut [f32],
-        rows: &mut [f32],
-    );
+    /// v[xi][base + tile] = (B^T d B)[xi] for every tile of plane `x`
+    /// (`v[xi]`: the part of GEMM xi's operand that holds the plane's channel).
+    fn input_transform(&self, v: &mut [&mut [f32]], base: usize, x: &[f32], pad: &mut [f32], rows: &mut [f32]);
     /// Runs once per group on all of M (`xi_stride` = channels * tiles values
     /// per xi) before the per-plane `output_transform`s: a tiling may apply
     /// the first half of A^T . A there, in place, over long contiguous rows
@@ -514,7 +539,7 @@ fn run_pass<T: Tiling>(
     dst: &mut [f32],
     src: &[f32],
     (si, g): (usize, usize),
-    lanes: &[Mutex<Lane>],
+    (lanes, planes): (&[Mutex<Lane>], &[Mutex<PlaneScratch>]),
 ) -> Result<()> {
     let (th, tw) = tiling.tiles();
     let (p, nxi) = (th * tw, T::XI);
@@ -523,10 +548,13 @@ fn run_pass<T: Tiling>(
     let len = packed_a_len(kernel, cd, cs);
     let (in_len, out_len) = (cs * pass.planes.0, cd * pass.planes.1);
     // One shard for several threads (a batch of one patch): the XI
-    // independent products are shared out instead. Only with one shard: a
-    // thread waiting on them may run another queued task, and another shard
-    // would lock this thread's lane again.
-    let split = src.len().div_ceil(si * in_len) == 1 && rayon::current_num_threads() > 1;
+    // independent products are shared out instead, and so are the planes'
+    // transforms (each on the scratch of the thread that runs it). Only with
+    // one shard: a thread waiting on them may run another queued task, and
+    // another shard would lock this thread's lane again.
+    let split = src.len().div_ceil(si * in_len) == 1 && rayon::current_num_threads() > 1 && !planes.is_empty();
+    // Channels per plane task when shared out: two tasks per thread, for balance.
+    let chunk = |c: usize| c.div_ceil((2 * rayon::current_num_threads()).min(MAX_PLANE_TASKS));
     src.par_chunks(si * in_len).zip(dst.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
         let mut guard = lock_lane(lanes);
         let lane = &mut *guard;
@@ -536,7 +564,19 @@ fn run_pass<T: Tiling>(
             let t = gn * p;
             let v = &mut lane.v[..nxi * cs * t];
             let group = (&xs[g0 * in_len..(g0 + gn) * in_len], pass.planes.0);
-            transform_group(tiling, v, group, cs, &mut lane.pad, &mut lane.rows);
+            if split {
+                let cc = chunk(cs);
+                let tasks = xi_slots::<MAX_PLANE_TASKS>(v, cs * t, cc * t);
+                tasks.into_par_iter().take(cs.div_ceil(cc)).enumerate().for_each(|(k, mut slots)| {
+                    let mut s = lock_lane(planes);
+                    let s = &mut *s;
+                    let chans = k * cc..cs.min((k + 1) * cc);
+                    transform_planes(tiling, &mut slots[..nxi], group, (cs, chans), &mut s.pad, &mut s.rows);
+                });
+            } else {
+                let [mut slots] = xi_slots::<1>(v, cs * t, cs * t);
+                transform_planes(tiling, &mut slots[..nxi], group, (cs, 0..cs), &mut lane.pad, &mut lane.rows);
+            }
             let m = &mut lane.m[..nxi * cd * t];
             // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t], U[xi] packed in its slot.
             let product = |(xi, (mx, vx)): (usize, (&mut [f32], &[f32]))| -> Result<()> {
@@ -558,44 +598,87 @@ fn run_pass<T: Tiling>(
                 m.chunks_mut(cd * t).zip(v.chunks(cs * t)).enumerate().try_for_each(product)?;
             }
             tiling.output_rows(m, cd * t);
-            let (outs, plane) = (&mut os[g0 * out_len..(g0 + gn) * out_len], pass.planes.1);
-            for i in 0..outs.len() / plane {
-                let (dst_plane, rest) = outs[i * plane..].split_at_mut(plane);
-                // The next plane written, towards L2 while this one is (`prefetch_l2`).
-                if let Some(next) = rest.get(..plane) {
-                    prefetch_l2(next);
-                }
-                let (j, c) = (i / cd, i % cd);
-                tiling.output_transform(dst_plane, m, c * t + j * p, cd * t, pass.accumulate, &mut lane.rows);
-                if !pass.accumulate {
-                    pass.epi.apply(c, dst_plane);
-                }
+            let (m, outs) = (&*m, &mut os[g0 * out_len..(g0 + gn) * out_len]);
+            if split {
+                // Whole planes per task, about as many tasks as for the input.
+                let per = chunk(cd) * pass.planes.1;
+                outs.par_chunks_mut(per).enumerate().for_each(|(k, part)| {
+                    let mut s = lock_lane(planes);
+                    output_planes(tiling, pass, (part, k * per / pass.planes.1), m, t, &mut s.rows);
+                });
+            } else {
+                output_planes(tiling, pass, (outs, 0), m, t, &mut lane.rows);
             }
         }
         Ok(())
     })
 }
 
-/// V[xi][c][j * P + tile] = the input transform of plane c of image j, for
-/// the images `xs` ([imgs][cs][plane]) of one group (T = imgs * P tiles).
-fn transform_group<T: Tiling>(
+/// Planes `first ..` of a group's output, `outs` ([planes][plane], plane i
+/// of the group = channel i % cd of image i / cd): each the output transform
+/// of its tiles in `m` ([XI][cd][T], T tiles), then the epilogue.
+fn output_planes<T: Tiling>(
     tiling: &T,
-    v: &mut [f32],
+    pass: &Pass<'_>,
+    (outs, first): (&mut [f32], usize),
+    m: &[f32],
+    t: usize,
+    rows: &mut [f32],
+) {
+    let (th, tw) = tiling.tiles();
+    let (p, cd, plane) = (th * tw, pass.cd, pass.planes.1);
+    for i in 0..outs.len() / plane {
+        let (dst_plane, rest) = outs[i * plane..].split_at_mut(plane);
+        // The next plane written, towards L2 while this one is (`prefetch_l2`).
+        if let Some(next) = rest.get(..plane) {
+            prefetch_l2(next);
+        }
+        let (j, c) = ((first + i) / cd, (first + i) % cd);
+        tiling.output_transform(dst_plane, m, c * t + j * p, cd * t, pass.accumulate, rows);
+        if !pass.accumulate {
+            pass.epi.apply(c, dst_plane);
+        }
+    }
+}
+
+/// The XI blocks of `v` ([XI][block]) cut into pieces of `piece` values:
+/// task k's slots are the k-th piece of every block (empty past the end).
+fn xi_slots<const K: usize>(v: &mut [f32], block: usize, piece: usize) -> [[&mut [f32]; MAX_XI]; K] {
+    let mut tasks: [[&mut [f32]; MAX_XI]; K] = std::array::from_fn(|_| std::array::from_fn(|_| Default::default()));
+    for (xi, b) in v.chunks_exact_mut(block).enumerate() {
+        for (slots, part) in tasks.iter_mut().zip(b.chunks_mut(piece)) {
+            slots[xi] = part;
+        }
+    }
+    tasks
+}
+
+/// v[xi][(c - c0) * T + j * P + tile] = the input transform of plane c of
+/// image j, for the channels `chans = c0..c1` of the images `xs`
+/// ([imgs][cs][plane]) of one group (T = imgs * P tiles): v[xi] is the part
+/// of V[xi] ([cs][T]) that holds those channels.
+fn transform_planes<T: Tiling>(
+    tiling: &T,
+    v: &mut [&mut [f32]],
     (xs, plane): (&[f32], usize),
-    cs: usize,
+    (cs, chans): (usize, std::ops::Range<usize>),
     pad: &mut [f32],
     rows: &mut [f32],
 ) {
     let (th, tw) = tiling.tiles();
     let p = th * tw;
-    let t = xs.len() / (cs * plane) * p;
-    for (i, x_plane) in xs.chunks_exact(plane).enumerate() {
-        // The next plane read, towards L2 while this one is transformed (`prefetch_l2`).
-        if let Some(next) = xs.get((i + 1) * plane..(i + 2) * plane) {
-            prefetch_l2(next);
+    let imgs = xs.len() / (cs * plane);
+    let t = imgs * p;
+    let at = |j: usize, c: usize| (j * cs + c) * plane;
+    for j in 0..imgs {
+        for c in chans.clone() {
+            // The next plane read, towards L2 while this one is transformed (`prefetch_l2`).
+            let next = if c + 1 < chans.end { at(j, c + 1) } else { at(j + 1, chans.start) };
+            if let Some(next) = xs.get(next..next + plane) {
+                prefetch_l2(next);
+            }
+            tiling.input_transform(v, (c - chans.start) * t + j * p, &xs[at(j, c)..at(j, c) + plane], pad, rows);
         }
-        let (j, c) = (i / cs, i % cs);
-        tiling.input_transform(v, c * t + j * p, cs * t, x_plane, pad, rows);
     }
 }
 
@@ -638,7 +721,8 @@ fn run_weight_pass<T: WeightGrad>(
             let t = gn * p;
             let v = &mut lane.v[..nxi * cin * t];
             let group = (&xs[g0 * in_len..(g0 + gn) * in_len], plane);
-            transform_group(tiling, v, group, cin, &mut lane.pad, &mut lane.rows);
+            let [mut slots] = xi_slots::<1>(v, cin * t, cin * t);
+            transform_planes(tiling, &mut slots[..nxi], group, (cin, 0..cin), &mut lane.pad, &mut lane.rows);
             let m = &mut lane.m[..nxi * cout * t];
             for (j, img) in ds[g0 * out_len..(g0 + gn) * out_len].chunks_exact(out_len).enumerate() {
                 for (c, d_plane) in img.chunks_exact(plane).enumerate() {
@@ -732,7 +816,7 @@ pub(super) fn transform_weights<const K: usize>(
 }
 
 /// The calling thread's scratch lane (indexed by rayon worker, as in `conv2d`).
-fn lock_lane(lanes: &[Mutex<Lane>]) -> std::sync::MutexGuard<'_, Lane> {
+fn lock_lane<L>(lanes: &[Mutex<L>]) -> std::sync::MutexGuard<'_, L> {
     let i = rayon::current_thread_index().unwrap_or(0) % lanes.len();
     // A poisoned lane only means another thread panicked mid-group; its contents are scratch.
     lanes[i].lock().unwrap_or_else(|e| e.into_inner())

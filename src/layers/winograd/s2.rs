@@ -126,15 +126,7 @@ impl Tiling for WinogradS2 {
         transform_weights(u, weight, self.cout, self.cin, rotated, gx);
     }
 
-    fn input_transform(
-        &self,
-        v: &mut [f32],
-        base: usize,
-        xi_stride: usize,
-        x: &[f32],
-        pad: &mut [f32],
-        rows: &mut [f32],
-    ) {
+    fn input_transform(&self, v: &mut [&mut [f32]], base: usize, x: &[f32], pad: &mut [f32], rows: &mut [f32]) {
         let (th, tw) = self.tiles();
         let hw = tw + 1;
         let (q, len) = ((th + 1) * hw, th * hw);
@@ -160,7 +152,7 @@ impl Tiling for WinogradS2 {
                 3 => quarter(1, cp, 0),
                 _ => quarter(3, cp, 0),
             };
-            let mut blocks = v.chunks_exact_mut(xi_stride).skip(5 * i).map(|b| &mut b[base..base + th * tw]);
+            let mut blocks = v.iter_mut().skip(5 * i).map(|b| &mut b[base..base + th * tw]);
             let out: [&mut [f32]; 5] = std::array::from_fn(|_| blocks.next().expect("5 blocks"));
             let src = [e(0), e(1), e(2), e(3)];
             // The usual row widths as constants: whole rows in registers, no loop or call per row.
