@@ -230,6 +230,34 @@ fn model_layers() -> Vec<(Conv2dSpec, usize)> {
     ]
 }
 
+/// One image through the im2col path, with its output channels shared out
+/// among the threads when its GEMM is large enough (`threads::worth_sharing`)
+/// and not when it is small: the bits of one thread either way, and the
+/// reference's values.
+#[test]
+fn one_image_is_the_same_whether_shared_out_or_not() {
+    let same = |k, s, h| Padding::same(h, h, k, k, s).unwrap();
+    let c = |cin, cout, s, pad| Conv2dSpec { cin, cout, kh: 3, kw: 3, stride: s, pad, bias: true };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let big = c(64, 128, 2, same(3, 2, 32));
+    let small = c(4, 8, 2, same(3, 2, 8));
+    assert!(nhpatch::threads::MIN_SHARED_MACS <= 128 * 64 * 9 * 16 * 16);
+    assert!(nhpatch::threads::MIN_SHARED_MACS > 8 * 4 * 9 * 4 * 4);
+    for (spec, hw) in [(big, 32), (small, 8)] {
+        let case = Case { spec, h: hw, w: hw, n: 1, seed: 5 };
+        let d = data(&case);
+        let outs: Vec<Vec<f32>> = [1, 2, 3]
+            .into_iter()
+            .map(|t| nhpatch::threads::pool(t).unwrap().install(|| run_forward(&d.l, &d.x, &d.w, d.b.as_deref(), 1)))
+            .collect();
+        let want = naive_forward(&d.l, &d.x, &d.w, d.b.as_deref(), 1);
+        assert_close("one image", &outs[0], &want, 1e-4, 1e-4);
+        for (t, o) in [2, 3].into_iter().zip(&outs[1..]) {
+            assert_eq!(bits(o), bits(&outs[0]), "{spec:?}: {t} threads");
+        }
+    }
+}
+
 #[test]
 fn model_layers_match_reference_and_are_thread_count_independent() {
     for (spec, hw) in model_layers() {
@@ -434,9 +462,11 @@ fn upsample_naive(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
     u
 }
 
-/// `(cin, cout, h, w, n)`: one pixel, odd planes, the U-Net's conv3, several images per GEMM tile.
-const UPCONV_CASES: [(usize, usize, usize, usize, usize); 5] =
-    [(1, 1, 1, 1, 1), (3, 5, 2, 3, 2), (2, 7, 5, 4, 3), (32, 64, 16, 16, 2), (4, 3, 7, 7, 9)];
+/// `(cin, cout, h, w, n)`: one pixel, odd planes, the U-Net's conv3, several
+/// images per GEMM tile, and one image large enough that its four phases are
+/// shared out among the threads (`threads::worth_sharing`).
+const UPCONV_CASES: [(usize, usize, usize, usize, usize); 6] =
+    [(1, 1, 1, 1, 1), (3, 5, 2, 3, 2), (2, 7, 5, 4, 3), (32, 64, 16, 16, 2), (4, 3, 7, 7, 9), (64, 64, 16, 16, 1)];
 
 /// A 2x2 convolution padded bottom/right with bias on the `2h x 2w`
 /// upsampled plane (the slow twin's layer), and `UpConv` on the `h x w` plane.

@@ -467,11 +467,11 @@ impl Conv2d {
         let (lanes, si, g) = (&ws.lanes, ws.shard_imgs, ws.tile_imgs);
         // One shard for several threads (a batch of one patch): the image's
         // output channels are shared out (a GEMM's rows do not depend on the
-        // split). Only with one shard: a thread waiting on the shared-out rows
+        // split) when its GEMM is worth it (`threads::worth_sharing`). Only with one shard: a thread waiting on the shared-out rows
         // may run another queued task, and another shard would lock this
         // thread's lane again.
         let threads = rayon::current_num_threads();
-        let split = n.div_ceil(si) == 1 && threads > 1;
+        let split = n.div_ceil(si) == 1 && crate::threads::worth_sharing(cout * k * p);
         x.par_chunks(si * in_len).zip(out.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
             let mut guard = lock_lane(lanes);
             let lane = &mut *guard;

@@ -50,7 +50,7 @@
 //!
 //! Threads: contiguous shards of images whose size depends on `n` only, one
 //! scratch lane per thread; a batch of one shard shares its four phase GEMMs
-//! out instead. Every output is the same sum for any split.
+//! out instead, when they are worth it (`threads::worth_sharing`). Every output is the same sum for any split.
 
 use crate::error::{Error, Result, check_len};
 use crate::gemm::{MatMut, MatRef, gemm};
@@ -425,7 +425,9 @@ impl UpConv {
         let UpConvWorkspace { tile_imgs, shard_imgs, phases, lanes, .. } = ws;
         let v = phases.get(weight, TAG, |w, o| self.phase_weights(w, o))?;
         let (in_len, out_len) = (self.in_len(), slot.stride);
-        let split = n.div_ceil(*shard_imgs) == 1 && rayon::current_num_threads() > 1;
+        // The four phases' GEMMs: cout x (cin * 9 taps) x (h * w) per image in all.
+        let macs = self.cout * self.cin * 9 * self.h * self.w;
+        let split = n.div_ceil(*shard_imgs) == 1 && crate::threads::worth_sharing(macs);
         x.par_chunks(*shard_imgs * in_len).zip(out.par_chunks_mut(*shard_imgs * out_len)).try_for_each(|(xs, os)| {
             let mut guard = lock_lane(lanes);
             let lane = &mut *guard;
