@@ -241,8 +241,8 @@ fn one_image_is_the_same_whether_shared_out_or_not() {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     let big = c(64, 128, 2, same(3, 2, 32));
     let small = c(4, 8, 2, same(3, 2, 8));
-    assert!(nhpatch::threads::MIN_SHARED_MACS <= 128 * 64 * 9 * 16 * 16);
-    assert!(nhpatch::threads::MIN_SHARED_MACS > 8 * 4 * 9 * 4 * 4);
+    const { assert!(nhpatch::threads::MIN_SHARED_MACS <= 128 * 64 * 9 * 16 * 16) };
+    const { assert!(nhpatch::threads::MIN_SHARED_MACS > 8 * 4 * 9 * 4 * 4) };
     for (spec, hw) in [(big, 32), (small, 8)] {
         let case = Case { spec, h: hw, w: hw, n: 1, seed: 5 };
         let d = data(&case);

@@ -553,8 +553,11 @@ fn run_pass<T: Tiling>(
     // one shard: a thread waiting on them may run another queued task, and
     // another shard would lock this thread's lane again.
     let split = src.len().div_ceil(si * in_len) == 1 && rayon::current_num_threads() > 1 && !planes.is_empty();
-    // Channels per plane task when shared out: two tasks per thread, for balance.
-    let chunk = |c: usize| c.div_ceil((2 * rayon::current_num_threads()).min(MAX_PLANE_TASKS));
+    // Channels per plane task when shared out: four tasks per thread, for
+    // balance (on one patch, two per thread ran HardNet and DnCNN 3-11%
+    // slower, one per thread slower again, eight no faster:
+    // `bench/results/ab-plane-tasks-2026-12-07.txt`).
+    let chunk = |c: usize| c.div_ceil((4 * rayon::current_num_threads()).min(MAX_PLANE_TASKS));
     src.par_chunks(si * in_len).zip(dst.par_chunks_mut(si * out_len)).try_for_each(|(xs, os)| {
         let mut guard = lock_lane(lanes);
         let lane = &mut *guard;
