@@ -24,10 +24,9 @@
 //! plane transforms in tasks of whole channels, each on its thread's
 //! `PlaneScratch` and writing only its channels' rows of every V[xi] (the
 //! `xi_slots` of the task), then the XI products, then the output planes.
-//! Every value is the
-//! same sequence of operations whatever the thread count, so results are
-//! bit-identical for any pool. All scratch lives in the workspace (one lane per
-//! pool thread): calls allocate nothing.
+//! Every value is the same sequence of operations whatever the thread count,
+//! so results are bit-identical for any pool. All scratch lives in the
+//! workspace (one lane per pool thread): calls allocate nothing.
 
 mod f2;
 mod f4;
@@ -186,7 +185,7 @@ pub(super) struct Lane {
 
 /// One thread's scratch for the plane transforms of a group whose planes are
 /// shared out among the threads (a batch of one shard: `run_pass`).
-pub(super) struct PlaneScratch {
+struct PlaneScratch {
     /// As `Lane::pad`.
     pad: Vec<f32>,
     /// As `Lane::rows`.
