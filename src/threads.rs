@@ -44,8 +44,9 @@ pub const MIN_SHARED_MACS: usize = 8 << 20;
 /// among the pool's threads. Below `MIN_SHARED_MACS` (a few tens of
 /// microseconds of work) waking the other threads and moving the operands
 /// between their caches cost more than they save: with two threads, one
-/// U-Net patch spent 18 -> 38 us in its 1 -> 16 im2col layer and 126 -> 187
-/// us in its upsampling convolution (4.7M multiply-adds) when shared out.
+/// U-Net patch spent about 18 -> 38 us in its 1 -> 16 im2col layer and
+/// 126 -> 187 us in its upsampling convolution (4.7M multiply-adds) when
+/// shared out (per-layer shares of a timed forward, one against two threads).
 pub fn worth_sharing(macs: usize) -> bool {
     rayon::current_num_threads() > 1 && macs >= MIN_SHARED_MACS
 }
