@@ -168,12 +168,8 @@ pub(super) use winograd_forward_api;
 
 /// One thread's scratch (sizes from the `Tiling`).
 pub(super) struct Lane {
-    /// One zero-padded plane cut by row and column residue mod M (the output
-    /// tile side): [r % M][c % M][th + 1][tw + 1]. The border is zeroed at
-    /// allocation and never written.
-    pad: Vec<f32>,
-    /// Transform temporaries (`Tiling::rows_len`).
-    rows: Vec<f32>,
+    /// The plane transforms' scratch.
+    planes: PlaneScratch,
     /// [XI][c][T]: transformed input tiles of one group (c = cin or cout).
     v: Vec<f32>,
     /// [XI][c][T]: their products with U.
@@ -183,16 +179,23 @@ pub(super) struct Lane {
     du: Vec<f32>,
 }
 
-/// One thread's scratch for the plane transforms of a group whose planes are
-/// shared out among the threads (a batch of one shard: `run_pass`).
+/// One thread's scratch for the plane transforms: each lane's, and one per
+/// thread for a group whose planes are shared out (a batch of one shard:
+/// `run_pass`).
 struct PlaneScratch {
-    /// As `Lane::pad`.
+    /// One zero-padded plane cut by row and column residue mod M (the output
+    /// tile side): [r % M][c % M][th + 1][tw + 1]. The border is zeroed at
+    /// allocation and never written.
     pad: Vec<f32>,
-    /// As `Lane::rows`.
+    /// Transform temporaries (`Tiling::rows_len`).
     rows: Vec<f32>,
 }
 
 impl PlaneScratch {
+    fn new(pad: usize, rows: usize) -> PlaneScratch {
+        PlaneScratch { pad: vec![0.0; pad], rows: vec![0.0; rows] }
+    }
+
     /// One per thread of the current pool when a batch of `n` is one shard
     /// of `shard_imgs` and the pool has several threads; none otherwise.
     fn for_pool(n: usize, shard_imgs: usize, pad: usize, rows: usize) -> Vec<Mutex<PlaneScratch>> {
@@ -200,7 +203,7 @@ impl PlaneScratch {
         if n == 0 || n > shard_imgs || threads == 1 {
             return Vec::new();
         }
-        (0..threads).map(|_| Mutex::new(PlaneScratch { pad: vec![0.0; pad], rows: vec![0.0; rows] })).collect()
+        (0..threads).map(|_| Mutex::new(PlaneScratch::new(pad, rows))).collect()
     }
 }
 
@@ -213,8 +216,7 @@ impl Lane {
         (0..rayon::current_num_threads().min(n.div_ceil(shard_imgs)))
             .map(|_| {
                 Mutex::new(Lane {
-                    pad: vec![0.0; pad],
-                    rows: vec![0.0; rows],
+                    planes: PlaneScratch::new(pad, rows),
                     v: vec![0.0; big],
                     m: vec![0.0; big],
                     du: Vec::new(),
@@ -577,7 +579,14 @@ fn run_pass<T: Tiling>(
                 });
             } else {
                 let [mut slots] = xi_slots::<1>(v, cs * t, cs * t);
-                transform_planes(tiling, &mut slots[..nxi], group, (cs, 0..cs), &mut lane.pad, &mut lane.rows);
+                transform_planes(
+                    tiling,
+                    &mut slots[..nxi],
+                    group,
+                    (cs, 0..cs),
+                    &mut lane.planes.pad,
+                    &mut lane.planes.rows,
+                );
             }
             let m = &mut lane.m[..nxi * cd * t];
             // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t], U[xi] packed in its slot.
@@ -609,7 +618,7 @@ fn run_pass<T: Tiling>(
                     output_planes(tiling, pass, (part, k * per / pass.planes.1), m, t, &mut s.rows);
                 });
             } else {
-                output_planes(tiling, pass, (outs, 0), m, t, &mut lane.rows);
+                output_planes(tiling, pass, (outs, 0), m, t, &mut lane.planes.rows);
             }
         }
         Ok(())
@@ -724,11 +733,18 @@ fn run_weight_pass<T: WeightGrad>(
             let v = &mut lane.v[..nxi * cin * t];
             let group = (&xs[g0 * in_len..(g0 + gn) * in_len], plane);
             let [mut slots] = xi_slots::<1>(v, cin * t, cin * t);
-            transform_planes(tiling, &mut slots[..nxi], group, (cin, 0..cin), &mut lane.pad, &mut lane.rows);
+            transform_planes(
+                tiling,
+                &mut slots[..nxi],
+                group,
+                (cin, 0..cin),
+                &mut lane.planes.pad,
+                &mut lane.planes.rows,
+            );
             let m = &mut lane.m[..nxi * cout * t];
             for (j, img) in ds[g0 * out_len..(g0 + gn) * out_len].chunks_exact(out_len).enumerate() {
                 for (c, d_plane) in img.chunks_exact(plane).enumerate() {
-                    tiling.output_adjoint(m, c * t + j * p, cout * t, d_plane, &mut lane.rows);
+                    tiling.output_adjoint(m, c * t + j * p, cout * t, d_plane, &mut lane.planes.rows);
                 }
             }
             // dU[xi][cout, cin] (+)= M[xi][cout, t] * V[xi][cin, t]^T; the shard's first group overwrites.
