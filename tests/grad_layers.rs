@@ -214,8 +214,28 @@ proptest! {
             .unwrap();
         let mut dout = b.r.clone();
         for i in (odd..len).step_by(7) {
-            y[i] = [f32::NAN, -0.0, 0.0][i % 3];
             dout[(i + 3) % len] = -0.0;
+        }
+        // The mask recomputed from x and the parameters: the bits of the
+        // forward's own output as the mask, in every gradient and either mode.
+        let with_mask = |up: batchnorm::Upstream<'_>, mode: DxMode| {
+            let (mut dx, mut dg, mut db) = (acc_buf(len), acc_buf(b.gamma.len()), acc_buf(b.beta.len()));
+            if mode == DxMode::Write {
+                dx.fill(f32::NAN);
+            }
+            let mut scratch = vec![f32::NAN; 2 * c];
+            batchnorm::backward_train((&mut dx, mode), &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg)
+                .unwrap();
+            [dx, dg, db].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+        };
+        for mode in [DxMode::Add, DxMode::Write] {
+            prop_assert_eq!(
+                with_mask(batchnorm::Upstream::through_relu_recomputed(&dout, &b.beta), mode),
+                with_mask(batchnorm::Upstream::through_relu(&dout, &y), mode)
+            );
+        }
+        for i in (odd..len).step_by(7) {
+            y[i] = [f32::NAN, -0.0, 0.0][i % 3];
         }
         let grads = |fused: bool| {
             let (mut dx, mut dg, mut db) = (acc_buf(len), acc_buf(b.gamma.len()), acc_buf(b.beta.len()));
@@ -253,6 +273,11 @@ proptest! {
         let mut scratch = vec![f32::NAN; 2 * c];
         let up = batchnorm::Upstream::through_relu(&dout, &y[1..]);
         prop_assert!(is_shape_err(batchnorm::backward_train(
+            (&mut dx, DxMode::Add), &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg
+        )));
+        // So is a beta of the wrong length for the recomputed mask.
+        let up = batchnorm::Upstream::through_relu_recomputed(&dout, &[0.0; 1]);
+        prop_assert!((affine && c == 1) || is_shape_err(batchnorm::backward_train(
             (&mut dx, DxMode::Add), &mut dg, &mut db, &mut scratch, up, &b.x, &b.gamma, &mean, &is, s, &b.cfg
         )));
     }

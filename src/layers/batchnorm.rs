@@ -6,8 +6,8 @@
 //! `scratch` (training backward only): `2*C`.
 //!
 //! Per channel c, over its `m = N*H*W` values:
-//! - training forward: `mu = mean(x)`, `var = mean((x - mu)^2)` (biased, two
-//!   passes in f64), `inv_std = 1 / sqrt(var + eps)`, `xhat = (x - mu) * inv_std`,
+//! - training forward: `mu = mean(x)`, `var = mean((x - mu)^2)` (biased, in
+//!   f64: two passes per plane, folded over the planes), `inv_std = 1 / sqrt(var + eps)`, `xhat = (x - mu) * inv_std`,
 //!   `y = gamma * xhat + beta` (`y = xhat` without affine). Saves `mu` and
 //!   `inv_std`; updates `running = (1 - momentum) * running + momentum * stat`
 //!   with the unbiased `var * m / (m - 1)` for `running_var` (the biased one,
@@ -30,8 +30,10 @@
 use crate::dist::Collective;
 use crate::error::{Result, check_len};
 use crate::layers::DxMode;
-use crate::ops::elementwise::{par_min_items, relu_mask};
-use crate::ops::reduce::{CHANNEL_BLOCK, MASK_BLOCK, channel_block_grad_sums, channel_block_mean_m2, channel_sum};
+use crate::ops::elementwise::{par_min_items, relu_mask, relu_mask_affine};
+use crate::ops::reduce::{
+    CHANNEL_BLOCK, MASK_BLOCK, Mask, channel_block_grad_sums, channel_block_mean_m2, channel_sum,
+};
 use crate::shape::Shape4;
 use crate::{arg_err, shape_err};
 use rayon::prelude::*;
@@ -159,9 +161,8 @@ fn normalize(
     stats: impl Fn(usize) -> (f32, f32) + Sync,
 ) {
     for_each_plane(out, x, x, shape, |c, o, x, _| {
-        let (g, b) = affine_of(gamma, beta, c);
         let (mu, is) = stats(c);
-        let k = is * g;
+        let [mu, k, b] = relu_input_map(gamma, beta, c, mu, is);
         match act {
             Activation::Identity => o.iter_mut().zip(x).for_each(|(o, &x)| *o = (x - mu) * k + b),
             Activation::Relu => o.iter_mut().zip(x).for_each(|(o, &x)| {
@@ -185,21 +186,41 @@ fn by_blocks(channels: usize, mut f: impl FnMut(usize, &mut [(f64, f64)]) -> Res
 
 /// `put(c, sum g, sum g * xhat)` for every channel `c`, `xhat = (x - mu) *
 /// inv_std` with `(mu, inv_std) = stats(c)`, `g = dout`, or `dout` where
-/// `relu_out > 0` (else 0) when given; the sums image by image
-/// (`reduce::channel_block_grad_sums`).
+/// the ReLU after this layer let it through (`relu`); the sums image by
+/// image (`reduce::channel_block_grad_sums`).
 fn grad_sums(
-    (dout, relu_out, x): (&[f32], Option<&[f32]>, &[f32]),
-    shape: Shape4,
+    (dout, relu, x): (&[f32], Option<ReluMask<'_>>, &[f32]),
+    (gamma, shape): (&[f32], Shape4),
     stats: impl Fn(usize) -> (f32, f64) + Sync,
     mut put: impl FnMut(usize, f32, f32),
 ) -> Result<()> {
     by_blocks(shape.c, |c0, acc| {
-        channel_block_grad_sums(acc, dout, relu_out, x, |c| stats(c).0 as f64, shape, c0)?;
+        let mut affine = [[0.0f32; 3]; CHANNEL_BLOCK];
+        let mask = match relu {
+            None => Mask::All,
+            Some(ReluMask::Output(y)) => Mask::Positive(y),
+            Some(ReluMask::Recomputed { beta }) => {
+                for (c, a) in (c0..).zip(affine[..acc.len()].iter_mut()) {
+                    let (mu, is) = stats(c);
+                    *a = relu_input_map(gamma, beta, c, mu, is as f32);
+                }
+                Mask::Affine(&affine[..acc.len()])
+            }
+        };
+        channel_block_grad_sums(acc, dout, mask, x, |c| stats(c).0 as f64, shape, c0)?;
         for (c, &(sum, dot)) in (c0..).zip(acc.iter()) {
             put(c, sum as f32, (dot * stats(c).1) as f32);
         }
         Ok(())
     })
+}
+
+/// `[mu, k, shift]` of channel `c`'s normalising map `(x - mu) * k + shift`
+/// (`k = inv_std * gamma`, `shift = beta`), the operands `normalize` uses:
+/// what `Mask::Affine` and `relu_mask_affine` recompute the ReLU's input with.
+fn relu_input_map(gamma: &[f32], beta: &[f32], c: usize, mu: f32, inv_std: f32) -> [f32; 3] {
+    let (g, b) = affine_of(gamma, beta, c);
+    [mu, inv_std * g, b]
 }
 
 /// The length checks of both training forwards.
@@ -380,8 +401,8 @@ fn accumulate_affine(dgamma: &mut [f32], dbeta: &mut [f32], sums: &[f32]) {
 }
 
 /// Training backward through the batch statistics saved by `forward_train`,
-/// from the gradient `up` (see [`Upstream`]: with `relu_out`, the backward of
-/// BatchNorm followed by ReLU). `scratch` (2*C) receives the per-channel
+/// from the gradient `up` (see [`Upstream`]: with a ReLU mask, the backward
+/// of BatchNorm followed by ReLU). `scratch` (2*C) receives the per-channel
 /// `(sum dout, sum dout * xhat)`. Accumulates into `dgamma`, `dbeta`, and
 /// into `dx` or over it (`mode`).
 #[allow(clippy::too_many_arguments)]
@@ -403,27 +424,46 @@ pub fn backward_train(
 
 /// The gradient arriving at BatchNorm's output: `dout` itself, or, for
 /// BatchNorm followed by ReLU (`Activation::Relu` in the forward), the
-/// gradient w.r.t. the ReLU's output `relu_out`, which counts where
-/// `relu_out > 0` (else 0; ReLU's backward, fused into this one).
+/// gradient w.r.t. the ReLU's output, which counts where that output is
+/// positive (else 0; ReLU's backward, fused into this one).
 ///
 /// Why: ReLU's backward would write the masked gradient to a zeroed buffer
-/// that BatchNorm's backward then reads twice; the fused pass reads `dout`
-/// and `relu_out` instead, with the same bits (`tests/grad_layers.rs`).
+/// that BatchNorm's backward then reads twice; the fused passes apply the
+/// mask on the fly instead, with the same bits (`tests/grad_layers.rs`).
 #[derive(Clone, Copy)]
 pub struct Upstream<'a> {
     pub dout: &'a [f32],
-    pub relu_out: Option<&'a [f32]>,
+    pub relu: Option<ReluMask<'a>>,
+}
+
+/// Where the mask of a ReLU after BatchNorm comes from.
+#[derive(Clone, Copy)]
+pub enum ReluMask<'a> {
+    /// The ReLU's output, read: positive where the gradient passes.
+    Output(&'a [f32]),
+    /// Recomputed from BatchNorm's input `x`, its saved statistics, `gamma`
+    /// and this `beta` (empty without affine), the forward's operands, with
+    /// the forward's f32 operations: the output's mask without reading the
+    /// output, so each backward pass streams two tensors instead of three.
+    /// The parameters must be those of the forward.
+    Recomputed { beta: &'a [f32] },
 }
 
 impl<'a> Upstream<'a> {
     /// The gradient w.r.t. BatchNorm's own output.
     pub fn plain(dout: &'a [f32]) -> Upstream<'a> {
-        Upstream { dout, relu_out: None }
+        Upstream { dout, relu: None }
     }
 
     /// The gradient `dout` w.r.t. the output `relu_out` of a ReLU after BatchNorm.
     pub fn through_relu(dout: &'a [f32], relu_out: &'a [f32]) -> Upstream<'a> {
-        Upstream { dout, relu_out: Some(relu_out) }
+        Upstream { dout, relu: Some(ReluMask::Output(relu_out)) }
+    }
+
+    /// The gradient `dout` w.r.t. the output of a ReLU after BatchNorm, its
+    /// mask recomputed ([`ReluMask::Recomputed`]) with the forward's `beta`.
+    pub fn through_relu_recomputed(dout: &'a [f32], beta: &'a [f32]) -> Upstream<'a> {
+        Upstream { dout, relu: Some(ReluMask::Recomputed { beta }) }
     }
 }
 
@@ -456,7 +496,7 @@ fn backward_impl(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
     scratch: &mut [f32],
-    Upstream { dout, relu_out }: Upstream<'_>,
+    Upstream { dout, relu }: Upstream<'_>,
     x: &[f32],
     gamma: &[f32],
     mean: &[f32],
@@ -471,10 +511,14 @@ fn backward_impl(
             ("batchnorm backward: dx", dx.len()),
             ("batchnorm backward: dout", dout.len()),
             ("batchnorm backward: x", x.len()),
-            ("batchnorm backward: relu_out", relu_out.map_or(x.len(), <[f32]>::len)),
+            ("batchnorm backward: relu_out", if let Some(ReluMask::Output(y)) = relu { y.len() } else { x.len() }),
         ],
         &[
             ("batchnorm backward: gamma", gamma.len()),
+            (
+                "batchnorm backward: beta",
+                if let Some(ReluMask::Recomputed { beta }) = relu { beta.len() } else { gamma.len() },
+            ),
             ("batchnorm backward: dgamma", dgamma.len()),
             ("batchnorm backward: dbeta", dbeta.len()),
         ],
@@ -483,8 +527,8 @@ fn backward_impl(
     check_len("batchnorm backward: scratch", scratch.len(), 2 * cfg.channels)?;
     let m = train_count(shape)?;
     grad_sums(
-        (dout, relu_out, x),
-        shape,
+        (dout, relu, x),
+        (gamma, shape),
         |c| (mean[c], inv_std[c] as f64),
         |c, sum, dot| {
             (scratch[2 * c], scratch[2 * c + 1]) = (sum, dot);
@@ -514,15 +558,25 @@ fn backward_impl(
             DxMode::Write => dx.iter_mut().zip(dy).zip(x).for_each(|((dx, &dy), &x)| *dx = g(dy, x)),
         }
     };
-    match relu_out {
+    match relu {
         None => for_each_plane(dx, dout, x, shape, |c, dx, dy, x| add(dx, dy, x, plane(c))),
-        Some(y) => for_each_plane3(dx, dout, y, x, shape, |c, dx, dy, y, x| {
+        Some(ReluMask::Output(y)) => for_each_plane3(dx, dout, y, x, shape, |c, dx, dy, y, x| {
             // The masked gradient a block at a time, on the stack (see `elementwise::relu_mask`).
             let mut buf = [0.0f32; MASK_BLOCK];
             let blocks = dx.chunks_mut(MASK_BLOCK).zip(dy.chunks(MASK_BLOCK)).zip(y.chunks(MASK_BLOCK));
             for (((dx, dy), y), x) in blocks.zip(x.chunks(MASK_BLOCK)) {
                 let g = &mut buf[..dx.len()];
                 relu_mask(g, dy, y);
+                add(dx, g, x, plane(c));
+            }
+        }),
+        Some(ReluMask::Recomputed { beta }) => for_each_plane(dx, dout, x, shape, |c, dx, dy, x| {
+            let map = relu_input_map(gamma, beta, c, mean[c], inv_std[c]);
+            let mut buf = [0.0f32; MASK_BLOCK];
+            let blocks = dx.chunks_mut(MASK_BLOCK).zip(dy.chunks(MASK_BLOCK)).zip(x.chunks(MASK_BLOCK));
+            for ((dx, dy), x) in blocks {
+                let g = &mut buf[..dx.len()];
+                relu_mask_affine(g, dy, x, map);
                 add(dx, g, x, plane(c));
             }
         }),
@@ -568,7 +622,7 @@ pub fn backward_eval(
     if cfg.affine {
         grad_sums(
             (dout, None, x),
-            shape,
+            (gamma, shape),
             |c| (running_mean[c], inv_std(c)),
             |c, sum, dot| {
                 dbeta[c] += sum;

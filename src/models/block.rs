@@ -478,8 +478,13 @@ impl Block {
             cur = g;
         }
         if let Some((cfg, r)) = &self.bn {
-            let up = batchnorm::Upstream { dout: cur, relu_out: self.relu.then_some(out) };
             let [g, b, _, _] = Self::bn_ranges(cfg, r);
+            // The ReLU's mask recomputed from `pre` and the forward's parameters (backward
+            // runs with the forward's, `Model::backward`): `out` is not read again.
+            let up = match self.relu {
+                true => batchnorm::Upstream::through_relu_recomputed(cur, &params[b.clone()]),
+                false => batchnorm::Upstream::plain(cur),
+            };
             let (dgamma, dbeta) = split_pair(grads, g.clone(), b);
             // BatchNorm writes its dx over the buffer (`DxMode::Write`): no zeroing pass.
             let d = &mut scratch.g_bn[..len];

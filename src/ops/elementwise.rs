@@ -135,6 +135,18 @@ pub fn relu_mask(g: &mut [f32], a: &[f32], mask: &[f32]) {
     }
 }
 
+/// `g[i] = a[i]` where `(b[i] - mu) * k + shift > 0`, else 0 (NaN too):
+/// ReLU's backward for a ReLU after the affine map `(b - mu) * k + shift`
+/// (BatchNorm's normalising pass), its mask recomputed from the map's input
+/// with the same f32 operations, so the mask of the ReLU's output without
+/// reading it. Single-threaded, for short blocks inside a task.
+#[inline(always)]
+pub fn relu_mask_affine(g: &mut [f32], a: &[f32], b: &[f32], [mu, k, shift]: [f32; 3]) {
+    for ((g, &a), &b) in g.iter_mut().zip(a).zip(b) {
+        *g = if (b - mu) * k + shift > 0.0 { a } else { 0.0 };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

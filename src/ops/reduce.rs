@@ -5,9 +5,10 @@
 //! A channel `c` of an `N x C x H x W` tensor is the `N` planes
 //! `x[(n*C + c)*H*W .. (n*C + c + 1)*H*W]`; the channel kernels visit them in
 //! order n = 0..N, each plane front to back, so a sum has one fixed order
-//! whatever thread runs it. Moments are two-pass (mean, then squared
-//! deviations from it), which keeps the variance accurate when the mean is
-//! large against the spread.
+//! whatever thread runs it. Moments are two-pass per plane (mean, then
+//! squared deviations from it, while the plane is in cache) and folded over
+//! the planes with the pairwise update (`fold_plane`), which keeps the
+//! variance accurate when the mean is large against the spread.
 //!
 //! Every flat sum runs in `LANES` interleaved f64 accumulators (element `i`
 //! goes to lane `i % LANES`, lanes added in order at the end): still one fixed
@@ -16,7 +17,7 @@
 //! per element, which made BatchNorm's statistics a visible share of a step).
 
 use crate::error::{Result, check_len};
-use crate::ops::elementwise::{par_min_items, relu_mask};
+use crate::ops::elementwise::{par_min_items, relu_mask, relu_mask_affine};
 use crate::shape::Shape4;
 use crate::shape_err;
 use rayon::prelude::*;
@@ -102,32 +103,58 @@ pub fn dot_centered(a: &[f32], b: &[f32], b_mean: f64) -> Result<f64> {
     Ok(lane_sum(a, b, |a, b| a as f64 * (b as f64 - b_mean)))
 }
 
+/// Where a masked sum of one plane counts `a[i]`.
+#[derive(Clone, Copy)]
+enum PlaneMask<'a> {
+    All,
+    /// Where `m[i] > 0` (a ReLU's output).
+    Positive(&'a [f32]),
+    /// Where `(b[i] - mu) * k + shift > 0`, `[mu, k, shift]`.
+    Affine([f32; 3]),
+}
+
 /// `sum_i (a[i], a[i] * (b[i] - b_mean))` in one pass, each sum in the
 /// lanes and order of [`sum`] and [`dot_centered`] (the same bits as calling
-/// both), with `a[i]` counted only where `mask[i] > 0` when a mask is given
-/// (a ReLU's output: the gradient through that ReLU, never materialised).
-fn sum_and_dot_centered(a: &[f32], mask: Option<&[f32]>, b: &[f32], b_mean: f64) -> (f64, f64) {
+/// both), with `a[i]` counted only where `mask` says (a ReLU's mask: the
+/// gradient through that ReLU, never materialised).
+fn sum_and_dot_centered(a: &[f32], mask: PlaneMask<'_>, b: &[f32], b_mean: f64) -> (f64, f64) {
     let (mut s, mut d) = ([0.0f64; LANES], [0.0f64; LANES]);
     let dot = |a: f32, b: f32| a as f64 * (b as f64 - b_mean);
-    match mask {
-        None => {
-            lane_acc(&mut s, a, a, |v, _| v as f64);
-            lane_acc(&mut d, a, b, dot);
+    if let PlaneMask::All = mask {
+        lane_acc(&mut s, a, a, |v, _| v as f64);
+        lane_acc(&mut d, a, b, dot);
+        return (s.iter().sum(), d.iter().sum());
+    }
+    // The masked values a block at a time (a multiple of LANES, so the
+    // lanes see the order of one pass), each sum then in its two-stream
+    // pass: a three-stream loop stayed scalar.
+    let mut buf = [0.0f32; MASK_BLOCK];
+    for (i, (pa, pb)) in a.chunks(MASK_BLOCK).zip(b.chunks(MASK_BLOCK)).enumerate() {
+        let g = &mut buf[..pa.len()];
+        match mask {
+            PlaneMask::Positive(m) => relu_mask(g, pa, &m[i * MASK_BLOCK..i * MASK_BLOCK + pa.len()]),
+            PlaneMask::Affine(p) => relu_mask_affine(g, pa, pb, p),
+            PlaneMask::All => unreachable!("handled above"),
         }
-        Some(m) => {
-            // The masked values a block at a time (a multiple of LANES, so
-            // the lanes see the order of one pass), each sum then in its
-            // two-stream pass: a three-stream loop stayed scalar.
-            let mut buf = [0.0f32; MASK_BLOCK];
-            for ((pa, pm), pb) in a.chunks(MASK_BLOCK).zip(m.chunks(MASK_BLOCK)).zip(b.chunks(MASK_BLOCK)) {
-                let g = &mut buf[..pa.len()];
-                relu_mask(g, pa, pm);
-                lane_acc(&mut s, g, g, |v, _| v as f64);
-                lane_acc(&mut d, g, pb, dot);
-            }
-        }
+        lane_acc(&mut s, g, g, |v, _| v as f64);
+        lane_acc(&mut d, g, pb, dot);
     }
     (s.iter().sum(), d.iter().sum())
+}
+
+/// Where the block gradient sums ([`channel_block_grad_sums`]) count `a[i]`.
+#[derive(Clone, Copy)]
+pub enum Mask<'a> {
+    /// Everywhere.
+    All,
+    /// Where `m[i] > 0`: `m` a ReLU's output, the shape of `a`.
+    Positive(&'a [f32]),
+    /// Where `(b[i] - mu) * k + shift > 0`, with `[mu, k, shift]` of channel
+    /// `c` at `[c - c0]` (one per channel of the block): the input of a ReLU
+    /// that followed an affine map of `b`, recomputed with the f32
+    /// operations that made it, so the mask of its output without reading it
+    /// (`elementwise::relu_mask_affine`).
+    Affine(&'a [[f32; 3]]),
 }
 
 /// Values per block of a masked reduction (a multiple of `LANES`; on the stack).
@@ -149,7 +176,10 @@ pub fn channel_grad_sums(
     let per_plane = planes(a, shape, c)?.zip(pm).zip(planes(b, shape, c)?);
     // The planes' sums added in plane order from -0.0, as `Sum for f64` adds them.
     Ok(per_plane
-        .map(|((pa, pm), pb)| sum_and_dot_centered(pa, mask.map(|_| pm), pb, b_mean))
+        .map(|((pa, pm), pb)| {
+            let m = if mask.is_some() { PlaneMask::Positive(pm) } else { PlaneMask::All };
+            sum_and_dot_centered(pa, m, pb, b_mean)
+        })
         .fold((-0.0, -0.0), |(s, d), (ps, pd)| (s + ps, d + pd)))
 }
 
@@ -196,37 +226,73 @@ fn for_block_planes<A: Send>(
     Ok(())
 }
 
+/// Folds plane `p`, the next `p.len()` values of a channel after `seen`
+/// earlier ones, into the channel's running `(mean, m2)`: the plane's own two
+/// passes (in cache), then Chan, Golub and LeVeque's pairwise update
+/// `delta = mean_p - mean`, `mean += delta * n_p / n`, `m2 += m2_p + delta^2 *
+/// seen * n_p / n` (`n = seen + n_p`).
+///
+/// Why: a global two-pass variance reads the whole tensor twice, from
+/// memory at training batch sizes; per plane the second pass hits L1, and
+/// the update keeps the accuracy of two passes (no sum of squares minus a
+/// squared sum), whatever the mean against the spread.
+fn fold_plane(acc: &mut (f64, f64), seen: usize, p: &[f32]) {
+    if p.is_empty() {
+        return;
+    }
+    let np = p.len() as f64;
+    let mean_p = sum(p) / np;
+    let m2_p = m2_about(p, mean_p);
+    if seen == 0 {
+        *acc = (mean_p, m2_p);
+        return;
+    }
+    let (na, n) = (seen as f64, seen as f64 + np);
+    let delta = mean_p - acc.0;
+    acc.0 += delta * (np / n);
+    acc.1 += m2_p + delta * delta * (na * np / n);
+}
+
 /// `out[i] = channel_mean_m2(x, shape, c0 + i)` for a block of channels
 /// (at most [`CHANNEL_BLOCK`] by convention, any length works), the same bits,
-/// read image by image (see `for_block_planes`).
+/// read image by image (see `for_block_planes`) in one pass over memory.
 pub fn channel_block_mean_m2(out: &mut [(f64, f64)], x: &[f32], shape: Shape4, c0: usize) -> Result<()> {
-    let count = shape.n * shape.plane();
-    // Sums folded from -0.0 in plane order, as `Sum for f64` adds them.
-    out.iter_mut().for_each(|o| *o = (-0.0, -0.0));
-    for_block_planes(out, &[x.len()], shape, c0, |_, o, r| o.0 += sum(&x[r]))?;
-    if count == 0 {
-        out.iter_mut().for_each(|o| *o = (0.0, 0.0));
-        return Ok(());
-    }
-    out.iter_mut().for_each(|o| o.0 /= count as f64);
-    for_block_planes(out, &[x.len()], shape, c0, |_, o, r| o.1 += m2_about(&x[r], o.0))
+    out.iter_mut().for_each(|o| *o = (0.0, 0.0));
+    let (image, plane) = (shape.image_len(), shape.plane());
+    // Values of the channel before plane (n, c): n * plane (n = r.start / image).
+    let seen = |r: &Range<usize>| r.start.checked_div(image).unwrap_or(0) * plane;
+    for_block_planes(out, &[x.len()], shape, c0, |_, o, r| fold_plane(o, seen(&r), &x[r]))
 }
 
 /// `out[i] = channel_grad_sums(a, mask, b, b_mean(c), shape, c)` for the
 /// channels `c = c0 + i` of a block, the same bits, read image by image.
+/// `Mask::Affine` counts where the recomputed ReLU input is positive: the
+/// bits of `channel_grad_sums` with that mask's values.
 pub fn channel_block_grad_sums(
     out: &mut [(f64, f64)],
     a: &[f32],
-    mask: Option<&[f32]>,
+    mask: Mask<'_>,
     b: &[f32],
     b_mean: impl Fn(usize) -> f64 + Sync,
     shape: Shape4,
     c0: usize,
 ) -> Result<()> {
     out.iter_mut().for_each(|o| *o = (-0.0, -0.0));
-    let lens = [a.len(), b.len(), mask.map_or(a.len(), <[f32]>::len)];
-    for_block_planes(out, &lens, shape, c0, |c, o, r| {
-        let (s, d) = sum_and_dot_centered(&a[r.clone()], mask.map(|m| &m[r.clone()]), &b[r], b_mean(c));
+    let mask_len = match mask {
+        Mask::Positive(m) => m.len(),
+        Mask::All => a.len(),
+        Mask::Affine(p) => {
+            check_len("channel block reduction: mask parameters", p.len(), out.len())?;
+            a.len()
+        }
+    };
+    for_block_planes(out, &[a.len(), b.len(), mask_len], shape, c0, |c, o, r| {
+        let m = match mask {
+            Mask::All => PlaneMask::All,
+            Mask::Positive(m) => PlaneMask::Positive(&m[r.clone()]),
+            Mask::Affine(p) => PlaneMask::Affine(p[c - c0]),
+        };
+        let (s, d) = sum_and_dot_centered(&a[r.clone()], m, &b[r], b_mean(c));
         *o = (o.0 + s, o.1 + d);
     })
 }
@@ -252,16 +318,14 @@ pub fn channel_sum(x: &[f32], shape: Shape4, c: usize) -> Result<f64> {
     Ok(planes(x, shape, c)?.map(sum).sum())
 }
 
-/// `(mean, m2)` over channel `c` (`N*H*W` values); `(0, 0)` when it is empty.
+/// `(mean, m2)` over channel `c` (`N*H*W` values), plane by plane in batch
+/// order (`fold_plane`); `(0, 0)` when it is empty.
 pub fn channel_mean_m2(x: &[f32], shape: Shape4, c: usize) -> Result<(f64, f64)> {
-    let count = shape.n * shape.plane();
-    if count == 0 {
-        check_channel(x.len(), shape, c)?;
-        return Ok((0.0, 0.0));
+    let mut acc = (0.0, 0.0);
+    for (i, p) in planes(x, shape, c)?.enumerate() {
+        fold_plane(&mut acc, i * shape.plane(), p);
     }
-    let mean = channel_sum(x, shape, c)? / count as f64;
-    let m2 = planes(x, shape, c)?.map(|p| m2_about(p, mean)).sum();
-    Ok((mean, m2))
+    Ok(acc)
 }
 
 /// `sum a * (b - b_mean)` over channel `c` of two tensors of shape `shape`.
@@ -305,6 +369,17 @@ mod tests {
             assert!((channel_dot_centered(&y, &x, mean, s, c).unwrap() - dc).abs() < 1e-9);
             assert!((channel_sum(&x, s, c).unwrap() - mean * m).abs() < 1e-9);
         }
+        // A mean far from the spread (f32 steps of 1/16 around 1e6): the
+        // folded planes keep two passes' accuracy.
+        let s = Shape4::new(5, 2, 3, 7);
+        let x: Vec<f32> = (0..s.len()).map(|i| 1.0e6 + (i % 11) as f32 * 0.0625).collect();
+        for c in 0..s.c {
+            let v: Vec<f64> = planes(&x, s, c).unwrap().flatten().map(|&v| v as f64).collect();
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let m2: f64 = v.iter().map(|v| (v - mean).powi(2)).sum();
+            let (gm, gm2) = channel_mean_m2(&x, s, c).unwrap();
+            assert!((gm - mean).abs() < 1e-9 && (gm2 - m2).abs() < 1e-9 * m2, "{gm} {gm2} against {mean} {m2}");
+        }
         // The one-pass sums are the two reductions' bits; masked, those of the
         // masked copy, also for planes longer than one block and not a multiple of the lanes.
         let s = Shape4::new(2, 3, 17, 19);
@@ -332,7 +407,8 @@ mod tests {
             channel_block_mean_m2(&mut mm, &x, s, c0).unwrap();
             for m in [None, Some(&mask[..])] {
                 let mut gs = vec![(f64::NAN, f64::NAN); s.c - c0];
-                channel_block_grad_sums(&mut gs, &y, m, &x, b_mean, s, c0).unwrap();
+                let bm = m.map_or(Mask::All, Mask::Positive);
+                channel_block_grad_sums(&mut gs, &y, bm, &x, b_mean, s, c0).unwrap();
                 for (i, (&(mean, m2), &(gsum, gdot))) in mm.iter().zip(&gs).enumerate() {
                     let c = c0 + i;
                     let (want_mean, want_m2) = channel_mean_m2(&x, s, c).unwrap();
@@ -342,10 +418,31 @@ mod tests {
                 }
             }
         }
+        // An affine mask: the bits of the mask of the ReLU output it recomputes
+        // (with values on both sides of zero and exactly at it).
+        let aff: Vec<[f32; 3]> = (0..s.c).map(|c| [5.0 + 0.25 * c as f32, [1.5, -0.75][c % 2], 0.5 - 0.1 * c as f32]).collect();
+        let mut relu_out = vec![f32::NAN; s.len()];
+        for (i, (o, &v)) in relu_out.iter_mut().zip(&x).enumerate() {
+            let [mu, k, shift] = aff[i / s.plane() % s.c];
+            let pre = (v - mu) * k + shift;
+            *o = if pre > 0.0 { pre } else { 0.0 };
+        }
+        assert!(relu_out.iter().any(|&v| v > 0.0) && relu_out.contains(&0.0));
+        for c0 in [0, 3] {
+            let mut gs = vec![(f64::NAN, f64::NAN); s.c - c0];
+            channel_block_grad_sums(&mut gs, &y, Mask::Affine(&aff[c0..]), &x, b_mean, s, c0).unwrap();
+            for (i, &(gsum, gdot)) in gs.iter().enumerate() {
+                let c = c0 + i;
+                let (ws, wd) = channel_grad_sums(&y, Some(&relu_out), &x, b_mean(c), s, c).unwrap();
+                assert_eq!((gsum.to_bits(), gdot.to_bits()), (ws.to_bits(), wd.to_bits()), "affine mask, channel {c}");
+            }
+            let mut short = vec![(0.0, 0.0); s.c - c0];
+            assert!(channel_block_grad_sums(&mut short, &y, Mask::Affine(&aff[c0 + 1..]), &x, b_mean, s, c0).is_err());
+        }
         let mut one = [(f64::NAN, f64::NAN)];
         assert!(channel_block_mean_m2(&mut one, &x, s, s.c).is_err());
         assert!(channel_block_mean_m2(&mut one, &x[1..], s, 0).is_err());
-        assert!(channel_block_grad_sums(&mut one, &y, Some(&mask[1..]), &x, b_mean, s, 0).is_err());
+        assert!(channel_block_grad_sums(&mut one, &y, Mask::Positive(&mask[1..]), &x, b_mean, s, 0).is_err());
         channel_block_mean_m2(&mut one, &[], Shape4::new(0, 2, 2, 2), 1).unwrap();
         assert_eq!(one, [(0.0, 0.0)]);
         let (mean, m2) = mean_m2(&x);
