@@ -8,9 +8,10 @@
 mod common;
 
 use common::rand_vec;
+use nhpatch::gemm::{MatMut, MatRef, gemm};
 use nhpatch::layers::conv2d::{Conv2d, Conv2dSpec, ConvPass, Epilogue, WinogradPlan};
 use nhpatch::layers::winograd::WinogradS2;
-use nhpatch::ops::im2col::Padding;
+use nhpatch::ops::im2col::{Padding, Window, im2col};
 use nhpatch::rng::Rng;
 use proptest::prelude::*;
 
@@ -42,6 +43,29 @@ fn naive(l: &WinogradS2, x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize) -> V
         }
     }
     out
+}
+
+/// The im2col path the stride-2 tiling replaced: per image, col[K, P] =
+/// im2col(x), out[cout, P] = W[cout, K] * col + b.
+fn im2col_forward(c: &Case, h: usize) -> Vec<f32> {
+    let l = &c.l;
+    let win = Window::new(l.cin, h, h, 3, 3, 2, l.pad).unwrap();
+    let (k, p) = (l.cin * 9, win.ho * win.wo);
+    let mut col = vec![f32::NAN; k * p];
+    let mut out = vec![f32::NAN; c.out_len()];
+    for (xi, oi) in c.x.chunks_exact(l.cin * h * h).zip(out.chunks_exact_mut(l.cout * p)) {
+        im2col(&mut col, p, 0, xi, &win).unwrap();
+        let (w, cm) = (MatRef::row_major(&c.w, l.cout, k).unwrap(), MatRef::row_major(&col, k, p).unwrap());
+        gemm(1.0, w, cm, 0.0, MatMut::row_major(oi, l.cout, p).unwrap()).unwrap();
+        for (o, b) in oi.chunks_exact_mut(p).zip(&c.b) {
+            o.iter_mut().for_each(|v| *v += b);
+        }
+    }
+    out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// max |got - want| / max |want|.
@@ -142,9 +166,10 @@ fn hardnet_layers_match_naive_and_round_like_im2col() {
             let conv = Conv2d::new(spec, h, h).unwrap();
             assert_eq!(conv.out_shape(1).h, c.l.out_size().0);
             let mut ws = conv.workspace(n);
-            let mut im2col = vec![f32::NAN; c.out_len()];
-            conv.forward(&mut im2col, &c.x, &c.w, Some(&c.b), n, &mut ws).unwrap();
-            let gemm = rel_err(&im2col, &want);
+            let mut trained = vec![f32::NAN; c.out_len()];
+            conv.forward(&mut trained, &c.x, &c.w, Some(&c.b), n, &mut ws).unwrap();
+            assert_eq!(bits(&trained), bits(&c.forward(true)), "the training forward runs the stride-2 tiling");
+            let gemm = rel_err(&im2col_forward(&c, h), &want);
             eprintln!("{cin}->{cout} {h}x{h} {pad:?}: relative error winograd {wino:.2e}, im2col {gemm:.2e}");
             assert!(wino < 1e-6, "{cin}->{cout} {h}x{h}: winograd relative error {wino:e}");
             assert!(wino <= 2.0 * gemm.max(1e-8), "{cin}->{cout} {h}x{h}: winograd {wino:e} against im2col {gemm:e}");
@@ -158,7 +183,9 @@ fn conv2d_runs_stride_two_inference_through_it() {
     let conv = Conv2d::new(spec(32, 2, Padding::symmetric(1)), 32, 32).unwrap();
     let s2 = WinogradS2::new(32, 64, 32, 32, Padding::symmetric(1)).unwrap();
     assert_eq!(conv.winograd(ConvPass::Infer), Some(WinogradPlan::S2(s2)));
-    assert_eq!(conv.winograd(ConvPass::Train), None, "training keeps im2col at stride 2");
+    assert_eq!(conv.winograd(ConvPass::Train), None, "the gradients keep im2col at stride 2");
+    assert_eq!(conv.forward_plan(ConvPass::Train), Some(WinogradPlan::S2(s2)), "the training forward takes it");
+    assert_eq!(conv.forward_plan(ConvPass::Infer), Some(WinogradPlan::S2(s2)));
     assert!(!conv.winograd_stride1());
     // Too few channels, or padding 2: im2col.
     assert_eq!(Conv2d::new(spec(1, 2, Padding::symmetric(1)), 32, 32).unwrap().winograd(ConvPass::Infer), None);
@@ -169,7 +196,8 @@ fn conv2d_runs_stride_two_inference_through_it() {
         assert_eq!(plan, Some(WinogradPlan::S2(WinogradS2::new(32, 64, 32, 32, pad).unwrap())));
     }
 
-    // forward_fused (inference) against forward (training's im2col) plus the same epilogue.
+    // The training forward (bias) against the f64 direct convolution, and
+    // forward_fused (inference) against it plus the same epilogue.
     let (n, h) = (3, 15);
     let c = Case::new((32, 64, h, h), Padding::symmetric(1), n, 5, 0.1);
     let conv = Conv2d::new(spec(32, 2, Padding::symmetric(1)), h, h).unwrap();
@@ -179,6 +207,13 @@ fn conv2d_runs_stride_two_inference_through_it() {
     let mut got = vec![f32::NAN; c.out_len()];
     conv.forward_fused(&mut got, &c.x, &c.w, epi, n, &mut ws).unwrap();
     let mut ws = conv.workspace(n);
+    let mut biased = vec![f32::NAN; c.out_len()];
+    let spec_b = Conv2dSpec { bias: true, ..spec(32, 2, Padding::symmetric(1)) };
+    let conv_b = Conv2d::new(spec_b, h, h).unwrap();
+    let mut ws_b = conv_b.workspace(n);
+    conv_b.forward(&mut biased, &c.x, &c.w, Some(&c.b), n, &mut ws_b).unwrap();
+    let err = rel_err(&biased, &naive(&c.l, &c.x, &c.w, Some(&c.b), n));
+    assert!(err < 1e-6, "training forward against the direct convolution: {err:e}");
     let mut plain = vec![f32::NAN; c.out_len()];
     conv.forward(&mut plain, &c.x, &c.w, None, n, &mut ws).unwrap();
     let plane = 8 * 8;

@@ -34,10 +34,11 @@
 //!   training keeps F(2x2, 3x3) (2.25x fewer
 //!   multiplies), weight gradient included (`Winograd::backward_weight`:
 //!   dW = G^T (dM V^T) G, 16 GEMMs over the tiles, no patch matrix).
-//!   Inference also runs the 3x3 stride-2 layers with 16 or more channels
-//!   and padding of at most 1 per side through `winograd::WinogradS2` (25
-//!   GEMMs per 2x2 output tile against im2col's 36 multiplies, error ~2e-7
-//!   of the output's scale, below im2col's); training keeps im2col there.
+//!   Forward passes also run the 3x3 stride-2 layers with 16 or more
+//!   channels and padding of at most 1 per side through
+//!   `winograd::WinogradS2` (25 GEMMs per 2x2 output tile against im2col's
+//!   36 multiplies, error ~2e-7 of the output's scale, below im2col's), in
+//!   training too (`forward_plan`); their gradients keep im2col.
 //!
 //! Threads: the batch is cut into at most `MAX_SHARDS` contiguous shards whose
 //! size depends on n only; each shard accumulates its own dW/db partial and the
@@ -221,8 +222,9 @@ pub struct ConvWorkspace {
     /// [shards, cout] per-shard bias-gradient partials.
     db_part: Vec<f32>,
     /// The Winograd scratch of training and of F(2x2) inference (created
-    /// with the workspace) and of F(4x4) inference (created by the first
-    /// `forward_fused` that needs it).
+    /// with the workspace), and of F(4x4) and stride-2 forwards (created
+    /// with a training workspace, else by the first `forward_fused` that
+    /// needs it).
     wino_train: Option<WinogradScratch>,
     wino_infer: Option<WinogradScratch>,
     /// Who vouches for the weights of inference calls (`vouch_weights`).
@@ -284,7 +286,8 @@ impl Conv2d {
     /// backward takes both the input and the weight gradient through F(2x2).
     /// At stride 2 and padding of at most 1 per side, inference runs
     /// `WinogradS2` (25 multiplies per 2x2 output tile and channel pair
-    /// against im2col's 36); training keeps im2col.
+    /// against im2col's 36); training's gradients keep im2col (its forward
+    /// takes the tiling: `forward_plan`).
     pub fn winograd(&self, pass: ConvPass) -> Option<WinogradPlan> {
         let s = &self.spec;
         let wide = s.cin >= WINOGRAD_MIN_CHANNELS && s.cout >= WINOGRAD_MIN_CHANNELS;
@@ -299,6 +302,17 @@ impl Conv2d {
             // Any padding of at most 1 per side (`new` checks it): PyTorch's 1 and Keras' 'same'.
             (2, _, _) if infer => WinogradS2::new(s.cin, s.cout, h, w, s.pad).ok().map(WinogradPlan::S2),
             _ => None,
+        }
+    }
+
+    /// The Winograd plan a forward pass of `pass` runs: `winograd(pass)`,
+    /// and in training also the stride-2 tiling, whose error is below
+    /// im2col's (forward only: the layer's gradients keep im2col, which
+    /// `winograd(Train)` leaves it).
+    pub fn forward_plan(&self, pass: ConvPass) -> Option<WinogradPlan> {
+        match (pass, self.winograd(pass)) {
+            (ConvPass::Train, None) => self.winograd(ConvPass::Infer).filter(|p| matches!(p, WinogradPlan::S2(_))),
+            (_, plan) => plan,
         }
     }
 
@@ -337,7 +351,12 @@ impl Conv2d {
             let tmp = if tile_imgs > 1 { self.spec.cout * cols } else { 0 };
             lanes(n, shard_imgs, || Lane { col: vec![0.0; self.win.k() * cols], tmp: vec![0.0; tmp] })
         };
-        let (dw_part, db_part, wino_infer) = (Vec::new(), Vec::new(), None);
+        // A training workspace holds the stride-2 forward's scratch from the start.
+        let wino_infer = match (pass, self.forward_plan(pass)) {
+            (ConvPass::Train, Some(plan @ WinogradPlan::S2(_))) => Some(plan.workspace(n)),
+            _ => None,
+        };
+        let (dw_part, db_part) = (Vec::new(), Vec::new());
         ConvWorkspace {
             n,
             layer: *self,
@@ -445,9 +464,9 @@ impl Conv2d {
             });
             return Ok(());
         }
-        match self.winograd(pass) {
+        match self.forward_plan(pass) {
             Some(plan @ (WinogradPlan::F4(_) | WinogradPlan::S2(_))) => {
-                // First inference call with this workspace: sized once, reused after.
+                // First inference call with an inference workspace: sized once, reused after.
                 let wws = ws.wino_infer.get_or_insert_with(|| plan.workspace(n));
                 WinogradPlan::vouch_weights(wws, ws.weights_key);
                 return plan.forward_fused(out, x, weight, epi, n, wws);

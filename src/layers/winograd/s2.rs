@@ -1,6 +1,7 @@
 //! Winograd convolution at stride 2: 3x3 kernel, stride 2, zero padding of 0
 //! or 1 on each side (PyTorch's `padding=1`, Keras 'same' = (0, 1) on even
-//! sizes), forward only (inference; training keeps im2col for these layers).
+//! sizes), forward only (inference and the training forward; the layers'
+//! gradients run im2col).
 //!
 //! Shapes (NCHW, row-major):
 //!   x [n, cin, h, w]   weight [cout, cin, 3, 3] (PyTorch layout)   bias [cout]
