@@ -7,7 +7,8 @@
 //!
 //! Per channel c, over its `m = N*H*W` values:
 //! - training forward: `mu = mean(x)`, `var = mean((x - mu)^2)` (biased, in
-//!   f64: two passes per plane, folded over the planes), `inv_std = 1 / sqrt(var + eps)`, `xhat = (x - mu) * inv_std`,
+//!   f64: two passes per plane, folded over the planes), `inv_std = 1 /
+//!   sqrt(var + eps)`, `xhat = (x - mu) * inv_std`,
 //!   `y = gamma * xhat + beta` (`y = xhat` without affine). Saves `mu` and
 //!   `inv_std`; updates `running = (1 - momentum) * running + momentum * stat`
 //!   with the unbiased `var * m / (m - 1)` for `running_var` (the biased one,
