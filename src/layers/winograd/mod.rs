@@ -575,18 +575,10 @@ fn run_pass<T: Tiling>(
                     let mut s = lock_lane(planes);
                     let s = &mut *s;
                     let chans = k * cc..cs.min((k + 1) * cc);
-                    transform_planes(tiling, &mut slots[..nxi], group, (cs, chans), &mut s.pad, &mut s.rows);
+                    transform_planes(tiling, &mut slots[..nxi], group, (cs, chans), s);
                 });
             } else {
-                let [mut slots] = xi_slots::<1>(v, cs * t, cs * t);
-                transform_planes(
-                    tiling,
-                    &mut slots[..nxi],
-                    group,
-                    (cs, 0..cs),
-                    &mut lane.planes.pad,
-                    &mut lane.planes.rows,
-                );
+                transform_group(tiling, v, nxi, group, cs, &mut lane.planes);
             }
             let m = &mut lane.m[..nxi * cd * t];
             // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t], U[xi] packed in its slot.
@@ -673,9 +665,9 @@ fn transform_planes<T: Tiling>(
     v: &mut [&mut [f32]],
     (xs, plane): (&[f32], usize),
     (cs, chans): (usize, std::ops::Range<usize>),
-    pad: &mut [f32],
-    rows: &mut [f32],
+    scratch: &mut PlaneScratch,
 ) {
+    let PlaneScratch { pad, rows } = scratch;
     let (th, tw) = tiling.tiles();
     let p = th * tw;
     let imgs = xs.len() / (cs * plane);
@@ -691,6 +683,21 @@ fn transform_planes<T: Tiling>(
             tiling.input_transform(v, (c - chans.start) * t + j * p, &xs[at(j, c)..at(j, c) + plane], pad, rows);
         }
     }
+}
+
+/// `transform_planes` of every channel of a group on the calling thread:
+/// v ([nxi][cs][T], T = the group's tiles) written whole.
+fn transform_group<T: Tiling>(
+    tiling: &T,
+    v: &mut [f32],
+    nxi: usize,
+    group: (&[f32], usize),
+    cs: usize,
+    scratch: &mut PlaneScratch,
+) {
+    let block = v.len() / nxi;
+    let [mut slots] = xi_slots::<1>(v, block, block);
+    transform_planes(tiling, &mut slots[..nxi], group, (cs, 0..cs), scratch);
 }
 
 /// The tilings whose weight gradient runs in the transformed domain (F(2x2, 3x3)).
@@ -732,15 +739,7 @@ fn run_weight_pass<T: WeightGrad>(
             let t = gn * p;
             let v = &mut lane.v[..nxi * cin * t];
             let group = (&xs[g0 * in_len..(g0 + gn) * in_len], plane);
-            let [mut slots] = xi_slots::<1>(v, cin * t, cin * t);
-            transform_planes(
-                tiling,
-                &mut slots[..nxi],
-                group,
-                (cin, 0..cin),
-                &mut lane.planes.pad,
-                &mut lane.planes.rows,
-            );
+            transform_group(tiling, v, nxi, group, cin, &mut lane.planes);
             let m = &mut lane.m[..nxi * cout * t];
             for (j, img) in ds[g0 * out_len..(g0 + gn) * out_len].chunks_exact(out_len).enumerate() {
                 for (c, d_plane) in img.chunks_exact(plane).enumerate() {
