@@ -50,6 +50,16 @@ const TILE_COLS: usize = 256;
 /// Width of the AVX-512 GEMM micro-tile (a multiple of the other kernels' 16):
 /// groups whose tile count is a multiple of it leave no ragged column panel.
 const PANEL: usize = 48;
+/// The distance, in values, between consecutive XI blocks of V and M that
+/// hold `len` values each: the least `>= len` that is 16 (one cache line)
+/// more than a multiple of 1024 (4 KiB). The transforms touch the same
+/// offset of every block at once; blocks of `c * T` values are often
+/// multiples of 4 KiB apart, which put all of those lines in one set of L1
+/// (8 or 12 ways for 16 to 36 blocks). One line more per block spreads them
+/// over as many sets.
+fn xi_block(len: usize) -> usize {
+    len + (16 + 1024 - len % 1024) % 1024
+}
 /// Upper bound on the number of batch shards.
 const MAX_SHARDS: usize = 32;
 /// Most GEMMs per tile of any tiling (F(4x4, 3x3)'s 36).
@@ -170,9 +180,10 @@ pub(super) use winograd_forward_api;
 pub(super) struct Lane {
     /// The plane transforms' scratch.
     planes: PlaneScratch,
-    /// [XI][c][T]: transformed input tiles of one group (c = cin or cout).
+    /// [XI][c][T]: transformed input tiles of one group (c = cin or cout),
+    /// the XI blocks `xi_block(c * T)` values apart.
     v: Vec<f32>,
-    /// [XI][c][T]: their products with U.
+    /// [XI][c][T]: their products with U, laid out as `v`.
     m: Vec<f32>,
     /// [XI][cout][cin]: the weight gradient in the transformed domain of one
     /// shard (`backward_weight`; every lane's sized by its first call).
@@ -259,7 +270,7 @@ impl<T: Tiling> Workspace<T> {
         let p = th * tw;
         let group_imgs = geom.group_imgs(n);
         let shard_imgs = crate::threads::part_size(n, MAX_SHARDS, group_imgs).next_multiple_of(group_imgs);
-        let big = T::XI * cin.max(cout) * group_imgs * p;
+        let big = T::XI * xi_block(cin.max(cout) * group_imgs * p);
         let lanes = Lane::lanes(n, shard_imgs, geom.pad_len(), geom.rows_len(), big);
         let planes = PlaneScratch::for_pool(n, shard_imgs, geom.pad_len(), geom.rows_len());
         let kernel = best_kernel();
@@ -566,11 +577,12 @@ fn run_pass<T: Tiling>(
         for g0 in (0..imgs).step_by(g) {
             let gn = g.min(imgs - g0);
             let t = gn * p;
-            let v = &mut lane.v[..nxi * cs * t];
+            let (vs, ms) = (xi_block(cs * t), xi_block(cd * t));
+            let v = &mut lane.v[..nxi * vs];
             let group = (&xs[g0 * in_len..(g0 + gn) * in_len], pass.planes.0);
             if split {
                 let cc = chunk(cs);
-                let tasks = xi_slots::<MAX_PLANE_TASKS>(v, cs * t, cc * t);
+                let tasks = xi_slots::<MAX_PLANE_TASKS>(v, vs, cc * t);
                 tasks.into_par_iter().take(cs.div_ceil(cc)).enumerate().for_each(|(k, mut slots)| {
                     let mut s = lock_lane(planes);
                     let s = &mut *s;
@@ -580,7 +592,7 @@ fn run_pass<T: Tiling>(
             } else {
                 transform_group(tiling, v, nxi, group, cs, &mut lane.planes);
             }
-            let m = &mut lane.m[..nxi * cd * t];
+            let m = &mut lane.m[..nxi * ms];
             // M[xi][cd, t] = U[xi][cd, cs] * V[xi][cs, t], U[xi] packed in its slot.
             let product = |(xi, (mx, vx)): (usize, (&mut [f32], &[f32]))| -> Result<()> {
                 let a = &u[xi * pass.packed..xi * pass.packed + len];
@@ -589,28 +601,28 @@ fn run_pass<T: Tiling>(
                     1.0,
                     a,
                     (cd, cs),
-                    MatRef::row_major(vx, cs, t)?,
+                    MatRef::row_major(&vx[..cs * t], cs, t)?,
                     0.0,
-                    MatMut::row_major(mx, cd, t)?,
+                    MatMut::row_major(&mut mx[..cd * t], cd, t)?,
                 )
             };
             if split {
-                let (mp, vp) = (m.par_chunks_mut(cd * t), v.par_chunks(cs * t));
+                let (mp, vp) = (m.par_chunks_mut(ms), v.par_chunks(vs));
                 mp.zip(vp).enumerate().try_for_each(product)?;
             } else {
-                m.chunks_mut(cd * t).zip(v.chunks(cs * t)).enumerate().try_for_each(product)?;
+                m.chunks_mut(ms).zip(v.chunks(vs)).enumerate().try_for_each(product)?;
             }
-            tiling.output_rows(m, cd * t);
+            tiling.output_rows(m, ms);
             let (m, outs) = (&*m, &mut os[g0 * out_len..(g0 + gn) * out_len]);
             if split {
                 // Whole planes per task, about as many tasks as for the input.
                 let per = chunk(cd) * pass.planes.1;
                 outs.par_chunks_mut(per).enumerate().for_each(|(k, part)| {
                     let mut s = lock_lane(planes);
-                    output_planes(tiling, pass, (part, k * per / pass.planes.1), m, t, &mut s.rows);
+                    output_planes(tiling, pass, (part, k * per / pass.planes.1), m, (t, ms), &mut s.rows);
                 });
             } else {
-                output_planes(tiling, pass, (outs, 0), m, t, &mut lane.planes.rows);
+                output_planes(tiling, pass, (outs, 0), m, (t, ms), &mut lane.planes.rows);
             }
         }
         Ok(())
@@ -625,7 +637,7 @@ fn output_planes<T: Tiling>(
     pass: &Pass<'_>,
     (outs, first): (&mut [f32], usize),
     m: &[f32],
-    t: usize,
+    (t, ms): (usize, usize),
     rows: &mut [f32],
 ) {
     let (th, tw) = tiling.tiles();
@@ -637,7 +649,7 @@ fn output_planes<T: Tiling>(
             prefetch_l2(next);
         }
         let (j, c) = ((first + i) / cd, (first + i) % cd);
-        tiling.output_transform(dst_plane, m, c * t + j * p, cd * t, pass.accumulate, rows);
+        tiling.output_transform(dst_plane, m, c * t + j * p, ms, pass.accumulate, rows);
         if !pass.accumulate {
             pass.epi.apply(c, dst_plane);
         }
@@ -737,19 +749,21 @@ fn run_weight_pass<T: WeightGrad>(
         for g0 in (0..imgs).step_by(g) {
             let gn = g.min(imgs - g0);
             let t = gn * p;
-            let v = &mut lane.v[..nxi * cin * t];
+            let (vs, ms) = (xi_block(cin * t), xi_block(cout * t));
+            let v = &mut lane.v[..nxi * vs];
             let group = (&xs[g0 * in_len..(g0 + gn) * in_len], plane);
             transform_group(tiling, v, nxi, group, cin, &mut lane.planes);
-            let m = &mut lane.m[..nxi * cout * t];
+            let m = &mut lane.m[..nxi * ms];
             for (j, img) in ds[g0 * out_len..(g0 + gn) * out_len].chunks_exact(out_len).enumerate() {
                 for (c, d_plane) in img.chunks_exact(plane).enumerate() {
-                    tiling.output_adjoint(m, c * t + j * p, cout * t, d_plane, &mut lane.planes.rows);
+                    tiling.output_adjoint(m, c * t + j * p, ms, d_plane, &mut lane.planes.rows);
                 }
             }
             // dU[xi][cout, cin] (+)= M[xi][cout, t] * V[xi][cin, t]^T; the shard's first group overwrites.
             let beta = if g0 == 0 { 0.0 } else { 1.0 };
-            for ((du, mx), vx) in lane.du.chunks_exact_mut(cout * cin).zip(m.chunks(cout * t)).zip(v.chunks(cin * t)) {
-                let (mx, vx) = (MatRef::row_major(mx, cout, t)?, MatRef::row_major(vx, cin, t)?);
+            for ((du, mx), vx) in lane.du.chunks_exact_mut(cout * cin).zip(m.chunks(ms)).zip(v.chunks(vs)) {
+                let (mx, vx) =
+                    (MatRef::row_major(&mx[..cout * t], cout, t)?, MatRef::row_major(&vx[..cin * t], cin, t)?);
                 gemm(1.0, mx, vx.t(), beta, MatMut::row_major(du, cout, cin)?)?;
             }
         }
@@ -837,4 +851,22 @@ fn lock_lane<L>(lanes: &[Mutex<L>]) -> std::sync::MutexGuard<'_, L> {
     let i = rayon::current_thread_index().unwrap_or(0) % lanes.len();
     // A poisoned lane only means another thread panicked mid-group; its contents are scratch.
     lanes[i].lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::xi_block;
+
+    #[test]
+    fn xi_blocks_are_the_least_length_one_line_past_4_kib() {
+        for len in 0..5000 {
+            let b = xi_block(len);
+            assert!(b >= len && b % 1024 == 16, "xi_block({len}) = {b}");
+            assert!(b < len + 1024, "xi_block({len}) = {b} is not the least");
+        }
+        // The XI blocks of HardNet's 32-channel F(4x4) group (6 images of 64 tiles) start in distinct L1 sets.
+        let b = xi_block(32 * 6 * 64);
+        let sets: std::collections::BTreeSet<usize> = (0..36).map(|xi| xi * b * 4 / 64 % 64).collect();
+        assert_eq!(sets.len(), 36);
+    }
 }
