@@ -68,11 +68,20 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// max |v|.
+fn abs_max(v: impl IntoIterator<Item = f64>) -> f64 {
+    v.into_iter().fold(0.0f64, |m, x| m.max(x.abs()))
+}
+
+/// max |got - want| / `scale`.
+fn err_of(got: &[f32], want: &[f64], scale: f64) -> f64 {
+    assert_eq!(got.len(), want.len());
+    abs_max(got.iter().zip(want).map(|(&g, &w)| g as f64 - w)) / scale.max(1e-30)
+}
+
 /// max |got - want| / max |want|.
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    got.iter().zip(want).fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs())) / scale
+    err_of(got, want, abs_max(want.iter().copied()))
 }
 
 struct Case {
@@ -148,10 +157,9 @@ proptest! {
         // The epilogue maps the convolution's error through its scale (ReLU
         // only shrinks it) and rounds once more at the shift: measured against
         // the scale of what went in, not of what ReLU left, which may be tiny.
-        let amax = |v: &[f32]| v.iter().fold(0.0f64, |m, &x| m.max((x as f64).abs()));
-        let y_max = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let bound = y_max * amax(&scale) + amax(&c.b);
-        let err = out.iter().zip(&want).fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs())) / bound.max(1e-30);
+        let amax = |v: &[f32]| abs_max(v.iter().map(|&x| x as f64));
+        let bound = abs_max(y.iter().copied()) * amax(&scale) + amax(&c.b);
+        let err = err_of(&out, &want, bound);
         prop_assert!(err < TOL, "{cin}->{cout} {h}x{w} n={n}: error {err:e} of the epilogue's input scale");
     }
 }

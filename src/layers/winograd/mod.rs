@@ -50,6 +50,14 @@ const TILE_COLS: usize = 256;
 /// Width of the AVX-512 GEMM micro-tile (a multiple of the other kernels' 16):
 /// groups whose tile count is a multiple of it leave no ragged column panel.
 const PANEL: usize = 48;
+/// Upper bound on the number of batch shards.
+const MAX_SHARDS: usize = 32;
+/// Most GEMMs per tile of any tiling (F(4x4, 3x3)'s 36).
+const MAX_XI: usize = 36;
+/// Most tasks the plane transforms of one group are shared out in (see
+/// `run_pass`).
+const MAX_PLANE_TASKS: usize = 8;
+
 /// The distance, in values, between consecutive XI blocks of V and M that
 /// hold `len` values each: the least `>= len` that is 16 (one cache line)
 /// more than a multiple of 1024 (4 KiB). The transforms touch the same
@@ -60,13 +68,6 @@ const PANEL: usize = 48;
 fn xi_block(len: usize) -> usize {
     len + (16 + 1024 - len % 1024) % 1024
 }
-/// Upper bound on the number of batch shards.
-const MAX_SHARDS: usize = 32;
-/// Most GEMMs per tile of any tiling (F(4x4, 3x3)'s 36).
-const MAX_XI: usize = 36;
-/// Most tasks the plane transforms of one group are shared out in (see
-/// `run_pass`).
-const MAX_PLANE_TASKS: usize = 8;
 
 /// Per-shard partials of the weight gradient (`backward_weight`).
 #[derive(Default)]
@@ -698,7 +699,8 @@ fn transform_planes<T: Tiling>(
 }
 
 /// `transform_planes` of every channel of a group on the calling thread:
-/// v ([nxi][cs][T], T = the group's tiles) written whole.
+/// v holds nxi blocks of `v.len() / nxi` values (`xi_block(cs * T)`, T = the
+/// group's tiles), each [cs][T] then unwritten padding.
 fn transform_group<T: Tiling>(
     tiling: &T,
     v: &mut [f32],
